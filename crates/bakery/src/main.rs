@@ -1,0 +1,154 @@
+//! The `bakery` executable: parses the command line, loads the configuration once,
+//! and hands over to a role. No logic of its own. A configuration problem ends the
+//! process with one line naming the variable and exit status 2; any other failure
+//! with one line and exit status 1.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bakery_config::{Config, ConfigError};
+use clap::{Args, Parser, Subcommand};
+
+mod shutdown;
+
+#[derive(Parser)]
+#[command(name = "bakery", version, about = "A scalable web bakery: load balancer, stateless clones, shared sessions.")]
+struct Cli {
+    /// A TOML file with the same keys as the BAKERY_* variables (which still win).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the whole topology on this machine (load balancer and web clones).
+    Up {
+        /// Where the load balancer listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+        /// How many web clones to run.
+        #[arg(long, default_value_t = 3)]
+        clones: usize,
+    },
+    /// Run the HTTP load balancer.
+    Lb {
+        #[command(flatten)]
+        role: RoleArgs,
+        /// A backend: POOL=ID@HOST:PORT (repeatable), e.g. web=web-1@127.0.0.1:9001.
+        #[arg(long = "backend", value_name = "POOL=ID@ADDR")]
+        backends: Vec<String>,
+        /// A path prefix served by a pool other than `web`: /PREFIX=POOL (repeatable).
+        #[arg(long = "route", value_name = "/PREFIX=POOL")]
+        routes: Vec<String>,
+    },
+    /// Run one web clone.
+    Web {
+        #[command(flatten)]
+        role: RoleArgs,
+    },
+    /// Apply schema migrations to the primary database, create the admin account, and exit.
+    Migrate,
+}
+
+#[derive(Args)]
+struct RoleArgs {
+    /// Address to listen on; port 0 picks a free one (printed on the `listening` line).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: String,
+    /// Name of this process in logs and in `x-served-by`; default: role and a number.
+    #[arg(long)]
+    id: Option<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::load(cli.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => return fail_config(&error),
+    };
+    bakery_telemetry::init_logging(&config.log);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("bakery: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli, config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => match error.downcast_ref::<ConfigError>() {
+            Some(config_error) => fail_config(config_error),
+            None => {
+                eprintln!("bakery: {error:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn fail_config(error: &ConfigError) -> ExitCode {
+    eprintln!("bakery: {error}");
+    ExitCode::from(2)
+}
+
+async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Up { listen, clones } => {
+            listen.parse::<SocketAddr>().map_err(|_| ConfigError::new("--listen", format!("not an IP:port address: {listen:?}")))?;
+            let options = bakery_supervisor::UpOptions { listen, clones, config_file: cli.config };
+            bakery_supervisor::run(config, options, bakery_telemetry::shutdown_signal()).await
+        }
+        Command::Lb { role, backends, routes } => {
+            let topology = bakery_lb::Topology {
+                backends: backends
+                    .iter()
+                    .enumerate()
+                    .map(|(i, raw)| bakery_lb::BackendSpec::parse(raw, i + 1))
+                    .collect::<Result<_, _>>()?,
+                routes: routes.iter().map(|raw| bakery_lb::RouteSpec::parse(raw)).collect::<Result<_, _>>()?,
+            };
+            let (id, listener) = bind("lb", &role).await?;
+            bakery_lb::run(config, &id, topology, listener, shutdown::requested()).await
+        }
+        Command::Web { role } => {
+            let (id, listener) = bind("web", &role).await?;
+            bakery_web::run(config, &id, listener, shutdown::requested()).await
+        }
+        Command::Migrate => {
+            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+                ConfigError::new("BAKERY_DATA_DIR", format!("cannot create {}: {e}", config.data_dir.display()))
+            })?;
+            let db = bakery_db::Database::connect(&config.database_url).await.map_err(|e| {
+                ConfigError::new("BAKERY_DATABASE_URL", format!("cannot use {}: {e}", config.database_url.redacted()))
+            })?;
+            db.migrate().await.context("applying migrations")?;
+            if let bakery_db::accounts::AdminBootstrap::Generated(password) =
+                db.ensure_admin(config.admin_password.as_deref()).await?
+            {
+                println!("admin account created: username=admin password={password} (shown once)");
+            }
+            println!("migrated {}", config.database_url.redacted());
+            Ok(())
+        }
+    }
+}
+
+/// Binds the role's address and prints `listening role=.. id=.. addr=..`, the line
+/// the supervisor reads to learn a port chosen by the system.
+async fn bind(role: &str, args: &RoleArgs) -> anyhow::Result<(String, tokio::net::TcpListener)> {
+    let addr: SocketAddr = args
+        .listen
+        .parse()
+        .map_err(|_| ConfigError::new("--listen", format!("not an IP:port address: {:?}", args.listen)))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ConfigError::new("--listen", format!("cannot listen on {addr}: {e}")))?;
+    let bound = listener.local_addr()?;
+    let id = args.id.clone().unwrap_or_else(|| format!("{role}-{}", bound.port()));
+    println!("listening role={role} id={id} addr={bound}");
+    Ok((id, listener))
+}

@@ -1,0 +1,135 @@
+//! Users: creation, lookup by id or name, changes.
+
+use bakery_core::User;
+
+use crate::{Database, DbError, now_millis};
+
+/// `is_admin` is stored as 0 or 1: sqlx's Any driver cannot decode SQLite booleans.
+type UserRow = (i64, String, String, i64);
+
+fn user((id, username, email, is_admin): UserRow) -> User {
+    User { id, username, email, is_admin: is_admin != 0 }
+}
+
+/// What a new account needs; the password arrives already hashed.
+pub struct NewUser<'a> {
+    pub username: &'a str,
+    pub email: &'a str,
+    pub password_hash: &'a str,
+    pub is_admin: bool,
+}
+
+/// A change to an account; `None` leaves a field as it is.
+#[derive(Default)]
+pub struct UserChange<'a> {
+    pub username: Option<&'a str>,
+    pub email: Option<&'a str>,
+    pub password_hash: Option<&'a str>,
+}
+
+impl Database {
+    /// Creates a user; [`DbError::Conflict`] when the name is taken (in any case).
+    pub async fn create_user(&self, new: NewUser<'_>) -> Result<User, DbError> {
+        let row: UserRow = sqlx::query_as(
+            "INSERT INTO users (username, email, password_hash, is_admin, created_at)
+             VALUES ($1, $2, $3, $4, $5)
+             RETURNING id, username, email, is_admin",
+        )
+        .bind(new.username)
+        .bind(new.email)
+        .bind(new.password_hash)
+        .bind(i64::from(new.is_admin))
+        .bind(now_millis())
+        .fetch_one(self.primary())
+        .await?;
+        Ok(user(row))
+    }
+
+    /// The user and their password hash, for logging in.
+    pub async fn credentials(&self, username: &str) -> Result<Option<(User, String)>, DbError> {
+        let row: Option<(i64, String, String, i64, String)> = sqlx::query_as(
+            "SELECT id, username, email, is_admin, password_hash FROM users WHERE lower(username) = lower($1)",
+        )
+        .bind(username)
+        .fetch_optional(self.primary())
+        .await?;
+        Ok(row.map(|(id, username, email, is_admin, hash)| (user((id, username, email, is_admin)), hash)))
+    }
+
+    pub async fn user_by_id(&self, id: i64) -> Result<Option<User>, DbError> {
+        let row: Option<UserRow> =
+            sqlx::query_as("SELECT id, username, email, is_admin FROM users WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.primary())
+                .await?;
+        Ok(row.map(user))
+    }
+
+    /// Applies a change in one statement; `None` when the user no longer exists.
+    pub async fn update_user(&self, id: i64, change: UserChange<'_>) -> Result<Option<User>, DbError> {
+        let row: Option<UserRow> = sqlx::query_as(
+            "UPDATE users SET
+                 username = COALESCE($2, username),
+                 email = COALESCE($3, email),
+                 password_hash = COALESCE($4, password_hash)
+             WHERE id = $1
+             RETURNING id, username, email, is_admin",
+        )
+        .bind(id)
+        .bind(change.username)
+        .bind(change.email)
+        .bind(change.password_hash)
+        .fetch_optional(self.primary())
+        .await?;
+        Ok(row.map(user))
+    }
+
+    /// Whether any admin exists yet (first start creates one).
+    pub async fn has_admin(&self) -> Result<bool, DbError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users WHERE is_admin = 1")
+            .fetch_one(self.primary())
+            .await?;
+        Ok(n > 0)
+    }
+}
+
+/// What first start did about the `admin` account.
+pub enum AdminBootstrap {
+    /// An admin already existed; nothing changed.
+    Existing,
+    /// Created with the configured password.
+    Created,
+    /// Created with this generated password, to be shown once.
+    Generated(String),
+}
+
+impl Database {
+    /// Creates user `admin` on first start: with `password` when given, otherwise
+    /// with a generated one the caller prints once.
+    pub async fn ensure_admin(&self, password: Option<&str>) -> Result<AdminBootstrap, DbError> {
+        if self.has_admin().await? {
+            return Ok(AdminBootstrap::Existing);
+        }
+        let generated = password.is_none().then(generate_password);
+        let chosen = password.or(generated.as_deref()).unwrap_or_default().to_string();
+        let hash = tokio::task::spawn_blocking(move || {
+            bakery_core::Password::parse(&chosen).map(|p| bakery_core::hash_password(&p))
+        })
+        .await
+        .map_err(|e| DbError::Other(sqlx::Error::Protocol(e.to_string())))?
+        .map_err(|e| DbError::Other(sqlx::Error::Protocol(e.message)))?;
+        let new = NewUser { username: "admin", email: "admin@bakery.localhost", password_hash: &hash, is_admin: true };
+        match self.create_user(new).await {
+            Ok(_) => Ok(generated.map_or(AdminBootstrap::Created, AdminBootstrap::Generated)),
+            // Another process created it a moment ago.
+            Err(DbError::Conflict(_)) => Ok(AdminBootstrap::Existing),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// 20 characters from an alphabet without look-alikes (no 0/O, 1/l/I).
+fn generate_password() -> String {
+    const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
+    (0..20).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect()
+}

@@ -1,0 +1,176 @@
+//! `bakery lb`: the HTTP load balancer in front of the web clones, and the static
+//! edge. Built on hyper 1 (server) and hyper-util's pooled client (upstream).
+//!
+//! Pools of backends are reached by path prefix ([`topology`]); inside a pool a
+//! member is picked by least-request (power of two choices) or round robin
+//! ([`pool`]); members come and go at run time and are checked actively and
+//! passively ([`health`], [`backend`]); failed attempts are retried only when that
+//! is safe, under a budget ([`retry_budget`], [`proxy`]).
+//! Knows nothing of what the clones do: it forwards bytes and reads `/healthz`.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bakery_config::{Config, LbConfig};
+use bakery_telemetry::Metrics;
+use bytes::Bytes;
+use http::HeaderValue;
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+mod admin;
+pub mod backend;
+mod health;
+pub mod pool;
+mod proxy;
+mod reply;
+pub mod retry_budget;
+pub mod topology;
+
+use backend::Backend;
+use pool::Pool;
+use retry_budget::RetryBudget;
+pub use topology::{BackendSpec, RouteSpec, Topology};
+
+/// The load balancer's shared state.
+pub struct Lb {
+    id: String,
+    served_by: Option<HeaderValue>,
+    config: LbConfig,
+    pools: HashMap<String, Arc<Pool>>,
+    /// Longest prefix first, so the most specific route wins.
+    routes: Vec<(String, Arc<Pool>)>,
+    default_pool: Arc<Pool>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    budget: RetryBudget,
+    /// The bounded queue: a request waits for one of these before it is proxied.
+    slots: Semaphore,
+    metrics: Metrics,
+    draining: AtomicBool,
+}
+
+impl Lb {
+    pub fn new(config: &Config, id: &str, topology: &Topology) -> anyhow::Result<Self> {
+        let lb = config.lb.clone();
+        let new_pool = |name: &str| {
+            Arc::new(Pool::new(name, lb.selection, lb.max_ejection_percent, lb.panic_threshold_percent))
+        };
+        let pools: HashMap<String, Arc<Pool>> =
+            topology.pool_names().into_iter().map(|name| (name.clone(), new_pool(&name))).collect();
+        for spec in &topology.backends {
+            pools[&spec.pool].upsert(Backend::new(spec.id.clone(), spec.addr));
+        }
+        let mut routes: Vec<(String, Arc<Pool>)> =
+            topology.routes.iter().map(|r| (r.prefix.clone(), pools[&r.pool].clone())).collect();
+        routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
+
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(lb.connect_timeout));
+        connector.set_nodelay(true);
+        connector.set_keepalive(Some(Duration::from_secs(30)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(1024)
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+
+        Ok(Self {
+            id: id.to_string(),
+            served_by: config.debug_headers.then(|| HeaderValue::from_str(id)).transpose()?,
+            default_pool: pools[topology::DEFAULT_POOL].clone(),
+            pools,
+            routes,
+            client,
+            budget: RetryBudget::new(lb.retry_budget_percent, lb.retry_min_per_sec),
+            slots: Semaphore::new(lb.max_inflight),
+            metrics: Metrics::install(),
+            draining: AtomicBool::new(false),
+            config: lb,
+        })
+    }
+
+    /// The pool that serves `path`.
+    fn route(&self, path: &str) -> &Arc<Pool> {
+        self.routes
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(_, pool)| pool)
+            .unwrap_or(&self.default_pool)
+    }
+
+    pub fn pool(&self, name: &str) -> Option<&Arc<Pool>> {
+        self.pools.get(name)
+    }
+}
+
+/// Serves until `shutdown` resolves, then stops accepting and lets in-flight
+/// requests finish (at most 10 s, so a long-lived stream cannot hold it forever).
+pub async fn run(
+    config: Config,
+    id: &str,
+    topology: Topology,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let lb = Arc::new(Lb::new(&config, id, &topology)?);
+    let background = health::spawn(lb.clone());
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(lb.config.max_header_bytes.max(8192))
+        .keep_alive(true);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tracing::info!(id, addr = %listener.local_addr()?, "load balancer serving");
+
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // Out of file descriptors and the like: pause rather than spin.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let lb = lb.clone();
+        let service = service_fn(move |req| {
+            let lb = lb.clone();
+            async move { Ok::<_, Infallible>(proxy::handle(&lb, peer, req).await) }
+        });
+        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %peer, "client connection ended with an error");
+            }
+        });
+    }
+
+    lb.draining.store(true, Ordering::Relaxed);
+    drop(listener);
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after 10 s; closing them");
+    }
+    background.abort();
+    Ok(())
+}
+
+/// The client's address as `x-forwarded-for` shows it.
+fn client_ip(peer: SocketAddr) -> String {
+    peer.ip().to_string()
+}

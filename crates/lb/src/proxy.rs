@@ -1,0 +1,235 @@
+//! Forwarding one request: route, queue, buffer the body, pick a backend, send,
+//! and retry on another backend only when that is safe.
+//!
+//! Retry rules: a connection that failed to open carried nothing, so any request
+//! may go elsewhere; a failure after sending is retried only for idempotent methods
+//! (a POST may already have had its effect); every retry draws on the budget; a
+//! timeout is not retried (the backend may still be working on it).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bakery_telemetry::{REQUEST_ID, SERVED_BY, accept_request_id, new_request_id, record_request};
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::reply::{self, Body};
+use crate::{Lb, admin, client_ip};
+
+/// Headers that belong to one hop and are never forwarded (RFC 9110, 7.6.1).
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+];
+
+pub async fn handle(lb: &Lb, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let request_id = accept_request_id(req.headers().get(REQUEST_ID)).unwrap_or_else(new_request_id);
+    let request_id = HeaderValue::from_str(&request_id).expect("request ids are checked tokens");
+    let path = req.uri().path();
+    let mut response = if admin::owns(path) {
+        let response = admin::handle(lb, req).await;
+        record_request("lb", response.status().as_u16());
+        lb.stamp(response)
+    } else {
+        forward(lb, peer, req, &request_id).await
+    };
+    response.headers_mut().entry(REQUEST_ID).or_insert(request_id);
+    response
+}
+
+impl Lb {
+    /// Names the load balancer in `x-served-by` on a response it made itself.
+    pub(crate) fn stamp(&self, mut response: Response<Body>) -> Response<Body> {
+        if let Some(id) = &self.served_by {
+            response.headers_mut().insert(SERVED_BY, id.clone());
+        }
+        response
+    }
+}
+
+async fn forward(lb: &Lb, peer: SocketAddr, req: Request<Incoming>, request_id: &HeaderValue) -> Response<Body> {
+    let pool = lb.route(req.uri().path()).clone();
+    let route = pool.route_label();
+    let own = |status: StatusCode, code: &str, message: &str| {
+        record_request(route, status.as_u16());
+        lb.stamp(reply::error(status, code, message))
+    };
+
+    // The bounded queue: wait a little for a slot, then shed load.
+    let _slot = match tokio::time::timeout(lb.config.queue_timeout, lb.slots.acquire()).await {
+        Ok(Ok(permit)) => permit,
+        _ => return own(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the load balancer is at capacity; try again"),
+    };
+
+    let (parts, body) = req.into_parts();
+    // Buffering the body (as nginx does by default) lets a request whose connection
+    // failed go to another backend, and frees slow clients from backend connections.
+    let body = if has_body(&parts.headers) {
+        match Limited::new(body, lb.config.max_body_bytes).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return own(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is too large");
+            }
+            Err(_) => return own(StatusCode::BAD_REQUEST, "bad_body", "the request body could not be read"),
+        }
+    } else {
+        Bytes::new()
+    };
+    let headers = upstream_headers(&parts.headers, peer, request_id);
+    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let idempotent = is_idempotent(&parts.method);
+
+    lb.budget.deposit();
+    let mut tried: Vec<usize> = Vec::with_capacity(2);
+    loop {
+        let Some((index, backend)) = pool.pick(&tried) else {
+            let message = if tried.is_empty() { "no healthy backend can serve this" } else { "every backend tried failed" };
+            return own(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable", message);
+        };
+        tried.push(index);
+        let mut upstream = Request::new(Full::new(body.clone()));
+        *upstream.method_mut() = parts.method.clone();
+        *upstream.uri_mut() = match Uri::try_from(format!("{}{}", backend.origin, path_and_query)) {
+            Ok(uri) => uri,
+            Err(_) => return own(StatusCode::BAD_REQUEST, "bad_uri", "the request target is not valid"),
+        };
+        *upstream.headers_mut() = headers.clone();
+
+        let inflight = backend.start_request();
+        let outcome = tokio::time::timeout(lb.config.upstream_timeout, lb.client.request(upstream)).await;
+        drop(inflight);
+        let error = match outcome {
+            Ok(Ok(response)) => {
+                record_request(route, response.status().as_u16());
+                return downstream(response);
+            }
+            Ok(Err(error)) => error,
+            Err(_) => {
+                metrics::counter!("bakery_lb_upstream_errors_total", "kind" => "timeout").increment(1);
+                return own(StatusCode::SERVICE_UNAVAILABLE, "upstream_timeout", "the backend took too long to answer");
+            }
+        };
+        let connect_failed = error.is_connect();
+        metrics::counter!("bakery_lb_upstream_errors_total", "kind" => if connect_failed { "connect" } else { "reset" })
+            .increment(1);
+        tracing::warn!(backend = %backend.id, %error, connect_failed, "upstream attempt failed");
+        if connect_failed && pool.eject(&backend) {
+            metrics::counter!("bakery_lb_ejections_total", "reason" => "connect_failed").increment(1);
+            tracing::warn!(backend = %backend.id, "ejected after a failed connection");
+        }
+        if !(connect_failed || idempotent) || !lb.budget.try_withdraw() {
+            return own(StatusCode::SERVICE_UNAVAILABLE, "upstream_failed", "the backend failed to answer");
+        }
+        metrics::counter!("bakery_lb_retries_total").increment(1);
+    }
+}
+
+/// Whether the client sent a body at all (GETs usually do not: no buffering then).
+fn has_body(headers: &HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() != "0")
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+/// The client's headers without hop-by-hop ones, plus the request id and the
+/// `x-forwarded-*` pair. `Host` is kept, so clones see the name the client used.
+fn upstream_headers(incoming: &HeaderMap, peer: SocketAddr, request_id: &HeaderValue) -> HeaderMap {
+    let named_in_connection: Vec<String> = incoming
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|name| name.trim().to_ascii_lowercase())
+        .collect();
+    let mut out = HeaderMap::with_capacity(incoming.len() + 3);
+    for (name, value) in incoming {
+        if HOP_BY_HOP.contains(name) || named_in_connection.iter().any(|n| n == name.as_str()) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out.insert(REQUEST_ID, request_id.clone());
+    let forwarded_for = match incoming.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(earlier) => format!("{earlier}, {}", client_ip(peer)),
+        None => client_ip(peer),
+    };
+    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
+        out.insert("x-forwarded-for", value);
+    }
+    // This edge speaks plain HTTP; a client cannot claim otherwise.
+    out.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    out
+}
+
+/// The backend's response, streamed back without its hop-by-hop headers.
+fn downstream(response: Response<Incoming>) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
+    for name in &HOP_BY_HOP {
+        // Keep transfer-encoding's absence/presence to hyper: it frames the body itself.
+        parts.headers.remove(name);
+    }
+    Response::from_parts(parts, body.boxed())
+}
+
+/// How long the health checker waits for one `/healthz`.
+pub(crate) fn probe_timeout(interval: Duration) -> Duration {
+    interval.min(Duration::from_secs(2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_idempotent_methods_are_retried_after_sending() {
+        assert!(is_idempotent(&Method::GET));
+        assert!(is_idempotent(&Method::PUT));
+        assert!(!is_idempotent(&Method::POST));
+        assert!(!is_idempotent(&Method::PATCH));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_stay_behind_and_forwarding_headers_are_added() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        incoming.insert("x-secret-hop", HeaderValue::from_static("1"));
+        incoming.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        incoming.insert(header::HOST, HeaderValue::from_static("bakery.test"));
+        incoming.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        incoming.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let peer: SocketAddr = "127.0.0.9:5000".parse().unwrap();
+        let out = upstream_headers(&incoming, peer, &HeaderValue::from_static("rid"));
+        assert!(!out.contains_key(header::CONNECTION));
+        assert!(!out.contains_key("x-secret-hop"));
+        assert!(!out.contains_key("keep-alive"));
+        assert_eq!(out[header::HOST], "bakery.test");
+        assert_eq!(out["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(out["x-forwarded-proto"], "http");
+        assert_eq!(out[REQUEST_ID], "rid");
+    }
+
+    #[test]
+    fn bodies_are_buffered_only_when_there_is_one() {
+        let mut headers = HeaderMap::new();
+        assert!(!has_body(&headers));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+        assert!(!has_body(&headers));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("12"));
+        assert!(has_body(&headers));
+    }
+}

@@ -1,0 +1,257 @@
+//! The shared session store: what makes web clones stateless. Every clone reads and
+//! writes sessions here, so any clone can serve any user.
+//!
+//! Two engines behind one type, chosen by `BAKERY_SESSION_URL`:
+//! [`SessionStore::Sqlite`] (the embedded default: a file in the data directory, shared
+//! by every process on the machine and durable across restarts) and
+//! [`SessionStore::Redis`]. Only a SHA-256 of the session id is stored, so whoever
+//! reads the store cannot take over a session. Knows nothing of HTTP or cookies.
+
+use std::time::Duration;
+
+use base64::Engine;
+use bakery_config::SessionUrl;
+use bakery_core::now_millis;
+use redis::AsyncCommands;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("the session store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<sqlx::Error> for SessionError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+impl From<redis::RedisError> for SessionError {
+    fn from(e: redis::RedisError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
+}
+
+/// How long a session lives.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    /// Ends a session nobody used for this long.
+    pub idle: Duration,
+    /// Ends every session this long after login, used or not.
+    pub absolute: Duration,
+}
+
+/// What the store keeps for one session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Session {
+    pub user_id: i64,
+    /// Unix milliseconds of login.
+    pub created_at: i64,
+    /// Unix milliseconds of the last recorded use (recorded at most once a minute).
+    pub last_seen: i64,
+}
+
+/// A session id as the client holds it: 256 random bits, base64url.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionId(String);
+
+impl SessionId {
+    fn generate() -> Self {
+        let bytes: [u8; 32] = rand::random();
+        Self(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    }
+
+    /// Accepts what a cookie carried, if it has the shape of one of ours.
+    pub fn from_cookie(value: &str) -> Option<Self> {
+        let ok = value.len() == 43 && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        ok.then(|| Self(value.to_string()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The key under which the store keeps it.
+    fn digest(&self) -> String {
+        let hash = Sha256::digest(self.0.as_bytes());
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(hash)
+    }
+}
+
+impl std::fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionId(***)")
+    }
+}
+
+/// Uses are recorded at most this often, so reads do not turn into writes.
+const TOUCH_EVERY_MS: i64 = 60_000;
+const REDIS_PREFIX: &str = "bakery:session:";
+
+/// The store, one variant per engine.
+#[derive(Clone)]
+pub enum SessionStore {
+    Sqlite { pool: SqlitePool, lifetimes: Lifetimes },
+    Redis { conn: redis::aio::ConnectionManager, lifetimes: Lifetimes },
+}
+
+impl SessionStore {
+    /// Connects (and for SQLite creates the file and table); fails if unreachable.
+    pub async fn connect(url: &SessionUrl, lifetimes: Lifetimes) -> Result<Self, SessionError> {
+        match url {
+            SessionUrl::Sqlite(path) => {
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .create_if_missing(true)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5));
+                let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS sessions (
+                         id_digest  TEXT PRIMARY KEY,
+                         user_id    INTEGER NOT NULL,
+                         created_at INTEGER NOT NULL,
+                         last_seen  INTEGER NOT NULL
+                     )",
+                )
+                .execute(&pool)
+                .await?;
+                Ok(Self::Sqlite { pool, lifetimes })
+            }
+            SessionUrl::Redis(url) => {
+                let client = redis::Client::open(url.as_str())?;
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(1)))
+                    .set_response_timeout(Some(Duration::from_secs(1)))
+                    .set_number_of_retries(2);
+                let mut conn = redis::aio::ConnectionManager::new_with_config(client, config).await?;
+                let _: () = redis::cmd("PING").query_async(&mut conn).await?;
+                Ok(Self::Redis { conn, lifetimes })
+            }
+        }
+    }
+
+    pub fn engine(&self) -> &'static str {
+        match self {
+            Self::Sqlite { .. } => "embedded",
+            Self::Redis { .. } => "redis",
+        }
+    }
+
+    fn lifetimes(&self) -> Lifetimes {
+        match self {
+            Self::Sqlite { lifetimes, .. } | Self::Redis { lifetimes, .. } => *lifetimes,
+        }
+    }
+
+    /// Starts a session for `user_id` under a fresh id.
+    pub async fn create(&self, user_id: i64) -> Result<SessionId, SessionError> {
+        let id = SessionId::generate();
+        let now = now_millis();
+        let session = Session { user_id, created_at: now, last_seen: now };
+        self.save(&id.digest(), &session).await?;
+        if let Self::Sqlite { pool, .. } = self {
+            // Expired rows are swept now and then by whoever logs in.
+            if rand::random::<u8>() < 8 {
+                let lifetimes = self.lifetimes();
+                sqlx::query("DELETE FROM sessions WHERE last_seen < $1 OR created_at < $2")
+                    .bind(now - lifetimes.idle.as_millis() as i64)
+                    .bind(now - lifetimes.absolute.as_millis() as i64)
+                    .execute(pool)
+                    .await?;
+            }
+        }
+        Ok(id)
+    }
+
+    /// The live session behind `id`, or `None` when unknown, ended or expired.
+    pub async fn load(&self, id: &SessionId) -> Result<Option<Session>, SessionError> {
+        let digest = id.digest();
+        let found = match self {
+            Self::Sqlite { pool, .. } => {
+                sqlx::query_as::<_, (i64, i64, i64)>(
+                    "SELECT user_id, created_at, last_seen FROM sessions WHERE id_digest = $1",
+                )
+                .bind(&digest)
+                .fetch_optional(pool)
+                .await?
+                .map(|(user_id, created_at, last_seen)| Session { user_id, created_at, last_seen })
+            }
+            Self::Redis { conn, .. } => {
+                let raw: Option<String> = conn.clone().get(format!("{REDIS_PREFIX}{digest}")).await?;
+                raw.and_then(|json| serde_json::from_str(&json).ok())
+            }
+        };
+        let Some(mut session) = found else { return Ok(None) };
+        let now = now_millis();
+        let lifetimes = self.lifetimes();
+        if now - session.last_seen > lifetimes.idle.as_millis() as i64
+            || now - session.created_at > lifetimes.absolute.as_millis() as i64
+        {
+            self.destroy(id).await?;
+            return Ok(None);
+        }
+        if now - session.last_seen > TOUCH_EVERY_MS {
+            session.last_seen = now;
+            self.save(&digest, &session).await?;
+        }
+        Ok(Some(session))
+    }
+
+    /// Ends a session on the server: its id is refused from now on.
+    pub async fn destroy(&self, id: &SessionId) -> Result<(), SessionError> {
+        let digest = id.digest();
+        match self {
+            Self::Sqlite { pool, .. } => {
+                sqlx::query("DELETE FROM sessions WHERE id_digest = $1").bind(&digest).execute(pool).await?;
+            }
+            Self::Redis { conn, .. } => {
+                let _: () = conn.clone().del(format!("{REDIS_PREFIX}{digest}")).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the store answers, for `/healthz`.
+    pub async fn ping(&self) -> Result<(), SessionError> {
+        match self {
+            Self::Sqlite { pool, .. } => {
+                sqlx::query("SELECT 1").execute(pool).await?;
+            }
+            Self::Redis { conn, .. } => {
+                let _: () = redis::cmd("PING").query_async(&mut conn.clone()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn save(&self, digest: &str, session: &Session) -> Result<(), SessionError> {
+        match self {
+            Self::Sqlite { pool, .. } => {
+                sqlx::query(
+                    "INSERT INTO sessions (id_digest, user_id, created_at, last_seen) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (id_digest) DO UPDATE SET last_seen = excluded.last_seen",
+                )
+                .bind(digest)
+                .bind(session.user_id)
+                .bind(session.created_at)
+                .bind(session.last_seen)
+                .execute(pool)
+                .await?;
+            }
+            Self::Redis { conn, lifetimes } => {
+                // Redis forgets the key when the session would expire anyway.
+                let absolute_left = session.created_at + lifetimes.absolute.as_millis() as i64 - now_millis();
+                let ttl = (lifetimes.idle.as_millis() as i64).min(absolute_left).max(1) as u64;
+                let json = serde_json::to_string(session).expect("a Session always serializes");
+                let _: () = conn.clone().pset_ex(format!("{REDIS_PREFIX}{digest}"), json, ttl).await?;
+            }
+        }
+        Ok(())
+    }
+}

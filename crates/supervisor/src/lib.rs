@@ -1,0 +1,227 @@
+//! `bakery up`: starts the whole topology on this machine as separate processes
+//! (the load balancer and the web clones), prints one `started` line per process
+//! and `ready http://ADDR` once everything answers its health check, replaces a
+//! process that dies (with backoff, telling the load balancer about the new clone),
+//! and stops everything on Ctrl-C or SIGTERM: the load balancer first, then the clones.
+//!
+//! Children also watch this process: if `up` is killed outright, they notice that
+//! their parent is gone and shut themselves down (see the binary's `shutdown` module).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bakery_config::{Config, ConfigError};
+use bakery_db::Database;
+use bakery_db::accounts::AdminBootstrap;
+use http::Method;
+use tokio_util::sync::CancellationToken;
+
+mod child;
+mod probe;
+
+use child::{ChildSpec, Launcher, Running};
+use probe::Http;
+
+/// `bakery up`'s own options.
+#[derive(Debug, Clone)]
+pub struct UpOptions {
+    pub listen: String,
+    pub clones: usize,
+    pub config_file: Option<PathBuf>,
+}
+
+/// Longest a child may take to stop after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(15);
+/// Longest a fresh child may take to answer its health check.
+const READY_LIMIT: Duration = Duration::from_secs(30);
+
+struct Supervisor {
+    launcher: Launcher,
+    http: Http,
+    admin_token: String,
+    /// The live web clones, by id: what a restarted load balancer is told.
+    clones: Mutex<BTreeMap<String, SocketAddr>>,
+    /// Where the load balancer's admin API answers (its listen address).
+    lb_addr: Mutex<Option<SocketAddr>>,
+}
+
+/// Migrates, starts everything, and supervises until `shutdown` resolves.
+pub async fn run(config: Config, options: UpOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    if options.clones == 0 {
+        return Err(ConfigError::new("--clones", "at least one web clone is needed").into());
+    }
+    prepare_database(&config).await?;
+
+    let admin_token = format!("{:032x}", rand::random::<u128>());
+    let supervisor = Arc::new(Supervisor {
+        launcher: Launcher {
+            exe: std::env::current_exe().context("cannot find the bakery executable")?,
+            config_file: options.config_file.clone(),
+            env: vec![("BAKERY_LB_ADMIN_TOKEN".to_string(), admin_token.clone())],
+        },
+        http: Http::new(),
+        admin_token,
+        clones: Mutex::new(BTreeMap::new()),
+        lb_addr: Mutex::new(None),
+    });
+
+    // Clones first, so the load balancer starts with members to send to.
+    let mut started: Vec<(ChildSpec, Running)> = Vec::new();
+    let clone_specs: Vec<ChildSpec> = (1..=options.clones)
+        .map(|i| ChildSpec { role: "web", id: format!("web-{i}"), listen: "127.0.0.1:0".into(), args: vec![] })
+        .collect();
+    let launched = futures::future::join_all(clone_specs.iter().map(|spec| supervisor.start_ready(spec))).await;
+    for (spec, running) in clone_specs.into_iter().zip(launched) {
+        let running = running?;
+        supervisor.lock_clones().insert(spec.id.clone(), running.addr);
+        started.push((spec, running));
+    }
+    let lb_spec = ChildSpec { role: "lb", id: "lb-1".into(), listen: options.listen.clone(), args: vec![] };
+    let lb = supervisor.start_ready(&lb_spec).await?;
+    for (spec, running) in std::iter::once((&lb_spec, &lb)).chain(started.iter().map(|(s, r)| (s, r))) {
+        announce(spec, running);
+    }
+    println!("ready http://{}", lb.addr);
+
+    let stop_lb = CancellationToken::new();
+    let stop_web = CancellationToken::new();
+    let lb_keeper = tokio::spawn(supervisor.clone().keep(lb_spec, lb, stop_lb.clone()));
+    let web_keepers: Vec<_> = started
+        .into_iter()
+        .map(|(spec, running)| tokio::spawn(supervisor.clone().keep(spec, running, stop_web.clone())))
+        .collect();
+
+    shutdown.await;
+    println!("stopping");
+    stop_lb.cancel();
+    let _ = lb_keeper.await;
+    stop_web.cancel();
+    for keeper in web_keepers {
+        let _ = keeper.await;
+    }
+    println!("stopped");
+    Ok(())
+}
+
+/// Applies migrations and creates the admin account on first start.
+async fn prepare_database(config: &Config) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+        ConfigError::new("BAKERY_DATA_DIR", format!("cannot create {}: {e}", config.data_dir.display()))
+    })?;
+    let db = Database::connect(&config.database_url).await.map_err(|e| {
+        ConfigError::new("BAKERY_DATABASE_URL", format!("cannot use {}: {e}", config.database_url.redacted()))
+    })?;
+    db.migrate().await.context("applying migrations")?;
+    match db.ensure_admin(config.admin_password.as_deref()).await.context("creating the admin account")? {
+        AdminBootstrap::Generated(password) => {
+            println!("admin account created: username=admin password={password} (shown once; BAKERY_ADMIN_PASSWORD chooses it)");
+        }
+        AdminBootstrap::Created => println!("admin account created: username=admin (password from BAKERY_ADMIN_PASSWORD)"),
+        AdminBootstrap::Existing => {}
+    }
+    db.close().await;
+    Ok(())
+}
+
+fn announce(spec: &ChildSpec, running: &Running) {
+    println!("started role={} id={} pid={} addr={}", spec.role, spec.id, running.pid, running.addr);
+}
+
+impl Supervisor {
+    fn lock_clones(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SocketAddr>> {
+        self.clones.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts a child and waits until it is ready: a clone answers `/healthz`; the
+    /// load balancer answers and sees every clone healthy.
+    async fn start_ready(&self, spec: &ChildSpec) -> anyhow::Result<Running> {
+        let mut spec = spec.clone();
+        if spec.role == "lb" {
+            spec.args = self.lock_clones().iter().flat_map(|(id, addr)| ["--backend".to_string(), format!("web={id}@{addr}")]).collect();
+        }
+        let mut running = self.launcher.start(&spec).await?;
+        let ready = if spec.role == "lb" {
+            let expected = self.lock_clones().len();
+            self.http.wait_until(running.addr, "/lb/backends", READY_LIMIT, |status, body| {
+                status.is_success() && healthy_members(body, "web") >= expected
+            })
+            .await
+        } else {
+            self.http.wait_until(running.addr, "/healthz", READY_LIMIT, |status, _| status.is_success()).await
+        };
+        if !ready {
+            running.stop(Duration::from_secs(1)).await;
+            bail!("{} did not become healthy within {} s", spec.id, READY_LIMIT.as_secs());
+        }
+        if spec.role == "lb" {
+            *self.lb_addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(running.addr);
+        }
+        Ok(running)
+    }
+
+    /// Watches one child until `stop`; replaces it with backoff whenever it dies.
+    async fn keep(self: Arc<Self>, spec: ChildSpec, mut running: Running, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(500);
+        let mut since = Instant::now();
+        loop {
+            let status = tokio::select! {
+                status = running.child.wait() => status,
+                () = stop.cancelled() => {
+                    running.stop(STOP_GRACE).await;
+                    return;
+                }
+            };
+            let how = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+            println!("restarted role={} id={} old_pid={} reason=\"{how}\"", spec.role, spec.id, running.pid);
+            if since.elapsed() > Duration::from_secs(30) {
+                backoff = Duration::from_millis(500);
+            }
+            running = loop {
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = stop.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+                match self.start_ready(&spec).await {
+                    Ok(fresh) => break fresh,
+                    Err(error) => tracing::error!(id = %spec.id, error = format!("{error:#}"), "restart failed; backing off"),
+                }
+            };
+            since = Instant::now();
+            if spec.role == "web" {
+                self.lock_clones().insert(spec.id.clone(), running.addr);
+                self.register_clone(&spec.id, running.addr).await;
+            }
+            announce(&spec, &running);
+        }
+    }
+
+    /// Tells the load balancer where a (re)started clone now listens.
+    async fn register_clone(&self, id: &str, addr: SocketAddr) {
+        let Some(lb) = *self.lb_addr.lock().unwrap_or_else(|p| p.into_inner()) else { return };
+        let body = serde_json::json!({ "addr": addr.to_string() }).to_string();
+        let answer =
+            self.http.call(Method::PUT, lb, &format!("/lb/backends/web/{id}"), Some(&self.admin_token), Some(body)).await;
+        if !answer.is_some_and(|(status, _)| status.is_success()) {
+            tracing::warn!(id, %addr, "could not register the clone with the load balancer");
+        }
+    }
+}
+
+/// Counts the healthy members of `pool` in a `/lb/backends` answer.
+fn healthy_members(body: &[u8], pool: &str) -> usize {
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else { return 0 };
+    value["pools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["name"] == pool)
+        .flat_map(|p| p["backends"].as_array().into_iter().flatten())
+        .filter(|b| b["healthy"] == true)
+        .count()
+}

@@ -1,0 +1,114 @@
+//! Observability shared by every role: logs (`tracing`), metrics with the contract's
+//! names (Prometheus text through `metrics-exporter-prometheus`), and request ids.
+//!
+//! Knows nothing of HTTP frameworks: roles call [`record_request`] from their own
+//! middleware and serve [`Metrics::render`] on `/metrics`.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// The header that carries a request's id across every hop.
+pub const REQUEST_ID: &str = "x-request-id";
+/// The id of the process that produced a response.
+pub const SERVED_BY: &str = "x-served-by";
+
+/// Logs go to stderr, so stdout stays free for the machine-readable lines the
+/// supervisor reads (`listening ...`, `started ...`, `ready ...`).
+pub fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // A second call (tests start several roles in one process) keeps the first subscriber.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// The process-wide Prometheus recorder.
+#[derive(Clone)]
+pub struct Metrics {
+    handle: PrometheusHandle,
+}
+
+impl Metrics {
+    /// Installs the recorder once per process and returns a handle to render it.
+    pub fn install() -> Self {
+        static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+        let handle = HANDLE
+            .get_or_init(|| {
+                let recorder = PrometheusBuilder::new().build_recorder();
+                let handle = recorder.handle();
+                // Fails only when another recorder is installed, in which case ours stays
+                // unused and renders empty; no role installs another.
+                let _ = metrics::set_global_recorder(recorder);
+                describe();
+                handle
+            })
+            .clone();
+        Self { handle }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+}
+
+fn describe() {
+    metrics::describe_counter!("bakery_http_requests_total", "HTTP requests answered, by route and status.");
+    metrics::describe_counter!("bakery_db_queries_total", "Database queries, by role (primary or replica).");
+    metrics::describe_counter!("bakery_lb_retries_total", "Requests the load balancer sent again to another backend.");
+    metrics::describe_counter!("bakery_lb_ejections_total", "Backends taken out of rotation, by reason.");
+    metrics::describe_counter!("bakery_lb_upstream_errors_total", "Failed attempts to reach a backend, by kind.");
+}
+
+/// Counts one answered HTTP request under the contract's metric name.
+pub fn record_request(route: &str, status: u16) {
+    metrics::counter!(
+        "bakery_http_requests_total",
+        "route" => route.to_string(),
+        "status" => status.to_string()
+    )
+    .increment(1);
+}
+
+/// A fresh request id: 128 random bits as 32 hex digits.
+pub fn new_request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
+/// Keeps a client's request id only if it is a sane token, so logs and headers
+/// never carry what an attacker put there.
+pub fn accept_request_id(value: Option<&http::HeaderValue>) -> Option<String> {
+    let text = value?.to_str().ok()?;
+    let sane = !text.is_empty()
+        && text.len() <= 128
+        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    sane.then(|| text.to_string())
+}
+
+/// Resolves on SIGINT or SIGTERM: the one shutdown signal every role listens to.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler works on Unix");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_from_clients_are_kept_only_when_sane() {
+        let ok = http::HeaderValue::from_static("abc-123_x.y");
+        assert_eq!(accept_request_id(Some(&ok)).as_deref(), Some("abc-123_x.y"));
+        let hostile = http::HeaderValue::from_static("<script>");
+        assert_eq!(accept_request_id(Some(&hostile)), None);
+        assert_eq!(new_request_id().len(), 32);
+    }
+}

@@ -1,0 +1,85 @@
+//! The one error type of the HTTP layer, answered as the contract's JSON:
+//! `{"error": {"code": "<snake_case>", "message": "<sentence>"}}`.
+//! Client mistakes keep their message; server faults are logged, never shown.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use bakery_core::Invalid;
+use bakery_db::DbError;
+use bakery_session::SessionError;
+use serde_json::json;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self { status, code, message: message.into() }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "not_logged_in", "log in first")
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", "there is nothing here")
+    }
+
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, message)
+    }
+
+    /// A fault of ours: logged with its cause, answered without it.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        tracing::error!(%cause, "internal error");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "something went wrong on our side")
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<Invalid> for ApiError {
+    fn from(invalid: Invalid) -> Self {
+        Self::bad_request(invalid.code, invalid.message)
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(error: DbError) -> Self {
+        match error {
+            DbError::Unavailable(cause) => {
+                tracing::warn!(%cause, "database unavailable");
+                Self::unavailable("database_unavailable", "the database is unavailable; try again shortly")
+            }
+            DbError::Conflict(constraint) => Self::conflict("conflict", format!("that conflicts with {constraint}")),
+            DbError::Other(cause) => Self::internal(cause),
+        }
+    }
+}
+
+impl From<SessionError> for ApiError {
+    fn from(error: SessionError) -> Self {
+        tracing::warn!(%error, "session store unavailable");
+        Self::unavailable("session_store_unavailable", "the session store is unavailable; try again shortly")
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;

@@ -1,0 +1,128 @@
+//! `bakery web`: one stateless web clone. HTML pages and the JSON API over axum.
+//!
+//! A clone keeps nothing of its own between requests: users live in the database,
+//! sessions in the shared session store. So any clone can serve any request, and
+//! the load balancer may send each request to a different one.
+//! Knows nothing of the load balancer beyond answering `/healthz` honestly.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::Context;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bakery_config::{Config, ConfigError};
+use bakery_db::Database;
+use bakery_session::{Lifetimes, SessionStore};
+use bakery_telemetry::Metrics;
+use tokio::net::TcpListener;
+
+pub mod error;
+pub mod extract;
+mod middleware;
+mod pages;
+pub mod routes;
+mod session_cookie;
+
+use error::ApiError;
+
+/// JSON bodies beyond this are answered 413 (contract: 1 MiB).
+pub const JSON_BODY_LIMIT: usize = 1 << 20;
+
+/// What every handler can reach. Cheap to clone: handles and `Arc`s only.
+#[derive(Clone)]
+pub struct AppState {
+    pub id: Arc<str>,
+    served_by: HeaderValue,
+    pub config: Arc<Config>,
+    pub db: Database,
+    pub sessions: SessionStore,
+    pub metrics: Metrics,
+    templates: Arc<minijinja::Environment<'static>>,
+    draining: Arc<AtomicBool>,
+}
+
+impl AppState {
+    /// Connects to the stores named in `config`. A store that cannot be reached is a
+    /// [`ConfigError`] naming its variable, so `main` can exit 2 with one clear line.
+    pub async fn connect(config: Config, id: &str) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| ConfigError::new("BAKERY_DATA_DIR", format!("cannot create {}: {e}", config.data_dir.display())))?;
+        let db = Database::connect(&config.database_url).await.map_err(|e| {
+            ConfigError::new("BAKERY_DATABASE_URL", format!("cannot use {}: {e}", config.database_url.redacted()))
+        })?;
+        db.check_schema().await.map_err(|e| ConfigError::new("BAKERY_DATABASE_URL", e.to_string()))?;
+        let lifetimes = Lifetimes { idle: config.session_idle_timeout, absolute: config.session_absolute_timeout };
+        let sessions = SessionStore::connect(&config.session_url, lifetimes)
+            .await
+            .map_err(|e| ConfigError::new("BAKERY_SESSION_URL", format!("cannot use the session store: {e}")))?;
+        Ok(Self {
+            id: Arc::from(id),
+            served_by: HeaderValue::from_str(id).context("--id must be a valid header value")?,
+            config: Arc::new(config),
+            db,
+            sessions,
+            metrics: Metrics::install(),
+            templates: Arc::new(pages::templates()),
+            draining: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Whether the session cookie must be `Secure` for this request.
+    fn cookie_secure(&self, headers: &HeaderMap) -> bool {
+        self.config.cookie_secure || session_cookie::is_tls(headers)
+    }
+}
+
+/// The whole application: routes, fallbacks and layers.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .merge(routes::ops::router())
+        .merge(routes::accounts::router())
+        .merge(pages::router())
+        .fallback(|| async { ApiError::not_found() })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "that method is not allowed here")
+        })
+        .layer(axum::middleware::from_fn(middleware::csrf))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::timeout))
+        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| -> Response {
+            ApiError::internal("a handler panicked").into_response()
+        }))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::request_context))
+        .with_state(state)
+}
+
+/// Serves the clone on `listener` until `shutdown` resolves, then drains: `/healthz`
+/// answers 503 for the configured grace (the load balancer stops sending new
+/// requests) while requests keep being served, then in-flight requests finish.
+pub async fn run(
+    config: Config,
+    id: &str,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = AppState::connect(config, id).await?;
+    let grace = state.config.drain_grace;
+    let draining = state.draining.clone();
+    let db = state.db.clone();
+    tracing::info!(id, addr = %listener.local_addr()?, sessions = state.sessions.engine(), "web clone serving");
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            draining.store(true, Ordering::Relaxed);
+            tracing::info!(?grace, "draining");
+            tokio::time::sleep(grace).await;
+        })
+        .await?;
+    db.close().await;
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! Layers every request goes through, outermost first: request id and
+//! `x-served-by`, metrics, the timeout, the CSRF check.
+
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bakery_telemetry::{REQUEST_ID, SERVED_BY};
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::session_cookie;
+
+/// Keeps (or makes) the request id, echoes it on the response, names this clone in
+/// `x-served-by`, and counts the request by route and status.
+pub async fn request_context(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let request_id = bakery_telemetry::accept_request_id(req.headers().get(REQUEST_ID))
+        .unwrap_or_else(bakery_telemetry::new_request_id);
+    let id_header = HeaderValue::from_str(&request_id).expect("request ids are checked tokens");
+    req.headers_mut().insert(REQUEST_ID, id_header.clone());
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+
+    let mut response = next.run(req).await;
+
+    bakery_telemetry::record_request(&route, response.status().as_u16());
+    let headers = response.headers_mut();
+    headers.insert(REQUEST_ID, id_header);
+    if state.config.debug_headers {
+        headers.insert(SERVED_BY, state.served_by.clone());
+    }
+    response
+}
+
+/// Answers 503 `timeout` when a handler takes longer than the configured bound.
+pub async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let limit: Duration = state.config.request_timeout;
+    match tokio::time::timeout(limit, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => ApiError::unavailable("timeout", "the request took too long; try again").into_response(),
+    }
+}
+
+/// Refuses a cookie-authenticated unsafe request that a browser says came from
+/// another site: `Origin` naming another origin, or `Sec-Fetch-Site: cross-site`.
+/// Clients that send neither header (curl, other services) pass, as the contract says.
+pub async fn csrf(req: Request, next: Next) -> Response {
+    if is_cross_site_with_cookie(req.method(), req.headers()) {
+        return ApiError::new(StatusCode::FORBIDDEN, "csrf", "cross-site requests may not change anything")
+            .into_response();
+    }
+    next.run(req).await
+}
+
+fn is_cross_site_with_cookie(method: &Method, headers: &HeaderMap) -> bool {
+    let unsafe_method = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
+    if !unsafe_method || session_cookie::read(headers).is_none() {
+        return false;
+    }
+    if headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site") {
+        return true;
+    }
+    match headers.get(header::ORIGIN) {
+        None => false,
+        Some(origin) => {
+            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+            let origin_host = origin.to_str().ok().and_then(|o| o.split_once("://")).map(|(_, rest)| rest);
+            // `Origin: null` (sandboxed frames, some redirects) names no origin of ours.
+            origin_host.is_none() || origin_host != host
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    const COOKIE: (&str, &str) = ("cookie", "bakery_session=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+
+    #[test]
+    fn cross_site_posts_with_a_session_are_refused() {
+        let evil = headers(&[COOKIE, ("host", "bakery.test"), ("origin", "https://evil.test")]);
+        assert!(is_cross_site_with_cookie(&Method::POST, &evil));
+        let fetch = headers(&[COOKIE, ("sec-fetch-site", "cross-site")]);
+        assert!(is_cross_site_with_cookie(&Method::DELETE, &fetch));
+        let null = headers(&[COOKIE, ("host", "bakery.test"), ("origin", "null")]);
+        assert!(is_cross_site_with_cookie(&Method::PATCH, &null));
+    }
+
+    #[test]
+    fn same_origin_safe_and_cookieless_requests_pass() {
+        let same = headers(&[COOKIE, ("host", "bakery.test:8080"), ("origin", "http://bakery.test:8080")]);
+        assert!(!is_cross_site_with_cookie(&Method::POST, &same));
+        let curl = headers(&[COOKIE]);
+        assert!(!is_cross_site_with_cookie(&Method::POST, &curl));
+        let get = headers(&[COOKIE, ("origin", "https://evil.test")]);
+        assert!(!is_cross_site_with_cookie(&Method::GET, &get));
+        let no_cookie = headers(&[("origin", "https://evil.test")]);
+        assert!(!is_cross_site_with_cookie(&Method::POST, &no_cookie));
+    }
+}

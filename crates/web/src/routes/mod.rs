@@ -1,0 +1,4 @@
+//! One module per resource of the contract, each with its own `router()`.
+
+pub mod accounts;
+pub mod ops;

@@ -1,0 +1,46 @@
+//! Operations: `/api/ping`, `/healthz`, `/metrics` (contract: "Operations").
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::AppState;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/ping", get(ping))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+}
+
+/// The cheapest proxied route: touches no store.
+async fn ping(State(state): State<AppState>) -> Response {
+    Json(json!({"pong": true, "id": &*state.id})).into_response()
+}
+
+/// 200 when this clone can serve; 503 while draining (so the load balancer stops
+/// sending new requests at once) or when a store it needs does not answer.
+async fn healthz(State(state): State<AppState>) -> Response {
+    let id = &*state.id;
+    if state.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining", "id": id}))).into_response();
+    }
+    let (db, sessions) = tokio::join!(state.db.ping(), state.sessions.ping());
+    let failing: Vec<&str> = [("database", db.is_err()), ("sessions", sessions.is_err())]
+        .into_iter()
+        .filter_map(|(name, failed)| failed.then_some(name))
+        .collect();
+    if failing.is_empty() {
+        Json(json!({"status": "ok", "id": id})).into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "id": id, "failing": failing})))
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+}

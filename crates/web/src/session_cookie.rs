@@ -1,0 +1,48 @@
+//! The `bakery_session` cookie: HttpOnly, SameSite=Lax, Secure over TLS or when
+//! configured, scoped to the whole site.
+
+use axum::http::{HeaderMap, HeaderValue, header};
+use bakery_session::SessionId;
+use cookie::{Cookie, SameSite};
+
+pub const NAME: &str = "bakery_session";
+
+/// The session id the client sent, if it has the shape of one.
+pub fn read(headers: &HeaderMap) -> Option<SessionId> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(Cookie::split_parse)
+        .filter_map(Result::ok)
+        .find(|c| c.name() == NAME)
+        .and_then(|c| SessionId::from_cookie(c.value()))
+}
+
+/// Whether the request came over TLS (directly, or as the edge says).
+pub fn is_tls(headers: &HeaderMap) -> bool {
+    headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+}
+
+/// `Set-Cookie` that hands the client a session.
+pub fn set(id: &SessionId, secure: bool) -> HeaderValue {
+    let cookie = Cookie::build((NAME, id.as_str().to_string()))
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(secure)
+        .path("/")
+        .build();
+    HeaderValue::from_str(&cookie.to_string()).expect("a base64url id makes a valid header")
+}
+
+/// `Set-Cookie` that makes the client forget its session.
+pub fn clear(secure: bool) -> HeaderValue {
+    let cookie = Cookie::build((NAME, ""))
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(secure)
+        .path("/")
+        .max_age(cookie::time::Duration::ZERO)
+        .build();
+    HeaderValue::from_str(&cookie.to_string()).expect("an empty cookie makes a valid header")
+}
