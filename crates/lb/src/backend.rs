@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 pub struct Backend {
     pub id: String,
@@ -16,6 +16,8 @@ pub struct Backend {
     pub origin: String,
     inflight: AtomicUsize,
     served: AtomicU64,
+    /// Attempts in a row that failed after connecting (resets, no answer).
+    consecutive_failures: AtomicU32,
     /// Read on every request, so kept apart from the checker's counters.
     healthy: AtomicBool,
     counters: Mutex<HealthCounters>,
@@ -46,6 +48,7 @@ impl Backend {
             addr,
             inflight: AtomicUsize::new(0),
             served: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
             healthy: AtomicBool::new(false),
             counters: Mutex::new(HealthCounters::default()),
         }
@@ -71,6 +74,18 @@ impl Backend {
     pub fn start_request(&self) -> InflightGuard<'_> {
         self.inflight.fetch_add(1, Ordering::Relaxed);
         InflightGuard(self)
+    }
+
+    /// An answered request: the failure streak is over.
+    pub fn record_success(&self) {
+        if self.consecutive_failures.load(Ordering::Relaxed) != 0 {
+            self.consecutive_failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// A failed attempt; returns the length of the failure streak.
+    pub fn record_failure(&self) -> u32 {
+        self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Applies one active check with hysteresis; returns true if health changed.
@@ -103,6 +118,7 @@ impl Backend {
     pub fn eject(&self) -> bool {
         let Ok(mut c) = self.counters.lock() else { return false };
         c.passes = 0;
+        self.consecutive_failures.store(0, Ordering::Relaxed);
         self.healthy.swap(false, Ordering::Relaxed)
     }
 }

@@ -31,6 +31,10 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Failures in a row after connecting that eject a member (Envoy's
+/// `consecutive_gateway_failure`).
+const CONSECUTIVE_FAILURES_TO_EJECT: u32 = 3;
+
 pub async fn handle(lb: &Lb, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let request_id = accept_request_id(req.headers().get(REQUEST_ID)).unwrap_or_else(new_request_id);
     let request_id = HeaderValue::from_str(&request_id).expect("request ids are checked tokens");
@@ -109,6 +113,7 @@ async fn forward(lb: &Lb, peer: SocketAddr, req: Request<Incoming>, request_id: 
         drop(inflight);
         let error = match outcome {
             Ok(Ok(response)) => {
+                backend.record_success();
                 record_request(route, response.status().as_u16());
                 return downstream(response);
             }
@@ -122,9 +127,13 @@ async fn forward(lb: &Lb, peer: SocketAddr, req: Request<Incoming>, request_id: 
         metrics::counter!("bakery_lb_upstream_errors_total", "kind" => if connect_failed { "connect" } else { "reset" })
             .increment(1);
         tracing::warn!(backend = %backend.id, %error, connect_failed, "upstream attempt failed");
-        if connect_failed && pool.eject(&backend) {
-            metrics::counter!("bakery_lb_ejections_total", "reason" => "connect_failed").increment(1);
-            tracing::warn!(backend = %backend.id, "ejected after a failed connection");
+        // Outlier detection: a refused connection, or a streak of failures after
+        // connecting, takes the member out until the checker sees it pass again.
+        let streak = backend.record_failure();
+        if (connect_failed || streak >= CONSECUTIVE_FAILURES_TO_EJECT) && pool.eject(&backend) {
+            let reason = if connect_failed { "connect_failed" } else { "consecutive_failures" };
+            metrics::counter!("bakery_lb_ejections_total", "reason" => reason).increment(1);
+            tracing::warn!(backend = %backend.id, reason, "ejected");
         }
         if !(connect_failed || idempotent) || !lb.budget.try_withdraw() {
             return own(StatusCode::SERVICE_UNAVAILABLE, "upstream_failed", "the backend failed to answer");

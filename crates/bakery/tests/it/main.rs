@@ -1,0 +1,11 @@
+//! Black-box tests of the built `bakery` binary against real services.
+//! One test binary (fast to link); one module per capability.
+
+mod harness;
+
+mod accounts;
+mod bad_input;
+mod cli;
+mod clones;
+mod lb;
+mod sessions;
