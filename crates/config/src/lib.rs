@@ -235,7 +235,7 @@ impl Config {
             panic_threshold_percent: percent(
                 get("BAKERY_LB_PANIC_THRESHOLD_PERCENT"),
                 "BAKERY_LB_PANIC_THRESHOLD_PERCENT",
-                34,
+                25,
             )?,
             retry_budget_percent: percent(get("BAKERY_LB_RETRY_BUDGET_PERCENT"), "BAKERY_LB_RETRY_BUDGET_PERCENT", 20)?,
             retry_min_per_sec: number(get("BAKERY_LB_RETRY_MIN_PER_SEC"), "BAKERY_LB_RETRY_MIN_PER_SEC", 10)? as u32,
@@ -369,6 +369,13 @@ mod tests {
         assert_eq!(err.variable, "BAKERY_SESSION_URL");
         let err = Config::from_layers(None, env(&[("BAKERY_REPLICA_URLS", "postgres://r/db")])).unwrap_err();
         assert_eq!(err.variable, "BAKERY_REPLICA_URLS", "replicas without a postgres primary");
+    }
+
+    #[test]
+    fn the_documented_defaults_file_matches_the_built_in_defaults() {
+        let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config.default.toml");
+        let from_file = Config::from_layers(Some(&file), Vec::new()).expect("config.default.toml loads");
+        assert_eq!(format!("{from_file:?}"), format!("{:?}", Config::defaults()));
     }
 
     #[test]
