@@ -13,6 +13,12 @@ use clap::{Args, Parser, Subcommand};
 
 mod shutdown;
 
+/// mimalloc instead of glibc's allocator: the proxy and the clones allocate small
+/// buffers per request from several threads, where glibc's arenas spend measurably
+/// more time (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "bakery", version, about = "A scalable web bakery: load balancer, stateless clones, shared sessions.")]
 struct Cli {

@@ -12,8 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 pub struct Backend {
     pub id: String,
     pub addr: SocketAddr,
-    /// `http://addr`, prebuilt for request URIs.
+    /// `http://addr`, prebuilt for health checks.
     pub origin: String,
+    /// `addr` as a URI authority, prebuilt for proxied request URIs.
+    authority: http::uri::Authority,
     inflight: AtomicUsize,
     served: AtomicU64,
     /// Attempts in a row that failed after connecting (resets, no answer).
@@ -44,6 +46,7 @@ impl Backend {
     pub fn new(id: String, addr: SocketAddr) -> Self {
         Self {
             origin: format!("http://{addr}"),
+            authority: addr.to_string().parse().expect("an IP:port is a valid authority"),
             id,
             addr,
             inflight: AtomicUsize::new(0),
@@ -52,6 +55,11 @@ impl Backend {
             healthy: AtomicBool::new(false),
             counters: Mutex::new(HealthCounters::default()),
         }
+    }
+
+    /// The URI of `path_and_query` on this backend.
+    pub fn uri(&self, path_and_query: http::uri::PathAndQuery) -> Result<http::Uri, http::Error> {
+        http::Uri::builder().scheme("http").authority(self.authority.clone()).path_and_query(path_and_query).build()
     }
 
     pub fn is_healthy(&self) -> bool {

@@ -52,7 +52,6 @@ pub struct Lb {
     /// Longest prefix first, so the most specific route wins.
     routes: Vec<(String, Arc<Pool>)>,
     default_pool: Arc<Pool>,
-    client: Client<HttpConnector, Full<Bytes>>,
     budget: RetryBudget,
     /// The bounded queue: a request waits for one of these before it is proxied.
     slots: Semaphore,
@@ -75,23 +74,12 @@ impl Lb {
             topology.routes.iter().map(|r| (r.prefix.clone(), pools[&r.pool].clone())).collect();
         routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
 
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(lb.connect_timeout));
-        connector.set_nodelay(true);
-        connector.set_keepalive(Some(Duration::from_secs(30)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(1024)
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-
         Ok(Self {
             id: id.to_string(),
             served_by: config.debug_headers.then(|| HeaderValue::from_str(id)).transpose()?,
             default_pool: pools[topology::DEFAULT_POOL].clone(),
             pools,
             routes,
-            client,
             budget: RetryBudget::new(lb.retry_budget_percent, lb.retry_min_per_sec),
             slots: Semaphore::new(lb.max_inflight),
             metrics: Metrics::install(),
@@ -114,8 +102,29 @@ impl Lb {
     }
 }
 
+/// The pooled upstream client of one worker thread.
+pub(crate) type Upstream = Client<HttpConnector, Full<Bytes>>;
+
+fn upstream_client(config: &LbConfig) -> Upstream {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(config.connect_timeout));
+    connector.set_nodelay(true);
+    connector.set_keepalive(Some(Duration::from_secs(30)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(1024)
+        .pool_timer(TokioTimer::new())
+        .build(connector)
+}
+
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight
 /// requests finish (at most 10 s, so a long-lived stream cannot hold it forever).
+///
+/// Thread per core, as nginx has worker processes: each worker thread runs its own
+/// single-threaded runtime that accepts from the shared listening socket and keeps
+/// its own upstream connection pool, so a request is read, forwarded and answered
+/// on one thread with no cross-thread wake-ups (which cost more than the proxying
+/// itself on a small machine). Pools, health and budgets are shared atomics.
 pub async fn run(
     config: Config,
     id: &str,
@@ -125,49 +134,80 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let lb = Arc::new(Lb::new(&config, id, &topology)?);
     let background = health::spawn(lb.clone());
-    let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .max_buf_size(lb.config.max_header_bytes.max(8192))
-        .keep_alive(true);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tracing::info!(id, addr = %listener.local_addr()?, "load balancer serving");
-
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) => {
-                    // Out of file descriptors and the like: pause rather than spin.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let lb = lb.clone();
-        let service = service_fn(move |req| {
-            let lb = lb.clone();
-            async move { Ok::<_, Infallible>(proxy::handle(&lb, peer, req).await) }
-        });
-        let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, %peer, "client connection ended with an error");
-            }
-        });
-    }
-
-    lb.draining.store(true, Ordering::Relaxed);
+    let listener = listener.into_std()?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let workers = (0..threads)
+        .map(|n| {
+            let (lb, listener, stop) = (lb.clone(), listener.try_clone()?, stop_rx.clone());
+            std::thread::Builder::new()
+                .name(format!("lb-worker-{n}"))
+                .spawn(move || worker(lb, listener, stop))
+                .map_err(anyhow::Error::from)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
     drop(listener);
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open after 10 s; closing them");
-    }
+
+    shutdown.await;
+    lb.draining.store(true, Ordering::Relaxed);
+    let _ = stop_tx.send(true);
+    tokio::task::spawn_blocking(move || {
+        for worker in workers {
+            if let Ok(Err(error)) = worker.join() {
+                tracing::warn!(%error, "worker ended with an error");
+            }
+        }
+    })
+    .await?;
     background.abort();
     Ok(())
+}
+
+/// One worker thread: accept, serve each connection, and drain on stop.
+fn worker(lb: Arc<Lb>, listener: std::net::TcpListener, mut stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async move {
+        let listener = TcpListener::from_std(listener)?;
+        let upstream = upstream_client(&lb.config);
+        let mut http = http1::Builder::new();
+        http.timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            .max_buf_size(lb.config.max_header_bytes.max(8192))
+            .keep_alive(true);
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(pair) => pair,
+                    Err(error) => {
+                        // Out of file descriptors and the like: pause rather than spin.
+                        tracing::warn!(%error, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        continue;
+                    }
+                },
+                _ = stop.wait_for(|stopped| *stopped) => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let (lb, upstream) = (lb.clone(), upstream.clone());
+            let service = service_fn(move |req| {
+                let (lb, upstream) = (lb.clone(), upstream.clone());
+                async move { Ok::<_, Infallible>(proxy::handle(&lb, &upstream, peer, req).await) }
+            });
+            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, %peer, "client connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+            tracing::warn!("connections still open after 10 s; closing them");
+        }
+        Ok(())
+    })
 }
 
 /// The client's address as `x-forwarded-for` shows it.

@@ -4,6 +4,7 @@
 //! adds a machine); a request works on a snapshot, so a member removed mid-request
 //! finishes its request undisturbed.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
@@ -15,6 +16,9 @@ pub struct Pool {
     pub name: String,
     /// The `route` label of this pool's requests in `bakery_http_requests_total`.
     route_label: String,
+    /// Those counters by status, looked up once: the registry lookup (hashing the
+    /// labels) would otherwise be a good share of the proxy's own work.
+    responses: RwLock<HashMap<u16, metrics::Counter>>,
     members: RwLock<Arc<Vec<Arc<Backend>>>>,
     selection: Selection,
     next: AtomicUsize,
@@ -30,6 +34,7 @@ impl Pool {
         Self {
             name: name.to_string(),
             route_label: format!("proxy:{name}"),
+            responses: RwLock::new(HashMap::new()),
             members: RwLock::new(Arc::new(Vec::new())),
             selection,
             next: AtomicUsize::new(0),
@@ -40,6 +45,24 @@ impl Pool {
 
     pub fn route_label(&self) -> &str {
         &self.route_label
+    }
+
+    /// Counts one backend response under `bakery_http_requests_total{route, status}`.
+    pub fn count_response(&self, status: http::StatusCode) {
+        let code = status.as_u16();
+        if let Some(counter) = self.responses.read().ok().and_then(|m| m.get(&code).cloned()) {
+            counter.increment(1);
+            return;
+        }
+        let counter = metrics::counter!(
+            "bakery_http_requests_total",
+            "route" => self.route_label.clone(),
+            "status" => code.to_string()
+        );
+        counter.increment(1);
+        if let Ok(mut map) = self.responses.write() {
+            map.insert(code, counter);
+        }
     }
 
     pub fn members(&self) -> Arc<Vec<Arc<Backend>>> {
@@ -71,10 +94,23 @@ impl Pool {
         let members = self.members();
         let healthy = members.iter().filter(|b| b.is_healthy()).count();
         let panic = healthy * 100 < self.panic_threshold_percent as usize * members.len() || healthy == 0;
-        let candidates: Vec<usize> = (0..members.len())
-            .filter(|i| !tried.contains(i))
-            .filter(|&i| if panic { !members[i].is_draining() } else { members[i].is_healthy() })
-            .collect();
+        let eligible = |i: &usize| {
+            !tried.contains(i) && if panic { !members[*i].is_draining() } else { members[*i].is_healthy() }
+        };
+        // On the stack for pools of up to 64 members: this runs for every request.
+        let mut buffer = [0usize; 64];
+        let mut heap = Vec::new();
+        let candidates: &[usize] = if members.len() <= buffer.len() {
+            let mut n = 0;
+            for i in (0..members.len()).filter(eligible) {
+                buffer[n] = i;
+                n += 1;
+            }
+            &buffer[..n]
+        } else {
+            heap.extend((0..members.len()).filter(eligible));
+            &heap
+        };
         let chosen = match (candidates.len(), self.selection) {
             (0, _) => return None,
             (1, _) => candidates[0],

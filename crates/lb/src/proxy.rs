@@ -12,12 +12,13 @@ use std::time::Duration;
 use bakery_telemetry::{REQUEST_ID, SERVED_BY, accept_request_id, new_request_id, record_request};
 use bytes::Bytes;
 use http::header::{self, HeaderName};
-use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri};
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::reply::{self, Body};
-use crate::{Lb, admin, client_ip};
+use crate::{Lb, Upstream, admin, client_ip};
 
 /// Headers that belong to one hop and are never forwarded (RFC 9110, 7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -35,7 +36,7 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// `consecutive_gateway_failure`).
 const CONSECUTIVE_FAILURES_TO_EJECT: u32 = 3;
 
-pub async fn handle(lb: &Lb, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(lb: &Lb, upstream_client: &Upstream, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
     let request_id = accept_request_id(req.headers().get(REQUEST_ID)).unwrap_or_else(new_request_id);
     let request_id = HeaderValue::from_str(&request_id).expect("request ids are checked tokens");
     let path = req.uri().path();
@@ -44,7 +45,7 @@ pub async fn handle(lb: &Lb, peer: SocketAddr, req: Request<Incoming>) -> Respon
         record_request("lb", response.status().as_u16());
         lb.stamp(response)
     } else {
-        forward(lb, peer, req, &request_id).await
+        forward(lb, upstream_client, peer, req, &request_id).await
     };
     response.headers_mut().entry(REQUEST_ID).or_insert(request_id);
     response
@@ -60,7 +61,13 @@ impl Lb {
     }
 }
 
-async fn forward(lb: &Lb, peer: SocketAddr, req: Request<Incoming>, request_id: &HeaderValue) -> Response<Body> {
+async fn forward(
+    lb: &Lb,
+    upstream_client: &Upstream,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    request_id: &HeaderValue,
+) -> Response<Body> {
     let pool = lb.route(req.uri().path()).clone();
     let route = pool.route_label();
     let own = |status: StatusCode, code: &str, message: &str| {
@@ -68,10 +75,13 @@ async fn forward(lb: &Lb, peer: SocketAddr, req: Request<Incoming>, request_id: 
         lb.stamp(reply::error(status, code, message))
     };
 
-    // The bounded queue: wait a little for a slot, then shed load.
-    let _slot = match tokio::time::timeout(lb.config.queue_timeout, lb.slots.acquire()).await {
-        Ok(Ok(permit)) => permit,
-        _ => return own(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the load balancer is at capacity; try again"),
+    // The bounded queue: take a free slot at once, or wait a little, then shed load.
+    let _slot = match lb.slots.try_acquire() {
+        Ok(permit) => permit,
+        Err(_) => match tokio::time::timeout(lb.config.queue_timeout, lb.slots.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            _ => return own(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the load balancer is at capacity; try again"),
+        },
     };
 
     let (parts, body) = req.into_parts();
@@ -89,7 +99,7 @@ async fn forward(lb: &Lb, peer: SocketAddr, req: Request<Incoming>, request_id: 
         Bytes::new()
     };
     let headers = upstream_headers(&parts.headers, peer, request_id);
-    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
     let idempotent = is_idempotent(&parts.method);
 
     lb.budget.deposit();
@@ -102,19 +112,19 @@ async fn forward(lb: &Lb, peer: SocketAddr, req: Request<Incoming>, request_id: 
         tried.push(index);
         let mut upstream = Request::new(Full::new(body.clone()));
         *upstream.method_mut() = parts.method.clone();
-        *upstream.uri_mut() = match Uri::try_from(format!("{}{}", backend.origin, path_and_query)) {
+        *upstream.uri_mut() = match backend.uri(path_and_query.clone()) {
             Ok(uri) => uri,
             Err(_) => return own(StatusCode::BAD_REQUEST, "bad_uri", "the request target is not valid"),
         };
         *upstream.headers_mut() = headers.clone();
 
         let inflight = backend.start_request();
-        let outcome = tokio::time::timeout(lb.config.upstream_timeout, lb.client.request(upstream)).await;
+        let outcome = tokio::time::timeout(lb.config.upstream_timeout, upstream_client.request(upstream)).await;
         drop(inflight);
         let error = match outcome {
             Ok(Ok(response)) => {
                 backend.record_success();
-                record_request(route, response.status().as_u16());
+                pool.count_response(response.status());
                 return downstream(response);
             }
             Ok(Err(error)) => error,
