@@ -190,8 +190,8 @@ impl SessionStore {
         let Some(mut session) = found else { return Ok(None) };
         let now = now_millis();
         let lifetimes = self.lifetimes();
-        if now - session.last_seen > lifetimes.idle.as_millis() as i64
-            || now - session.created_at > lifetimes.absolute.as_millis() as i64
+        if now - session.last_seen >= lifetimes.idle.as_millis() as i64
+            || now - session.created_at >= lifetimes.absolute.as_millis() as i64
         {
             self.destroy(id).await?;
             return Ok(None);
