@@ -3,6 +3,7 @@
 # missing, and waits until each answers. Fails naming any service it cannot have.
 #
 #   PostgreSQL 15 on 127.0.0.1:5432   (accounts on PostgreSQL)
+#   PostgreSQL 15 streaming replica on 127.0.0.1:5433 (reads from replicas)
 #   Redis          127.0.0.1:6379     (sessions on Redis)
 #
 # Services are started as the machine's own daemons (detached, logging to files),
@@ -57,5 +58,46 @@ redis() {
   wait_for "Redis (127.0.0.1:6379)" 100 sh -c 'redis-cli -h 127.0.0.1 -p 6379 ping | grep -q PONG'
 }
 
+# A second cluster on 5433 that streams from 5432: made once with pg_basebackup -R,
+# started if stopped, and waited for until pg_stat_replication says "streaming".
+replica() {
+  local version primary_conf data
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  primary_conf=/etc/postgresql/$version/main
+  if ! grep -Eq '^host[[:space:]]+replication[[:space:]]+all[[:space:]]+127\.0\.0\.1/32' "$primary_conf/pg_hba.conf"; then
+    log "allowing local replication connections on the primary"
+    echo "host replication all 127.0.0.1/32 trust" >> "$primary_conf/pg_hba.conf"
+    psql -h 127.0.0.1 -U postgres -qAtc 'SELECT pg_reload_conf()' >/dev/null
+  fi
+  data=/var/lib/postgresql/$version/replica
+  if ! pg_lsclusters -h | awk '{print $2}' | grep -qx replica; then
+    log "creating the replica cluster (port 5433)"
+    pg_createcluster "$version" replica -p 5433 >/dev/null || die "pg_createcluster failed"
+  fi
+  if [ ! -f "$data/standby.signal" ]; then
+    log "cloning the primary into the replica (pg_basebackup)"
+    pg_ctlcluster --skip-systemctl-redirect "$version" replica stop >/dev/null 2>&1 || true
+    rm -rf "${data:?}"/*
+    psql -h 127.0.0.1 -U postgres -qAtc "SELECT pg_drop_replication_slot('bakery_replica1') FROM pg_replication_slots WHERE slot_name = 'bakery_replica1'" >/dev/null
+    su postgres -c "pg_basebackup -h 127.0.0.1 -p 5432 -U postgres -D $data -R -X stream -c fast -C -S bakery_replica1" >/dev/null ||
+      die "pg_basebackup failed"
+  fi
+  # The replica authenticates like the primary (trust on loopback).
+  if ! cmp -s "$primary_conf/pg_hba.conf" "/etc/postgresql/$version/replica/pg_hba.conf"; then
+    cp "$primary_conf/pg_hba.conf" "/etc/postgresql/$version/replica/pg_hba.conf"
+    pg_ctlcluster --skip-systemctl-redirect "$version" replica reload >/dev/null 2>&1 || true
+  fi
+  if ! pg_isready -h 127.0.0.1 -p 5433 -q 2>/dev/null; then
+    log "starting the replica"
+    pg_ctlcluster --skip-systemctl-redirect "$version" replica start >/dev/null 2>&1 ||
+      pg_ctlcluster "$version" replica start >/dev/null 2>&1 || die "the PostgreSQL replica would not start"
+  fi
+  # A test may have paused replay; a fresh run starts with it running.
+  psql -h 127.0.0.1 -p 5433 -U postgres -qAtc 'SELECT pg_wal_replay_resume()' >/dev/null 2>&1 || true
+  wait_for "PostgreSQL replica (127.0.0.1:5433) streaming" 150 sh -c \
+    "psql -h 127.0.0.1 -p 5432 -U postgres -Atc \"SELECT 1 FROM pg_stat_replication WHERE state = 'streaming'\" | grep -q 1"
+}
+
 postgres
+replica
 redis

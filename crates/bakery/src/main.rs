@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Context;
 use bakery_config::{Config, ConfigError};
 use clap::{Args, Parser, Subcommand};
 
@@ -39,6 +38,9 @@ enum Command {
         /// How many web clones to run.
         #[arg(long, default_value_t = 3)]
         clones: usize,
+        /// Do not load the demo bakery into an empty catalog.
+        #[arg(long)]
+        no_demo: bool,
     },
     /// Run the HTTP load balancer.
     Lb {
@@ -103,9 +105,9 @@ fn fail_config(error: &ConfigError) -> ExitCode {
 
 async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     match cli.command {
-        Command::Up { listen, clones } => {
+        Command::Up { listen, clones, no_demo } => {
             listen.parse::<SocketAddr>().map_err(|_| ConfigError::new("--listen", format!("not an IP:port address: {listen:?}")))?;
-            let options = bakery_supervisor::UpOptions { listen, clones, config_file: cli.config };
+            let options = bakery_supervisor::UpOptions { listen, clones, config_file: cli.config, demo: !no_demo };
             bakery_supervisor::run(config, options, bakery_telemetry::shutdown_signal()).await
         }
         Command::Lb { role, backends, routes } => {
@@ -125,18 +127,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             bakery_web::run(config, &id, listener, shutdown::requested()).await
         }
         Command::Migrate => {
-            std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-                ConfigError::new("BAKERY_DATA_DIR", format!("cannot create {}: {e}", config.data_dir.display()))
-            })?;
-            let db = bakery_db::Database::connect(&config.database_url).await.map_err(|e| {
-                ConfigError::new("BAKERY_DATABASE_URL", format!("cannot use {}: {e}", config.database_url.redacted()))
-            })?;
-            db.migrate().await.context("applying migrations")?;
-            if let bakery_db::accounts::AdminBootstrap::Generated(password) =
-                db.ensure_admin(config.admin_password.as_deref()).await?
-            {
-                println!("admin account created: username=admin password={password} (shown once)");
-            }
+            bakery_supervisor::prepare_database(&config, false).await?;
             println!("migrated {}", config.database_url.redacted());
             Ok(())
         }

@@ -42,6 +42,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     pub database_url: DatabaseUrl,
     pub replica_urls: Vec<DatabaseUrl>,
+    /// A replica further behind the primary than this (in WAL bytes) serves no reads.
+    pub replica_max_lag_bytes: u64,
     pub session_url: SessionUrl,
     /// Kept as given; the cache issue gives it a type.
     pub cache_url: String,
@@ -96,6 +98,7 @@ const KEYS: &[&str] = &[
     "BAKERY_DATA_DIR",
     "BAKERY_DATABASE_URL",
     "BAKERY_REPLICA_URLS",
+    "BAKERY_REPLICA_MAX_LAG_BYTES",
     "BAKERY_SESSION_URL",
     "BAKERY_CACHE_URL",
     "BAKERY_BROKER_URL",
@@ -251,6 +254,7 @@ impl Config {
             data_dir,
             database_url,
             replica_urls,
+            replica_max_lag_bytes: number(get("BAKERY_REPLICA_MAX_LAG_BYTES"), "BAKERY_REPLICA_MAX_LAG_BYTES", 16 << 20)?,
             session_url,
             cache_url,
             broker_url,

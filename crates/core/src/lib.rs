@@ -2,6 +2,8 @@
 //! No I/O here; every other crate builds on these types.
 
 pub mod account;
+pub mod calendar;
+pub mod catalog;
 pub mod clock;
 pub mod password_hash;
 

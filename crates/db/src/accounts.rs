@@ -2,7 +2,7 @@
 
 use bakery_core::User;
 
-use crate::{Database, DbError, now_millis};
+use crate::{Database, DbError, Lsn, now_millis};
 
 /// `is_admin` is stored as 0 or 1: sqlx's Any driver cannot decode SQLite booleans.
 type UserRow = (i64, String, String, i64);
@@ -29,23 +29,28 @@ pub struct UserChange<'a> {
 
 impl Database {
     /// Creates a user; [`DbError::Conflict`] when the name is taken (in any case).
-    pub async fn create_user(&self, new: NewUser<'_>) -> Result<User, DbError> {
-        let row: UserRow = sqlx::query_as(
-            "INSERT INTO users (username, email, password_hash, is_admin, created_at)
-             VALUES ($1, $2, $3, $4, $5)
-             RETURNING id, username, email, is_admin",
-        )
-        .bind(new.username)
-        .bind(new.email)
-        .bind(new.password_hash)
-        .bind(i64::from(new.is_admin))
-        .bind(now_millis())
-        .fetch_one(self.primary())
-        .await?;
-        Ok(user(row))
+    pub async fn create_user(&self, new: NewUser<'_>) -> Result<(User, Option<Lsn>), DbError> {
+        let (row, lsn) = self
+            .write(async |pool| {
+                sqlx::query_as::<_, UserRow>(
+                    "INSERT INTO users (username, email, password_hash, is_admin, created_at)
+                     VALUES ($1, $2, $3, $4, $5)
+                     RETURNING id, username, email, is_admin",
+                )
+                .bind(new.username)
+                .bind(new.email)
+                .bind(new.password_hash)
+                .bind(i64::from(new.is_admin))
+                .bind(now_millis())
+                .fetch_one(&pool)
+                .await
+            })
+            .await?;
+        Ok((user(row), lsn))
     }
 
-    /// The user and their password hash, for logging in.
+    /// The user and their password hash, for logging in. Always from the primary:
+    /// a password just changed must be the one that counts.
     pub async fn credentials(&self, username: &str) -> Result<Option<(User, String)>, DbError> {
         let row: Option<(i64, String, String, i64, String)> = sqlx::query_as(
             "SELECT id, username, email, is_admin, password_hash FROM users WHERE lower(username) = lower($1)",
@@ -56,32 +61,40 @@ impl Database {
         Ok(row.map(|(id, username, email, is_admin, hash)| (user((id, username, email, is_admin)), hash)))
     }
 
-    pub async fn user_by_id(&self, id: i64) -> Result<Option<User>, DbError> {
-        let row: Option<UserRow> =
-            sqlx::query_as("SELECT id, username, email, is_admin FROM users WHERE id = $1")
-                .bind(id)
-                .fetch_optional(self.primary())
-                .await?;
+    /// The user with this id, as seen by a reader whose last write is at `after`.
+    pub async fn user_by_id(&self, id: i64, after: Option<Lsn>) -> Result<Option<User>, DbError> {
+        let row = self
+            .read(after, async |pool| {
+                sqlx::query_as::<_, UserRow>("SELECT id, username, email, is_admin FROM users WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&pool)
+                    .await
+            })
+            .await?;
         Ok(row.map(user))
     }
 
     /// Applies a change in one statement; `None` when the user no longer exists.
-    pub async fn update_user(&self, id: i64, change: UserChange<'_>) -> Result<Option<User>, DbError> {
-        let row: Option<UserRow> = sqlx::query_as(
-            "UPDATE users SET
-                 username = COALESCE($2, username),
-                 email = COALESCE($3, email),
-                 password_hash = COALESCE($4, password_hash)
-             WHERE id = $1
-             RETURNING id, username, email, is_admin",
-        )
-        .bind(id)
-        .bind(change.username)
-        .bind(change.email)
-        .bind(change.password_hash)
-        .fetch_optional(self.primary())
-        .await?;
-        Ok(row.map(user))
+    pub async fn update_user(&self, id: i64, change: UserChange<'_>) -> Result<(Option<User>, Option<Lsn>), DbError> {
+        let (row, lsn) = self
+            .write(async |pool| {
+                sqlx::query_as::<_, UserRow>(
+                    "UPDATE users SET
+                         username = COALESCE($2, username),
+                         email = COALESCE($3, email),
+                         password_hash = COALESCE($4, password_hash)
+                     WHERE id = $1
+                     RETURNING id, username, email, is_admin",
+                )
+                .bind(id)
+                .bind(change.username)
+                .bind(change.email)
+                .bind(change.password_hash)
+                .fetch_optional(&pool)
+                .await
+            })
+            .await?;
+        Ok((row.map(user), lsn))
     }
 
     /// Whether any admin exists yet (first start creates one).
@@ -119,7 +132,7 @@ impl Database {
         .map_err(|e| DbError::Other(sqlx::Error::Protocol(e.to_string())))?
         .map_err(|e| DbError::Other(sqlx::Error::Protocol(e.message)))?;
         let new = NewUser { username: "admin", email: "admin@bakery.localhost", password_hash: &hash, is_admin: true };
-        match self.create_user(new).await {
+        match self.create_user(new).await.map(|(user, _)| user) {
             Ok(_) => Ok(generated.map_or(AdminBootstrap::Created, AdminBootstrap::Generated)),
             // Another process created it a moment ago.
             Err(DbError::Conflict(_)) => Ok(AdminBootstrap::Existing),

@@ -6,6 +6,7 @@
 //! (`RETURNING`, `ON CONFLICT`). Times are stored as unix milliseconds (`BIGINT`).
 //! This crate knows nothing of HTTP; it answers with [`DbError`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bakery_config::DatabaseUrl;
@@ -14,8 +15,14 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
 pub mod accounts;
+pub mod calendar;
+pub mod catalog;
+pub mod demo;
+pub mod replica;
 
 pub use bakery_core::now_millis;
+pub use replica::{Lsn, Role, trace_roles};
+use replica::Replicas;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -26,6 +33,9 @@ pub enum DbError {
     /// The server cannot be reached or the pool is exhausted: worth a 503.
     #[error("the database is unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),
+    /// A write could not reach the primary (reads may still work from replicas).
+    #[error("the primary database is unavailable")]
+    PrimaryUnavailable,
     /// A unique constraint refused the write; carries the constraint's name.
     #[error("conflict on {0}")]
     Conflict(String),
@@ -39,57 +49,112 @@ impl From<sqlx::Error> for DbError {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 Self::Conflict(db.constraint().unwrap_or("unique").to_string())
             }
-            sqlx::Error::Io(_)
-            | sqlx::Error::Tls(_)
-            | sqlx::Error::PoolTimedOut
-            | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => Self::Unavailable(error),
+            _ if is_unreachable(&error) => Self::Unavailable(error),
             _ => Self::Other(error),
         }
     }
 }
 
+/// Errors that say the server could not be reached, rather than that the query was wrong.
+fn is_unreachable(error: &sqlx::Error) -> bool {
+    matches!(
+        error,
+        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed
+    )
+}
+
 impl DbError {
     /// Worth trying again later (the same request may well succeed).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Self::Unavailable(_))
+        matches!(self, Self::Unavailable(_) | Self::PrimaryUnavailable)
     }
 }
 
 /// A handle on the database; cheap to clone, shared by all requests of a process.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Database {
     primary: AnyPool,
     postgres: bool,
+    replicas: Arc<Replicas>,
+    /// Stops the replica poller when the last handle goes.
+    _poller: Arc<AbortOnDrop>,
+}
+
+struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        if let Some(task) = &self.0 {
+            task.abort();
+        }
+    }
+}
+
+async fn open_pool(url: &str, postgres: bool, max_connections: u32) -> Result<AnyPool, sqlx::Error> {
+    AnyPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(3))
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                if !postgres {
+                    // Several processes share the file: wait for the write lock rather
+                    // than fail, and enforce the foreign keys the schema declares.
+                    conn.execute("PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
+                        .await?;
+                }
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
 }
 
 impl Database {
-    /// Opens the pool and checks the server answers.
+    /// Opens the primary alone (no replicas) and checks it answers.
     pub async fn connect(url: &DatabaseUrl) -> Result<Self, DbError> {
+        Self::connect_with_replicas(url, &[], 0).await
+    }
+
+    /// Opens the primary and the replicas, and starts watching the replicas' progress.
+    pub async fn connect_with_replicas(
+        url: &DatabaseUrl,
+        replica_urls: &[DatabaseUrl],
+        max_lag_bytes: u64,
+    ) -> Result<Self, DbError> {
         install_default_drivers();
         let postgres = url.is_postgres();
-        let pool = AnyPoolOptions::new()
-            .max_connections(if postgres { 16 } else { 8 })
-            .acquire_timeout(Duration::from_secs(3))
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if !postgres {
-                        // Several processes share the file: wait for the write lock rather
-                        // than fail, and enforce the foreign keys the schema declares.
-                        conn.execute("PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
-                            .await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect(url.as_str())
-            .await?;
+        let primary = open_pool(url.as_str(), postgres, if postgres { 16 } else { 8 }).await?;
         if !postgres {
             // WAL lets readers in other processes go on while one process writes;
             // the mode is stored in the file, so once is enough.
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+            sqlx::query("PRAGMA journal_mode = WAL").execute(&primary).await?;
         }
-        Ok(Self { primary: pool, postgres })
+        let mut members = Vec::new();
+        for replica in replica_urls {
+            members.push((replica.redacted(), open_pool(replica.as_str(), true, 16).await?));
+        }
+        let replicas = Arc::new(Replicas::new(members, max_lag_bytes));
+        let poller = (!replicas.is_empty()).then(|| replicas.clone().spawn_poller(primary.clone()));
+        Ok(Self { primary, postgres, replicas, _poller: Arc::new(AbortOnDrop(poller)) })
+    }
+
+    /// Connects to the primary named by `config`, creating the data directory first;
+    /// a failure is a [`ConfigError`] naming the variable, so the process exits 2.
+    pub async fn connect_configured(config: &bakery_config::Config) -> Result<Self, bakery_config::ConfigError> {
+        use bakery_config::ConfigError;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            ConfigError::new("BAKERY_DATA_DIR", format!("cannot create {}: {e}", config.data_dir.display()))
+        })?;
+        let db = Self::connect(&config.database_url).await.map_err(|e| {
+            ConfigError::new("BAKERY_DATABASE_URL", format!("cannot use {}: {e}", config.database_url.redacted()))
+        })?;
+        if config.replica_urls.is_empty() {
+            return Ok(db);
+        }
+        db.close().await;
+        Self::connect_with_replicas(&config.database_url, &config.replica_urls, config.replica_max_lag_bytes)
+            .await
+            .map_err(|e| ConfigError::new("BAKERY_REPLICA_URLS", format!("cannot use a replica: {e}")))
     }
 
     /// Applies the migrations of this engine. Safe to run from several processes:
@@ -129,12 +194,64 @@ impl Database {
 
     /// The pool for writes and for reads that must see them; counts the query.
     fn primary(&self) -> &AnyPool {
-        metrics::counter!("bakery_db_queries_total", "role" => "primary").increment(1);
+        replica::record(Role::Primary);
         &self.primary
+    }
+
+    /// Runs a write on the primary (fails at once when the poller saw it down), and
+    /// returns the primary's WAL position after it when there are replicas: the
+    /// writer's reads must not go to a replica that has not replayed that far.
+    pub async fn write<T, F, Fut>(&self, query: F) -> Result<(T, Option<Lsn>), DbError>
+    where
+        F: FnOnce(AnyPool) -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        if !self.replicas.primary_up() {
+            return Err(DbError::PrimaryUnavailable);
+        }
+        let on_primary = |e: sqlx::Error| match DbError::from(e) {
+            DbError::Unavailable(_) => DbError::PrimaryUnavailable,
+            other => other,
+        };
+        let value = query(self.primary().clone()).await.map_err(on_primary)?;
+        if self.replicas.is_empty() {
+            return Ok((value, None));
+        }
+        let position: String = sqlx::query_scalar("SELECT CAST(pg_current_wal_lsn() AS TEXT)")
+            .fetch_one(self.primary())
+            .await
+            .map_err(on_primary)?;
+        Ok((value, Lsn::parse(&position)))
+    }
+
+    /// Runs a read on a replica that has replayed `after` (the reader's own last
+    /// write), or on the primary when none has; a replica that cannot be reached is
+    /// skipped for the primary, so a dead replica costs no failed read.
+    /// (The query is a closure taking the pool by value, cheap to clone, so that its
+    /// future is `Send` without higher-ranked lifetimes.)
+    pub async fn read<T, F, Fut>(&self, after: Option<Lsn>, query: F) -> Result<T, DbError>
+    where
+        F: Fn(AnyPool) -> Fut,
+        Fut: Future<Output = Result<T, sqlx::Error>>,
+    {
+        if let Some(replica) = self.replicas.pick(after) {
+            replica::record(Role::Replica);
+            match query(replica.pool.clone()).await {
+                Ok(value) => return Ok(value),
+                Err(error) if is_unreachable(&error) => self.replicas.mark_unreachable(replica),
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(query(self.primary().clone()).await?)
     }
 
     pub async fn close(&self) {
         self.primary.close().await;
+    }
+
+    /// Whether replicas are configured (reads may then be answered by them).
+    pub fn has_replicas(&self) -> bool {
+        !self.replicas.is_empty()
     }
 }
 

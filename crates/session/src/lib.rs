@@ -53,6 +53,9 @@ pub struct Session {
     pub created_at: i64,
     /// Unix milliseconds of the last recorded use (recorded at most once a minute).
     pub last_seen: i64,
+    /// The primary's WAL position after this user's latest write (0: none yet).
+    /// Reads for this user go only to replicas that have replayed this far.
+    pub write_lsn: u64,
 }
 
 /// A session id as the client holds it: 256 random bits, base64url.
@@ -116,11 +119,16 @@ impl SessionStore {
                          id_digest  TEXT PRIMARY KEY,
                          user_id    INTEGER NOT NULL,
                          created_at INTEGER NOT NULL,
-                         last_seen  INTEGER NOT NULL
+                         last_seen  INTEGER NOT NULL,
+                         write_lsn  INTEGER NOT NULL DEFAULT 0
                      )",
                 )
                 .execute(&pool)
                 .await?;
+                // Files made before sessions recorded write positions gain the column.
+                let _ = sqlx::query("ALTER TABLE sessions ADD COLUMN write_lsn INTEGER NOT NULL DEFAULT 0")
+                    .execute(&pool)
+                    .await;
                 Ok(Self::Sqlite { pool, lifetimes })
             }
             SessionUrl::Redis(url) => {
@@ -153,7 +161,7 @@ impl SessionStore {
     pub async fn create(&self, user_id: i64) -> Result<SessionId, SessionError> {
         let id = SessionId::generate();
         let now = now_millis();
-        let session = Session { user_id, created_at: now, last_seen: now };
+        let session = Session { user_id, created_at: now, last_seen: now, write_lsn: 0 };
         self.save(&id.digest(), &session).await?;
         if let Self::Sqlite { pool, .. } = self {
             // Expired rows are swept now and then by whoever logs in.
@@ -174,17 +182,32 @@ impl SessionStore {
         let digest = id.digest();
         let found = match self {
             Self::Sqlite { pool, .. } => {
-                sqlx::query_as::<_, (i64, i64, i64)>(
-                    "SELECT user_id, created_at, last_seen FROM sessions WHERE id_digest = $1",
+                sqlx::query_as::<_, (i64, i64, i64, i64)>(
+                    "SELECT user_id, created_at, last_seen, write_lsn FROM sessions WHERE id_digest = $1",
                 )
                 .bind(&digest)
                 .fetch_optional(pool)
                 .await?
-                .map(|(user_id, created_at, last_seen)| Session { user_id, created_at, last_seen })
+                .map(|(user_id, created_at, last_seen, write_lsn)| Session {
+                    user_id,
+                    created_at,
+                    last_seen,
+                    write_lsn: write_lsn as u64,
+                })
             }
             Self::Redis { conn, .. } => {
-                let raw: Option<String> = conn.clone().get(format!("{REDIS_PREFIX}{digest}")).await?;
-                raw.and_then(|json| serde_json::from_str(&json).ok())
+                let fields: std::collections::HashMap<String, String> =
+                    conn.clone().hgetall(format!("{REDIS_PREFIX}{digest}")).await?;
+                let field = |name: &str| fields.get(name).and_then(|v| v.parse::<i64>().ok());
+                match (field("user_id"), field("created_at"), field("last_seen")) {
+                    (Some(user_id), Some(created_at), Some(last_seen)) => Some(Session {
+                        user_id,
+                        created_at,
+                        last_seen,
+                        write_lsn: fields.get("write_lsn").and_then(|v| v.parse().ok()).unwrap_or(0),
+                    }),
+                    _ => None,
+                }
             }
         };
         let Some(mut session) = found else { return Ok(None) };
@@ -201,6 +224,32 @@ impl SessionStore {
             self.save(&digest, &session).await?;
         }
         Ok(Some(session))
+    }
+
+    /// Records that this session's user wrote up to `lsn` (keeps the maximum, also
+    /// when two writes of the same user race).
+    pub async fn record_write(&self, id: &SessionId, lsn: u64) -> Result<(), SessionError> {
+        let digest = id.digest();
+        match self {
+            Self::Sqlite { pool, .. } => {
+                sqlx::query("UPDATE sessions SET write_lsn = MAX(write_lsn, $2) WHERE id_digest = $1")
+                    .bind(&digest)
+                    .bind(lsn as i64)
+                    .execute(pool)
+                    .await?;
+            }
+            Self::Redis { conn, .. } => {
+                // Compare-and-raise in one step on the server; positions fit a Lua
+                // number exactly (they are far below 2^53).
+                let script = redis::Script::new(
+                    "if redis.call('EXISTS', KEYS[1]) == 1 and tonumber(redis.call('HGET', KEYS[1], 'write_lsn') or '0') < tonumber(ARGV[1]) then \
+                       redis.call('HSET', KEYS[1], 'write_lsn', ARGV[1]) end return 1",
+                );
+                let _: i64 =
+                    script.key(format!("{REDIS_PREFIX}{digest}")).arg(lsn.to_string()).invoke_async(&mut conn.clone()).await?;
+            }
+        }
+        Ok(())
     }
 
     /// Ends a session on the server: its id is refused from now on.
@@ -248,8 +297,23 @@ impl SessionStore {
                 // Redis forgets the key when the session would expire anyway.
                 let absolute_left = session.created_at + lifetimes.absolute.as_millis() as i64 - now_millis();
                 let ttl = (lifetimes.idle.as_millis() as i64).min(absolute_left).max(1) as u64;
-                let json = serde_json::to_string(session).expect("a Session always serializes");
-                let _: () = conn.clone().pset_ex(format!("{REDIS_PREFIX}{digest}"), json, ttl).await?;
+                let key = format!("{REDIS_PREFIX}{digest}");
+                // A hash, so the write position can be raised on the server by itself.
+                let _: () = redis::pipe()
+                    .atomic()
+                    .hset_multiple(
+                        &key,
+                        &[
+                            ("user_id", session.user_id.to_string()),
+                            ("created_at", session.created_at.to_string()),
+                            ("last_seen", session.last_seen.to_string()),
+                        ],
+                    )
+                    .ignore()
+                    .pexpire(&key, ttl as i64)
+                    .ignore()
+                    .query_async(&mut conn.clone())
+                    .await?;
             }
         }
         Ok(())

@@ -33,6 +33,8 @@ pub struct UpOptions {
     pub listen: String,
     pub clones: usize,
     pub config_file: Option<PathBuf>,
+    /// Load the demo bakery when the catalog is empty.
+    pub demo: bool,
 }
 
 /// Longest a child may take to stop after SIGTERM before it is killed.
@@ -55,7 +57,7 @@ pub async fn run(config: Config, options: UpOptions, shutdown: impl Future<Outpu
     if options.clones == 0 {
         return Err(ConfigError::new("--clones", "at least one web clone is needed").into());
     }
-    prepare_database(&config).await?;
+    prepare_database(&config, options.demo).await?;
 
     let admin_token = format!("{:032x}", rand::random::<u128>());
     let supervisor = Arc::new(Supervisor {
@@ -108,14 +110,11 @@ pub async fn run(config: Config, options: UpOptions, shutdown: impl Future<Outpu
     Ok(())
 }
 
-/// Applies migrations and creates the admin account on first start.
-async fn prepare_database(config: &Config) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-        ConfigError::new("BAKERY_DATA_DIR", format!("cannot create {}: {e}", config.data_dir.display()))
-    })?;
-    let db = Database::connect(&config.database_url).await.map_err(|e| {
-        ConfigError::new("BAKERY_DATABASE_URL", format!("cannot use {}: {e}", config.database_url.redacted()))
-    })?;
+/// Applies migrations and creates the admin account on first start (printing a
+/// generated password once), and loads the demo bakery into an empty catalog when
+/// `demo` is set. `bakery up` and `bakery migrate` both start here.
+pub async fn prepare_database(config: &Config, demo: bool) -> anyhow::Result<()> {
+    let db = Database::connect_configured(config).await?;
     db.migrate().await.context("applying migrations")?;
     match db.ensure_admin(config.admin_password.as_deref()).await.context("creating the admin account")? {
         AdminBootstrap::Generated(password) => {
@@ -123,6 +122,9 @@ async fn prepare_database(config: &Config) -> anyhow::Result<()> {
         }
         AdminBootstrap::Created => println!("admin account created: username=admin (password from BAKERY_ADMIN_PASSWORD)"),
         AdminBootstrap::Existing => {}
+    }
+    if demo && db.load_demo().await.context("loading the demo bakery")? {
+        println!("demo bakery loaded: 12 products with reviews, 3 baking classes (--no-demo skips this)");
     }
     db.close().await;
     Ok(())

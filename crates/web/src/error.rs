@@ -34,6 +34,10 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", "there is nothing here")
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, code, message)
     }
@@ -69,6 +73,10 @@ impl From<DbError> for ApiError {
                 tracing::warn!(%cause, "database unavailable");
                 Self::unavailable("database_unavailable", "the database is unavailable; try again shortly")
             }
+            DbError::PrimaryUnavailable => Self::unavailable(
+                "primary_unavailable",
+                "the primary database is unavailable, so changes cannot be saved now; reading still works",
+            ),
             DbError::Conflict(constraint) => Self::conflict("conflict", format!("that conflicts with {constraint}")),
             DbError::Other(cause) => Self::internal(cause),
         }

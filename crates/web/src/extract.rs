@@ -45,6 +45,52 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 pub struct CurrentUser {
     pub user: bakery_core::User,
     pub session: bakery_session::SessionId,
+    /// The primary's position after this user's latest write: their reads must
+    /// come from a server that has replayed at least this far.
+    pub lsn: Option<bakery_db::Lsn>,
+}
+
+impl CurrentUser {
+    /// Remembers a write of this user (a running maximum in the session), so their
+    /// next reads, on whichever clone, see it.
+    pub async fn wrote(&self, state: &AppState, lsn: Option<bakery_db::Lsn>) -> Result<(), ApiError> {
+        if let Some(lsn) = lsn {
+            state.sessions.record_write(&self.session, lsn.0).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A logged-in admin; 401 when nobody is logged in, 403 for anyone else.
+pub struct AdminUser(pub CurrentUser);
+
+impl FromRequestParts<AppState> for AdminUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let current = CurrentUser::from_request_parts(parts, state).await?;
+        if !current.user.is_admin {
+            return Err(ApiError::forbidden("only an admin may do that"));
+        }
+        Ok(Self(current))
+    }
+}
+
+/// A positive numeric id from the path; 400 `invalid_id` otherwise.
+pub struct Id(pub i64);
+
+impl<S: Send + Sync> FromRequestParts<S> for Id {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let invalid = || ApiError::bad_request("invalid_id", "an id is a positive whole number");
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state).await.map_err(|_| invalid())?;
+        match raw.parse::<i64>() {
+            Ok(id) if id > 0 => Ok(Self(id)),
+            _ => Err(invalid()),
+        }
+    }
 }
 
 impl FromRequestParts<AppState> for CurrentUser {
@@ -64,7 +110,8 @@ impl FromRequestParts<AppState> for MaybeUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let Some(id) = session_cookie::read(&parts.headers) else { return Ok(Self(None)) };
         let Some(session) = state.sessions.load(&id).await? else { return Ok(Self(None)) };
-        let user = state.db.user_by_id(session.user_id).await?;
-        Ok(Self(user.map(|user| CurrentUser { user, session: id })))
+        let lsn = (session.write_lsn > 0).then_some(bakery_db::Lsn(session.write_lsn));
+        let user = state.db.user_by_id(session.user_id, lsn).await?;
+        Ok(Self(user.map(|user| CurrentUser { user, session: id, lsn })))
     }
 }

@@ -49,11 +49,7 @@ impl AppState {
     /// Connects to the stores named in `config`. A store that cannot be reached is a
     /// [`ConfigError`] naming its variable, so `main` can exit 2 with one clear line.
     pub async fn connect(config: Config, id: &str) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| ConfigError::new("BAKERY_DATA_DIR", format!("cannot create {}: {e}", config.data_dir.display())))?;
-        let db = Database::connect(&config.database_url).await.map_err(|e| {
-            ConfigError::new("BAKERY_DATABASE_URL", format!("cannot use {}: {e}", config.database_url.redacted()))
-        })?;
+        let db = Database::connect_configured(&config).await?;
         db.check_schema().await.map_err(|e| ConfigError::new("BAKERY_DATABASE_URL", e.to_string()))?;
         let lifetimes = Lifetimes { idle: config.session_idle_timeout, absolute: config.session_absolute_timeout };
         let sessions = SessionStore::connect(&config.session_url, lifetimes)
@@ -86,6 +82,8 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(routes::ops::router())
         .merge(routes::accounts::router())
+        .merge(routes::catalog::router())
+        .merge(routes::calendar::router())
         .merge(pages::router())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {

@@ -19,6 +19,19 @@ pub fn postgres_admin_url() -> String {
     std::env::var("BAKERY_TEST_POSTGRES_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
 }
 
+/// The streaming replica of the test PostgreSQL (`scripts/services.sh` makes it).
+pub fn replica_admin_url() -> String {
+    std::env::var("BAKERY_TEST_REPLICA_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/postgres".into())
+}
+
+/// The replica's URL for the database at `primary_url` (same name, replica server).
+pub fn replica_url_for(primary_url: &str) -> String {
+    let name = primary_url.rsplit('/').next().unwrap_or_default();
+    let base = replica_admin_url();
+    let base = base.rsplit_once('/').map(|(b, _)| b.to_string()).unwrap_or(base);
+    format!("{base}/{name}")
+}
+
 pub fn redis_url() -> String {
     std::env::var("BAKERY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
@@ -102,13 +115,19 @@ pub fn embedded_env(data: &TempDir) -> Vec<(String, String)> {
 }
 
 impl Up {
-    /// Starts `bakery up --listen 127.0.0.1:0` with `env` and waits for `ready`.
+    /// Starts `bakery up --listen 127.0.0.1:0 --no-demo` with `env` and waits for `ready`.
     pub fn start(env: Vec<(String, String)>, clones: usize) -> Self {
+        Self::start_with(env, clones, &["--no-demo"])
+    }
+
+    /// The same with other flags for `up`.
+    pub fn start_with(env: Vec<(String, String)>, clones: usize, flags: &[&str]) -> Self {
         let data = TempDir::new();
         let mut all = embedded_env(&data);
         all.extend(env);
         let mut child = Command::new(BIN)
             .args(["up", "--listen", "127.0.0.1:0", "--clones", &clones.to_string()])
+            .args(flags)
             .envs(all)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -248,6 +267,18 @@ pub async fn sign_up_and_log_in(http: &reqwest::Client, base: &str, username: &s
         .await
         .expect("log in");
     assert_eq!(login.status(), 200);
+    session_cookie(&login).expect("a session cookie")
+}
+
+/// Logs in and returns the cookie pair.
+pub async fn log_in(http: &reqwest::Client, base: &str, username: &str, password: &str) -> String {
+    let login = http
+        .post(format!("{base}/api/session"))
+        .json(&serde_json::json!({"username": username, "password": password}))
+        .send()
+        .await
+        .expect("log in");
+    assert_eq!(login.status(), 200, "log in as {username}");
     session_cookie(&login).expect("a session cookie")
 }
 

@@ -2,10 +2,12 @@
 //! One test binary (fast to link); one module per capability.
 
 mod harness;
+mod proxy;
 
 mod accounts;
 mod bad_input;
 mod cli;
 mod clones;
+mod domain;
 mod lb;
 mod sessions;

@@ -54,7 +54,7 @@ pub async fn create_account(state: &AppState, body: &SignUp) -> ApiResult<User> 
     let password = Password::parse(&body.password)?;
     let hash = hash(password).await?;
     let new = NewUser { username: username.as_str(), email: email.as_str(), password_hash: &hash, is_admin: false };
-    state.db.create_user(new).await.map_err(username_conflict)
+    state.db.create_user(new).await.map(|(user, _)| user).map_err(username_conflict)
 }
 
 async fn log_in(
@@ -146,12 +146,9 @@ async fn change_me(
         email: email.as_ref().map(Email::as_str),
         password_hash: password_hash.as_deref(),
     };
-    let user = state
-        .db
-        .update_user(current.user.id, change)
-        .await
-        .map_err(username_conflict)?
-        .ok_or_else(ApiError::unauthorized)?;
+    let (user, lsn) = state.db.update_user(current.user.id, change).await.map_err(username_conflict)?;
+    current.wrote(&state, lsn).await?;
+    let user = user.ok_or_else(ApiError::unauthorized)?;
     Ok(axum::Json(json!({ "user": user })))
 }
 

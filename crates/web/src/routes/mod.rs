@@ -1,4 +1,6 @@
 //! One module per resource of the contract, each with its own `router()`.
 
 pub mod accounts;
+pub mod calendar;
+pub mod catalog;
 pub mod ops;

@@ -1,0 +1,242 @@
+//! Products and their parts. Each part lives in its own table and is fetched by its
+//! own query, concurrently, then assembled into one `Product`.
+
+use bakery_core::catalog::{Author, Image, Product, ProductSummary, Rating, Review};
+use sqlx::AnyPool;
+
+use crate::{Database, DbError, Lsn, now_millis};
+
+/// A new product's parts.
+pub struct NewProduct<'a> {
+    pub name: &'a str,
+    pub description: &'a str,
+    pub price_cents: i64,
+}
+
+/// A change to a product's simple fields; `None` leaves a field as it is.
+#[derive(Default)]
+pub struct ProductChange<'a> {
+    pub name: Option<&'a str>,
+    pub description: Option<&'a str>,
+    pub price_cents: Option<i64>,
+}
+
+type SummaryRow = (i64, String, i64, i64, i64);
+type ReviewRow = (i64, i64, i64, String, i64, String, i64);
+
+fn review((id, product_id, user_id, username, rating, body, created_at): ReviewRow) -> Review {
+    Review { id, product_id, user: Author { id: user_id, username }, rating, body, created_at }
+}
+
+const REVIEW_COLUMNS: &str = "r.id, r.product_id, u.id, u.username, r.rating, r.body, r.created_at";
+
+impl Database {
+    /// A page of products in id order, after `cursor` (the last id of the previous page).
+    pub async fn list_products(&self, after: Option<Lsn>, cursor: i64, limit: i64) -> Result<Vec<ProductSummary>, DbError> {
+        let rows = self
+            .read(after, async |pool| {
+                sqlx::query_as::<_, SummaryRow>(
+                    "SELECT p.id, p.name, pr.price_cents,
+                            CAST(COALESCE(SUM(r.rating), 0) AS BIGINT), CAST(COUNT(r.id) AS BIGINT)
+                     FROM products p
+                     JOIN product_prices pr ON pr.product_id = p.id
+                     LEFT JOIN reviews r ON r.product_id = p.id
+                     WHERE p.id > $1
+                     GROUP BY p.id, p.name, pr.price_cents
+                     ORDER BY p.id
+                     LIMIT $2",
+                )
+                .bind(cursor)
+                .bind(limit)
+                .fetch_all(&pool)
+                .await
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, name, price_cents, sum, count)| ProductSummary { id, name, price_cents, rating: Rating::from_sum(sum, count) })
+            .collect())
+    }
+
+    /// The whole product, its parts fetched concurrently; `None` if there is none.
+    pub async fn product(&self, id: i64, after: Option<Lsn>) -> Result<Option<Product>, DbError> {
+        let (base, price, description, images, reviews) = tokio::try_join!(
+            self.read(after, move |pool| async move {
+                sqlx::query_as::<_, (String, i64)>("SELECT name, updated_at FROM products WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&pool)
+                    .await
+            }),
+            self.read(after, move |pool| async move { fetch_price(&pool, id).await }),
+            self.read(after, move |pool| async move { fetch_description(&pool, id).await }),
+            self.read(after, move |pool| async move { fetch_images(&pool, id).await }),
+            self.read(after, move |pool| async move { fetch_reviews(&pool, id).await }),
+        )?;
+        let Some((name, updated_at)) = base else { return Ok(None) };
+        let sum: i64 = reviews.iter().map(|r| r.rating).sum();
+        let rating = Rating::from_sum(sum, reviews.len() as i64);
+        Ok(Some(Product {
+            id,
+            name,
+            description: description.unwrap_or_default(),
+            price_cents: price.unwrap_or_default(),
+            images,
+            reviews,
+            rating,
+            updated_at,
+        }))
+    }
+
+    /// Creates a product with its parts, in one transaction; returns its id.
+    pub async fn create_product(&self, new: NewProduct<'_>) -> Result<(i64, Option<Lsn>), DbError> {
+        self.write(move |pool| async move {
+            let now = now_millis();
+            let mut tx = pool.begin().await?;
+            let id: i64 = sqlx::query_scalar("INSERT INTO products (name, created_at, updated_at) VALUES ($1, $2, $2) RETURNING id")
+                .bind(new.name)
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO product_prices (product_id, price_cents, updated_at) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(new.price_cents)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("INSERT INTO product_descriptions (product_id, description, updated_at) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(new.description)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(id)
+        })
+        .await
+    }
+
+    /// Changes the given parts in one transaction; false when there is no such product.
+    pub async fn update_product(&self, id: i64, change: ProductChange<'_>) -> Result<(bool, Option<Lsn>), DbError> {
+        self.write(move |pool| async move {
+            let now = now_millis();
+            let mut tx = pool.begin().await?;
+            // The first statement writes, so SQLite takes its write lock at once.
+            let found = sqlx::query("UPDATE products SET name = COALESCE($2, name), updated_at = $3 WHERE id = $1")
+                .bind(id)
+                .bind(change.name)
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                > 0;
+            if !found {
+                return Ok(false);
+            }
+            if let Some(price) = change.price_cents {
+                sqlx::query("UPDATE product_prices SET price_cents = $2, updated_at = $3 WHERE product_id = $1")
+                    .bind(id)
+                    .bind(price)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            if let Some(description) = change.description {
+                sqlx::query("UPDATE product_descriptions SET description = $2, updated_at = $3 WHERE product_id = $1")
+                    .bind(id)
+                    .bind(description)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// Deletes a product and (by cascade) its price, description, images and reviews.
+    pub async fn delete_product(&self, id: i64) -> Result<(bool, Option<Lsn>), DbError> {
+        self.write(move |pool| async move {
+            Ok(sqlx::query("DELETE FROM products WHERE id = $1").bind(id).execute(&pool).await?.rows_affected() > 0)
+        })
+        .await
+    }
+
+    /// Adds a review; `None` when the product does not exist.
+    pub async fn create_review(
+        &self,
+        product_id: i64,
+        user_id: i64,
+        rating: i64,
+        body: &str,
+    ) -> Result<(Option<Review>, Option<Lsn>), DbError> {
+        self.write(move |pool| async move {
+            let inserted: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO reviews (product_id, user_id, rating, body, created_at)
+                 SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM products WHERE id = $1)
+                 RETURNING id",
+            )
+            .bind(product_id)
+            .bind(user_id)
+            .bind(rating)
+            .bind(body)
+            .bind(now_millis())
+            .fetch_optional(&pool)
+            .await?;
+            let Some(id) = inserted else { return Ok(None) };
+            let sql = format!("SELECT {REVIEW_COLUMNS} FROM reviews r JOIN users u ON u.id = r.user_id WHERE r.id = $1");
+            let row: ReviewRow = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(&pool).await?;
+            Ok(Some(review(row)))
+        })
+        .await
+    }
+
+    /// The review's product and author, for permission checks (from the primary).
+    pub async fn review_owner(&self, id: i64) -> Result<Option<(i64, i64)>, DbError> {
+        Ok(sqlx::query_as::<_, (i64, i64)>("SELECT product_id, user_id FROM reviews WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.primary())
+            .await?)
+    }
+
+    pub async fn delete_review(&self, id: i64) -> Result<(bool, Option<Lsn>), DbError> {
+        self.write(move |pool| async move {
+            Ok(sqlx::query("DELETE FROM reviews WHERE id = $1").bind(id).execute(&pool).await?.rows_affected() > 0)
+        })
+        .await
+    }
+
+    /// Whether any product exists (first start loads a demo bakery when none does).
+    pub async fn has_products(&self) -> Result<bool, DbError> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM products").fetch_one(self.primary()).await?;
+        Ok(n > 0)
+    }
+}
+
+async fn fetch_price(pool: &AnyPool, id: i64) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT price_cents FROM product_prices WHERE product_id = $1").bind(id).fetch_optional(pool).await
+}
+
+async fn fetch_description(pool: &AnyPool, id: i64) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT description FROM product_descriptions WHERE product_id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+async fn fetch_images(pool: &AnyPool, id: i64) -> Result<Vec<Image>, sqlx::Error> {
+    let rows: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT id, url, thumb_url FROM product_images WHERE product_id = $1 ORDER BY id")
+            .bind(id)
+            .fetch_all(pool)
+            .await?;
+    Ok(rows.into_iter().map(|(id, url, thumb_url)| Image { id, url, thumb_url }).collect())
+}
+
+async fn fetch_reviews(pool: &AnyPool, id: i64) -> Result<Vec<Review>, sqlx::Error> {
+    let sql = format!(
+        "SELECT {REVIEW_COLUMNS} FROM reviews r JOIN users u ON u.id = r.user_id WHERE r.product_id = $1 ORDER BY r.id DESC"
+    );
+    let rows: Vec<ReviewRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_all(pool).await?;
+    Ok(rows.into_iter().map(review).collect())
+}

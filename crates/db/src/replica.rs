@@ -1,0 +1,198 @@
+//! Read replicas: which ones may serve a read, and which server answered.
+//!
+//! A poller asks the primary for its WAL position and each replica for the position
+//! it has replayed, every 100 ms. A replica serves a read only when it is reachable,
+//! not lagging beyond the configured bound, and has replayed at least the reader's
+//! own last write (`after`): the cached replay position only grows, so a replica that
+//! qualifies on the cached value really has the write. Anything else goes to the
+//! primary. When the primary is down, any reachable replica serves reads (stale
+//! rather than nothing) and writes fail at once instead of waiting for a timeout.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use sqlx::AnyPool;
+
+/// A position in the primary's write-ahead log (PostgreSQL's `pg_lsn`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// Parses PostgreSQL's text form, `16/B374D848`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (high, low) = text.trim().split_once('/')?;
+        let high = u64::from_str_radix(high, 16).ok()?;
+        let low = u64::from_str_radix(low, 16).ok()?;
+        Some(Self((high << 32) | low))
+    }
+}
+
+/// Which kind of server answered a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Primary => "primary",
+            Self::Replica => "replica",
+        }
+    }
+}
+
+pub(crate) struct Replica {
+    pub(crate) pool: AnyPool,
+    name: String,
+    reachable: AtomicBool,
+    replay: AtomicU64,
+}
+
+/// The replicas and what the poller last saw of them and of the primary.
+pub(crate) struct Replicas {
+    members: Vec<Replica>,
+    primary_up: AtomicBool,
+    primary_lsn: AtomicU64,
+    max_lag_bytes: u64,
+    next: AtomicUsize,
+}
+
+impl Replicas {
+    pub(crate) fn new(members: Vec<(String, AnyPool)>, max_lag_bytes: u64) -> Self {
+        Self {
+            members: members
+                .into_iter()
+                .map(|(name, pool)| Replica { pool, name, reachable: AtomicBool::new(false), replay: AtomicU64::new(0) })
+                .collect(),
+            primary_up: AtomicBool::new(true),
+            primary_lsn: AtomicU64::new(0),
+            max_lag_bytes,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub(crate) fn primary_up(&self) -> bool {
+        self.primary_up.load(Ordering::Relaxed)
+    }
+
+    /// A replica fit to answer a reader whose last write is at `after`, if any.
+    pub(crate) fn pick(&self, after: Option<Lsn>) -> Option<&Replica> {
+        let n = self.members.len();
+        if n == 0 {
+            return None;
+        }
+        let primary_up = self.primary_up();
+        let primary_lsn = self.primary_lsn.load(Ordering::Relaxed);
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n).map(|i| &self.members[(start + i) % n]).find(|r| {
+            if !r.reachable.load(Ordering::Relaxed) {
+                return false;
+            }
+            if !primary_up {
+                return true;
+            }
+            let replay = r.replay.load(Ordering::Relaxed);
+            let caught_up = after.is_none_or(|lsn| replay >= lsn.0);
+            let lag_ok = primary_lsn.saturating_sub(replay) <= self.max_lag_bytes;
+            caught_up && lag_ok
+        })
+    }
+
+    /// A query on this replica failed to reach it: out of rotation until the poller sees it again.
+    pub(crate) fn mark_unreachable(&self, replica: &Replica) {
+        if replica.reachable.swap(false, Ordering::Relaxed) {
+            tracing::warn!(replica = %replica.name, "replica unreachable; reads go elsewhere");
+        }
+    }
+
+    /// Polls every 100 ms until the returned task is aborted.
+    pub(crate) fn spawn_poller(self: Arc<Self>, primary: AnyPool) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let primary_lsn = position(&primary, "SELECT CAST(pg_current_wal_lsn() AS TEXT)").await;
+                let was_up = self.primary_up.swap(primary_lsn.is_some(), Ordering::Relaxed);
+                if was_up != primary_lsn.is_some() {
+                    tracing::warn!(up = primary_lsn.is_some(), "primary availability changed");
+                }
+                if let Some(lsn) = primary_lsn {
+                    self.primary_lsn.fetch_max(lsn.0, Ordering::Relaxed);
+                }
+                for replica in &self.members {
+                    let replay = position(&replica.pool, "SELECT CAST(pg_last_wal_replay_lsn() AS TEXT)").await;
+                    if let Some(lsn) = replay {
+                        replica.replay.fetch_max(lsn.0, Ordering::Relaxed);
+                    }
+                    let was = replica.reachable.swap(replay.is_some(), Ordering::Relaxed);
+                    if was != replay.is_some() {
+                        tracing::info!(replica = %replica.name, reachable = replay.is_some(), "replica availability changed");
+                    }
+                }
+            }
+        })
+    }
+}
+
+/// One WAL position query with a short limit; `None` when the server does not answer.
+async fn position(pool: &AnyPool, sql: &'static str) -> Option<Lsn> {
+    let query = sqlx::query_scalar::<_, String>(sql).fetch_one(pool);
+    match tokio::time::timeout(Duration::from_millis(500), query).await {
+        Ok(Ok(text)) => Lsn::parse(&text),
+        _ => None,
+    }
+}
+
+tokio::task_local! {
+    /// The roles of the servers that answered queries in the current request.
+    static ROLES_SEEN: std::cell::Cell<u8>;
+}
+
+/// Runs `work` and tells which server answered its queries: the primary if any
+/// query went there, else a replica, else none (no query).
+pub async fn trace_roles<F: Future>(work: F) -> (F::Output, Option<Role>) {
+    ROLES_SEEN
+        .scope(std::cell::Cell::new(0), async move {
+            let output = work.await;
+            let seen = ROLES_SEEN.with(|cell| cell.get());
+            let role = if seen & 1 != 0 {
+                Some(Role::Primary)
+            } else if seen & 2 != 0 {
+                Some(Role::Replica)
+            } else {
+                None
+            };
+            (output, role)
+        })
+        .await
+}
+
+/// Counts a query by role, and notes the role for [`trace_roles`].
+pub(crate) fn record(role: Role) {
+    metrics::counter!("bakery_db_queries_total", "role" => role.as_str()).increment(1);
+    let bit = match role {
+        Role::Primary => 1,
+        Role::Replica => 2,
+    };
+    let _ = ROLES_SEEN.try_with(|cell| cell.set(cell.get() | bit));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsns_parse_and_order_like_postgres() {
+        assert_eq!(Lsn::parse("0/4000000"), Some(Lsn(0x4000000)));
+        assert!(Lsn::parse("1/0").unwrap() > Lsn::parse("0/FFFFFFFF").unwrap());
+        assert_eq!(Lsn::parse("nonsense"), None);
+    }
+}
