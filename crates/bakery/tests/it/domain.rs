@@ -5,7 +5,7 @@ use std::collections::HashSet;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Up, client, error_code, fresh_postgres_database, log_in, replica_url_for, sign_up_and_log_in};
+use crate::harness::{Up, client, error_code, fresh_replicated_database, log_in, replica_url_for, sign_up_and_log_in};
 
 struct Actors {
     http: reqwest::Client,
@@ -236,7 +236,7 @@ async fn the_domain_on_sqlite() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_domain_on_postgres_with_a_replica() {
-    let url = fresh_postgres_database().await;
+    let url = fresh_replicated_database().await;
     let replica = replica_url_for(&url);
     let up = Up::start(vec![("BAKERY_DATABASE_URL".into(), url), ("BAKERY_REPLICA_URLS".into(), replica)], 3);
     domain_suite(&up).await;

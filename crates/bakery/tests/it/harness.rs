@@ -36,6 +36,26 @@ pub fn redis_url() -> String {
     std::env::var("BAKERY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// A fresh database (as [`fresh_postgres_database`]) once the replica has it too.
+pub async fn fresh_replicated_database() -> String {
+    use sqlx::Connection;
+    let url = fresh_postgres_database().await;
+    let replica = replica_url_for(&url);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match sqlx::PgConnection::connect(&replica).await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                return url;
+            }
+            Err(e) if Instant::now() > deadline => {
+                panic!("the PostgreSQL replica is needed at {replica} (set BAKERY_TEST_REPLICA_URL): {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
 /// A fresh, empty PostgreSQL database for one test; fails naming the server if it is down.
 pub async fn fresh_postgres_database() -> String {
     use sqlx::Connection;
@@ -144,7 +164,9 @@ impl Up {
             }
         });
         let mut up = Self { child, lines, seen: Vec::new(), base: String::new(), processes: Vec::new(), _data: data };
-        let ready = up.wait_line(Duration::from_secs(60), |l| l.starts_with("ready ")).expect("bakery up prints ready");
+        let Some(ready) = up.wait_line(Duration::from_secs(90), |l| l.starts_with("ready ")) else {
+            panic!("bakery up did not print ready; it printed {:?} (its stderr is above)", up.seen);
+        };
         up.base = ready.trim_start_matches("ready ").to_string();
         up.processes = up.seen.iter().filter_map(|l| parse_started(l)).collect();
         up
