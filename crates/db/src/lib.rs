@@ -55,6 +55,12 @@ impl From<sqlx::Error> for DbError {
     }
 }
 
+/// Notes which server answered (metrics and `x-db`), passing the value through.
+fn answered<T>(role: Role, value: T) -> T {
+    replica::record(role);
+    value
+}
+
 /// Errors that say the server could not be reached, rather than that the query was wrong.
 fn is_unreachable(error: &sqlx::Error) -> bool {
     matches!(
@@ -182,10 +188,23 @@ impl Database {
         }
     }
 
-    /// A cheap query on the primary, for health checks.
+    /// A cheap query, for health checks: the primary answers, or (with the primary
+    /// down) a replica does, since reads still work then.
     pub async fn ping(&self) -> Result<(), DbError> {
-        self.primary().execute("SELECT 1").await?;
-        Ok(())
+        let limit = Duration::from_secs(1);
+        let primary = tokio::time::timeout(limit, self.primary.execute("SELECT 1")).await;
+        if matches!(primary, Ok(Ok(_))) {
+            return Ok(());
+        }
+        if let Some(replica) = self.replicas.pick(None) {
+            if let Ok(Ok(_)) = tokio::time::timeout(limit, replica.pool.execute("SELECT 1")).await {
+                return Ok(());
+            }
+        }
+        match primary {
+            Ok(result) => result.map(|_| ()).map_err(DbError::from),
+            Err(_) => Err(DbError::PrimaryUnavailable),
+        }
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -213,7 +232,7 @@ impl Database {
             DbError::Unavailable(_) => DbError::PrimaryUnavailable,
             other => other,
         };
-        let value = query(self.primary().clone()).await.map_err(on_primary)?;
+        let value = answered(Role::Primary, query(self.primary.clone()).await.map_err(on_primary)?);
         if self.replicas.is_empty() {
             return Ok((value, None));
         }
@@ -235,14 +254,22 @@ impl Database {
         Fut: Future<Output = Result<T, sqlx::Error>>,
     {
         if let Some(replica) = self.replicas.pick(after) {
-            replica::record(Role::Replica);
             match query(replica.pool.clone()).await {
-                Ok(value) => return Ok(value),
+                Ok(value) => return Ok(answered(Role::Replica, value)),
                 Err(error) if is_unreachable(&error) => self.replicas.mark_unreachable(replica),
                 Err(error) => return Err(error.into()),
             }
         }
-        Ok(query(self.primary().clone()).await?)
+        match query(self.primary.clone()).await {
+            Ok(value) => Ok(answered(Role::Primary, value)),
+            // The primary went away before the poller noticed: a replica that may be
+            // slightly behind is better than no answer.
+            Err(error) if is_unreachable(&error) => match self.replicas.pick_any() {
+                Some(replica) => Ok(answered(Role::Replica, query(replica.pool.clone()).await?)),
+                None => Err(error.into()),
+            },
+            Err(error) => Err(error.into()),
+        }
     }
 
     pub async fn close(&self) {

@@ -105,6 +105,11 @@ impl Replicas {
         })
     }
 
+    /// Any reachable replica, however far behind: for when the primary is gone.
+    pub(crate) fn pick_any(&self) -> Option<&Replica> {
+        self.members.iter().find(|r| r.reachable.load(Ordering::Relaxed))
+    }
+
     /// A query on this replica failed to reach it: out of rotation until the poller sees it again.
     pub(crate) fn mark_unreachable(&self, replica: &Replica) {
         if replica.reachable.swap(false, Ordering::Relaxed) {

@@ -9,5 +9,6 @@ mod bad_input;
 mod cli;
 mod clones;
 mod domain;
+mod replicas;
 mod lb;
 mod sessions;

@@ -46,12 +46,12 @@ impl CuttableProxy {
 
     /// Closes every connection and refuses new ones, as a stopped server would.
     pub fn cut(&self) {
-        let _ = self.cut.send(true);
+        self.cut.send_replace(true);
     }
 
     /// Listens again on the same address.
     pub async fn restore(&self) {
-        let _ = self.cut.send(false);
+        self.cut.send_replace(false);
         let listener = loop {
             match TcpListener::bind(self.addr).await {
                 Ok(l) => break l,

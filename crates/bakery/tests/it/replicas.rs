@@ -1,0 +1,165 @@
+//! Primary and replica: reads go to a replica only when it has the reader's own
+//! writes; a dead replica costs no read; a dead primary costs writes, not reads.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::harness::{Up, client, error_code, eventually, fresh_replicated_database, log_in, replica_admin_url, replica_url_for};
+use crate::proxy::CuttableProxy;
+
+fn db_role(response: &reqwest::Response) -> String {
+    response.headers().get("x-db").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+async fn price_and_role(http: &reqwest::Client, url: &str, cookie: Option<&str>) -> (i64, String) {
+    let mut request = http.get(url);
+    if let Some(cookie) = cookie {
+        request = request.header("cookie", cookie);
+    }
+    let response = request.send().await.unwrap();
+    assert_eq!(response.status(), 200, "read failed");
+    let role = db_role(&response);
+    let body: serde_json::Value = response.json().await.unwrap();
+    (body["price_cents"].as_i64().unwrap(), role)
+}
+
+/// Pauses WAL replay on the shared replica until dropped (also when a test fails).
+struct ReplayPaused;
+
+impl ReplayPaused {
+    fn start() -> Self {
+        psql_on_replica("SELECT pg_wal_replay_pause()");
+        Self
+    }
+}
+
+impl Drop for ReplayPaused {
+    fn drop(&mut self) {
+        psql_on_replica("SELECT pg_wal_replay_resume()");
+    }
+}
+
+fn psql_on_replica(sql: &str) {
+    let status = std::process::Command::new("psql")
+        .args([replica_admin_url().as_str(), "-qAtc", sql])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("psql is needed");
+    assert!(status.success(), "{sql} on the replica");
+}
+
+fn addr_of(url: &str) -> SocketAddr {
+    let host_port = url.split('@').nth(1).unwrap().split('/').next().unwrap();
+    host_port.parse().unwrap()
+}
+
+async fn new_product(http: &reqwest::Client, up: &Up, admin: &str) -> String {
+    let created = http
+        .post(up.url("/api/products"))
+        .header("cookie", admin)
+        .json(&json!({"name": "Rye", "price_cents": 100}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<serde_json::Value>().await.unwrap()["id"].as_i64().unwrap();
+    up.url(&format!("/api/products/{id}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_while_the_replica_is_paused() {
+    let url = fresh_replicated_database().await;
+    let up = Up::start(vec![("BAKERY_DATABASE_URL".into(), url.clone()), ("BAKERY_REPLICA_URLS".into(), replica_url_for(&url))], 2);
+    let http = client();
+    let admin = log_in(&http, &up.base, "admin", "admin-password").await;
+    let product = new_product(&http, &up, &admin).await;
+    let from_replica = eventually(Duration::from_secs(10), async || price_and_role(&http, &product, None).await == (100, "replica".into())).await;
+    assert!(from_replica, "anonymous reads go to the replica once it has replayed the product");
+
+    let paused = ReplayPaused::start();
+    let changed = http
+        .patch(&product)
+        .header("cookie", &admin)
+        .json(&json!({"price_cents": 200}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    assert_eq!(db_role(&changed), "primary");
+    for i in 0..100 {
+        let (price, role) = price_and_role(&http, &product, Some(&admin)).await;
+        assert_eq!(price, 200, "read {i} by the writer shows the new price");
+        assert_eq!(role, "primary", "the paused replica is behind the writer");
+    }
+    let (stale, role) = price_and_role(&http, &product, None).await;
+    assert_eq!((stale, role.as_str()), (100, "replica"), "others may still be served by the replica");
+
+    drop(paused);
+    let caught_up = eventually(Duration::from_secs(10), async || price_and_role(&http, &product, None).await == (200, "replica".into())).await;
+    assert!(caught_up, "after resume, anonymous reads go to the replica again and see the change");
+    let writer_on_replica =
+        eventually(Duration::from_secs(10), async || price_and_role(&http, &product, Some(&admin)).await == (200, "replica".into())).await;
+    assert!(writer_on_replica, "the writer's reads return to the replica once it has caught up");
+    let metrics = http.get(format!("http://{}/metrics", up.clones()[0].addr)).send().await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("bakery_db_queries_total{role=\"replica\"}"), "{metrics}");
+    assert!(metrics.contains("bakery_db_queries_total{role=\"primary\"}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replica_costs_no_failed_read() {
+    let url = fresh_replicated_database().await;
+    let replica = replica_url_for(&url);
+    let proxy = CuttableProxy::start(addr_of(&replica)).await;
+    let via_proxy = replica.replace(&addr_of(&replica).to_string(), &proxy.addr.to_string());
+    let up = Up::start(vec![("BAKERY_DATABASE_URL".into(), url), ("BAKERY_REPLICA_URLS".into(), via_proxy)], 2);
+    let http = client();
+    let admin = log_in(&http, &up.base, "admin", "admin-password").await;
+    let product = new_product(&http, &up, &admin).await;
+    assert!(eventually(Duration::from_secs(10), async || price_and_role(&http, &product, None).await.1 == "replica").await);
+
+    proxy.cut();
+    for _ in 0..50 {
+        let (price, _) = price_and_role(&http, &product, None).await;
+        assert_eq!(price, 100);
+    }
+    assert_eq!(price_and_role(&http, &product, None).await.1, "primary", "with the replica gone, reads go to the primary");
+
+    proxy.restore().await;
+    assert!(
+        eventually(Duration::from_secs(10), async || price_and_role(&http, &product, None).await.1 == "replica").await,
+        "the replica returns to rotation by itself"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_primary_stopped_reads_use_the_replica_and_writes_get_503() {
+    let url = fresh_replicated_database().await;
+    let replica = replica_url_for(&url);
+    let proxy = CuttableProxy::start(addr_of(&url)).await;
+    let via_proxy = url.replace(&addr_of(&url).to_string(), &proxy.addr.to_string());
+    let up = Up::start(vec![("BAKERY_DATABASE_URL".into(), via_proxy), ("BAKERY_REPLICA_URLS".into(), replica)], 2);
+    let http = client();
+    let admin = log_in(&http, &up.base, "admin", "admin-password").await;
+    let product = new_product(&http, &up, &admin).await;
+    assert!(eventually(Duration::from_secs(10), async || price_and_role(&http, &product, None).await.1 == "replica").await);
+
+    proxy.cut();
+    for _ in 0..20 {
+        assert_eq!(price_and_role(&http, &product, None).await, (100, "replica".into()));
+        assert_eq!(price_and_role(&http, &product, Some(&admin)).await, (100, "replica".into()));
+    }
+    let write = http.patch(&product).header("cookie", &admin).json(&json!({"price_cents": 300})).send().await.unwrap();
+    assert_eq!(write.status(), 503);
+    assert_eq!(error_code(write).await, "primary_unavailable");
+
+    proxy.restore().await;
+    let recovered = eventually(Duration::from_secs(15), async || {
+        let r = http.patch(&product).header("cookie", &admin).json(&json!({"price_cents": 300})).send().await.unwrap();
+        r.status() == 200
+    })
+    .await;
+    assert!(recovered, "writes work again once the primary is back, without a restart");
+    assert_eq!(price_and_role(&http, &product, Some(&admin)).await.0, 300);
+}
