@@ -11,7 +11,7 @@ use minijinja::value::Serde;
 use minijinja::{Environment, context};
 
 use crate::error::ApiError;
-use crate::extract::{CurrentUser, MaybeUser};
+use crate::extract::{CurrentUser, Id, MaybeUser};
 use crate::routes::accounts::{self, Credentials, SignUp};
 use crate::{AppState, session_cookie};
 
@@ -24,6 +24,10 @@ pub fn templates() -> Environment<'static> {
         ("signup.html", include_str!("../templates/signup.html")),
         ("login.html", include_str!("../templates/login.html")),
         ("account.html", include_str!("../templates/account.html")),
+        ("products.html", include_str!("../templates/products.html")),
+        ("product.html", include_str!("../templates/product.html")),
+        ("events.html", include_str!("../templates/events.html")),
+        ("event.html", include_str!("../templates/event.html")),
     ] {
         env.add_template(name, source).expect("the bundled templates parse");
     }
@@ -37,6 +41,13 @@ pub fn router() -> Router<AppState> {
         .route("/login", get(login_page).post(login_form))
         .route("/account", get(account))
         .route("/logout", post(logout_form))
+        .route("/products", get(products_page))
+        .route("/products/{id}", get(product_page))
+        .route("/products/{id}/reviews", post(review_form))
+        .route("/events", get(events_page))
+        .route("/events/{id}", get(event_page))
+        .route("/events/{id}/rsvp", post(rsvp_form))
+        .route("/events/{id}/cancel", post(cancel_form))
 }
 
 fn render(state: &AppState, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
@@ -111,4 +122,129 @@ async fn logout_form(State(state): State<AppState>, headers: HeaderMap) -> Respo
         return e.into_response();
     }
     ([(header::SET_COOKIE, session_cookie::clear(state.cookie_secure(&headers)))], Redirect::to("/")).into_response()
+}
+
+/// `$6.50` for 650 cents.
+fn price(cents: i64) -> String {
+    format!("${}.{:02}", cents / 100, cents % 100)
+}
+
+fn user_value(current: &Option<CurrentUser>) -> Option<minijinja::Value> {
+    current.as_ref().map(|c| minijinja::Value::from(Serde(&c.user)))
+}
+
+async fn products_page(State(state): State<AppState>, MaybeUser(current): MaybeUser) -> Response {
+    let after = current.as_ref().and_then(|c| c.lsn);
+    match state.db.list_products(after, 0, 100).await {
+        Ok(products) => {
+            let products: Vec<minijinja::Value> = products
+                .iter()
+                .map(|p| context! { id => p.id, name => &p.name, price => price(p.price_cents), rating => Serde(&p.rating) })
+                .collect();
+            render(&state, StatusCode::OK, "products.html", context! { products, user => user_value(&current) })
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn show_product(state: &AppState, current: &Option<CurrentUser>, id: i64, error: Option<String>) -> Response {
+    let after = current.as_ref().and_then(|c| c.lsn);
+    match state.db.product(id, after).await {
+        Ok(Some(product)) => {
+            let status = if error.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+            let ctx = context! { price => price(product.price_cents), product => Serde(&product), user => user_value(current), error };
+            render(state, status, "product.html", ctx)
+        }
+        Ok(None) => ApiError::not_found().into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn product_page(State(state): State<AppState>, MaybeUser(current): MaybeUser, Id(id): Id) -> Response {
+    show_product(&state, &current, id, None).await
+}
+
+#[derive(serde::Deserialize)]
+struct ReviewForm {
+    rating: i64,
+    body: String,
+}
+
+async fn review_form(
+    State(state): State<AppState>,
+    current: Result<CurrentUser, ApiError>,
+    Id(id): Id,
+    form: Result<Form<ReviewForm>, FormRejection>,
+) -> Response {
+    let Ok(current) = current else { return Redirect::to("/login").into_response() };
+    let checked = form.map_err(|_| "Please choose a rating and write a review.".to_string()).and_then(|Form(f)| {
+        let rating = bakery_core::catalog::rating(f.rating).map_err(|e| e.message)?;
+        let body = bakery_core::catalog::review_body(&f.body).map_err(|e| e.message)?;
+        Ok((rating, body))
+    });
+    let (rating, body) = match checked {
+        Ok(values) => values,
+        Err(message) => return show_product(&state, &Some(current), id, Some(message)).await,
+    };
+    match state.db.create_review(id, current.user.id, rating, &body).await {
+        Ok((Some(_), lsn)) => match current.wrote(&state, lsn).await {
+            Ok(()) => Redirect::to(&format!("/products/{id}")).into_response(),
+            Err(e) => e.into_response(),
+        },
+        Ok((None, _)) => ApiError::not_found().into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn events_page(State(state): State<AppState>, MaybeUser(current): MaybeUser) -> Response {
+    match state.db.list_events(current.as_ref().and_then(|c| c.lsn)).await {
+        Ok(events) => render(&state, StatusCode::OK, "events.html", context! { events => Serde(&events), user => user_value(&current) }),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn show_event(state: &AppState, current: &Option<CurrentUser>, id: i64, error: Option<&str>) -> Response {
+    let (user_id, after) = current.as_ref().map(|c| (Some(c.user.id), c.lsn)).unwrap_or((None, None));
+    match state.db.event(id, user_id, after).await {
+        Ok(Some(event)) => {
+            let status = if error.is_some() { StatusCode::CONFLICT } else { StatusCode::OK };
+            render(state, status, "event.html", context! { event => Serde(&event), user => user_value(current), error })
+        }
+        Ok(None) => ApiError::not_found().into_response(),
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn event_page(State(state): State<AppState>, MaybeUser(current): MaybeUser, Id(id): Id) -> Response {
+    show_event(&state, &current, id, None).await
+}
+
+async fn rsvp_form(State(state): State<AppState>, current: Result<CurrentUser, ApiError>, Id(id): Id) -> Response {
+    let Ok(current) = current else { return Redirect::to("/login").into_response() };
+    match state.db.rsvp(id, current.user.id).await {
+        Ok((outcome, lsn)) => {
+            if let Err(e) = current.wrote(&state, lsn).await {
+                return e.into_response();
+            }
+            match outcome {
+                bakery_db::calendar::RsvpOutcome::Full => {
+                    show_event(&state, &Some(current), id, Some("Sorry, every seat is taken.")).await
+                }
+                bakery_db::calendar::RsvpOutcome::NoSuchEvent => ApiError::not_found().into_response(),
+                _ => Redirect::to(&format!("/events/{id}")).into_response(),
+            }
+        }
+        Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+async fn cancel_form(State(state): State<AppState>, current: Result<CurrentUser, ApiError>, Id(id): Id) -> Response {
+    let Ok(current) = current else { return Redirect::to("/login").into_response() };
+    match state.db.cancel_rsvp(id, current.user.id).await {
+        Ok((_, lsn)) => match current.wrote(&state, lsn).await {
+            Ok(()) => Redirect::to(&format!("/events/{id}")).into_response(),
+            Err(e) => e.into_response(),
+        },
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }

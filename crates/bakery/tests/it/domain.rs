@@ -251,6 +251,18 @@ async fn an_empty_bakery_gets_the_demo_and_the_flag_turns_it_off() {
     assert!(list["items"].as_array().unwrap().iter().all(|p| p["rating"]["count"].as_i64().unwrap() > 0), "with reviews");
     let (_, events) = send(http.get(up.url("/api/events"))).await;
     assert_eq!(events["items"].as_array().unwrap().len(), 3);
+    // The HTML pages show the same bakery, and the RSVP button works.
+    let page = http.get(up.url("/products")).send().await.unwrap().text().await.unwrap();
+    assert_eq!(page.matches("<li><a href=\"/products/").count(), 12, "{page}");
+    let first = list["items"][0]["id"].as_i64().unwrap();
+    let detail = http.get(up.url(&format!("/products/{first}"))).send().await.unwrap().text().await.unwrap();
+    assert!(detail.contains("<blockquote>") && detail.contains("flour_fan"), "reviews with their authors");
+    let cookie = sign_up_and_log_in(&http, &up.base, "clicker").await;
+    let event = events["items"][0]["id"].as_i64().unwrap();
+    let clicked = http.post(up.url(&format!("/events/{event}/rsvp"))).header("cookie", &cookie).send().await.unwrap();
+    assert_eq!(clicked.status(), 303);
+    let page = http.get(up.url(&format!("/events/{event}"))).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("You have a seat"), "{page}");
     drop(up);
     let bare = Up::start(vec![], 1);
     let (_, list) = send(http.get(bare.url("/api/products"))).await;
