@@ -163,3 +163,31 @@ async fn with_the_primary_stopped_reads_use_the_replica_and_writes_get_503() {
     assert!(recovered, "writes work again once the primary is back, without a restart");
     assert_eq!(price_and_role(&http, &product, Some(&admin)).await.0, 300);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_lagging_beyond_the_bound_leaves_the_rotation_for_everyone() {
+    let url = fresh_replicated_database().await;
+    let up = Up::start(
+        vec![
+            ("BAKERY_DATABASE_URL".into(), url.clone()),
+            ("BAKERY_REPLICA_URLS".into(), replica_url_for(&url)),
+            ("BAKERY_REPLICA_MAX_LAG_BYTES".into(), "1".into()),
+        ],
+        1,
+    );
+    let http = client();
+    let admin = log_in(&http, &up.base, "admin", "admin-password").await;
+    let product = new_product(&http, &up, &admin).await;
+    assert!(eventually(Duration::from_secs(10), async || price_and_role(&http, &product, None).await.1 == "replica").await);
+
+    let paused = ReplayPaused::start();
+    let changed = http.patch(&product).header("cookie", &admin).json(&json!({"price_cents": 5})).send().await.unwrap();
+    assert_eq!(changed.status(), 200);
+    let left = eventually(Duration::from_secs(5), async || price_and_role(&http, &product, None).await == (5, "primary".into())).await;
+    assert!(left, "a replica behind by more than the bound serves nobody, not even anonymous readers");
+    drop(paused);
+    assert!(
+        eventually(Duration::from_secs(10), async || price_and_role(&http, &product, None).await == (5, "replica".into())).await,
+        "caught up, it returns"
+    );
+}
