@@ -13,6 +13,11 @@ BAKERY_REPLICA_URLS, one without. Then, alternating between them for several rou
     answered them (x-db).
 
 Needs PostgreSQL on 5432 and the replica on 5433 (scripts/services.sh makes both).
+
+On one small machine every server shares the same cores, so a replica cannot add
+capacity there. `--db-cpu 0.4` gives the primary cluster and the replica cluster each
+a fixed share of a core (cgroup v1 CPU quota, as root), as if each ran on its own
+small machine: then the replica's share is capacity the primary alone does not have.
 Writes results.json, results.md and db-replicas.png to --out.
 
     scripts/bench_db.py --rounds 3 --duration 8
@@ -144,6 +149,60 @@ def reader_loops(addr, iterations):
             "anonymous_reads_on_replica": share(anon_roles)}
 
 
+CGROUP = "/sys/fs/cgroup/cpu"
+
+
+def cluster_pids(port):
+    """The postmaster of the cluster on `port` and all its children."""
+    data = psql(port, "SHOW data_directory")
+    with open(os.path.join(data, "postmaster.pid")) as f:
+        postmaster = int(f.readline())
+    pids = [postmaster]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == postmaster:
+                        pids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return pids
+
+
+def limit_cpu(name, port, share):
+    """Puts a cluster in its own cgroup with `share` of one core; new backends inherit it."""
+    group = os.path.join(CGROUP, name)
+    os.makedirs(group, exist_ok=True)
+    with open(os.path.join(group, "cpu.cfs_period_us"), "w") as f:
+        f.write("100000")
+    with open(os.path.join(group, "cpu.cfs_quota_us"), "w") as f:
+        f.write(str(int(share * 100000)))
+    for pid in cluster_pids(port):
+        with open(os.path.join(group, "cgroup.procs"), "w") as f:
+            f.write(str(pid))
+    return group
+
+
+def release_cpu(group):
+    """Moves every process back to the root group (again, while a fork raced us), then removes the group."""
+    for _ in range(50):
+        with open(os.path.join(group, "cgroup.procs")) as f:
+            pids = f.read().split()
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                with open(os.path.join(CGROUP, "cgroup.procs"), "w") as f:
+                    f.write(pid)
+            except OSError:
+                pass
+        time.sleep(0.05)
+    try:
+        os.rmdir(group)
+    except OSError as e:
+        log(f"bench: could not remove {group}: {e}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
@@ -151,9 +210,13 @@ def main():
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--writes", type=int, default=300, help="write-then-read iterations per round")
     parser.add_argument("--bin", default=os.path.join(ROOT, "target/release/bakery"))
-    parser.add_argument("--out", default=os.path.join(ROOT, "bench-results/db"))
+    parser.add_argument("--out", default=None, help="default: bench-results/db (or db-cpu-limited)")
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--db-cpu", type=float, default=0.0,
+                        help="give each PostgreSQL cluster this share of one core (0: no limit)")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = os.path.join(ROOT, "bench-results", "db-cpu-limited" if args.db_cpu > 0 else "db")
     if args.rounds < 1 or args.duration < 1 or args.connections < 1 or args.writes < 1:
         print("bench: every count must be positive", file=sys.stderr)
         sys.exit(2)
@@ -175,6 +238,13 @@ def main():
             time.sleep(0.1)
     primary = f"postgres://postgres@127.0.0.1:5432/{name}"
     replica = f"postgres://postgres@127.0.0.1:5433/{name}"
+    groups = []
+    if args.db_cpu > 0:
+        if not os.path.isdir(CGROUP) or os.geteuid() != 0:
+            print("bench: --db-cpu needs root and cgroup v1 at /sys/fs/cgroup/cpu", file=sys.stderr)
+            sys.exit(2)
+        groups = [limit_cpu("bakery-bench-primary", 5432, args.db_cpu), limit_cpu("bakery-bench-replica", 5433, args.db_cpu)]
+        log(f"each PostgreSQL cluster limited to {args.db_cpu:.2f} of a core")
     work = tempfile.mkdtemp(prefix="bakery-bench-db-")
     script = os.path.join(work, "mix.lua")
     with open(script, "w") as f:
@@ -227,15 +297,17 @@ def main():
             json.dump({"mix": mix, "loops": loops, "ratio": ratio}, f, indent=2)
         with open(os.path.join(args.out, "results.md"), "w") as f:
             f.write(table + "\n")
-        plot(mix, loops, os.path.join(args.out, "db-replicas.png"))
+        plot(mix, loops, os.path.join(args.out, "db-replicas.png"), args.db_cpu)
     finally:
         stop_all()
+        for group in groups:
+            release_cpu(group)
         shutil.rmtree(work, ignore_errors=True)
         subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"DROP DATABASE IF EXISTS {name}"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def plot(mix, loops, path):
+def plot(mix, loops, path, db_cpu):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -256,7 +328,8 @@ def plot(mix, loops, path):
     ax2.set_xticklabels(setups)
     ax2.set_title("GET /api/products/{id}, median latency, ms")
     ax2.legend()
-    fig.suptitle("PostgreSQL primary only vs primary + streaming replica, through the load balancer (2 cores)")
+    limit = f", each cluster limited to {db_cpu:.2f} core" if db_cpu > 0 else ", all on the same 2 cores"
+    fig.suptitle(f"PostgreSQL primary only vs primary + streaming replica, through the load balancer{limit}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     log(f"plot: {path}")
