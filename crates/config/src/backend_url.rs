@@ -96,6 +96,60 @@ impl SessionUrl {
     }
 }
 
+/// Where cached values live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CacheUrl {
+    /// A SQLite file in the data directory: shared, and so coherent, across every
+    /// process on this machine.
+    Embedded(PathBuf),
+    Redis(String),
+    /// Memcached nodes (`host:port`), keys spread over them by consistent hashing.
+    Memcached(Vec<String>),
+    /// No cache: every read goes to the database.
+    None,
+}
+
+impl CacheUrl {
+    pub fn embedded_in(data_dir: &Path) -> Self {
+        Self::Embedded(data_dir.join("cache.db"))
+    }
+
+    pub fn parse(variable: &str, raw: &str, data_dir: &Path) -> Result<Self, ConfigError> {
+        match raw {
+            "embedded" => return Ok(Self::embedded_in(data_dir)),
+            "none" => return Ok(Self::None),
+            _ => {}
+        }
+        if let Some(nodes) = raw.strip_prefix("memcached://") {
+            let nodes: Vec<String> = nodes.split(',').map(|n| n.trim().trim_end_matches('/').to_string()).filter(|n| !n.is_empty()).collect();
+            let valid = !nodes.is_empty()
+                && nodes.iter().all(|n| n.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()));
+            if !valid {
+                return Err(ConfigError::new(variable, format!("expected memcached://host:port[,host:port...], got {raw:?}")));
+            }
+            return Ok(Self::Memcached(nodes));
+        }
+        let parsed = url::Url::parse(raw).map_err(|e| ConfigError::new(variable, format!("not a URL ({e}): {}", redact(raw))))?;
+        match parsed.scheme() {
+            "redis" | "rediss" => Ok(Self::Redis(raw.to_string())),
+            other => Err(ConfigError::new(
+                variable,
+                format!("unsupported scheme {other:?}: expected embedded, none, redis:// or memcached://"),
+            )),
+        }
+    }
+
+    /// The engine's name, as `x-cache`-adjacent logs and metrics show it.
+    pub fn engine(&self) -> &'static str {
+        match self {
+            Self::Embedded(_) => "embedded",
+            Self::Redis(_) => "redis",
+            Self::Memcached(_) => "memcached",
+            Self::None => "none",
+        }
+    }
+}
+
 /// Hides the password part of `scheme://user:password@host`.
 pub fn redact(raw: &str) -> String {
     match url::Url::parse(raw) {

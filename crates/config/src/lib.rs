@@ -11,7 +11,7 @@ use std::time::Duration;
 
 mod backend_url;
 
-pub use backend_url::{DatabaseUrl, SessionUrl};
+pub use backend_url::{CacheUrl, DatabaseUrl, SessionUrl};
 
 /// The one error of this crate: which variable, and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +45,13 @@ pub struct Config {
     /// A replica further behind the primary than this (in WAL bytes) serves no reads.
     pub replica_max_lag_bytes: u64,
     pub session_url: SessionUrl,
-    /// Kept as given; the cache issue gives it a type.
-    pub cache_url: String,
+    pub cache_url: CacheUrl,
+    /// How long a cached `Product:{id}` object lives.
+    pub cache_object_ttl: Duration,
+    /// How long a cached query result lives.
+    pub cache_query_ttl: Duration,
+    /// Longest a cache call may take before the request goes to the database.
+    pub cache_timeout: Duration,
     /// Kept as given; the broker issue gives it a type.
     pub broker_url: String,
     pub smtp_url: Option<String>,
@@ -101,6 +106,9 @@ const KEYS: &[&str] = &[
     "BAKERY_REPLICA_MAX_LAG_BYTES",
     "BAKERY_SESSION_URL",
     "BAKERY_CACHE_URL",
+    "BAKERY_CACHE_OBJECT_TTL_SECS",
+    "BAKERY_CACHE_QUERY_TTL_SECS",
+    "BAKERY_CACHE_TIMEOUT_MS",
     "BAKERY_BROKER_URL",
     "BAKERY_SMTP_URL",
     "BAKERY_ADMIN_PASSWORD",
@@ -194,7 +202,7 @@ impl Config {
             Some(url) => SessionUrl::parse("BAKERY_SESSION_URL", url, &data_dir)?,
             None => SessionUrl::embedded_in(&data_dir),
         };
-        let cache_url = get("BAKERY_CACHE_URL").unwrap_or("embedded").to_string();
+        let cache_url = CacheUrl::parse("BAKERY_CACHE_URL", get("BAKERY_CACHE_URL").unwrap_or("embedded"), &data_dir)?;
         let broker_url = get("BAKERY_BROKER_URL").unwrap_or("embedded").to_string();
         let smtp_url = get("BAKERY_SMTP_URL").map(str::to_string);
         if let Some(smtp) = &smtp_url {
@@ -257,6 +265,9 @@ impl Config {
             replica_max_lag_bytes: number(get("BAKERY_REPLICA_MAX_LAG_BYTES"), "BAKERY_REPLICA_MAX_LAG_BYTES", 16 << 20)?,
             session_url,
             cache_url,
+            cache_object_ttl: secs("BAKERY_CACHE_OBJECT_TTL_SECS", 300)?,
+            cache_query_ttl: secs("BAKERY_CACHE_QUERY_TTL_SECS", 60)?,
+            cache_timeout: millis("BAKERY_CACHE_TIMEOUT_MS", 100)?,
             broker_url,
             smtp_url,
             admin_password,

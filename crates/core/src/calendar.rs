@@ -1,10 +1,10 @@
 //! The calendar: baking classes (events) and RSVPs, as the API shows them.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Invalid;
 use crate::catalog::text;
-use crate::clock::{serialize_millis, serialize_optional_millis};
+use crate::clock::{deserialize_millis, deserialize_optional_millis, serialize_millis, serialize_optional_millis};
 
 pub fn event_title(raw: &str) -> Result<String, Invalid> {
     text("a title", "invalid_title", raw.trim(), 1, 200)
@@ -21,38 +21,38 @@ pub fn capacity(raw: i64) -> Result<i64, Invalid> {
     Ok(raw)
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EventSummary {
     pub id: i64,
     pub title: String,
-    #[serde(serialize_with = "serialize_millis")]
+    #[serde(serialize_with = "serialize_millis", deserialize_with = "deserialize_millis")]
     pub starts_at: i64,
     pub capacity: i64,
     pub attendees: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
     pub id: i64,
     pub title: String,
     pub description: String,
-    #[serde(serialize_with = "serialize_millis")]
+    #[serde(serialize_with = "serialize_millis", deserialize_with = "deserialize_millis")]
     pub starts_at: i64,
     pub capacity: i64,
     pub attendees: i64,
     /// The asking user's RSVP, when logged in and there is one.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub my_rsvp: Option<Rsvp>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rsvp {
     pub id: i64,
     pub event_id: i64,
     pub status: String,
-    #[serde(serialize_with = "serialize_millis")]
+    #[serde(serialize_with = "serialize_millis", deserialize_with = "deserialize_millis")]
     pub created_at: i64,
     /// Set once the email service has sent the confirmation.
-    #[serde(serialize_with = "serialize_optional_millis")]
+    #[serde(serialize_with = "serialize_optional_millis", deserialize_with = "deserialize_optional_millis")]
     pub confirmation_sent_at: Option<i64>,
 }

@@ -1,9 +1,9 @@
 //! The catalog: products, their images and reviews, as the API shows them.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Invalid;
-use crate::clock::serialize_millis;
+use crate::clock::{deserialize_millis, serialize_millis};
 
 /// Checks free text: a length range in characters and no control characters
 /// other than newlines and tabs.
@@ -45,7 +45,7 @@ pub fn review_body(raw: &str) -> Result<String, Invalid> {
     text("a review", "invalid_body", raw.trim(), 1, 5_000)
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Rating {
     pub average: f64,
     pub count: i64,
@@ -60,7 +60,7 @@ impl Rating {
 }
 
 /// A product in a list.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProductSummary {
     pub id: i64,
     pub name: String,
@@ -68,33 +68,33 @@ pub struct ProductSummary {
     pub rating: Rating,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Image {
     pub id: i64,
     pub url: String,
     pub thumb_url: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Author {
     pub id: i64,
     pub username: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Review {
     pub id: i64,
     pub product_id: i64,
     pub user: Author,
     pub rating: i64,
     pub body: String,
-    #[serde(serialize_with = "serialize_millis")]
+    #[serde(serialize_with = "serialize_millis", deserialize_with = "deserialize_millis")]
     pub created_at: i64,
 }
 
 /// A whole product, assembled from its parts (name, price, description, images,
 /// reviews): the object the cache keeps as `Product:{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Product {
     pub id: i64,
     pub name: String,
@@ -103,7 +103,7 @@ pub struct Product {
     pub images: Vec<Image>,
     pub reviews: Vec<Review>,
     pub rating: Rating,
-    #[serde(serialize_with = "serialize_millis")]
+    #[serde(serialize_with = "serialize_millis", deserialize_with = "deserialize_millis")]
     pub updated_at: i64,
 }
 

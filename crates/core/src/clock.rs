@@ -44,6 +44,18 @@ pub fn serialize_optional_millis<S: serde::Serializer>(millis: &Option<i64>, ser
     }
 }
 
+/// The reverse of [`serialize_millis`] (`#[serde(deserialize_with = ...)]`), for
+/// values read back from a cache.
+pub fn deserialize_millis<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let text = <String as serde::Deserialize>::deserialize(deserializer)?;
+    parse_rfc3339(&text).map_err(serde::de::Error::custom)
+}
+
+pub fn deserialize_optional_millis<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+    let text = <Option<String> as serde::Deserialize>::deserialize(deserializer)?;
+    text.map(|t| parse_rfc3339(&t).map_err(serde::de::Error::custom)).transpose()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

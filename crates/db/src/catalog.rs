@@ -206,6 +206,14 @@ impl Database {
         .await
     }
 
+    /// The products `user_id` has reviewed (their cached objects show the user's name).
+    pub async fn products_reviewed_by(&self, user_id: i64) -> Result<Vec<i64>, DbError> {
+        Ok(sqlx::query_scalar("SELECT DISTINCT product_id FROM reviews WHERE user_id = $1")
+            .bind(user_id)
+            .fetch_all(self.primary())
+            .await?)
+    }
+
     /// Whether any product exists (first start loads a demo bakery when none does).
     pub async fn has_products(&self) -> Result<bool, DbError> {
         let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM products").fetch_one(self.primary()).await?;

@@ -22,6 +22,8 @@ pub mod replica;
 
 pub use bakery_core::now_millis;
 pub use replica::{Lsn, Role, trace_roles};
+/// sqlx's error, for callers that carry a [`DbError::Other`].
+pub use sqlx::Error as SqlxError;
 use replica::Replicas;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");

@@ -19,6 +19,10 @@ use sqlx::AnyPool;
 pub struct Lsn(pub u64);
 
 impl Lsn {
+    /// A position no replica has replayed: a read "after" it goes to the primary.
+    /// Cache fills use it, so a stale replica can never seed the cache for everyone.
+    pub const LATEST: Lsn = Lsn(u64::MAX);
+
     /// Parses PostgreSQL's text form, `16/B374D848`.
     pub fn parse(text: &str) -> Option<Self> {
         let (high, low) = text.trim().split_once('/')?;

@@ -22,6 +22,7 @@ use tokio::net::TcpListener;
 
 pub mod error;
 pub mod extract;
+mod cached;
 mod middleware;
 mod pages;
 pub mod routes;
@@ -40,6 +41,9 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub db: Database,
     pub sessions: SessionStore,
+    pub cache: bakery_cache::Cache,
+    /// Cache builds in flight in this process (one build serves concurrent misses).
+    pub inflight: bakery_cache::objects::InFlight,
     pub metrics: Metrics,
     templates: Arc<minijinja::Environment<'static>>,
     draining: Arc<AtomicBool>,
@@ -55,7 +59,12 @@ impl AppState {
         let sessions = SessionStore::connect(&config.session_url, lifetimes)
             .await
             .map_err(|e| ConfigError::new("BAKERY_SESSION_URL", format!("cannot use the session store: {e}")))?;
+        let cache = bakery_cache::Cache::connect(&config.cache_url, config.cache_timeout)
+            .await
+            .map_err(|e| ConfigError::new("BAKERY_CACHE_URL", format!("cannot use the cache: {e}")))?;
         Ok(Self {
+            cache,
+            inflight: Default::default(),
             id: Arc::from(id),
             served_by: HeaderValue::from_str(id).context("--id must be a valid header value")?,
             config: Arc::new(config),

@@ -26,7 +26,7 @@ pub async fn request_context(State(state): State<AppState>, mut req: Request, ne
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
 
-    let (mut response, db_role) = bakery_db::trace_roles(next.run(req)).await;
+    let ((mut response, db_role), cache) = bakery_cache::trace_cache(bakery_db::trace_roles(next.run(req))).await;
 
     bakery_telemetry::record_request(&route, response.status().as_u16());
     let headers = response.headers_mut();
@@ -35,6 +35,9 @@ pub async fn request_context(State(state): State<AppState>, mut req: Request, ne
         headers.insert(SERVED_BY, state.served_by.clone());
         if let Some(role) = db_role {
             headers.insert("x-db", HeaderValue::from_static(role.as_str()));
+        }
+        if let Some(result) = cache {
+            headers.insert("x-cache", HeaderValue::from_static(result.as_str()));
         }
     }
     response

@@ -135,7 +135,7 @@ fn user_value(current: &Option<CurrentUser>) -> Option<minijinja::Value> {
 
 async fn products_page(State(state): State<AppState>, MaybeUser(current): MaybeUser) -> Response {
     let after = current.as_ref().and_then(|c| c.lsn);
-    match state.db.list_products(after, 0, 100).await {
+    match state.product_page(0, 100, after).await {
         Ok(products) => {
             let products: Vec<minijinja::Value> = products
                 .iter()
@@ -149,7 +149,7 @@ async fn products_page(State(state): State<AppState>, MaybeUser(current): MaybeU
 
 async fn show_product(state: &AppState, current: &Option<CurrentUser>, id: i64, error: Option<String>) -> Response {
     let after = current.as_ref().and_then(|c| c.lsn);
-    match state.db.product(id, after).await {
+    match state.product(id, after).await {
         Ok(Some(product)) => {
             let status = if error.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
             let ctx = context! { price => price(product.price_cents), product => Serde(&product), user => user_value(current), error };
@@ -188,7 +188,10 @@ async fn review_form(
     };
     match state.db.create_review(id, current.user.id, rating, &body).await {
         Ok((Some(_), lsn)) => match current.wrote(&state, lsn).await {
-            Ok(()) => Redirect::to(&format!("/products/{id}")).into_response(),
+            Ok(()) => {
+                state.product_restructured(id).await;
+                Redirect::to(&format!("/products/{id}")).into_response()
+            }
             Err(e) => e.into_response(),
         },
         Ok((None, _)) => ApiError::not_found().into_response(),
@@ -197,7 +200,7 @@ async fn review_form(
 }
 
 async fn events_page(State(state): State<AppState>, MaybeUser(current): MaybeUser) -> Response {
-    match state.db.list_events(current.as_ref().and_then(|c| c.lsn)).await {
+    match state.event_list(current.as_ref().and_then(|c| c.lsn)).await {
         Ok(events) => render(&state, StatusCode::OK, "events.html", context! { events => Serde(&events), user => user_value(&current) }),
         Err(e) => ApiError::from(e).into_response(),
     }
@@ -231,7 +234,11 @@ async fn rsvp_form(State(state): State<AppState>, current: Result<CurrentUser, A
                     show_event(&state, &Some(current), id, Some("Sorry, every seat is taken.")).await
                 }
                 bakery_db::calendar::RsvpOutcome::NoSuchEvent => ApiError::not_found().into_response(),
-                _ => Redirect::to(&format!("/events/{id}")).into_response(),
+                bakery_db::calendar::RsvpOutcome::Created(_) => {
+                    state.events_changed().await;
+                    Redirect::to(&format!("/events/{id}")).into_response()
+                }
+                bakery_db::calendar::RsvpOutcome::Existing(_) => Redirect::to(&format!("/events/{id}")).into_response(),
             }
         }
         Err(e) => ApiError::from(e).into_response(),
@@ -242,7 +249,10 @@ async fn cancel_form(State(state): State<AppState>, current: Result<CurrentUser,
     let Ok(current) = current else { return Redirect::to("/login").into_response() };
     match state.db.cancel_rsvp(id, current.user.id).await {
         Ok((_, lsn)) => match current.wrote(&state, lsn).await {
-            Ok(()) => Redirect::to(&format!("/events/{id}")).into_response(),
+            Ok(()) => {
+                state.events_changed().await;
+                Redirect::to(&format!("/events/{id}")).into_response()
+            }
             Err(e) => e.into_response(),
         },
         Err(e) => ApiError::from(e).into_response(),

@@ -1,5 +1,7 @@
 //! Primary and replica: reads go to a replica only when it has the reader's own
 //! writes; a dead replica costs no read; a dead primary costs writes, not reads.
+//! These run with the cache off (`BAKERY_CACHE_URL=none`): they watch where the
+//! database reads go, and a cache in front would answer most of them.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -71,7 +73,7 @@ async fn new_product(http: &reqwest::Client, up: &Up, admin: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_your_writes_while_the_replica_is_paused() {
     let url = fresh_replicated_database().await;
-    let up = Up::start(vec![("BAKERY_DATABASE_URL".into(), url.clone()), ("BAKERY_REPLICA_URLS".into(), replica_url_for(&url))], 2);
+    let up = Up::start(vec![("BAKERY_CACHE_URL".into(), "none".into()), ("BAKERY_DATABASE_URL".into(), url.clone()), ("BAKERY_REPLICA_URLS".into(), replica_url_for(&url))], 2);
     let http = client();
     let admin = log_in(&http, &up.base, "admin", "admin-password").await;
     let product = new_product(&http, &up, &admin).await;
@@ -113,7 +115,7 @@ async fn a_stopped_replica_costs_no_failed_read() {
     let replica = replica_url_for(&url);
     let proxy = CuttableProxy::start(addr_of(&replica)).await;
     let via_proxy = replica.replace(&addr_of(&replica).to_string(), &proxy.addr.to_string());
-    let up = Up::start(vec![("BAKERY_DATABASE_URL".into(), url), ("BAKERY_REPLICA_URLS".into(), via_proxy)], 2);
+    let up = Up::start(vec![("BAKERY_CACHE_URL".into(), "none".into()), ("BAKERY_DATABASE_URL".into(), url), ("BAKERY_REPLICA_URLS".into(), via_proxy)], 2);
     let http = client();
     let admin = log_in(&http, &up.base, "admin", "admin-password").await;
     let product = new_product(&http, &up, &admin).await;
@@ -139,7 +141,7 @@ async fn with_the_primary_stopped_reads_use_the_replica_and_writes_get_503() {
     let replica = replica_url_for(&url);
     let proxy = CuttableProxy::start(addr_of(&url)).await;
     let via_proxy = url.replace(&addr_of(&url).to_string(), &proxy.addr.to_string());
-    let up = Up::start(vec![("BAKERY_DATABASE_URL".into(), via_proxy), ("BAKERY_REPLICA_URLS".into(), replica)], 2);
+    let up = Up::start(vec![("BAKERY_CACHE_URL".into(), "none".into()), ("BAKERY_DATABASE_URL".into(), via_proxy), ("BAKERY_REPLICA_URLS".into(), replica)], 2);
     let http = client();
     let admin = log_in(&http, &up.base, "admin", "admin-password").await;
     let product = new_product(&http, &up, &admin).await;
@@ -169,6 +171,7 @@ async fn a_replica_lagging_beyond_the_bound_leaves_the_rotation_for_everyone() {
     let url = fresh_replicated_database().await;
     let up = Up::start(
         vec![
+            ("BAKERY_CACHE_URL".into(), "none".into()),
             ("BAKERY_DATABASE_URL".into(), url.clone()),
             ("BAKERY_REPLICA_URLS".into(), replica_url_for(&url)),
             ("BAKERY_REPLICA_MAX_LAG_BYTES".into(), "1".into()),

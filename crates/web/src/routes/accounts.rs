@@ -149,6 +149,9 @@ async fn change_me(
     let (user, lsn) = state.db.update_user(current.user.id, change).await.map_err(username_conflict)?;
     current.wrote(&state, lsn).await?;
     let user = user.ok_or_else(ApiError::unauthorized)?;
+    if username.is_some() {
+        state.user_renamed(user.id).await?;
+    }
     Ok(axum::Json(json!({ "user": user })))
 }
 

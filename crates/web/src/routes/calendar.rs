@@ -23,7 +23,7 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn list(State(state): State<AppState>, MaybeUser(current): MaybeUser) -> ApiResult<Response> {
-    let items = state.db.list_events(current.and_then(|c| c.lsn)).await?;
+    let items = state.event_list(current.and_then(|c| c.lsn)).await?;
     Ok(axum::Json(json!({ "items": items })).into_response())
 }
 
@@ -50,6 +50,7 @@ async fn create(State(state): State<AppState>, AdminUser(admin): AdminUser, Json
     let (id, lsn) =
         state.db.create_event(NewEvent { title: &title, description: &description, starts_at, capacity }).await?;
     admin.wrote(&state, lsn).await?;
+    state.events_changed().await;
     let event = state.db.event(id, None, lsn).await?.ok_or_else(ApiError::not_found)?;
     Ok((StatusCode::CREATED, axum::Json(event)).into_response())
 }
@@ -57,6 +58,9 @@ async fn create(State(state): State<AppState>, AdminUser(admin): AdminUser, Json
 async fn rsvp(State(state): State<AppState>, current: CurrentUser, Id(event_id): Id) -> ApiResult<Response> {
     let (outcome, lsn) = state.db.rsvp(event_id, current.user.id).await?;
     current.wrote(&state, lsn).await?;
+    if matches!(outcome, RsvpOutcome::Created(_)) {
+        state.events_changed().await;
+    }
     match outcome {
         RsvpOutcome::Created(rsvp) => Ok((StatusCode::CREATED, axum::Json(rsvp)).into_response()),
         RsvpOutcome::Existing(rsvp) => Ok(axum::Json(rsvp).into_response()),
@@ -66,8 +70,11 @@ async fn rsvp(State(state): State<AppState>, current: CurrentUser, Id(event_id):
 }
 
 async fn cancel(State(state): State<AppState>, current: CurrentUser, Id(event_id): Id) -> ApiResult<StatusCode> {
-    let (_, lsn) = state.db.cancel_rsvp(event_id, current.user.id).await?;
+    let (cancelled, lsn) = state.db.cancel_rsvp(event_id, current.user.id).await?;
     current.wrote(&state, lsn).await?;
+    if cancelled {
+        state.events_changed().await;
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

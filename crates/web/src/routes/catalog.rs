@@ -59,7 +59,7 @@ async fn list(
     let (limit, cursor) = page.parse()?;
     let after = current.and_then(|c| c.lsn);
     // One more than asked tells whether there is a next page.
-    let mut items = state.db.list_products(after, cursor, limit + 1).await?;
+    let mut items = state.product_page(cursor, limit + 1, after).await?;
     let next_cursor = (items.len() as i64 > limit).then(|| {
         items.truncate(limit as usize);
         items.last().map(|p| p.id.to_string())
@@ -69,7 +69,7 @@ async fn list(
 
 async fn show(State(state): State<AppState>, MaybeUser(current): MaybeUser, Id(id): Id) -> ApiResult<Response> {
     let after = current.and_then(|c| c.lsn);
-    let product = state.db.product(id, after).await?.ok_or_else(ApiError::not_found)?;
+    let product = state.product(id, after).await?.ok_or_else(ApiError::not_found)?;
     Ok(axum::Json(product).into_response())
 }
 
@@ -87,7 +87,7 @@ async fn create(State(state): State<AppState>, AdminUser(admin): AdminUser, Json
     let price_cents = catalog::price_cents(body.price_cents)?;
     let (id, lsn) = state.db.create_product(NewProduct { name: &name, description: &description, price_cents }).await?;
     admin.wrote(&state, lsn).await?;
-    let product = state.db.product(id, lsn).await?.ok_or_else(ApiError::not_found)?;
+    let product = state.product_changed(id).await?.ok_or_else(ApiError::not_found)?;
     Ok((StatusCode::CREATED, axum::Json(product)).into_response())
 }
 
@@ -113,13 +113,14 @@ async fn change(
         return Err(ApiError::not_found());
     }
     admin.wrote(&state, lsn).await?;
-    let product = state.db.product(id, lsn).await?.ok_or_else(ApiError::not_found)?;
+    let product = state.product_changed(id).await?.ok_or_else(ApiError::not_found)?;
     Ok(axum::Json(product).into_response())
 }
 
 async fn remove(State(state): State<AppState>, AdminUser(admin): AdminUser, Id(id): Id) -> ApiResult<StatusCode> {
     let (found, lsn) = state.db.delete_product(id).await?;
     admin.wrote(&state, lsn).await?;
+    state.product_restructured(id).await;
     if found { Ok(StatusCode::NO_CONTENT) } else { Err(ApiError::not_found()) }
 }
 
@@ -140,15 +141,17 @@ async fn review(
     let (review, lsn) = state.db.create_review(product_id, current.user.id, rating, &text).await?;
     current.wrote(&state, lsn).await?;
     let review = review.ok_or_else(ApiError::not_found)?;
+    state.product_restructured(product_id).await;
     Ok((StatusCode::CREATED, axum::Json(review)).into_response())
 }
 
 async fn remove_review(State(state): State<AppState>, current: CurrentUser, Id(id): Id) -> ApiResult<StatusCode> {
-    let (_, author) = state.db.review_owner(id).await?.ok_or_else(ApiError::not_found)?;
+    let (product_id, author) = state.db.review_owner(id).await?.ok_or_else(ApiError::not_found)?;
     if author != current.user.id && !current.user.is_admin {
         return Err(ApiError::forbidden("only its author or an admin may delete a review"));
     }
     let (_, lsn) = state.db.delete_review(id).await?;
     current.wrote(&state, lsn).await?;
+    state.product_restructured(product_id).await;
     Ok(StatusCode::NO_CONTENT)
 }

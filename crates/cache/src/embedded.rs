@@ -1,0 +1,114 @@
+//! The embedded engine: a SQLite file in the data directory. Every process on the
+//! machine opens the same file, so a write by one clone is seen by the next read of
+//! any other (a per-process memory cache would need cross-process invalidation).
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+
+use crate::CacheError;
+
+#[derive(Clone)]
+pub struct Embedded {
+    pool: SqlitePool,
+}
+
+fn unavailable(e: sqlx::Error) -> CacheError {
+    CacheError::Unavailable(e.to_string())
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn expiry(ttl: Duration) -> i64 {
+    now() + ttl.as_millis() as i64
+}
+
+impl Embedded {
+    pub async fn open(path: &Path) -> Result<Self, CacheError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // A cache may lose its last writes in a power cut; it is only a cache.
+            .synchronous(SqliteSynchronous::Off)
+            .busy_timeout(Duration::from_secs(2));
+        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(unavailable)?;
+        sqlx::query("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at INTEGER NOT NULL)")
+            .execute(&pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(Self { pool })
+    }
+
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
+        let now = now();
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            let value: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT value FROM cache WHERE key = $1 AND expires_at > $2")
+                    .bind(key)
+                    .bind(now)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(unavailable)?;
+            out.push(value);
+        }
+        Ok(out)
+    }
+
+    pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
+        sqlx::query(
+            "INSERT INTO cache (key, value, expires_at) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(expiry(ttl))
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(())
+    }
+
+    pub async fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, CacheError> {
+        // An expired row counts as absent.
+        let stored = sqlx::query(
+            "INSERT INTO cache (key, value, expires_at) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at
+             WHERE cache.expires_at <= $4",
+        )
+        .bind(key)
+        .bind(value)
+        .bind(expiry(ttl))
+        .bind(now())
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(stored.rows_affected() > 0)
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), CacheError> {
+        sqlx::query("DELETE FROM cache WHERE key = $1").bind(key).execute(&self.pool).await.map_err(unavailable)?;
+        Ok(())
+    }
+
+    pub async fn incr(&self, key: &str, start: u64) -> Result<u64, CacheError> {
+        let value: String = sqlx::query_scalar(
+            "INSERT INTO cache (key, value, expires_at) VALUES ($1, CAST($2 AS TEXT), $3)
+             ON CONFLICT (key) DO UPDATE SET
+                 value = CAST(CAST(CAST(cache.value AS TEXT) AS INTEGER) + 1 AS TEXT),
+                 expires_at = excluded.expires_at
+             RETURNING CAST(value AS TEXT)",
+        )
+        .bind(key)
+        .bind(start as i64)
+        .bind(expiry(crate::COUNTER_TTL))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        value.parse().map_err(|_| CacheError::Unavailable(format!("counter {key} holds {value:?}")))
+    }
+}

@@ -1,0 +1,193 @@
+//! Cached objects (the lesson's second pattern): a whole object, assembled from
+//! several queries, stored under one key such as `Product:{id}`.
+//!
+//! Versioned, so that a fill that started before a write can never overwrite the
+//! newer value (the delete-versus-set race): each key has a counter `ver:{key}`,
+//! every write bumps it, and a value is stored as `{v, d}` with the version its
+//! builder saw *before* reading the database. A read fetches both in one round trip
+//! and only takes the value if its `v` is the current version. A late, stale fill
+//! thus writes a value nobody will ever accept. A simple field write bumps the
+//! version and stores the new object under it at once (updated in place); a
+//! structural change only bumps it (invalidated).
+//!
+//! No stampede: concurrent misses in one process share one build, and across
+//! processes a short lease (`lease:{key}`, taken with `add`) lets one process build
+//! while the others wait briefly for its value before building themselves.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::trace::{CacheResult, record, record_fill};
+use crate::{Cache, counter};
+
+#[derive(Serialize, serde::Deserialize)]
+struct Envelope<T> {
+    v: u64,
+    d: T,
+}
+
+/// How long a builder may hold the lease before others stop waiting for it.
+const LEASE: Duration = Duration::from_secs(2);
+/// How long a process without the lease waits for the holder's value.
+const LEASE_WAIT: Duration = Duration::from_millis(400);
+
+type Build = Shared<BoxFuture<'static, Result<Option<Vec<u8>>, String>>>;
+
+/// Builds in flight in this process, by key: one build serves every concurrent miss.
+#[derive(Clone, Default)]
+pub struct InFlight(Arc<Mutex<HashMap<String, Build>>>);
+
+impl Cache {
+    /// The object at `key`: from the cache when its version is current, otherwise
+    /// built by `build` (from the database), stored, and returned. Errors of `build`
+    /// come back as they are; cache trouble only means `x-cache: bypass`.
+    pub async fn object<T, E, F>(
+        &self,
+        inflight: &InFlight,
+        key: &str,
+        ttl: Duration,
+        build: F,
+    ) -> Result<(Option<T>, CacheResult), E>
+    where
+        T: Serialize + DeserializeOwned + Send + 'static,
+        E: std::fmt::Display + From<String> + Send + 'static,
+        F: Future<Output = Result<Option<T>, E>> + Send + 'static,
+    {
+        let version_key = format!("ver:{key}");
+        let cached = self.get_many(&[version_key.clone(), key.to_string()]).await;
+        let version = match &cached {
+            Ok(values) => {
+                let version = counter(values[0].as_ref());
+                if let (Some(v), Some(bytes)) = (version, values[1].as_ref()) {
+                    if let Ok(envelope) = serde_json::from_slice::<Envelope<T>>(bytes) {
+                        if envelope.v == v {
+                            record("object", CacheResult::Hit);
+                            return Ok((Some(envelope.d), CacheResult::Hit));
+                        }
+                    }
+                }
+                version
+            }
+            Err(error) => {
+                tracing::debug!(%error, key, "cache bypassed");
+                record("object", CacheResult::Bypass);
+                record_fill("object");
+                return build.await.map(|value| (value, CacheResult::Bypass));
+            }
+        };
+
+        // One build per key in this process; the others await it.
+        let shared = {
+            let mut builds = inflight.0.lock().unwrap_or_else(|p| p.into_inner());
+            builds
+                .entry(key.to_string())
+                .or_insert_with(|| {
+                    let (cache, key, version_key) = (self.clone(), key.to_string(), version_key.clone());
+                    async move { cache.build_and_store(&key, &version_key, version, ttl, build).await }.boxed().shared()
+                })
+                .clone()
+        };
+        let built = shared.await;
+        inflight.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        record("object", CacheResult::Miss);
+        match built {
+            Ok(Some(bytes)) => {
+                let envelope: Envelope<T> = serde_json::from_slice(&bytes).map_err(|e| E::from(e.to_string()))?;
+                Ok((Some(envelope.d), CacheResult::Miss))
+            }
+            Ok(None) => Ok((None, CacheResult::Miss)),
+            Err(message) => Err(E::from(message)),
+        }
+    }
+
+    /// Takes the lease (or waits briefly for whoever holds it), builds, stores under
+    /// the version seen before building. Returns the stored envelope's bytes.
+    async fn build_and_store<T, E, F>(
+        &self,
+        key: &str,
+        version_key: &str,
+        seen: Option<u64>,
+        ttl: Duration,
+        build: F,
+    ) -> Result<Option<Vec<u8>>, String>
+    where
+        T: Serialize,
+        E: std::fmt::Display,
+        F: Future<Output = Result<Option<T>, E>>,
+    {
+        let lease_key = format!("lease:{key}");
+        let leased = self.add(&lease_key, b"1", LEASE).await.unwrap_or(true);
+        if !leased {
+            // Another process is building: its value will carry the current version.
+            let deadline = tokio::time::Instant::now() + LEASE_WAIT;
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                if let Ok(values) = self.get_many(&[version_key.to_string(), key.to_string()]).await {
+                    if let (Some(v), Some(bytes)) = (counter(values[0].as_ref()), values[1].as_ref()) {
+                        if serde_json::from_slice::<Envelope<serde::de::IgnoredAny>>(bytes).is_ok_and(|e| e.v == v) {
+                            return Ok(Some(bytes.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        // The version must be known before reading the database: a write after this
+        // point bumps it, and what we store then no longer counts.
+        let version = match seen {
+            Some(v) => Some(v),
+            None => self.incr(version_key).await.ok(),
+        };
+        record_fill("object");
+        let value = build.await.map_err(|e| e.to_string())?;
+        let Some(value) = value else {
+            if leased {
+                let _ = self.delete(&lease_key).await;
+            }
+            return Ok(None);
+        };
+        let bytes = serde_json::to_vec(&Envelope { v: version.unwrap_or(0), d: &value }).map_err(|e| e.to_string())?;
+        if version.is_some() {
+            let _ = self.set(key, &bytes, ttl).await;
+        }
+        if leased {
+            let _ = self.delete(&lease_key).await;
+        }
+        Ok(Some(bytes))
+    }
+
+    /// A structural change: the cached object is no longer valid (and any fill
+    /// already under way will store a value nobody accepts).
+    pub async fn invalidate_object(&self, key: &str) {
+        if self.is_none() {
+            return;
+        }
+        if let Err(error) = self.incr(&format!("ver:{key}")).await {
+            // The version could not move: remove the value itself, so it is rebuilt.
+            tracing::warn!(%error, key, "could not bump a version; deleting the value");
+            let _ = self.delete(key).await;
+        }
+    }
+
+    /// A simple field write: a new version, and the new object stored under it.
+    pub async fn update_object<T: Serialize>(&self, key: &str, value: &T, ttl: Duration) {
+        if self.is_none() {
+            return;
+        }
+        match self.incr(&format!("ver:{key}")).await {
+            Ok(version) => {
+                if let Ok(bytes) = serde_json::to_vec(&Envelope { v: version, d: value }) {
+                    let _ = self.set(key, &bytes, ttl).await;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, key, "could not bump a version; deleting the value");
+                let _ = self.delete(key).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,75 @@
+//! The Redis engine, over redis-rs's `ConnectionManager` (it reconnects by itself).
+
+use std::time::Duration;
+
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::CacheError;
+
+#[derive(Clone)]
+pub struct Redis {
+    conn: ConnectionManager,
+}
+
+fn unavailable(e: redis::RedisError) -> CacheError {
+    CacheError::Unavailable(e.to_string())
+}
+
+impl Redis {
+    pub async fn connect(url: &str) -> Result<Self, CacheError> {
+        let client = redis::Client::open(url).map_err(unavailable)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(Duration::from_millis(500)))
+            .set_number_of_retries(1);
+        let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
+        let _: () = redis::cmd("PING").query_async(&mut conn).await.map_err(unavailable)?;
+        Ok(Self { conn })
+    }
+
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        // MGET always answers a list, also for a single key.
+        redis::cmd("MGET").arg(keys).query_async(&mut self.conn.clone()).await.map_err(unavailable)
+    }
+
+    pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
+        self.conn.clone().pset_ex(key, value, ttl.as_millis().max(1) as u64).await.map_err(unavailable)
+    }
+
+    pub async fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, CacheError> {
+        let stored: Option<String> = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .arg("NX")
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(stored.is_some())
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<(), CacheError> {
+        self.conn.clone().del(key).await.map_err(unavailable)
+    }
+
+    pub async fn incr(&self, key: &str, start: u64) -> Result<u64, CacheError> {
+        let script = redis::Script::new(
+            "if redis.call('EXISTS', KEYS[1]) == 0 then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) \
+             else redis.call('INCR', KEYS[1]) redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
+             return redis.call('GET', KEYS[1])",
+        );
+        let value: String = script
+            .key(key)
+            .arg(start)
+            .arg(crate::COUNTER_TTL.as_millis() as u64)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        value.parse().map_err(|_| CacheError::Unavailable(format!("counter {key} holds {value:?}")))
+    }
+}

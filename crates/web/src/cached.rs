@@ -1,0 +1,108 @@
+//! The cached read paths and the invalidations that keep them true, in one place:
+//! which key or tables each read uses, and what each write must bump.
+//!
+//! Fills read from the primary ([`Lsn::LATEST`]): a value in the cache is served to
+//! everyone, so it must never come from a replica that is behind some writer.
+
+use bakery_core::calendar::EventSummary;
+use bakery_core::catalog::{Product, ProductSummary};
+use bakery_db::{DbError, Lsn};
+
+use crate::AppState;
+
+/// Tables whose generations key the product list.
+const PRODUCT_LIST_TABLES: &[&str] = &["products", "product_prices", "reviews"];
+
+fn product_key(id: i64) -> String {
+    format!("Product:{id}")
+}
+
+/// Errors of a fill, carried through the cache layer as text.
+#[derive(Debug)]
+pub struct FillError(DbError);
+
+impl std::fmt::Display for FillError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl From<String> for FillError {
+    fn from(message: String) -> Self {
+        Self(DbError::Other(sqlx_protocol(message)))
+    }
+}
+
+fn sqlx_protocol(message: String) -> bakery_db::SqlxError {
+    bakery_db::SqlxError::Protocol(message)
+}
+
+impl From<FillError> for crate::error::ApiError {
+    fn from(e: FillError) -> Self {
+        e.0.into()
+    }
+}
+
+impl AppState {
+    /// Where a fill reads: the primary when its result will be shared through the
+    /// cache; with no cache, wherever the reader's own position allows.
+    fn fill_position(&self, reader: Option<Lsn>) -> Option<Lsn> {
+        if self.cache.is_none() { reader } else { Some(Lsn::LATEST) }
+    }
+
+    /// `Product:{id}`, assembled from its parts on a miss.
+    pub async fn product(&self, id: i64, reader: Option<Lsn>) -> Result<Option<Product>, FillError> {
+        let db = self.db.clone();
+        let at = self.fill_position(reader);
+        let build = async move { db.product(id, at).await.map_err(FillError) };
+        let (product, _) = self.cache.object(&self.inflight, &product_key(id), self.config.cache_object_ttl, build).await?;
+        Ok(product)
+    }
+
+    /// A page of the product list.
+    pub async fn product_page(&self, cursor: i64, limit: i64, reader: Option<Lsn>) -> Result<Vec<ProductSummary>, DbError> {
+        let run = self.db.list_products(self.fill_position(reader), cursor, limit);
+        let (items, _) =
+            self.cache.query(PRODUCT_LIST_TABLES, "list_products", &(cursor, limit), self.config.cache_query_ttl, run).await?;
+        Ok(items)
+    }
+
+    pub async fn event_list(&self, reader: Option<Lsn>) -> Result<Vec<EventSummary>, DbError> {
+        let run = self.db.list_events(self.fill_position(reader));
+        let (items, _) = self.cache.query(&["events"], "list_events", &(), self.config.cache_query_ttl, run).await?;
+        Ok(items)
+    }
+
+    /// A simple field of a product changed: its object is rebuilt from the primary
+    /// and stored in place; the list is invalidated.
+    pub async fn product_changed(&self, id: i64) -> Result<Option<Product>, DbError> {
+        let product = self.db.product(id, Some(Lsn::LATEST)).await?;
+        match &product {
+            Some(product) => self.cache.update_object(&product_key(id), product, self.config.cache_object_ttl).await,
+            None => self.cache.invalidate_object(&product_key(id)).await,
+        }
+        self.cache.invalidate_tables(PRODUCT_LIST_TABLES).await;
+        Ok(product)
+    }
+
+    /// A product's structure changed (reviews added or removed, deleted): its object
+    /// and the list are invalidated.
+    pub async fn product_restructured(&self, id: i64) {
+        self.cache.invalidate_object(&product_key(id)).await;
+        self.cache.invalidate_tables(PRODUCT_LIST_TABLES).await;
+    }
+
+    /// A user's name changed: every product showing their reviews is invalidated.
+    pub async fn user_renamed(&self, user_id: i64) -> Result<(), DbError> {
+        for product_id in self.db.products_reviewed_by(user_id).await? {
+            self.cache.invalidate_object(&product_key(product_id)).await;
+        }
+        self.cache.invalidate_tables(&["users"]).await;
+        Ok(())
+    }
+
+    /// Events or their seats changed.
+    pub async fn events_changed(&self) {
+        self.cache.invalidate_tables(&["events"]).await;
+    }
+}
