@@ -4,7 +4,8 @@
 #
 #   PostgreSQL 15 on 127.0.0.1:5432   (accounts on PostgreSQL)
 #   PostgreSQL 15 streaming replica on 127.0.0.1:5433 (reads from replicas)
-#   Redis          127.0.0.1:6379     (sessions on Redis)
+#   Redis          127.0.0.1:6379     (sessions and cache on Redis)
+#   Memcached      127.0.0.1:11211 and 127.0.0.1:11212 (the cache on two nodes)
 #
 # Services are started as the machine's own daemons (detached, logging to files),
 # so nothing started here holds the caller's output open.
@@ -98,6 +99,22 @@ replica() {
     "psql -h 127.0.0.1 -p 5432 -U postgres -Atc \"SELECT 1 FROM pg_stat_replication WHERE state = 'streaming'\" | grep -q 1"
 }
 
+# Two Memcached nodes, each a daemon with its own pid file.
+memcached_nodes() {
+  command -v memcached >/dev/null || apt_install memcached
+  id memcache >/dev/null 2>&1 || useradd --system --no-create-home memcache
+  local port
+  for port in 11211 11212; do
+    if ! (exec 3<>/dev/tcp/127.0.0.1/$port) 2>/dev/null; then
+      log "starting Memcached on $port"
+      memcached -d -u memcache -l 127.0.0.1 -p "$port" -m 64 -P "/tmp/bakery-memcached-$port.pid" ||
+        die "Memcached would not start on $port"
+    fi
+    wait_for "Memcached (127.0.0.1:$port)" 50 sh -c "printf 'version\r\nquit\r\n' | timeout 1 bash -c 'exec 3<>/dev/tcp/127.0.0.1/$port; cat >&3; head -c 7 <&3' | grep -q VERSION"
+  done
+}
+
 postgres
 replica
 redis
+memcached_nodes

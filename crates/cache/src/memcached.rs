@@ -47,7 +47,7 @@ impl Memcached {
             .collect();
         let this = Self { ring: Arc::new(Ring::new(addrs)), nodes: Arc::new(nodes) };
         for node in this.nodes.iter() {
-            let mut client = Client::new(&node.addr).await.map_err(|e| unavailable(&node.addr, e))?;
+            let mut client = Client::new(format!("tcp://{}", node.addr)).await.map_err(|e| unavailable(&node.addr, e))?;
             client.version().await.map_err(|e| unavailable(&node.addr, e))?;
             *node.slots[0].lock().await = Some(client);
         }
@@ -62,7 +62,7 @@ impl Memcached {
             None => node.slots[rand_index(node.slots.len())].lock().await,
         };
         if slot.as_ref().is_none_or(Client::is_closed) {
-            *slot = Some(Client::new(&node.addr).await.map_err(|e| unavailable(&node.addr, e))?);
+            *slot = Some(Client::new(format!("tcp://{}", node.addr)).await.map_err(|e| unavailable(&node.addr, e))?);
         }
         Ok(slot)
     }

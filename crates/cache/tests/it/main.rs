@@ -1,0 +1,136 @@
+//! The cache against its real engines: an embedded file, Redis, two Memcached nodes.
+
+use std::time::Duration;
+
+use bakery_cache::objects::InFlight;
+use bakery_cache::{Cache, CacheResult};
+use bakery_config::CacheUrl;
+
+const TTL: Duration = Duration::from_secs(60);
+
+async fn engines() -> Vec<Cache> {
+    let nonce: u64 = rand::random();
+    let file = std::env::temp_dir().join(format!("bakery-cache-{}-{nonce:x}.db", std::process::id()));
+    let redis = std::env::var("BAKERY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let memcached = vec!["127.0.0.1:11211".to_string(), "127.0.0.1:11212".to_string()];
+    let timeout = Duration::from_millis(500);
+    vec![
+        Cache::connect(&CacheUrl::Embedded(file), timeout).await.expect("embedded cache"),
+        Cache::connect(&CacheUrl::Redis(redis.clone()), timeout)
+            .await
+            .unwrap_or_else(|e| panic!("Redis is needed at {redis}: {e}")),
+        Cache::connect(&CacheUrl::Memcached(memcached), timeout)
+            .await
+            .unwrap_or_else(|e| panic!("Memcached is needed on 127.0.0.1:11211 and :11212 (scripts/services.sh): {e}")),
+    ]
+}
+
+fn unique(name: &str) -> String {
+    format!("{name}:{:x}", rand::random::<u64>())
+}
+
+async fn read(cache: &Cache, key: &str, value: &str) -> (Option<String>, CacheResult) {
+    let value = value.to_string();
+    cache
+        .object::<String, String, _>(&InFlight::default(), key, TTL, async move { Ok(Some(value)) })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_miss_fills_and_the_next_read_hits() {
+    for cache in engines().await {
+        let key = unique("Product");
+        assert_eq!(read(&cache, &key, "rye").await, (Some("rye".into()), CacheResult::Miss), "{}", cache.engine());
+        assert_eq!(read(&cache, &key, "not asked").await, (Some("rye".into()), CacheResult::Hit), "{}", cache.engine());
+    }
+}
+
+#[tokio::test]
+async fn an_update_in_place_is_read_back_and_an_invalidation_rebuilds() {
+    for cache in engines().await {
+        let key = unique("Product");
+        read(&cache, &key, "v1").await;
+        cache.update_object(&key, &"v2".to_string(), TTL).await;
+        assert_eq!(read(&cache, &key, "not asked").await, (Some("v2".into()), CacheResult::Hit), "{}", cache.engine());
+        cache.invalidate_object(&key).await;
+        assert_eq!(read(&cache, &key, "v3").await, (Some("v3".into()), CacheResult::Miss), "{}", cache.engine());
+    }
+}
+
+#[tokio::test]
+async fn a_slow_fill_that_started_before_a_write_never_brings_old_data_back() {
+    for cache in engines().await {
+        let key = unique("Product");
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        // The fill reads "old" from the database, then is held up...
+        let slow = {
+            let (cache, key) = (cache.clone(), key.clone());
+            tokio::spawn(async move {
+                let build = async move {
+                    let _ = wait.await;
+                    Ok::<_, String>(Some("old".to_string()))
+                };
+                cache.object::<String, String, _>(&InFlight::default(), &key, TTL, build).await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // ...while a write lands and updates the cache in place.
+        cache.update_object(&key, &"new".to_string(), TTL).await;
+        release.send(()).unwrap();
+        let _ = slow.await.unwrap();
+        for _ in 0..3 {
+            let (value, _) = read(&cache, &key, "rebuilt").await;
+            assert_ne!(value.as_deref(), Some("old"), "{}: the late fill must not win", cache.engine());
+        }
+    }
+}
+
+#[tokio::test]
+async fn concurrent_misses_in_one_process_build_once() {
+    for cache in engines().await {
+        let key = unique("Product");
+        let builds = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let inflight = InFlight::default();
+        let reads = (0..50).map(|_| {
+            let (cache, key, builds, inflight) = (cache.clone(), key.clone(), builds.clone(), inflight.clone());
+            async move {
+                let build = async move {
+                    builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    Ok::<_, String>(Some("built".to_string()))
+                };
+                cache.object::<String, String, _>(&inflight, &key, TTL, build).await.unwrap()
+            }
+        });
+        let results = futures::future::join_all(reads).await;
+        assert!(results.iter().all(|(v, _)| v.as_deref() == Some("built")));
+        assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 1, "{}: one build for 50 misses", cache.engine());
+    }
+}
+
+#[tokio::test]
+async fn query_results_are_invalidated_by_a_write_to_their_tables() {
+    for cache in engines().await {
+        let table = unique("products");
+        let tables = [table.as_str()];
+        let run = |v: i32| async move { Ok::<_, String>(v) };
+        let q = |v| cache.query(&tables, "SELECT 1", &(1, 2), TTL, run(v));
+        assert_eq!(q(1).await.unwrap(), (1, CacheResult::Miss));
+        assert_eq!(q(2).await.unwrap(), (1, CacheResult::Hit), "{}", cache.engine());
+        cache.invalidate_tables(&[table.as_str()]).await;
+        assert_eq!(q(3).await.unwrap(), (3, CacheResult::Miss), "{}", cache.engine());
+        let other_params = cache.query(&[table.as_str()], "SELECT 1", &(9, 9), TTL, run(4)).await.unwrap();
+        assert_eq!(other_params, (4, CacheResult::Miss), "parameters are part of the key");
+    }
+}
+
+#[tokio::test]
+async fn an_unreachable_cache_is_bypassed_not_failed() {
+    let timeout = Duration::from_millis(200);
+    // A node that accepts nothing: connecting fails, so start with a live one and point past it.
+    let cache = Cache::connect(&CacheUrl::None, timeout).await.unwrap();
+    assert_eq!(read(&cache, "Product:1", "db").await, (Some("db".into()), CacheResult::Bypass));
+    let unreachable = Cache::connect(&CacheUrl::Redis("redis://127.0.0.1:1".into()), timeout).await;
+    assert!(unreachable.is_err(), "an unreachable cache is refused at start-up");
+}
