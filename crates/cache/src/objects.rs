@@ -34,7 +34,7 @@ struct Envelope<T> {
 /// How long a builder may hold the lease before others stop waiting for it.
 const LEASE: Duration = Duration::from_secs(2);
 /// How long a process without the lease waits for the holder's value.
-const LEASE_WAIT: Duration = Duration::from_millis(400);
+const LEASE_WAIT: Duration = Duration::from_secs(1);
 
 type Build = Shared<BoxFuture<'static, Result<Option<Vec<u8>>, String>>>;
 
@@ -120,6 +120,10 @@ impl Cache {
         E: std::fmt::Display,
         F: Future<Output = Result<Option<T>, E>>,
     {
+        // Someone may have stored it since we looked (a build that just finished).
+        if let Some(bytes) = self.current(key, version_key).await {
+            return Ok(Some(bytes));
+        }
         let lease_key = format!("lease:{key}");
         let leased = self.add(&lease_key, b"1", LEASE).await.unwrap_or(true);
         if !leased {
@@ -127,12 +131,8 @@ impl Cache {
             let deadline = tokio::time::Instant::now() + LEASE_WAIT;
             while tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                if let Ok(values) = self.get_many(&[version_key.to_string(), key.to_string()]).await {
-                    if let (Some(v), Some(bytes)) = (counter(values[0].as_ref()), values[1].as_ref()) {
-                        if serde_json::from_slice::<Envelope<serde::de::IgnoredAny>>(bytes).is_ok_and(|e| e.v == v) {
-                            return Ok(Some(bytes.clone()));
-                        }
-                    }
+                if let Some(bytes) = self.current(key, version_key).await {
+                    return Ok(Some(bytes));
                 }
             }
         }
@@ -158,6 +158,15 @@ impl Cache {
             let _ = self.delete(&lease_key).await;
         }
         Ok(Some(bytes))
+    }
+
+    /// The stored envelope of `key` if its version is the current one.
+    async fn current(&self, key: &str, version_key: &str) -> Option<Vec<u8>> {
+        let values = self.get_many(&[version_key.to_string(), key.to_string()]).await.ok()?;
+        let version = counter(values[0].as_ref())?;
+        let bytes = values[1].as_ref()?;
+        let envelope = serde_json::from_slice::<Envelope<serde::de::IgnoredAny>>(bytes).ok()?;
+        (envelope.v == version).then(|| bytes.clone())
     }
 
     /// A structural change: the cached object is no longer valid (and any fill

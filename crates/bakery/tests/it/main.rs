@@ -6,6 +6,7 @@ mod proxy;
 
 mod accounts;
 mod bad_input;
+mod caches;
 mod cli;
 mod clones;
 mod domain;

@@ -1,0 +1,188 @@
+//! Caches through the whole topology, on every engine: what the lesson promises
+//! (hits after misses, never stale for the writer or anyone after a write, no
+//! stampede) and what a cache must never cost (a failed request when it is down).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{Up, client, eventually, log_in, redis_url, sign_up_and_log_in};
+use crate::proxy::CuttableProxy;
+
+fn cache_header(r: &reqwest::Response) -> String {
+    r.headers().get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+}
+
+async fn get(http: &reqwest::Client, url: &str) -> (Value, String) {
+    let r = http.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{url}");
+    let cache = cache_header(&r);
+    (r.json().await.unwrap(), cache)
+}
+
+/// `bakery_cache_fills_total{cache="object"}` summed over every clone.
+async fn object_fills(http: &reqwest::Client, up: &Up) -> u64 {
+    let mut total = 0;
+    for clone in up.clones() {
+        let text = http.get(format!("http://{}/metrics", clone.addr)).send().await.unwrap().text().await.unwrap();
+        total += text
+            .lines()
+            .filter(|l| l.starts_with("bakery_cache_fills_total{cache=\"object\"}"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    total
+}
+
+async fn the_cache_keeps_its_promises(up: &Up) {
+    let http = client();
+    let admin = log_in(&http, &up.base, "admin", "admin-password").await;
+    let created: Value = http
+        .post(up.url("/api/products"))
+        .header("cookie", &admin)
+        .json(&json!({"name": "Seeded rye", "price_cents": 700}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let product = up.url(&format!("/api/products/{}", created["id"]));
+
+    // Hit after miss: a review invalidates, the next read rebuilds, the one after hits.
+    let reviewer = sign_up_and_log_in(&http, &up.base, "crumbly").await;
+    let review: Value = http
+        .post(format!("{product}/reviews"))
+        .header("cookie", &reviewer)
+        .json(&json!({"rating": 4, "body": "Hearty."}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (first, outcome) = get(&http, &product).await;
+    assert_eq!(outcome, "miss");
+    assert_eq!(first["reviews"][0]["user"]["username"], "crumbly");
+    let (_, outcome) = get(&http, &product).await;
+    assert_eq!(outcome, "hit", "the second read is served from the cache");
+
+    // An update through one clone is read back through every clone, every time.
+    let patched = http.patch(&product).header("cookie", &admin).json(&json!({"price_cents": 725})).send().await.unwrap();
+    assert_eq!(patched.status(), 200);
+    for i in 0..50 {
+        let (body, _) = get(&http, &product).await;
+        assert_eq!(body["price_cents"], 725, "read {i} after the update");
+    }
+
+    // A renamed reviewer shows under the new name at once.
+    let renamed = http.patch(up.url("/api/me")).header("cookie", &reviewer).json(&json!({"username": "crumbly-2"})).send().await.unwrap();
+    assert_eq!(renamed.status(), 200);
+    let (body, _) = get(&http, &product).await;
+    assert_eq!(body["reviews"][0]["user"]["username"], "crumbly-2", "the lesson's username example");
+
+    // A deleted review is gone at once.
+    let deleted = http.delete(up.url(&format!("/api/reviews/{}", review["id"]))).header("cookie", &reviewer).send().await.unwrap();
+    assert_eq!(deleted.status(), 204);
+    let (body, _) = get(&http, &product).await;
+    assert_eq!(body["reviews"], json!([]));
+    assert_eq!(body["rating"]["count"], 0);
+
+    // The list's query cache follows writes too.
+    let (list, _) = get(&http, &up.url("/api/products")).await;
+    assert_eq!(list["items"][0]["price_cents"], 725);
+
+    // No stampede: an invalidated hot key under 200 concurrent readers over every
+    // clone is rebuilt at most twice.
+    get(&http, &product).await;
+    let before = object_fills(&http, up).await;
+    let again = http.post(format!("{product}/reviews")).header("cookie", &reviewer).json(&json!({"rating": 5, "body": "Better."})).send().await.unwrap();
+    assert_eq!(again.status(), 201);
+    let readers = (0..200).map(|_| {
+        let (http, product) = (http.clone(), product.clone());
+        async move { http.get(&product).send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    });
+    let statuses = futures::future::join_all(readers).await;
+    assert!(statuses.iter().all(|&s| s == 200), "every reader was answered");
+    let rebuilds = object_fills(&http, up).await - before;
+    assert!(rebuilds <= 2, "{rebuilds} rebuilds for 200 concurrent readers");
+}
+
+fn env(cache_url: &str) -> Vec<(String, String)> {
+    vec![("BAKERY_CACHE_URL".into(), cache_url.into())]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_cache_keeps_its_promises() {
+    the_cache_keeps_its_promises(&Up::start(env("embedded"), 3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_cache_keeps_its_promises() {
+    the_cache_keeps_its_promises(&Up::start(env(&redis_url()), 3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memcached_cache_keeps_its_promises() {
+    the_cache_keeps_its_promises(&Up::start(env("memcached://127.0.0.1:11211,127.0.0.1:11212"), 3)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_cache_off_every_read_says_bypass() {
+    let up = Up::start(env("none"), 2);
+    let http = client();
+    let (_, outcome) = get(&http, &up.url("/api/products")).await;
+    assert_eq!(outcome, "bypass");
+}
+
+fn addr(host_port: &str) -> SocketAddr {
+    host_port.parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_going_away_costs_no_request_and_it_is_used_again_when_back() {
+    let redis = redis_url();
+    let target = redis.trim_start_matches("redis://").trim_end_matches('/').to_string();
+    let proxy = CuttableProxy::start(addr(&target)).await;
+    let up = Up::start(env(&format!("redis://{}", proxy.addr)), 2);
+    let http = client();
+    let admin = log_in(&http, &up.base, "admin", "admin-password").await;
+    let created: Value = http.post(up.url("/api/products")).header("cookie", &admin).json(&json!({"name": "Bun", "price_cents": 1})).send().await.unwrap().json().await.unwrap();
+    let product = up.url(&format!("/api/products/{}", created["id"]));
+    assert_eq!(get(&http, &product).await.1, "hit");
+
+    proxy.cut();
+    for _ in 0..30 {
+        let (body, outcome) = get(&http, &product).await;
+        assert_eq!(body["name"], "Bun");
+        assert_eq!(outcome, "bypass", "served from the database while the cache is away");
+    }
+    proxy.restore().await;
+    assert!(eventually(Duration::from_secs(10), async || get(&http, &product).await.1 == "hit").await, "the client reconnects by itself");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memcached_node_going_away_sends_only_its_keys_to_the_database() {
+    let one = CuttableProxy::start(addr("127.0.0.1:11211")).await;
+    let two = CuttableProxy::start(addr("127.0.0.1:11212")).await;
+    let up = Up::start(env(&format!("memcached://{},{}", one.addr, two.addr)), 2);
+    let http = client();
+    let admin = log_in(&http, &up.base, "admin", "admin-password").await;
+    let mut products = Vec::new();
+    for i in 0..12 {
+        let created: Value = http.post(up.url("/api/products")).header("cookie", &admin).json(&json!({"name": format!("Roll {i}"), "price_cents": i})).send().await.unwrap().json().await.unwrap();
+        products.push(up.url(&format!("/api/products/{}", created["id"])));
+    }
+    one.cut();
+    let mut outcomes = Vec::new();
+    for product in &products {
+        let (_, outcome) = get(&http, product).await;
+        outcomes.push(outcome);
+    }
+    let hits = outcomes.iter().filter(|o| *o == "hit").count();
+    let bypasses = outcomes.iter().filter(|o| *o == "bypass").count();
+    assert_eq!(hits + bypasses, 12, "{outcomes:?}");
+    assert!(hits > 0 && bypasses > 0, "the live node still serves its keys, the dead one's go to the database: {outcomes:?}");
+    one.restore().await;
+}
