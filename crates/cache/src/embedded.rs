@@ -35,7 +35,7 @@ impl Embedded {
             // A cache may lose its last writes in a power cut; it is only a cache.
             .synchronous(SqliteSynchronous::Off)
             .busy_timeout(Duration::from_secs(2));
-        let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await.map_err(unavailable)?;
+        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await.map_err(unavailable)?;
         sqlx::query("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at INTEGER NOT NULL)")
             .execute(&pool)
             .await
@@ -44,19 +44,18 @@ impl Embedded {
     }
 
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
-        let now = now();
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
-            let value: Option<Vec<u8>> =
-                sqlx::query_scalar("SELECT value FROM cache WHERE key = $1 AND expires_at > $2")
-                    .bind(key)
-                    .bind(now)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(unavailable)?;
-            out.push(value);
+        if keys.is_empty() {
+            return Ok(Vec::new());
         }
-        Ok(out)
+        // One statement for all keys: one trip through the pool, however many keys.
+        let placeholders: Vec<String> = (2..keys.len() + 2).map(|i| format!("${i}")).collect();
+        let sql = format!("SELECT key, value FROM cache WHERE expires_at > $1 AND key IN ({})", placeholders.join(", "));
+        let mut query = sqlx::query_as::<_, (String, Vec<u8>)>(sqlx::AssertSqlSafe(sql)).bind(now());
+        for key in keys {
+            query = query.bind(key);
+        }
+        let found = query.fetch_all(&self.pool).await.map_err(unavailable)?;
+        Ok(keys.iter().map(|k| found.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())).collect())
     }
 
     pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {

@@ -33,8 +33,9 @@ struct Envelope<T> {
 
 /// How long a builder may hold the lease before others stop waiting for it.
 const LEASE: Duration = Duration::from_secs(2);
-/// How long a process without the lease waits for the holder's value.
-const LEASE_WAIT: Duration = Duration::from_secs(1);
+/// How long a process without the lease waits for the holder's value: as long as
+/// the lease lasts, after which the holder is presumed gone.
+const LEASE_WAIT: Duration = LEASE;
 
 type Build = Shared<BoxFuture<'static, Result<Option<Vec<u8>>, String>>>;
 
@@ -60,7 +61,9 @@ impl Cache {
     {
         let version_key = format!("ver:{key}");
         let cached = self.get_many(&[version_key.clone(), key.to_string()]).await;
-        let version = match &cached {
+        // `Some(version)`: the cache answered but had no current value (a miss);
+        // `None`: the cache is down or slow (a bypass). Either way, build once.
+        let seen = match &cached {
             Ok(values) => {
                 let version = counter(values[0].as_ref());
                 if let (Some(v), Some(bytes)) = (version, values[1].as_ref()) {
@@ -71,36 +74,47 @@ impl Cache {
                         }
                     }
                 }
-                version
+                Some(version)
             }
             Err(error) => {
                 tracing::debug!(%error, key, "cache bypassed");
-                record("object", CacheResult::Bypass);
-                record_fill("object");
-                return build.await.map(|value| (value, CacheResult::Bypass));
+                None
             }
         };
+        let outcome = if seen.is_some() { CacheResult::Miss } else { CacheResult::Bypass };
+        record("object", outcome);
 
-        // One build per key in this process; the others await it.
+        // One build per key in this process; concurrent misses (and bypasses: a slow
+        // cache must not turn a hot key into a stampede on the database) await it.
         let shared = {
             let mut builds = inflight.0.lock().unwrap_or_else(|p| p.into_inner());
             builds
                 .entry(key.to_string())
                 .or_insert_with(|| {
                     let (cache, key, version_key) = (self.clone(), key.to_string(), version_key.clone());
-                    async move { cache.build_and_store(&key, &version_key, version, ttl, build).await }.boxed().shared()
+                    async move {
+                        match seen {
+                            Some(version) => cache.build_and_store(&key, &version_key, version, ttl, build).await,
+                            None => {
+                                record_fill("object");
+                                let value = build.await.map_err(|e| e.to_string())?;
+                                value.map(|d| serde_json::to_vec(&Envelope { v: 0, d }).map_err(|e| e.to_string())).transpose()
+                            }
+                        }
+                    }
+                    .boxed()
+                    .shared()
                 })
                 .clone()
         };
         let built = shared.await;
         inflight.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
-        record("object", CacheResult::Miss);
         match built {
             Ok(Some(bytes)) => {
                 let envelope: Envelope<T> = serde_json::from_slice(&bytes).map_err(|e| E::from(e.to_string()))?;
-                Ok((Some(envelope.d), CacheResult::Miss))
+                Ok((Some(envelope.d), outcome))
             }
-            Ok(None) => Ok((None, CacheResult::Miss)),
+            Ok(None) => Ok((None, outcome)),
             Err(message) => Err(E::from(message)),
         }
     }

@@ -58,6 +58,7 @@ pub async fn run(config: Config, options: UpOptions, shutdown: impl Future<Outpu
         return Err(ConfigError::new("--clones", "at least one web clone is needed").into());
     }
     prepare_database(&config, options.demo).await?;
+    prepare_local_stores(&config).await?;
 
     let admin_token = format!("{:032x}", rand::random::<u128>());
     let supervisor = Arc::new(Supervisor {
@@ -127,6 +128,20 @@ pub async fn prepare_database(config: &Config, demo: bool) -> anyhow::Result<()>
         println!("demo bakery loaded: 12 products with reviews, 3 baking classes (--no-demo skips this)");
     }
     db.close().await;
+    Ok(())
+}
+
+/// Opens the session store and the cache once before any clone starts: the embedded
+/// ones are files this creates, and several clones creating the same new SQLite file
+/// at the same moment can trip over each other's locks.
+async fn prepare_local_stores(config: &Config) -> anyhow::Result<()> {
+    let lifetimes = bakery_session::Lifetimes { idle: config.session_idle_timeout, absolute: config.session_absolute_timeout };
+    bakery_session::SessionStore::connect(&config.session_url, lifetimes)
+        .await
+        .map_err(|e| ConfigError::new("BAKERY_SESSION_URL", format!("cannot use the session store: {e}")))?;
+    bakery_cache::Cache::connect(&config.cache_url, config.cache_timeout)
+        .await
+        .map_err(|e| ConfigError::new("BAKERY_CACHE_URL", format!("cannot use the cache: {e}")))?;
     Ok(())
 }
 

@@ -104,7 +104,10 @@ async fn read_your_writes_while_the_replica_is_paused() {
     let writer_on_replica =
         eventually(Duration::from_secs(10), async || price_and_role(&http, &product, Some(&admin)).await == (200, "replica".into())).await;
     assert!(writer_on_replica, "the writer's reads return to the replica once it has caught up");
-    let metrics = http.get(format!("http://{}/metrics", up.clones()[0].addr)).send().await.unwrap().text().await.unwrap();
+    let mut metrics = String::new();
+    for clone in up.clones() {
+        metrics += &http.get(format!("http://{}/metrics", clone.addr)).send().await.unwrap().text().await.unwrap();
+    }
     assert!(metrics.contains("bakery_db_queries_total{role=\"replica\"}"), "{metrics}");
     assert!(metrics.contains("bakery_db_queries_total{role=\"primary\"}"));
 }
