@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""Cache benchmark: GET /api/products/{id} through the load balancer on PostgreSQL,
+for a product with 20 reviews, with the cache off and on each engine (embedded,
+Redis, Memcached on two nodes), side by side in one run; then the hit ratio under a
+skewed (Zipf) workload over 200 products with a small cache TTL churn.
+
+Starts one `bakery up` (3 clones) per setup, all on one fresh PostgreSQL database,
+and alternates wrk runs between them for several rounds. Prints median requests/s,
+p50/p99 and the ratio of each engine to cache off; writes results.json, results.md
+and cache.png to --out. Needs the services of scripts/services.sh.
+
+    scripts/bench_cache.py --rounds 3 --duration 6
+"""
+
+import argparse
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STARTED = []
+SETUPS = {
+    "cache off": "none",
+    "embedded": "embedded",
+    "redis": "redis://127.0.0.1:6379",
+    "memcached": "memcached://127.0.0.1:11211,127.0.0.1:11212",
+}
+
+
+def log(message):
+    print(message, flush=True)
+
+
+def start_up(binary, env):
+    proc = subprocess.Popen([binary, "up", "--listen", "127.0.0.1:0", "--clones", "3", "--no-demo"], env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            start_new_session=True, text=True)
+    STARTED.append(proc)
+    for line in proc.stdout:
+        if line.startswith("ready "):
+            return line.split()[1]
+    raise SystemExit("bench: bakery up did not get ready")
+
+
+def stop_all():
+    for proc in STARTED:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in STARTED:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def call(base, method, path, body=None, cookie=None):
+    request = urllib.request.Request(base + path, method=method, data=json.dumps(body).encode() if body is not None else None)
+    request.add_header("content-type", "application/json")
+    if cookie:
+        request.add_header("cookie", cookie)
+    with urllib.request.urlopen(request, timeout=10) as response:
+        set_cookie = response.headers.get("set-cookie", "")
+        return json.loads(response.read() or b"null"), response.headers, set_cookie.split(";")[0]
+
+
+def to_ms(value):
+    number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url, connections, duration, script=None):
+    args = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if script:
+        args += ["-s", script]
+    out = subprocess.run(args + [url], capture_output=True, text=True, check=True).stdout
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": to_ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
+            "p99_ms": to_ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0}
+
+
+def metric_sum(base_addrs, name, label):
+    total = 0.0
+    for addr in base_addrs:
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(name + "{") and label in line:
+                    total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def zipf_script(path, products, s=1.1):
+    """A wrk script drawing product ids from a Zipf(s) distribution."""
+    weights = [1 / (k ** s) for k in range(1, products + 1)]
+    total = sum(weights)
+    cumulative, acc = [], 0.0
+    for w in weights:
+        acc += w / total
+        cumulative.append(round(acc, 6))
+    with open(path, "w") as f:
+        f.write("local cdf = {" + ",".join(map(str, cumulative)) + "}\n")
+        f.write("""
+math.randomseed(os.time())
+request = function()
+  local r = math.random()
+  local lo, hi = 1, #cdf
+  while lo < hi do
+    local mid = math.floor((lo + hi) / 2)
+    if cdf[mid] < r then lo = mid + 1 else hi = mid end
+  end
+  return wrk.format("GET", "/api/products/" .. lo)
+end
+""")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=int, default=6)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--bin", default=os.path.join(ROOT, "target/release/bakery"))
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench-results/cache"))
+    parser.add_argument("--no-build", action="store_true")
+    args = parser.parse_args()
+    if args.rounds < 1 or args.duration < 1 or args.connections < 1:
+        print("bench: every count must be positive", file=sys.stderr)
+        sys.exit(2)
+    subprocess.run([os.path.join(ROOT, "scripts/services.sh")], check=True, stdout=subprocess.DEVNULL)
+    if not args.no_build:
+        log("building bakery (release)")
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "bakery"], cwd=ROOT, check=True)
+
+    name = f"bakery_bench_cache_{int(time.time())}"
+    subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"CREATE DATABASE {name}"], check=True)
+    work = tempfile.mkdtemp(prefix="bakery-bench-cache-")
+    try:
+        base_env = {**os.environ, "BAKERY_LOG": "error", "BAKERY_ADMIN_PASSWORD": "bench-password",
+                    "BAKERY_DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{name}"}
+        bases = {}
+        for setup, url in SETUPS.items():
+            bases[setup] = start_up(args.bin, {**base_env, "BAKERY_CACHE_URL": url,
+                                               "BAKERY_DATA_DIR": os.path.join(work, setup.replace(" ", "-"))})
+        base = bases["cache off"]
+        _, _, admin = call(base, "POST", "/api/session", {"username": "admin", "password": "bench-password"})
+        log("loading 200 products and 20 reviews on product 1")
+        for i in range(200):
+            call(base, "POST", "/api/products", {"name": f"Loaf {i}", "description": "Bench bread. " * 20,
+                                                 "price_cents": 100 + i}, admin)
+        for i in range(20):
+            username = f"reviewer{i}"
+            call(base, "POST", "/api/users", {"username": username, "email": f"{username}@example.com", "password": "password-1"})
+            _, _, cookie = call(base, "POST", "/api/session", {"username": username, "password": "password-1"})
+            call(base, "POST", "/api/products/1/reviews", {"rating": 1 + i % 5, "body": "A fine loaf, " * 10}, cookie)
+        for setup, b in bases.items():
+            wrk(f"{b}/api/products/1", 8, 2)
+
+        runs = {s: [] for s in SETUPS}
+        total = args.rounds * len(SETUPS)
+        done = 0
+        for r in range(args.rounds):
+            order = list(SETUPS) if r % 2 == 0 else list(reversed(SETUPS))
+            for setup in order:
+                result = wrk(f"{bases[setup]}/api/products/1", args.connections, args.duration)
+                runs[setup].append(result)
+                done += 1
+                log(f"[{done:>2}/{total}] {setup:<10} round {r + 1}: {result['rps']:>8.0f} req/s"
+                    f"  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
+                    + (f"  non-2xx {result['non_2xx']}" if result["non_2xx"] else ""))
+        med = {s: {k: statistics.median(run[k] for run in rs) for k in ("rps", "p50_ms", "p99_ms")} for s, rs in runs.items()}
+
+        script = os.path.join(work, "zipf.lua")
+        zipf_script(script, 200)
+        hit_ratio = {}
+        for setup in SETUPS:
+            if setup == "cache off":
+                continue
+            clones = clone_addrs(bases[setup])
+            label = 'cache="object"'
+            before = {r: metric_sum(clones, "bakery_cache_requests_total", f'{label},result="{r}"') for r in ("hit", "miss", "bypass")}
+            result = wrk(bases[setup], args.connections, args.duration, script)
+            after = {r: metric_sum(clones, "bakery_cache_requests_total", f'{label},result="{r}"') for r in ("hit", "miss", "bypass")}
+            counts = {r: after[r] - before[r] for r in after}
+            hit_ratio[setup] = {"hit_ratio": counts["hit"] / max(1, sum(counts.values())), "rps": result["rps"], **counts}
+            log(f"zipf  {setup:<10}: hit ratio {hit_ratio[setup]['hit_ratio']:.3f} at {result['rps']:.0f} req/s")
+
+        off = med["cache off"]["rps"]
+        lines = ["| setup | req/s | p50 / p99 ms | ratio to cache off | Zipf hit ratio |", "|---|---|---|---|---|"]
+        for setup in SETUPS:
+            m = med[setup]
+            ratio = m["rps"] / off
+            zipf = f"{hit_ratio[setup]['hit_ratio']:.3f}" if setup in hit_ratio else "—"
+            lines.append(f"| {setup} | {m['rps']:.0f} | {m['p50_ms']:.2f} / {m['p99_ms']:.2f} | {ratio:.2f} | {zipf} |")
+        table = "\n".join(lines)
+        log(f"\nGET /api/products/1 (20 reviews), medians of {args.rounds} rounds, wrk -t2 -c{args.connections} {args.duration} s:\n{table}")
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump({"runs": runs, "medians": med, "zipf": hit_ratio}, f, indent=2)
+        with open(os.path.join(args.out, "results.md"), "w") as f:
+            f.write(table + "\n")
+        plot(med, os.path.join(args.out, "cache.png"))
+    finally:
+        stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+        subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"DROP DATABASE IF EXISTS {name}"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def clone_addrs(base):
+    with urllib.request.urlopen(f"{base}/lb/backends", timeout=5) as response:
+        pools = json.loads(response.read())["pools"]
+    return [b["addr"] for p in pools for b in p["backends"]]
+
+
+def plot(med, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("bench: matplotlib unavailable (pip install matplotlib); no plot")
+        return
+    setups = list(med)
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    bars = ax.bar(setups, [med[s]["rps"] for s in setups], color=["#999999", "#c77d3a", "#b5473a", "#5f6b3a"])
+    for bar, s in zip(bars, setups):
+        ax.annotate(f"{med[s]['rps'] / med['cache off']['rps']:.1f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    ha="center", va="bottom")
+    ax.set_title("GET /api/products/1 (20 reviews) through the load balancer, median requests/s")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    log(f"plot: {path}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        stop_all()
+        sys.exit(130)
