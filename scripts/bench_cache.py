@@ -15,10 +15,7 @@ and cache.png to --out. Needs the services of scripts/services.sh.
 import argparse
 import json
 import os
-import random
-import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -26,40 +23,15 @@ import tempfile
 import time
 import urllib.request
 
+from benchlib import log, start_up, stop_all, wrk
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STARTED = []
 SETUPS = {
     "cache off": "none",
     "embedded": "embedded",
     "redis": "redis://127.0.0.1:6379",
     "memcached": "memcached://127.0.0.1:11211,127.0.0.1:11212",
 }
-
-
-def log(message):
-    print(message, flush=True)
-
-
-def start_up(binary, env):
-    proc = subprocess.Popen([binary, "up", "--listen", "127.0.0.1:0", "--clones", "3", "--no-demo"], env=env,
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            start_new_session=True, text=True)
-    STARTED.append(proc)
-    for line in proc.stdout:
-        if line.startswith("ready "):
-            return line.split()[1]
-    raise SystemExit("bench: bakery up did not get ready")
-
-
-def stop_all():
-    for proc in STARTED:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in STARTED:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def call(base, method, path, body=None, cookie=None):
@@ -70,23 +42,6 @@ def call(base, method, path, body=None, cookie=None):
     with urllib.request.urlopen(request, timeout=10) as response:
         set_cookie = response.headers.get("set-cookie", "")
         return json.loads(response.read() or b"null"), response.headers, set_cookie.split(";")[0]
-
-
-def to_ms(value):
-    number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()
-    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
-def wrk(url, connections, duration, script=None):
-    args = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency"]
-    if script:
-        args += ["-s", script]
-    out = subprocess.run(args + [url], capture_output=True, text=True, check=True).stdout
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_ms": to_ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
-            "p99_ms": to_ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
-            "non_2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
 def metric_sum(base_addrs, name, label):
@@ -148,8 +103,9 @@ def main():
                     "BAKERY_DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{name}"}
         bases = {}
         for setup, url in SETUPS.items():
-            bases[setup] = start_up(args.bin, {**base_env, "BAKERY_CACHE_URL": url,
-                                               "BAKERY_DATA_DIR": os.path.join(work, setup.replace(" ", "-"))})
+            addr = start_up(args.bin, {**base_env, "BAKERY_CACHE_URL": url,
+                                       "BAKERY_DATA_DIR": os.path.join(work, setup.replace(" ", "-"))}, ["--no-demo"])
+            bases[setup] = f"http://{addr}"
         base = bases["cache off"]
         _, _, admin = call(base, "POST", "/api/session", {"username": "admin", "password": "bench-password"})
         log("loading 200 products and 20 reviews on product 1")

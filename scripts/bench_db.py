@@ -27,56 +27,21 @@ import argparse
 import http.client
 import json
 import os
-import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
+from benchlib import log, start_up, stop_all, wrk
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STARTED = []
-
-
-def log(message):
-    print(message, flush=True)
 
 
 def psql(port, sql, db="postgres"):
     return subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-d", db, "-qAtc", sql],
                           check=True, capture_output=True, text=True).stdout.strip()
-
-
-def start_up(binary, env, listen):
-    proc = subprocess.Popen([binary, "up", "--listen", listen, "--clones", "3"], env=env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True, text=True)
-    STARTED.append(proc)
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        if line.startswith("ready "):
-            return line.split()[1].replace("http://", "")
-    raise SystemExit("bench: bakery up did not get ready")
-
-
-def stop_all():
-    for proc in STARTED:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in STARTED:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
-def to_ms(value):
-    number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()
-    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
 WRK_MIX = """
@@ -88,16 +53,6 @@ request = function()
   return wrk.format("GET", paths[(n % #paths) + 1])
 end
 """
-
-
-def wrk(addr, script, connections, duration):
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", script,
-                          f"http://{addr}"], capture_output=True, text=True, check=True).stdout
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
-            "p50_ms": to_ms(re.search(r"\s50%\s+(\S+)", out).group(1)),
-            "p99_ms": to_ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
-            "non_2xx": int(non2xx.group(1)) if non2xx else 0}
 
 
 class Client:
@@ -253,13 +208,13 @@ def main():
         base = {**os.environ, "BAKERY_LOG": "error", "BAKERY_ADMIN_PASSWORD": "bench-password",
                 "BAKERY_DATABASE_URL": primary}
         setups = {
-            "primary only": start_up(args.bin, {**base, "BAKERY_DATA_DIR": os.path.join(work, "a")}, "127.0.0.1:0"),
+            "primary only": start_up(args.bin, {**base, "BAKERY_DATA_DIR": os.path.join(work, "a")}),
             "primary + replica": start_up(args.bin, {**base, "BAKERY_DATA_DIR": os.path.join(work, "b"),
-                                                     "BAKERY_REPLICA_URLS": replica}, "127.0.0.1:0"),
+                                                     "BAKERY_REPLICA_URLS": replica}),
         }
         log("warming up")
         for addr in setups.values():
-            wrk(addr, script, args.connections, 2)
+            wrk(f"http://{addr}", args.connections, 2, script)
         mix = {s: [] for s in setups}
         loops = {s: [] for s in setups}
         total = args.rounds * len(setups)
@@ -267,7 +222,7 @@ def main():
         for r in range(args.rounds):
             order = list(setups) if r % 2 == 0 else list(reversed(setups))
             for setup in order:
-                result = wrk(setups[setup], script, args.connections, args.duration)
+                result = wrk(f"http://{setups[setup]}", args.connections, args.duration, script)
                 mix[setup].append(result)
                 loop = reader_loops(setups[setup], args.writes)
                 loops[setup].append(loop)
@@ -279,7 +234,7 @@ def main():
         med = lambda rows, key: statistics.median(row[key] for row in rows)
         a, b = "primary only", "primary + replica"
         lines = [
-            f"| setup | mix req/s | mix p50 / p99 ms | writer read p50 / p99 ms | writer reads on replica | anonymous read p50 / p99 ms | anonymous reads on replica |",
+            "| setup | mix req/s | mix p50 / p99 ms | writer read p50 / p99 ms | writer reads on replica | anonymous read p50 / p99 ms | anonymous reads on replica |",
             "|---|---|---|---|---|---|---|"]
         for s in setups:
             lines.append(f"| {s} | {med(mix[s], 'rps'):.0f} | {med(mix[s], 'p50_ms'):.2f} / {med(mix[s], 'p99_ms'):.2f} | "

@@ -17,7 +17,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -25,12 +24,9 @@ import tempfile
 import time
 import urllib.request
 
+from benchlib import log, spawn, stop_all, wrk
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STARTED = []  # every Popen we started, stopped in reverse order at the end
-
-
-def log(message):
-    print(message, flush=True)
 
 
 def need(tool, package):
@@ -44,9 +40,7 @@ def need(tool, package):
 
 def start(args, env, read_addr=True):
     """Starts a process in its own group; returns (Popen, addr from its `listening` line)."""
-    proc = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.DEVNULL, start_new_session=True, text=True)
-    STARTED.append(proc)
+    proc = spawn(args, env)
     if not read_addr:
         return proc, None
     line = proc.stdout.readline()
@@ -54,22 +48,6 @@ def start(args, env, read_addr=True):
     if not match:
         raise SystemExit(f"bench: {args[1]} did not print its listening line: {line!r}")
     return proc, match.group(1)
-
-
-def stop_all():
-    for proc in reversed(STARTED):
-        if proc.poll() is None:
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-    deadline = time.time() + 10
-    for proc in reversed(STARTED):
-        try:
-            proc.wait(timeout=max(0.1, deadline - time.time()))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def get(url):
@@ -87,24 +65,6 @@ def wait_until(check, limit, what):
             pass
         time.sleep(0.1)
     raise SystemExit(f"bench: {what} not ready after {limit} s")
-
-
-def to_ms(value):
-    number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()
-    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
-
-
-def wrk(url, connections, duration):
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", url],
-                         capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    p50 = to_ms(re.search(r"\s50%\s+(\S+)", out).group(1))
-    p99 = to_ms(re.search(r"\s99%\s+(\S+)", out).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50_ms": p50, "p99_ms": p99,
-            "non_2xx": int(errors.group(1)) if errors else 0,
-            "socket_errors": socket_errors.group(1) if socket_errors else ""}
 
 
 NGINX_CONF = """
@@ -254,7 +214,7 @@ def main():
             f.write(table + "\n")
         plot(medians, levels, os.path.join(args.out, "lb-vs-nginx.png"))
     finally:
-        stop_all()
+        stop_all(grace=10)
         shutil.rmtree(work, ignore_errors=True)
 
 
