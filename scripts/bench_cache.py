@@ -23,7 +23,7 @@ import tempfile
 import time
 import urllib.request
 
-from benchlib import log, start_up, stop_all, wrk
+from benchlib import CGROUP, limit_cpu, log, release_cpu, start_up, stop_all, wrk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETUPS = {
@@ -84,9 +84,13 @@ def main():
     parser.add_argument("--duration", type=int, default=6)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--bin", default=os.path.join(ROOT, "target/release/bakery"))
-    parser.add_argument("--out", default=os.path.join(ROOT, "bench-results/cache"))
+    parser.add_argument("--out", default=None, help="default: bench-results/cache (or cache-db-cpu-limited)")
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--db-cpu", type=float, default=0.0,
+                        help="give the PostgreSQL primary this share of one core (0: no limit), as if on its own machine")
     args = parser.parse_args()
+    if args.out is None:
+        args.out = os.path.join(ROOT, "bench-results", "cache-db-cpu-limited" if args.db_cpu > 0 else "cache")
     if args.rounds < 1 or args.duration < 1 or args.connections < 1:
         print("bench: every count must be positive", file=sys.stderr)
         sys.exit(2)
@@ -97,6 +101,13 @@ def main():
 
     name = f"bakery_bench_cache_{int(time.time())}"
     subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"CREATE DATABASE {name}"], check=True)
+    groups = []
+    if args.db_cpu > 0:
+        if not os.path.isdir(CGROUP) or os.geteuid() != 0:
+            print("bench: --db-cpu needs root and cgroup v1 at /sys/fs/cgroup/cpu", file=sys.stderr)
+            sys.exit(2)
+        groups.append(limit_cpu("bakery-bench-primary", 5432, args.db_cpu))
+        log(f"PostgreSQL limited to {args.db_cpu:.2f} of a core")
     work = tempfile.mkdtemp(prefix="bakery-bench-cache-")
     try:
         base_env = {**os.environ, "BAKERY_LOG": "error", "BAKERY_ADMIN_PASSWORD": "bench-password",
@@ -166,6 +177,8 @@ def main():
         plot(med, os.path.join(args.out, "cache.png"))
     finally:
         stop_all()
+        for group in groups:
+            release_cpu(group)
         shutil.rmtree(work, ignore_errors=True)
         subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"DROP DATABASE IF EXISTS {name}"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

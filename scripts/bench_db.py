@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import log, start_up, stop_all, wrk
+from benchlib import CGROUP, limit_cpu, log, release_cpu, start_up, stop_all, wrk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -102,60 +102,6 @@ def reader_loops(addr, iterations):
             "writer_reads_on_replica": share(writer_roles),
             "anonymous_read_p50_ms": statistics.median(anon_ms), "anonymous_read_p99_ms": percentile(anon_ms, 0.99),
             "anonymous_reads_on_replica": share(anon_roles)}
-
-
-CGROUP = "/sys/fs/cgroup/cpu"
-
-
-def cluster_pids(port):
-    """The postmaster of the cluster on `port` and all its children."""
-    data = psql(port, "SHOW data_directory")
-    with open(os.path.join(data, "postmaster.pid")) as f:
-        postmaster = int(f.readline())
-    pids = [postmaster]
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == postmaster:
-                        pids.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                pass
-    return pids
-
-
-def limit_cpu(name, port, share):
-    """Puts a cluster in its own cgroup with `share` of one core; new backends inherit it."""
-    group = os.path.join(CGROUP, name)
-    os.makedirs(group, exist_ok=True)
-    with open(os.path.join(group, "cpu.cfs_period_us"), "w") as f:
-        f.write("100000")
-    with open(os.path.join(group, "cpu.cfs_quota_us"), "w") as f:
-        f.write(str(int(share * 100000)))
-    for pid in cluster_pids(port):
-        with open(os.path.join(group, "cgroup.procs"), "w") as f:
-            f.write(str(pid))
-    return group
-
-
-def release_cpu(group):
-    """Moves every process back to the root group (again, while a fork raced us), then removes the group."""
-    for _ in range(50):
-        with open(os.path.join(group, "cgroup.procs")) as f:
-            pids = f.read().split()
-        if not pids:
-            break
-        for pid in pids:
-            try:
-                with open(os.path.join(CGROUP, "cgroup.procs"), "w") as f:
-                    f.write(pid)
-            except OSError:
-                pass
-        time.sleep(0.05)
-    try:
-        os.rmdir(group)
-    except OSError as e:
-        log(f"bench: could not remove {group}: {e}")
 
 
 def main():

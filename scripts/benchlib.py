@@ -5,6 +5,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 
 STARTED = []  # every Popen a script started, stopped by stop_all()
 
@@ -64,3 +65,63 @@ def wrk(url, connections, duration, script=None):
             "p99_ms": to_ms(re.search(r"\s99%\s+(\S+)", out).group(1)),
             "non_2xx": int(non2xx.group(1)) if non2xx else 0,
             "socket_errors": socket_errors.group(1) if socket_errors else ""}
+
+
+# Giving a PostgreSQL cluster a fixed CPU share (cgroup v1), as if it ran on its own
+# small machine: on one shared box that is where a cache or a replica shows its worth.
+CGROUP = "/sys/fs/cgroup/cpu"
+
+
+def cluster_pids(port):
+    """The postmaster of the cluster on `port` and all its children."""
+    data = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-qAtc", "SHOW data_directory"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(data, "postmaster.pid")) as f:
+        postmaster = int(f.readline())
+    pids = [postmaster]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == postmaster:
+                        pids.append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+    return pids
+
+
+def limit_cpu(name, port, share):
+    """Puts a cluster in its own cgroup with `share` of one core; new backends inherit it."""
+    group = os.path.join(CGROUP, name)
+    os.makedirs(group, exist_ok=True)
+    with open(os.path.join(group, "cpu.cfs_period_us"), "w") as f:
+        f.write("100000")
+    with open(os.path.join(group, "cpu.cfs_quota_us"), "w") as f:
+        f.write(str(int(share * 100000)))
+    for pid in cluster_pids(port):
+        try:
+            with open(os.path.join(group, "cgroup.procs"), "w") as f:
+                f.write(str(pid))
+        except OSError:
+            pass  # a backend that exited meanwhile
+    return group
+
+
+def release_cpu(group):
+    """Moves every process back to the root group (again, while a fork raced us), then removes the group."""
+    for _ in range(50):
+        with open(os.path.join(group, "cgroup.procs")) as f:
+            pids = f.read().split()
+        if not pids:
+            break
+        for pid in pids:
+            try:
+                with open(os.path.join(CGROUP, "cgroup.procs"), "w") as f:
+                    f.write(pid)
+            except OSError:
+                pass
+        time.sleep(0.05)
+    try:
+        os.rmdir(group)
+    except OSError as e:
+        log(f"bench: could not remove {group}: {e}")

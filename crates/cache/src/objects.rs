@@ -21,6 +21,7 @@ use std::time::Duration;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
 
 use crate::trace::{CacheResult, record, record_fill};
 use crate::{Cache, counter};
@@ -59,6 +60,25 @@ impl Cache {
         E: std::fmt::Display + From<String> + Send + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
+        let (json, outcome) = self.object_json(inflight, key, ttl, build).await?;
+        let value = json.map(|bytes| serde_json::from_slice(&bytes)).transpose().map_err(|e| E::from(e.to_string()))?;
+        Ok((value, outcome))
+    }
+
+    /// The same object as JSON bytes, exactly as stored: a hit is served without
+    /// decoding and re-encoding it (the hot path of a cached read).
+    pub async fn object_json<T, E, F>(
+        &self,
+        inflight: &InFlight,
+        key: &str,
+        ttl: Duration,
+        build: F,
+    ) -> Result<(Option<Vec<u8>>, CacheResult), E>
+    where
+        T: Serialize + Send + 'static,
+        E: std::fmt::Display + From<String> + Send + 'static,
+        F: Future<Output = Result<Option<T>, E>> + Send + 'static,
+    {
         let version_key = format!("ver:{key}");
         let cached = self.get_many(&[version_key.clone(), key.to_string()]).await;
         // `Some(version)`: the cache answered but had no current value (a miss);
@@ -67,10 +87,10 @@ impl Cache {
             Ok(values) => {
                 let version = counter(values[0].as_ref());
                 if let (Some(v), Some(bytes)) = (version, values[1].as_ref()) {
-                    if let Ok(envelope) = serde_json::from_slice::<Envelope<T>>(bytes) {
+                    if let Ok(envelope) = serde_json::from_slice::<Envelope<&RawValue>>(bytes) {
                         if envelope.v == v {
                             record("object", CacheResult::Hit);
-                            return Ok((Some(envelope.d), CacheResult::Hit));
+                            return Ok((Some(envelope.d.get().as_bytes().to_vec()), CacheResult::Hit));
                         }
                     }
                 }
@@ -111,8 +131,8 @@ impl Cache {
         inflight.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
         match built {
             Ok(Some(bytes)) => {
-                let envelope: Envelope<T> = serde_json::from_slice(&bytes).map_err(|e| E::from(e.to_string()))?;
-                Ok((Some(envelope.d), outcome))
+                let envelope: Envelope<&RawValue> = serde_json::from_slice(&bytes).map_err(|e| E::from(e.to_string()))?;
+                Ok((Some(envelope.d.get().as_bytes().to_vec()), outcome))
             }
             Ok(None) => Ok((None, outcome)),
             Err(message) => Err(E::from(message)),

@@ -59,6 +59,15 @@ impl AppState {
         Ok(product)
     }
 
+    /// `Product:{id}` as JSON, straight from the cache on a hit.
+    pub async fn product_json(&self, id: i64, reader: Option<Lsn>) -> Result<Option<Vec<u8>>, FillError> {
+        let db = self.db.clone();
+        let at = self.fill_position(reader);
+        let build = async move { db.product(id, at).await.map_err(FillError) };
+        let (json, _) = self.cache.object_json(&self.inflight, &product_key(id), self.config.cache_object_ttl, build).await?;
+        Ok(json)
+    }
+
     /// A page of the product list.
     pub async fn product_page(&self, cursor: i64, limit: i64, reader: Option<Lsn>) -> Result<Vec<ProductSummary>, DbError> {
         let run = self.db.list_products(self.fill_position(reader), cursor, limit);

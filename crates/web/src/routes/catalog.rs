@@ -69,8 +69,8 @@ async fn list(
 
 async fn show(State(state): State<AppState>, MaybeUser(current): MaybeUser, Id(id): Id) -> ApiResult<Response> {
     let after = current.and_then(|c| c.lsn);
-    let product = state.product(id, after).await?.ok_or_else(ApiError::not_found)?;
-    Ok(axum::Json(product).into_response())
+    let json = state.product_json(id, after).await?.ok_or_else(ApiError::not_found)?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
 #[derive(Deserialize)]
