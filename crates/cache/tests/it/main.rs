@@ -63,18 +63,20 @@ async fn a_slow_fill_that_started_before_a_write_never_brings_old_data_back() {
     for cache in engines().await {
         let key = unique("Product");
         let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let (started, building) = tokio::sync::oneshot::channel::<()>();
         // The fill reads "old" from the database, then is held up...
         let slow = {
             let (cache, key) = (cache.clone(), key.clone());
             tokio::spawn(async move {
                 let build = async move {
+                    let _ = started.send(());
                     let _ = wait.await;
                     Ok::<_, String>(Some("old".to_string()))
                 };
                 cache.object::<String, String, _>(&InFlight::default(), &key, TTL, build).await
             })
         };
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        building.await.expect("the fill started");
         // ...while a write lands and updates the cache in place.
         cache.update_object(&key, &"new".to_string(), TTL).await;
         release.send(()).unwrap();
