@@ -23,7 +23,7 @@ import tempfile
 import time
 import urllib.request
 
-from benchlib import CGROUP, limit_cpu, log, release_cpu, start_up, stop_all, wrk
+from benchlib import pyplot, run, CGROUP, limit_cpu, log, release_cpu, start_up, stop_all, wrk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETUPS = {
@@ -191,12 +191,8 @@ def clone_addrs(base):
 
 
 def plot(med, path):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("bench: matplotlib unavailable (pip install matplotlib); no plot")
+    plt = pyplot()
+    if plt is None:
         return
     setups = list(med)
     fig, ax = plt.subplots(figsize=(8, 4.2))
@@ -211,8 +207,4 @@ def plot(med, path):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        stop_all()
-        sys.exit(130)
+    run(main)

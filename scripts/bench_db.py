@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import CGROUP, limit_cpu, log, release_cpu, start_up, stop_all, wrk
+from benchlib import pyplot, run, CGROUP, limit_cpu, log, release_cpu, start_up, stop_all, wrk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -151,8 +151,9 @@ def main():
     with open(script, "w") as f:
         f.write(WRK_MIX)
     try:
+        # The cache is off: this measures where database reads go.
         base = {**os.environ, "BAKERY_LOG": "error", "BAKERY_ADMIN_PASSWORD": "bench-password",
-                "BAKERY_DATABASE_URL": primary}
+                "BAKERY_DATABASE_URL": primary, "BAKERY_CACHE_URL": "none"}
         setups = {
             "primary only": start_up(args.bin, {**base, "BAKERY_DATA_DIR": os.path.join(work, "a")}),
             "primary + replica": start_up(args.bin, {**base, "BAKERY_DATA_DIR": os.path.join(work, "b"),
@@ -209,12 +210,8 @@ def main():
 
 
 def plot(mix, loops, path, db_cpu):
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        log("bench: matplotlib unavailable (pip install matplotlib); no plot")
+    plt = pyplot()
+    if plt is None:
         return
     setups = list(mix)
     med = lambda rows, key: statistics.median(row[key] for row in rows)
@@ -237,8 +234,4 @@ def plot(mix, loops, path, db_cpu):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        stop_all()
-        sys.exit(130)
+    run(main)

@@ -24,7 +24,7 @@ import tempfile
 import time
 import urllib.request
 
-from benchlib import log, spawn, stop_all, wrk
+from benchlib import pyplot, run, log, spawn, stop_all, wrk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -98,17 +98,9 @@ http {{
 
 
 def plot(results, levels, path):
-    try:
-        import matplotlib
-    except ImportError:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], check=False)
-        try:
-            import matplotlib
-        except ImportError:
-            log("bench: matplotlib unavailable; no plot")
-            return
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    if plt is None:
+        return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     width = 0.38
     xs = range(len(levels))
@@ -232,8 +224,4 @@ class socket_port:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        stop_all()
-        sys.exit(130)
+    run(main)

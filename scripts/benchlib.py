@@ -47,6 +47,34 @@ def stop_all(grace=30):
             proc.wait()
 
 
+def run(main):
+    """Runs a benchmark's main; Ctrl-C still stops everything it started."""
+    import sys
+    try:
+        main()
+    except KeyboardInterrupt:
+        stop_all()
+        sys.exit(130)
+
+
+def pyplot():
+    """matplotlib's pyplot (installed from PyPI if missing), or None without it."""
+    import importlib
+    import sys
+    try:
+        importlib.import_module("matplotlib")
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "matplotlib"], check=False,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        matplotlib = importlib.import_module("matplotlib")
+        matplotlib.use("Agg")
+        return importlib.import_module("matplotlib.pyplot")
+    except ImportError:
+        log("bench: matplotlib unavailable; no plot")
+        return None
+
+
 def to_ms(value):
     number, unit = re.match(r"([\d.]+)(us|ms|s)", value).groups()
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
