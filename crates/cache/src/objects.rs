@@ -194,6 +194,26 @@ impl Cache {
         Ok(Some(bytes))
     }
 
+    /// A write happened while the cache could not be told: bump `counter_key` as soon
+    /// as it answers again, so a value cached before the write is not served once the
+    /// cache is back (it would otherwise live until its TTL). Retries every 100 ms at
+    /// first, then less often, for as long as any cached value could still live.
+    pub(crate) fn bump_later(&self, counter_key: String) {
+        let cache = self.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(15 * 60);
+            let mut pause = Duration::from_millis(100);
+            while tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(pause).await;
+                if cache.incr(&counter_key).await.is_ok() {
+                    tracing::info!(key = counter_key, "late version bump applied");
+                    return;
+                }
+                pause = (pause * 2).min(Duration::from_secs(2));
+            }
+        });
+    }
+
     /// The stored envelope of `key` if its version is the current one.
     async fn current(&self, key: &str, version_key: &str) -> Option<Vec<u8>> {
         let values = self.get_many(&[version_key.to_string(), key.to_string()]).await.ok()?;
@@ -210,9 +230,8 @@ impl Cache {
             return;
         }
         if let Err(error) = self.incr(&format!("ver:{key}")).await {
-            // The version could not move: remove the value itself, so it is rebuilt.
-            tracing::warn!(%error, key, "could not bump a version; deleting the value");
-            let _ = self.delete(key).await;
+            tracing::warn!(%error, key, "could not bump a version; retrying until the cache is back");
+            self.bump_later(format!("ver:{key}"));
         }
     }
 
@@ -228,8 +247,8 @@ impl Cache {
                 }
             }
             Err(error) => {
-                tracing::warn!(%error, key, "could not bump a version; deleting the value");
-                let _ = self.delete(key).await;
+                tracing::warn!(%error, key, "could not bump a version; retrying until the cache is back");
+                self.bump_later(format!("ver:{key}"));
             }
         }
     }

@@ -79,7 +79,8 @@ impl Cache {
         }
         for table in tables {
             if let Err(error) = self.incr(&format!("gen:{table}")).await {
-                tracing::warn!(%error, table, "could not bump a table generation");
+                tracing::warn!(%error, table, "could not bump a table generation; retrying until the cache is back");
+                self.bump_later(format!("gen:{table}"));
             }
         }
     }

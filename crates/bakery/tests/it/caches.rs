@@ -158,8 +158,16 @@ async fn redis_going_away_costs_no_request_and_it_is_used_again_when_back() {
         assert_eq!(body["name"], "Bun");
         assert_eq!(outcome, "bypass", "served from the database while the cache is away");
     }
+    // A write while the cache is away: the cached "Bun" must not come back with it.
+    let renamed = http.patch(&product).header("cookie", &admin).json(&json!({"name": "Bap"})).send().await.unwrap();
+    assert_eq!(renamed.status(), 200, "a write does not need the cache");
     proxy.restore().await;
-    assert!(eventually(Duration::from_secs(10), async || get(&http, &product).await.1 == "hit").await, "the client reconnects by itself");
+    let fresh_hit = eventually(Duration::from_secs(10), async || {
+        let (body, outcome) = get(&http, &product).await;
+        outcome == "hit" && body["name"] == "Bap"
+    })
+    .await;
+    assert!(fresh_hit, "the client reconnects by itself, and the missed invalidation is applied");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
