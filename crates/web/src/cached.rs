@@ -29,12 +29,8 @@ impl std::fmt::Display for FillError {
 
 impl From<String> for FillError {
     fn from(message: String) -> Self {
-        Self(DbError::Other(sqlx_protocol(message)))
+        Self(DbError::Other(bakery_db::SqlxError::Protocol(message)))
     }
-}
-
-fn sqlx_protocol(message: String) -> bakery_db::SqlxError {
-    bakery_db::SqlxError::Protocol(message)
 }
 
 impl From<FillError> for crate::error::ApiError {
