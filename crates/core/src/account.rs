@@ -1,6 +1,6 @@
 //! Accounts: usernames, emails and passwords as the contract defines them.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Invalid;
 
@@ -87,6 +87,15 @@ pub struct User {
     pub username: String,
     pub email: String,
     pub is_admin: bool,
+}
+
+/// What anybody may see of a user: no email, no role.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    pub id: i64,
+    pub username: String,
+    #[serde(serialize_with = "crate::clock::serialize_millis", deserialize_with = "crate::clock::deserialize_millis")]
+    pub created_at: i64,
 }
 
 #[cfg(test)]

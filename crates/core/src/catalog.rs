@@ -92,6 +92,24 @@ pub struct Review {
     pub created_at: i64,
 }
 
+/// A product as named beside something else (a review on its author's page).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProductRef {
+    pub id: i64,
+    pub name: String,
+}
+
+/// A review as its author's page lists it: with the product it is about.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UserReview {
+    pub id: i64,
+    pub product: ProductRef,
+    pub rating: i64,
+    pub body: String,
+    #[serde(serialize_with = "serialize_millis", deserialize_with = "deserialize_millis")]
+    pub created_at: i64,
+}
+
 /// A whole product, assembled from its parts (name, price, description, images,
 /// reviews): the object the cache keeps as `Product:{id}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -7,7 +7,7 @@ pub mod catalog;
 pub mod clock;
 pub mod password_hash;
 
-pub use account::{Email, Password, User, Username};
+pub use account::{Email, Password, Profile, User, Username};
 pub use clock::now_millis;
 pub use password_hash::{hash_password, verify_password};
 

@@ -1,6 +1,6 @@
 //! Users: creation, lookup by id or name, changes.
 
-use bakery_core::User;
+use bakery_core::{Profile, User};
 
 use crate::{Database, DbError, Lsn, now_millis};
 
@@ -26,6 +26,9 @@ pub struct UserChange<'a> {
     pub email: Option<&'a str>,
     pub password_hash: Option<&'a str>,
 }
+
+/// A public profile by name, in any case (keyed by a hash of this text in the query cache).
+pub const PROFILE_BY_NAME: &str = "SELECT id, username, created_at FROM users WHERE lower(username) = lower($1)";
 
 impl Database {
     /// Creates a user; [`DbError::Conflict`] when the name is taken (in any case).
@@ -72,6 +75,16 @@ impl Database {
             })
             .await?;
         Ok(row.map(user))
+    }
+
+    /// The public profile of the user called `username` (in any case).
+    pub async fn profile(&self, after: Option<Lsn>, username: &str) -> Result<Option<Profile>, DbError> {
+        let row = self
+            .read(after, async |pool| {
+                sqlx::query_as::<_, (i64, String, i64)>(PROFILE_BY_NAME).bind(username).fetch_optional(&pool).await
+            })
+            .await?;
+        Ok(row.map(|(id, username, created_at)| Profile { id, username, created_at }))
     }
 
     /// Applies a change in one statement; `None` when the user no longer exists.

@@ -1,7 +1,7 @@
 //! Products and their parts. Each part lives in its own table and is fetched by its
 //! own query, concurrently, then assembled into one `Product`.
 
-use bakery_core::catalog::{Author, Image, Product, ProductSummary, Rating, Review};
+use bakery_core::catalog::{Author, Image, Product, ProductRef, ProductSummary, Rating, Review, UserReview};
 use sqlx::AnyPool;
 
 use crate::{Database, DbError, Lsn, now_millis};
@@ -28,6 +28,27 @@ fn review((id, product_id, user_id, username, rating, body, created_at): ReviewR
     Review { id, product_id, user: Author { id: user_id, username }, rating, body, created_at }
 }
 
+/// A page of the product list (`$1` the cursor, `$2` the limit). Public, like the other
+/// SQL of cached reads: the query cache keys results by a hash of this text.
+pub const LIST_PRODUCTS: &str = "SELECT p.id, p.name, pr.price_cents,
+        CAST(COALESCE(SUM(r.rating), 0) AS BIGINT), CAST(COUNT(r.id) AS BIGINT)
+    FROM products p
+    JOIN product_prices pr ON pr.product_id = p.id
+    LEFT JOIN reviews r ON r.product_id = p.id
+    WHERE p.id > $1
+    GROUP BY p.id, p.name, pr.price_cents
+    ORDER BY p.id
+    LIMIT $2";
+
+/// A page of one user's reviews, newest first (`$1` the user, `$2` the cursor: ids
+/// below it, `$3` the limit).
+pub const REVIEWS_BY_USER: &str = "SELECT r.id, p.id, p.name, r.rating, r.body, r.created_at
+    FROM reviews r
+    JOIN products p ON p.id = r.product_id
+    WHERE r.user_id = $1 AND r.id < $2
+    ORDER BY r.id DESC
+    LIMIT $3";
+
 const REVIEW_COLUMNS: &str = "r.id, r.product_id, u.id, u.username, r.rating, r.body, r.created_at";
 
 impl Database {
@@ -35,17 +56,7 @@ impl Database {
     pub async fn list_products(&self, after: Option<Lsn>, cursor: i64, limit: i64) -> Result<Vec<ProductSummary>, DbError> {
         let rows = self
             .read(after, async |pool| {
-                sqlx::query_as::<_, SummaryRow>(
-                    "SELECT p.id, p.name, pr.price_cents,
-                            CAST(COALESCE(SUM(r.rating), 0) AS BIGINT), CAST(COUNT(r.id) AS BIGINT)
-                     FROM products p
-                     JOIN product_prices pr ON pr.product_id = p.id
-                     LEFT JOIN reviews r ON r.product_id = p.id
-                     WHERE p.id > $1
-                     GROUP BY p.id, p.name, pr.price_cents
-                     ORDER BY p.id
-                     LIMIT $2",
-                )
+                sqlx::query_as::<_, SummaryRow>(LIST_PRODUCTS)
                 .bind(cursor)
                 .bind(limit)
                 .fetch_all(&pool)
@@ -204,6 +215,30 @@ impl Database {
             Ok(sqlx::query("DELETE FROM reviews WHERE id = $1").bind(id).execute(&pool).await?.rows_affected() > 0)
         })
         .await
+    }
+
+    /// A page of `user_id`'s reviews, newest first, with ids below `before`.
+    pub async fn reviews_by_user(&self, after: Option<Lsn>, user_id: i64, before: i64, limit: i64) -> Result<Vec<UserReview>, DbError> {
+        let rows = self
+            .read(after, async |pool| {
+                sqlx::query_as::<_, (i64, i64, String, i64, String, i64)>(REVIEWS_BY_USER)
+                    .bind(user_id)
+                    .bind(before)
+                    .bind(limit)
+                    .fetch_all(&pool)
+                    .await
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, product_id, name, rating, body, created_at)| UserReview {
+                id,
+                product: ProductRef { id: product_id, name },
+                rating,
+                body,
+                created_at,
+            })
+            .collect())
     }
 
     /// The products `user_id` has reviewed (their cached objects show the user's name).

@@ -6,12 +6,17 @@
 
 use bakery_core::calendar::EventSummary;
 use bakery_core::catalog::{Product, ProductSummary};
-use bakery_db::{DbError, Lsn};
+use bakery_core::Profile;
+use bakery_core::catalog::UserReview;
+use bakery_db::{DbError, Lsn, accounts, calendar, catalog};
 
 use crate::AppState;
 
 /// Tables whose generations key the product list.
 const PRODUCT_LIST_TABLES: &[&str] = &["products", "product_prices", "reviews"];
+
+/// Tables whose generations key a user's review list.
+const REVIEWS_BY_USER_TABLES: &[&str] = &["reviews", "products"];
 
 fn product_key(id: i64) -> String {
     format!("Product:{id}")
@@ -68,14 +73,37 @@ impl AppState {
     pub async fn product_page(&self, cursor: i64, limit: i64, reader: Option<Lsn>) -> Result<Vec<ProductSummary>, DbError> {
         let run = self.db.list_products(self.fill_position(reader), cursor, limit);
         let (items, _) =
-            self.cache.query(PRODUCT_LIST_TABLES, "list_products", &(cursor, limit), self.config.cache_query_ttl, run).await?;
+            self.cache.query(PRODUCT_LIST_TABLES, catalog::LIST_PRODUCTS, &(cursor, limit), self.config.cache_query_ttl, run).await?;
         Ok(items)
     }
 
     pub async fn event_list(&self, reader: Option<Lsn>) -> Result<Vec<EventSummary>, DbError> {
         let run = self.db.list_events(self.fill_position(reader));
-        let (items, _) = self.cache.query(&["events"], "list_events", &(), self.config.cache_query_ttl, run).await?;
+        let (items, _) = self.cache.query(&["events"], calendar::LIST_EVENTS, &(), self.config.cache_query_ttl, run).await?;
         Ok(items)
+    }
+
+    /// A user's public profile by name (any case); `None` when nobody is called that.
+    pub async fn profile(&self, username: &str, reader: Option<Lsn>) -> Result<Option<Profile>, DbError> {
+        let run = self.db.profile(self.fill_position(reader), username);
+        let key = username.to_ascii_lowercase();
+        let (profile, _) = self.cache.query(&["users"], accounts::PROFILE_BY_NAME, &key, self.config.cache_query_ttl, run).await?;
+        Ok(profile)
+    }
+
+    /// A page of a user's reviews, newest first, with ids below `before`. The items
+    /// name products, not the author, so a rename leaves them valid.
+    pub async fn user_reviews(&self, user_id: i64, before: i64, limit: i64, reader: Option<Lsn>) -> Result<Vec<UserReview>, DbError> {
+        let run = self.db.reviews_by_user(self.fill_position(reader), user_id, before, limit);
+        let params = (user_id, before, limit);
+        let (items, _) =
+            self.cache.query(REVIEWS_BY_USER_TABLES, catalog::REVIEWS_BY_USER, &params, self.config.cache_query_ttl, run).await?;
+        Ok(items)
+    }
+
+    /// A user signed up: cached lookups of their name (which found nobody) are stale.
+    pub async fn user_created(&self) {
+        self.cache.invalidate_tables(&["users"]).await;
     }
 
     /// A simple field of a product changed: its object is rebuilt from the primary

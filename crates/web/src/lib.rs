@@ -93,6 +93,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::accounts::router())
         .merge(routes::catalog::router())
         .merge(routes::calendar::router())
+        .merge(routes::users::router())
         .merge(pages::router())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {

@@ -2,7 +2,7 @@
 //! home, sign up, log in, my account. They share the account logic of the API.
 
 use axum::extract::rejection::FormRejection;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -28,6 +28,7 @@ pub fn templates() -> Environment<'static> {
         ("product.html", include_str!("../templates/product.html")),
         ("events.html", include_str!("../templates/events.html")),
         ("event.html", include_str!("../templates/event.html")),
+        ("user.html", include_str!("../templates/user.html")),
     ] {
         env.add_template(name, source).expect("the bundled templates parse");
     }
@@ -48,6 +49,7 @@ pub fn router() -> Router<AppState> {
         .route("/events/{id}", get(event_page))
         .route("/events/{id}/rsvp", post(rsvp_form))
         .route("/events/{id}/cancel", post(cancel_form))
+        .route("/users/{username}", get(user_page))
 }
 
 fn render(state: &AppState, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
@@ -196,6 +198,23 @@ async fn review_form(
         },
         Ok((None, _)) => ApiError::not_found().into_response(),
         Err(e) => ApiError::from(e).into_response(),
+    }
+}
+
+/// A user's profile and their latest 100 reviews.
+async fn user_page(State(state): State<AppState>, current: MaybeUser, Path(username): Path<String>) -> Response {
+    let shown = async {
+        let profile = crate::routes::users::find(&state, &current, &username).await?;
+        let after = current.0.as_ref().and_then(|c| c.lsn);
+        let reviews = state.user_reviews(profile.id, i64::MAX, 100, after).await?;
+        Ok::<_, ApiError>((profile, reviews))
+    };
+    match shown.await {
+        Ok((profile, reviews)) => {
+            let ctx = context! { profile => Serde(&profile), reviews => Serde(&reviews), user => user_value(&current.0) };
+            render(&state, StatusCode::OK, "user.html", ctx)
+        }
+        Err(e) => e.into_response(),
     }
 }
 

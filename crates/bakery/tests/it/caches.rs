@@ -76,11 +76,37 @@ async fn the_cache_keeps_its_promises(up: &Up) {
         assert_eq!(body["price_cents"], 725, "read {i} after the update");
     }
 
-    // A renamed reviewer shows under the new name at once.
+    // Username lookups and reviews by user are cached queries: hit after miss.
+    let (_, outcome) = get(&http, &up.url("/api/users/crumbly")).await;
+    assert_eq!(outcome, "miss");
+    let (found, outcome) = get(&http, &up.url("/api/users/CRUMBLY")).await;
+    assert_eq!((found["username"].as_str(), outcome.as_str()), (Some("crumbly"), "hit"), "names are looked up in any case");
+    get(&http, &up.url("/api/users/crumbly/reviews")).await;
+    let (theirs, outcome) = get(&http, &up.url("/api/users/crumbly/reviews")).await;
+    assert_eq!(outcome, "hit");
+    assert_eq!(theirs["items"][0]["product"]["name"], "Seeded rye");
+    let page = http.get(up.url(&format!("/products/{}", created["id"]))).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(">crumbly</a>"), "the product page names the reviewer");
+
+    // The lesson's example: a renamed reviewer shows under the new name on every
+    // page that shows their reviews, on the next request, for everybody.
     let renamed = http.patch(up.url("/api/me")).header("cookie", &reviewer).json(&json!({"username": "crumbly-2"})).send().await.unwrap();
     assert_eq!(renamed.status(), 200);
     let (body, _) = get(&http, &product).await;
-    assert_eq!(body["reviews"][0]["user"]["username"], "crumbly-2", "the lesson's username example");
+    assert_eq!(body["reviews"][0]["user"]["username"], "crumbly-2", "the product object");
+    let page = http.get(up.url(&format!("/products/{}", created["id"]))).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains(">crumbly-2</a>") && !page.contains(">crumbly</a>"), "the product page");
+    let (theirs, _) = get(&http, &up.url("/api/users/crumbly-2/reviews")).await;
+    assert_eq!((theirs["user"]["username"].as_str(), theirs["items"].as_array().map(Vec::len)), (Some("crumbly-2"), Some(1)));
+    let page = http.get(up.url("/users/crumbly-2")).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("<h1>crumbly-2</h1>") && page.contains("Seeded rye"), "the user's page");
+    let old = http.get(up.url("/api/users/crumbly")).send().await.unwrap();
+    assert_eq!(old.status(), 404, "the old name finds nobody");
+    // A name looked up before it existed is found once somebody takes it.
+    assert_eq!(http.get(up.url("/api/users/crumbly")).send().await.unwrap().status(), 404);
+    sign_up_and_log_in(&http, &up.base, "crumbly").await;
+    let (taken, _) = get(&http, &up.url("/api/users/crumbly")).await;
+    assert_ne!(taken["id"], found["id"], "a new user under the old name");
 
     // A deleted review is gone at once.
     let deleted = http.delete(up.url(&format!("/api/reviews/{}", review["id"]))).header("cookie", &reviewer).send().await.unwrap();

@@ -115,6 +115,46 @@ async fn catalog_follows_the_contract(up: &Up, a: &Actors) {
     assert_eq!(status, 404, "deleting a product removed its reviews");
 }
 
+async fn profiles_list_reviews_newest_first(up: &Up, a: &Actors) {
+    let http = &a.http;
+    let (_, created) = send(http.post(up.url("/api/products")).header("cookie", &a.admin).json(&json!({"name": "Pretzel", "price_cents": 300}))).await;
+    let id = created["id"].as_i64().unwrap();
+    let mut posted = Vec::new();
+    for n in 1..=3 {
+        let body = json!({"rating": n, "body": format!("Try {n}.")});
+        let (status, review) = send(http.post(up.url(&format!("/api/products/{id}/reviews"))).header("cookie", &a.bob).json(&body)).await;
+        assert_eq!(status, 201);
+        posted.push(review["id"].as_i64().unwrap());
+    }
+    let (status, profile) = send(http.get(up.url("/api/users/bob"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(profile["username"], "bob");
+    assert!(profile.get("email").is_none() && profile.get("is_admin").is_none(), "a profile is public: {profile}");
+
+    let (status, first) = send(http.get(up.url("/api/users/bob/reviews?limit=2"))).await;
+    assert_eq!(status, 200);
+    assert_eq!(first["user"]["id"], profile["id"]);
+    let ids: Vec<i64> = first["items"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, vec![posted[2], posted[1]], "newest first");
+    assert_eq!(first["items"][0]["product"], json!({"id": id, "name": "Pretzel"}));
+    let next = first["next_cursor"].as_str().expect("a second page");
+    let (_, second) = send(http.get(up.url(&format!("/api/users/bob/reviews?limit=2&cursor={next}")))).await;
+    let ids: Vec<i64> = second["items"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, vec![posted[0]], "the rest on the second page");
+    assert!(second["next_cursor"].is_null(), "and no third");
+
+    for name in ["nobody-here", "a b", "x", "'; DROP TABLE users;--", "%00", &"n".repeat(200)] {
+        let (status, body) = send(http.get(up.url(&format!("/api/users/{name}")))).await;
+        assert_eq!(status, 404, "{name}: {body}");
+        let (status, _) = send(http.get(up.url(&format!("/api/users/{name}/reviews")))).await;
+        assert_eq!(status, 404, "{name}");
+    }
+    for query in ["limit=0", "limit=x", "cursor=-1"] {
+        let (status, _) = send(http.get(up.url(&format!("/api/users/bob/reviews?{query}")))).await;
+        assert_eq!(status, 400, "{query}");
+    }
+}
+
 async fn capacity_is_never_exceeded(up: &Up, a: &Actors) {
     let http = &a.http;
     let event = json!({"title": "Sourdough 101", "description": "Bring an apron.", "starts_at": "2030-01-15T10:00:00Z", "capacity": 10});
@@ -224,6 +264,7 @@ fn error_code_of(body: &Value) -> &str {
 pub async fn domain_suite(up: &Up) {
     let a = actors(up).await;
     catalog_follows_the_contract(up, &a).await;
+    profiles_list_reviews_newest_first(up, &a).await;
     capacity_is_never_exceeded(up, &a).await;
     hostile_input_gets_contract_errors(up, &a).await;
 }

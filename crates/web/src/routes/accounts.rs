@@ -54,7 +54,9 @@ pub async fn create_account(state: &AppState, body: &SignUp) -> ApiResult<User> 
     let password = Password::parse(&body.password)?;
     let hash = hash(password).await?;
     let new = NewUser { username: username.as_str(), email: email.as_str(), password_hash: &hash, is_admin: false };
-    state.db.create_user(new).await.map(|(user, _)| user).map_err(username_conflict)
+    let (user, _) = state.db.create_user(new).await.map_err(username_conflict)?;
+    state.user_created().await;
+    Ok(user)
 }
 
 async fn log_in(

@@ -48,6 +48,17 @@ impl Page {
         };
         Ok((limit, cursor))
     }
+
+    /// Cuts a page fetched with `limit + 1` rows (the extra one tells whether there is
+    /// a next page) to `limit`, and gives the next cursor: the last id shown.
+    pub fn cut<T>(mut items: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> (Vec<T>, Option<String>) {
+        if items.len() as i64 <= limit {
+            return (items, None);
+        }
+        items.truncate(limit as usize);
+        let next = items.last().map(|item| id(item).to_string());
+        (items, next)
+    }
 }
 
 async fn list(
@@ -58,13 +69,9 @@ async fn list(
     let Query(page) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let (limit, cursor) = page.parse()?;
     let after = current.and_then(|c| c.lsn);
-    // One more than asked tells whether there is a next page.
-    let mut items = state.product_page(cursor, limit + 1, after).await?;
-    let next_cursor = (items.len() as i64 > limit).then(|| {
-        items.truncate(limit as usize);
-        items.last().map(|p| p.id.to_string())
-    });
-    Ok(axum::Json(json!({ "items": items, "next_cursor": next_cursor.flatten() })).into_response())
+    let items = state.product_page(cursor, limit + 1, after).await?;
+    let (items, next_cursor) = Page::cut(items, limit, |p| p.id);
+    Ok(axum::Json(json!({ "items": items, "next_cursor": next_cursor })).into_response())
 }
 
 async fn show(State(state): State<AppState>, MaybeUser(current): MaybeUser, Id(id): Id) -> ApiResult<Response> {

@@ -4,3 +4,4 @@ pub mod accounts;
 pub mod calendar;
 pub mod catalog;
 pub mod ops;
+pub mod users;
