@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use bakery_config::CacheUrl;
+use bytes::Bytes;
 
 mod embedded;
 mod memcached;
@@ -79,16 +80,19 @@ impl Cache {
     }
 
     /// The values of `keys`, in order (`None` where absent).
-    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
-        self.limited(async {
-            match self {
-                Self::Embedded(e, _) => e.get_many(keys).await,
-                Self::Redis(r, _) => r.get_many(keys).await,
-                Self::Memcached(m, _) => m.get_many(keys).await,
-                Self::None => unreachable!("limited() refuses Cache::None"),
-            }
-        })
-        .await
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, CacheError> {
+        let values = self
+            .limited(async {
+                match self {
+                    Self::Embedded(e, _) => e.get_many(keys).await,
+                    Self::Redis(r, _) => r.get_many(keys).await,
+                    Self::Memcached(m, _) => m.get_many(keys).await,
+                    Self::None => unreachable!("limited() refuses Cache::None"),
+                }
+            })
+            .await?;
+        // `Bytes` takes over each buffer as it is: no copy, and slices of it are free.
+        Ok(values.into_iter().map(|value| value.map(Bytes::from)).collect())
     }
 
     pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
@@ -149,6 +153,6 @@ impl Cache {
 }
 
 /// Parses a counter stored as decimal text.
-fn counter(bytes: Option<&Vec<u8>>) -> Option<u64> {
+fn counter(bytes: Option<&[u8]>) -> Option<u64> {
     std::str::from_utf8(bytes?).ok()?.trim().parse().ok()
 }

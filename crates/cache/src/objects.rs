@@ -3,8 +3,8 @@
 //!
 //! Versioned, so that a fill that started before a write can never overwrite the
 //! newer value (the delete-versus-set race): each key has a counter `ver:{key}`,
-//! every write bumps it, and a value is stored as `{v, d}` with the version its
-//! builder saw *before* reading the database. A read fetches both in one round trip
+//! every write bumps it, and a value is stored with the version its builder saw
+//! *before* reading the database ([`envelope`]). A read fetches both in one round trip
 //! and only takes the value if its `v` is the current version. A late, stale fill
 //! thus writes a value nobody will ever accept. A simple field write bumps the
 //! version and stores the new object under it at once (updated in place); a
@@ -18,18 +18,56 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde_json::value::RawValue;
 
 use crate::trace::{CacheResult, record, record_fill};
 use crate::{Cache, counter};
 
-#[derive(Serialize, serde::Deserialize)]
-struct Envelope<T> {
-    v: u64,
-    d: T,
+/// A stored object: a format byte, its version (8 bytes, big-endian), then its JSON.
+/// A fixed-size header lets a hit check the version and hand out the JSON as it is,
+/// without parsing it (the hot path of every cached read).
+mod envelope {
+    use bytes::Bytes;
+
+    const FORMAT: u8 = 0xB1;
+    const HEADER: usize = 9;
+
+    pub fn encode(version: u64, json: &[u8]) -> Bytes {
+        let mut bytes = Vec::with_capacity(HEADER + json.len());
+        bytes.push(FORMAT);
+        bytes.extend_from_slice(&version.to_be_bytes());
+        bytes.extend_from_slice(json);
+        Bytes::from(bytes)
+    }
+
+    /// The version and the JSON; `None` for anything not written by [`encode`].
+    pub fn decode(bytes: &Bytes) -> Option<(u64, Bytes)> {
+        if bytes.len() < HEADER || bytes[0] != FORMAT {
+            return None;
+        }
+        let version = u64::from_be_bytes(bytes[1..HEADER].try_into().ok()?);
+        Some((version, bytes.slice(HEADER..)))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn round_trips_and_refuses_foreign_values() {
+            let stored = super::encode(1_700_000_000_123, br#"{"id":1}"#);
+            let (version, json) = super::decode(&stored).unwrap();
+            assert_eq!((version, &json[..]), (1_700_000_000_123, &br#"{"id":1}"#[..]));
+            assert!(super::decode(&bytes::Bytes::from_static(br#"{"v":1,"d":{}}"#)).is_none());
+            assert!(super::decode(&bytes::Bytes::from_static(b"\xB1short")).is_none());
+        }
+    }
+}
+
+/// The JSON of `value` stored under `version`.
+fn seal<T: Serialize>(version: u64, value: &T) -> Result<Bytes, String> {
+    serde_json::to_vec(value).map(|json| envelope::encode(version, &json)).map_err(|e| e.to_string())
 }
 
 /// How long a builder may hold the lease before others stop waiting for it.
@@ -38,7 +76,11 @@ const LEASE: Duration = Duration::from_secs(2);
 /// the lease lasts, after which the holder is presumed gone.
 const LEASE_WAIT: Duration = LEASE;
 
-type Build = Shared<BoxFuture<'static, Result<Option<Vec<u8>>, String>>>;
+/// A failed build's error, shared by everyone who awaited it. Type-erased so one map
+/// holds builds of any caller; each waiter gets its own clone of the original error
+/// back, so a database that is down still reads as "down" (a 503), not as text.
+type BuildError = Arc<dyn std::any::Any + Send + Sync>;
+type Build = Shared<BoxFuture<'static, Result<Option<Bytes>, BuildError>>>;
 
 /// Builds in flight in this process, by key: one build serves every concurrent miss.
 #[derive(Clone, Default)]
@@ -57,7 +99,7 @@ impl Cache {
     ) -> Result<(Option<T>, CacheResult), E>
     where
         T: Serialize + DeserializeOwned + Send + 'static,
-        E: std::fmt::Display + From<String> + Send + 'static,
+        E: std::fmt::Display + From<String> + Clone + Send + Sync + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
         let (json, outcome) = self.object_json(inflight, key, ttl, build).await?;
@@ -73,10 +115,10 @@ impl Cache {
         key: &str,
         ttl: Duration,
         build: F,
-    ) -> Result<(Option<Vec<u8>>, CacheResult), E>
+    ) -> Result<(Option<Bytes>, CacheResult), E>
     where
         T: Serialize + Send + 'static,
-        E: std::fmt::Display + From<String> + Send + 'static,
+        E: std::fmt::Display + From<String> + Clone + Send + Sync + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
         let version_key = format!("ver:{key}");
@@ -85,13 +127,11 @@ impl Cache {
         // `None`: the cache is down or slow (a bypass). Either way, build once.
         let seen = match &cached {
             Ok(values) => {
-                let version = counter(values[0].as_ref());
-                if let (Some(v), Some(bytes)) = (version, values[1].as_ref()) {
-                    if let Ok(envelope) = serde_json::from_slice::<Envelope<&RawValue>>(bytes) {
-                        if envelope.v == v {
-                            record("object", CacheResult::Hit);
-                            return Ok((Some(envelope.d.get().as_bytes().to_vec()), CacheResult::Hit));
-                        }
+                let version = counter(values[0].as_deref());
+                if let (Some(current), Some((stored, json))) = (version, values[1].as_ref().and_then(envelope::decode)) {
+                    if stored == current {
+                        record("object", CacheResult::Hit);
+                        return Ok((Some(json), CacheResult::Hit));
                     }
                 }
                 Some(version)
@@ -113,14 +153,17 @@ impl Cache {
                 .or_insert_with(|| {
                     let (cache, key, version_key) = (self.clone(), key.to_string(), version_key.clone());
                     async move {
-                        match seen {
+                        let built = match seen {
                             Some(version) => cache.build_and_store(&key, &version_key, version, ttl, build).await,
                             None => {
                                 record_fill("object");
-                                let value = build.await.map_err(|e| e.to_string())?;
-                                value.map(|d| serde_json::to_vec(&Envelope { v: 0, d }).map_err(|e| e.to_string())).transpose()
+                                match build.await {
+                                    Ok(value) => value.map(|value| seal(0, &value).map_err(E::from)).transpose(),
+                                    Err(e) => Err(e),
+                                }
                             }
-                        }
+                        };
+                        built.map_err(|e| Arc::new(e) as BuildError)
                     }
                     .boxed()
                     .shared()
@@ -131,11 +174,11 @@ impl Cache {
         inflight.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
         match built {
             Ok(Some(bytes)) => {
-                let envelope: Envelope<&RawValue> = serde_json::from_slice(&bytes).map_err(|e| E::from(e.to_string()))?;
-                Ok((Some(envelope.d.get().as_bytes().to_vec()), outcome))
+                let (_, json) = envelope::decode(&bytes).ok_or_else(|| E::from("a build sealed no envelope".to_string()))?;
+                Ok((Some(json), outcome))
             }
             Ok(None) => Ok((None, outcome)),
-            Err(message) => Err(E::from(message)),
+            Err(error) => Err(error.downcast_ref::<E>().cloned().unwrap_or_else(|| E::from("the build failed".to_string()))),
         }
     }
 
@@ -148,10 +191,10 @@ impl Cache {
         seen: Option<u64>,
         ttl: Duration,
         build: F,
-    ) -> Result<Option<Vec<u8>>, String>
+    ) -> Result<Option<Bytes>, E>
     where
         T: Serialize,
-        E: std::fmt::Display,
+        E: From<String>,
         F: Future<Output = Result<Option<T>, E>>,
     {
         // Someone may have stored it since we looked (a build that just finished).
@@ -177,14 +220,14 @@ impl Cache {
             None => self.incr(version_key).await.ok(),
         };
         record_fill("object");
-        let value = build.await.map_err(|e| e.to_string())?;
+        let value = build.await?;
         let Some(value) = value else {
             if leased {
                 let _ = self.delete(&lease_key).await;
             }
             return Ok(None);
         };
-        let bytes = serde_json::to_vec(&Envelope { v: version.unwrap_or(0), d: &value }).map_err(|e| e.to_string())?;
+        let bytes = seal(version.unwrap_or(0), &value).map_err(E::from)?;
         if version.is_some() {
             let _ = self.set(key, &bytes, ttl).await;
         }
@@ -215,12 +258,12 @@ impl Cache {
     }
 
     /// The stored envelope of `key` if its version is the current one.
-    async fn current(&self, key: &str, version_key: &str) -> Option<Vec<u8>> {
-        let values = self.get_many(&[version_key.to_string(), key.to_string()]).await.ok()?;
-        let version = counter(values[0].as_ref())?;
-        let bytes = values[1].as_ref()?;
-        let envelope = serde_json::from_slice::<Envelope<serde::de::IgnoredAny>>(bytes).ok()?;
-        (envelope.v == version).then(|| bytes.clone())
+    async fn current(&self, key: &str, version_key: &str) -> Option<Bytes> {
+        let mut values = self.get_many(&[version_key.to_string(), key.to_string()]).await.ok()?;
+        let version = counter(values[0].as_deref())?;
+        let bytes = values[1].take()?;
+        let (stored, _) = envelope::decode(&bytes)?;
+        (stored == version).then_some(bytes)
     }
 
     /// A structural change: the cached object is no longer valid (and any fill
@@ -242,7 +285,7 @@ impl Cache {
         }
         match self.incr(&format!("ver:{key}")).await {
             Ok(version) => {
-                if let Ok(bytes) = serde_json::to_vec(&Envelope { v: version, d: value }) {
+                if let Ok(bytes) = seal(version, value) {
                     let _ = self.set(key, &bytes, ttl).await;
                 }
             }

@@ -56,7 +56,7 @@ impl Cache {
         let generation_keys: Vec<String> = tables.iter().map(|t| format!("gen:{t}")).collect();
         let mut generations = Vec::with_capacity(tables.len());
         for (key, value) in generation_keys.iter().zip(self.get_many(&generation_keys).await?) {
-            generations.push(match counter(value.as_ref()) {
+            generations.push(match counter(value.as_deref()) {
                 Some(generation) => generation,
                 None => self.incr(key).await?,
             });

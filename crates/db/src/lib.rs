@@ -51,6 +51,7 @@ impl From<sqlx::Error> for DbError {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 Self::Conflict(db.constraint().unwrap_or("unique").to_string())
             }
+            sqlx::Error::Database(db) if db.code().as_deref().is_some_and(is_server_unavailable) => Self::Unavailable(error),
             _ if is_unreachable(&error) => Self::Unavailable(error),
             _ => Self::Other(error),
         }
@@ -61,6 +62,13 @@ impl From<sqlx::Error> for DbError {
 fn answered<T>(role: Role, value: T) -> T {
     replica::record(role);
     value
+}
+
+/// SQLSTATEs of a server that cannot take the query now rather than a wrong query:
+/// connection exceptions (08), insufficient resources such as too many clients (53),
+/// and a server shutting down or starting up (57P01–57P03).
+fn is_server_unavailable(code: &str) -> bool {
+    code.starts_with("08") || code.starts_with("53") || matches!(code, "57P01" | "57P02" | "57P03")
 }
 
 /// Errors that say the server could not be reached, rather than that the query was wrong.

@@ -22,9 +22,10 @@ fn product_key(id: i64) -> String {
     format!("Product:{id}")
 }
 
-/// Errors of a fill, carried through the cache layer as text.
-#[derive(Debug)]
-pub struct FillError(DbError);
+/// A fill's database error. Cloneable (one build answers every concurrent miss, and
+/// each gets the error), and still the original error, so "unavailable" stays a 503.
+#[derive(Debug, Clone)]
+pub struct FillError(std::sync::Arc<DbError>);
 
 impl std::fmt::Display for FillError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -32,15 +33,22 @@ impl std::fmt::Display for FillError {
     }
 }
 
+impl From<DbError> for FillError {
+    fn from(error: DbError) -> Self {
+        Self(std::sync::Arc::new(error))
+    }
+}
+
+/// The cache layer's own failures (a value it cannot encode or decode).
 impl From<String> for FillError {
     fn from(message: String) -> Self {
-        Self(DbError::Other(bakery_db::SqlxError::Protocol(message)))
+        DbError::Other(bakery_db::SqlxError::Protocol(message)).into()
     }
 }
 
 impl From<FillError> for crate::error::ApiError {
     fn from(e: FillError) -> Self {
-        e.0.into()
+        (&*e.0).into()
     }
 }
 
@@ -55,16 +63,16 @@ impl AppState {
     pub async fn product(&self, id: i64, reader: Option<Lsn>) -> Result<Option<Product>, FillError> {
         let db = self.db.clone();
         let at = self.fill_position(reader);
-        let build = async move { db.product(id, at).await.map_err(FillError) };
+        let build = async move { db.product(id, at).await.map_err(FillError::from) };
         let (product, _) = self.cache.object(&self.inflight, &product_key(id), self.config.cache_object_ttl, build).await?;
         Ok(product)
     }
 
     /// `Product:{id}` as JSON, straight from the cache on a hit.
-    pub async fn product_json(&self, id: i64, reader: Option<Lsn>) -> Result<Option<Vec<u8>>, FillError> {
+    pub async fn product_json(&self, id: i64, reader: Option<Lsn>) -> Result<Option<bytes::Bytes>, FillError> {
         let db = self.db.clone();
         let at = self.fill_position(reader);
-        let build = async move { db.product(id, at).await.map_err(FillError) };
+        let build = async move { db.product(id, at).await.map_err(FillError::from) };
         let (json, _) = self.cache.object_json(&self.inflight, &product_key(id), self.config.cache_object_ttl, build).await?;
         Ok(json)
     }

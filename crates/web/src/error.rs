@@ -68,6 +68,12 @@ impl From<Invalid> for ApiError {
 
 impl From<DbError> for ApiError {
     fn from(error: DbError) -> Self {
+        (&error).into()
+    }
+}
+
+impl From<&DbError> for ApiError {
+    fn from(error: &DbError) -> Self {
         match error {
             DbError::Unavailable(cause) => {
                 tracing::warn!(%cause, "database unavailable");

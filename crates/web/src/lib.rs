@@ -33,9 +33,21 @@ use error::ApiError;
 /// JSON bodies beyond this are answered 413 (contract: 1 MiB).
 pub const JSON_BODY_LIMIT: usize = 1 << 20;
 
-/// What every handler can reach. Cheap to clone: handles and `Arc`s only.
+/// What every handler can reach. One `Arc`: axum clones the state for every
+/// extractor and middleware of every request, so a clone must be one increment.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The clone's handles to its stores and its own settings.
+pub struct Shared {
     pub id: Arc<str>,
     served_by: HeaderValue,
     pub config: Arc<Config>,
@@ -62,7 +74,7 @@ impl AppState {
         let cache = bakery_cache::Cache::connect(&config.cache_url, config.cache_timeout)
             .await
             .map_err(|e| ConfigError::new("BAKERY_CACHE_URL", format!("cannot use the cache: {e}")))?;
-        Ok(Self {
+        Ok(Self(Arc::new(Shared {
             cache,
             inflight: Default::default(),
             id: Arc::from(id),
@@ -73,7 +85,7 @@ impl AppState {
             metrics: Metrics::install(),
             templates: Arc::new(pages::templates()),
             draining: Arc::new(AtomicBool::new(false)),
-        })
+        })))
     }
 
     pub fn is_draining(&self) -> bool {

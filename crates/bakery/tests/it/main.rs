@@ -12,4 +12,5 @@ mod clones;
 mod domain;
 mod replicas;
 mod lb;
+mod overload;
 mod sessions;
