@@ -10,6 +10,7 @@ p50/p99 and the ratio of each engine to cache off; writes results.json, results.
 and cache.png to --out. Needs the services of scripts/services.sh.
 
     scripts/bench_cache.py --rounds 3 --duration 6
+    scripts/bench_cache.py --db-cpu 0,0.5,0.25     # also with the database on a fixed CPU budget
 """
 
 import argparse
@@ -78,21 +79,40 @@ end
 """)
 
 
+def parse_budgets(raw):
+    """`0,0.5,0.25` -> [0.0, 0.5, 0.25]; 0 means no limit."""
+    try:
+        budgets = [float(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        budgets = []
+    if not budgets or any(b < 0 or b > 2 for b in budgets):
+        print("bench: --db-cpu is a comma-separated list of shares of one core from 0 (no limit) to 2", file=sys.stderr)
+        sys.exit(2)
+    return budgets
+
+
+def budget_name(budget):
+    return "shared box" if budget == 0 else f"database on {budget:g} core"
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=6)
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--bin", default=os.path.join(ROOT, "target/release/bakery"))
-    parser.add_argument("--out", default=None, help="default: bench-results/cache (or cache-db-cpu-limited)")
+    parser.add_argument("--out", default=os.path.join(ROOT, "bench-results", "cache"))
     parser.add_argument("--no-build", action="store_true")
-    parser.add_argument("--db-cpu", type=float, default=0.0,
-                        help="give the PostgreSQL primary this share of one core (0: no limit), as if on its own machine")
+    parser.add_argument("--db-cpu", default="0",
+                        help="comma-separated CPU budgets for the PostgreSQL primary, in shares of one core, each measured "
+                             "in turn (0: no limit, sharing the box with everything else), as if it ran on its own machine")
     args = parser.parse_args()
-    if args.out is None:
-        args.out = os.path.join(ROOT, "bench-results", "cache-db-cpu-limited" if args.db_cpu > 0 else "cache")
+    budgets = parse_budgets(args.db_cpu)
     if args.rounds < 1 or args.duration < 1 or args.connections < 1:
         print("bench: every count must be positive", file=sys.stderr)
+        sys.exit(2)
+    if any(budgets) and (not os.path.isdir(CGROUP) or os.geteuid() != 0):
+        print("bench: a --db-cpu budget needs root and cgroup v1 at /sys/fs/cgroup/cpu", file=sys.stderr)
         sys.exit(2)
     subprocess.run([os.path.join(ROOT, "scripts/services.sh")], check=True, stdout=subprocess.DEVNULL)
     if not args.no_build:
@@ -101,13 +121,7 @@ def main():
 
     name = f"bakery_bench_cache_{int(time.time())}"
     subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"CREATE DATABASE {name}"], check=True)
-    groups = []
-    if args.db_cpu > 0:
-        if not os.path.isdir(CGROUP) or os.geteuid() != 0:
-            print("bench: --db-cpu needs root and cgroup v1 at /sys/fs/cgroup/cpu", file=sys.stderr)
-            sys.exit(2)
-        groups.append(limit_cpu("bakery-bench-primary", 5432, args.db_cpu))
-        log(f"PostgreSQL limited to {args.db_cpu:.2f} of a core")
+    group = None
     work = tempfile.mkdtemp(prefix="bakery-bench-cache-")
     try:
         base_env = {**os.environ, "BAKERY_LOG": "error", "BAKERY_ADMIN_PASSWORD": "bench-password",
@@ -131,19 +145,30 @@ def main():
         for setup, b in bases.items():
             wrk(f"{b}/api/products/1", 8, 2)
 
-        runs = {s: [] for s in SETUPS}
-        total = args.rounds * len(SETUPS)
+        runs = {budget_name(b): {s: [] for s in SETUPS} for b in budgets}
+        total = args.rounds * len(SETUPS) * len(budgets)
         done = 0
-        for r in range(args.rounds):
-            order = list(SETUPS) if r % 2 == 0 else list(reversed(SETUPS))
-            for setup in order:
-                result = wrk(f"{bases[setup]}/api/products/1", args.connections, args.duration)
-                runs[setup].append(result)
-                done += 1
-                log(f"[{done:>2}/{total}] {setup:<10} round {r + 1}: {result['rps']:>8.0f} req/s"
-                    f"  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
-                    + (f"  non-2xx {result['non_2xx']}" if result["non_2xx"] else ""))
-        med = {s: {k: statistics.median(run[k] for run in rs) for k in ("rps", "p50_ms", "p99_ms")} for s, rs in runs.items()}
+        for budget in budgets:
+            if budget > 0:
+                group = group or limit_cpu("bakery-bench-primary", 5432, budget)
+                set_quota(group, budget)
+                log(f"PostgreSQL held to {budget:g} of a core")
+            elif group:
+                set_quota(group, None)
+            label = budget_name(budget)
+            for r in range(args.rounds):
+                order = list(SETUPS) if r % 2 == 0 else list(reversed(SETUPS))
+                for setup in order:
+                    result = wrk(f"{bases[setup]}/api/products/1", args.connections, args.duration)
+                    runs[label][setup].append(result)
+                    done += 1
+                    log(f"[{done:>2}/{total}] {label:<22} {setup:<10} round {r + 1}: {result['rps']:>8.0f} req/s"
+                        f"  p50 {result['p50_ms']:.2f} ms  p99 {result['p99_ms']:.2f} ms"
+                        + (f"  non-2xx {result['non_2xx']}" if result["non_2xx"] else ""))
+        if group:
+            set_quota(group, None)
+        med = {label: {s: {k: statistics.median(run[k] for run in rs) for k in ("rps", "p50_ms", "p99_ms")}
+                       for s, rs in per_setup.items()} for label, per_setup in runs.items()}
 
         script = os.path.join(work, "zipf.lua")
         zipf_script(script, 200)
@@ -160,13 +185,12 @@ def main():
             hit_ratio[setup] = {"hit_ratio": counts["hit"] / max(1, sum(counts.values())), "rps": result["rps"], **counts}
             log(f"zipf  {setup:<10}: hit ratio {hit_ratio[setup]['hit_ratio']:.3f} at {result['rps']:.0f} req/s")
 
-        off = med["cache off"]["rps"]
-        lines = ["| setup | req/s | p50 / p99 ms | ratio to cache off | Zipf hit ratio |", "|---|---|---|---|---|"]
-        for setup in SETUPS:
-            m = med[setup]
-            ratio = m["rps"] / off
-            zipf = f"{hit_ratio[setup]['hit_ratio']:.3f}" if setup in hit_ratio else "—"
-            lines.append(f"| {setup} | {m['rps']:.0f} | {m['p50_ms']:.2f} / {m['p99_ms']:.2f} | {ratio:.2f} | {zipf} |")
+        lines = ["| database | setup | req/s | p50 / p99 ms | ratio to cache off | Zipf hit ratio |", "|---|---|---|---|---|---|"]
+        for label, per_setup in med.items():
+            off = per_setup["cache off"]["rps"]
+            for setup, m in per_setup.items():
+                zipf = f"{hit_ratio[setup]['hit_ratio']:.3f}" if setup in hit_ratio else "—"
+                lines.append(f"| {label} | {setup} | {m['rps']:.0f} | {m['p50_ms']:.2f} / {m['p99_ms']:.2f} | {m['rps'] / off:.2f} | {zipf} |")
         table = "\n".join(lines)
         log(f"\nGET /api/products/1 (20 reviews), medians of {args.rounds} rounds, wrk -t2 -c{args.connections} {args.duration} s:\n{table}")
         os.makedirs(args.out, exist_ok=True)
@@ -177,11 +201,17 @@ def main():
         plot(med, os.path.join(args.out, "cache.png"))
     finally:
         stop_all()
-        for group in groups:
+        if group:
             release_cpu(group)
         shutil.rmtree(work, ignore_errors=True)
         subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"DROP DATABASE IF EXISTS {name}"],
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def set_quota(group, share):
+    """Changes a cgroup's CPU budget in place (`None`: no limit)."""
+    with open(os.path.join(group, "cpu.cfs_quota_us"), "w") as f:
+        f.write("-1" if share is None else str(int(share * 100000)))
 
 
 def clone_addrs(base):
@@ -191,16 +221,27 @@ def clone_addrs(base):
 
 
 def plot(med, path):
+    """Grouped bars: one group per database budget, one bar per setup, each labelled
+    with its ratio to cache off under the same budget."""
     plt = pyplot()
     if plt is None:
         return
-    setups = list(med)
-    fig, ax = plt.subplots(figsize=(8, 4.2))
-    bars = ax.bar(setups, [med[s]["rps"] for s in setups], color=["#999999", "#c77d3a", "#b5473a", "#5f6b3a"])
-    for bar, s in zip(bars, setups):
-        ax.annotate(f"{med[s]['rps'] / med['cache off']['rps']:.1f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
-                    ha="center", va="bottom")
-    ax.set_title("GET /api/products/1 (20 reviews) through the load balancer, median requests/s")
+    labels = list(med)
+    setups = list(SETUPS)
+    colours = ["#999999", "#c77d3a", "#b5473a", "#5f6b3a"]
+    width = 0.8 / len(setups)
+    fig, ax = plt.subplots(figsize=(max(8, 3 * len(labels)), 4.4))
+    for i, setup in enumerate(setups):
+        xs = [g + (i - (len(setups) - 1) / 2) * width for g in range(len(labels))]
+        values = [med[label][setup]["rps"] for label in labels]
+        bars = ax.bar(xs, values, width, label=setup, color=colours[i % len(colours)])
+        for bar, label in zip(bars, labels):
+            ratio = med[label][setup]["rps"] / med[label]["cache off"]["rps"]
+            ax.annotate(f"{ratio:.1f}x", (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("requests/s (median)")
+    ax.set_title("GET /api/products/1 (20 reviews) through the load balancer")
+    ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     log(f"plot: {path}")

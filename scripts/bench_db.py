@@ -121,8 +121,6 @@ def main():
     if args.rounds < 1 or args.duration < 1 or args.connections < 1 or args.writes < 1:
         print("bench: every count must be positive", file=sys.stderr)
         sys.exit(2)
-    if not shutil.which("wrk"):
-        subprocess.run(["apt-get", "install", "-y", "-qq", "wrk"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run([os.path.join(ROOT, "scripts/services.sh")], check=True, stdout=subprocess.DEVNULL)
     if not args.no_build:
         log("building bakery (release)")

@@ -24,18 +24,9 @@ import tempfile
 import time
 import urllib.request
 
-from benchlib import pyplot, run, log, spawn, stop_all, wrk
+from benchlib import need, pyplot, run, log, spawn, stop_all, wrk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def need(tool, package):
-    if shutil.which(tool):
-        return
-    log(f"installing {package} (for {tool})")
-    subprocess.run(["apt-get", "update", "-qq"], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, stdout=subprocess.DEVNULL,
-                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
 
 
 def start(args, env, read_addr=True):

@@ -3,6 +3,7 @@ process group), running wrk and reading its figures."""
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -80,8 +81,19 @@ def to_ms(value):
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+def need(tool, package):
+    """Installs `package` from Debian when `tool` is not on the PATH."""
+    if shutil.which(tool):
+        return
+    log(f"installing {package} (for {tool})")
+    subprocess.run(["apt-get", "update", "-qq"], check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(["apt-get", "install", "-y", "-qq", package], check=True, stdout=subprocess.DEVNULL,
+                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+
+
 def wrk(url, connections, duration, script=None):
     """One wrk run (2 threads): requests/s, p50 and p99 in ms, failures."""
+    need("wrk", "wrk")
     args = ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency"]
     if script:
         args += ["-s", script]
