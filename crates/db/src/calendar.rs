@@ -39,9 +39,7 @@ impl Database {
     pub async fn list_events(&self, after: Option<Lsn>) -> Result<Vec<EventSummary>, DbError> {
         let rows = self
             .read(after, async |pool| {
-                sqlx::query_as::<_, (i64, String, i64, i64, i64)>(LIST_EVENTS)
-                .fetch_all(&pool)
-                .await
+                sqlx::query_as::<_, (i64, String, i64, i64, i64)>(LIST_EVENTS).fetch_all(&pool).await
             })
             .await?;
         Ok(rows

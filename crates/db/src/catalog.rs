@@ -56,11 +56,7 @@ impl Database {
     pub async fn list_products(&self, after: Option<Lsn>, cursor: i64, limit: i64) -> Result<Vec<ProductSummary>, DbError> {
         let rows = self
             .read(after, async |pool| {
-                sqlx::query_as::<_, SummaryRow>(LIST_PRODUCTS)
-                .bind(cursor)
-                .bind(limit)
-                .fetch_all(&pool)
-                .await
+                sqlx::query_as::<_, SummaryRow>(LIST_PRODUCTS).bind(cursor).bind(limit).fetch_all(&pool).await
             })
             .await?;
         Ok(rows
