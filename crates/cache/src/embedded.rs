@@ -1,6 +1,11 @@
 //! The embedded engine: a SQLite file in the data directory. Every process on the
 //! machine opens the same file, so a write by one clone is seen by the next read of
 //! any other (a per-process memory cache would need cross-process invalidation).
+//!
+//! Having no server to bound it, the file is bounded here: every process sweeps it
+//! every [`SWEEP_EVERY`], removing expired entries and, beyond `max_entries`, the
+//! entries nearest to expiry (what Redis calls the volatile-ttl policy: query results
+//! go before objects, version counters last).
 
 use std::path::Path;
 use std::time::Duration;
@@ -12,7 +17,11 @@ use crate::CacheError;
 #[derive(Clone)]
 pub struct Embedded {
     pool: SqlitePool,
+    max_entries: u64,
 }
+
+/// How often each process sweeps the file.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 fn unavailable(e: sqlx::Error) -> CacheError {
     CacheError::Unavailable(e.to_string())
@@ -27,7 +36,7 @@ fn expiry(ttl: Duration) -> i64 {
 }
 
 impl Embedded {
-    pub async fn open(path: &Path) -> Result<Self, CacheError> {
+    pub async fn open(path: &Path, max_entries: u64) -> Result<Self, CacheError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -40,7 +49,46 @@ impl Embedded {
             .execute(&pool)
             .await
             .map_err(unavailable)?;
-        Ok(Self { pool })
+        sqlx::query("CREATE INDEX IF NOT EXISTS cache_expires_at ON cache (expires_at)")
+            .execute(&pool)
+            .await
+            .map_err(unavailable)?;
+        let embedded = Self { pool, max_entries };
+        let sweeper = embedded.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_EVERY).await;
+                match sweeper.sweep().await {
+                    Ok(0) => {}
+                    Ok(removed) => tracing::debug!(removed, "embedded cache swept"),
+                    Err(error) => tracing::warn!(%error, "embedded cache sweep failed"),
+                }
+            }
+        });
+        Ok(embedded)
+    }
+
+    /// Removes expired entries, then the entries nearest to expiry beyond the bound.
+    /// Returns how many went.
+    pub async fn sweep(&self) -> Result<u64, CacheError> {
+        let expired = sqlx::query("DELETE FROM cache WHERE expires_at <= $1")
+            .bind(now())
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .rows_affected();
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cache").fetch_one(&self.pool).await.map_err(unavailable)?;
+        let excess = (count as u64).saturating_sub(self.max_entries);
+        if excess == 0 {
+            return Ok(expired);
+        }
+        let evicted = sqlx::query("DELETE FROM cache WHERE key IN (SELECT key FROM cache ORDER BY expires_at LIMIT $1)")
+            .bind(excess as i64)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .rows_affected();
+        Ok(expired + evicted)
     }
 
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {

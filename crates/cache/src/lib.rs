@@ -46,9 +46,10 @@ const COUNTER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 impl Cache {
     /// Connects to the engine; an unreachable server is an error here (at start-up),
     /// while later failures only bypass the cache.
-    pub async fn connect(url: &CacheUrl, timeout: Duration) -> Result<Self, CacheError> {
+    /// `embedded_max_entries` bounds the embedded file (servers bound themselves).
+    pub async fn connect(url: &CacheUrl, timeout: Duration, embedded_max_entries: u64) -> Result<Self, CacheError> {
         Ok(match url {
-            CacheUrl::Embedded(path) => Self::Embedded(embedded::Embedded::open(path).await?, timeout),
+            CacheUrl::Embedded(path) => Self::Embedded(embedded::Embedded::open(path, embedded_max_entries).await?, timeout),
             CacheUrl::Redis(url) => Self::Redis(redis_engine::Redis::connect(url).await?, timeout),
             CacheUrl::Memcached(nodes) => Self::Memcached(memcached::Memcached::connect(nodes).await?, timeout),
             CacheUrl::None => Self::None,
@@ -130,6 +131,15 @@ impl Cache {
             }
         })
         .await
+    }
+
+    /// Sweeps the embedded file now (see [`embedded`]); servers expire and evict on
+    /// their own, so elsewhere this does nothing. Returns how many entries went.
+    pub async fn sweep(&self) -> Result<u64, CacheError> {
+        match self {
+            Self::Embedded(e, _) => e.sweep().await,
+            _ => Ok(0),
+        }
     }
 
     /// Adds one to a counter and returns the new value. A missing counter starts at

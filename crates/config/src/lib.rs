@@ -52,6 +52,8 @@ pub struct Config {
     pub cache_query_ttl: Duration,
     /// Longest a cache call may take before the request goes to the database.
     pub cache_timeout: Duration,
+    /// The embedded cache keeps at most this many entries (it has no server to bound it).
+    pub cache_embedded_max_entries: u64,
     /// Kept as given; the broker issue gives it a type.
     pub broker_url: String,
     pub smtp_url: Option<String>,
@@ -109,6 +111,7 @@ const KEYS: &[&str] = &[
     "BAKERY_CACHE_OBJECT_TTL_SECS",
     "BAKERY_CACHE_QUERY_TTL_SECS",
     "BAKERY_CACHE_TIMEOUT_MS",
+    "BAKERY_CACHE_EMBEDDED_MAX_ENTRIES",
     "BAKERY_BROKER_URL",
     "BAKERY_SMTP_URL",
     "BAKERY_ADMIN_PASSWORD",
@@ -268,6 +271,7 @@ impl Config {
             cache_object_ttl: secs("BAKERY_CACHE_OBJECT_TTL_SECS", 300)?,
             cache_query_ttl: secs("BAKERY_CACHE_QUERY_TTL_SECS", 60)?,
             cache_timeout: millis("BAKERY_CACHE_TIMEOUT_MS", 100)?,
+            cache_embedded_max_entries: at_least(get("BAKERY_CACHE_EMBEDDED_MAX_ENTRIES"), "BAKERY_CACHE_EMBEDDED_MAX_ENTRIES", 50_000, 100)?,
             broker_url,
             smtp_url,
             admin_password,
@@ -322,6 +326,14 @@ fn number(value: Option<&str>, key: &str, default: u64) -> Result<u64, ConfigErr
             .parse::<u64>()
             .map_err(|_| ConfigError::new(key, format!("expected a whole number, got {v:?}"))),
     }
+}
+
+fn at_least(value: Option<&str>, key: &str, default: u64, min: u64) -> Result<u64, ConfigError> {
+    let n = number(value, key, default)?;
+    if n < min {
+        return Err(ConfigError::new(key, format!("expected at least {min}, got {n}")));
+    }
+    Ok(n)
 }
 
 fn percent(value: Option<&str>, key: &str, default: u32) -> Result<u32, ConfigError> {

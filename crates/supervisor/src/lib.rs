@@ -139,7 +139,7 @@ async fn prepare_local_stores(config: &Config) -> anyhow::Result<()> {
     bakery_session::SessionStore::connect(&config.session_url, lifetimes)
         .await
         .map_err(|e| ConfigError::new("BAKERY_SESSION_URL", format!("cannot use the session store: {e}")))?;
-    bakery_cache::Cache::connect(&config.cache_url, config.cache_timeout)
+    bakery_cache::Cache::connect(&config.cache_url, config.cache_timeout, config.cache_embedded_max_entries)
         .await
         .map_err(|e| ConfigError::new("BAKERY_CACHE_URL", format!("cannot use the cache: {e}")))?;
     Ok(())

@@ -71,7 +71,7 @@ impl AppState {
         let sessions = SessionStore::connect(&config.session_url, lifetimes)
             .await
             .map_err(|e| ConfigError::new("BAKERY_SESSION_URL", format!("cannot use the session store: {e}")))?;
-        let cache = bakery_cache::Cache::connect(&config.cache_url, config.cache_timeout)
+        let cache = bakery_cache::Cache::connect(&config.cache_url, config.cache_timeout, config.cache_embedded_max_entries)
             .await
             .map_err(|e| ConfigError::new("BAKERY_CACHE_URL", format!("cannot use the cache: {e}")))?;
         Ok(Self(Arc::new(Shared {

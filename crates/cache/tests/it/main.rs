@@ -15,11 +15,11 @@ async fn engines() -> Vec<Cache> {
     let memcached = vec!["127.0.0.1:11211".to_string(), "127.0.0.1:11212".to_string()];
     let timeout = Duration::from_millis(500);
     vec![
-        Cache::connect(&CacheUrl::Embedded(file), timeout).await.expect("embedded cache"),
-        Cache::connect(&CacheUrl::Redis(redis.clone()), timeout)
+        Cache::connect(&CacheUrl::Embedded(file), timeout, 1000).await.expect("embedded cache"),
+        Cache::connect(&CacheUrl::Redis(redis.clone()), timeout, 1000)
             .await
             .unwrap_or_else(|e| panic!("Redis is needed at {redis}: {e}")),
-        Cache::connect(&CacheUrl::Memcached(memcached), timeout)
+        Cache::connect(&CacheUrl::Memcached(memcached), timeout, 1000)
             .await
             .unwrap_or_else(|e| panic!("Memcached is needed on 127.0.0.1:11211 and :11212 (scripts/services.sh): {e}")),
     ]
@@ -131,8 +131,36 @@ async fn query_results_are_invalidated_by_a_write_to_their_tables() {
 async fn an_unreachable_cache_is_bypassed_not_failed() {
     let timeout = Duration::from_millis(200);
     // A node that accepts nothing: connecting fails, so start with a live one and point past it.
-    let cache = Cache::connect(&CacheUrl::None, timeout).await.unwrap();
+    let cache = Cache::connect(&CacheUrl::None, timeout, 1000).await.unwrap();
     assert_eq!(read(&cache, "Product:1", "db").await, (Some("db".into()), CacheResult::Bypass));
-    let unreachable = Cache::connect(&CacheUrl::Redis("redis://127.0.0.1:1".into()), timeout).await;
+    let unreachable = Cache::connect(&CacheUrl::Redis("redis://127.0.0.1:1".into()), timeout, 1000).await;
     assert!(unreachable.is_err(), "an unreachable cache is refused at start-up");
+}
+
+#[tokio::test]
+async fn the_embedded_file_is_swept_of_expired_entries_and_kept_to_its_bound() {
+    let file = std::env::temp_dir().join(format!("bakery-cache-sweep-{}-{:x}.db", std::process::id(), rand::random::<u64>()));
+    let cache = Cache::connect(&CacheUrl::Embedded(file.clone()), Duration::from_secs(1), 100).await.expect("embedded cache");
+    for i in 0..30 {
+        cache.set(&format!("short:{i}"), b"x", Duration::from_millis(1)).await.unwrap();
+    }
+    cache.set("long", b"kept", Duration::from_secs(600)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(cache.sweep().await.unwrap(), 30, "every expired entry goes");
+    assert_eq!(cache.get_many(&["long".to_string()]).await.unwrap()[0].as_deref(), Some(&b"kept"[..]));
+
+    // Over the bound, the entries nearest to expiry go first; counters live longest.
+    let version = cache.incr("ver:Product:1").await.unwrap();
+    for i in 0..150u64 {
+        cache.set(&format!("q:{i}"), b"r", Duration::from_secs(60 + i)).await.unwrap();
+    }
+    assert_eq!(cache.sweep().await.unwrap(), 52, "1 + 1 + 150 entries, bounded to 100");
+    let kept = |key: &str| {
+        let (cache, key) = (cache.clone(), key.to_string());
+        async move { cache.get_many(&[key]).await.unwrap()[0].is_some() }
+    };
+    assert!(!kept("q:0").await && !kept("q:51").await, "the soonest to expire went");
+    assert!(kept("q:52").await && kept("q:149").await && kept("long").await);
+    assert_eq!(cache.get_many(&["ver:Product:1".to_string()]).await.unwrap()[0].as_deref(), Some(version.to_string().as_bytes()));
+    let _ = std::fs::remove_file(&file);
 }
