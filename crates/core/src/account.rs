@@ -80,8 +80,8 @@ impl std::fmt::Debug for Password {
     }
 }
 
-/// A user as the API shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+/// A user as the API shows it (and as the cache keeps it, `User:{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct User {
     pub id: i64,
     pub username: String,

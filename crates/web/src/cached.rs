@@ -6,7 +6,7 @@
 
 use bakery_core::calendar::EventSummary;
 use bakery_core::catalog::{Product, ProductSummary};
-use bakery_core::Profile;
+use bakery_core::{Profile, User};
 use bakery_core::catalog::UserReview;
 use bakery_db::{DbError, Lsn, accounts, calendar, catalog};
 
@@ -17,6 +17,10 @@ const PRODUCT_LIST_TABLES: &[&str] = &["products", "product_prices", "reviews"];
 
 /// Tables whose generations key a user's review list.
 const REVIEWS_BY_USER_TABLES: &[&str] = &["reviews", "products"];
+
+fn user_key(id: i64) -> String {
+    format!("User:{id}")
+}
 
 fn product_key(id: i64) -> String {
     format!("Product:{id}")
@@ -91,6 +95,29 @@ impl AppState {
         Ok(items)
     }
 
+    /// The user behind a session, `User:{id}`: every logged-in request needs it, so
+    /// with a cache a logged-in page view need not touch the database at all.
+    pub async fn user(&self, id: i64, reader: Option<Lsn>) -> Result<Option<User>, FillError> {
+        let db = self.db.clone();
+        let at = self.fill_position(reader);
+        let build = async move { db.user_by_id(id, at).await.map_err(FillError::from) };
+        let (user, _) = self.cache.object(&self.inflight, &user_key(id), self.config.cache_object_ttl, build).await?;
+        Ok(user)
+    }
+
+    /// A user changed their account: `User:{id}` is stored anew (updated in place);
+    /// a new name also invalidates everything that shows it.
+    pub async fn user_changed(&self, user: &User, renamed: bool) -> Result<(), DbError> {
+        self.cache.update_object(&user_key(user.id), user, self.config.cache_object_ttl).await;
+        if renamed {
+            for product_id in self.db.products_reviewed_by(user.id).await? {
+                self.cache.invalidate_object(&product_key(product_id)).await;
+            }
+            self.cache.invalidate_tables(&["users"]).await;
+        }
+        Ok(())
+    }
+
     /// A user's public profile by name (any case); `None` when nobody is called that.
     pub async fn profile(&self, username: &str, reader: Option<Lsn>) -> Result<Option<Profile>, DbError> {
         let run = self.db.profile(self.fill_position(reader), username);
@@ -131,15 +158,6 @@ impl AppState {
     pub async fn product_restructured(&self, id: i64) {
         self.cache.invalidate_object(&product_key(id)).await;
         self.cache.invalidate_tables(PRODUCT_LIST_TABLES).await;
-    }
-
-    /// A user's name changed: every product showing their reviews is invalidated.
-    pub async fn user_renamed(&self, user_id: i64) -> Result<(), DbError> {
-        for product_id in self.db.products_reviewed_by(user_id).await? {
-            self.cache.invalidate_object(&product_key(product_id)).await;
-        }
-        self.cache.invalidate_tables(&["users"]).await;
-        Ok(())
     }
 
     /// Events or their seats changed.

@@ -111,7 +111,7 @@ impl FromRequestParts<AppState> for MaybeUser {
         let Some(id) = session_cookie::read(&parts.headers) else { return Ok(Self(None)) };
         let Some(session) = state.sessions.load(&id).await? else { return Ok(Self(None)) };
         let lsn = (session.write_lsn > 0).then_some(bakery_db::Lsn(session.write_lsn));
-        let user = state.db.user_by_id(session.user_id, lsn).await?;
+        let user = state.user(session.user_id, lsn).await?;
         Ok(Self(user.map(|user| CurrentUser { user, session: id, lsn })))
     }
 }

@@ -88,6 +88,12 @@ async fn the_cache_keeps_its_promises(up: &Up) {
     let page = http.get(up.url(&format!("/products/{}", created["id"]))).send().await.unwrap().text().await.unwrap();
     assert!(page.contains(">crumbly</a>"), "the product page names the reviewer");
 
+    // The user behind a session is the cached object `User:{id}`.
+    let me = |cookie: &str| http.get(up.url("/api/me")).header("cookie", cookie.to_string()).send();
+    me(&reviewer).await.unwrap();
+    let second = me(&reviewer).await.unwrap();
+    assert_eq!(cache_header(&second), "hit", "a logged-in request finds its user in the cache");
+
     // The lesson's example: a renamed reviewer shows under the new name on every
     // page that shows their reviews, on the next request, for everybody.
     let renamed = http.patch(up.url("/api/me")).header("cookie", &reviewer).json(&json!({"username": "crumbly-2"})).send().await.unwrap();
@@ -100,6 +106,10 @@ async fn the_cache_keeps_its_promises(up: &Up) {
     assert_eq!((theirs["user"]["username"].as_str(), theirs["items"].as_array().map(Vec::len)), (Some("crumbly-2"), Some(1)));
     let page = http.get(up.url("/users/crumbly-2")).send().await.unwrap().text().await.unwrap();
     assert!(page.contains("<h1>crumbly-2</h1>") && page.contains("Seeded rye"), "the user's page");
+    for i in 0..20 {
+        let mine: Value = me(&reviewer).await.unwrap().json().await.unwrap();
+        assert_eq!(mine["username"], "crumbly-2", "my own new name, read {i}, on every clone");
+    }
     let old = http.get(up.url("/api/users/crumbly")).send().await.unwrap();
     assert_eq!(old.status(), 404, "the old name finds nobody");
     // A name looked up before it existed is found once somebody takes it.

@@ -151,9 +151,7 @@ async fn change_me(
     let (user, lsn) = state.db.update_user(current.user.id, change).await.map_err(username_conflict)?;
     current.wrote(&state, lsn).await?;
     let user = user.ok_or_else(ApiError::unauthorized)?;
-    if username.is_some() {
-        state.user_renamed(user.id).await?;
-    }
+    state.user_changed(&user, username.is_some()).await?;
     Ok(axum::Json(json!({ "user": user })))
 }
 
