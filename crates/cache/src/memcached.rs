@@ -29,10 +29,11 @@ fn unavailable(addr: &str, e: Error) -> CacheError {
     CacheError::Unavailable(format!("memcached {addr}: {e:?}"))
 }
 
-/// A version key lives on the same node as its object (`ver:Product:1` with
-/// `Product:1`), so one node's failure touches only its own objects.
+/// A version key and a lease live on the same node as their object (`ver:Product:1`
+/// and `lease:Product:1` with `Product:1`), so one node's failure touches only its
+/// own objects and a waiter reads all three in one round trip.
 fn routing_key(key: &str) -> &str {
-    key.strip_prefix("ver:").unwrap_or(key)
+    key.strip_prefix("ver:").or_else(|| key.strip_prefix("lease:")).unwrap_or(key)
 }
 
 fn ttl_secs(ttl: Duration) -> Option<i64> {

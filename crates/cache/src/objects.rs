@@ -65,6 +65,14 @@ mod envelope {
     }
 }
 
+/// From `[ver:{key}, {key}, ..]` as read: the stored envelope if its version is current.
+fn current_value(values: &mut [Option<Bytes>]) -> Option<Bytes> {
+    let version = counter(values[0].as_deref())?;
+    let bytes = values[1].take()?;
+    let (stored, _) = envelope::decode(&bytes)?;
+    (stored == version).then_some(bytes)
+}
+
 /// The JSON of `value` stored under `version`.
 fn seal<T: Serialize>(version: u64, value: &T) -> Result<Bytes, String> {
     serde_json::to_vec(value).map(|json| envelope::encode(version, &json)).map_err(|e| e.to_string())
@@ -205,11 +213,18 @@ impl Cache {
         let leased = self.add(&lease_key, b"1", LEASE).await.unwrap_or(true);
         if !leased {
             // Another process is building: its value will carry the current version.
+            // Wait for it while the lease stands; a holder that could not store its value
+            // (too large, the cache slow) releases the lease, and then we build.
+            let keys = [version_key.to_string(), key.to_string(), lease_key.clone()];
             let deadline = tokio::time::Instant::now() + LEASE_WAIT;
             while tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                if let Some(bytes) = self.current(key, version_key).await {
+                let Ok(mut values) = self.get_many(&keys).await else { continue };
+                if let Some(bytes) = current_value(&mut values) {
                     return Ok(Some(bytes));
+                }
+                if values[2].is_none() {
+                    break;
                 }
             }
         }
@@ -260,10 +275,7 @@ impl Cache {
     /// The stored envelope of `key` if its version is the current one.
     async fn current(&self, key: &str, version_key: &str) -> Option<Bytes> {
         let mut values = self.get_many(&[version_key.to_string(), key.to_string()]).await.ok()?;
-        let version = counter(values[0].as_deref())?;
-        let bytes = values[1].take()?;
-        let (stored, _) = envelope::decode(&bytes)?;
-        (stored == version).then_some(bytes)
+        current_value(&mut values)
     }
 
     /// A structural change: the cached object is no longer valid (and any fill
