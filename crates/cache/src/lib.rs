@@ -9,6 +9,7 @@
 //! down or slow turns into a read from the database (`x-cache: bypass`), never into
 //! a failed request. Knows nothing of HTTP or SQL.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bakery_config::CacheUrl;
@@ -31,12 +32,24 @@ pub enum CacheError {
     Unavailable(String),
 }
 
-/// The engines. Values are bytes; the layers above decide what they mean.
+/// The cache: an engine, the time limit of every call, and the namespace that keeps
+/// this deployment's keys apart from any other's on the same server. Values are
+/// bytes; the layers above decide what they mean.
 #[derive(Clone)]
-pub enum Cache {
-    Embedded(embedded::Embedded, Duration),
-    Redis(redis_engine::Redis, Duration),
-    Memcached(memcached::Memcached, Duration),
+pub struct Cache {
+    engine: Engine,
+    timeout: Duration,
+    /// Prefixed to every key (`{namespace}|{key}`): the database's instance id, so two
+    /// deployments sharing a Redis, or a database recreated under the same URL, never
+    /// read each other's `Product:1`.
+    namespace: Arc<str>,
+}
+
+#[derive(Clone)]
+enum Engine {
+    Embedded(embedded::Embedded),
+    Redis(redis_engine::Redis),
+    Memcached(memcached::Memcached),
     None,
 }
 
@@ -45,36 +58,48 @@ const COUNTER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Cache {
     /// Connects to the engine; an unreachable server is an error here (at start-up),
-    /// while later failures only bypass the cache.
-    /// `embedded_max_entries` bounds the embedded file (servers bound themselves).
-    pub async fn connect(url: &CacheUrl, timeout: Duration, embedded_max_entries: u64) -> Result<Self, CacheError> {
-        Ok(match url {
-            CacheUrl::Embedded(path) => Self::Embedded(embedded::Embedded::open(path, embedded_max_entries).await?, timeout),
-            CacheUrl::Redis(url) => Self::Redis(redis_engine::Redis::connect(url).await?, timeout),
-            CacheUrl::Memcached(nodes) => Self::Memcached(memcached::Memcached::connect(nodes).await?, timeout),
-            CacheUrl::None => Self::None,
-        })
+    /// while later failures only bypass the cache. `embedded_max_entries` bounds the
+    /// embedded file (servers bound themselves); `namespace` keeps this deployment's
+    /// keys apart (the database's instance id).
+    pub async fn connect(
+        url: &CacheUrl,
+        timeout: Duration,
+        embedded_max_entries: u64,
+        namespace: &str,
+    ) -> Result<Self, CacheError> {
+        let engine = match url {
+            CacheUrl::Embedded(path) => Engine::Embedded(embedded::Embedded::open(path, embedded_max_entries).await?),
+            CacheUrl::Redis(url) => Engine::Redis(redis_engine::Redis::connect(url).await?),
+            CacheUrl::Memcached(nodes) => Engine::Memcached(memcached::Memcached::connect(nodes).await?),
+            CacheUrl::None => Engine::None,
+        };
+        Ok(Self { engine, timeout, namespace: Arc::from(namespace) })
     }
 
     pub fn engine(&self) -> &'static str {
-        match self {
-            Self::Embedded(..) => "embedded",
-            Self::Redis(..) => "redis",
-            Self::Memcached(..) => "memcached",
-            Self::None => "none",
+        match self.engine {
+            Engine::Embedded(..) => "embedded",
+            Engine::Redis(..) => "redis",
+            Engine::Memcached(..) => "memcached",
+            Engine::None => "none",
         }
     }
 
     pub fn is_none(&self) -> bool {
-        matches!(self, Self::None)
+        matches!(self.engine, Engine::None)
+    }
+
+    /// The key as stored: in this deployment's namespace.
+    fn stored(&self, key: &str) -> String {
+        format!("{}|{key}", self.namespace)
     }
 
     /// Runs one engine call under the cache's time limit.
     async fn limited<T>(&self, call: impl Future<Output = Result<T, CacheError>>) -> Result<T, CacheError> {
-        let limit = match self {
-            Self::Embedded(_, t) | Self::Redis(_, t) | Self::Memcached(_, t) => *t,
-            Self::None => return Err(CacheError::Unavailable("no cache configured".into())),
-        };
+        if self.is_none() {
+            return Err(CacheError::Unavailable("no cache configured".into()));
+        }
+        let limit = self.timeout;
         tokio::time::timeout(limit, call)
             .await
             .unwrap_or_else(|_| Err(CacheError::Unavailable(format!("no answer within {limit:?}"))))
@@ -82,13 +107,14 @@ impl Cache {
 
     /// The values of `keys`, in order (`None` where absent).
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, CacheError> {
+        let keys: Vec<String> = keys.iter().map(|k| self.stored(k)).collect();
         let values = self
             .limited(async {
-                match self {
-                    Self::Embedded(e, _) => e.get_many(keys).await,
-                    Self::Redis(r, _) => r.get_many(keys).await,
-                    Self::Memcached(m, _) => m.get_many(keys).await,
-                    Self::None => unreachable!("limited() refuses Cache::None"),
+                match &self.engine {
+                    Engine::Embedded(e) => e.get_many(&keys).await,
+                    Engine::Redis(r) => r.get_many(&keys).await,
+                    Engine::Memcached(m) => m.get_many(&keys).await,
+                    Engine::None => unreachable!("limited() refuses Engine::None"),
                 }
             })
             .await?;
@@ -97,12 +123,13 @@ impl Cache {
     }
 
     pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
+        let key = self.stored(key);
         self.limited(async {
-            match self {
-                Self::Embedded(e, _) => e.set(key, value, ttl).await,
-                Self::Redis(r, _) => r.set(key, value, ttl).await,
-                Self::Memcached(m, _) => m.set(key, value, ttl).await,
-                Self::None => unreachable!("limited() refuses Cache::None"),
+            match &self.engine {
+                Engine::Embedded(e) => e.set(&key, value, ttl).await,
+                Engine::Redis(r) => r.set(&key, value, ttl).await,
+                Engine::Memcached(m) => m.set(&key, value, ttl).await,
+                Engine::None => unreachable!("limited() refuses Engine::None"),
             }
         })
         .await
@@ -110,34 +137,36 @@ impl Cache {
 
     /// Stores only if absent; true if this call stored it (a lock or lease).
     pub async fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, CacheError> {
+        let key = self.stored(key);
         self.limited(async {
-            match self {
-                Self::Embedded(e, _) => e.add(key, value, ttl).await,
-                Self::Redis(r, _) => r.add(key, value, ttl).await,
-                Self::Memcached(m, _) => m.add(key, value, ttl).await,
-                Self::None => unreachable!("limited() refuses Cache::None"),
+            match &self.engine {
+                Engine::Embedded(e) => e.add(&key, value, ttl).await,
+                Engine::Redis(r) => r.add(&key, value, ttl).await,
+                Engine::Memcached(m) => m.add(&key, value, ttl).await,
+                Engine::None => unreachable!("limited() refuses Engine::None"),
             }
         })
         .await
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), CacheError> {
+        let key = self.stored(key);
         self.limited(async {
-            match self {
-                Self::Embedded(e, _) => e.delete(key).await,
-                Self::Redis(r, _) => r.delete(key).await,
-                Self::Memcached(m, _) => m.delete(key).await,
-                Self::None => unreachable!("limited() refuses Cache::None"),
+            match &self.engine {
+                Engine::Embedded(e) => e.delete(&key).await,
+                Engine::Redis(r) => r.delete(&key).await,
+                Engine::Memcached(m) => m.delete(&key).await,
+                Engine::None => unreachable!("limited() refuses Engine::None"),
             }
         })
         .await
     }
 
-    /// Sweeps the embedded file now (see [`embedded`]); servers expire and evict on
+    /// Sweeps the embedded file now (see `embedded`); servers expire and evict on
     /// their own, so elsewhere this does nothing. Returns how many entries went.
     pub async fn sweep(&self) -> Result<u64, CacheError> {
-        match self {
-            Self::Embedded(e, _) => e.sweep().await,
+        match &self.engine {
+            Engine::Embedded(e) => e.sweep().await,
             _ => Ok(0),
         }
     }
@@ -150,12 +179,13 @@ impl Cache {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(1);
+        let key = self.stored(key);
         self.limited(async {
-            match self {
-                Self::Embedded(e, _) => e.incr(key, start).await,
-                Self::Redis(r, _) => r.incr(key, start).await,
-                Self::Memcached(m, _) => m.incr(key, start).await,
-                Self::None => unreachable!("limited() refuses Cache::None"),
+            match &self.engine {
+                Engine::Embedded(e) => e.incr(&key, start).await,
+                Engine::Redis(r) => r.incr(&key, start).await,
+                Engine::Memcached(m) => m.incr(&key, start).await,
+                Engine::None => unreachable!("limited() refuses Engine::None"),
             }
         })
         .await

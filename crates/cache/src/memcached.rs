@@ -33,7 +33,8 @@ fn unavailable(addr: &str, e: Error) -> CacheError {
 /// and `lease:Product:1` with `Product:1`), so one node's failure touches only its
 /// own objects and a waiter reads all three in one round trip.
 fn routing_key(key: &str) -> &str {
-    key.strip_prefix("ver:").or_else(|| key.strip_prefix("lease:")).unwrap_or(key)
+    let logical = key.split_once('|').map_or(key, |(_namespace, logical)| logical);
+    logical.strip_prefix("ver:").or_else(|| logical.strip_prefix("lease:")).unwrap_or(logical)
 }
 
 fn ttl_secs(ttl: Duration) -> Option<i64> {

@@ -198,6 +198,12 @@ impl Database {
         }
     }
 
+    /// This database's instance id (made by the migrations): the namespace of its keys
+    /// in the cache and the session store.
+    pub async fn instance_id(&self) -> Result<String, DbError> {
+        Ok(sqlx::query_scalar("SELECT id FROM bakery_instance").fetch_one(&self.primary).await?)
+    }
+
     /// A cheap query, for health checks: the primary answers, or (with the primary
     /// down) a replica does, since reads still work then.
     pub async fn ping(&self) -> Result<(), DbError> {

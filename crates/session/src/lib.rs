@@ -7,6 +7,7 @@
 //! [`SessionStore::Redis`]. Only a SHA-256 of the session id is stored, so whoever
 //! reads the store cannot take over a session. Knows nothing of HTTP or cookies.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
@@ -98,13 +99,16 @@ const REDIS_PREFIX: &str = "bakery:session:";
 /// The store, one variant per engine.
 #[derive(Clone)]
 pub enum SessionStore {
-    Sqlite { pool: SqlitePool, lifetimes: Lifetimes },
-    Redis { conn: redis::aio::ConnectionManager, lifetimes: Lifetimes },
+    Sqlite { pool: SqlitePool, lifetimes: Lifetimes, namespace: Arc<str> },
+    Redis { conn: redis::aio::ConnectionManager, lifetimes: Lifetimes, namespace: Arc<str> },
 }
 
 impl SessionStore {
     /// Connects (and for SQLite creates the file and table); fails if unreachable.
-    pub async fn connect(url: &SessionUrl, lifetimes: Lifetimes) -> Result<Self, SessionError> {
+    /// `namespace` (the database's instance id) is part of every stored key, so a
+    /// session made against one database is unknown to any other sharing the store.
+    pub async fn connect(url: &SessionUrl, lifetimes: Lifetimes, namespace: &str) -> Result<Self, SessionError> {
+        let namespace = Arc::from(namespace);
         match url {
             SessionUrl::Sqlite(path) => {
                 let options = SqliteConnectOptions::new()
@@ -129,7 +133,7 @@ impl SessionStore {
                 let _ = sqlx::query("ALTER TABLE sessions ADD COLUMN write_lsn INTEGER NOT NULL DEFAULT 0")
                     .execute(&pool)
                     .await;
-                Ok(Self::Sqlite { pool, lifetimes })
+                Ok(Self::Sqlite { pool, lifetimes, namespace })
             }
             SessionUrl::Redis(url) => {
                 let client = redis::Client::open(url.as_str())?;
@@ -139,7 +143,7 @@ impl SessionStore {
                     .set_number_of_retries(2);
                 let mut conn = redis::aio::ConnectionManager::new_with_config(client, config).await?;
                 let _: () = redis::cmd("PING").query_async(&mut conn).await?;
-                Ok(Self::Redis { conn, lifetimes })
+                Ok(Self::Redis { conn, lifetimes, namespace })
             }
         }
     }
@@ -157,12 +161,18 @@ impl SessionStore {
         }
     }
 
+    /// What the store keeps for `id`: its SHA-256, in this deployment's namespace.
+    fn stored_digest(&self, id: &SessionId) -> String {
+        let (Self::Sqlite { namespace, .. } | Self::Redis { namespace, .. }) = self;
+        format!("{namespace}|{}", id.digest())
+    }
+
     /// Starts a session for `user_id` under a fresh id.
     pub async fn create(&self, user_id: i64) -> Result<SessionId, SessionError> {
         let id = SessionId::generate();
         let now = now_millis();
         let session = Session { user_id, created_at: now, last_seen: now, write_lsn: 0 };
-        self.save(&id.digest(), &session).await?;
+        self.save(&self.stored_digest(&id), &session).await?;
         if let Self::Sqlite { pool, .. } = self {
             // Expired rows are swept now and then by whoever logs in.
             if rand::random::<u8>() < 8 {
@@ -179,7 +189,7 @@ impl SessionStore {
 
     /// The live session behind `id`, or `None` when unknown, ended or expired.
     pub async fn load(&self, id: &SessionId) -> Result<Option<Session>, SessionError> {
-        let digest = id.digest();
+        let digest = self.stored_digest(id);
         let found = match self {
             Self::Sqlite { pool, .. } => {
                 sqlx::query_as::<_, (i64, i64, i64, i64)>(
@@ -229,7 +239,7 @@ impl SessionStore {
     /// Records that this session's user wrote up to `lsn` (keeps the maximum, also
     /// when two writes of the same user race).
     pub async fn record_write(&self, id: &SessionId, lsn: u64) -> Result<(), SessionError> {
-        let digest = id.digest();
+        let digest = self.stored_digest(id);
         match self {
             Self::Sqlite { pool, .. } => {
                 sqlx::query("UPDATE sessions SET write_lsn = MAX(write_lsn, $2) WHERE id_digest = $1")
@@ -254,7 +264,7 @@ impl SessionStore {
 
     /// Ends a session on the server: its id is refused from now on.
     pub async fn destroy(&self, id: &SessionId) -> Result<(), SessionError> {
-        let digest = id.digest();
+        let digest = self.stored_digest(id);
         match self {
             Self::Sqlite { pool, .. } => {
                 sqlx::query("DELETE FROM sessions WHERE id_digest = $1").bind(&digest).execute(pool).await?;
@@ -293,7 +303,7 @@ impl SessionStore {
                 .execute(pool)
                 .await?;
             }
-            Self::Redis { conn, lifetimes } => {
+            Self::Redis { conn, lifetimes, .. } => {
                 // Redis forgets the key when the session would expire anyway.
                 let absolute_left = session.created_at + lifetimes.absolute.as_millis() as i64 - now_millis();
                 let ttl = (lifetimes.idle.as_millis() as i64).min(absolute_left).max(1) as u64;

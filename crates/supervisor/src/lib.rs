@@ -136,10 +136,11 @@ pub async fn prepare_database(config: &Config, demo: bool) -> anyhow::Result<()>
 /// at the same moment can trip over each other's locks.
 async fn prepare_local_stores(config: &Config) -> anyhow::Result<()> {
     let lifetimes = bakery_session::Lifetimes { idle: config.session_idle_timeout, absolute: config.session_absolute_timeout };
-    bakery_session::SessionStore::connect(&config.session_url, lifetimes)
+    // Only the files matter here; no key is read or written, so no namespace is needed.
+    bakery_session::SessionStore::connect(&config.session_url, lifetimes, "")
         .await
         .map_err(|e| ConfigError::new("BAKERY_SESSION_URL", format!("cannot use the session store: {e}")))?;
-    bakery_cache::Cache::connect(&config.cache_url, config.cache_timeout, config.cache_embedded_max_entries)
+    bakery_cache::Cache::connect(&config.cache_url, config.cache_timeout, config.cache_embedded_max_entries, "")
         .await
         .map_err(|e| ConfigError::new("BAKERY_CACHE_URL", format!("cannot use the cache: {e}")))?;
     Ok(())

@@ -67,12 +67,15 @@ impl AppState {
     pub async fn connect(config: Config, id: &str) -> anyhow::Result<Self> {
         let db = Database::connect_configured(&config).await?;
         db.check_schema().await.map_err(|e| ConfigError::new("BAKERY_DATABASE_URL", e.to_string()))?;
+        // Keys in the shared stores are namespaced by the database they belong to.
+        let namespace = db.instance_id().await.map_err(|e| ConfigError::new("BAKERY_DATABASE_URL", e.to_string()))?;
         let lifetimes = Lifetimes { idle: config.session_idle_timeout, absolute: config.session_absolute_timeout };
-        let sessions = SessionStore::connect(&config.session_url, lifetimes)
+        let sessions = SessionStore::connect(&config.session_url, lifetimes, &namespace)
             .await
             .map_err(|e| ConfigError::new("BAKERY_SESSION_URL", format!("cannot use the session store: {e}")))?;
-        let cache = bakery_cache::Cache::connect(&config.cache_url, config.cache_timeout, config.cache_embedded_max_entries)
-            .await
+        let cache =
+            bakery_cache::Cache::connect(&config.cache_url, config.cache_timeout, config.cache_embedded_max_entries, &namespace)
+                .await
             .map_err(|e| ConfigError::new("BAKERY_CACHE_URL", format!("cannot use the cache: {e}")))?;
         Ok(Self(Arc::new(Shared {
             cache,

@@ -230,3 +230,25 @@ async fn a_memcached_node_going_away_sends_only_its_keys_to_the_database() {
     assert!(hits > 0 && bypasses > 0, "the live node still serves its keys, the dead one's go to the database: {outcomes:?}");
     one.restore().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_deployments_sharing_redis_never_see_each_others_objects_or_sessions() {
+    let shared = vec![("BAKERY_CACHE_URL".to_string(), redis_url()), ("BAKERY_SESSION_URL".to_string(), redis_url())];
+    let (a, b) = (Up::start(shared.clone(), 1), Up::start(shared, 1));
+    let http = client();
+    for (up, name) in [(&a, "Bread of A"), (&b, "Bread of B")] {
+        let admin = log_in(&http, &up.base, "admin", "admin-password").await;
+        let created: Value =
+            http.post(up.url("/api/products")).header("cookie", &admin).json(&json!({"name": name, "price_cents": 1})).send().await.unwrap().json().await.unwrap();
+        assert_eq!(created["id"], 1, "both databases number their first product 1");
+    }
+    for _ in 0..3 {
+        assert_eq!(get(&http, &a.url("/api/products/1")).await.0["name"], "Bread of A");
+        assert_eq!(get(&http, &b.url("/api/products/1")).await.0["name"], "Bread of B", "B never gets A's Product:1");
+    }
+    let a_admin = log_in(&http, &a.base, "admin", "admin-password").await;
+    let mine = http.get(a.url("/api/me")).header("cookie", &a_admin).send().await.unwrap();
+    assert_eq!(mine.status(), 200);
+    let elsewhere = http.get(b.url("/api/me")).header("cookie", &a_admin).send().await.unwrap();
+    assert_eq!(elsewhere.status(), 401, "a session of A's database means nothing to B");
+}

@@ -15,11 +15,11 @@ async fn engines() -> Vec<Cache> {
     let memcached = vec!["127.0.0.1:11211".to_string(), "127.0.0.1:11212".to_string()];
     let timeout = Duration::from_millis(500);
     vec![
-        Cache::connect(&CacheUrl::Embedded(file), timeout, 1000).await.expect("embedded cache"),
-        Cache::connect(&CacheUrl::Redis(redis.clone()), timeout, 1000)
+        Cache::connect(&CacheUrl::Embedded(file), timeout, 1000, "test").await.expect("embedded cache"),
+        Cache::connect(&CacheUrl::Redis(redis.clone()), timeout, 1000, "test")
             .await
             .unwrap_or_else(|e| panic!("Redis is needed at {redis}: {e}")),
-        Cache::connect(&CacheUrl::Memcached(memcached), timeout, 1000)
+        Cache::connect(&CacheUrl::Memcached(memcached), timeout, 1000, "test")
             .await
             .unwrap_or_else(|e| panic!("Memcached is needed on 127.0.0.1:11211 and :11212 (scripts/services.sh): {e}")),
     ]
@@ -131,16 +131,16 @@ async fn query_results_are_invalidated_by_a_write_to_their_tables() {
 async fn an_unreachable_cache_is_bypassed_not_failed() {
     let timeout = Duration::from_millis(200);
     // A node that accepts nothing: connecting fails, so start with a live one and point past it.
-    let cache = Cache::connect(&CacheUrl::None, timeout, 1000).await.unwrap();
+    let cache = Cache::connect(&CacheUrl::None, timeout, 1000, "test").await.unwrap();
     assert_eq!(read(&cache, "Product:1", "db").await, (Some("db".into()), CacheResult::Bypass));
-    let unreachable = Cache::connect(&CacheUrl::Redis("redis://127.0.0.1:1".into()), timeout, 1000).await;
+    let unreachable = Cache::connect(&CacheUrl::Redis("redis://127.0.0.1:1".into()), timeout, 1000, "test").await;
     assert!(unreachable.is_err(), "an unreachable cache is refused at start-up");
 }
 
 #[tokio::test]
 async fn the_embedded_file_is_swept_of_expired_entries_and_kept_to_its_bound() {
     let file = std::env::temp_dir().join(format!("bakery-cache-sweep-{}-{:x}.db", std::process::id(), rand::random::<u64>()));
-    let cache = Cache::connect(&CacheUrl::Embedded(file.clone()), Duration::from_secs(1), 100).await.expect("embedded cache");
+    let cache = Cache::connect(&CacheUrl::Embedded(file.clone()), Duration::from_secs(1), 100, "test").await.expect("embedded cache");
     for i in 0..30 {
         cache.set(&format!("short:{i}"), b"x", Duration::from_millis(1)).await.unwrap();
     }
@@ -162,5 +162,26 @@ async fn the_embedded_file_is_swept_of_expired_entries_and_kept_to_its_bound() {
     assert!(!kept("q:0").await && !kept("q:51").await, "the soonest to expire went");
     assert!(kept("q:52").await && kept("q:149").await && kept("long").await);
     assert_eq!(cache.get_many(&["ver:Product:1".to_string()]).await.unwrap()[0].as_deref(), Some(version.to_string().as_bytes()));
+    let _ = std::fs::remove_file(&file);
+}
+
+#[tokio::test]
+async fn namespaces_keep_deployments_apart_on_one_server() {
+    let redis = std::env::var("BAKERY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let file = std::env::temp_dir().join(format!("bakery-cache-ns-{}-{:x}.db", std::process::id(), rand::random::<u64>()));
+    let urls = [
+        CacheUrl::Embedded(file.clone()),
+        CacheUrl::Redis(redis),
+        CacheUrl::Memcached(vec!["127.0.0.1:11211".to_string(), "127.0.0.1:11212".to_string()]),
+    ];
+    let timeout = Duration::from_millis(500);
+    for url in urls {
+        let a = Cache::connect(&url, timeout, 1000, &unique("a")).await.expect("cache");
+        let b = Cache::connect(&url, timeout, 1000, &unique("b")).await.expect("cache");
+        let key = unique("Product");
+        assert_eq!(read(&a, &key, "from a").await, (Some("from a".into()), CacheResult::Miss));
+        assert_eq!(read(&a, &key, "unused").await, (Some("from a".into()), CacheResult::Hit), "{}", a.engine());
+        assert_eq!(read(&b, &key, "from b").await, (Some("from b".into()), CacheResult::Miss), "{}: b never sees a's object", b.engine());
+    }
     let _ = std::fs::remove_file(&file);
 }

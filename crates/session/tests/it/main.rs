@@ -17,8 +17,8 @@ fn sqlite_path() -> std::path::PathBuf {
 }
 
 async fn stores(lifetimes: Lifetimes) -> Vec<SessionStore> {
-    let sqlite = SessionStore::connect(&SessionUrl::Sqlite(sqlite_path()), lifetimes).await.expect("SQLite store");
-    let redis = SessionStore::connect(&SessionUrl::Redis(redis_url()), lifetimes)
+    let sqlite = SessionStore::connect(&SessionUrl::Sqlite(sqlite_path()), lifetimes, "test").await.expect("SQLite store");
+    let redis = SessionStore::connect(&SessionUrl::Redis(redis_url()), lifetimes, "test")
         .await
         .unwrap_or_else(|e| panic!("Redis is needed at {} (set BAKERY_TEST_REDIS_URL): {e}", redis_url()));
     vec![sqlite, redis]
@@ -67,7 +67,7 @@ async fn unknown_and_malformed_ids_are_no_session() {
 #[tokio::test]
 async fn only_a_digest_of_the_id_is_stored() {
     let path = sqlite_path();
-    let store = SessionStore::connect(&SessionUrl::Sqlite(path.clone()), Lifetimes { idle: LONG, absolute: LONG })
+    let store = SessionStore::connect(&SessionUrl::Sqlite(path.clone()), Lifetimes { idle: LONG, absolute: LONG }, "test")
         .await
         .unwrap();
     let id = store.create(9).await.unwrap();
@@ -76,4 +76,18 @@ async fn only_a_digest_of_the_id_is_stored() {
     let needle = id.as_str().as_bytes();
     let found = |hay: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
     assert!(!found(&bytes) && !found(&wal), "the raw session id never reaches the store");
+}
+
+#[tokio::test]
+async fn a_session_belongs_to_its_namespace() {
+    let lifetimes = Lifetimes { idle: LONG, absolute: LONG };
+    let path = sqlite_path();
+    for url in [SessionUrl::Sqlite(path.clone()), SessionUrl::Redis(redis_url())] {
+        let ours = SessionStore::connect(&url, lifetimes, "instance-a").await.expect("store");
+        let theirs = SessionStore::connect(&url, lifetimes, "instance-b").await.expect("store");
+        let id = ours.create(7).await.unwrap();
+        assert!(theirs.load(&id).await.unwrap().is_none(), "{}: another database's session is unknown here", ours.engine());
+        assert_eq!(ours.load(&id).await.unwrap().map(|s| s.user_id), Some(7));
+    }
+    let _ = std::fs::remove_file(&path);
 }
