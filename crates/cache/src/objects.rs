@@ -13,6 +13,8 @@
 //! No stampede: concurrent misses in one process share one build, and across
 //! processes a short lease (`lease:{key}`, taken with `add`) lets one process build
 //! while the others wait briefly for its value before building themselves.
+//! And a hot object does not expire under its readers: a hit in the last fifth of the
+//! object's life rebuilds it in the background (refresh ahead, under the same lease).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,41 +28,54 @@ use serde::de::DeserializeOwned;
 use crate::trace::{CacheResult, record, record_fill};
 use crate::{Cache, counter};
 
-/// A stored object: a format byte, its version (8 bytes, big-endian), then its JSON.
-/// A fixed-size header lets a hit check the version and hand out the JSON as it is,
-/// without parsing it (the hot path of every cached read).
+/// A stored object: a format byte, its version and the moment it expires (8 bytes
+/// each, big-endian, the moment in unix milliseconds), then its JSON. A fixed-size
+/// header lets a hit check the version and hand out the JSON as it is, without
+/// parsing it (the hot path of every cached read).
 mod envelope {
     use bytes::Bytes;
 
-    const FORMAT: u8 = 0xB1;
-    const HEADER: usize = 9;
+    const FORMAT: u8 = 0xB2;
+    const HEADER: usize = 17;
 
-    pub fn encode(version: u64, json: &[u8]) -> Bytes {
+    /// What the header says.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub struct Header {
+        pub version: u64,
+        pub expires_at_ms: u64,
+    }
+
+    pub fn encode(header: Header, json: &[u8]) -> Bytes {
         let mut bytes = Vec::with_capacity(HEADER + json.len());
         bytes.push(FORMAT);
-        bytes.extend_from_slice(&version.to_be_bytes());
+        bytes.extend_from_slice(&header.version.to_be_bytes());
+        bytes.extend_from_slice(&header.expires_at_ms.to_be_bytes());
         bytes.extend_from_slice(json);
         Bytes::from(bytes)
     }
 
-    /// The version and the JSON; `None` for anything not written by [`encode`].
-    pub fn decode(bytes: &Bytes) -> Option<(u64, Bytes)> {
+    /// The header and the JSON; `None` for anything not written by [`encode`].
+    pub fn decode(bytes: &Bytes) -> Option<(Header, Bytes)> {
         if bytes.len() < HEADER || bytes[0] != FORMAT {
             return None;
         }
-        let version = u64::from_be_bytes(bytes[1..HEADER].try_into().ok()?);
-        Some((version, bytes.slice(HEADER..)))
+        let version = u64::from_be_bytes(bytes[1..9].try_into().ok()?);
+        let expires_at_ms = u64::from_be_bytes(bytes[9..HEADER].try_into().ok()?);
+        Some((Header { version, expires_at_ms }, bytes.slice(HEADER..)))
     }
 
     #[cfg(test)]
     mod tests {
+        use super::Header;
+
         #[test]
         fn round_trips_and_refuses_foreign_values() {
-            let stored = super::encode(1_700_000_000_123, br#"{"id":1}"#);
-            let (version, json) = super::decode(&stored).unwrap();
-            assert_eq!((version, &json[..]), (1_700_000_000_123, &br#"{"id":1}"#[..]));
+            let header = Header { version: 1_700_000_000_123, expires_at_ms: 1_700_000_300_000 };
+            let stored = super::encode(header, br#"{"id":1}"#);
+            let (read, json) = super::decode(&stored).unwrap();
+            assert_eq!((read, &json[..]), (header, &br#"{"id":1}"#[..]));
             assert!(super::decode(&bytes::Bytes::from_static(br#"{"v":1,"d":{}}"#)).is_none());
-            assert!(super::decode(&bytes::Bytes::from_static(b"\xB1short")).is_none());
+            assert!(super::decode(&bytes::Bytes::from_static(b"\xB2short")).is_none());
         }
     }
 }
@@ -70,13 +85,22 @@ fn current_value(values: &mut [Option<Bytes>]) -> Option<Bytes> {
     let version = counter(values[0].as_deref())?;
     let bytes = values[1].take()?;
     let (stored, _) = envelope::decode(&bytes)?;
-    (stored == version).then_some(bytes)
+    (stored.version == version).then_some(bytes)
 }
 
-/// The JSON of `value` stored under `version`.
-fn seal<T: Serialize>(version: u64, value: &T) -> Result<Bytes, String> {
-    serde_json::to_vec(value).map(|json| envelope::encode(version, &json)).map_err(|e| e.to_string())
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+/// The JSON of `value` stored under `version`, living `ttl` from now.
+fn seal<T: Serialize>(version: u64, ttl: Duration, value: &T) -> Result<Bytes, String> {
+    let header = envelope::Header { version, expires_at_ms: now_ms() + ttl.as_millis() as u64 };
+    serde_json::to_vec(value).map(|json| envelope::encode(header, &json)).map_err(|e| e.to_string())
+}
+
+/// A hit in the last part of its life (this share of the TTL) refreshes the object in
+/// the background, so a hot key is rebuilt before it expires instead of missing.
+const REFRESH_AHEAD_DIVISOR: u32 = 5;
 
 /// How long a builder may hold the lease before others stop waiting for it.
 const LEASE: Duration = Duration::from_secs(2);
@@ -90,9 +114,13 @@ const LEASE_WAIT: Duration = LEASE;
 type BuildError = Arc<dyn std::any::Any + Send + Sync>;
 type Build = Shared<BoxFuture<'static, Result<Option<Bytes>, BuildError>>>;
 
-/// Builds in flight in this process, by key: one build serves every concurrent miss.
+/// Work in flight in this process, by key: one build serves every concurrent miss,
+/// and at most one background refresh runs per key.
 #[derive(Clone, Default)]
-pub struct InFlight(Arc<Mutex<HashMap<String, Build>>>);
+pub struct InFlight {
+    builds: Arc<Mutex<HashMap<String, Build>>>,
+    refreshing: Arc<Mutex<std::collections::HashSet<String>>>,
+}
 
 impl Cache {
     /// The object at `key`: from the cache when its version is current, otherwise
@@ -137,8 +165,11 @@ impl Cache {
             Ok(values) => {
                 let version = counter(values[0].as_deref());
                 if let (Some(current), Some((stored, json))) = (version, values[1].as_ref().and_then(envelope::decode)) {
-                    if stored == current {
+                    if stored.version == current {
                         record("object", CacheResult::Hit);
+                        if stored.expires_at_ms.saturating_sub(now_ms()) < (ttl / REFRESH_AHEAD_DIVISOR).as_millis() as u64 {
+                            self.refresh_ahead(inflight, key, current, ttl, build);
+                        }
                         return Ok((Some(json), CacheResult::Hit));
                     }
                 }
@@ -155,7 +186,7 @@ impl Cache {
         // One build per key in this process; concurrent misses (and bypasses: a slow
         // cache must not turn a hot key into a stampede on the database) await it.
         let shared = {
-            let mut builds = inflight.0.lock().unwrap_or_else(|p| p.into_inner());
+            let mut builds = inflight.builds.lock().unwrap_or_else(|p| p.into_inner());
             builds
                 .entry(key.to_string())
                 .or_insert_with(|| {
@@ -166,7 +197,7 @@ impl Cache {
                             None => {
                                 record_fill("object");
                                 match build.await {
-                                    Ok(value) => value.map(|value| seal(0, &value).map_err(E::from)).transpose(),
+                                    Ok(value) => value.map(|value| seal(0, ttl, &value).map_err(E::from)).transpose(),
                                     Err(e) => Err(e),
                                 }
                             }
@@ -179,7 +210,7 @@ impl Cache {
                 .clone()
         };
         let built = shared.await;
-        inflight.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        inflight.builds.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
         match built {
             Ok(Some(bytes)) => {
                 let (_, json) = envelope::decode(&bytes).ok_or_else(|| E::from("a build sealed no envelope".to_string()))?;
@@ -188,6 +219,36 @@ impl Cache {
             Ok(None) => Ok((None, outcome)),
             Err(error) => Err(error.downcast_ref::<E>().cloned().unwrap_or_else(|| E::from("the build failed".to_string()))),
         }
+    }
+
+    /// Rebuilds a hot object near the end of its life, in the background, under the
+    /// version that is current now (a write meanwhile makes the result count for
+    /// nothing, as with any fill). One refresh per key in this process, and across
+    /// processes only the one that takes the lease builds; the others keep serving
+    /// the current value.
+    fn refresh_ahead<T, E, F>(&self, inflight: &InFlight, key: &str, version: u64, ttl: Duration, build: F)
+    where
+        T: Serialize + Send + 'static,
+        E: Send + 'static,
+        F: Future<Output = Result<Option<T>, E>> + Send + 'static,
+    {
+        if !inflight.refreshing.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_string()) {
+            return;
+        }
+        let (cache, key, refreshing) = (self.clone(), key.to_string(), inflight.refreshing.clone());
+        tokio::spawn(async move {
+            let lease_key = format!("lease:{key}");
+            if cache.add(&lease_key, b"1", LEASE).await.unwrap_or(false) {
+                record_fill("object");
+                if let Ok(Some(value)) = build.await {
+                    if let Ok(bytes) = seal(version, ttl, &value) {
+                        let _ = cache.set(&key, &bytes, ttl).await;
+                    }
+                }
+                let _ = cache.delete(&lease_key).await;
+            }
+            refreshing.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+        });
     }
 
     /// Takes the lease (or waits briefly for whoever holds it), builds, stores under
@@ -242,7 +303,7 @@ impl Cache {
             }
             return Ok(None);
         };
-        let bytes = seal(version.unwrap_or(0), &value).map_err(E::from)?;
+        let bytes = seal(version.unwrap_or(0), ttl, &value).map_err(E::from)?;
         if version.is_some() {
             let _ = self.set(key, &bytes, ttl).await;
         }
@@ -297,7 +358,7 @@ impl Cache {
         }
         match self.incr(&format!("ver:{key}")).await {
             Ok(version) => {
-                if let Ok(bytes) = seal(version, value) {
+                if let Ok(bytes) = seal(version, ttl, value) {
                     let _ = self.set(key, &bytes, ttl).await;
                 }
             }

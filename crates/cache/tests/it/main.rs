@@ -185,3 +185,32 @@ async fn namespaces_keep_deployments_apart_on_one_server() {
     }
     let _ = std::fs::remove_file(&file);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_object_is_refreshed_before_it_expires() {
+    // Memcached counts expiry in whole seconds, too coarse for a two-second life.
+    for cache in engines().await.into_iter().filter(|c| c.engine() != "memcached") {
+        let key = unique("Product");
+        let ttl = Duration::from_secs(2);
+        let inflight = InFlight::default();
+        let builds = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut misses = 0;
+        let started = std::time::Instant::now();
+        // Reads every 25 ms for 4.5 s: without refreshing ahead the object would miss
+        // at 0, ~2 and ~4 s.
+        while started.elapsed() < Duration::from_millis(4500) {
+            let builds = builds.clone();
+            let build = async move {
+                builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok::<_, String>(Some("fresh".to_string()))
+            };
+            let (value, outcome) = cache.object::<String, String, _>(&inflight, &key, ttl, build).await.unwrap();
+            assert_eq!(value.as_deref(), Some("fresh"));
+            misses += usize::from(outcome == CacheResult::Miss);
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        let builds = builds.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(misses < 3, "{}: {misses} misses; a hot object should not expire under its readers", cache.engine());
+        assert!(builds >= 2, "{}: refreshed in the background ({builds} builds)", cache.engine());
+    }
+}
