@@ -40,7 +40,7 @@ pub fn router() -> Router<AppState> {
         .route("/", get(home))
         .route("/signup", get(signup_page).post(signup_form))
         .route("/login", get(login_page).post(login_form))
-        .route("/account", get(account))
+        .route("/account", get(account).post(account_form))
         .route("/logout", post(logout_form))
         .route("/products", get(products_page))
         .route("/products/{id}", get(product_page))
@@ -116,6 +116,28 @@ async fn account(State(state): State<AppState>, current: Result<CurrentUser, Api
         Ok(current) => render(&state, StatusCode::OK, "account.html", context! { user => minijinja::Value::from(Serde(&current.user)) }),
         Err(e) if e.status == StatusCode::UNAUTHORIZED => Redirect::to("/login").into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+/// The account page's form: a new username and/or email (empty fields stay as they are).
+async fn account_form(
+    State(state): State<AppState>,
+    current: Result<CurrentUser, ApiError>,
+    form: Result<Form<accounts::Change>, FormRejection>,
+) -> Response {
+    let Ok(current) = current else { return Redirect::to("/login").into_response() };
+    let Form(mut change) = form.unwrap_or_default();
+    for field in [&mut change.username, &mut change.email, &mut change.password] {
+        if field.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            *field = None;
+        }
+    }
+    match accounts::change_account(&state, &current, &change).await {
+        Ok(_) => Redirect::to("/account").into_response(),
+        Err(e) => {
+            let ctx = context! { user => minijinja::Value::from(Serde(&current.user)), error => e.message };
+            render(&state, e.status, "account.html", ctx)
+        }
     }
 }
 

@@ -109,6 +109,15 @@ async fn pages_render_through_the_load_balancer(up: &Up) {
     let cookie = crate::harness::session_cookie(&ok).expect("signed up and logged in");
     let account = http.get(up.url("/account")).header("cookie", &cookie).send().await.unwrap();
     assert!(account.text().await.unwrap().contains("t@example.com"));
+    // The account form: a bad name is refused on the page, a good one saved (the
+    // email left empty stays as it was).
+    let bad = http.post(up.url("/account")).header("cookie", &cookie).form(&[("username", "no spaces"), ("email", "")]).send().await.unwrap();
+    assert_eq!(bad.status(), 400);
+    assert!(bad.text().await.unwrap().contains("a username is 3 to 32 characters"));
+    let saved = http.post(up.url("/account")).header("cookie", &cookie).form(&[("username", "tartine"), ("email", "")]).send().await.unwrap();
+    assert_eq!(saved.status(), 303);
+    let page = http.get(up.url("/account")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("tartine") && page.contains("t@example.com"), "renamed, email kept");
     let out = http.post(up.url("/logout")).header("cookie", &cookie).send().await.unwrap();
     assert_eq!(out.status(), 303);
     let account = http.get(up.url("/account")).header("cookie", &cookie).send().await.unwrap();

@@ -35,11 +35,15 @@ pub struct Credentials {
     pub password: String,
 }
 
-#[derive(Deserialize)]
-struct Change {
-    username: Option<String>,
-    email: Option<String>,
-    password: Option<String>,
+/// A change to my account; fields left out (or empty, from a form) stay as they are.
+#[derive(Deserialize, Default)]
+pub struct Change {
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
 }
 
 async fn sign_up(State(state): State<AppState>, Json(body): Json<SignUp>) -> ApiResult<Response> {
@@ -137,6 +141,13 @@ async fn change_me(
     current: CurrentUser,
     Json(body): Json<Change>,
 ) -> ApiResult<axum::Json<serde_json::Value>> {
+    let user = change_account(&state, &current, &body).await?;
+    Ok(axum::Json(json!({ "user": user })))
+}
+
+/// Validates and applies a change to the current user's account, remembers the write
+/// for their next reads, and keeps the cache true; shared by the API and the account page.
+pub async fn change_account(state: &AppState, current: &CurrentUser, body: &Change) -> ApiResult<User> {
     let username = body.username.as_deref().map(Username::parse).transpose()?;
     let email = body.email.as_deref().map(Email::parse).transpose()?;
     let password_hash = match body.password.as_deref().map(Password::parse).transpose()? {
@@ -149,10 +160,10 @@ async fn change_me(
         password_hash: password_hash.as_deref(),
     };
     let (user, lsn) = state.db.update_user(current.user.id, change).await.map_err(username_conflict)?;
-    current.wrote(&state, lsn).await?;
+    current.wrote(state, lsn).await?;
     let user = user.ok_or_else(ApiError::unauthorized)?;
     state.user_changed(&user, username.is_some()).await?;
-    Ok(axum::Json(json!({ "user": user })))
+    Ok(user)
 }
 
 async fn hash(password: Password) -> ApiResult<String> {
