@@ -24,7 +24,7 @@ import tempfile
 import time
 import urllib.request
 
-from benchlib import pyplot, run, CGROUP, limit_cpu, log, release_cpu, start_up, stop_all, wrk
+from benchlib import prepare, pyplot, run, CGROUP, limit_cpu, log, release_cpu, start_up, stop_all, wrk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SETUPS = {
@@ -114,18 +114,18 @@ def main():
     if any(budgets) and (not os.path.isdir(CGROUP) or os.geteuid() != 0):
         print("bench: a --db-cpu budget needs root and cgroup v1 at /sys/fs/cgroup/cpu", file=sys.stderr)
         sys.exit(2)
-    subprocess.run([os.path.join(ROOT, "scripts/services.sh")], check=True, stdout=subprocess.DEVNULL)
-    if not args.no_build:
-        log("building bakery (release)")
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "bakery"], cwd=ROOT, check=True)
+    prepare(build=not args.no_build)
 
     name = f"bakery_bench_cache_{int(time.time())}"
     subprocess.run(["psql", "-h", "127.0.0.1", "-U", "postgres", "-qc", f"CREATE DATABASE {name}"], check=True)
     group = None
     work = tempfile.mkdtemp(prefix="bakery-bench-cache-")
     try:
+        # Four topologies of three clones on one PostgreSQL: 6 connections a clone keeps
+        # them within its default max_connections (100) with room to spare.
         base_env = {**os.environ, "BAKERY_LOG": "error", "BAKERY_ADMIN_PASSWORD": "bench-password",
-                    "BAKERY_DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{name}"}
+                    "BAKERY_DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{name}",
+                    "BAKERY_DATABASE_POOL_SIZE": "6"}
         bases = {}
         for setup, url in SETUPS.items():
             addr = start_up(args.bin, {**base_env, "BAKERY_CACHE_URL": url,

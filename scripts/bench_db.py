@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import pyplot, run, CGROUP, limit_cpu, log, release_cpu, start_up, stop_all, wrk
+from benchlib import prepare, pyplot, run, CGROUP, limit_cpu, log, release_cpu, start_up, stop_all, wrk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -121,10 +121,7 @@ def main():
     if args.rounds < 1 or args.duration < 1 or args.connections < 1 or args.writes < 1:
         print("bench: every count must be positive", file=sys.stderr)
         sys.exit(2)
-    subprocess.run([os.path.join(ROOT, "scripts/services.sh")], check=True, stdout=subprocess.DEVNULL)
-    if not args.no_build:
-        log("building bakery (release)")
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "bakery"], cwd=ROOT, check=True)
+    prepare(build=not args.no_build)
 
     name = f"bakery_bench_{int(time.time())}"
     psql(5432, f"CREATE DATABASE {name}")

@@ -24,7 +24,7 @@ import tempfile
 import time
 import urllib.request
 
-from benchlib import need, pyplot, run, log, spawn, stop_all, wrk
+from benchlib import need, prepare, pyplot, run, log, spawn, stop_all, wrk
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -128,9 +128,7 @@ def main():
 
     need("wrk", "wrk")
     need("nginx", "nginx-light")
-    if not args.no_build:
-        log("building bakery (release)")
-        subprocess.run(["cargo", "build", "--release", "-q", "-p", "bakery"], cwd=ROOT, check=True)
+    prepare(build=not args.no_build, services=False)
 
     work = tempfile.mkdtemp(prefix="bakery-bench-")
     env = {**os.environ, "BAKERY_DATA_DIR": work, "BAKERY_LOG": "error", "BAKERY_ADMIN_PASSWORD": "bench-password"}

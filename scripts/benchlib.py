@@ -81,6 +81,18 @@ def to_ms(value):
     return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def prepare(build=True, services=True):
+    """Brings up the services of scripts/services.sh and builds the release binary."""
+    if services:
+        subprocess.run([os.path.join(ROOT, "scripts/services.sh")], check=True, stdout=subprocess.DEVNULL)
+    if build:
+        log("building bakery (release)")
+        subprocess.run(["cargo", "build", "--release", "-q", "-p", "bakery"], cwd=ROOT, check=True)
+
+
 def need(tool, package):
     """Installs `package` from Debian when `tool` is not on the PATH."""
     if shutil.which(tool):

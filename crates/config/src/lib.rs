@@ -44,6 +44,8 @@ pub struct Config {
     pub replica_urls: Vec<DatabaseUrl>,
     /// A replica further behind the primary than this (in WAL bytes) serves no reads.
     pub replica_max_lag_bytes: u64,
+    /// Connections each process keeps at most to the primary and to each replica.
+    pub database_pool_size: u32,
     pub session_url: SessionUrl,
     pub cache_url: CacheUrl,
     /// How long a cached `Product:{id}` object lives.
@@ -111,6 +113,7 @@ const KEYS: &[&str] = &[
     "BAKERY_CACHE_OBJECT_TTL_SECS",
     "BAKERY_CACHE_QUERY_TTL_SECS",
     "BAKERY_CACHE_TIMEOUT_MS",
+    "BAKERY_DATABASE_POOL_SIZE",
     "BAKERY_CACHE_EMBEDDED_MAX_ENTRIES",
     "BAKERY_BROKER_URL",
     "BAKERY_SMTP_URL",
@@ -266,6 +269,7 @@ impl Config {
             database_url,
             replica_urls,
             replica_max_lag_bytes: number(get("BAKERY_REPLICA_MAX_LAG_BYTES"), "BAKERY_REPLICA_MAX_LAG_BYTES", 16 << 20)?,
+            database_pool_size: at_least(get("BAKERY_DATABASE_POOL_SIZE"), "BAKERY_DATABASE_POOL_SIZE", 16, 1)?.min(1024) as u32,
             session_url,
             cache_url,
             cache_object_ttl: secs("BAKERY_CACHE_OBJECT_TTL_SECS", 300)?,

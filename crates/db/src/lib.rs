@@ -106,6 +106,11 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Connections per pool unless configured (`database_pool_size`).
+pub const DEFAULT_POOL_SIZE: u32 = 16;
+/// SQLite pools stay small: one writer at a time, and readers are cheap.
+pub const SQLITE_POOL_SIZE: u32 = 8;
+
 async fn open_pool(url: &str, postgres: bool, max_connections: u32) -> Result<AnyPool, sqlx::Error> {
     AnyPoolOptions::new()
         .max_connections(max_connections)
@@ -128,18 +133,21 @@ async fn open_pool(url: &str, postgres: bool, max_connections: u32) -> Result<An
 impl Database {
     /// Opens the primary alone (no replicas) and checks it answers.
     pub async fn connect(url: &DatabaseUrl) -> Result<Self, DbError> {
-        Self::connect_with_replicas(url, &[], 0).await
+        Self::connect_with_replicas(url, &[], 0, DEFAULT_POOL_SIZE).await
     }
 
     /// Opens the primary and the replicas, and starts watching the replicas' progress.
+    /// `pool_size` connections at most to the primary and to each replica (SQLite: at
+    /// most [`SQLITE_POOL_SIZE`], it has one writer anyway).
     pub async fn connect_with_replicas(
         url: &DatabaseUrl,
         replica_urls: &[DatabaseUrl],
         max_lag_bytes: u64,
+        pool_size: u32,
     ) -> Result<Self, DbError> {
         install_default_drivers();
         let postgres = url.is_postgres();
-        let primary = open_pool(url.as_str(), postgres, if postgres { 16 } else { 8 }).await?;
+        let primary = open_pool(url.as_str(), postgres, if postgres { pool_size } else { pool_size.min(SQLITE_POOL_SIZE) }).await?;
         if !postgres {
             // WAL lets readers in other processes go on while one process writes;
             // the mode is stored in the file, so once is enough.
@@ -147,7 +155,7 @@ impl Database {
         }
         let mut members = Vec::new();
         for replica in replica_urls {
-            members.push((replica.redacted(), open_pool(replica.as_str(), true, 16).await?));
+            members.push((replica.redacted(), open_pool(replica.as_str(), true, pool_size).await?));
         }
         let replicas = Arc::new(Replicas::new(members, max_lag_bytes));
         let poller = (!replicas.is_empty()).then(|| replicas.clone().spawn_poller(primary.clone()));
@@ -161,14 +169,15 @@ impl Database {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             ConfigError::new("BAKERY_DATA_DIR", format!("cannot create {}: {e}", config.data_dir.display()))
         })?;
-        let db = Self::connect(&config.database_url).await.map_err(|e| {
+        let pool_size = config.database_pool_size;
+        let db = Self::connect_with_replicas(&config.database_url, &[], 0, pool_size).await.map_err(|e| {
             ConfigError::new("BAKERY_DATABASE_URL", format!("cannot use {}: {e}", config.database_url.redacted()))
         })?;
         if config.replica_urls.is_empty() {
             return Ok(db);
         }
         db.close().await;
-        Self::connect_with_replicas(&config.database_url, &config.replica_urls, config.replica_max_lag_bytes)
+        Self::connect_with_replicas(&config.database_url, &config.replica_urls, config.replica_max_lag_bytes, pool_size)
             .await
             .map_err(|e| ConfigError::new("BAKERY_REPLICA_URLS", format!("cannot use a replica: {e}")))
     }

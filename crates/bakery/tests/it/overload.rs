@@ -58,3 +58,28 @@ async fn a_database_refusing_connections_answers_503_never_500() {
     admin_sql(format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)")).await;
     admin_sql(format!("DROP ROLE IF EXISTS {role}")).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_clone_keeps_to_its_database_pool_size() {
+    let url = fresh_postgres_database().await;
+    let database = url.rsplit_once('/').unwrap().1.to_string();
+    let env = vec![
+        ("BAKERY_DATABASE_URL".to_string(), url.clone()),
+        ("BAKERY_CACHE_URL".to_string(), "none".to_string()),
+        ("BAKERY_DATABASE_POOL_SIZE".to_string(), "2".to_string()),
+    ];
+    let mut up = Up::start_with(env, 1, &[]);
+    let http = client();
+    // 40 concurrent reads of a product assembled from five concurrent queries each.
+    let reads = (0..40).map(|_| http.get(up.url("/api/products/1")).send());
+    let statuses: Vec<u16> = futures::future::join_all(reads).await.into_iter().map(|r| r.unwrap().status().as_u16()).collect();
+    assert!(statuses.iter().all(|&s| s == 200), "two connections serve them all, in turn: {statuses:?}");
+    let mut conn = sqlx::PgConnection::connect(&postgres_admin_url()).await.expect("PostgreSQL admin connection");
+    let (open,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1")
+        .bind(&database)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert!(open <= 2, "{open} connections for a pool of 2");
+    up.terminate(Duration::from_secs(20));
+}
