@@ -138,7 +138,10 @@ impl Cache {
         E: std::fmt::Display + From<String> + Clone + Send + Sync + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
-        let (json, outcome) = self.object_json(inflight, key, ttl, build).await?;
+        // A value that no longer decodes (stored by a release with another shape of
+        // `T`) is not a hit: it is rebuilt, and replaced for everyone.
+        let decodes = |json: &[u8]| serde_json::from_slice::<T>(json).is_ok();
+        let (json, outcome) = self.lookup(inflight, key, ttl, build, decodes).await?;
         let value = json.map(|bytes| serde_json::from_slice(&bytes)).transpose().map_err(|e| E::from(e.to_string()))?;
         Ok((value, outcome))
     }
@@ -157,6 +160,24 @@ impl Cache {
         E: std::fmt::Display + From<String> + Clone + Send + Sync + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
+        self.lookup(inflight, key, ttl, build, |_| true).await
+    }
+
+    /// A hit if the current value passes `accept`, else one build for every concurrent
+    /// miss in this process (and one across processes, by lease).
+    async fn lookup<T, E, F>(
+        &self,
+        inflight: &InFlight,
+        key: &str,
+        ttl: Duration,
+        build: F,
+        accept: impl Fn(&[u8]) -> bool,
+    ) -> Result<(Option<Bytes>, CacheResult), E>
+    where
+        T: Serialize + Send + 'static,
+        E: std::fmt::Display + From<String> + Clone + Send + Sync + 'static,
+        F: Future<Output = Result<Option<T>, E>> + Send + 'static,
+    {
         let version_key = format!("ver:{key}");
         let cached = self.get_many(&[version_key.clone(), key.to_string()]).await;
         // `Some(version)`: the cache answered but had no current value (a miss);
@@ -164,16 +185,21 @@ impl Cache {
         let seen = match &cached {
             Ok(values) => {
                 let version = counter(values[0].as_deref());
-                if let (Some(current), Some((stored, json))) = (version, values[1].as_ref().and_then(envelope::decode)) {
-                    if stored.version == current {
-                        record("object", CacheResult::Hit);
-                        if stored.expires_at_ms.saturating_sub(now_ms()) < (ttl / REFRESH_AHEAD_DIVISOR).as_millis() as u64 {
-                            self.refresh_ahead(inflight, key, current, ttl, build);
+                match (version, values[1].as_ref().and_then(envelope::decode)) {
+                    (Some(current), Some((stored, json))) if stored.version == current => {
+                        if accept(&json) {
+                            record("object", CacheResult::Hit);
+                            if stored.expires_at_ms.saturating_sub(now_ms()) < (ttl / REFRESH_AHEAD_DIVISOR).as_millis() as u64 {
+                                self.refresh_ahead(inflight, key, current, ttl, build);
+                            }
+                            return Ok((Some(json), CacheResult::Hit));
                         }
-                        return Ok((Some(json), CacheResult::Hit));
+                        tracing::warn!(key, "a cached value no longer decodes (stored by another release?); rebuilding it");
+                        // A new version, so that no process accepts the old value again.
+                        self.incr(&version_key).await.ok().map(Some)
                     }
+                    _ => Some(version),
                 }
-                Some(version)
             }
             Err(error) => {
                 tracing::debug!(%error, key, "cache bypassed");

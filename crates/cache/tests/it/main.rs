@@ -214,3 +214,17 @@ async fn a_hot_object_is_refreshed_before_it_expires() {
         assert!(builds >= 2, "{}: refreshed in the background ({builds} builds)", cache.engine());
     }
 }
+
+#[tokio::test]
+async fn a_value_of_another_shape_is_rebuilt_not_an_error() {
+    for cache in engines().await {
+        let key = unique("Product");
+        // An older release stored the object as a string; this one reads a number.
+        assert_eq!(read(&cache, &key, "old shape").await.0.as_deref(), Some("old shape"));
+        let inflight = InFlight::default();
+        let now = cache.object::<u64, String, _>(&inflight, &key, TTL, async { Ok(Some(42)) }).await;
+        assert_eq!(now, Ok((Some(42), CacheResult::Miss)), "{}: rebuilt from the database", cache.engine());
+        let again = cache.object::<u64, String, _>(&inflight, &key, TTL, async { Ok(Some(0)) }).await;
+        assert_eq!(again, Ok((Some(42), CacheResult::Hit)), "{}: and stored for everyone", cache.engine());
+    }
+}
