@@ -28,9 +28,9 @@ async fn a_database_refusing_connections_answers_503_never_500() {
     let product = up.url("/api/products/1");
     assert_eq!(http.get(&product).send().await.unwrap().status(), 200, "the demo product is there");
 
-    // One connection at most for the role from now on, and every open one closed:
-    // the clones' pools must reconnect and are mostly refused.
-    admin_sql(format!("ALTER ROLE {role} CONNECTION LIMIT 1")).await;
+    // No connection for the role from now on, and every open one closed: the clones'
+    // pools must reconnect and are refused.
+    admin_sql(format!("ALTER ROLE {role} CONNECTION LIMIT 0")).await;
     admin_sql(format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'")).await;
     let reads = (0..60).map(|_| {
         let (http, product) = (http.clone(), product.clone());
