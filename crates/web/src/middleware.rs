@@ -26,7 +26,15 @@ pub async fn request_context(State(state): State<AppState>, mut req: Request, ne
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
 
-    let ((mut response, db_role), cache) = bakery_cache::trace_cache(bakery_db::trace_roles(next.run(req))).await;
+    // The handler runs in a task of its own, to its end, even when the client goes away
+    // (hyper drops the request's future then): a write must never stop between the
+    // database and the cache invalidation it owes, and a query must not be dropped
+    // half-way (sqlx connections do not recover well from that).
+    let work = bakery_cache::trace_cache(bakery_db::trace_roles(next.run(req)));
+    let ((mut response, db_role), cache) = match tokio::spawn(work).await {
+        Ok(done) => done,
+        Err(failed) => return ApiError::internal(format!("a request task failed: {failed}")).into_response(),
+    };
 
     bakery_telemetry::record_request(&route, response.status().as_u16());
     let headers = response.headers_mut();
