@@ -26,15 +26,8 @@ pub async fn request_context(State(state): State<AppState>, mut req: Request, ne
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
 
-    // The handler runs in a task of its own, to its end, even when the client goes away
-    // (hyper drops the request's future then): a write must never stop between the
-    // database and the cache invalidation it owes, and a query must not be dropped
-    // half-way (sqlx connections do not recover well from that).
     let work = bakery_cache::trace_cache(bakery_db::trace_roles(next.run(req)));
-    let ((mut response, db_role), cache) = match tokio::spawn(work).await {
-        Ok(done) => done,
-        Err(failed) => return ApiError::internal(format!("a request task failed: {failed}")).into_response(),
-    };
+    let ((mut response, db_role), cache) = RunToEnd::new(work).await;
 
     bakery_telemetry::record_request(&route, response.status().as_u16());
     let headers = response.headers_mut();
@@ -49,6 +42,43 @@ pub async fn request_context(State(state): State<AppState>, mut req: Request, ne
         }
     }
     response
+}
+
+/// Runs a request's work to its end even when the client goes away (hyper then drops
+/// the request's future): a write must never stop between the database and the cache
+/// invalidation it owes, and a query must not be dropped half-way (sqlx connections do
+/// not recover well from that). Polled in place while the client waits — no task, no
+/// hand-off on the hot path; if dropped unfinished, what is left moves to a task.
+struct RunToEnd<F: Future + Send + 'static> {
+    work: Option<std::pin::Pin<Box<F>>>,
+}
+
+impl<F: Future + Send + 'static> RunToEnd<F> {
+    fn new(work: F) -> Self {
+        Self { work: Some(Box::pin(work)) }
+    }
+}
+
+impl<F: Future + Send + 'static> Future for RunToEnd<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+        let work = self.work.as_mut().expect("polled after it finished");
+        let output = std::task::ready!(work.as_mut().poll(cx));
+        self.work = None;
+        std::task::Poll::Ready(output)
+    }
+}
+
+impl<F: Future + Send + 'static> Drop for RunToEnd<F> {
+    fn drop(&mut self) {
+        // Outside a runtime (the process is ending) there is nothing left to finish on.
+        if let (Some(work), Ok(runtime)) = (self.work.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(async move {
+                work.await;
+            });
+        }
+    }
 }
 
 /// Answers 503 `timeout` when a handler takes longer than the configured bound.
