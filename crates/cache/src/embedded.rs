@@ -53,8 +53,13 @@ impl Embedded {
             .execute(&pool)
             .await
             .map_err(unavailable)?;
-        let embedded = Self { pool, max_entries };
-        let sweeper = embedded.clone();
+        Ok(Self { pool, max_entries })
+    }
+
+    /// Sweeps every [`SWEEP_EVERY`] for as long as the process runs (each serving
+    /// process does; a process that only opened the file does not).
+    pub fn keep_swept(&self) {
+        let sweeper = self.clone();
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(SWEEP_EVERY).await;
@@ -65,7 +70,6 @@ impl Embedded {
                 }
             }
         });
-        Ok(embedded)
     }
 
     /// Removes expired entries, then the entries nearest to expiry beyond the bound.

@@ -171,6 +171,13 @@ impl Cache {
         }
     }
 
+    /// Keeps the embedded file swept from now on, in the background (see `sweep`).
+    pub fn keep_swept(&self) {
+        if let Engine::Embedded(e) = &self.engine {
+            e.keep_swept();
+        }
+    }
+
     /// Adds one to a counter and returns the new value. A missing counter starts at
     /// the current time in milliseconds, so a counter that was evicted and comes back
     /// is still above every value it had before (no old version can match it again).

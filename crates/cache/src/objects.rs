@@ -140,10 +140,7 @@ impl Cache {
     {
         // A value that no longer decodes (stored by a release with another shape of
         // `T`) is not a hit: it is rebuilt, and replaced for everyone.
-        let decodes = |json: &[u8]| serde_json::from_slice::<T>(json).is_ok();
-        let (json, outcome) = self.lookup(inflight, key, ttl, build, decodes).await?;
-        let value = json.map(|bytes| serde_json::from_slice(&bytes)).transpose().map_err(|e| E::from(e.to_string()))?;
-        Ok((value, outcome))
+        self.lookup(inflight, key, ttl, build, |json| serde_json::from_slice::<T>(json).ok()).await
     }
 
     /// The same object as JSON bytes, exactly as stored: a hit is served without
@@ -160,19 +157,20 @@ impl Cache {
         E: std::fmt::Display + From<String> + Clone + Send + Sync + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
-        self.lookup(inflight, key, ttl, build, |_| true).await
+        self.lookup(inflight, key, ttl, build, |json| Some(json.clone())).await
     }
 
-    /// A hit if the current value passes `accept`, else one build for every concurrent
-    /// miss in this process (and one across processes, by lease).
-    async fn lookup<T, E, F>(
+    /// A hit if the current value decodes with `decode`, else one build for every
+    /// concurrent miss in this process (and one across processes, by lease), decoded
+    /// the same way.
+    async fn lookup<T, E, F, V>(
         &self,
         inflight: &InFlight,
         key: &str,
         ttl: Duration,
         build: F,
-        accept: impl Fn(&[u8]) -> bool,
-    ) -> Result<(Option<Bytes>, CacheResult), E>
+        decode: impl Fn(&Bytes) -> Option<V>,
+    ) -> Result<(Option<V>, CacheResult), E>
     where
         T: Serialize + Send + 'static,
         E: std::fmt::Display + From<String> + Clone + Send + Sync + 'static,
@@ -187,12 +185,12 @@ impl Cache {
                 let version = counter(values[0].as_deref());
                 match (version, values[1].as_ref().and_then(envelope::decode)) {
                     (Some(current), Some((stored, json))) if stored.version == current => {
-                        if accept(&json) {
+                        if let Some(value) = decode(&json) {
                             record("object", CacheResult::Hit);
                             if stored.expires_at_ms.saturating_sub(now_ms()) < (ttl / REFRESH_AHEAD_DIVISOR).as_millis() as u64 {
                                 self.refresh_ahead(inflight, key, current, ttl, build);
                             }
-                            return Ok((Some(json), CacheResult::Hit));
+                            return Ok((Some(value), CacheResult::Hit));
                         }
                         tracing::warn!(key, "a cached value no longer decodes (stored by another release?); rebuilding it");
                         // A new version, so that no process accepts the old value again.
@@ -239,8 +237,10 @@ impl Cache {
         inflight.builds.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
         match built {
             Ok(Some(bytes)) => {
-                let (_, json) = envelope::decode(&bytes).ok_or_else(|| E::from("a build sealed no envelope".to_string()))?;
-                Ok((Some(json), outcome))
+                let value = envelope::decode(&bytes)
+                    .and_then(|(_, json)| decode(&json))
+                    .ok_or_else(|| E::from(format!("the value built for {key} does not decode")))?;
+                Ok((Some(value), outcome))
             }
             Ok(None) => Ok((None, outcome)),
             Err(error) => Err(error.downcast_ref::<E>().cloned().unwrap_or_else(|| E::from("the build failed".to_string()))),

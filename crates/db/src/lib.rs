@@ -106,8 +106,6 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Connections per pool unless configured (`database_pool_size`).
-pub const DEFAULT_POOL_SIZE: u32 = 16;
 /// SQLite pools stay small: one writer at a time, and readers are cheap.
 pub const SQLITE_POOL_SIZE: u32 = 8;
 
@@ -131,11 +129,6 @@ async fn open_pool(url: &str, postgres: bool, max_connections: u32) -> Result<An
 }
 
 impl Database {
-    /// Opens the primary alone (no replicas) and checks it answers.
-    pub async fn connect(url: &DatabaseUrl) -> Result<Self, DbError> {
-        Self::connect_with_replicas(url, &[], 0, DEFAULT_POOL_SIZE).await
-    }
-
     /// Opens the primary and the replicas, and starts watching the replicas' progress.
     /// `pool_size` connections at most to the primary and to each replica (SQLite: at
     /// most [`SQLITE_POOL_SIZE`], it has one writer anyway).

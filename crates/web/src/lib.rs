@@ -76,7 +76,8 @@ impl AppState {
         let cache =
             bakery_cache::Cache::connect(&config.cache_url, config.cache_timeout, config.cache_embedded_max_entries, &namespace)
                 .await
-            .map_err(|e| ConfigError::new("BAKERY_CACHE_URL", format!("cannot use the cache: {e}")))?;
+                .map_err(|e| ConfigError::new("BAKERY_CACHE_URL", format!("cannot use the cache: {e}")))?;
+        cache.keep_swept();
         Ok(Self(Arc::new(Shared {
             cache,
             inflight: Default::default(),
