@@ -107,8 +107,10 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     match cli.command {
         Command::Up { listen, clones, no_demo } => {
             listen.parse::<SocketAddr>().map_err(|_| ConfigError::new("--listen", format!("not an IP:port address: {listen:?}")))?;
-            let options = bakery_supervisor::UpOptions { listen, clones, config_file: cli.config, demo: !no_demo };
-            bakery_supervisor::run(config, options, bakery_telemetry::shutdown_signal()).await
+            report(&bakery_db::bootstrap(&config, !no_demo).await?);
+            bakery_web::prepare_stores(&config).await?;
+            let options = bakery_supervisor::UpOptions { listen, clones, config_file: cli.config };
+            bakery_supervisor::run(options, bakery_telemetry::shutdown_signal()).await
         }
         Command::Lb { role, backends, routes } => {
             let topology = bakery_lb::Topology {
@@ -127,10 +129,25 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             bakery_web::run(config, &id, listener, shutdown::requested()).await
         }
         Command::Migrate => {
-            bakery_supervisor::prepare_database(&config, false).await?;
+            report(&bakery_db::bootstrap(&config, false).await?);
             println!("migrated {}", config.database_url.redacted());
             Ok(())
         }
+    }
+}
+
+/// Tells the operator what bootstrapping the database did.
+fn report(done: &bakery_db::Bootstrapped) {
+    use bakery_db::accounts::AdminBootstrap;
+    match &done.admin {
+        AdminBootstrap::Generated(password) => println!(
+            "admin account created: username=admin password={password} (shown once; BAKERY_ADMIN_PASSWORD chooses it)"
+        ),
+        AdminBootstrap::Created => println!("admin account created: username=admin (password from BAKERY_ADMIN_PASSWORD)"),
+        AdminBootstrap::Existing => {}
+    }
+    if done.demo_loaded {
+        println!("demo bakery loaded: 12 products with reviews, 3 baking classes (--no-demo skips this)");
     }
 }
 

@@ -1,5 +1,7 @@
 //! Cached queries (the lesson's first pattern): a read's result stored under a hash
-//! of the normalised query and its parameters, with a time to live.
+//! of the query and its parameters, with a time to live. The query arrives as the
+//! name `db` declared it under (which changes with its SQL) and the tables it reads:
+//! this crate never sees SQL.
 //!
 //! Writes invalidate without finding keys: each table has a generation counter
 //! (`gen:{table}`) that every write to it bumps, and a query's key includes the
@@ -16,11 +18,12 @@ use crate::trace::{CacheResult, record, record_fill};
 use crate::{Cache, counter};
 
 impl Cache {
-    /// The result of `sql` with `params` over `tables`: cached, or run by `run` and stored.
+    /// The result of the query `name` with `params`, reading `tables`: cached, or run
+    /// by `run` and stored.
     pub async fn query<T, E, P>(
         &self,
+        name: &str,
         tables: &[&str],
-        sql: &str,
         params: &P,
         ttl: Duration,
         run: impl Future<Output = Result<T, E>>,
@@ -29,7 +32,7 @@ impl Cache {
         T: Serialize + DeserializeOwned,
         P: Serialize,
     {
-        let Ok(key) = self.query_key(tables, sql, params).await else {
+        let Ok(key) = self.query_key(name, tables, params).await else {
             record("query", CacheResult::Bypass);
             record_fill("query");
             return run.await.map(|value| (value, CacheResult::Bypass));
@@ -49,10 +52,10 @@ impl Cache {
         Ok((value, CacheResult::Miss))
     }
 
-    /// `q:` and the SHA-256 of the normalised SQL, the parameters and the tables'
+    /// `q:` and the SHA-256 of the query's name, the parameters and the tables'
     /// current generations. The generations are read before the query runs, so a
     /// write during the run moves later readers to a new key.
-    async fn query_key<P: Serialize>(&self, tables: &[&str], sql: &str, params: &P) -> Result<String, crate::CacheError> {
+    async fn query_key<P: Serialize>(&self, name: &str, tables: &[&str], params: &P) -> Result<String, crate::CacheError> {
         let generation_keys: Vec<String> = tables.iter().map(|t| format!("gen:{t}")).collect();
         let mut generations = Vec::with_capacity(tables.len());
         for (key, value) in generation_keys.iter().zip(self.get_many(&generation_keys).await?) {
@@ -61,9 +64,8 @@ impl Cache {
                 None => self.incr(key).await?,
             });
         }
-        let normalised: String = sql.split_whitespace().collect::<Vec<_>>().join(" ");
         let mut hasher = Sha256::new();
-        hasher.update(normalised.as_bytes());
+        hasher.update(name.as_bytes());
         hasher.update(serde_json::to_vec(params).unwrap_or_default());
         for (table, generation) in tables.iter().zip(&generations) {
             hasher.update(format!("|{table}={generation}").as_bytes());

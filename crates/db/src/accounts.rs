@@ -2,7 +2,7 @@
 
 use bakery_core::{Profile, User};
 
-use crate::{Database, DbError, Lsn, now_millis};
+use crate::{CachedQuery, Database, DbError, Lsn, now_millis};
 
 /// `is_admin` is stored as 0 or 1: sqlx's Any driver cannot decode SQLite booleans.
 type UserRow = (i64, String, String, i64);
@@ -27,8 +27,19 @@ pub struct UserChange<'a> {
     pub password_hash: Option<&'a str>,
 }
 
-/// A public profile by name, in any case (keyed by a hash of this text in the query cache).
-pub const PROFILE_BY_NAME: &str = "SELECT id, username, created_at FROM users WHERE lower(username) = lower($1)";
+/// A user after a change, and the products whose cached objects show their old name
+/// (empty unless the name changed).
+pub struct RenamedUser {
+    pub user: User,
+    pub reviewed: Vec<i64>,
+}
+
+/// A public profile by name, in any case.
+pub static PROFILE_BY_NAME: CachedQuery = CachedQuery::new(
+    "users.profile_by_name",
+    "SELECT id, username, created_at FROM users WHERE lower(username) = lower($1)",
+    &["users"],
+);
 
 impl Database {
     /// Creates a user; [`DbError::Conflict`] when the name is taken (in any case).
@@ -81,33 +92,46 @@ impl Database {
     pub async fn profile(&self, after: Option<Lsn>, username: &str) -> Result<Option<Profile>, DbError> {
         let row = self
             .read(after, async |pool| {
-                sqlx::query_as::<_, (i64, String, i64)>(PROFILE_BY_NAME).bind(username).fetch_optional(&pool).await
+                sqlx::query_as::<_, (i64, String, i64)>(PROFILE_BY_NAME.sql()).bind(username).fetch_optional(&pool).await
             })
             .await?;
         Ok(row.map(|(id, username, created_at)| Profile { id, username, created_at }))
     }
 
-    /// Applies a change in one statement; `None` when the user no longer exists.
-    pub async fn update_user(&self, id: i64, change: UserChange<'_>) -> Result<(Option<User>, Option<Lsn>), DbError> {
-        let (row, lsn) = self
-            .write(async |pool| {
-                sqlx::query_as::<_, UserRow>(
-                    "UPDATE users SET
-                         username = COALESCE($2, username),
-                         email = COALESCE($3, email),
-                         password_hash = COALESCE($4, password_hash)
-                     WHERE id = $1
-                     RETURNING id, username, email, is_admin",
-                )
-                .bind(id)
-                .bind(change.username)
-                .bind(change.email)
-                .bind(change.password_hash)
-                .fetch_optional(&pool)
-                .await
-            })
+    /// Applies a change in one transaction; `None` when the user no longer exists.
+    /// With a new name, also the products this user has reviewed (their assembled
+    /// objects show the name), read in the same transaction.
+    pub async fn update_user(&self, id: i64, change: UserChange<'_>) -> Result<(Option<RenamedUser>, Option<Lsn>), DbError> {
+        let renamed = change.username.is_some();
+        self.write(async |pool| {
+            let mut tx = pool.begin().await?;
+            let row = sqlx::query_as::<_, UserRow>(
+                "UPDATE users SET
+                     username = COALESCE($2, username),
+                     email = COALESCE($3, email),
+                     password_hash = COALESCE($4, password_hash)
+                 WHERE id = $1
+                 RETURNING id, username, email, is_admin",
+            )
+            .bind(id)
+            .bind(change.username)
+            .bind(change.email)
+            .bind(change.password_hash)
+            .fetch_optional(&mut *tx)
             .await?;
-        Ok((row.map(user), lsn))
+            let Some(row) = row else { return Ok(None) };
+            let reviewed = if renamed {
+                sqlx::query_scalar("SELECT DISTINCT product_id FROM reviews WHERE user_id = $1")
+                    .bind(id)
+                    .fetch_all(&mut *tx)
+                    .await?
+            } else {
+                Vec::new()
+            };
+            tx.commit().await?;
+            Ok(Some(RenamedUser { user: user(row), reviewed }))
+        })
+        .await
     }
 
     /// Whether any admin exists yet (first start creates one).

@@ -4,7 +4,7 @@
 
 use bakery_core::calendar::{Event, EventSummary, Rsvp};
 
-use crate::{Database, DbError, Lsn, now_millis};
+use crate::{CachedQuery, Database, DbError, Lsn, now_millis};
 
 pub struct NewEvent<'a> {
     pub title: &'a str,
@@ -31,15 +31,19 @@ fn rsvp((id, event_id, status, created_at, confirmation_sent_at): RsvpRow) -> Rs
 
 const RSVP_COLUMNS: &str = "id, event_id, status, created_at, confirmation_sent_at";
 
-/// The class list (keyed by a hash of this text in the query cache).
-pub const LIST_EVENTS: &str = "SELECT id, title, starts_at, capacity, attendees FROM events ORDER BY starts_at, id LIMIT 500";
+/// The class list.
+pub static LIST_EVENTS: CachedQuery = CachedQuery::new(
+    "events.list",
+    "SELECT id, title, starts_at, capacity, attendees FROM events ORDER BY starts_at, id LIMIT 500",
+    &["events"],
+);
 
 impl Database {
     /// Every event, soonest first (at most 500).
     pub async fn list_events(&self, after: Option<Lsn>) -> Result<Vec<EventSummary>, DbError> {
         let rows = self
             .read(after, async |pool| {
-                sqlx::query_as::<_, (i64, String, i64, i64, i64)>(LIST_EVENTS).fetch_all(&pool).await
+                sqlx::query_as::<_, (i64, String, i64, i64, i64)>(LIST_EVENTS.sql()).fetch_all(&pool).await
             })
             .await?;
         Ok(rows

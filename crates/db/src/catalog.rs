@@ -4,7 +4,7 @@
 use bakery_core::catalog::{Author, Image, Product, ProductRef, ProductSummary, Rating, Review, UserReview};
 use sqlx::AnyPool;
 
-use crate::{Database, DbError, Lsn, now_millis};
+use crate::{CachedQuery, Database, DbError, Lsn, now_millis};
 
 /// A new product's parts.
 pub struct NewProduct<'a> {
@@ -28,9 +28,10 @@ fn review((id, product_id, user_id, username, rating, body, created_at): ReviewR
     Review { id, product_id, user: Author { id: user_id, username }, rating, body, created_at }
 }
 
-/// A page of the product list (`$1` the cursor, `$2` the limit). Public, like the other
-/// SQL of cached reads: the query cache keys results by a hash of this text.
-pub const LIST_PRODUCTS: &str = "SELECT p.id, p.name, pr.price_cents,
+/// A page of the product list (`$1` the cursor, `$2` the limit).
+pub static LIST_PRODUCTS: CachedQuery = CachedQuery::new(
+    "products.list",
+    "SELECT p.id, p.name, pr.price_cents,
         CAST(COALESCE(SUM(r.rating), 0) AS BIGINT), CAST(COUNT(r.id) AS BIGINT)
     FROM products p
     JOIN product_prices pr ON pr.product_id = p.id
@@ -38,16 +39,22 @@ pub const LIST_PRODUCTS: &str = "SELECT p.id, p.name, pr.price_cents,
     WHERE p.id > $1
     GROUP BY p.id, p.name, pr.price_cents
     ORDER BY p.id
-    LIMIT $2";
+    LIMIT $2",
+    &["products", "product_prices", "reviews"],
+);
 
 /// A page of one user's reviews, newest first (`$1` the user, `$2` the cursor: ids
 /// below it, `$3` the limit).
-pub const REVIEWS_BY_USER: &str = "SELECT r.id, p.id, p.name, r.rating, r.body, r.created_at
+pub static REVIEWS_BY_USER: CachedQuery = CachedQuery::new(
+    "reviews.by_user",
+    "SELECT r.id, p.id, p.name, r.rating, r.body, r.created_at
     FROM reviews r
     JOIN products p ON p.id = r.product_id
     WHERE r.user_id = $1 AND r.id < $2
     ORDER BY r.id DESC
-    LIMIT $3";
+    LIMIT $3",
+    &["reviews", "products"],
+);
 
 const REVIEW_COLUMNS: &str = "r.id, r.product_id, u.id, u.username, r.rating, r.body, r.created_at";
 
@@ -56,7 +63,7 @@ impl Database {
     pub async fn list_products(&self, after: Option<Lsn>, cursor: i64, limit: i64) -> Result<Vec<ProductSummary>, DbError> {
         let rows = self
             .read(after, async |pool| {
-                sqlx::query_as::<_, SummaryRow>(LIST_PRODUCTS).bind(cursor).bind(limit).fetch_all(&pool).await
+                sqlx::query_as::<_, SummaryRow>(LIST_PRODUCTS.sql()).bind(cursor).bind(limit).fetch_all(&pool).await
             })
             .await?;
         Ok(rows
@@ -217,7 +224,7 @@ impl Database {
     pub async fn reviews_by_user(&self, after: Option<Lsn>, user_id: i64, before: i64, limit: i64) -> Result<Vec<UserReview>, DbError> {
         let rows = self
             .read(after, async |pool| {
-                sqlx::query_as::<_, (i64, i64, String, i64, String, i64)>(REVIEWS_BY_USER)
+                sqlx::query_as::<_, (i64, i64, String, i64, String, i64)>(REVIEWS_BY_USER.sql())
                     .bind(user_id)
                     .bind(before)
                     .bind(limit)
@@ -235,14 +242,6 @@ impl Database {
                 created_at,
             })
             .collect())
-    }
-
-    /// The products `user_id` has reviewed (their cached objects show the user's name).
-    pub async fn products_reviewed_by(&self, user_id: i64) -> Result<Vec<i64>, DbError> {
-        Ok(sqlx::query_scalar("SELECT DISTINCT product_id FROM reviews WHERE user_id = $1")
-            .bind(user_id)
-            .fetch_all(self.primary())
-            .await?)
     }
 
     /// Whether any product exists (first start loads a demo bakery when none does).

@@ -15,12 +15,16 @@ use sqlx::migrate::Migrator;
 use sqlx::{AnyPool, Executor};
 
 pub mod accounts;
+mod bootstrap;
+mod cached_query;
 pub mod calendar;
 pub mod catalog;
 pub mod demo;
 pub mod replica;
 
 pub use bakery_core::now_millis;
+pub use bootstrap::{Bootstrapped, bootstrap};
+pub use cached_query::CachedQuery;
 pub use replica::{Lsn, Role, trace_roles};
 /// sqlx's error, for callers that carry a [`DbError::Other`].
 pub use sqlx::Error as SqlxError;

@@ -187,6 +187,12 @@ pub async fn trace_roles<F: Future>(work: F) -> (F::Output, Option<Role>) {
 /// Counts a query by role, and notes the role for [`trace_roles`].
 pub(crate) fn record(role: Role) {
     metrics::counter!("bakery_db_queries_total", "role" => role.as_str()).increment(1);
+    note(role);
+}
+
+/// Notes, for the current request, a server that answered work done for it in
+/// another task (already counted there).
+pub fn note(role: Role) {
     let bit = match role {
         Role::Primary => 1,
         Role::Replica => 2,

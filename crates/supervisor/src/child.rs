@@ -11,10 +11,32 @@ use nix::unistd::Pid;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
+/// The roles `up` starts, each the subcommand of the same name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Lb,
+    Web,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Lb => "lb",
+            Self::Web => "web",
+        }
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What to run: `bakery <role> --listen <listen> --id <id> <args...>`.
 #[derive(Clone, Debug)]
 pub struct ChildSpec {
-    pub role: &'static str,
+    pub role: Role,
     pub id: String,
     pub listen: String,
     pub args: Vec<String>,
@@ -42,7 +64,7 @@ impl Launcher {
             command.arg("--config").arg(file);
         }
         command
-            .arg(spec.role)
+            .arg(spec.role.as_str())
             .args(["--listen", &spec.listen, "--id", &spec.id])
             .args(&spec.args)
             .envs(self.env.iter().cloned())

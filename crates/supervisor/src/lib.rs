@@ -4,6 +4,9 @@
 //! process that dies (with backoff, telling the load balancer about the new clone),
 //! and stops everything on Ctrl-C or SIGTERM: the load balancer first, then the clones.
 //!
+//! The database is bootstrapped (`bakery_db::bootstrap`) before this starts; the
+//! supervisor itself knows no store.
+//!
 //! Children also watch this process: if `up` is killed outright, they notice that
 //! their parent is gone and shut themselves down (see the binary's `shutdown` module).
 
@@ -15,16 +18,14 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use bakery_config::{Config, ConfigError};
-use bakery_db::Database;
-use bakery_db::accounts::AdminBootstrap;
+use bakery_config::ConfigError;
 use http::Method;
 use tokio_util::sync::CancellationToken;
 
 mod child;
 mod probe;
 
-use child::{ChildSpec, Launcher, Running};
+use child::{ChildSpec, Launcher, Role, Running};
 use probe::Http;
 
 /// `bakery up`'s own options.
@@ -33,8 +34,6 @@ pub struct UpOptions {
     pub listen: String,
     pub clones: usize,
     pub config_file: Option<PathBuf>,
-    /// Load the demo bakery when the catalog is empty.
-    pub demo: bool,
 }
 
 /// Longest a child may take to stop after SIGTERM before it is killed.
@@ -52,13 +51,11 @@ struct Supervisor {
     lb_addr: Mutex<Option<SocketAddr>>,
 }
 
-/// Migrates, starts everything, and supervises until `shutdown` resolves.
-pub async fn run(config: Config, options: UpOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+/// Starts everything, and supervises until `shutdown` resolves.
+pub async fn run(options: UpOptions, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     if options.clones == 0 {
         return Err(ConfigError::new("--clones", "at least one web clone is needed").into());
     }
-    prepare_database(&config, options.demo).await?;
-    prepare_local_stores(&config).await?;
 
     let admin_token = format!("{:032x}", rand::random::<u128>());
     let supervisor = Arc::new(Supervisor {
@@ -76,7 +73,7 @@ pub async fn run(config: Config, options: UpOptions, shutdown: impl Future<Outpu
     // Clones first, so the load balancer starts with members to send to.
     let mut started: Vec<(ChildSpec, Running)> = Vec::new();
     let clone_specs: Vec<ChildSpec> = (1..=options.clones)
-        .map(|i| ChildSpec { role: "web", id: format!("web-{i}"), listen: "127.0.0.1:0".into(), args: vec![] })
+        .map(|i| ChildSpec { role: Role::Web, id: format!("web-{i}"), listen: "127.0.0.1:0".into(), args: vec![] })
         .collect();
     let launched = futures::future::join_all(clone_specs.iter().map(|spec| supervisor.start_ready(spec))).await;
     for (spec, running) in clone_specs.into_iter().zip(launched) {
@@ -84,7 +81,7 @@ pub async fn run(config: Config, options: UpOptions, shutdown: impl Future<Outpu
         supervisor.lock_clones().insert(spec.id.clone(), running.addr);
         started.push((spec, running));
     }
-    let lb_spec = ChildSpec { role: "lb", id: "lb-1".into(), listen: options.listen.clone(), args: vec![] };
+    let lb_spec = ChildSpec { role: Role::Lb, id: "lb-1".into(), listen: options.listen.clone(), args: vec![] };
     let lb = supervisor.start_ready(&lb_spec).await?;
     for (spec, running) in std::iter::once((&lb_spec, &lb)).chain(started.iter().map(|(s, r)| (s, r))) {
         announce(spec, running);
@@ -111,41 +108,6 @@ pub async fn run(config: Config, options: UpOptions, shutdown: impl Future<Outpu
     Ok(())
 }
 
-/// Applies migrations and creates the admin account on first start (printing a
-/// generated password once), and loads the demo bakery into an empty catalog when
-/// `demo` is set. `bakery up` and `bakery migrate` both start here.
-pub async fn prepare_database(config: &Config, demo: bool) -> anyhow::Result<()> {
-    let db = Database::connect_configured(config).await?;
-    db.migrate().await.context("applying migrations")?;
-    match db.ensure_admin(config.admin_password.as_deref()).await.context("creating the admin account")? {
-        AdminBootstrap::Generated(password) => {
-            println!("admin account created: username=admin password={password} (shown once; BAKERY_ADMIN_PASSWORD chooses it)");
-        }
-        AdminBootstrap::Created => println!("admin account created: username=admin (password from BAKERY_ADMIN_PASSWORD)"),
-        AdminBootstrap::Existing => {}
-    }
-    if demo && db.load_demo().await.context("loading the demo bakery")? {
-        println!("demo bakery loaded: 12 products with reviews, 3 baking classes (--no-demo skips this)");
-    }
-    db.close().await;
-    Ok(())
-}
-
-/// Opens the session store and the cache once before any clone starts: the embedded
-/// ones are files this creates, and several clones creating the same new SQLite file
-/// at the same moment can trip over each other's locks.
-async fn prepare_local_stores(config: &Config) -> anyhow::Result<()> {
-    let lifetimes = bakery_session::Lifetimes { idle: config.session_idle_timeout, absolute: config.session_absolute_timeout };
-    // Only the files matter here; no key is read or written, so no namespace is needed.
-    bakery_session::SessionStore::connect(&config.session_url, lifetimes, "")
-        .await
-        .map_err(|e| ConfigError::new("BAKERY_SESSION_URL", format!("cannot use the session store: {e}")))?;
-    bakery_cache::Cache::connect(&config.cache_url, config.cache_timeout, config.cache_embedded_max_entries, "")
-        .await
-        .map_err(|e| ConfigError::new("BAKERY_CACHE_URL", format!("cannot use the cache: {e}")))?;
-    Ok(())
-}
-
 fn announce(spec: &ChildSpec, running: &Running) {
     println!("started role={} id={} pid={} addr={}", spec.role, spec.id, running.pid, running.addr);
 }
@@ -159,11 +121,11 @@ impl Supervisor {
     /// load balancer answers and sees every clone healthy.
     async fn start_ready(&self, spec: &ChildSpec) -> anyhow::Result<Running> {
         let mut spec = spec.clone();
-        if spec.role == "lb" {
+        if spec.role == Role::Lb {
             spec.args = self.lock_clones().iter().flat_map(|(id, addr)| ["--backend".to_string(), format!("web={id}@{addr}")]).collect();
         }
         let mut running = self.launcher.start(&spec).await?;
-        let ready = if spec.role == "lb" {
+        let ready = if spec.role == Role::Lb {
             let expected = self.lock_clones().len();
             self.http.wait_until(running.addr, "/lb/backends", READY_LIMIT, |status, body| {
                 status.is_success() && healthy_members(body, "web") >= expected
@@ -176,7 +138,7 @@ impl Supervisor {
             running.stop(Duration::from_secs(1)).await;
             bail!("{} did not become healthy within {} s", spec.id, READY_LIMIT.as_secs());
         }
-        if spec.role == "lb" {
+        if spec.role == Role::Lb {
             *self.lb_addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(running.addr);
         }
         Ok(running)
@@ -211,7 +173,7 @@ impl Supervisor {
                 }
             };
             since = Instant::now();
-            if spec.role == "web" {
+            if spec.role == Role::Web {
                 self.lock_clones().insert(spec.id.clone(), running.addr);
                 self.register_clone(&spec.id, running.addr).await;
             }

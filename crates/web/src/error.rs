@@ -89,6 +89,25 @@ impl From<&DbError> for ApiError {
     }
 }
 
+/// The application's answers, in the contract's words.
+impl From<bakery_app::Error> for ApiError {
+    fn from(error: bakery_app::Error) -> Self {
+        use bakery_app::Error;
+        match error {
+            Error::Invalid(invalid) => invalid.into(),
+            Error::NotFound => Self::not_found(),
+            Error::Forbidden(message) => Self::forbidden(message),
+            Error::Conflict { code, message } => Self::conflict(code, message),
+            Error::InvalidCredentials => {
+                Self::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "that username and password do not match")
+            }
+            Error::NoSuchAccount => Self::unauthorized(),
+            Error::Store(db) => (&*db).into(),
+            Error::Internal(cause) => Self::internal(cause),
+        }
+    }
+}
+
 impl From<SessionError> for ApiError {
     fn from(error: SessionError) -> Self {
         tracing::warn!(%error, "session store unavailable");

@@ -4,6 +4,8 @@ use axum::extract::rejection::JsonRejection;
 use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
+use axum::response::{IntoResponseParts, ResponseParts};
+use bakery_app::Written;
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
@@ -48,31 +50,40 @@ pub struct CurrentUser {
     /// The primary's position after this user's latest write: their reads must
     /// come from a server that has replayed at least this far.
     pub lsn: Option<bakery_db::Lsn>,
+    /// Whether cookies set for this request must be `Secure`.
+    secure: bool,
 }
 
 impl CurrentUser {
-    /// Remembers a write of this user (a running maximum in the session), so their
-    /// next reads, on whichever clone, see it.
-    pub async fn wrote(&self, state: &AppState, lsn: Option<bakery_db::Lsn>) -> Result<(), ApiError> {
-        if let Some(lsn) = lsn {
-            state.sessions.record_write(&self.session, lsn.0).await?;
+    /// Remembers a committed write of this user so their next reads, on whichever
+    /// clone, see it: its position goes into the session (a running maximum). The
+    /// write has happened whatever the session store says, so this never fails: when
+    /// the store cannot take the position, the client gets it in a cookie instead
+    /// (see [`session_cookie::wrote`]), and the answer still reports the write.
+    pub async fn remember<T>(&self, state: &AppState, written: Written<T>) -> (Remembered, T) {
+        let Some(lsn) = written.lsn else { return (Remembered(None), written.value) };
+        match state.sessions.record_write(&self.session, lsn.0).await {
+            Ok(()) => (Remembered(None), written.value),
+            Err(error) => {
+                tracing::warn!(%error, lsn = lsn.0, "could not record a write in the session; handing its position to the client");
+                (Remembered(Some(session_cookie::wrote(lsn.0, self.secure))), written.value)
+            }
         }
-        Ok(())
     }
 }
 
-/// A logged-in admin; 401 when nobody is logged in, 403 for anyone else.
-pub struct AdminUser(pub CurrentUser);
+/// What a write leaves on its answer for the writer's next reads: nothing, or the
+/// fallback cookie with its position.
+pub struct Remembered(Option<axum::http::HeaderValue>);
 
-impl FromRequestParts<AppState> for AdminUser {
-    type Rejection = ApiError;
+impl IntoResponseParts for Remembered {
+    type Error = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let current = CurrentUser::from_request_parts(parts, state).await?;
-        if !current.user.is_admin {
-            return Err(ApiError::forbidden("only an admin may do that"));
+    fn into_response_parts(self, mut res: ResponseParts) -> Result<ResponseParts, Self::Error> {
+        if let Some(cookie) = self.0 {
+            res.headers_mut().append(axum::http::header::SET_COOKIE, cookie);
         }
-        Ok(Self(current))
+        Ok(res)
     }
 }
 
@@ -110,8 +121,11 @@ impl FromRequestParts<AppState> for MaybeUser {
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let Some(id) = session_cookie::read(&parts.headers) else { return Ok(Self(None)) };
         let Some(session) = state.sessions.load(&id).await? else { return Ok(Self(None)) };
-        let lsn = (session.write_lsn > 0).then_some(bakery_db::Lsn(session.write_lsn));
-        let user = state.user(session.user_id, lsn).await?;
-        Ok(Self(user.map(|user| CurrentUser { user, session: id, lsn })))
+        // The session's position, or a later one the session store could not take.
+        let position = session.write_lsn.max(session_cookie::read_wrote(&parts.headers).unwrap_or(0));
+        let lsn = (position > 0).then_some(bakery_db::Lsn(position));
+        let user = state.app.user(session.user_id, lsn).await?;
+        let secure = state.cookie_secure(&parts.headers);
+        Ok(Self(user.map(|user| CurrentUser { user, session: id, lsn, secure })))
     }
 }

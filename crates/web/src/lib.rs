@@ -15,14 +15,13 @@ use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bakery_config::{Config, ConfigError};
-use bakery_db::Database;
+use bakery_app::App;
 use bakery_session::{Lifetimes, SessionStore};
 use bakery_telemetry::Metrics;
 use tokio::net::TcpListener;
 
 pub mod error;
 pub mod extract;
-mod cached;
 mod middleware;
 mod pages;
 pub mod routes;
@@ -51,11 +50,9 @@ pub struct Shared {
     pub id: Arc<str>,
     served_by: HeaderValue,
     pub config: Arc<Config>,
-    pub db: Database,
+    /// The domain's operations over the database and the cache.
+    pub app: App,
     pub sessions: SessionStore,
-    pub cache: bakery_cache::Cache,
-    /// Cache builds in flight in this process (one build serves concurrent misses).
-    pub inflight: bakery_cache::objects::InFlight,
     pub metrics: Metrics,
     templates: Arc<minijinja::Environment<'static>>,
     draining: Arc<AtomicBool>,
@@ -65,26 +62,15 @@ impl AppState {
     /// Connects to the stores named in `config`. A store that cannot be reached is a
     /// [`ConfigError`] naming its variable, so `main` can exit 2 with one clear line.
     pub async fn connect(config: Config, id: &str) -> anyhow::Result<Self> {
-        let db = Database::connect_configured(&config).await?;
-        db.check_schema().await.map_err(|e| ConfigError::new("BAKERY_DATABASE_URL", e.to_string()))?;
+        let app = App::connect(&config).await?;
+        app.keep_cache_swept();
         // Keys in the shared stores are namespaced by the database they belong to.
-        let namespace = db.instance_id().await.map_err(|e| ConfigError::new("BAKERY_DATABASE_URL", e.to_string()))?;
-        let lifetimes = Lifetimes { idle: config.session_idle_timeout, absolute: config.session_absolute_timeout };
-        let sessions = SessionStore::connect(&config.session_url, lifetimes, &namespace)
-            .await
-            .map_err(|e| ConfigError::new("BAKERY_SESSION_URL", format!("cannot use the session store: {e}")))?;
-        let cache =
-            bakery_cache::Cache::connect(&config.cache_url, config.cache_timeout, config.cache_embedded_max_entries, &namespace)
-                .await
-                .map_err(|e| ConfigError::new("BAKERY_CACHE_URL", format!("cannot use the cache: {e}")))?;
-        cache.keep_swept();
+        let sessions = open_sessions(&config, app.namespace()).await?;
         Ok(Self(Arc::new(Shared {
-            cache,
-            inflight: Default::default(),
             id: Arc::from(id),
             served_by: HeaderValue::from_str(id).context("--id must be a valid header value")?,
             config: Arc::new(config),
-            db,
+            app,
             sessions,
             metrics: Metrics::install(),
             templates: Arc::new(pages::templates()),
@@ -97,9 +83,27 @@ impl AppState {
     }
 
     /// Whether the session cookie must be `Secure` for this request.
-    fn cookie_secure(&self, headers: &HeaderMap) -> bool {
+    pub(crate) fn cookie_secure(&self, headers: &HeaderMap) -> bool {
         self.config.cookie_secure || session_cookie::is_tls(headers)
     }
+}
+
+/// Opens the session store named in `config`; a [`ConfigError`] when it cannot be used.
+pub async fn open_sessions(config: &Config, namespace: &str) -> Result<SessionStore, ConfigError> {
+    let lifetimes = Lifetimes { idle: config.session_idle_timeout, absolute: config.session_absolute_timeout };
+    SessionStore::connect(&config.session_url, lifetimes, namespace)
+        .await
+        .map_err(|e| ConfigError::new("BAKERY_SESSION_URL", format!("cannot use the session store: {e}")))
+}
+
+/// Opens the session store and the cache once, before any clone starts: the
+/// embedded ones are files this creates, and several clones creating the same new
+/// SQLite file at the same moment can trip over each other's locks.
+pub async fn prepare_stores(config: &Config) -> Result<(), ConfigError> {
+    let app = App::connect(config).await?;
+    open_sessions(config, app.namespace()).await?;
+    app.db().close().await;
+    Ok(())
 }
 
 /// The whole application: routes, fallbacks and layers.
@@ -137,7 +141,7 @@ pub async fn run(
     let state = AppState::connect(config, id).await?;
     let grace = state.config.drain_grace;
     let draining = state.draining.clone();
-    let db = state.db.clone();
+    let db = state.app.db().clone();
     tracing::info!(id, addr = %listener.local_addr()?, sessions = state.sessions.engine(), "web clone serving");
     axum::serve(listener, app(state))
         .with_graceful_shutdown(async move {

@@ -12,7 +12,10 @@ use minijinja::{Environment, context};
 
 use crate::error::ApiError;
 use crate::extract::{CurrentUser, Id, MaybeUser};
-use crate::routes::accounts::{self, Credentials, SignUp};
+use crate::routes::accounts;
+use bakery_app::accounts::{AccountChange, Credentials, SignUp};
+use bakery_app::calendar::Rsvped;
+use bakery_app::catalog::ReviewDraft;
 use crate::{AppState, session_cookie};
 
 /// The templates, parsed once per process.
@@ -83,10 +86,11 @@ async fn signup_form(
     let failed = |e: ApiError| {
         render(&state, e.status, "signup.html", context! { error => e.message, username => &body.username, email => &body.email })
     };
-    if let Err(e) = accounts::create_account(&state, &body).await {
-        return failed(e);
-    }
     let credentials = Credentials { username: body.username.clone(), password: body.password.clone() };
+    let input = SignUp { username: body.username.clone(), email: body.email.clone(), password: body.password.clone() };
+    if let Err(e) = state.app.sign_up(input).await {
+        return failed(e.into());
+    }
     match accounts::start_session(&state, &headers, &credentials).await {
         Ok((_, cookie)) => ([(header::SET_COOKIE, cookie)], Redirect::to("/account")).into_response(),
         Err(e) => failed(e),
@@ -123,7 +127,7 @@ async fn account(State(state): State<AppState>, current: Result<CurrentUser, Api
 async fn account_form(
     State(state): State<AppState>,
     current: Result<CurrentUser, ApiError>,
-    form: Result<Form<accounts::Change>, FormRejection>,
+    form: Result<Form<AccountChange>, FormRejection>,
 ) -> Response {
     let Ok(current) = current else { return Redirect::to("/login").into_response() };
     let Form(mut change) = form.unwrap_or_default();
@@ -132,9 +136,13 @@ async fn account_form(
             *field = None;
         }
     }
-    match accounts::change_account(&state, &current, &change).await {
-        Ok(_) => Redirect::to("/account").into_response(),
+    match state.app.change_account(current.user.id, change).await {
+        Ok(written) => {
+            let (remembered, _) = current.remember(&state, written).await;
+            (remembered, Redirect::to("/account")).into_response()
+        }
         Err(e) => {
+            let e = ApiError::from(e);
             let ctx = context! { user => minijinja::Value::from(Serde(&current.user)), error => e.message };
             render(&state, e.status, "account.html", ctx)
         }
@@ -159,7 +167,7 @@ fn user_value(current: &Option<CurrentUser>) -> Option<minijinja::Value> {
 
 async fn products_page(State(state): State<AppState>, MaybeUser(current): MaybeUser) -> Response {
     let after = current.as_ref().and_then(|c| c.lsn);
-    match state.product_page(0, 100, after).await {
+    match state.app.product_page(0, 100, after).await {
         Ok(products) => {
             let products: Vec<minijinja::Value> = products
                 .iter()
@@ -173,7 +181,7 @@ async fn products_page(State(state): State<AppState>, MaybeUser(current): MaybeU
 
 async fn show_product(state: &AppState, current: &Option<CurrentUser>, id: i64, error: Option<String>) -> Response {
     let after = current.as_ref().and_then(|c| c.lsn);
-    match state.product(id, after).await {
+    match state.app.product(id, after).await {
         Ok(Some(product)) => {
             let status = if error.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
             let ctx = context! { price => price(product.price_cents), product => Serde(&product), user => user_value(current), error };
@@ -188,37 +196,23 @@ async fn product_page(State(state): State<AppState>, MaybeUser(current): MaybeUs
     show_product(&state, &current, id, None).await
 }
 
-#[derive(serde::Deserialize)]
-struct ReviewForm {
-    rating: i64,
-    body: String,
-}
-
 async fn review_form(
     State(state): State<AppState>,
     current: Result<CurrentUser, ApiError>,
     Id(id): Id,
-    form: Result<Form<ReviewForm>, FormRejection>,
+    form: Result<Form<ReviewDraft>, FormRejection>,
 ) -> Response {
     let Ok(current) = current else { return Redirect::to("/login").into_response() };
-    let checked = form.map_err(|_| "Please choose a rating and write a review.".to_string()).and_then(|Form(f)| {
-        let rating = bakery_core::catalog::rating(f.rating).map_err(|e| e.message)?;
-        let body = bakery_core::catalog::review_body(&f.body).map_err(|e| e.message)?;
-        Ok((rating, body))
-    });
-    let (rating, body) = match checked {
-        Ok(values) => values,
-        Err(message) => return show_product(&state, &Some(current), id, Some(message)).await,
+    let Ok(Form(draft)) = form else {
+        let message = "Please choose a rating and write a review.".to_string();
+        return show_product(&state, &Some(current), id, Some(message)).await;
     };
-    match state.db.create_review(id, current.user.id, rating, &body).await {
-        Ok((Some(_), lsn)) => match current.wrote(&state, lsn).await {
-            Ok(()) => {
-                state.product_restructured(id).await;
-                Redirect::to(&format!("/products/{id}")).into_response()
-            }
-            Err(e) => e.into_response(),
-        },
-        Ok((None, _)) => ApiError::not_found().into_response(),
+    match state.app.add_review(&current.user, id, draft).await {
+        Ok(written) => {
+            let (remembered, _) = current.remember(&state, written).await;
+            (remembered, Redirect::to(&format!("/products/{id}"))).into_response()
+        }
+        Err(bakery_app::Error::Invalid(invalid)) => show_product(&state, &Some(current), id, Some(invalid.message)).await,
         Err(e) => ApiError::from(e).into_response(),
     }
 }
@@ -228,7 +222,7 @@ async fn user_page(State(state): State<AppState>, current: MaybeUser, Path(usern
     let shown = async {
         let profile = crate::routes::users::find(&state, &current, &username).await?;
         let after = current.0.as_ref().and_then(|c| c.lsn);
-        let reviews = state.user_reviews(profile.id, i64::MAX, 100, after).await?;
+        let reviews = state.app.user_reviews(profile.id, i64::MAX, 100, after).await?;
         Ok::<_, ApiError>((profile, reviews))
     };
     match shown.await {
@@ -241,7 +235,7 @@ async fn user_page(State(state): State<AppState>, current: MaybeUser, Path(usern
 }
 
 async fn events_page(State(state): State<AppState>, MaybeUser(current): MaybeUser) -> Response {
-    match state.event_list(current.as_ref().and_then(|c| c.lsn)).await {
+    match state.app.events(current.as_ref().and_then(|c| c.lsn)).await {
         Ok(events) => render(&state, StatusCode::OK, "events.html", context! { events => Serde(&events), user => user_value(&current) }),
         Err(e) => ApiError::from(e).into_response(),
     }
@@ -249,12 +243,11 @@ async fn events_page(State(state): State<AppState>, MaybeUser(current): MaybeUse
 
 async fn show_event(state: &AppState, current: &Option<CurrentUser>, id: i64, error: Option<&str>) -> Response {
     let (user_id, after) = current.as_ref().map(|c| (Some(c.user.id), c.lsn)).unwrap_or((None, None));
-    match state.db.event(id, user_id, after).await {
-        Ok(Some(event)) => {
+    match state.app.event(id, user_id, after).await {
+        Ok(event) => {
             let status = if error.is_some() { StatusCode::CONFLICT } else { StatusCode::OK };
             render(state, status, "event.html", context! { event => Serde(&event), user => user_value(current), error })
         }
-        Ok(None) => ApiError::not_found().into_response(),
         Err(e) => ApiError::from(e).into_response(),
     }
 }
@@ -265,37 +258,26 @@ async fn event_page(State(state): State<AppState>, MaybeUser(current): MaybeUser
 
 async fn rsvp_form(State(state): State<AppState>, current: Result<CurrentUser, ApiError>, Id(id): Id) -> Response {
     let Ok(current) = current else { return Redirect::to("/login").into_response() };
-    match state.db.rsvp(id, current.user.id).await {
-        Ok((outcome, lsn)) => {
-            if let Err(e) = current.wrote(&state, lsn).await {
-                return e.into_response();
-            }
-            match outcome {
-                bakery_db::calendar::RsvpOutcome::Full => {
-                    show_event(&state, &Some(current), id, Some("Sorry, every seat is taken.")).await
-                }
-                bakery_db::calendar::RsvpOutcome::NoSuchEvent => ApiError::not_found().into_response(),
-                bakery_db::calendar::RsvpOutcome::Created(_) => {
-                    state.events_changed().await;
-                    Redirect::to(&format!("/events/{id}")).into_response()
-                }
-                bakery_db::calendar::RsvpOutcome::Existing(_) => Redirect::to(&format!("/events/{id}")).into_response(),
-            }
+    match state.app.rsvp(&current.user, id).await {
+        Ok(written) => {
+            let (remembered, Rsvped::Created(_) | Rsvped::Existing(_)) = current.remember(&state, written).await;
+            (remembered, Redirect::to(&format!("/events/{id}"))).into_response()
+        }
+        Err(bakery_app::Error::Conflict { .. }) => {
+            show_event(&state, &Some(current), id, Some("Sorry, every seat is taken.")).await
         }
         Err(e) => ApiError::from(e).into_response(),
     }
 }
 
+/// The same operation as `DELETE /api/events/{id}/rsvp`, so both leave the same state.
 async fn cancel_form(State(state): State<AppState>, current: Result<CurrentUser, ApiError>, Id(id): Id) -> Response {
     let Ok(current) = current else { return Redirect::to("/login").into_response() };
-    match state.db.cancel_rsvp(id, current.user.id).await {
-        Ok((_, lsn)) => match current.wrote(&state, lsn).await {
-            Ok(()) => {
-                state.events_changed().await;
-                Redirect::to(&format!("/events/{id}")).into_response()
-            }
-            Err(e) => e.into_response(),
-        },
+    match state.app.cancel_rsvp(&current.user, id).await {
+        Ok(written) => {
+            let (remembered, _) = current.remember(&state, written).await;
+            (remembered, Redirect::to(&format!("/events/{id}"))).into_response()
+        }
         Err(e) => ApiError::from(e).into_response(),
     }
 }

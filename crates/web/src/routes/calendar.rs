@@ -5,14 +5,12 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use bakery_core::calendar;
-use bakery_db::calendar::{NewEvent, RsvpOutcome};
-use serde::Deserialize;
+use bakery_app::calendar::{EventDraft, Rsvped};
 use serde_json::json;
 
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{AdminUser, CurrentUser, Id, Json, MaybeUser};
+use crate::error::ApiResult;
+use crate::extract::{CurrentUser, Id, Json, MaybeUser};
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -23,62 +21,37 @@ pub fn router() -> Router<AppState> {
 }
 
 async fn list(State(state): State<AppState>, MaybeUser(current): MaybeUser) -> ApiResult<Response> {
-    let items = state.event_list(current.and_then(|c| c.lsn)).await?;
+    let items = state.app.events(current.and_then(|c| c.lsn)).await?;
     Ok(axum::Json(json!({ "items": items })).into_response())
 }
 
 async fn show(State(state): State<AppState>, MaybeUser(current): MaybeUser, Id(id): Id) -> ApiResult<Response> {
-    let (user_id, after) = current.map(|c| (Some(c.user.id), c.lsn)).unwrap_or((None, None));
-    let event = state.db.event(id, user_id, after).await?.ok_or_else(ApiError::not_found)?;
-    Ok(axum::Json(event).into_response())
+    let (viewer, after) = current.map(|c| (Some(c.user.id), c.lsn)).unwrap_or((None, None));
+    Ok(axum::Json(state.app.event(id, viewer, after).await?).into_response())
 }
 
-#[derive(Deserialize)]
-struct NewEventBody {
-    title: String,
-    #[serde(default)]
-    description: String,
-    starts_at: String,
-    capacity: i64,
-}
-
-async fn create(State(state): State<AppState>, AdminUser(admin): AdminUser, Json(body): Json<NewEventBody>) -> ApiResult<Response> {
-    let title = calendar::event_title(&body.title)?;
-    let description = calendar::event_description(&body.description)?;
-    let starts_at = bakery_core::clock::parse_rfc3339(&body.starts_at)?;
-    let capacity = calendar::capacity(body.capacity)?;
-    let (id, lsn) =
-        state.db.create_event(NewEvent { title: &title, description: &description, starts_at, capacity }).await?;
-    admin.wrote(&state, lsn).await?;
-    state.events_changed().await;
-    let event = state.db.event(id, None, lsn).await?.ok_or_else(ApiError::not_found)?;
-    Ok((StatusCode::CREATED, axum::Json(event)).into_response())
+async fn create(State(state): State<AppState>, current: CurrentUser, Json(draft): Json<EventDraft>) -> ApiResult<Response> {
+    let written = state.app.create_event(&current.user, draft).await?;
+    let (remembered, event) = current.remember(&state, written).await;
+    Ok((StatusCode::CREATED, remembered, axum::Json(event)).into_response())
 }
 
 async fn rsvp(State(state): State<AppState>, current: CurrentUser, Id(event_id): Id) -> ApiResult<Response> {
-    let (outcome, lsn) = state.db.rsvp(event_id, current.user.id).await?;
-    current.wrote(&state, lsn).await?;
-    if matches!(outcome, RsvpOutcome::Created(_)) {
-        state.events_changed().await;
-    }
-    match outcome {
-        RsvpOutcome::Created(rsvp) => Ok((StatusCode::CREATED, axum::Json(rsvp)).into_response()),
-        RsvpOutcome::Existing(rsvp) => Ok(axum::Json(rsvp).into_response()),
-        RsvpOutcome::Full => Err(ApiError::conflict("event_full", "every seat of this class is taken")),
-        RsvpOutcome::NoSuchEvent => Err(ApiError::not_found()),
-    }
+    let written = state.app.rsvp(&current.user, event_id).await?;
+    let (remembered, rsvped) = current.remember(&state, written).await;
+    Ok(match rsvped {
+        Rsvped::Created(rsvp) => (StatusCode::CREATED, remembered, axum::Json(rsvp)).into_response(),
+        Rsvped::Existing(rsvp) => (remembered, axum::Json(rsvp)).into_response(),
+    })
 }
 
-async fn cancel(State(state): State<AppState>, current: CurrentUser, Id(event_id): Id) -> ApiResult<StatusCode> {
-    let (cancelled, lsn) = state.db.cancel_rsvp(event_id, current.user.id).await?;
-    current.wrote(&state, lsn).await?;
-    if cancelled {
-        state.events_changed().await;
-    }
-    Ok(StatusCode::NO_CONTENT)
+async fn cancel(State(state): State<AppState>, current: CurrentUser, Id(event_id): Id) -> ApiResult<Response> {
+    let written = state.app.cancel_rsvp(&current.user, event_id).await?;
+    let (remembered, _) = current.remember(&state, written).await;
+    Ok((StatusCode::NO_CONTENT, remembered, ()).into_response())
 }
 
 async fn my_rsvps(State(state): State<AppState>, current: CurrentUser) -> ApiResult<Response> {
-    let items = state.db.rsvps_of(current.user.id, current.lsn).await?;
+    let items = state.app.rsvps_of(current.user.id, current.lsn).await?;
     Ok(axum::Json(json!({ "items": items })).into_response())
 }

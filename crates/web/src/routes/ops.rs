@@ -28,7 +28,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
     if state.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining", "id": id}))).into_response();
     }
-    let (db, sessions) = tokio::join!(state.db.ping(), state.sessions.ping());
+    let (db, sessions) = tokio::join!(state.app.db().ping(), state.sessions.ping());
     let failing: Vec<&str> = [("database", db.is_err()), ("sessions", sessions.is_err())]
         .into_iter()
         .filter_map(|(name, failed)| failed.then_some(name))

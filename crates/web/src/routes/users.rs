@@ -21,11 +21,8 @@ pub fn router() -> Router<AppState> {
 /// The profile named in the path; 404 when nobody is called that (or the name
 /// cannot be one).
 pub async fn find(state: &AppState, current: &MaybeUser, username: &str) -> ApiResult<Profile> {
-    if bakery_core::Username::parse(username).is_err() {
-        return Err(ApiError::not_found());
-    }
     let after = current.0.as_ref().and_then(|c| c.lsn);
-    state.profile(username, after).await?.ok_or_else(ApiError::not_found)
+    state.app.profile(username, after).await?.ok_or_else(ApiError::not_found)
 }
 
 async fn profile(State(state): State<AppState>, current: MaybeUser, Path(username): Path<String>) -> ApiResult<axum::Json<Profile>> {
@@ -44,7 +41,7 @@ async fn reviews(
     // Newest first: the cursor is the last id seen, and the first page starts above all ids.
     let before = if cursor == 0 { i64::MAX } else { cursor };
     let after = current.0.as_ref().and_then(|c| c.lsn);
-    let items = state.user_reviews(user.id, before, limit + 1, after).await?;
+    let items = state.app.user_reviews(user.id, before, limit + 1, after).await?;
     let (items, next_cursor) = Page::cut(items, limit, |r| r.id);
     Ok(axum::Json(json!({ "user": user, "items": items, "next_cursor": next_cursor })))
 }

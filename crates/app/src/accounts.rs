@@ -1,0 +1,152 @@
+//! Accounts: sign up, check credentials, the user behind a session (`User:{id}`),
+//! public profiles, and changes to my account.
+
+use std::sync::LazyLock;
+
+use bakery_core::{Email, Password, Profile, User, Username};
+use bakery_db::accounts::{NewUser, RenamedUser, UserChange};
+use bakery_db::{DbError, Lsn};
+use serde::Deserialize;
+
+use crate::{App, Error, Written};
+
+/// The tables whose generations key lookups of users by name.
+const USERS: &[&str] = &["users"];
+
+pub fn user_key(id: i64) -> String {
+    format!("User:{id}")
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SignUp {
+    pub username: String,
+    pub email: String,
+    pub password: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+/// A change to my account; fields left out stay as they are.
+#[derive(Debug, Default, Deserialize)]
+pub struct AccountChange {
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub email: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+fn username_taken(error: DbError) -> Error {
+    match error {
+        DbError::Conflict(_) => Error::Conflict { code: "username_taken", message: "that username is taken" },
+        other => other.into(),
+    }
+}
+
+/// argon2id is deliberately slow: off the async threads.
+async fn hash(password: Password) -> Result<String, Error> {
+    tokio::task::spawn_blocking(move || bakery_core::hash_password(&password))
+        .await
+        .map_err(|e| Error::Internal(format!("hashing failed: {e}")))
+}
+
+/// An argon2id hash of a random password nobody knows, made once per process.
+static DECOY_HASH: LazyLock<String> = LazyLock::new(|| {
+    let secret = format!("{:032x}", rand::random::<u128>());
+    bakery_core::hash_password(&Password::parse(&secret).expect("32 hex digits are a valid password"))
+});
+
+impl App {
+    /// Creates an account (not an admin). Lookups of the name, which found nobody
+    /// until now, are invalidated.
+    pub async fn sign_up(&self, input: SignUp) -> Result<Written<User>, Error> {
+        let username = Username::parse(&input.username)?;
+        let email = Email::parse(&input.email)?;
+        let password_hash = hash(Password::parse(&input.password)?).await?;
+        let app = self.clone();
+        self.unit(async move {
+            let new = NewUser {
+                username: username.as_str(),
+                email: email.as_str(),
+                password_hash: &password_hash,
+                is_admin: false,
+            };
+            let (user, lsn) = app.db().create_user(new).await.map_err(username_taken)?;
+            app.tables_changed(USERS).await;
+            Ok(Written { value: user, lsn })
+        })
+        .await
+    }
+
+    /// The user these credentials belong to. Read from the primary (a password just
+    /// changed is the one that counts); without such a user a fixed hash is still
+    /// checked, so the answer takes as long and does not reveal which names exist.
+    pub async fn authenticate(&self, input: &Credentials) -> Result<User, Error> {
+        let found = self.db().credentials(&input.username).await?;
+        let candidate = input.password.clone();
+        let stored = found.as_ref().map(|(_, hash)| hash.clone()).unwrap_or_else(|| DECOY_HASH.clone());
+        let matches = tokio::task::spawn_blocking(move || bakery_core::verify_password(&candidate, &stored))
+            .await
+            .map_err(|e| Error::Internal(format!("verifying failed: {e}")))?;
+        match found {
+            Some((user, _)) if matches => Ok(user),
+            _ => Err(Error::InvalidCredentials),
+        }
+    }
+
+    /// The user behind a session, `User:{id}`: every logged-in request needs it, so
+    /// with a cache a logged-in page view need not touch the database at all.
+    pub async fn user(&self, id: i64, reader: Option<Lsn>) -> Result<Option<User>, Error> {
+        let db = self.db().clone();
+        let at = self.fill_position(reader);
+        let build = async move { db.user_by_id(id, at).await.map_err(Error::from) };
+        let (user, _) = self.0.cache.object(&self.0.inflight, &user_key(id), self.0.object_ttl, build).await?;
+        Ok(user)
+    }
+
+    /// Applies a change to `user_id`'s account. `User:{id}` is stored anew (updated
+    /// in place); a new name also invalidates everything that shows it.
+    pub async fn change_account(&self, user_id: i64, input: AccountChange) -> Result<Written<User>, Error> {
+        let username = input.username.as_deref().map(Username::parse).transpose()?;
+        let email = input.email.as_deref().map(Email::parse).transpose()?;
+        let password_hash = match input.password.as_deref().map(Password::parse).transpose()? {
+            Some(password) => Some(hash(password).await?),
+            None => None,
+        };
+        let app = self.clone();
+        self.unit(async move {
+            let change = UserChange {
+                username: username.as_ref().map(Username::as_str),
+                email: email.as_ref().map(Email::as_str),
+                password_hash: password_hash.as_deref(),
+            };
+            let (changed, lsn) = app.db().update_user(user_id, change).await.map_err(username_taken)?;
+            let RenamedUser { user, reviewed } = changed.ok_or(Error::NoSuchAccount)?;
+            app.0.cache.update_object(&user_key(user.id), &user, app.0.object_ttl).await;
+            if username.is_some() {
+                for product_id in reviewed {
+                    app.0.cache.invalidate_object(&crate::catalog::product_key(product_id)).await;
+                }
+                app.tables_changed(USERS).await;
+            }
+            Ok(Written { value: user, lsn })
+        })
+        .await
+    }
+
+    /// A user's public profile by name (any case); `None` when nobody is called that,
+    /// or the name cannot be one.
+    pub async fn profile(&self, username: &str, reader: Option<Lsn>) -> Result<Option<Profile>, Error> {
+        if Username::parse(username).is_err() {
+            return Ok(None);
+        }
+        let run = self.db().profile(self.fill_position(reader), username);
+        let key = username.to_ascii_lowercase();
+        self.cached_query(&bakery_db::accounts::PROFILE_BY_NAME, &key, run).await
+    }
+}

@@ -1,0 +1,95 @@
+//! The calendar: baking classes and RSVPs. Capacity is kept by the database (see
+//! `db::calendar`); the class list is a cached query, stale after any seat changes.
+
+use bakery_core::User;
+use bakery_core::calendar::{self, Event, EventSummary, Rsvp};
+use bakery_db::Lsn;
+use bakery_db::calendar::{LIST_EVENTS, NewEvent, RsvpOutcome};
+use serde::Deserialize;
+
+use crate::{App, Error, Written, require_admin};
+
+const EVENTS: &[&str] = &["events"];
+
+#[derive(Debug, Deserialize)]
+pub struct EventDraft {
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    pub starts_at: String,
+    pub capacity: i64,
+}
+
+/// An RSVP taken now, or the one the user already had.
+#[derive(Debug)]
+pub enum Rsvped {
+    Created(Rsvp),
+    Existing(Rsvp),
+}
+
+impl App {
+    pub async fn events(&self, reader: Option<Lsn>) -> Result<Vec<EventSummary>, Error> {
+        let run = self.db().list_events(self.fill_position(reader));
+        self.cached_query(&LIST_EVENTS, &(), run).await
+    }
+
+    /// One event, with `viewer`'s RSVP when given.
+    pub async fn event(&self, id: i64, viewer: Option<i64>, reader: Option<Lsn>) -> Result<Event, Error> {
+        self.db().event(id, viewer, reader).await?.ok_or(Error::NotFound)
+    }
+
+    pub async fn rsvps_of(&self, user_id: i64, reader: Option<Lsn>) -> Result<Vec<Rsvp>, Error> {
+        Ok(self.db().rsvps_of(user_id, reader).await?)
+    }
+
+    pub async fn create_event(&self, actor: &User, draft: EventDraft) -> Result<Written<Event>, Error> {
+        require_admin(actor)?;
+        let title = calendar::event_title(&draft.title)?;
+        let description = calendar::event_description(&draft.description)?;
+        let starts_at = bakery_core::clock::parse_rfc3339(&draft.starts_at)?;
+        let capacity = calendar::capacity(draft.capacity)?;
+        let app = self.clone();
+        self.unit(async move {
+            let new = NewEvent { title: &title, description: &description, starts_at, capacity };
+            let (id, lsn) = app.db().create_event(new).await?;
+            app.tables_changed(EVENTS).await;
+            let event = app.event(id, None, Some(Lsn::LATEST)).await?;
+            Ok(Written { value: event, lsn })
+        })
+        .await
+    }
+
+    /// Takes a seat for `actor`, once: a repeat gives back the same RSVP.
+    pub async fn rsvp(&self, actor: &User, event_id: i64) -> Result<Written<Rsvped>, Error> {
+        let (app, user_id) = (self.clone(), actor.id);
+        self.unit(async move {
+            let (outcome, lsn) = app.db().rsvp(event_id, user_id).await?;
+            let value = match outcome {
+                RsvpOutcome::Created(rsvp) => {
+                    app.tables_changed(EVENTS).await;
+                    Rsvped::Created(rsvp)
+                }
+                RsvpOutcome::Existing(rsvp) => Rsvped::Existing(rsvp),
+                RsvpOutcome::Full => {
+                    return Err(Error::Conflict { code: "event_full", message: "every seat of this class is taken" });
+                }
+                RsvpOutcome::NoSuchEvent => return Err(Error::NotFound),
+            };
+            Ok(Written { value, lsn })
+        })
+        .await
+    }
+
+    /// Gives `actor`'s seat back; `false` when they had none (nothing changes then).
+    pub async fn cancel_rsvp(&self, actor: &User, event_id: i64) -> Result<Written<bool>, Error> {
+        let (app, user_id) = (self.clone(), actor.id);
+        self.unit(async move {
+            let (cancelled, lsn) = app.db().cancel_rsvp(event_id, user_id).await?;
+            if cancelled {
+                app.tables_changed(EVENTS).await;
+            }
+            Ok(Written { value: cancelled, lsn })
+        })
+        .await
+    }
+}

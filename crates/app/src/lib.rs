@@ -1,0 +1,153 @@
+//! The application layer: the domain's operations — accounts, catalog, calendar —
+//! over the database and the cache, callable by any role (the web clone's JSON API
+//! and HTML forms alike, and later workers) without HTTP.
+//!
+//! Each write is one unit ([`App::unit`]): the transaction, then the cache update or
+//! invalidation it owes, in a task of its own, so it finishes whatever happens to the
+//! caller after it started. It answers [`Written`]: the value and the primary's WAL
+//! position after the write, which the caller remembers for the writer's next reads.
+//! Each read says which position it must see (`reader`), and cached reads fill from
+//! the primary, because a cached value is served to everyone.
+//!
+//! Knows nothing of HTTP, sessions or cookies; sees no SQL (queries are named in `db`).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bakery_cache::Cache;
+use bakery_cache::objects::InFlight;
+use bakery_config::{Config, ConfigError};
+use bakery_db::{CachedQuery, Database, Lsn};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+pub mod accounts;
+pub mod calendar;
+pub mod catalog;
+mod error;
+
+pub use error::Error;
+
+/// A committed write: its value and the primary's WAL position after it (`None`
+/// without replicas, where every read sees every write).
+#[derive(Debug)]
+pub struct Written<T> {
+    pub value: T,
+    pub lsn: Option<Lsn>,
+}
+
+impl<T> Written<T> {
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Written<U> {
+        Written { value: f(self.value), lsn: self.lsn }
+    }
+}
+
+/// The application: cheap to clone, shared by every request of a process.
+#[derive(Clone)]
+pub struct App(Arc<Inner>);
+
+struct Inner {
+    db: Database,
+    cache: Cache,
+    /// Cache builds in flight in this process (one build serves concurrent misses).
+    inflight: InFlight,
+    object_ttl: Duration,
+    query_ttl: Duration,
+    /// The database's instance id: the namespace of this deployment's keys in the
+    /// shared stores.
+    namespace: String,
+}
+
+impl App {
+    /// Connects to the database and the cache named in `config`. A store that cannot
+    /// be used is a [`ConfigError`] naming its variable (the process exits 2).
+    pub async fn connect(config: &Config) -> Result<Self, ConfigError> {
+        let db = Database::connect_configured(config).await?;
+        let unusable = |e: String| ConfigError::new("BAKERY_DATABASE_URL", e);
+        db.check_schema().await.map_err(unusable)?;
+        let namespace = db.instance_id().await.map_err(|e| unusable(e.to_string()))?;
+        let cache = Cache::connect(&config.cache_url, config.cache_timeout, config.cache_embedded_max_entries, &namespace)
+            .await
+            .map_err(|e| ConfigError::new("BAKERY_CACHE_URL", format!("cannot use the cache: {e}")))?;
+        Ok(Self::new(db, cache, config, namespace))
+    }
+
+    pub fn new(db: Database, cache: Cache, config: &Config, namespace: String) -> Self {
+        Self(Arc::new(Inner {
+            db,
+            cache,
+            inflight: InFlight::default(),
+            object_ttl: config.cache_object_ttl,
+            query_ttl: config.cache_query_ttl,
+            namespace,
+        }))
+    }
+
+    /// The database, for health checks and shutdown.
+    pub fn db(&self) -> &Database {
+        &self.0.db
+    }
+
+    pub fn cache_engine(&self) -> &'static str {
+        self.0.cache.engine()
+    }
+
+    /// Keeps the embedded cache file swept from now on (serving processes do this;
+    /// see `bakery_cache::Cache::keep_swept`).
+    pub fn keep_cache_swept(&self) {
+        self.0.cache.keep_swept();
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.0.namespace
+    }
+
+    /// Runs a write and the cache work it owes as one unit, in a task of its own:
+    /// once started it runs to its end even if the caller is dropped (a client that
+    /// hangs up, a request timeout), so a commit is never left without its
+    /// invalidation.
+    async fn unit<T: Send + 'static>(
+        &self,
+        work: impl Future<Output = Result<T, Error>> + Send + 'static,
+    ) -> Result<T, Error> {
+        let (result, role) = tokio::spawn(bakery_db::trace_roles(work))
+            .await
+            .map_err(|e| Error::Internal(format!("a write's task failed: {e}")))?;
+        // The request's `x-db` names the server that took the write.
+        if let Some(role) = role {
+            bakery_db::replica::note(role);
+        }
+        result
+    }
+
+    /// Where a fill reads: the primary when its result is shared through the cache;
+    /// with no cache, wherever the reader's own position allows.
+    fn fill_position(&self, reader: Option<Lsn>) -> Option<Lsn> {
+        if self.0.cache.is_none() { reader } else { Some(Lsn::LATEST) }
+    }
+
+    /// The result of a declared query with `params`: from the cache, or run by `run`.
+    async fn cached_query<T, P>(
+        &self,
+        query: &'static CachedQuery,
+        params: &P,
+        run: impl Future<Output = Result<T, bakery_db::DbError>>,
+    ) -> Result<T, Error>
+    where
+        T: Serialize + DeserializeOwned,
+        P: Serialize,
+    {
+        let (value, _) = self.0.cache.query(query.id(), query.tables(), params, self.0.query_ttl, run).await?;
+        Ok(value)
+    }
+
+    /// A write changed these tables: every cached query reading them is stale.
+    async fn tables_changed(&self, tables: &[&str]) {
+        self.0.cache.invalidate_tables(tables).await;
+    }
+}
+
+/// Refuses anyone but an admin.
+fn require_admin(actor: &bakery_core::User) -> Result<(), Error> {
+    if actor.is_admin { Ok(()) } else { Err(Error::Forbidden("only an admin may do that")) }
+}
