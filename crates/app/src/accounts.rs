@@ -43,7 +43,10 @@ pub struct AccountChange {
 
 fn username_taken(error: DbError) -> Error {
     match error {
-        DbError::Conflict(_) => Error::Conflict { code: "username_taken", message: "that username is taken" },
+        DbError::Conflict(_) => Error::Conflict {
+            code: "username_taken",
+            message: "that username is taken",
+        },
         other => other.into(),
     }
 }
@@ -58,7 +61,9 @@ async fn hash(password: Password) -> Result<String, Error> {
 /// An argon2id hash of a random password nobody knows, made once per process.
 static DECOY_HASH: LazyLock<String> = LazyLock::new(|| {
     let secret = format!("{:032x}", rand::random::<u128>());
-    bakery_core::hash_password(&Password::parse(&secret).expect("32 hex digits are a valid password"))
+    bakery_core::hash_password(
+        &Password::parse(&secret).expect("32 hex digits are a valid password"),
+    )
 });
 
 impl App {
@@ -89,10 +94,14 @@ impl App {
     pub async fn authenticate(&self, input: &Credentials) -> Result<User, Error> {
         let found = self.db().credentials(&input.username).await?;
         let candidate = input.password.clone();
-        let stored = found.as_ref().map(|(_, hash)| hash.clone()).unwrap_or_else(|| DECOY_HASH.clone());
-        let matches = tokio::task::spawn_blocking(move || bakery_core::verify_password(&candidate, &stored))
-            .await
-            .map_err(|e| Error::Internal(format!("verifying failed: {e}")))?;
+        let stored = found
+            .as_ref()
+            .map(|(_, hash)| hash.clone())
+            .unwrap_or_else(|| DECOY_HASH.clone());
+        let matches =
+            tokio::task::spawn_blocking(move || bakery_core::verify_password(&candidate, &stored))
+                .await
+                .map_err(|e| Error::Internal(format!("verifying failed: {e}")))?;
         match found {
             Some((user, _)) if matches => Ok(user),
             _ => Err(Error::InvalidCredentials),
@@ -105,13 +114,21 @@ impl App {
         let db = self.db().clone();
         let at = self.fill_position(reader);
         let build = async move { db.user_by_id(id, at).await.map_err(Error::from) };
-        let (user, _) = self.0.cache.object(&self.0.inflight, &user_key(id), self.0.object_ttl, build).await?;
+        let (user, _) = self
+            .0
+            .cache
+            .object(&self.0.inflight, &user_key(id), self.0.object_ttl, build)
+            .await?;
         Ok(user)
     }
 
     /// Applies a change to `user_id`'s account. `User:{id}` is stored anew (updated
     /// in place); a new name also invalidates everything that shows it.
-    pub async fn change_account(&self, user_id: i64, input: AccountChange) -> Result<Written<User>, Error> {
+    pub async fn change_account(
+        &self,
+        user_id: i64,
+        input: AccountChange,
+    ) -> Result<Written<User>, Error> {
         let username = input.username.as_deref().map(Username::parse).transpose()?;
         let email = input.email.as_deref().map(Email::parse).transpose()?;
         let password_hash = match input.password.as_deref().map(Password::parse).transpose()? {
@@ -125,12 +142,22 @@ impl App {
                 email: email.as_ref().map(Email::as_str),
                 password_hash: password_hash.as_deref(),
             };
-            let (changed, lsn) = app.db().update_user(user_id, change).await.map_err(username_taken)?;
+            let (changed, lsn) = app
+                .db()
+                .update_user(user_id, change)
+                .await
+                .map_err(username_taken)?;
             let RenamedUser { user, reviewed } = changed.ok_or(Error::NoSuchAccount)?;
-            app.0.cache.update_object(&user_key(user.id), &user, app.0.object_ttl).await;
+            app.0
+                .cache
+                .update_object(&user_key(user.id), &user, app.0.object_ttl)
+                .await;
             if username.is_some() {
                 for product_id in reviewed {
-                    app.0.cache.invalidate_object(&crate::catalog::product_key(product_id)).await;
+                    app.0
+                        .cache
+                        .invalidate_object(&crate::catalog::product_key(product_id))
+                        .await;
                 }
                 app.tables_changed(USERS).await;
             }
@@ -141,12 +168,17 @@ impl App {
 
     /// A user's public profile by name (any case); `None` when nobody is called that,
     /// or the name cannot be one.
-    pub async fn profile(&self, username: &str, reader: Option<Lsn>) -> Result<Option<Profile>, Error> {
+    pub async fn profile(
+        &self,
+        username: &str,
+        reader: Option<Lsn>,
+    ) -> Result<Option<Profile>, Error> {
         if Username::parse(username).is_err() {
             return Ok(None);
         }
         let run = self.db().profile(self.fill_position(reader), username);
         let key = username.to_ascii_lowercase();
-        self.cached_query(&bakery_db::accounts::PROFILE_BY_NAME, &key, run).await
+        self.cached_query(&bakery_db::accounts::PROFILE_BY_NAME, &key, run)
+            .await
     }
 }

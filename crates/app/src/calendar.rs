@@ -34,15 +34,27 @@ impl App {
     }
 
     /// One event, with `viewer`'s RSVP when given.
-    pub async fn event(&self, id: i64, viewer: Option<i64>, reader: Option<Lsn>) -> Result<Event, Error> {
-        self.db().event(id, viewer, reader).await?.ok_or(Error::NotFound)
+    pub async fn event(
+        &self,
+        id: i64,
+        viewer: Option<i64>,
+        reader: Option<Lsn>,
+    ) -> Result<Event, Error> {
+        self.db()
+            .event(id, viewer, reader)
+            .await?
+            .ok_or(Error::NotFound)
     }
 
     pub async fn rsvps_of(&self, user_id: i64, reader: Option<Lsn>) -> Result<Vec<Rsvp>, Error> {
         Ok(self.db().rsvps_of(user_id, reader).await?)
     }
 
-    pub async fn create_event(&self, actor: &User, draft: EventDraft) -> Result<Written<Event>, Error> {
+    pub async fn create_event(
+        &self,
+        actor: &User,
+        draft: EventDraft,
+    ) -> Result<Written<Event>, Error> {
         require_admin(actor)?;
         let title = calendar::event_title(&draft.title)?;
         let description = calendar::event_description(&draft.description)?;
@@ -50,7 +62,12 @@ impl App {
         let capacity = calendar::capacity(draft.capacity)?;
         let app = self.clone();
         self.unit(async move {
-            let new = NewEvent { title: &title, description: &description, starts_at, capacity };
+            let new = NewEvent {
+                title: &title,
+                description: &description,
+                starts_at,
+                capacity,
+            };
             let (id, lsn) = app.db().create_event(new).await?;
             app.tables_changed(EVENTS).await;
             let event = app.event(id, None, Some(Lsn::LATEST)).await?;
@@ -71,7 +88,10 @@ impl App {
                 }
                 RsvpOutcome::Existing(rsvp) => Rsvped::Existing(rsvp),
                 RsvpOutcome::Full => {
-                    return Err(Error::Conflict { code: "event_full", message: "every seat of this class is taken" });
+                    return Err(Error::Conflict {
+                        code: "event_full",
+                        message: "every seat of this class is taken",
+                    });
                 }
                 RsvpOutcome::NoSuchEvent => return Err(Error::NotFound),
             };
@@ -88,7 +108,10 @@ impl App {
             if cancelled {
                 app.tables_changed(EVENTS).await;
             }
-            Ok(Written { value: cancelled, lsn })
+            Ok(Written {
+                value: cancelled,
+                lsn,
+            })
         })
         .await
     }

@@ -8,8 +8,8 @@
 
 use bakery_core::User;
 use bakery_core::catalog::{self, Product, ProductSummary, Review, UserReview};
-use bakery_db::catalog::{LIST_PRODUCTS, NewProduct, ProductChange, REVIEWS_BY_USER};
 use bakery_db::Lsn;
+use bakery_db::catalog::{LIST_PRODUCTS, NewProduct, ProductChange, REVIEWS_BY_USER};
 use bytes::Bytes;
 use serde::Deserialize;
 
@@ -18,7 +18,13 @@ use crate::{App, Error, Written, require_admin};
 /// The tables a product's own writes change.
 const PRODUCT_TABLES: &[&str] = &["products", "product_prices", "product_descriptions"];
 /// What deleting a product changes (its parts and reviews go by cascade).
-const PRODUCT_AND_PARTS: &[&str] = &["products", "product_prices", "product_descriptions", "product_images", "reviews"];
+const PRODUCT_AND_PARTS: &[&str] = &[
+    "products",
+    "product_prices",
+    "product_descriptions",
+    "product_images",
+    "reviews",
+];
 const REVIEWS: &[&str] = &["reviews"];
 
 pub fn product_key(id: i64) -> String {
@@ -51,14 +57,22 @@ impl App {
     /// `Product:{id}`, assembled from its parts on a miss.
     pub async fn product(&self, id: i64, reader: Option<Lsn>) -> Result<Option<Product>, Error> {
         let build = self.build_product(id, reader);
-        let (product, _) = self.0.cache.object(&self.0.inflight, &product_key(id), self.0.object_ttl, build).await?;
+        let (product, _) = self
+            .0
+            .cache
+            .object(&self.0.inflight, &product_key(id), self.0.object_ttl, build)
+            .await?;
         Ok(product)
     }
 
     /// `Product:{id}` as JSON, straight from the cache on a hit (never decoded).
     pub async fn product_json(&self, id: i64, reader: Option<Lsn>) -> Result<Option<Bytes>, Error> {
         let build = self.build_product(id, reader);
-        let (json, _) = self.0.cache.object_json(&self.0.inflight, &product_key(id), self.0.object_ttl, build).await?;
+        let (json, _) = self
+            .0
+            .cache
+            .object_json(&self.0.inflight, &product_key(id), self.0.object_ttl, build)
+            .await?;
         Ok(json)
     }
 
@@ -73,47 +87,95 @@ impl App {
     }
 
     /// A page of the product list: `limit` products with ids above `cursor`.
-    pub async fn product_page(&self, cursor: i64, limit: i64, reader: Option<Lsn>) -> Result<Vec<ProductSummary>, Error> {
-        let run = self.db().list_products(self.fill_position(reader), cursor, limit);
-        self.cached_query(&LIST_PRODUCTS, &(cursor, limit), run).await
+    pub async fn product_page(
+        &self,
+        cursor: i64,
+        limit: i64,
+        reader: Option<Lsn>,
+    ) -> Result<Vec<ProductSummary>, Error> {
+        let run = self
+            .db()
+            .list_products(self.fill_position(reader), cursor, limit);
+        self.cached_query(&LIST_PRODUCTS, &(cursor, limit), run)
+            .await
     }
 
     /// A page of a user's reviews, newest first, with ids below `before`. The items
     /// name products, not the author, so a rename leaves them valid.
-    pub async fn user_reviews(&self, user_id: i64, before: i64, limit: i64, reader: Option<Lsn>) -> Result<Vec<UserReview>, Error> {
-        let run = self.db().reviews_by_user(self.fill_position(reader), user_id, before, limit);
-        self.cached_query(&REVIEWS_BY_USER, &(user_id, before, limit), run).await
+    pub async fn user_reviews(
+        &self,
+        user_id: i64,
+        before: i64,
+        limit: i64,
+        reader: Option<Lsn>,
+    ) -> Result<Vec<UserReview>, Error> {
+        let run = self
+            .db()
+            .reviews_by_user(self.fill_position(reader), user_id, before, limit);
+        self.cached_query(&REVIEWS_BY_USER, &(user_id, before, limit), run)
+            .await
     }
 
-    pub async fn create_product(&self, actor: &User, draft: ProductDraft) -> Result<Written<Product>, Error> {
+    pub async fn create_product(
+        &self,
+        actor: &User,
+        draft: ProductDraft,
+    ) -> Result<Written<Product>, Error> {
         require_admin(actor)?;
         let name = catalog::product_name(&draft.name)?;
         let description = catalog::product_description(&draft.description)?;
         let price_cents = catalog::price_cents(draft.price_cents)?;
         let app = self.clone();
         self.unit(async move {
-            let new = NewProduct { name: &name, description: &description, price_cents };
+            let new = NewProduct {
+                name: &name,
+                description: &description,
+                price_cents,
+            };
             let (id, lsn) = app.db().create_product(new).await?;
             let product = app.product_changed(id).await?;
-            Ok(Written { value: product.ok_or(Error::NotFound)?, lsn })
+            Ok(Written {
+                value: product.ok_or(Error::NotFound)?,
+                lsn,
+            })
         })
         .await
     }
 
-    pub async fn change_product(&self, actor: &User, id: i64, edit: ProductEdit) -> Result<Written<Product>, Error> {
+    pub async fn change_product(
+        &self,
+        actor: &User,
+        id: i64,
+        edit: ProductEdit,
+    ) -> Result<Written<Product>, Error> {
         require_admin(actor)?;
-        let name = edit.name.as_deref().map(catalog::product_name).transpose()?;
-        let description = edit.description.as_deref().map(catalog::product_description).transpose()?;
+        let name = edit
+            .name
+            .as_deref()
+            .map(catalog::product_name)
+            .transpose()?;
+        let description = edit
+            .description
+            .as_deref()
+            .map(catalog::product_description)
+            .transpose()?;
         let price_cents = edit.price_cents.map(catalog::price_cents).transpose()?;
         let app = self.clone();
         self.unit(async move {
-            let change = ProductChange { name: name.as_deref(), description: description.as_deref(), price_cents };
+            let change = ProductChange {
+                name: name.as_deref(),
+                description: description.as_deref(),
+                price_cents,
+            };
             let (found, lsn) = app.db().update_product(id, change).await?;
             if !found {
                 return Err(Error::NotFound);
             }
             let product = app.product_changed(id).await?;
-            Ok(Written { value: product.ok_or(Error::NotFound)?, lsn })
+            Ok(Written {
+                value: product.ok_or(Error::NotFound)?,
+                lsn,
+            })
         })
         .await
     }
@@ -124,17 +186,29 @@ impl App {
         self.unit(async move {
             let (found, lsn) = app.db().delete_product(id).await?;
             app.product_restructured(id, PRODUCT_AND_PARTS).await;
-            if found { Ok(Written { value: (), lsn }) } else { Err(Error::NotFound) }
+            if found {
+                Ok(Written { value: (), lsn })
+            } else {
+                Err(Error::NotFound)
+            }
         })
         .await
     }
 
-    pub async fn add_review(&self, actor: &User, product_id: i64, draft: ReviewDraft) -> Result<Written<Review>, Error> {
+    pub async fn add_review(
+        &self,
+        actor: &User,
+        product_id: i64,
+        draft: ReviewDraft,
+    ) -> Result<Written<Review>, Error> {
         let rating = catalog::rating(draft.rating)?;
         let body = catalog::review_body(&draft.body)?;
         let (app, author) = (self.clone(), actor.id);
         self.unit(async move {
-            let (review, lsn) = app.db().create_review(product_id, author, rating, &body).await?;
+            let (review, lsn) = app
+                .db()
+                .create_review(product_id, author, rating, &body)
+                .await?;
             let review = review.ok_or(Error::NotFound)?;
             app.product_restructured(product_id, REVIEWS).await;
             Ok(Written { value: review, lsn })
@@ -146,7 +220,9 @@ impl App {
     pub async fn delete_review(&self, actor: &User, id: i64) -> Result<Written<()>, Error> {
         let (product_id, author) = self.db().review_owner(id).await?.ok_or(Error::NotFound)?;
         if author != actor.id && !actor.is_admin {
-            return Err(Error::Forbidden("only its author or an admin may delete a review"));
+            return Err(Error::Forbidden(
+                "only its author or an admin may delete a review",
+            ));
         }
         let app = self.clone();
         self.unit(async move {
@@ -163,7 +239,12 @@ impl App {
         self.tables_changed(PRODUCT_TABLES).await;
         let rebuilt = self.db().product(id, Some(Lsn::LATEST)).await;
         match &rebuilt {
-            Ok(Some(product)) => self.0.cache.update_object(&product_key(id), product, self.0.object_ttl).await,
+            Ok(Some(product)) => {
+                self.0
+                    .cache
+                    .update_object(&product_key(id), product, self.0.object_ttl)
+                    .await
+            }
             // Gone, or the rebuild failed after the commit: the old value must not stay.
             Ok(None) | Err(_) => self.0.cache.invalidate_object(&product_key(id)).await,
         }

@@ -18,7 +18,10 @@ pub enum Error {
     Forbidden(&'static str),
     /// Well-formed but in conflict with the current state (a taken name, a full class).
     #[error("{message}")]
-    Conflict { code: &'static str, message: &'static str },
+    Conflict {
+        code: &'static str,
+        message: &'static str,
+    },
     #[error("that username and password do not match")]
     InvalidCredentials,
     /// The acting user no longer exists.

@@ -38,7 +38,10 @@ pub struct Written<T> {
 
 impl<T> Written<T> {
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Written<U> {
-        Written { value: f(self.value), lsn: self.lsn }
+        Written {
+            value: f(self.value),
+            lsn: self.lsn,
+        }
     }
 }
 
@@ -65,10 +68,18 @@ impl App {
         let db = Database::connect_configured(config).await?;
         let unusable = |e: String| ConfigError::new("BAKERY_DATABASE_URL", e);
         db.check_schema().await.map_err(unusable)?;
-        let namespace = db.instance_id().await.map_err(|e| unusable(e.to_string()))?;
-        let cache = Cache::connect(&config.cache_url, config.cache_timeout, config.cache_embedded_max_entries, &namespace)
+        let namespace = db
+            .instance_id()
             .await
-            .map_err(|e| ConfigError::new("BAKERY_CACHE_URL", format!("cannot use the cache: {e}")))?;
+            .map_err(|e| unusable(e.to_string()))?;
+        let cache = Cache::connect(
+            &config.cache_url,
+            config.cache_timeout,
+            config.cache_embedded_max_entries,
+            &namespace,
+        )
+        .await
+        .map_err(|e| ConfigError::new("BAKERY_CACHE_URL", format!("cannot use the cache: {e}")))?;
         Ok(Self::new(db, cache, config, namespace))
     }
 
@@ -123,7 +134,11 @@ impl App {
     /// Where a fill reads: the primary when its result is shared through the cache;
     /// with no cache, wherever the reader's own position allows.
     fn fill_position(&self, reader: Option<Lsn>) -> Option<Lsn> {
-        if self.0.cache.is_none() { reader } else { Some(Lsn::LATEST) }
+        if self.0.cache.is_none() {
+            reader
+        } else {
+            Some(Lsn::LATEST)
+        }
     }
 
     /// The result of a declared query with `params`: from the cache, or run by `run`.
@@ -137,7 +152,11 @@ impl App {
         T: Serialize + DeserializeOwned,
         P: Serialize,
     {
-        let (value, _) = self.0.cache.query(query.id(), query.tables(), params, self.0.query_ttl, run).await?;
+        let (value, _) = self
+            .0
+            .cache
+            .query(query.id(), query.tables(), params, self.0.query_ttl, run)
+            .await?;
         Ok(value)
     }
 
@@ -149,5 +168,9 @@ impl App {
 
 /// Refuses anyone but an admin.
 fn require_admin(actor: &bakery_core::User) -> Result<(), Error> {
-    if actor.is_admin { Ok(()) } else { Err(Error::Forbidden("only an admin may do that")) }
+    if actor.is_admin {
+        Ok(())
+    } else {
+        Err(Error::Forbidden("only an admin may do that"))
+    }
 }

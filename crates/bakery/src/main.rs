@@ -19,7 +19,11 @@ mod shutdown;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "bakery", version, about = "A scalable web bakery: load balancer, stateless clones, shared sessions.")]
+#[command(
+    name = "bakery",
+    version,
+    about = "A scalable web bakery: load balancer, stateless clones, shared sessions."
+)]
 struct Cli {
     /// A TOML file with the same keys as the BAKERY_* variables (which still win).
     #[arg(long, global = true, value_name = "FILE")]
@@ -105,21 +109,38 @@ fn fail_config(error: &ConfigError) -> ExitCode {
 
 async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
     match cli.command {
-        Command::Up { listen, clones, no_demo } => {
-            listen.parse::<SocketAddr>().map_err(|_| ConfigError::new("--listen", format!("not an IP:port address: {listen:?}")))?;
+        Command::Up {
+            listen,
+            clones,
+            no_demo,
+        } => {
+            listen.parse::<SocketAddr>().map_err(|_| {
+                ConfigError::new("--listen", format!("not an IP:port address: {listen:?}"))
+            })?;
             report(&bakery_db::bootstrap(&config, !no_demo).await?);
             bakery_web::prepare_stores(&config).await?;
-            let options = bakery_supervisor::UpOptions { listen, clones, config_file: cli.config };
+            let options = bakery_supervisor::UpOptions {
+                listen,
+                clones,
+                config_file: cli.config,
+            };
             bakery_supervisor::run(options, bakery_telemetry::shutdown_signal()).await
         }
-        Command::Lb { role, backends, routes } => {
+        Command::Lb {
+            role,
+            backends,
+            routes,
+        } => {
             let topology = bakery_lb::Topology {
                 backends: backends
                     .iter()
                     .enumerate()
                     .map(|(i, raw)| bakery_lb::BackendSpec::parse(raw, i + 1))
                     .collect::<Result<_, _>>()?,
-                routes: routes.iter().map(|raw| bakery_lb::RouteSpec::parse(raw)).collect::<Result<_, _>>()?,
+                routes: routes
+                    .iter()
+                    .map(|raw| bakery_lb::RouteSpec::parse(raw))
+                    .collect::<Result<_, _>>()?,
             };
             let (id, listener) = bind("lb", &role).await?;
             bakery_lb::run(config, &id, topology, listener, shutdown::requested()).await
@@ -143,26 +164,35 @@ fn report(done: &bakery_db::Bootstrapped) {
         AdminBootstrap::Generated(password) => println!(
             "admin account created: username=admin password={password} (shown once; BAKERY_ADMIN_PASSWORD chooses it)"
         ),
-        AdminBootstrap::Created => println!("admin account created: username=admin (password from BAKERY_ADMIN_PASSWORD)"),
+        AdminBootstrap::Created => {
+            println!("admin account created: username=admin (password from BAKERY_ADMIN_PASSWORD)")
+        }
         AdminBootstrap::Existing => {}
     }
     if done.demo_loaded {
-        println!("demo bakery loaded: 12 products with reviews, 3 baking classes (--no-demo skips this)");
+        println!(
+            "demo bakery loaded: 12 products with reviews, 3 baking classes (--no-demo skips this)"
+        );
     }
 }
 
 /// Binds the role's address and prints `listening role=.. id=.. addr=..`, the line
 /// the supervisor reads to learn a port chosen by the system.
 async fn bind(role: &str, args: &RoleArgs) -> anyhow::Result<(String, tokio::net::TcpListener)> {
-    let addr: SocketAddr = args
-        .listen
-        .parse()
-        .map_err(|_| ConfigError::new("--listen", format!("not an IP:port address: {:?}", args.listen)))?;
+    let addr: SocketAddr = args.listen.parse().map_err(|_| {
+        ConfigError::new(
+            "--listen",
+            format!("not an IP:port address: {:?}", args.listen),
+        )
+    })?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| ConfigError::new("--listen", format!("cannot listen on {addr}: {e}")))?;
     let bound = listener.local_addr()?;
-    let id = args.id.clone().unwrap_or_else(|| format!("{role}-{}", bound.port()));
+    let id = args
+        .id
+        .clone()
+        .unwrap_or_else(|| format!("{role}-{}", bound.port()));
     println!("listening role={role} id={id} addr={bound}");
     Ok((id, listener))
 }

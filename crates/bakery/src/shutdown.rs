@@ -14,7 +14,10 @@ pub async fn requested() {
 /// Never resolves unless `BAKERY_SUPERVISOR_PID` names our parent and the parent
 /// changes (we were re-parented because it died).
 async fn supervisor_gone() {
-    let Some(expected) = std::env::var("BAKERY_SUPERVISOR_PID").ok().and_then(|p| p.parse::<i32>().ok()) else {
+    let Some(expected) = std::env::var("BAKERY_SUPERVISOR_PID")
+        .ok()
+        .and_then(|p| p.parse::<i32>().ok())
+    else {
         return std::future::pending().await;
     };
     let mut tick = tokio::time::interval(Duration::from_millis(200));

@@ -10,7 +10,9 @@
 use std::path::Path;
 use std::time::Duration;
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 use crate::CacheError;
 
@@ -28,7 +30,10 @@ fn unavailable(e: sqlx::Error) -> CacheError {
 }
 
 fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn expiry(ttl: Duration) -> i64 {
@@ -44,7 +49,11 @@ impl Embedded {
             // A cache may lose its last writes in a power cut; it is only a cache.
             .synchronous(SqliteSynchronous::Off)
             .busy_timeout(Duration::from_secs(2));
-        let pool = SqlitePoolOptions::new().max_connections(8).connect_with(options).await.map_err(unavailable)?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(unavailable)?;
         sqlx::query("CREATE TABLE IF NOT EXISTS cache (key TEXT PRIMARY KEY, value BLOB NOT NULL, expires_at INTEGER NOT NULL)")
             .execute(&pool)
             .await
@@ -81,17 +90,22 @@ impl Embedded {
             .await
             .map_err(unavailable)?
             .rows_affected();
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cache").fetch_one(&self.pool).await.map_err(unavailable)?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM cache")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
         let excess = (count as u64).saturating_sub(self.max_entries);
         if excess == 0 {
             return Ok(expired);
         }
-        let evicted = sqlx::query("DELETE FROM cache WHERE key IN (SELECT key FROM cache ORDER BY expires_at LIMIT $1)")
-            .bind(excess as i64)
-            .execute(&self.pool)
-            .await
-            .map_err(unavailable)?
-            .rows_affected();
+        let evicted = sqlx::query(
+            "DELETE FROM cache WHERE key IN (SELECT key FROM cache ORDER BY expires_at LIMIT $1)",
+        )
+        .bind(excess as i64)
+        .execute(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .rows_affected();
         Ok(expired + evicted)
     }
 
@@ -101,13 +115,25 @@ impl Embedded {
         }
         // One statement for all keys: one trip through the pool, however many keys.
         let placeholders: Vec<String> = (2..keys.len() + 2).map(|i| format!("${i}")).collect();
-        let sql = format!("SELECT key, value FROM cache WHERE expires_at > $1 AND key IN ({})", placeholders.join(", "));
-        let mut query = sqlx::query_as::<_, (String, Vec<u8>)>(sqlx::AssertSqlSafe(sql)).bind(now());
+        let sql = format!(
+            "SELECT key, value FROM cache WHERE expires_at > $1 AND key IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query =
+            sqlx::query_as::<_, (String, Vec<u8>)>(sqlx::AssertSqlSafe(sql)).bind(now());
         for key in keys {
             query = query.bind(key);
         }
         let found = query.fetch_all(&self.pool).await.map_err(unavailable)?;
-        Ok(keys.iter().map(|k| found.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())).collect())
+        Ok(keys
+            .iter()
+            .map(|k| {
+                found
+                    .iter()
+                    .find(|(key, _)| key == k)
+                    .map(|(_, v)| v.clone())
+            })
+            .collect())
     }
 
     pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
@@ -142,7 +168,11 @@ impl Embedded {
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), CacheError> {
-        sqlx::query("DELETE FROM cache WHERE key = $1").bind(key).execute(&self.pool).await.map_err(unavailable)?;
+        sqlx::query("DELETE FROM cache WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
         Ok(())
     }
 
@@ -160,6 +190,8 @@ impl Embedded {
         .fetch_one(&self.pool)
         .await
         .map_err(unavailable)?;
-        value.parse().map_err(|_| CacheError::Unavailable(format!("counter {key} holds {value:?}")))
+        value
+            .parse()
+            .map_err(|_| CacheError::Unavailable(format!("counter {key} holds {value:?}")))
     }
 }

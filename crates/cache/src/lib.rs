@@ -68,12 +68,20 @@ impl Cache {
         namespace: &str,
     ) -> Result<Self, CacheError> {
         let engine = match url {
-            CacheUrl::Embedded(path) => Engine::Embedded(embedded::Embedded::open(path, embedded_max_entries).await?),
+            CacheUrl::Embedded(path) => {
+                Engine::Embedded(embedded::Embedded::open(path, embedded_max_entries).await?)
+            }
             CacheUrl::Redis(url) => Engine::Redis(redis_engine::Redis::connect(url).await?),
-            CacheUrl::Memcached(nodes) => Engine::Memcached(memcached::Memcached::connect(nodes).await?),
+            CacheUrl::Memcached(nodes) => {
+                Engine::Memcached(memcached::Memcached::connect(nodes).await?)
+            }
             CacheUrl::None => Engine::None,
         };
-        Ok(Self { engine, timeout, namespace: Arc::from(namespace) })
+        Ok(Self {
+            engine,
+            timeout,
+            namespace: Arc::from(namespace),
+        })
     }
 
     pub fn engine(&self) -> &'static str {
@@ -95,14 +103,19 @@ impl Cache {
     }
 
     /// Runs one engine call under the cache's time limit.
-    async fn limited<T>(&self, call: impl Future<Output = Result<T, CacheError>>) -> Result<T, CacheError> {
+    async fn limited<T>(
+        &self,
+        call: impl Future<Output = Result<T, CacheError>>,
+    ) -> Result<T, CacheError> {
         if self.is_none() {
             return Err(CacheError::Unavailable("no cache configured".into()));
         }
         let limit = self.timeout;
-        tokio::time::timeout(limit, call)
-            .await
-            .unwrap_or_else(|_| Err(CacheError::Unavailable(format!("no answer within {limit:?}"))))
+        tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+            Err(CacheError::Unavailable(format!(
+                "no answer within {limit:?}"
+            )))
+        })
     }
 
     /// The values of `keys`, in order (`None` where absent).
@@ -119,7 +132,10 @@ impl Cache {
             })
             .await?;
         // `Bytes` takes over each buffer as it is: no copy, and slices of it are free.
-        Ok(values.into_iter().map(|value| value.map(Bytes::from)).collect())
+        Ok(values
+            .into_iter()
+            .map(|value| value.map(Bytes::from))
+            .collect())
     }
 
     pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {

@@ -33,8 +33,13 @@ fn unavailable(addr: &str, e: Error) -> CacheError {
 /// and `lease:Product:1` with `Product:1`), so one node's failure touches only its
 /// own objects and a waiter reads all three in one round trip.
 fn routing_key(key: &str) -> &str {
-    let logical = key.split_once('|').map_or(key, |(_namespace, logical)| logical);
-    logical.strip_prefix("ver:").or_else(|| logical.strip_prefix("lease:")).unwrap_or(logical)
+    let logical = key
+        .split_once('|')
+        .map_or(key, |(_namespace, logical)| logical);
+    logical
+        .strip_prefix("ver:")
+        .or_else(|| logical.strip_prefix("lease:"))
+        .unwrap_or(logical)
 }
 
 fn ttl_secs(ttl: Duration) -> Option<i64> {
@@ -45,12 +50,25 @@ impl Memcached {
     pub async fn connect(addrs: &[String]) -> Result<Self, CacheError> {
         let nodes: Vec<Node> = addrs
             .iter()
-            .map(|addr| Node { addr: addr.clone(), slots: (0..CONNECTIONS_PER_NODE).map(|_| Mutex::new(None)).collect() })
+            .map(|addr| Node {
+                addr: addr.clone(),
+                slots: (0..CONNECTIONS_PER_NODE)
+                    .map(|_| Mutex::new(None))
+                    .collect(),
+            })
             .collect();
-        let this = Self { ring: Arc::new(Ring::new(addrs)), nodes: Arc::new(nodes) };
+        let this = Self {
+            ring: Arc::new(Ring::new(addrs)),
+            nodes: Arc::new(nodes),
+        };
         for node in this.nodes.iter() {
-            let mut client = Client::new(format!("tcp://{}", node.addr)).await.map_err(|e| unavailable(&node.addr, e))?;
-            client.version().await.map_err(|e| unavailable(&node.addr, e))?;
+            let mut client = Client::new(format!("tcp://{}", node.addr))
+                .await
+                .map_err(|e| unavailable(&node.addr, e))?;
+            client
+                .version()
+                .await
+                .map_err(|e| unavailable(&node.addr, e))?;
             *node.slots[0].lock().await = Some(client);
         }
         Ok(this)
@@ -64,13 +82,22 @@ impl Memcached {
             None => node.slots[rand_index(node.slots.len())].lock().await,
         };
         if slot.as_ref().is_none_or(Client::is_closed) {
-            *slot = Some(Client::new(format!("tcp://{}", node.addr)).await.map_err(|e| unavailable(&node.addr, e))?);
+            *slot = Some(
+                Client::new(format!("tcp://{}", node.addr))
+                    .await
+                    .map_err(|e| unavailable(&node.addr, e))?,
+            );
         }
         Ok(slot)
     }
 
     /// Maps a call's result; a broken connection is dropped so the next call makes a new one.
-    fn settle<T>(&self, node: usize, slot: &mut Option<Client>, result: Result<T, Error>) -> Result<T, CacheError> {
+    fn settle<T>(
+        &self,
+        node: usize,
+        slot: &mut Option<Client>,
+        result: Result<T, Error>,
+    ) -> Result<T, CacheError> {
         let addr = &self.nodes[node].addr;
         match result {
             Err(e @ (Error::Io(_) | Error::Connect(_) | Error::ConnectionClosed)) => {
@@ -87,7 +114,11 @@ impl Memcached {
         for (i, key) in keys.iter().enumerate() {
             by_node[self.ring.node_for(routing_key(key))].push(i);
         }
-        for (node, indices) in by_node.into_iter().enumerate().filter(|(_, v)| !v.is_empty()) {
+        for (node, indices) in by_node
+            .into_iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+        {
             let wanted: Vec<&str> = indices.iter().map(|&i| keys[i].as_str()).collect();
             let mut slot = self.checkout(node).await?;
             let result = match slot.as_mut().expect("checked out").get_multi(&wanted).await {
@@ -96,7 +127,10 @@ impl Memcached {
             };
             let found = self.settle(node, &mut slot, result)?;
             for value in found {
-                if let Some(&i) = indices.iter().find(|&&i| keys[i].as_bytes() == value.key.as_slice()) {
+                if let Some(&i) = indices
+                    .iter()
+                    .find(|&&i| keys[i].as_bytes() == value.key.as_slice())
+                {
                     out[i] = value.data;
                 }
             }
@@ -107,14 +141,23 @@ impl Memcached {
     pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
         let node = self.ring.node_for(routing_key(key));
         let mut slot = self.checkout(node).await?;
-        let result = slot.as_mut().expect("checked out").set(key, value, ttl_secs(ttl), None).await;
+        let result = slot
+            .as_mut()
+            .expect("checked out")
+            .set(key, value, ttl_secs(ttl), None)
+            .await;
         self.settle(node, &mut slot, result)
     }
 
     pub async fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, CacheError> {
         let node = self.ring.node_for(routing_key(key));
         let mut slot = self.checkout(node).await?;
-        let result = match slot.as_mut().expect("checked out").add(key, value, ttl_secs(ttl), None).await {
+        let result = match slot
+            .as_mut()
+            .expect("checked out")
+            .add(key, value, ttl_secs(ttl), None)
+            .await
+        {
             Ok(()) => Ok(true),
             Err(Error::Protocol(Status::NotStored | Status::Exists)) => Ok(false),
             Err(e) => Err(e),
@@ -140,9 +183,14 @@ impl Memcached {
             Err(Error::Protocol(Status::NotFound)) => {
                 // Absent: start it; if another process started it first, count on from theirs.
                 let start_text = start.to_string();
-                match client.add(key, start_text.as_str(), ttl_secs(crate::COUNTER_TTL), None).await {
+                match client
+                    .add(key, start_text.as_str(), ttl_secs(crate::COUNTER_TTL), None)
+                    .await
+                {
                     Ok(()) => Ok(start),
-                    Err(Error::Protocol(Status::NotStored | Status::Exists)) => client.increment(key, 1).await,
+                    Err(Error::Protocol(Status::NotStored | Status::Exists)) => {
+                        client.increment(key, 1).await
+                    }
                     Err(e) => Err(e),
                 }
             }
@@ -154,5 +202,8 @@ impl Memcached {
 
 fn rand_index(n: usize) -> usize {
     use std::hash::{BuildHasher, Hasher};
-    (std::collections::hash_map::RandomState::new().build_hasher().finish() as usize) % n
+    (std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish() as usize)
+        % n
 }

@@ -61,7 +61,13 @@ mod envelope {
         }
         let version = u64::from_be_bytes(bytes[1..9].try_into().ok()?);
         let expires_at_ms = u64::from_be_bytes(bytes[9..HEADER].try_into().ok()?);
-        Some((Header { version, expires_at_ms }, bytes.slice(HEADER..)))
+        Some((
+            Header {
+                version,
+                expires_at_ms,
+            },
+            bytes.slice(HEADER..),
+        ))
     }
 
     #[cfg(test)]
@@ -70,7 +76,10 @@ mod envelope {
 
         #[test]
         fn round_trips_and_refuses_foreign_values() {
-            let header = Header { version: 1_700_000_000_123, expires_at_ms: 1_700_000_300_000 };
+            let header = Header {
+                version: 1_700_000_000_123,
+                expires_at_ms: 1_700_000_300_000,
+            };
             let stored = super::encode(header, br#"{"id":1}"#);
             let (read, json) = super::decode(&stored).unwrap();
             assert_eq!((read, &json[..]), (header, &br#"{"id":1}"#[..]));
@@ -89,13 +98,21 @@ fn current_value(values: &mut [Option<Bytes>]) -> Option<Bytes> {
 }
 
 fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// The JSON of `value` stored under `version`, living `ttl` from now.
 fn seal<T: Serialize>(version: u64, ttl: Duration, value: &T) -> Result<Bytes, String> {
-    let header = envelope::Header { version, expires_at_ms: now_ms() + ttl.as_millis() as u64 };
-    serde_json::to_vec(value).map(|json| envelope::encode(header, &json)).map_err(|e| e.to_string())
+    let header = envelope::Header {
+        version,
+        expires_at_ms: now_ms() + ttl.as_millis() as u64,
+    };
+    serde_json::to_vec(value)
+        .map(|json| envelope::encode(header, &json))
+        .map_err(|e| e.to_string())
 }
 
 /// A hit in the last part of its life (this share of the TTL) refreshes the object in
@@ -140,7 +157,10 @@ impl Cache {
     {
         // A value that no longer decodes (stored by a release with another shape of
         // `T`) is not a hit: it is rebuilt, and replaced for everyone.
-        self.lookup(inflight, key, ttl, build, |json| serde_json::from_slice::<T>(json).ok()).await
+        self.lookup(inflight, key, ttl, build, |json| {
+            serde_json::from_slice::<T>(json).ok()
+        })
+        .await
     }
 
     /// The same object as JSON bytes, exactly as stored: a hit is served without
@@ -157,7 +177,8 @@ impl Cache {
         E: std::fmt::Display + From<String> + Clone + Send + Sync + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
-        self.lookup(inflight, key, ttl, build, |json| Some(json.clone())).await
+        self.lookup(inflight, key, ttl, build, |json| Some(json.clone()))
+            .await
     }
 
     /// A hit if the current value decodes with `decode`, else one build for every
@@ -187,12 +208,17 @@ impl Cache {
                     (Some(current), Some((stored, json))) if stored.version == current => {
                         if let Some(value) = decode(&json) {
                             record("object", CacheResult::Hit);
-                            if stored.expires_at_ms.saturating_sub(now_ms()) < (ttl / REFRESH_AHEAD_DIVISOR).as_millis() as u64 {
+                            if stored.expires_at_ms.saturating_sub(now_ms())
+                                < (ttl / REFRESH_AHEAD_DIVISOR).as_millis() as u64
+                            {
                                 self.refresh_ahead(inflight, key, current, ttl, build);
                             }
                             return Ok((Some(value), CacheResult::Hit));
                         }
-                        tracing::warn!(key, "a cached value no longer decodes (stored by another release?); rebuilding it");
+                        tracing::warn!(
+                            key,
+                            "a cached value no longer decodes (stored by another release?); rebuilding it"
+                        );
                         // A new version, so that no process accepts the old value again.
                         self.incr(&version_key).await.ok().map(Some)
                     }
@@ -204,7 +230,11 @@ impl Cache {
                 None
             }
         };
-        let outcome = if seen.is_some() { CacheResult::Miss } else { CacheResult::Bypass };
+        let outcome = if seen.is_some() {
+            CacheResult::Miss
+        } else {
+            CacheResult::Bypass
+        };
         record("object", outcome);
 
         // One build per key in this process; concurrent misses (and bypasses: a slow
@@ -214,14 +244,21 @@ impl Cache {
             builds
                 .entry(key.to_string())
                 .or_insert_with(|| {
-                    let (cache, key, version_key) = (self.clone(), key.to_string(), version_key.clone());
+                    let (cache, key, version_key) =
+                        (self.clone(), key.to_string(), version_key.clone());
                     async move {
                         let built = match seen {
-                            Some(version) => cache.build_and_store(&key, &version_key, version, ttl, build).await,
+                            Some(version) => {
+                                cache
+                                    .build_and_store(&key, &version_key, version, ttl, build)
+                                    .await
+                            }
                             None => {
                                 record_fill("object");
                                 match build.await {
-                                    Ok(value) => value.map(|value| seal(0, ttl, &value).map_err(E::from)).transpose(),
+                                    Ok(value) => value
+                                        .map(|value| seal(0, ttl, &value).map_err(E::from))
+                                        .transpose(),
                                     Err(e) => Err(e),
                                 }
                             }
@@ -234,7 +271,11 @@ impl Cache {
                 .clone()
         };
         let built = shared.await;
-        inflight.builds.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        inflight
+            .builds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
         match built {
             Ok(Some(bytes)) => {
                 let value = envelope::decode(&bytes)
@@ -243,7 +284,10 @@ impl Cache {
                 Ok((Some(value), outcome))
             }
             Ok(None) => Ok((None, outcome)),
-            Err(error) => Err(error.downcast_ref::<E>().cloned().unwrap_or_else(|| E::from("the build failed".to_string()))),
+            Err(error) => Err(error
+                .downcast_ref::<E>()
+                .cloned()
+                .unwrap_or_else(|| E::from("the build failed".to_string()))),
         }
     }
 
@@ -252,13 +296,24 @@ impl Cache {
     /// nothing, as with any fill). One refresh per key in this process, and across
     /// processes only the one that takes the lease builds; the others keep serving
     /// the current value.
-    fn refresh_ahead<T, E, F>(&self, inflight: &InFlight, key: &str, version: u64, ttl: Duration, build: F)
-    where
+    fn refresh_ahead<T, E, F>(
+        &self,
+        inflight: &InFlight,
+        key: &str,
+        version: u64,
+        ttl: Duration,
+        build: F,
+    ) where
         T: Serialize + Send + 'static,
         E: Send + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
-        if !inflight.refreshing.lock().unwrap_or_else(|p| p.into_inner()).insert(key.to_string()) {
+        if !inflight
+            .refreshing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key.to_string())
+        {
             return;
         }
         let (cache, key, refreshing) = (self.clone(), key.to_string(), inflight.refreshing.clone());
@@ -266,14 +321,17 @@ impl Cache {
             let lease_key = format!("lease:{key}");
             if cache.add(&lease_key, b"1", LEASE).await.unwrap_or(false) {
                 record_fill("object");
-                if let Ok(Some(value)) = build.await {
-                    if let Ok(bytes) = seal(version, ttl, &value) {
-                        let _ = cache.set(&key, &bytes, ttl).await;
-                    }
+                if let Ok(Some(value)) = build.await
+                    && let Ok(bytes) = seal(version, ttl, &value)
+                {
+                    let _ = cache.set(&key, &bytes, ttl).await;
                 }
                 let _ = cache.delete(&lease_key).await;
             }
-            refreshing.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            refreshing
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
         });
     }
 
@@ -306,7 +364,9 @@ impl Cache {
             let deadline = tokio::time::Instant::now() + LEASE_WAIT;
             while tokio::time::Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;
-                let Ok(mut values) = self.get_many(&keys).await else { continue };
+                let Ok(mut values) = self.get_many(&keys).await else {
+                    continue;
+                };
                 if let Some(bytes) = current_value(&mut values) {
                     return Ok(Some(bytes));
                 }
@@ -361,7 +421,10 @@ impl Cache {
 
     /// The stored envelope of `key` if its version is the current one.
     async fn current(&self, key: &str, version_key: &str) -> Option<Bytes> {
-        let mut values = self.get_many(&[version_key.to_string(), key.to_string()]).await.ok()?;
+        let mut values = self
+            .get_many(&[version_key.to_string(), key.to_string()])
+            .await
+            .ok()?;
         current_value(&mut values)
     }
 

@@ -37,11 +37,13 @@ impl Cache {
             record_fill("query");
             return run.await.map(|value| (value, CacheResult::Bypass));
         };
-        if let Ok(values) = self.get_many(std::slice::from_ref(&key)).await {
-            if let Some(value) = values[0].as_ref().and_then(|bytes| serde_json::from_slice::<T>(bytes).ok()) {
-                record("query", CacheResult::Hit);
-                return Ok((value, CacheResult::Hit));
-            }
+        if let Ok(values) = self.get_many(std::slice::from_ref(&key)).await
+            && let Some(value) = values[0]
+                .as_ref()
+                .and_then(|bytes| serde_json::from_slice::<T>(bytes).ok())
+        {
+            record("query", CacheResult::Hit);
+            return Ok((value, CacheResult::Hit));
         }
         record("query", CacheResult::Miss);
         record_fill("query");
@@ -55,10 +57,18 @@ impl Cache {
     /// `q:` and the SHA-256 of the query's name, the parameters and the tables'
     /// current generations. The generations are read before the query runs, so a
     /// write during the run moves later readers to a new key.
-    async fn query_key<P: Serialize>(&self, name: &str, tables: &[&str], params: &P) -> Result<String, crate::CacheError> {
+    async fn query_key<P: Serialize>(
+        &self,
+        name: &str,
+        tables: &[&str],
+        params: &P,
+    ) -> Result<String, crate::CacheError> {
         let generation_keys: Vec<String> = tables.iter().map(|t| format!("gen:{t}")).collect();
         let mut generations = Vec::with_capacity(tables.len());
-        for (key, value) in generation_keys.iter().zip(self.get_many(&generation_keys).await?) {
+        for (key, value) in generation_keys
+            .iter()
+            .zip(self.get_many(&generation_keys).await?)
+        {
             generations.push(match counter(value.as_deref()) {
                 Some(generation) => generation,
                 None => self.incr(key).await?,
@@ -71,7 +81,13 @@ impl Cache {
             hasher.update(format!("|{table}={generation}").as_bytes());
         }
         let digest = hasher.finalize();
-        Ok(format!("q:{}", digest.iter().map(|b| format!("{b:02x}")).collect::<String>()))
+        Ok(format!(
+            "q:{}",
+            digest
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ))
     }
 
     /// A write changed these tables: every cached query over them is now stale.

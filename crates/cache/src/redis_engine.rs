@@ -23,8 +23,13 @@ impl Redis {
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_response_timeout(Some(Duration::from_millis(500)))
             .set_number_of_retries(1);
-        let mut conn = ConnectionManager::new_with_config(client, config).await.map_err(unavailable)?;
-        let _: () = redis::cmd("PING").query_async(&mut conn).await.map_err(unavailable)?;
+        let mut conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(unavailable)?;
+        let _: () = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
         Ok(Self { conn })
     }
 
@@ -33,11 +38,19 @@ impl Redis {
             return Ok(Vec::new());
         }
         // MGET always answers a list, also for a single key.
-        redis::cmd("MGET").arg(keys).query_async(&mut self.conn.clone()).await.map_err(unavailable)
+        redis::cmd("MGET")
+            .arg(keys)
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
     }
 
     pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
-        self.conn.clone().pset_ex(key, value, ttl.as_millis().max(1) as u64).await.map_err(unavailable)
+        self.conn
+            .clone()
+            .pset_ex(key, value, ttl.as_millis().max(1) as u64)
+            .await
+            .map_err(unavailable)
     }
 
     pub async fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, CacheError> {
@@ -70,6 +83,8 @@ impl Redis {
             .invoke_async(&mut self.conn.clone())
             .await
             .map_err(unavailable)?;
-        value.parse().map_err(|_| CacheError::Unavailable(format!("counter {key} holds {value:?}")))
+        value
+            .parse()
+            .map_err(|_| CacheError::Unavailable(format!("counter {key} holds {value:?}")))
     }
 }

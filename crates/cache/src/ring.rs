@@ -1,5 +1,5 @@
 //! Consistent hashing in the ketama way: each node owns 160 points on a circle
-//! (four per MD5 digest of `node-i`), a key belongs to the first point at or after
+//! (four per SHA-256 digest of `node-i`), a key belongs to the first point at or after
 //! its own hash. Adding or removing a node moves only about 1/n of the keys.
 
 use sha2::{Digest, Sha256};
@@ -21,7 +21,12 @@ impl Ring {
             for i in 0..POINTS_PER_NODE / 4 {
                 let digest = hash(format!("{node}-{i}").as_bytes());
                 for k in 0..4 {
-                    let point = u32::from_le_bytes([digest[k * 4], digest[k * 4 + 1], digest[k * 4 + 2], digest[k * 4 + 3]]);
+                    let point = u32::from_le_bytes([
+                        digest[k * 4],
+                        digest[k * 4 + 1],
+                        digest[k * 4 + 2],
+                        digest[k * 4 + 3],
+                    ]);
                     points.push((point, index));
                 }
             }
@@ -35,7 +40,11 @@ impl Ring {
         let digest = hash(key.as_bytes());
         let point = u32::from_le_bytes([digest[0], digest[1], digest[2], digest[3]]);
         let at = self.points.partition_point(|(p, _)| *p < point);
-        self.points.get(at).or_else(|| self.points.first()).map(|(_, node)| *node).unwrap_or(0)
+        self.points
+            .get(at)
+            .or_else(|| self.points.first())
+            .map(|(_, node)| *node)
+            .unwrap_or(0)
     }
 }
 
@@ -57,8 +66,18 @@ mod tests {
         let mut four = three.clone();
         four.push("10.0.0.4:11211".into());
         let bigger = Ring::new(&four);
-        let moved = keys.iter().filter(|k| bigger.node_for(k) != ring.node_for(k)).count();
-        assert!(moved < 1100, "about a quarter of the keys move, not all: {moved}");
-        assert!(keys.iter().all(|k| bigger.node_for(k) == ring.node_for(k) || bigger.node_for(k) == 3), "keys only move to the new node");
+        let moved = keys
+            .iter()
+            .filter(|k| bigger.node_for(k) != ring.node_for(k))
+            .count();
+        assert!(
+            moved < 1100,
+            "about a quarter of the keys move, not all: {moved}"
+        );
+        assert!(
+            keys.iter()
+                .all(|k| bigger.node_for(k) == ring.node_for(k) || bigger.node_for(k) == 3),
+            "keys only move to the new node"
+        );
     }
 }

@@ -52,7 +52,8 @@ pub async fn trace_cache<F: Future>(work: F) -> (F::Output, Option<CacheResult>)
 
 /// Counts one cached read (`cache` is `object` or `query`) and notes it for `x-cache`.
 pub(crate) fn record(cache: &'static str, result: CacheResult) {
-    metrics::counter!("bakery_cache_requests_total", "cache" => cache, "result" => result.as_str()).increment(1);
+    metrics::counter!("bakery_cache_requests_total", "cache" => cache, "result" => result.as_str())
+        .increment(1);
     let _ = OUTCOME.try_with(|cell| cell.set(cell.get().max(result.code())));
 }
 

@@ -1,26 +1,34 @@
 //! Typed URLs for the stores, checked once when the configuration is loaded.
+//! Their `Debug` hides passwords, so a printed configuration shows no secret.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
-use crate::ConfigError;
+use serde::Deserialize;
 
-/// A database URL we know how to talk to: SQLite or PostgreSQL.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A database URL we know how to talk to: SQLite or PostgreSQL. Empty until
+/// settled means "a SQLite file in the data directory".
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub struct DatabaseUrl {
     url: String,
     postgres: bool,
 }
 
 impl DatabaseUrl {
-    pub fn parse(variable: &str, raw: &str) -> Result<Self, ConfigError> {
-        let parsed = url::Url::parse(raw)
-            .map_err(|e| ConfigError::new(variable, format!("not a URL ({e}): {}", redact(raw))))?;
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let parsed =
+            url::Url::parse(raw).map_err(|e| format!("not a URL ({e}): {}", redact(raw)))?;
         match parsed.scheme() {
             "postgres" | "postgresql" => {
                 if parsed.host_str().is_none_or(str::is_empty) && !raw.contains("host=") {
-                    return Err(ConfigError::new(variable, format!("no host in {}", redact(raw))));
+                    return Err(format!("no host in {}", redact(raw)));
                 }
-                Ok(Self { url: raw.to_string(), postgres: true })
+                Ok(Self {
+                    url: raw.to_string(),
+                    postgres: true,
+                })
             }
             "sqlite" => {
                 let mut url = raw.to_string();
@@ -29,18 +37,37 @@ impl DatabaseUrl {
                     url.push(if url.contains('?') { '&' } else { '?' });
                     url.push_str("mode=rwc");
                 }
-                Ok(Self { url, postgres: false })
+                Ok(Self {
+                    url,
+                    postgres: false,
+                })
             }
-            other => Err(ConfigError::new(
-                variable,
-                format!("unsupported scheme {other:?}: expected sqlite:// or postgres://"),
+            other => Err(format!(
+                "unsupported scheme {other:?}: expected sqlite:// or postgres://"
             )),
         }
     }
 
-    /// The embedded default: a SQLite file in the data directory.
+    /// The embedded default, settled by [`Self::settle_in`].
+    pub(crate) fn in_data_dir() -> Self {
+        Self {
+            url: String::new(),
+            postgres: false,
+        }
+    }
+
+    pub(crate) fn settle_in(&mut self, data_dir: &Path) {
+        if self.url.is_empty() {
+            *self = Self::sqlite_in(data_dir);
+        }
+    }
+
+    /// A SQLite file in the data directory.
     pub fn sqlite_in(data_dir: &Path) -> Self {
-        Self { url: format!("sqlite://{}/bakery.db?mode=rwc", data_dir.display()), postgres: false }
+        Self {
+            url: format!("sqlite://{}/bakery.db?mode=rwc", data_dir.display()),
+            postgres: false,
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -57,8 +84,31 @@ impl DatabaseUrl {
     }
 }
 
+impl TryFrom<String> for DatabaseUrl {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        Self::parse(raw.trim())
+    }
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        Self::parse(raw.trim())
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
 /// Where sessions live.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum SessionUrl {
     /// A SQLite file: shared by every process on this machine, durable across restarts.
     Sqlite(PathBuf),
@@ -67,22 +117,30 @@ pub enum SessionUrl {
 }
 
 impl SessionUrl {
-    pub fn embedded_in(data_dir: &Path) -> Self {
-        Self::Sqlite(data_dir.join("sessions.db"))
+    /// The embedded default, settled by [`Self::settle_in`].
+    pub(crate) fn in_data_dir() -> Self {
+        Self::Sqlite(PathBuf::new())
     }
 
-    pub fn parse(variable: &str, raw: &str, data_dir: &Path) -> Result<Self, ConfigError> {
-        if raw == "embedded" {
-            return Ok(Self::embedded_in(data_dir));
+    pub(crate) fn settle_in(&mut self, data_dir: &Path) {
+        if matches!(self, Self::Sqlite(path) if path.as_os_str().is_empty()) {
+            *self = Self::Sqlite(data_dir.join("sessions.db"));
         }
-        let parsed = url::Url::parse(raw)
-            .map_err(|e| ConfigError::new(variable, format!("not a URL ({e}): {}", redact(raw))))?;
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw == "embedded" {
+            return Ok(Self::in_data_dir());
+        }
+        let parsed =
+            url::Url::parse(raw).map_err(|e| format!("not a URL ({e}): {}", redact(raw)))?;
         match parsed.scheme() {
-            "redis" | "rediss" => Ok(Self::Redis(raw.to_string())),
-            "sqlite" => Ok(Self::Sqlite(PathBuf::from(raw.trim_start_matches("sqlite://")))),
-            other => Err(ConfigError::new(
-                variable,
-                format!("unsupported scheme {other:?}: expected embedded, sqlite:// or redis://"),
+            "redis" => Ok(Self::Redis(raw.to_string())),
+            "sqlite" => Ok(Self::Sqlite(PathBuf::from(
+                raw.trim_start_matches("sqlite://"),
+            ))),
+            other => Err(format!(
+                "unsupported scheme {other:?}: expected embedded, sqlite:// or redis://"
             )),
         }
     }
@@ -96,8 +154,26 @@ impl SessionUrl {
     }
 }
 
+impl TryFrom<String> for SessionUrl {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        Self::parse(raw.trim())
+    }
+}
+
+impl fmt::Debug for SessionUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Sqlite(path) => write!(f, "Sqlite({path:?})"),
+            Self::Redis(url) => write!(f, "Redis({})", redact(url)),
+        }
+    }
+}
+
 /// Where cached values live.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
 pub enum CacheUrl {
     /// A SQLite file in the data directory: shared, and so coherent, across every
     /// process on this machine.
@@ -110,31 +186,47 @@ pub enum CacheUrl {
 }
 
 impl CacheUrl {
-    pub fn embedded_in(data_dir: &Path) -> Self {
-        Self::Embedded(data_dir.join("cache.db"))
+    /// The embedded default, settled by [`Self::settle_in`].
+    pub(crate) fn in_data_dir() -> Self {
+        Self::Embedded(PathBuf::new())
     }
 
-    pub fn parse(variable: &str, raw: &str, data_dir: &Path) -> Result<Self, ConfigError> {
+    pub(crate) fn settle_in(&mut self, data_dir: &Path) {
+        if matches!(self, Self::Embedded(path) if path.as_os_str().is_empty()) {
+            *self = Self::Embedded(data_dir.join("cache.db"));
+        }
+    }
+
+    pub fn parse(raw: &str) -> Result<Self, String> {
         match raw {
-            "embedded" => return Ok(Self::embedded_in(data_dir)),
+            "embedded" => return Ok(Self::in_data_dir()),
             "none" => return Ok(Self::None),
             _ => {}
         }
         if let Some(nodes) = raw.strip_prefix("memcached://") {
-            let nodes: Vec<String> = nodes.split(',').map(|n| n.trim().trim_end_matches('/').to_string()).filter(|n| !n.is_empty()).collect();
+            let nodes: Vec<String> = nodes
+                .split(',')
+                .map(|n| n.trim().trim_end_matches('/').to_string())
+                .filter(|n| !n.is_empty())
+                .collect();
             let valid = !nodes.is_empty()
-                && nodes.iter().all(|n| n.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok()));
+                && nodes.iter().all(|n| {
+                    n.rsplit_once(':')
+                        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+                });
             if !valid {
-                return Err(ConfigError::new(variable, format!("expected memcached://host:port[,host:port...], got {raw:?}")));
+                return Err(format!(
+                    "expected memcached://host:port[,host:port...], got {raw:?}"
+                ));
             }
             return Ok(Self::Memcached(nodes));
         }
-        let parsed = url::Url::parse(raw).map_err(|e| ConfigError::new(variable, format!("not a URL ({e}): {}", redact(raw))))?;
+        let parsed =
+            url::Url::parse(raw).map_err(|e| format!("not a URL ({e}): {}", redact(raw)))?;
         match parsed.scheme() {
-            "redis" | "rediss" => Ok(Self::Redis(raw.to_string())),
-            other => Err(ConfigError::new(
-                variable,
-                format!("unsupported scheme {other:?}: expected embedded, none, redis:// or memcached://"),
+            "redis" => Ok(Self::Redis(raw.to_string())),
+            other => Err(format!(
+                "unsupported scheme {other:?}: expected embedded, none, redis:// or memcached://"
             )),
         }
     }
@@ -146,6 +238,25 @@ impl CacheUrl {
             Self::Redis(_) => "redis",
             Self::Memcached(_) => "memcached",
             Self::None => "none",
+        }
+    }
+}
+
+impl TryFrom<String> for CacheUrl {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        Self::parse(raw.trim())
+    }
+}
+
+impl fmt::Debug for CacheUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Embedded(path) => write!(f, "Embedded({path:?})"),
+            Self::Redis(url) => write!(f, "Redis({})", redact(url)),
+            Self::Memcached(nodes) => write!(f, "Memcached({nodes:?})"),
+            Self::None => f.write_str("None"),
         }
     }
 }
@@ -167,14 +278,15 @@ mod tests {
 
     #[test]
     fn passwords_never_reach_logs() {
-        let url = DatabaseUrl::parse("X", "postgres://bob:secret@db:5432/bakery").unwrap();
+        let url = DatabaseUrl::parse("postgres://bob:secret@db:5432/bakery").unwrap();
         assert!(!url.redacted().contains("secret"));
+        assert!(!format!("{url:?}").contains("secret"));
         assert!(url.is_postgres());
     }
 
     #[test]
     fn sqlite_urls_create_their_file() {
-        let url = DatabaseUrl::parse("X", "sqlite:///tmp/x.db").unwrap();
+        let url = DatabaseUrl::parse("sqlite:///tmp/x.db").unwrap();
         assert_eq!(url.as_str(), "sqlite:///tmp/x.db?mode=rwc");
     }
 }

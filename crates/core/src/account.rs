@@ -10,7 +10,9 @@ pub struct Username(String);
 
 impl Username {
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
-        let ok_chars = raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        let ok_chars = raw
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !(3..=32).contains(&raw.len()) || !ok_chars {
             return Err(Invalid::new(
                 "invalid_username",
@@ -41,7 +43,9 @@ impl Email {
             && !domain.starts_with('.')
             && !domain.ends_with('.')
             && !domain.contains("..")
-            && domain.chars().all(|c| c.is_alphanumeric() || c == '.' || c == '-');
+            && domain
+                .chars()
+                .all(|c| c.is_alphanumeric() || c == '.' || c == '-');
         if local.is_empty() || local.len() > 64 || domain.contains('@') || !domain_ok {
             return Err(invalid());
         }
@@ -61,10 +65,16 @@ impl Password {
     pub fn parse(raw: &str) -> Result<Self, Invalid> {
         let n = raw.chars().count();
         if n < 8 {
-            return Err(Invalid::new("invalid_password", "a password is at least 8 characters"));
+            return Err(Invalid::new(
+                "invalid_password",
+                "a password is at least 8 characters",
+            ));
         }
         if n > 1024 {
-            return Err(Invalid::new("invalid_password", "a password is at most 1024 characters"));
+            return Err(Invalid::new(
+                "invalid_password",
+                "a password is at most 1024 characters",
+            ));
         }
         Ok(Self(raw.to_string()))
     }
@@ -94,7 +104,10 @@ pub struct User {
 pub struct Profile {
     pub id: i64,
     pub username: String,
-    #[serde(serialize_with = "crate::clock::serialize_millis", deserialize_with = "crate::clock::deserialize_millis")]
+    #[serde(
+        serialize_with = "crate::clock::serialize_millis",
+        deserialize_with = "crate::clock::deserialize_millis"
+    )]
     pub created_at: i64,
 }
 
@@ -105,7 +118,15 @@ mod tests {
     #[test]
     fn usernames_follow_the_contract() {
         assert!(Username::parse("baker_01-x").is_ok());
-        for bad in ["ab", "a".repeat(33).as_str(), "bad name", "quote'", "nul\0x", "<b>tag</b>", "ünï"] {
+        for bad in [
+            "ab",
+            "a".repeat(33).as_str(),
+            "bad name",
+            "quote'",
+            "nul\0x",
+            "<b>tag</b>",
+            "ünï",
+        ] {
             assert!(Username::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }
@@ -113,7 +134,16 @@ mod tests {
     #[test]
     fn emails_must_look_like_one() {
         assert!(Email::parse("ann@example.com").is_ok());
-        for bad in ["", "ann", "ann@", "@example.com", "ann@example", "a b@example.com", "a@b@c.com", "ann@.com"] {
+        for bad in [
+            "",
+            "ann",
+            "ann@",
+            "@example.com",
+            "ann@example",
+            "a b@example.com",
+            "a@b@c.com",
+            "ann@.com",
+        ] {
             assert!(Email::parse(bad).is_err(), "{bad:?} should be refused");
         }
     }
@@ -123,6 +153,9 @@ mod tests {
         assert!(Password::parse("1234567").is_err());
         assert!(Password::parse("12345678").is_ok());
         assert!(Password::parse(&"x".repeat(2000)).is_err());
-        assert_eq!(format!("{:?}", Password::parse("secret-pw").unwrap()), "Password(***)");
+        assert_eq!(
+            format!("{:?}", Password::parse("secret-pw").unwrap()),
+            "Password(***)"
+        );
     }
 }

@@ -4,7 +4,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::Invalid;
 use crate::catalog::text;
-use crate::clock::{deserialize_millis, deserialize_optional_millis, serialize_millis, serialize_optional_millis};
+use crate::clock::{
+    deserialize_millis, deserialize_optional_millis, serialize_millis, serialize_optional_millis,
+};
 
 pub fn event_title(raw: &str) -> Result<String, Invalid> {
     text("a title", "invalid_title", raw.trim(), 1, 200)
@@ -16,7 +18,10 @@ pub fn event_description(raw: &str) -> Result<String, Invalid> {
 
 pub fn capacity(raw: i64) -> Result<i64, Invalid> {
     if !(1..=100_000).contains(&raw) {
-        return Err(Invalid::new("invalid_capacity", "capacity is a whole number from 1 to 100000"));
+        return Err(Invalid::new(
+            "invalid_capacity",
+            "capacity is a whole number from 1 to 100000",
+        ));
     }
     Ok(raw)
 }
@@ -25,7 +30,10 @@ pub fn capacity(raw: i64) -> Result<i64, Invalid> {
 pub struct EventSummary {
     pub id: i64,
     pub title: String,
-    #[serde(serialize_with = "serialize_millis", deserialize_with = "deserialize_millis")]
+    #[serde(
+        serialize_with = "serialize_millis",
+        deserialize_with = "deserialize_millis"
+    )]
     pub starts_at: i64,
     pub capacity: i64,
     pub attendees: i64,
@@ -36,7 +44,10 @@ pub struct Event {
     pub id: i64,
     pub title: String,
     pub description: String,
-    #[serde(serialize_with = "serialize_millis", deserialize_with = "deserialize_millis")]
+    #[serde(
+        serialize_with = "serialize_millis",
+        deserialize_with = "deserialize_millis"
+    )]
     pub starts_at: i64,
     pub capacity: i64,
     pub attendees: i64,
@@ -50,9 +61,15 @@ pub struct Rsvp {
     pub id: i64,
     pub event_id: i64,
     pub status: String,
-    #[serde(serialize_with = "serialize_millis", deserialize_with = "deserialize_millis")]
+    #[serde(
+        serialize_with = "serialize_millis",
+        deserialize_with = "deserialize_millis"
+    )]
     pub created_at: i64,
     /// Set once the email service has sent the confirmation.
-    #[serde(serialize_with = "serialize_optional_millis", deserialize_with = "deserialize_optional_millis")]
+    #[serde(
+        serialize_with = "serialize_optional_millis",
+        deserialize_with = "deserialize_optional_millis"
+    )]
     pub confirmation_sent_at: Option<i64>,
 }

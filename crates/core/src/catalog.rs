@@ -7,13 +7,28 @@ use crate::clock::{deserialize_millis, serialize_millis};
 
 /// Checks free text: a length range in characters and no control characters
 /// other than newlines and tabs.
-pub fn text(field: &'static str, code: &'static str, raw: &str, min: usize, max: usize) -> Result<String, Invalid> {
+pub fn text(
+    field: &'static str,
+    code: &'static str,
+    raw: &str,
+    min: usize,
+    max: usize,
+) -> Result<String, Invalid> {
     let n = raw.chars().count();
     if n < min || n > max {
-        return Err(Invalid::new(code, format!("{field} must be {min} to {max} characters")));
+        return Err(Invalid::new(
+            code,
+            format!("{field} must be {min} to {max} characters"),
+        ));
     }
-    if raw.chars().any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r') {
-        return Err(Invalid::new(code, format!("{field} may not contain control characters")));
+    if raw
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t' && c != '\r')
+    {
+        return Err(Invalid::new(
+            code,
+            format!("{field} may not contain control characters"),
+        ));
     }
     Ok(raw.to_string())
 }
@@ -29,14 +44,20 @@ pub fn product_description(raw: &str) -> Result<String, Invalid> {
 /// A price in cents: 0 to 1,000,000.00.
 pub fn price_cents(raw: i64) -> Result<i64, Invalid> {
     if !(0..=100_000_000).contains(&raw) {
-        return Err(Invalid::new("invalid_price", "price_cents is a whole number from 0 to 100000000"));
+        return Err(Invalid::new(
+            "invalid_price",
+            "price_cents is a whole number from 0 to 100000000",
+        ));
     }
     Ok(raw)
 }
 
 pub fn rating(raw: i64) -> Result<i64, Invalid> {
     if !(1..=5).contains(&raw) {
-        return Err(Invalid::new("invalid_rating", "rating is a whole number from 1 to 5"));
+        return Err(Invalid::new(
+            "invalid_rating",
+            "rating is a whole number from 1 to 5",
+        ));
     }
     Ok(raw)
 }
@@ -54,7 +75,11 @@ pub struct Rating {
 impl Rating {
     /// From the sum and count of ratings, the average rounded to two decimals.
     pub fn from_sum(sum: i64, count: i64) -> Self {
-        let average = if count == 0 { 0.0 } else { (sum as f64 / count as f64 * 100.0).round() / 100.0 };
+        let average = if count == 0 {
+            0.0
+        } else {
+            (sum as f64 / count as f64 * 100.0).round() / 100.0
+        };
         Self { average, count }
     }
 }
@@ -88,7 +113,10 @@ pub struct Review {
     pub user: Author,
     pub rating: i64,
     pub body: String,
-    #[serde(serialize_with = "serialize_millis", deserialize_with = "deserialize_millis")]
+    #[serde(
+        serialize_with = "serialize_millis",
+        deserialize_with = "deserialize_millis"
+    )]
     pub created_at: i64,
 }
 
@@ -106,7 +134,10 @@ pub struct UserReview {
     pub product: ProductRef,
     pub rating: i64,
     pub body: String,
-    #[serde(serialize_with = "serialize_millis", deserialize_with = "deserialize_millis")]
+    #[serde(
+        serialize_with = "serialize_millis",
+        deserialize_with = "deserialize_millis"
+    )]
     pub created_at: i64,
 }
 
@@ -121,7 +152,10 @@ pub struct Product {
     pub images: Vec<Image>,
     pub reviews: Vec<Review>,
     pub rating: Rating,
-    #[serde(serialize_with = "serialize_millis", deserialize_with = "deserialize_millis")]
+    #[serde(
+        serialize_with = "serialize_millis",
+        deserialize_with = "deserialize_millis"
+    )]
     pub updated_at: i64,
 }
 

@@ -23,7 +23,12 @@ pub fn to_rfc3339(millis: i64) -> String {
 
 /// Unix milliseconds of an RFC 3339 time such as `2026-12-24T09:00:00Z`.
 pub fn parse_rfc3339(text: &str) -> Result<i64, Invalid> {
-    let invalid = || Invalid::new("invalid_time", "a time looks like 2026-12-24T09:00:00Z (RFC 3339)");
+    let invalid = || {
+        Invalid::new(
+            "invalid_time",
+            "a time looks like 2026-12-24T09:00:00Z (RFC 3339)",
+        )
+    };
     if text.len() > 64 {
         return Err(invalid());
     }
@@ -32,12 +37,18 @@ pub fn parse_rfc3339(text: &str) -> Result<i64, Invalid> {
 }
 
 /// Serializes unix milliseconds as RFC 3339 (`#[serde(serialize_with = ...)]`).
-pub fn serialize_millis<S: serde::Serializer>(millis: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+pub fn serialize_millis<S: serde::Serializer>(
+    millis: &i64,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&to_rfc3339(*millis))
 }
 
 /// The same for an optional time (`null` when absent).
-pub fn serialize_optional_millis<S: serde::Serializer>(millis: &Option<i64>, serializer: S) -> Result<S::Ok, S::Error> {
+pub fn serialize_optional_millis<S: serde::Serializer>(
+    millis: &Option<i64>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
     match millis {
         Some(m) => serializer.serialize_str(&to_rfc3339(*m)),
         None => serializer.serialize_none(),
@@ -46,14 +57,19 @@ pub fn serialize_optional_millis<S: serde::Serializer>(millis: &Option<i64>, ser
 
 /// The reverse of [`serialize_millis`] (`#[serde(deserialize_with = ...)]`), for
 /// values read back from a cache.
-pub fn deserialize_millis<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+pub fn deserialize_millis<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<i64, D::Error> {
     let text = <String as serde::Deserialize>::deserialize(deserializer)?;
     parse_rfc3339(&text).map_err(serde::de::Error::custom)
 }
 
-pub fn deserialize_optional_millis<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<i64>, D::Error> {
+pub fn deserialize_optional_millis<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<i64>, D::Error> {
     let text = <Option<String> as serde::Deserialize>::deserialize(deserializer)?;
-    text.map(|t| parse_rfc3339(&t).map_err(serde::de::Error::custom)).transpose()
+    text.map(|t| parse_rfc3339(&t).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 #[cfg(test)]

@@ -1,8 +1,10 @@
 //! Password hashing with argon2id (the `argon2` crate's defaults: 19 MiB, 2 passes),
 //! the current OWASP recommendation. CPU-bound: callers run it off the async threads.
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng};
 use argon2::Argon2;
+use argon2::password_hash::{
+    PasswordHash, PasswordHasher, PasswordVerifier, SaltString, rand_core::OsRng,
+};
 
 use crate::Password;
 
@@ -19,7 +21,9 @@ pub fn hash_password(password: &Password) -> String {
 /// Whether `candidate` matches `phc`; a malformed stored hash never matches.
 pub fn verify_password(candidate: &str, phc: &str) -> bool {
     match PasswordHash::new(phc) {
-        Ok(parsed) => Argon2::default().verify_password(candidate.as_bytes(), &parsed).is_ok(),
+        Ok(parsed) => Argon2::default()
+            .verify_password(candidate.as_bytes(), &parsed)
+            .is_ok(),
         Err(_) => false,
     }
 }

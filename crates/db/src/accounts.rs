@@ -8,7 +8,12 @@ use crate::{CachedQuery, Database, DbError, Lsn, now_millis};
 type UserRow = (i64, String, String, i64);
 
 fn user((id, username, email, is_admin): UserRow) -> User {
-    User { id, username, email, is_admin: is_admin != 0 }
+    User {
+        id,
+        username,
+        email,
+        is_admin: is_admin != 0,
+    }
 }
 
 /// What a new account needs; the password arrives already hashed.
@@ -72,36 +77,55 @@ impl Database {
         .bind(username)
         .fetch_optional(self.primary())
         .await?;
-        Ok(row.map(|(id, username, email, is_admin, hash)| (user((id, username, email, is_admin)), hash)))
+        Ok(row.map(|(id, username, email, is_admin, hash)| {
+            (user((id, username, email, is_admin)), hash)
+        }))
     }
 
     /// The user with this id, as seen by a reader whose last write is at `after`.
     pub async fn user_by_id(&self, id: i64, after: Option<Lsn>) -> Result<Option<User>, DbError> {
         let row = self
             .read(after, async |pool| {
-                sqlx::query_as::<_, UserRow>("SELECT id, username, email, is_admin FROM users WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&pool)
-                    .await
+                sqlx::query_as::<_, UserRow>(
+                    "SELECT id, username, email, is_admin FROM users WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&pool)
+                .await
             })
             .await?;
         Ok(row.map(user))
     }
 
     /// The public profile of the user called `username` (in any case).
-    pub async fn profile(&self, after: Option<Lsn>, username: &str) -> Result<Option<Profile>, DbError> {
+    pub async fn profile(
+        &self,
+        after: Option<Lsn>,
+        username: &str,
+    ) -> Result<Option<Profile>, DbError> {
         let row = self
             .read(after, async |pool| {
-                sqlx::query_as::<_, (i64, String, i64)>(PROFILE_BY_NAME.sql()).bind(username).fetch_optional(&pool).await
+                sqlx::query_as::<_, (i64, String, i64)>(PROFILE_BY_NAME.sql())
+                    .bind(username)
+                    .fetch_optional(&pool)
+                    .await
             })
             .await?;
-        Ok(row.map(|(id, username, created_at)| Profile { id, username, created_at }))
+        Ok(row.map(|(id, username, created_at)| Profile {
+            id,
+            username,
+            created_at,
+        }))
     }
 
     /// Applies a change in one transaction; `None` when the user no longer exists.
     /// With a new name, also the products this user has reviewed (their assembled
     /// objects show the name), read in the same transaction.
-    pub async fn update_user(&self, id: i64, change: UserChange<'_>) -> Result<(Option<RenamedUser>, Option<Lsn>), DbError> {
+    pub async fn update_user(
+        &self,
+        id: i64,
+        change: UserChange<'_>,
+    ) -> Result<(Option<RenamedUser>, Option<Lsn>), DbError> {
         let renamed = change.username.is_some();
         self.write(async |pool| {
             let mut tx = pool.begin().await?;
@@ -129,7 +153,10 @@ impl Database {
                 Vec::new()
             };
             tx.commit().await?;
-            Ok(Some(RenamedUser { user: user(row), reviewed }))
+            Ok(Some(RenamedUser {
+                user: user(row),
+                reviewed,
+            }))
         })
         .await
     }
@@ -161,14 +188,22 @@ impl Database {
             return Ok(AdminBootstrap::Existing);
         }
         let generated = password.is_none().then(generate_password);
-        let chosen = password.or(generated.as_deref()).unwrap_or_default().to_string();
+        let chosen = password
+            .or(generated.as_deref())
+            .unwrap_or_default()
+            .to_string();
         let hash = tokio::task::spawn_blocking(move || {
             bakery_core::Password::parse(&chosen).map(|p| bakery_core::hash_password(&p))
         })
         .await
         .map_err(|e| DbError::Other(sqlx::Error::Protocol(e.to_string())))?
         .map_err(|e| DbError::Other(sqlx::Error::Protocol(e.message)))?;
-        let new = NewUser { username: "admin", email: "admin@bakery.localhost", password_hash: &hash, is_admin: true };
+        let new = NewUser {
+            username: "admin",
+            email: "admin@bakery.localhost",
+            password_hash: &hash,
+            is_admin: true,
+        };
         match self.create_user(new).await.map(|(user, _)| user) {
             Ok(_) => Ok(generated.map_or(AdminBootstrap::Created, AdminBootstrap::Generated)),
             // Another process created it a moment ago.
@@ -181,5 +216,7 @@ impl Database {
 /// 20 characters from an alphabet without look-alikes (no 0/O, 1/l/I).
 fn generate_password() -> String {
     const ALPHABET: &[u8] = b"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789";
-    (0..20).map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char).collect()
+    (0..20)
+        .map(|_| ALPHABET[rand::random_range(0..ALPHABET.len())] as char)
+        .collect()
 }

@@ -1,7 +1,7 @@
 //! First start of a database: migrations, the `admin` account, the demo bakery.
 //! `bakery migrate` and `bakery up` both begin here; neither needs the other.
 
-use bakery_config::{Config, ConfigError};
+use bakery_config::{Config, ConfigError, ExposeSecret};
 
 use crate::Database;
 use crate::accounts::AdminBootstrap;
@@ -20,14 +20,23 @@ pub struct Bootstrapped {
 pub async fn bootstrap(config: &Config, demo: bool) -> Result<Bootstrapped, ConfigError> {
     let db = Database::connect_configured(config).await?;
     let failed = |what: &str, e: crate::DbError| {
-        ConfigError::new("BAKERY_DATABASE_URL", format!("{what} on {}: {e}", config.database_url.redacted()))
+        ConfigError::new(
+            "BAKERY_DATABASE_URL",
+            format!("{what} on {}: {e}", config.database_url.redacted()),
+        )
     };
-    db.migrate().await.map_err(|e| failed("cannot apply migrations", e))?;
+    db.migrate()
+        .await
+        .map_err(|e| failed("cannot apply migrations", e))?;
     let admin = db
-        .ensure_admin(config.admin_password.as_deref())
+        .ensure_admin(config.admin_password.as_ref().map(|p| p.expose_secret()))
         .await
         .map_err(|e| failed("cannot create the admin account", e))?;
-    let demo_loaded = demo && db.load_demo().await.map_err(|e| failed("cannot load the demo bakery", e))?;
+    let demo_loaded = demo
+        && db
+            .load_demo()
+            .await
+            .map_err(|e| failed("cannot load the demo bakery", e))?;
     db.close().await;
     Ok(Bootstrapped { admin, demo_loaded })
 }

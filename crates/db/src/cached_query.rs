@@ -17,8 +17,17 @@ pub struct CachedQuery {
 }
 
 impl CachedQuery {
-    pub const fn new(name: &'static str, sql: &'static str, tables: &'static [&'static str]) -> Self {
-        Self { name, sql, tables, id: OnceLock::new() }
+    pub const fn new(
+        name: &'static str,
+        sql: &'static str,
+        tables: &'static [&'static str],
+    ) -> Self {
+        Self {
+            name,
+            sql,
+            tables,
+            id: OnceLock::new(),
+        }
     }
 
     /// The name the cache keys on, changing with the SQL.

@@ -26,7 +26,13 @@ type EventRow = (i64, String, String, i64, i64, i64);
 type RsvpRow = (i64, i64, String, i64, Option<i64>);
 
 fn rsvp((id, event_id, status, created_at, confirmation_sent_at): RsvpRow) -> Rsvp {
-    Rsvp { id, event_id, status, created_at, confirmation_sent_at }
+    Rsvp {
+        id,
+        event_id,
+        status,
+        created_at,
+        confirmation_sent_at,
+    }
 }
 
 const RSVP_COLUMNS: &str = "id, event_id, status, created_at, confirmation_sent_at";
@@ -43,17 +49,30 @@ impl Database {
     pub async fn list_events(&self, after: Option<Lsn>) -> Result<Vec<EventSummary>, DbError> {
         let rows = self
             .read(after, async |pool| {
-                sqlx::query_as::<_, (i64, String, i64, i64, i64)>(LIST_EVENTS.sql()).fetch_all(&pool).await
+                sqlx::query_as::<_, (i64, String, i64, i64, i64)>(LIST_EVENTS.sql())
+                    .fetch_all(&pool)
+                    .await
             })
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, title, starts_at, capacity, attendees)| EventSummary { id, title, starts_at, capacity, attendees })
+            .map(|(id, title, starts_at, capacity, attendees)| EventSummary {
+                id,
+                title,
+                starts_at,
+                capacity,
+                attendees,
+            })
             .collect())
     }
 
     /// One event, with `user_id`'s RSVP when given.
-    pub async fn event(&self, id: i64, user_id: Option<i64>, after: Option<Lsn>) -> Result<Option<Event>, DbError> {
+    pub async fn event(
+        &self,
+        id: i64,
+        user_id: Option<i64>,
+        after: Option<Lsn>,
+    ) -> Result<Option<Event>, DbError> {
         let row = self
             .read(after, async |pool| {
                 sqlx::query_as::<_, EventRow>(
@@ -64,12 +83,27 @@ impl Database {
                 .await
             })
             .await?;
-        let Some((id, title, description, starts_at, capacity, attendees)) = row else { return Ok(None) };
+        let Some((id, title, description, starts_at, capacity, attendees)) = row else {
+            return Ok(None);
+        };
         let my_rsvp = match user_id {
-            Some(user_id) => self.read(after, move |pool| async move { find_rsvp(&pool, id, user_id).await }).await?,
+            Some(user_id) => {
+                self.read(after, move |pool| async move {
+                    find_rsvp(&pool, id, user_id).await
+                })
+                .await?
+            }
             None => None,
         };
-        Ok(Some(Event { id, title, description, starts_at, capacity, attendees, my_rsvp }))
+        Ok(Some(Event {
+            id,
+            title,
+            description,
+            starts_at,
+            capacity,
+            attendees,
+            my_rsvp,
+        }))
     }
 
     pub async fn create_event(&self, new: NewEvent<'_>) -> Result<(i64, Option<Lsn>), DbError> {
@@ -90,7 +124,11 @@ impl Database {
     }
 
     /// Takes a seat for `user_id`, once: a repeat gives back the same RSVP.
-    pub async fn rsvp(&self, event_id: i64, user_id: i64) -> Result<(RsvpOutcome, Option<Lsn>), DbError> {
+    pub async fn rsvp(
+        &self,
+        event_id: i64,
+        user_id: i64,
+    ) -> Result<(RsvpOutcome, Option<Lsn>), DbError> {
         self.write(move |pool| async move {
             let mut tx = pool.begin().await?;
             // Writing first: SQLite takes its write lock here (waiting its turn) rather
@@ -131,7 +169,11 @@ impl Database {
     }
 
     /// Gives the seat back; false when there was no RSVP.
-    pub async fn cancel_rsvp(&self, event_id: i64, user_id: i64) -> Result<(bool, Option<Lsn>), DbError> {
+    pub async fn cancel_rsvp(
+        &self,
+        event_id: i64,
+        user_id: i64,
+    ) -> Result<(bool, Option<Lsn>), DbError> {
         self.write(move |pool| async move {
             let mut tx = pool.begin().await?;
             let removed = sqlx::query("DELETE FROM rsvps WHERE event_id = $1 AND user_id = $2")
@@ -142,10 +184,12 @@ impl Database {
                 .rows_affected()
                 > 0;
             if removed {
-                sqlx::query("UPDATE events SET attendees = attendees - 1 WHERE id = $1 AND attendees > 0")
-                    .bind(event_id)
-                    .execute(&mut *tx)
-                    .await?;
+                sqlx::query(
+                    "UPDATE events SET attendees = attendees - 1 WHERE id = $1 AND attendees > 0",
+                )
+                .bind(event_id)
+                .execute(&mut *tx)
+                .await?;
             }
             tx.commit().await?;
             Ok(removed)
@@ -157,17 +201,28 @@ impl Database {
     pub async fn rsvps_of(&self, user_id: i64, after: Option<Lsn>) -> Result<Vec<Rsvp>, DbError> {
         let rows = self
             .read(after, async |pool| {
-                let sql = format!("SELECT {RSVP_COLUMNS} FROM rsvps WHERE user_id = $1 ORDER BY id DESC");
-                sqlx::query_as::<_, RsvpRow>(sqlx::AssertSqlSafe(sql)).bind(user_id).fetch_all(&pool).await
+                let sql =
+                    format!("SELECT {RSVP_COLUMNS} FROM rsvps WHERE user_id = $1 ORDER BY id DESC");
+                sqlx::query_as::<_, RsvpRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(user_id)
+                    .fetch_all(&pool)
+                    .await
             })
             .await?;
         Ok(rows.into_iter().map(rsvp).collect())
     }
 }
 
-async fn find_rsvp(pool: &sqlx::AnyPool, event_id: i64, user_id: i64) -> Result<Option<Rsvp>, sqlx::Error> {
+async fn find_rsvp(
+    pool: &sqlx::AnyPool,
+    event_id: i64,
+    user_id: i64,
+) -> Result<Option<Rsvp>, sqlx::Error> {
     let sql = format!("SELECT {RSVP_COLUMNS} FROM rsvps WHERE event_id = $1 AND user_id = $2");
-    let row: Option<RsvpRow> =
-        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(event_id).bind(user_id).fetch_optional(pool).await?;
+    let row: Option<RsvpRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(event_id)
+        .bind(user_id)
+        .fetch_optional(pool)
+        .await?;
     Ok(row.map(rsvp))
 }

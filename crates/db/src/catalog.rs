@@ -1,7 +1,9 @@
 //! Products and their parts. Each part lives in its own table and is fetched by its
 //! own query, concurrently, then assembled into one `Product`.
 
-use bakery_core::catalog::{Author, Image, Product, ProductRef, ProductSummary, Rating, Review, UserReview};
+use bakery_core::catalog::{
+    Author, Image, Product, ProductRef, ProductSummary, Rating, Review, UserReview,
+};
 use sqlx::AnyPool;
 
 use crate::{CachedQuery, Database, DbError, Lsn, now_millis};
@@ -25,7 +27,17 @@ type SummaryRow = (i64, String, i64, i64, i64);
 type ReviewRow = (i64, i64, i64, String, i64, String, i64);
 
 fn review((id, product_id, user_id, username, rating, body, created_at): ReviewRow) -> Review {
-    Review { id, product_id, user: Author { id: user_id, username }, rating, body, created_at }
+    Review {
+        id,
+        product_id,
+        user: Author {
+            id: user_id,
+            username,
+        },
+        rating,
+        body,
+        created_at,
+    }
 }
 
 /// A page of the product list (`$1` the cursor, `$2` the limit).
@@ -60,15 +72,29 @@ const REVIEW_COLUMNS: &str = "r.id, r.product_id, u.id, u.username, r.rating, r.
 
 impl Database {
     /// A page of products in id order, after `cursor` (the last id of the previous page).
-    pub async fn list_products(&self, after: Option<Lsn>, cursor: i64, limit: i64) -> Result<Vec<ProductSummary>, DbError> {
+    pub async fn list_products(
+        &self,
+        after: Option<Lsn>,
+        cursor: i64,
+        limit: i64,
+    ) -> Result<Vec<ProductSummary>, DbError> {
         let rows = self
             .read(after, async |pool| {
-                sqlx::query_as::<_, SummaryRow>(LIST_PRODUCTS.sql()).bind(cursor).bind(limit).fetch_all(&pool).await
+                sqlx::query_as::<_, SummaryRow>(LIST_PRODUCTS.sql())
+                    .bind(cursor)
+                    .bind(limit)
+                    .fetch_all(&pool)
+                    .await
             })
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, name, price_cents, sum, count)| ProductSummary { id, name, price_cents, rating: Rating::from_sum(sum, count) })
+            .map(|(id, name, price_cents, sum, count)| ProductSummary {
+                id,
+                name,
+                price_cents,
+                rating: Rating::from_sum(sum, count),
+            })
             .collect())
     }
 
@@ -76,17 +102,32 @@ impl Database {
     pub async fn product(&self, id: i64, after: Option<Lsn>) -> Result<Option<Product>, DbError> {
         let (base, price, description, images, reviews) = tokio::try_join!(
             self.read(after, move |pool| async move {
-                sqlx::query_as::<_, (String, i64)>("SELECT name, updated_at FROM products WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&pool)
-                    .await
+                sqlx::query_as::<_, (String, i64)>(
+                    "SELECT name, updated_at FROM products WHERE id = $1",
+                )
+                .bind(id)
+                .fetch_optional(&pool)
+                .await
             }),
-            self.read(after, move |pool| async move { fetch_price(&pool, id).await }),
-            self.read(after, move |pool| async move { fetch_description(&pool, id).await }),
-            self.read(after, move |pool| async move { fetch_images(&pool, id).await }),
-            self.read(after, move |pool| async move { fetch_reviews(&pool, id).await }),
+            self.read(
+                after,
+                move |pool| async move { fetch_price(&pool, id).await }
+            ),
+            self.read(after, move |pool| async move {
+                fetch_description(&pool, id).await
+            }),
+            self.read(
+                after,
+                move |pool| async move { fetch_images(&pool, id).await }
+            ),
+            self.read(
+                after,
+                move |pool| async move { fetch_reviews(&pool, id).await }
+            ),
         )?;
-        let Some((name, updated_at)) = base else { return Ok(None) };
+        let Some((name, updated_at)) = base else {
+            return Ok(None);
+        };
         let sum: i64 = reviews.iter().map(|r| r.rating).sum();
         let rating = Rating::from_sum(sum, reviews.len() as i64);
         Ok(Some(Product {
@@ -130,7 +171,11 @@ impl Database {
     }
 
     /// Changes the given parts in one transaction; false when there is no such product.
-    pub async fn update_product(&self, id: i64, change: ProductChange<'_>) -> Result<(bool, Option<Lsn>), DbError> {
+    pub async fn update_product(
+        &self,
+        id: i64,
+        change: ProductChange<'_>,
+    ) -> Result<(bool, Option<Lsn>), DbError> {
         self.write(move |pool| async move {
             let now = now_millis();
             let mut tx = pool.begin().await?;
@@ -171,7 +216,12 @@ impl Database {
     /// Deletes a product and (by cascade) its price, description, images and reviews.
     pub async fn delete_product(&self, id: i64) -> Result<(bool, Option<Lsn>), DbError> {
         self.write(move |pool| async move {
-            Ok(sqlx::query("DELETE FROM products WHERE id = $1").bind(id).execute(&pool).await?.rows_affected() > 0)
+            Ok(sqlx::query("DELETE FROM products WHERE id = $1")
+                .bind(id)
+                .execute(&pool)
+                .await?
+                .rows_affected()
+                > 0)
         })
         .await
     }
@@ -207,21 +257,36 @@ impl Database {
 
     /// The review's product and author, for permission checks (from the primary).
     pub async fn review_owner(&self, id: i64) -> Result<Option<(i64, i64)>, DbError> {
-        Ok(sqlx::query_as::<_, (i64, i64)>("SELECT product_id, user_id FROM reviews WHERE id = $1")
+        Ok(
+            sqlx::query_as::<_, (i64, i64)>(
+                "SELECT product_id, user_id FROM reviews WHERE id = $1",
+            )
             .bind(id)
             .fetch_optional(self.primary())
-            .await?)
+            .await?,
+        )
     }
 
     pub async fn delete_review(&self, id: i64) -> Result<(bool, Option<Lsn>), DbError> {
         self.write(move |pool| async move {
-            Ok(sqlx::query("DELETE FROM reviews WHERE id = $1").bind(id).execute(&pool).await?.rows_affected() > 0)
+            Ok(sqlx::query("DELETE FROM reviews WHERE id = $1")
+                .bind(id)
+                .execute(&pool)
+                .await?
+                .rows_affected()
+                > 0)
         })
         .await
     }
 
     /// A page of `user_id`'s reviews, newest first, with ids below `before`.
-    pub async fn reviews_by_user(&self, after: Option<Lsn>, user_id: i64, before: i64, limit: i64) -> Result<Vec<UserReview>, DbError> {
+    pub async fn reviews_by_user(
+        &self,
+        after: Option<Lsn>,
+        user_id: i64,
+        before: i64,
+        limit: i64,
+    ) -> Result<Vec<UserReview>, DbError> {
         let rows = self
             .read(after, async |pool| {
                 sqlx::query_as::<_, (i64, i64, String, i64, String, i64)>(REVIEWS_BY_USER.sql())
@@ -234,25 +299,35 @@ impl Database {
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, product_id, name, rating, body, created_at)| UserReview {
-                id,
-                product: ProductRef { id: product_id, name },
-                rating,
-                body,
-                created_at,
-            })
+            .map(
+                |(id, product_id, name, rating, body, created_at)| UserReview {
+                    id,
+                    product: ProductRef {
+                        id: product_id,
+                        name,
+                    },
+                    rating,
+                    body,
+                    created_at,
+                },
+            )
             .collect())
     }
 
     /// Whether any product exists (first start loads a demo bakery when none does).
     pub async fn has_products(&self) -> Result<bool, DbError> {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM products").fetch_one(self.primary()).await?;
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM products")
+            .fetch_one(self.primary())
+            .await?;
         Ok(n > 0)
     }
 }
 
 async fn fetch_price(pool: &AnyPool, id: i64) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT price_cents FROM product_prices WHERE product_id = $1").bind(id).fetch_optional(pool).await
+    sqlx::query_scalar("SELECT price_cents FROM product_prices WHERE product_id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
 }
 
 async fn fetch_description(pool: &AnyPool, id: i64) -> Result<Option<String>, sqlx::Error> {
@@ -263,18 +338,25 @@ async fn fetch_description(pool: &AnyPool, id: i64) -> Result<Option<String>, sq
 }
 
 async fn fetch_images(pool: &AnyPool, id: i64) -> Result<Vec<Image>, sqlx::Error> {
-    let rows: Vec<(i64, String, String)> =
-        sqlx::query_as("SELECT id, url, thumb_url FROM product_images WHERE product_id = $1 ORDER BY id")
-            .bind(id)
-            .fetch_all(pool)
-            .await?;
-    Ok(rows.into_iter().map(|(id, url, thumb_url)| Image { id, url, thumb_url }).collect())
+    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+        "SELECT id, url, thumb_url FROM product_images WHERE product_id = $1 ORDER BY id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, url, thumb_url)| Image { id, url, thumb_url })
+        .collect())
 }
 
 async fn fetch_reviews(pool: &AnyPool, id: i64) -> Result<Vec<Review>, sqlx::Error> {
     let sql = format!(
         "SELECT {REVIEW_COLUMNS} FROM reviews r JOIN users u ON u.id = r.user_id WHERE r.product_id = $1 ORDER BY r.id DESC"
     );
-    let rows: Vec<ReviewRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_all(pool).await?;
+    let rows: Vec<ReviewRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(id)
+        .fetch_all(pool)
+        .await?;
     Ok(rows.into_iter().map(review).collect())
 }

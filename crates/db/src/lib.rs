@@ -25,10 +25,10 @@ pub mod replica;
 pub use bakery_core::now_millis;
 pub use bootstrap::{Bootstrapped, bootstrap};
 pub use cached_query::CachedQuery;
+use replica::Replicas;
 pub use replica::{Lsn, Role, trace_roles};
 /// sqlx's error, for callers that carry a [`DbError::Other`].
 pub use sqlx::Error as SqlxError;
-use replica::Replicas;
 
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -55,7 +55,11 @@ impl From<sqlx::Error> for DbError {
             sqlx::Error::Database(db) if db.is_unique_violation() => {
                 Self::Conflict(db.constraint().unwrap_or("unique").to_string())
             }
-            sqlx::Error::Database(db) if db.code().as_deref().is_some_and(is_server_unavailable) => Self::Unavailable(error),
+            sqlx::Error::Database(db)
+                if db.code().as_deref().is_some_and(is_server_unavailable) =>
+            {
+                Self::Unavailable(error)
+            }
             _ if is_unreachable(&error) => Self::Unavailable(error),
             _ => Self::Other(error),
         }
@@ -79,7 +83,11 @@ fn is_server_unavailable(code: &str) -> bool {
 fn is_unreachable(error: &sqlx::Error) -> bool {
     matches!(
         error,
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed
+        sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed
     )
 }
 
@@ -113,7 +121,11 @@ impl Drop for AbortOnDrop {
 /// SQLite pools stay small: one writer at a time, and readers are cheap.
 pub const SQLITE_POOL_SIZE: u32 = 8;
 
-async fn open_pool(url: &str, postgres: bool, max_connections: u32) -> Result<AnyPool, sqlx::Error> {
+async fn open_pool(
+    url: &str,
+    postgres: bool,
+    max_connections: u32,
+) -> Result<AnyPool, sqlx::Error> {
     AnyPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(3))
@@ -144,45 +156,83 @@ impl Database {
     ) -> Result<Self, DbError> {
         install_default_drivers();
         let postgres = url.is_postgres();
-        let primary = open_pool(url.as_str(), postgres, if postgres { pool_size } else { pool_size.min(SQLITE_POOL_SIZE) }).await?;
+        let primary = open_pool(
+            url.as_str(),
+            postgres,
+            if postgres {
+                pool_size
+            } else {
+                pool_size.min(SQLITE_POOL_SIZE)
+            },
+        )
+        .await?;
         if !postgres {
             // WAL lets readers in other processes go on while one process writes;
             // the mode is stored in the file, so once is enough.
-            sqlx::query("PRAGMA journal_mode = WAL").execute(&primary).await?;
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&primary)
+                .await?;
         }
         let mut members = Vec::new();
         for replica in replica_urls {
-            members.push((replica.redacted(), open_pool(replica.as_str(), true, pool_size).await?));
+            members.push((
+                replica.redacted(),
+                open_pool(replica.as_str(), true, pool_size).await?,
+            ));
         }
         let replicas = Arc::new(Replicas::new(members, max_lag_bytes));
         let poller = (!replicas.is_empty()).then(|| replicas.clone().spawn_poller(primary.clone()));
-        Ok(Self { primary, postgres, replicas, _poller: Arc::new(AbortOnDrop(poller)) })
+        Ok(Self {
+            primary,
+            postgres,
+            replicas,
+            _poller: Arc::new(AbortOnDrop(poller)),
+        })
     }
 
     /// Connects to the primary named by `config`, creating the data directory first;
     /// a failure is a [`ConfigError`] naming the variable, so the process exits 2.
-    pub async fn connect_configured(config: &bakery_config::Config) -> Result<Self, bakery_config::ConfigError> {
+    pub async fn connect_configured(
+        config: &bakery_config::Config,
+    ) -> Result<Self, bakery_config::ConfigError> {
         use bakery_config::ConfigError;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            ConfigError::new("BAKERY_DATA_DIR", format!("cannot create {}: {e}", config.data_dir.display()))
+            ConfigError::new(
+                "BAKERY_DATA_DIR",
+                format!("cannot create {}: {e}", config.data_dir.display()),
+            )
         })?;
         let pool_size = config.database_pool_size;
-        let db = Self::connect_with_replicas(&config.database_url, &[], 0, pool_size).await.map_err(|e| {
-            ConfigError::new("BAKERY_DATABASE_URL", format!("cannot use {}: {e}", config.database_url.redacted()))
-        })?;
+        let db = Self::connect_with_replicas(&config.database_url, &[], 0, pool_size)
+            .await
+            .map_err(|e| {
+                ConfigError::new(
+                    "BAKERY_DATABASE_URL",
+                    format!("cannot use {}: {e}", config.database_url.redacted()),
+                )
+            })?;
         if config.replica_urls.is_empty() {
             return Ok(db);
         }
         db.close().await;
-        Self::connect_with_replicas(&config.database_url, &config.replica_urls, config.replica_max_lag_bytes, pool_size)
-            .await
-            .map_err(|e| ConfigError::new("BAKERY_REPLICA_URLS", format!("cannot use a replica: {e}")))
+        Self::connect_with_replicas(
+            &config.database_url,
+            &config.replica_urls,
+            config.replica_max_lag_bytes,
+            pool_size,
+        )
+        .await
+        .map_err(|e| ConfigError::new("BAKERY_REPLICA_URLS", format!("cannot use a replica: {e}")))
     }
 
     /// Applies the migrations of this engine. Safe to run from several processes:
     /// sqlx takes a lock (an advisory lock on PostgreSQL, the file lock on SQLite).
     pub async fn migrate(&self) -> Result<(), DbError> {
-        let migrator = if self.postgres { &POSTGRES_MIGRATIONS } else { &SQLITE_MIGRATIONS };
+        let migrator = if self.postgres {
+            &POSTGRES_MIGRATIONS
+        } else {
+            &SQLITE_MIGRATIONS
+        };
         migrator.run(&self.primary).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(inner) => DbError::from(inner),
             other => DbError::Other(sqlx::Error::Migrate(Box::new(other))),
@@ -192,14 +242,24 @@ impl Database {
     /// Fails with a sentence for operators when migrations are missing, so a role
     /// started before `bakery migrate` says so instead of failing request by request.
     pub async fn check_schema(&self) -> Result<(), String> {
-        let migrator = if self.postgres { &POSTGRES_MIGRATIONS } else { &SQLITE_MIGRATIONS };
-        let applied: Result<(i64,), _> = sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
-            .fetch_one(&self.primary)
-            .await;
-        let expected = migrator.iter().filter(|m| m.migration_type.is_up_migration()).count() as i64;
+        let migrator = if self.postgres {
+            &POSTGRES_MIGRATIONS
+        } else {
+            &SQLITE_MIGRATIONS
+        };
+        let applied: Result<(i64,), _> =
+            sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&self.primary)
+                .await;
+        let expected = migrator
+            .iter()
+            .filter(|m| m.migration_type.is_up_migration())
+            .count() as i64;
         match applied {
             Ok((n,)) if n >= expected => Ok(()),
-            Ok((n,)) => Err(format!("the schema has {n} of {expected} migrations: run `bakery migrate`")),
+            Ok((n,)) => Err(format!(
+                "the schema has {n} of {expected} migrations: run `bakery migrate`"
+            )),
             Err(_) => Err("the database has no schema yet: run `bakery migrate`".to_string()),
         }
     }
@@ -207,7 +267,9 @@ impl Database {
     /// This database's instance id (made by the migrations): the namespace of its keys
     /// in the cache and the session store.
     pub async fn instance_id(&self) -> Result<String, DbError> {
-        Ok(sqlx::query_scalar("SELECT id FROM bakery_instance").fetch_one(&self.primary).await?)
+        Ok(sqlx::query_scalar("SELECT id FROM bakery_instance")
+            .fetch_one(&self.primary)
+            .await?)
     }
 
     /// A cheap query, for health checks: the primary answers, or (with the primary
@@ -218,10 +280,10 @@ impl Database {
         if matches!(primary, Ok(Ok(_))) {
             return Ok(());
         }
-        if let Some(replica) = self.replicas.pick(None) {
-            if let Ok(Ok(_)) = tokio::time::timeout(limit, replica.pool.execute("SELECT 1")).await {
-                return Ok(());
-            }
+        if let Some(replica) = self.replicas.pick(None)
+            && let Ok(Ok(_)) = tokio::time::timeout(limit, replica.pool.execute("SELECT 1")).await
+        {
+            return Ok(());
         }
         match primary {
             Ok(result) => result.map(|_| ()).map_err(DbError::from),
@@ -254,7 +316,10 @@ impl Database {
             DbError::Unavailable(_) => DbError::PrimaryUnavailable,
             other => other,
         };
-        let value = answered(Role::Primary, query(self.primary.clone()).await.map_err(on_primary)?);
+        let value = answered(
+            Role::Primary,
+            query(self.primary.clone()).await.map_err(on_primary)?,
+        );
         if self.replicas.is_empty() {
             return Ok((value, None));
         }
@@ -303,4 +368,3 @@ impl Database {
         !self.replicas.is_empty()
     }
 }
-

@@ -69,7 +69,12 @@ impl Replicas {
         Self {
             members: members
                 .into_iter()
-                .map(|(name, pool)| Replica { pool, name, reachable: AtomicBool::new(false), replay: AtomicU64::new(0) })
+                .map(|(name, pool)| Replica {
+                    pool,
+                    name,
+                    reachable: AtomicBool::new(false),
+                    replay: AtomicU64::new(0),
+                })
                 .collect(),
             primary_up: AtomicBool::new(true),
             primary_lsn: AtomicU64::new(0),
@@ -111,7 +116,9 @@ impl Replicas {
 
     /// Any reachable replica, however far behind: for when the primary is gone.
     pub(crate) fn pick_any(&self) -> Option<&Replica> {
-        self.members.iter().find(|r| r.reachable.load(Ordering::Relaxed))
+        self.members
+            .iter()
+            .find(|r| r.reachable.load(Ordering::Relaxed))
     }
 
     /// A query on this replica failed to reach it: out of rotation until the poller sees it again.
@@ -128,8 +135,11 @@ impl Replicas {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let primary_lsn = position(&primary, "SELECT CAST(pg_current_wal_lsn() AS TEXT)").await;
-                let was_up = self.primary_up.swap(primary_lsn.is_some(), Ordering::Relaxed);
+                let primary_lsn =
+                    position(&primary, "SELECT CAST(pg_current_wal_lsn() AS TEXT)").await;
+                let was_up = self
+                    .primary_up
+                    .swap(primary_lsn.is_some(), Ordering::Relaxed);
                 if was_up != primary_lsn.is_some() {
                     tracing::warn!(up = primary_lsn.is_some(), "primary availability changed");
                 }
@@ -137,7 +147,11 @@ impl Replicas {
                     self.primary_lsn.fetch_max(lsn.0, Ordering::Relaxed);
                 }
                 for replica in &self.members {
-                    let replay = position(&replica.pool, "SELECT CAST(pg_last_wal_replay_lsn() AS TEXT)").await;
+                    let replay = position(
+                        &replica.pool,
+                        "SELECT CAST(pg_last_wal_replay_lsn() AS TEXT)",
+                    )
+                    .await;
                     if let Some(lsn) = replay {
                         replica.replay.fetch_max(lsn.0, Ordering::Relaxed);
                     }

@@ -9,6 +9,9 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::json;
 
+use bakery_config::ExposeSecret;
+use subtle::ConstantTimeEq;
+
 use crate::Lb;
 use crate::backend::Backend;
 use crate::reply::{self, Body};
@@ -23,23 +26,34 @@ pub async fn handle(lb: &Lb, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "/healthz") => healthz(lb),
         (&Method::GET, "/metrics") => {
             let mut response = Response::new(reply::full(lb.metrics.render()));
-            response.headers_mut().insert(header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; version=0.0.4"));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
             response
         }
         (&Method::GET, "/lb/backends") => reply::json(StatusCode::OK, &backends(lb)),
-        (method, path) if path.starts_with("/lb/backends/") && (method == Method::PUT || method == Method::DELETE) => {
+        (method, path)
+            if path.starts_with("/lb/backends/")
+                && (method == Method::PUT || method == Method::DELETE) =>
+        {
             change_membership(lb, req).await
         }
-        (_, "/healthz" | "/metrics" | "/lb/backends") => {
-            reply::error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "that method is not allowed here")
-        }
+        (_, "/healthz" | "/metrics" | "/lb/backends") => reply::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "that method is not allowed here",
+        ),
         _ => reply::error(StatusCode::NOT_FOUND, "not_found", "there is nothing here"),
     }
 }
 
 fn healthz(lb: &Lb) -> Response<Body> {
     if lb.draining.load(std::sync::atomic::Ordering::Relaxed) {
-        return reply::json(StatusCode::SERVICE_UNAVAILABLE, &json!({"status": "draining", "id": lb.id}));
+        return reply::json(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "draining", "id": lb.id}),
+        );
     }
     reply::json(StatusCode::OK, &json!({"status": "ok", "id": lb.id}))
 }
@@ -67,47 +81,96 @@ fn backends(lb: &Lb) -> serde_json::Value {
 }
 
 async fn change_membership(lb: &Lb, req: Request<Incoming>) -> Response<Body> {
-    let authorized = match (&lb.config.admin_token, req.headers().get(header::AUTHORIZATION)) {
-        (Some(token), Some(given)) => constant_time_eq(given.as_bytes(), format!("Bearer {token}").as_bytes()),
+    let authorized = match (
+        &lb.config.admin_token,
+        req.headers().get(header::AUTHORIZATION),
+    ) {
+        (Some(token), Some(given)) => constant_time_eq(
+            given.as_bytes(),
+            format!("Bearer {}", token.expose_secret()).as_bytes(),
+        ),
         _ => false,
     };
     if !authorized {
-        return reply::error(StatusCode::FORBIDDEN, "forbidden", "changing backends needs the admin token");
+        return reply::error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "changing backends needs the admin token",
+        );
     }
     let path = req.uri().path().to_string();
     let Some((pool_name, id)) = path.trim_start_matches("/lb/backends/").split_once('/') else {
-        return reply::error(StatusCode::NOT_FOUND, "not_found", "use /lb/backends/{pool}/{id}");
+        return reply::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "use /lb/backends/{pool}/{id}",
+        );
     };
     let Some(pool) = lb.pool(pool_name) else {
-        return reply::error(StatusCode::NOT_FOUND, "unknown_pool", "there is no such pool");
+        return reply::error(
+            StatusCode::NOT_FOUND,
+            "unknown_pool",
+            "there is no such pool",
+        );
     };
     if req.method() == Method::DELETE {
         return if pool.remove(id) {
             tracing::info!(pool = pool_name, backend = id, "backend removed");
             reply::json(StatusCode::OK, &json!({"removed": id}))
         } else {
-            reply::error(StatusCode::NOT_FOUND, "unknown_backend", "there is no such backend")
+            reply::error(
+                StatusCode::NOT_FOUND,
+                "unknown_backend",
+                "there is no such backend",
+            )
         };
     }
     let body = match Limited::new(req.into_body(), 4096).collect().await {
         Ok(body) => body.to_bytes(),
-        Err(_) => return reply::error(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the body is too large"),
+        Err(_) => {
+            return reply::error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                "the body is too large",
+            );
+        }
     };
     let addr = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
-        .and_then(|v| v.get("addr").and_then(|a| a.as_str()).and_then(|a| a.parse().ok()));
+        .and_then(|v| {
+            v.get("addr")
+                .and_then(|a| a.as_str())
+                .and_then(|a| a.parse().ok())
+        });
     let Some(addr) = addr else {
-        return reply::error(StatusCode::BAD_REQUEST, "invalid_input", "send {\"addr\": \"IP:port\"}");
+        return reply::error(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            "send {\"addr\": \"IP:port\"}",
+        );
     };
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-        return reply::error(StatusCode::BAD_REQUEST, "invalid_input", "a backend id is 1 to 64 of [A-Za-z0-9_-]");
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return reply::error(
+            StatusCode::BAD_REQUEST,
+            "invalid_input",
+            "a backend id is 1 to 64 of [A-Za-z0-9_-]",
+        );
     }
     pool.upsert(Backend::new(id.to_string(), addr));
     tracing::info!(pool = pool_name, backend = id, %addr, "backend added");
-    reply::json(StatusCode::OK, &json!({"pool": pool_name, "id": id, "addr": addr.to_string()}))
+    reply::json(
+        StatusCode::OK,
+        &json!({"pool": pool_name, "id": id, "addr": addr.to_string()}),
+    )
 }
 
 /// Compares secrets without an early exit that would leak their prefix by timing.
+/// Compares without an early exit, so the time taken tells nothing of the token.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    bool::from(a.ct_eq(b))
 }

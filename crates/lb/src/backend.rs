@@ -46,7 +46,10 @@ impl Backend {
     pub fn new(id: String, addr: SocketAddr) -> Self {
         Self {
             origin: format!("http://{addr}"),
-            authority: addr.to_string().parse().expect("an IP:port is a valid authority"),
+            authority: addr
+                .to_string()
+                .parse()
+                .expect("an IP:port is a valid authority"),
             id,
             addr,
             inflight: AtomicUsize::new(0),
@@ -59,7 +62,11 @@ impl Backend {
 
     /// The URI of `path_and_query` on this backend.
     pub fn uri(&self, path_and_query: http::uri::PathAndQuery) -> Result<http::Uri, http::Error> {
-        http::Uri::builder().scheme("http").authority(self.authority.clone()).path_and_query(path_and_query).build()
+        http::Uri::builder()
+            .scheme("http")
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -98,7 +105,9 @@ impl Backend {
 
     /// Applies one active check with hysteresis; returns true if health changed.
     pub fn record_probe(&self, probe: Probe, healthy_after: u32, unhealthy_after: u32) -> bool {
-        let Ok(mut c) = self.counters.lock() else { return false };
+        let Ok(mut c) = self.counters.lock() else {
+            return false;
+        };
         let was = self.is_healthy();
         let now = match probe {
             Probe::Pass => {
@@ -124,7 +133,9 @@ impl Backend {
 
     /// Passive ejection: out of rotation until the checker sees enough passes.
     pub fn eject(&self) -> bool {
-        let Ok(mut c) = self.counters.lock() else { return false };
+        let Ok(mut c) = self.counters.lock() else {
+            return false;
+        };
         c.passes = 0;
         self.consecutive_failures.store(0, Ordering::Relaxed);
         self.healthy.swap(false, Ordering::Relaxed)

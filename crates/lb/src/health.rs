@@ -21,7 +21,8 @@ pub fn spawn(lb: Arc<Lb>) -> JoinHandle<()> {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(lb.config.connect_timeout));
         // Probes use their own client, so they never wait behind proxied traffic.
-        let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+        let client: Client<HttpConnector, Empty<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(connector);
         let mut tick = tokio::time::interval(lb.config.health_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut ticks: u64 = 0;
@@ -29,11 +30,15 @@ pub fn spawn(lb: Arc<Lb>) -> JoinHandle<()> {
             tick.tick().await;
             ticks += 1;
             let every_second = (1000 / lb.config.health_interval.as_millis().max(1)).max(1) as u64;
-            if ticks % every_second == 0 {
+            if ticks.is_multiple_of(every_second) {
                 lb.budget.refill();
             }
             let checks = lb.pools.values().flat_map(|pool| {
-                pool.members().iter().cloned().map(|b| (pool.name.clone(), b)).collect::<Vec<_>>()
+                pool.members()
+                    .iter()
+                    .cloned()
+                    .map(|b| (pool.name.clone(), b))
+                    .collect::<Vec<_>>()
             });
             let results = futures::future::join_all(checks.map(|(pool, backend)| {
                 let client = client.clone();
@@ -68,7 +73,9 @@ async fn probe(client: &Client<HttpConnector, Empty<Bytes>>, backend: &Backend, 
     .await;
     match answer {
         Ok(Some((StatusCode::OK, _))) => Probe::Pass,
-        Ok(Some((StatusCode::SERVICE_UNAVAILABLE, body))) if contains(&body, b"draining") => Probe::Draining,
+        Ok(Some((StatusCode::SERVICE_UNAVAILABLE, body))) if contains(&body, b"draining") => {
+            Probe::Draining
+        }
         _ => Probe::Fail,
     }
 }

@@ -1,5 +1,6 @@
-//! `bakery lb`: the HTTP load balancer in front of the web clones, and the static
-//! edge. Built on hyper 1 (server) and hyper-util's pooled client (upstream).
+//! `bakery lb`: the HTTP load balancer in front of the web clones (the static edge
+//! comes with the pre-rendered pages issue). Built on hyper 1 (server) and
+//! hyper-util's pooled client (upstream).
 //!
 //! Pools of backends are reached by path prefix ([`topology`]); inside a pool a
 //! member is picked by least-request (power of two choices) or round robin
@@ -63,20 +64,34 @@ impl Lb {
     pub fn new(config: &Config, id: &str, topology: &Topology) -> anyhow::Result<Self> {
         let lb = config.lb.clone();
         let new_pool = |name: &str| {
-            Arc::new(Pool::new(name, lb.selection, lb.max_ejection_percent, lb.panic_threshold_percent))
+            Arc::new(Pool::new(
+                name,
+                lb.selection,
+                lb.max_ejection_percent,
+                lb.panic_threshold_percent,
+            ))
         };
-        let pools: HashMap<String, Arc<Pool>> =
-            topology.pool_names().into_iter().map(|name| (name.clone(), new_pool(&name))).collect();
+        let pools: HashMap<String, Arc<Pool>> = topology
+            .pool_names()
+            .into_iter()
+            .map(|name| (name.clone(), new_pool(&name)))
+            .collect();
         for spec in &topology.backends {
             pools[&spec.pool].upsert(Backend::new(spec.id.clone(), spec.addr));
         }
-        let mut routes: Vec<(String, Arc<Pool>)> =
-            topology.routes.iter().map(|r| (r.prefix.clone(), pools[&r.pool].clone())).collect();
+        let mut routes: Vec<(String, Arc<Pool>)> = topology
+            .routes
+            .iter()
+            .map(|r| (r.prefix.clone(), pools[&r.pool].clone()))
+            .collect();
         routes.sort_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()));
 
         Ok(Self {
             id: id.to_string(),
-            served_by: config.debug_headers.then(|| HeaderValue::from_str(id)).transpose()?,
+            served_by: config
+                .debug_headers
+                .then(|| HeaderValue::from_str(id))
+                .transpose()?,
             default_pool: pools[topology::DEFAULT_POOL].clone(),
             pools,
             routes,
@@ -137,7 +152,9 @@ pub async fn run(
     tracing::info!(id, addr = %listener.local_addr()?, "load balancer serving");
     let listener = listener.into_std()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let workers = (0..threads)
         .map(|n| {
             let (lb, listener, stop) = (lb.clone(), listener.try_clone()?, stop_rx.clone());
@@ -165,8 +182,14 @@ pub async fn run(
 }
 
 /// One worker thread: accept, serve each connection, and drain on stop.
-fn worker(lb: Arc<Lb>, listener: std::net::TcpListener, mut stop: tokio::sync::watch::Receiver<bool>) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+fn worker(
+    lb: Arc<Lb>,
+    listener: std::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
         let upstream = upstream_client(&lb.config);
@@ -203,7 +226,10 @@ fn worker(lb: Arc<Lb>, listener: std::net::TcpListener, mut stop: tokio::sync::w
             });
         }
         drop(listener);
-        if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!("connections still open after 10 s; closing them");
         }
         Ok(())

@@ -30,7 +30,12 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(name: &str, selection: Selection, max_ejection_percent: u32, panic_threshold_percent: u32) -> Self {
+    pub fn new(
+        name: &str,
+        selection: Selection,
+        max_ejection_percent: u32,
+        panic_threshold_percent: u32,
+    ) -> Self {
         Self {
             name: name.to_string(),
             route_label: format!("proxy:{name}"),
@@ -50,7 +55,12 @@ impl Pool {
     /// Counts one backend response under `bakery_http_requests_total{route, status}`.
     pub fn count_response(&self, status: http::StatusCode) {
         let code = status.as_u16();
-        if let Some(counter) = self.responses.read().ok().and_then(|m| m.get(&code).cloned()) {
+        if let Some(counter) = self
+            .responses
+            .read()
+            .ok()
+            .and_then(|m| m.get(&code).cloned())
+        {
             counter.increment(1);
             return;
         }
@@ -72,7 +82,11 @@ impl Pool {
     /// Adds a member, or replaces the one with the same id (a restarted clone).
     pub fn upsert(&self, backend: Backend) {
         if let Ok(mut members) = self.members.write() {
-            let mut next: Vec<Arc<Backend>> = members.iter().filter(|b| b.id != backend.id).cloned().collect();
+            let mut next: Vec<Arc<Backend>> = members
+                .iter()
+                .filter(|b| b.id != backend.id)
+                .cloned()
+                .collect();
             next.push(Arc::new(backend));
             next.sort_by(|a, b| a.id.cmp(&b.id));
             *members = Arc::new(next);
@@ -81,7 +95,9 @@ impl Pool {
 
     /// Removes a member; false if there was none with that id.
     pub fn remove(&self, id: &str) -> bool {
-        let Ok(mut members) = self.members.write() else { return false };
+        let Ok(mut members) = self.members.write() else {
+            return false;
+        };
         let before = members.len();
         let next: Vec<Arc<Backend>> = members.iter().filter(|b| b.id != id).cloned().collect();
         let removed = next.len() != before;
@@ -93,9 +109,15 @@ impl Pool {
     pub fn pick(&self, tried: &[usize]) -> Option<(usize, Arc<Backend>)> {
         let members = self.members();
         let healthy = members.iter().filter(|b| b.is_healthy()).count();
-        let panic = healthy * 100 < self.panic_threshold_percent as usize * members.len() || healthy == 0;
+        let panic =
+            healthy * 100 < self.panic_threshold_percent as usize * members.len() || healthy == 0;
         let eligible = |i: &usize| {
-            !tried.contains(i) && if panic { !members[*i].is_draining() } else { members[*i].is_healthy() }
+            !tried.contains(i)
+                && if panic {
+                    !members[*i].is_draining()
+                } else {
+                    members[*i].is_healthy()
+                }
         };
         // On the stack for pools of up to 64 members: this runs for every request.
         let mut buffer = [0usize; 64];
@@ -120,7 +142,11 @@ impl Pool {
                 let a = rand::random_range(0..n);
                 let b = (a + 1 + rand::random_range(0..n - 1)) % n;
                 let (a, b) = (candidates[a], candidates[b]);
-                if members[b].inflight() < members[a].inflight() { b } else { a }
+                if members[b].inflight() < members[a].inflight() {
+                    b
+                } else {
+                    a
+                }
             }
         };
         Some((chosen, members[chosen].clone()))
@@ -146,7 +172,10 @@ mod tests {
     fn pool(selection: Selection, n: usize) -> Pool {
         let pool = Pool::new("web", selection, 50, 25);
         for i in 0..n {
-            let b = Backend::new(format!("web-{i}"), format!("127.0.0.1:{}", 9000 + i).parse().unwrap());
+            let b = Backend::new(
+                format!("web-{i}"),
+                format!("127.0.0.1:{}", 9000 + i).parse().unwrap(),
+            );
             b.record_probe(Probe::Pass, 1, 3);
             pool.upsert(b);
         }
@@ -156,7 +185,9 @@ mod tests {
     #[test]
     fn round_robin_visits_every_member_in_turn() {
         let pool = pool(Selection::RoundRobin, 3);
-        let ids: Vec<String> = (0..6).map(|_| pool.pick(&[]).unwrap().1.id.clone()).collect();
+        let ids: Vec<String> = (0..6)
+            .map(|_| pool.pick(&[]).unwrap().1.id.clone())
+            .collect();
         assert_eq!(ids, ["web-0", "web-1", "web-2", "web-0", "web-1", "web-2"]);
     }
 
@@ -189,7 +220,10 @@ mod tests {
             let (index, b) = pool.pick(&[0]).unwrap();
             assert_eq!((index, b.id.as_str()), (2, "web-2"));
         }
-        assert!(pool.pick(&[0, 2]).is_none(), "the draining member is never a retry target");
+        assert!(
+            pool.pick(&[0, 2]).is_none(),
+            "the draining member is never a retry target"
+        );
     }
 
     #[test]
@@ -215,7 +249,10 @@ mod tests {
     #[test]
     fn membership_changes_at_run_time() {
         let pool = pool(Selection::RoundRobin, 2);
-        pool.upsert(Backend::new("web-1".into(), "127.0.0.1:9999".parse().unwrap()));
+        pool.upsert(Backend::new(
+            "web-1".into(),
+            "127.0.0.1:9999".parse().unwrap(),
+        ));
         assert_eq!(pool.members().len(), 2, "same id replaces");
         assert_eq!(pool.members()[1].addr.port(), 9999);
         assert!(pool.remove("web-0"));

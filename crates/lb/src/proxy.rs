@@ -36,8 +36,14 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 /// `consecutive_gateway_failure`).
 const CONSECUTIVE_FAILURES_TO_EJECT: u32 = 3;
 
-pub async fn handle(lb: &Lb, upstream_client: &Upstream, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-    let request_id = accept_request_id(req.headers().get(REQUEST_ID)).unwrap_or_else(new_request_id);
+pub async fn handle(
+    lb: &Lb,
+    upstream_client: &Upstream,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let request_id =
+        accept_request_id(req.headers().get(REQUEST_ID)).unwrap_or_else(new_request_id);
     let request_id = HeaderValue::from_str(&request_id).expect("request ids are checked tokens");
     let path = req.uri().path();
     let mut response = if admin::owns(path) {
@@ -47,7 +53,10 @@ pub async fn handle(lb: &Lb, upstream_client: &Upstream, peer: SocketAddr, req: 
     } else {
         forward(lb, upstream_client, peer, req, &request_id).await
     };
-    response.headers_mut().entry(REQUEST_ID).or_insert(request_id);
+    response
+        .headers_mut()
+        .entry(REQUEST_ID)
+        .or_insert(request_id);
     response
 }
 
@@ -80,7 +89,13 @@ async fn forward(
         Ok(permit) => permit,
         Err(_) => match tokio::time::timeout(lb.config.queue_timeout, lb.slots.acquire()).await {
             Ok(Ok(permit)) => permit,
-            _ => return own(StatusCode::SERVICE_UNAVAILABLE, "overloaded", "the load balancer is at capacity; try again"),
+            _ => {
+                return own(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "the load balancer is at capacity; try again",
+                );
+            }
         },
     };
 
@@ -91,35 +106,67 @@ async fn forward(
         match Limited::new(body, lb.config.max_body_bytes).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return own(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the request body is too large");
+                return own(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "the request body is too large",
+                );
             }
-            Err(_) => return own(StatusCode::BAD_REQUEST, "bad_body", "the request body could not be read"),
+            Err(_) => {
+                return own(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    "the request body could not be read",
+                );
+            }
         }
     } else {
         Bytes::new()
     };
     let headers = upstream_headers(&parts.headers, peer, request_id);
-    let path_and_query = parts.uri.path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let idempotent = is_idempotent(&parts.method);
 
     lb.budget.deposit();
     let mut tried: Vec<usize> = Vec::with_capacity(2);
     loop {
         let Some((index, backend)) = pool.pick(&tried) else {
-            let message = if tried.is_empty() { "no healthy backend can serve this" } else { "every backend tried failed" };
-            return own(StatusCode::SERVICE_UNAVAILABLE, "backend_unavailable", message);
+            let message = if tried.is_empty() {
+                "no healthy backend can serve this"
+            } else {
+                "every backend tried failed"
+            };
+            return own(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "backend_unavailable",
+                message,
+            );
         };
         tried.push(index);
         let mut upstream = Request::new(Full::new(body.clone()));
         *upstream.method_mut() = parts.method.clone();
         *upstream.uri_mut() = match backend.uri(path_and_query.clone()) {
             Ok(uri) => uri,
-            Err(_) => return own(StatusCode::BAD_REQUEST, "bad_uri", "the request target is not valid"),
+            Err(_) => {
+                return own(
+                    StatusCode::BAD_REQUEST,
+                    "bad_uri",
+                    "the request target is not valid",
+                );
+            }
         };
         *upstream.headers_mut() = headers.clone();
 
         let inflight = backend.start_request();
-        let outcome = tokio::time::timeout(lb.config.upstream_timeout, upstream_client.request(upstream)).await;
+        let outcome = tokio::time::timeout(
+            lb.config.upstream_timeout,
+            upstream_client.request(upstream),
+        )
+        .await;
         drop(inflight);
         let error = match outcome {
             Ok(Ok(response)) => {
@@ -129,8 +176,13 @@ async fn forward(
             }
             Ok(Err(error)) => error,
             Err(_) => {
-                metrics::counter!("bakery_lb_upstream_errors_total", "kind" => "timeout").increment(1);
-                return own(StatusCode::SERVICE_UNAVAILABLE, "upstream_timeout", "the backend took too long to answer");
+                metrics::counter!("bakery_lb_upstream_errors_total", "kind" => "timeout")
+                    .increment(1);
+                return own(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "upstream_timeout",
+                    "the backend took too long to answer",
+                );
             }
         };
         let connect_failed = error.is_connect();
@@ -141,12 +193,20 @@ async fn forward(
         // connecting, takes the member out until the checker sees it pass again.
         let streak = backend.record_failure();
         if (connect_failed || streak >= CONSECUTIVE_FAILURES_TO_EJECT) && pool.eject(&backend) {
-            let reason = if connect_failed { "connect_failed" } else { "consecutive_failures" };
+            let reason = if connect_failed {
+                "connect_failed"
+            } else {
+                "consecutive_failures"
+            };
             metrics::counter!("bakery_lb_ejections_total", "reason" => reason).increment(1);
             tracing::warn!(backend = %backend.id, reason, "ejected");
         }
         if !(connect_failed || idempotent) || !lb.budget.try_withdraw() {
-            return own(StatusCode::SERVICE_UNAVAILABLE, "upstream_failed", "the backend failed to answer");
+            return own(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream_failed",
+                "the backend failed to answer",
+            );
         }
         metrics::counter!("bakery_lb_retries_total").increment(1);
     }
@@ -162,7 +222,10 @@ fn has_body(headers: &HeaderMap) -> bool {
 }
 
 fn is_idempotent(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 /// The client's headers without hop-by-hop ones, plus the request id and the
@@ -183,7 +246,10 @@ fn upstream_headers(incoming: &HeaderMap, peer: SocketAddr, request_id: &HeaderV
         out.append(name.clone(), value.clone());
     }
     out.insert(REQUEST_ID, request_id.clone());
-    let forwarded_for = match incoming.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let forwarded_for = match incoming
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+    {
         Some(earlier) => format!("{earlier}, {}", client_ip(peer)),
         None => client_ip(peer),
     };
@@ -225,7 +291,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_stay_behind_and_forwarding_headers_are_added() {
         let mut incoming = HeaderMap::new();
-        incoming.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, x-secret-hop"));
+        incoming.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret-hop"),
+        );
         incoming.insert("x-secret-hop", HeaderValue::from_static("1"));
         incoming.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         incoming.insert(header::HOST, HeaderValue::from_static("bakery.test"));

@@ -38,13 +38,17 @@ impl RetryBudget {
     fn add(&self, amount: i64) {
         let _ = self
             .milli_tokens
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| Some((t + amount).min(self.cap)));
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                Some((t + amount).min(self.cap))
+            });
     }
 
     /// Takes one retry from the budget if there is one.
     pub fn try_withdraw(&self) -> bool {
         self.milli_tokens
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| (t >= 1000).then_some(t - 1000))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
+                (t >= 1000).then_some(t - 1000)
+            })
             .is_ok()
     }
 }

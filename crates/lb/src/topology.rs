@@ -18,7 +18,12 @@ pub struct BackendSpec {
 
 impl BackendSpec {
     pub fn parse(raw: &str, ordinal: usize) -> Result<Self, ConfigError> {
-        let bad = |why: &str| ConfigError::new("--backend", format!("{why} in {raw:?}: expected POOL=ID@HOST:PORT"));
+        let bad = |why: &str| {
+            ConfigError::new(
+                "--backend",
+                format!("{why} in {raw:?}: expected POOL=ID@HOST:PORT"),
+            )
+        };
         let (pool, rest) = raw.split_once('=').ok_or_else(|| bad("no pool"))?;
         let (id, addr) = match rest.split_once('@') {
             Some((id, addr)) => (id.to_string(), addr),
@@ -28,7 +33,11 @@ impl BackendSpec {
             return Err(bad("empty pool or id"));
         }
         let addr = addr.parse().map_err(|_| bad("not an IP:port address"))?;
-        Ok(Self { pool: pool.to_string(), id, addr })
+        Ok(Self {
+            pool: pool.to_string(),
+            id,
+            addr,
+        })
     }
 }
 
@@ -42,10 +51,14 @@ pub struct RouteSpec {
 impl RouteSpec {
     pub fn parse(raw: &str) -> Result<Self, ConfigError> {
         match raw.split_once('=') {
-            Some((prefix, pool)) if prefix.starts_with('/') && !pool.is_empty() => {
-                Ok(Self { prefix: prefix.to_string(), pool: pool.to_string() })
-            }
-            _ => Err(ConfigError::new("--route", format!("expected /PREFIX=POOL, got {raw:?}"))),
+            Some((prefix, pool)) if prefix.starts_with('/') && !pool.is_empty() => Ok(Self {
+                prefix: prefix.to_string(),
+                pool: pool.to_string(),
+            }),
+            _ => Err(ConfigError::new(
+                "--route",
+                format!("expected /PREFIX=POOL, got {raw:?}"),
+            )),
         }
     }
 }
@@ -77,7 +90,10 @@ mod tests {
     #[test]
     fn backends_parse_with_and_without_ids() {
         let b = BackendSpec::parse("web=web-2@127.0.0.1:9002", 0).unwrap();
-        assert_eq!((b.pool.as_str(), b.id.as_str(), b.addr.port()), ("web", "web-2", 9002));
+        assert_eq!(
+            (b.pool.as_str(), b.id.as_str(), b.addr.port()),
+            ("web", "web-2", 9002)
+        );
         let b = BackendSpec::parse("push=127.0.0.1:7000", 3).unwrap();
         assert_eq!(b.id, "push-3");
         assert!(BackendSpec::parse("127.0.0.1:9002", 0).is_err());

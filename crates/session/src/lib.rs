@@ -10,13 +10,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use bakery_config::SessionUrl;
 use bakery_core::now_millis;
+use base64::Engine;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +73,10 @@ impl SessionId {
 
     /// Accepts what a cookie carried, if it has the shape of one of ours.
     pub fn from_cookie(value: &str) -> Option<Self> {
-        let ok = value.len() == 43 && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        let ok = value.len() == 43
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
         ok.then(|| Self(value.to_string()))
     }
 
@@ -99,15 +104,27 @@ const REDIS_PREFIX: &str = "bakery:session:";
 /// The store, one variant per engine.
 #[derive(Clone)]
 pub enum SessionStore {
-    Sqlite { pool: SqlitePool, lifetimes: Lifetimes, namespace: Arc<str> },
-    Redis { conn: redis::aio::ConnectionManager, lifetimes: Lifetimes, namespace: Arc<str> },
+    Sqlite {
+        pool: SqlitePool,
+        lifetimes: Lifetimes,
+        namespace: Arc<str>,
+    },
+    Redis {
+        conn: redis::aio::ConnectionManager,
+        lifetimes: Lifetimes,
+        namespace: Arc<str>,
+    },
 }
 
 impl SessionStore {
     /// Connects (and for SQLite creates the file and table); fails if unreachable.
     /// `namespace` (the database's instance id) is part of every stored key, so a
     /// session made against one database is unknown to any other sharing the store.
-    pub async fn connect(url: &SessionUrl, lifetimes: Lifetimes, namespace: &str) -> Result<Self, SessionError> {
+    pub async fn connect(
+        url: &SessionUrl,
+        lifetimes: Lifetimes,
+        namespace: &str,
+    ) -> Result<Self, SessionError> {
         let namespace = Arc::from(namespace);
         match url {
             SessionUrl::Sqlite(path) => {
@@ -117,7 +134,10 @@ impl SessionStore {
                     .journal_mode(SqliteJournalMode::Wal)
                     .synchronous(SqliteSynchronous::Normal)
                     .busy_timeout(Duration::from_secs(5));
-                let pool = SqlitePoolOptions::new().max_connections(4).connect_with(options).await?;
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(4)
+                    .connect_with(options)
+                    .await?;
                 sqlx::query(
                     "CREATE TABLE IF NOT EXISTS sessions (
                          id_digest  TEXT PRIMARY KEY,
@@ -130,10 +150,16 @@ impl SessionStore {
                 .execute(&pool)
                 .await?;
                 // Files made before sessions recorded write positions gain the column.
-                let _ = sqlx::query("ALTER TABLE sessions ADD COLUMN write_lsn INTEGER NOT NULL DEFAULT 0")
-                    .execute(&pool)
-                    .await;
-                Ok(Self::Sqlite { pool, lifetimes, namespace })
+                let _ = sqlx::query(
+                    "ALTER TABLE sessions ADD COLUMN write_lsn INTEGER NOT NULL DEFAULT 0",
+                )
+                .execute(&pool)
+                .await;
+                Ok(Self::Sqlite {
+                    pool,
+                    lifetimes,
+                    namespace,
+                })
             }
             SessionUrl::Redis(url) => {
                 let client = redis::Client::open(url.as_str())?;
@@ -141,9 +167,14 @@ impl SessionStore {
                     .set_connection_timeout(Some(Duration::from_secs(1)))
                     .set_response_timeout(Some(Duration::from_secs(1)))
                     .set_number_of_retries(2);
-                let mut conn = redis::aio::ConnectionManager::new_with_config(client, config).await?;
+                let mut conn =
+                    redis::aio::ConnectionManager::new_with_config(client, config).await?;
                 let _: () = redis::cmd("PING").query_async(&mut conn).await?;
-                Ok(Self::Redis { conn, lifetimes, namespace })
+                Ok(Self::Redis {
+                    conn,
+                    lifetimes,
+                    namespace,
+                })
             }
         }
     }
@@ -171,7 +202,12 @@ impl SessionStore {
     pub async fn create(&self, user_id: i64) -> Result<SessionId, SessionError> {
         let id = SessionId::generate();
         let now = now_millis();
-        let session = Session { user_id, created_at: now, last_seen: now, write_lsn: 0 };
+        let session = Session {
+            user_id,
+            created_at: now,
+            last_seen: now,
+            write_lsn: 0,
+        };
         self.save(&self.stored_digest(&id), &session).await?;
         if let Self::Sqlite { pool, .. } = self {
             // Expired rows are swept now and then by whoever logs in.
@@ -220,7 +256,9 @@ impl SessionStore {
                 }
             }
         };
-        let Some(mut session) = found else { return Ok(None) };
+        let Some(mut session) = found else {
+            return Ok(None);
+        };
         let now = now_millis();
         let lifetimes = self.lifetimes();
         if now - session.last_seen >= lifetimes.idle.as_millis() as i64
@@ -242,11 +280,13 @@ impl SessionStore {
         let digest = self.stored_digest(id);
         match self {
             Self::Sqlite { pool, .. } => {
-                sqlx::query("UPDATE sessions SET write_lsn = MAX(write_lsn, $2) WHERE id_digest = $1")
-                    .bind(&digest)
-                    .bind(lsn as i64)
-                    .execute(pool)
-                    .await?;
+                sqlx::query(
+                    "UPDATE sessions SET write_lsn = MAX(write_lsn, $2) WHERE id_digest = $1",
+                )
+                .bind(&digest)
+                .bind(lsn as i64)
+                .execute(pool)
+                .await?;
             }
             Self::Redis { conn, .. } => {
                 // Compare-and-raise in one step on the server; positions fit a Lua
@@ -255,8 +295,11 @@ impl SessionStore {
                     "if redis.call('EXISTS', KEYS[1]) == 1 and tonumber(redis.call('HGET', KEYS[1], 'write_lsn') or '0') < tonumber(ARGV[1]) then \
                        redis.call('HSET', KEYS[1], 'write_lsn', ARGV[1]) end return 1",
                 );
-                let _: i64 =
-                    script.key(format!("{REDIS_PREFIX}{digest}")).arg(lsn.to_string()).invoke_async(&mut conn.clone()).await?;
+                let _: i64 = script
+                    .key(format!("{REDIS_PREFIX}{digest}"))
+                    .arg(lsn.to_string())
+                    .invoke_async(&mut conn.clone())
+                    .await?;
             }
         }
         Ok(())
@@ -267,7 +310,10 @@ impl SessionStore {
         let digest = self.stored_digest(id);
         match self {
             Self::Sqlite { pool, .. } => {
-                sqlx::query("DELETE FROM sessions WHERE id_digest = $1").bind(&digest).execute(pool).await?;
+                sqlx::query("DELETE FROM sessions WHERE id_digest = $1")
+                    .bind(&digest)
+                    .execute(pool)
+                    .await?;
             }
             Self::Redis { conn, .. } => {
                 let _: () = conn.clone().del(format!("{REDIS_PREFIX}{digest}")).await?;
@@ -303,10 +349,15 @@ impl SessionStore {
                 .execute(pool)
                 .await?;
             }
-            Self::Redis { conn, lifetimes, .. } => {
+            Self::Redis {
+                conn, lifetimes, ..
+            } => {
                 // Redis forgets the key when the session would expire anyway.
-                let absolute_left = session.created_at + lifetimes.absolute.as_millis() as i64 - now_millis();
-                let ttl = (lifetimes.idle.as_millis() as i64).min(absolute_left).max(1) as u64;
+                let absolute_left =
+                    session.created_at + lifetimes.absolute.as_millis() as i64 - now_millis();
+                let ttl = (lifetimes.idle.as_millis() as i64)
+                    .min(absolute_left)
+                    .max(1) as u64;
                 let key = format!("{REDIS_PREFIX}{digest}");
                 // A hash, so the write position can be raised on the server by itself.
                 let _: () = redis::pipe()

@@ -76,14 +76,20 @@ impl Launcher {
             // then stops the children in order.
             .process_group(0)
             .kill_on_drop(true);
-        let mut child = command.spawn().with_context(|| format!("cannot start {}", spec.id))?;
-        let pid = child.id().context("the child has a pid until it is waited for")?;
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("cannot start {}", spec.id))?;
+        let pid = child
+            .id()
+            .context("the child has a pid until it is waited for")?;
         let stdout = child.stdout.take().context("stdout is piped")?;
         let mut lines = BufReader::new(stdout).lines();
         let addr = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await? {
                 if let Some(addr) = line.strip_prefix("listening ").and_then(|rest| {
-                    rest.split_whitespace().find_map(|kv| kv.strip_prefix("addr=")).and_then(|a| a.parse().ok())
+                    rest.split_whitespace()
+                        .find_map(|kv| kv.strip_prefix("addr="))
+                        .and_then(|a| a.parse().ok())
                 }) {
                     return Ok(addr);
                 }
@@ -102,7 +108,10 @@ impl Running {
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
     pub async fn stop(&mut self, grace: Duration) {
         let _ = kill(Pid::from_raw(self.pid as i32), Signal::SIGTERM);
-        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+        if tokio::time::timeout(grace, self.child.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!(pid = self.pid, "did not stop in time; killing it");
             let _ = self.child.kill().await;
         }

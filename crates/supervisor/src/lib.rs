@@ -73,17 +73,33 @@ pub async fn run(options: UpOptions, shutdown: impl Future<Output = ()>) -> anyh
     // Clones first, so the load balancer starts with members to send to.
     let mut started: Vec<(ChildSpec, Running)> = Vec::new();
     let clone_specs: Vec<ChildSpec> = (1..=options.clones)
-        .map(|i| ChildSpec { role: Role::Web, id: format!("web-{i}"), listen: "127.0.0.1:0".into(), args: vec![] })
+        .map(|i| ChildSpec {
+            role: Role::Web,
+            id: format!("web-{i}"),
+            listen: "127.0.0.1:0".into(),
+            args: vec![],
+        })
         .collect();
-    let launched = futures::future::join_all(clone_specs.iter().map(|spec| supervisor.start_ready(spec))).await;
+    let launched =
+        futures::future::join_all(clone_specs.iter().map(|spec| supervisor.start_ready(spec)))
+            .await;
     for (spec, running) in clone_specs.into_iter().zip(launched) {
         let running = running?;
-        supervisor.lock_clones().insert(spec.id.clone(), running.addr);
+        supervisor
+            .lock_clones()
+            .insert(spec.id.clone(), running.addr);
         started.push((spec, running));
     }
-    let lb_spec = ChildSpec { role: Role::Lb, id: "lb-1".into(), listen: options.listen.clone(), args: vec![] };
+    let lb_spec = ChildSpec {
+        role: Role::Lb,
+        id: "lb-1".into(),
+        listen: options.listen.clone(),
+        args: vec![],
+    };
     let lb = supervisor.start_ready(&lb_spec).await?;
-    for (spec, running) in std::iter::once((&lb_spec, &lb)).chain(started.iter().map(|(s, r)| (s, r))) {
+    for (spec, running) in
+        std::iter::once((&lb_spec, &lb)).chain(started.iter().map(|(s, r)| (s, r)))
+    {
         announce(spec, running);
     }
     println!("ready http://{}", lb.addr);
@@ -93,7 +109,9 @@ pub async fn run(options: UpOptions, shutdown: impl Future<Output = ()>) -> anyh
     let lb_keeper = tokio::spawn(supervisor.clone().keep(lb_spec, lb, stop_lb.clone()));
     let web_keepers: Vec<_> = started
         .into_iter()
-        .map(|(spec, running)| tokio::spawn(supervisor.clone().keep(spec, running, stop_web.clone())))
+        .map(|(spec, running)| {
+            tokio::spawn(supervisor.clone().keep(spec, running, stop_web.clone()))
+        })
         .collect();
 
     shutdown.await;
@@ -109,12 +127,17 @@ pub async fn run(options: UpOptions, shutdown: impl Future<Output = ()>) -> anyh
 }
 
 fn announce(spec: &ChildSpec, running: &Running) {
-    println!("started role={} id={} pid={} addr={}", spec.role, spec.id, running.pid, running.addr);
+    println!(
+        "started role={} id={} pid={} addr={}",
+        spec.role, spec.id, running.pid, running.addr
+    );
 }
 
 impl Supervisor {
     fn lock_clones(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SocketAddr>> {
-        self.clones.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.clones
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Starts a child and waits until it is ready: a clone answers `/healthz`; the
@@ -122,21 +145,34 @@ impl Supervisor {
     async fn start_ready(&self, spec: &ChildSpec) -> anyhow::Result<Running> {
         let mut spec = spec.clone();
         if spec.role == Role::Lb {
-            spec.args = self.lock_clones().iter().flat_map(|(id, addr)| ["--backend".to_string(), format!("web={id}@{addr}")]).collect();
+            spec.args = self
+                .lock_clones()
+                .iter()
+                .flat_map(|(id, addr)| ["--backend".to_string(), format!("web={id}@{addr}")])
+                .collect();
         }
         let mut running = self.launcher.start(&spec).await?;
         let ready = if spec.role == Role::Lb {
             let expected = self.lock_clones().len();
-            self.http.wait_until(running.addr, "/lb/backends", READY_LIMIT, |status, body| {
-                status.is_success() && healthy_members(body, "web") >= expected
-            })
-            .await
+            self.http
+                .wait_until(running.addr, "/lb/backends", READY_LIMIT, |status, body| {
+                    status.is_success() && healthy_members(body, "web") >= expected
+                })
+                .await
         } else {
-            self.http.wait_until(running.addr, "/healthz", READY_LIMIT, |status, _| status.is_success()).await
+            self.http
+                .wait_until(running.addr, "/healthz", READY_LIMIT, |status, _| {
+                    status.is_success()
+                })
+                .await
         };
         if !ready {
             running.stop(Duration::from_secs(1)).await;
-            bail!("{} did not become healthy within {} s", spec.id, READY_LIMIT.as_secs());
+            bail!(
+                "{} did not become healthy within {} s",
+                spec.id,
+                READY_LIMIT.as_secs()
+            );
         }
         if spec.role == Role::Lb {
             *self.lb_addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(running.addr);
@@ -156,8 +192,13 @@ impl Supervisor {
                     return;
                 }
             };
-            let how = status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
-            println!("restarted role={} id={} old_pid={} reason=\"{how}\"", spec.role, spec.id, running.pid);
+            let how = status
+                .map(|s| s.to_string())
+                .unwrap_or_else(|e| e.to_string());
+            println!(
+                "restarted role={} id={} old_pid={} reason=\"{how}\"",
+                spec.role, spec.id, running.pid
+            );
             if since.elapsed() > Duration::from_secs(30) {
                 backoff = Duration::from_millis(500);
             }
@@ -169,7 +210,9 @@ impl Supervisor {
                 backoff = (backoff * 2).min(Duration::from_secs(30));
                 match self.start_ready(&spec).await {
                     Ok(fresh) => break fresh,
-                    Err(error) => tracing::error!(id = %spec.id, error = format!("{error:#}"), "restart failed; backing off"),
+                    Err(error) => {
+                        tracing::error!(id = %spec.id, error = format!("{error:#}"), "restart failed; backing off")
+                    }
                 }
             };
             since = Instant::now();
@@ -183,10 +226,20 @@ impl Supervisor {
 
     /// Tells the load balancer where a (re)started clone now listens.
     async fn register_clone(&self, id: &str, addr: SocketAddr) {
-        let Some(lb) = *self.lb_addr.lock().unwrap_or_else(|p| p.into_inner()) else { return };
+        let Some(lb) = *self.lb_addr.lock().unwrap_or_else(|p| p.into_inner()) else {
+            return;
+        };
         let body = serde_json::json!({ "addr": addr.to_string() }).to_string();
-        let answer =
-            self.http.call(Method::PUT, lb, &format!("/lb/backends/web/{id}"), Some(&self.admin_token), Some(body)).await;
+        let answer = self
+            .http
+            .call(
+                Method::PUT,
+                lb,
+                &format!("/lb/backends/web/{id}"),
+                Some(&self.admin_token),
+                Some(body),
+            )
+            .await;
         if !answer.is_some_and(|(status, _)| status.is_success()) {
             tracing::warn!(id, %addr, "could not register the clone with the load balancer");
         }
@@ -195,7 +248,9 @@ impl Supervisor {
 
 /// Counts the healthy members of `pool` in a `/lb/backends` answer.
 fn healthy_members(body: &[u8], pool: &str) -> usize {
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else { return 0 };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return 0;
+    };
     value["pools"]
         .as_array()
         .into_iter()

@@ -20,7 +20,9 @@ impl Http {
     pub fn new() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_millis(500)));
-        Self { client: Client::builder(TokioExecutor::new()).build(connector) }
+        Self {
+            client: Client::builder(TokioExecutor::new()).build(connector),
+        }
     }
 
     /// One request with a 2 s limit; `None` if it could not be made.
@@ -32,14 +34,18 @@ impl Http {
         bearer: Option<&str>,
         body: Option<String>,
     ) -> Option<(StatusCode, Bytes)> {
-        let mut request = Request::builder().method(method).uri(format!("http://{addr}{path}"));
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"));
         if let Some(token) = bearer {
             request = request.header("authorization", format!("Bearer {token}"));
         }
         if body.is_some() {
             request = request.header("content-type", "application/json");
         }
-        let request = request.body(Full::new(Bytes::from(body.unwrap_or_default()))).ok()?;
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .ok()?;
         tokio::time::timeout(Duration::from_secs(2), async {
             let response = self.client.request(request).await.ok()?;
             let status = response.status();
@@ -61,10 +67,10 @@ impl Http {
     ) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         while tokio::time::Instant::now() < deadline {
-            if let Some((status, body)) = self.call(Method::GET, addr, path, None, None).await {
-                if check(status, &body) {
-                    return true;
-                }
+            if let Some((status, body)) = self.call(Method::GET, addr, path, None, None).await
+                && check(status, &body)
+            {
+                return true;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

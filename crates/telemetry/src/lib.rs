@@ -57,11 +57,26 @@ impl Metrics {
 }
 
 fn describe() {
-    metrics::describe_counter!("bakery_http_requests_total", "HTTP requests answered, by route and status.");
-    metrics::describe_counter!("bakery_db_queries_total", "Database queries, by role (primary or replica).");
-    metrics::describe_counter!("bakery_lb_retries_total", "Requests the load balancer sent again to another backend.");
-    metrics::describe_counter!("bakery_lb_ejections_total", "Backends taken out of rotation, by reason.");
-    metrics::describe_counter!("bakery_lb_upstream_errors_total", "Failed attempts to reach a backend, by kind.");
+    metrics::describe_counter!(
+        "bakery_http_requests_total",
+        "HTTP requests answered, by route and status."
+    );
+    metrics::describe_counter!(
+        "bakery_db_queries_total",
+        "Database queries, by role (primary or replica)."
+    );
+    metrics::describe_counter!(
+        "bakery_lb_retries_total",
+        "Requests the load balancer sent again to another backend."
+    );
+    metrics::describe_counter!(
+        "bakery_lb_ejections_total",
+        "Backends taken out of rotation, by reason."
+    );
+    metrics::describe_counter!(
+        "bakery_lb_upstream_errors_total",
+        "Failed attempts to reach a backend, by kind."
+    );
 }
 
 /// Counts one answered HTTP request under the contract's metric name.
@@ -85,14 +100,17 @@ pub fn accept_request_id(value: Option<&http::HeaderValue>) -> Option<String> {
     let text = value?.to_str().ok()?;
     let sane = !text.is_empty()
         && text.len() <= 128
-        && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
     sane.then(|| text.to_string())
 }
 
 /// Resolves on SIGINT or SIGTERM: the one shutdown signal every role listens to.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler works on Unix");
+    let mut term =
+        signal(SignalKind::terminate()).expect("installing a SIGTERM handler works on Unix");
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}

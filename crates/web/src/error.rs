@@ -19,7 +19,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
-        Self { status, code, message: message.into() }
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -49,7 +53,11 @@ impl ApiError {
     /// A fault of ours: logged with its cause, answered without it.
     pub fn internal(cause: impl std::fmt::Display) -> Self {
         tracing::error!(%cause, "internal error");
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", "something went wrong on our side")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "something went wrong on our side",
+        )
     }
 }
 
@@ -77,13 +85,18 @@ impl From<&DbError> for ApiError {
         match error {
             DbError::Unavailable(cause) => {
                 tracing::warn!(%cause, "database unavailable");
-                Self::unavailable("database_unavailable", "the database is unavailable; try again shortly")
+                Self::unavailable(
+                    "database_unavailable",
+                    "the database is unavailable; try again shortly",
+                )
             }
             DbError::PrimaryUnavailable => Self::unavailable(
                 "primary_unavailable",
                 "the primary database is unavailable, so changes cannot be saved now; reading still works",
             ),
-            DbError::Conflict(constraint) => Self::conflict("conflict", format!("that conflicts with {constraint}")),
+            DbError::Conflict(constraint) => {
+                Self::conflict("conflict", format!("that conflicts with {constraint}"))
+            }
             DbError::Other(cause) => Self::internal(cause),
         }
     }
@@ -98,9 +111,11 @@ impl From<bakery_app::Error> for ApiError {
             Error::NotFound => Self::not_found(),
             Error::Forbidden(message) => Self::forbidden(message),
             Error::Conflict { code, message } => Self::conflict(code, message),
-            Error::InvalidCredentials => {
-                Self::new(StatusCode::UNAUTHORIZED, "invalid_credentials", "that username and password do not match")
-            }
+            Error::InvalidCredentials => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_credentials",
+                "that username and password do not match",
+            ),
             Error::NoSuchAccount => Self::unauthorized(),
             Error::Store(db) => (&*db).into(),
             Error::Internal(cause) => Self::internal(cause),
@@ -111,7 +126,10 @@ impl From<bakery_app::Error> for ApiError {
 impl From<SessionError> for ApiError {
     fn from(error: SessionError) -> Self {
         tracing::warn!(%error, "session store unavailable");
-        Self::unavailable("session_store_unavailable", "the session store is unavailable; try again shortly")
+        Self::unavailable(
+            "session_store_unavailable",
+            "the session store is unavailable; try again shortly",
+        )
     }
 }
 

@@ -34,11 +34,16 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
             "unsupported_media_type",
             "send JSON with content-type: application/json",
         ),
-        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request("malformed_json", format!("the body is not valid JSON: {}", e.body_text())),
+        JsonRejection::JsonSyntaxError(e) => ApiError::bad_request(
+            "malformed_json",
+            format!("the body is not valid JSON: {}", e.body_text()),
+        ),
         JsonRejection::JsonDataError(e) => ApiError::bad_request("invalid_input", e.body_text()),
-        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the body is larger than 1 MiB")
-        }
+        other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the body is larger than 1 MiB",
+        ),
         other => ApiError::bad_request("invalid_body", other.body_text()),
     }
 }
@@ -61,12 +66,17 @@ impl CurrentUser {
     /// the store cannot take the position, the client gets it in a cookie instead
     /// (see [`session_cookie::wrote`]), and the answer still reports the write.
     pub async fn remember<T>(&self, state: &AppState, written: Written<T>) -> (Remembered, T) {
-        let Some(lsn) = written.lsn else { return (Remembered(None), written.value) };
+        let Some(lsn) = written.lsn else {
+            return (Remembered(None), written.value);
+        };
         match state.sessions.record_write(&self.session, lsn.0).await {
             Ok(()) => (Remembered(None), written.value),
             Err(error) => {
                 tracing::warn!(%error, lsn = lsn.0, "could not record a write in the session; handing its position to the client");
-                (Remembered(Some(session_cookie::wrote(lsn.0, self.secure))), written.value)
+                (
+                    Remembered(Some(session_cookie::wrote(lsn.0, self.secure))),
+                    written.value,
+                )
             }
         }
     }
@@ -81,7 +91,8 @@ impl IntoResponseParts for Remembered {
 
     fn into_response_parts(self, mut res: ResponseParts) -> Result<ResponseParts, Self::Error> {
         if let Some(cookie) = self.0 {
-            res.headers_mut().append(axum::http::header::SET_COOKIE, cookie);
+            res.headers_mut()
+                .append(axum::http::header::SET_COOKIE, cookie);
         }
         Ok(res)
     }
@@ -96,7 +107,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
         let invalid = || ApiError::bad_request("invalid_id", "an id is a positive whole number");
         let axum::extract::Path(raw) =
-            axum::extract::Path::<String>::from_request_parts(parts, state).await.map_err(|_| invalid())?;
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|_| invalid())?;
         match raw.parse::<i64>() {
             Ok(id) if id > 0 => Ok(Self(id)),
             _ => Err(invalid()),
@@ -107,8 +120,14 @@ impl<S: Send + Sync> FromRequestParts<S> for Id {
 impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        MaybeUser::from_request_parts(parts, state).await?.0.ok_or_else(ApiError::unauthorized)
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        MaybeUser::from_request_parts(parts, state)
+            .await?
+            .0
+            .ok_or_else(ApiError::unauthorized)
     }
 }
 
@@ -118,14 +137,28 @@ pub struct MaybeUser(pub Option<CurrentUser>);
 impl FromRequestParts<AppState> for MaybeUser {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let Some(id) = session_cookie::read(&parts.headers) else { return Ok(Self(None)) };
-        let Some(session) = state.sessions.load(&id).await? else { return Ok(Self(None)) };
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Some(id) = session_cookie::read(&parts.headers) else {
+            return Ok(Self(None));
+        };
+        let Some(session) = state.sessions.load(&id).await? else {
+            return Ok(Self(None));
+        };
         // The session's position, or a later one the session store could not take.
-        let position = session.write_lsn.max(session_cookie::read_wrote(&parts.headers).unwrap_or(0));
+        let position = session
+            .write_lsn
+            .max(session_cookie::read_wrote(&parts.headers).unwrap_or(0));
         let lsn = (position > 0).then_some(bakery_db::Lsn(position));
         let user = state.app.user(session.user_id, lsn).await?;
         let secure = state.cookie_secure(&parts.headers);
-        Ok(Self(user.map(|user| CurrentUser { user, session: id, lsn, secure })))
+        Ok(Self(user.map(|user| CurrentUser {
+            user,
+            session: id,
+            lsn,
+            secure,
+        })))
     }
 }

@@ -14,8 +14,8 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use bakery_config::{Config, ConfigError};
 use bakery_app::App;
+use bakery_config::{Config, ConfigError};
 use bakery_session::{Lifetimes, SessionStore};
 use bakery_telemetry::Metrics;
 use tokio::net::TcpListener;
@@ -90,10 +90,18 @@ impl AppState {
 
 /// Opens the session store named in `config`; a [`ConfigError`] when it cannot be used.
 pub async fn open_sessions(config: &Config, namespace: &str) -> Result<SessionStore, ConfigError> {
-    let lifetimes = Lifetimes { idle: config.session_idle_timeout, absolute: config.session_absolute_timeout };
+    let lifetimes = Lifetimes {
+        idle: config.session_idle_timeout,
+        absolute: config.session_absolute_timeout,
+    };
     SessionStore::connect(&config.session_url, lifetimes, namespace)
         .await
-        .map_err(|e| ConfigError::new("BAKERY_SESSION_URL", format!("cannot use the session store: {e}")))
+        .map_err(|e| {
+            ConfigError::new(
+                "BAKERY_SESSION_URL",
+                format!("cannot use the session store: {e}"),
+            )
+        })
 }
 
 /// Opens the session store and the cache once, before any clone starts: the
@@ -117,15 +125,25 @@ pub fn app(state: AppState) -> Router {
         .merge(pages::router())
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "that method is not allowed here")
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "that method is not allowed here",
+            )
         })
         .layer(axum::middleware::from_fn(middleware::csrf))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::timeout))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::timeout,
+        ))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(|_| -> Response {
-            ApiError::internal("a handler panicked").into_response()
-        }))
-        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::request_context))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_| -> Response { ApiError::internal("a handler panicked").into_response() },
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            middleware::request_context,
+        ))
         .with_state(state)
 }
 

@@ -15,7 +15,11 @@ use crate::session_cookie;
 
 /// Keeps (or makes) the request id, echoes it on the response, names this clone in
 /// `x-served-by`, and counts the request by route and status.
-pub async fn request_context(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+pub async fn request_context(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let request_id = bakery_telemetry::accept_request_id(req.headers().get(REQUEST_ID))
         .unwrap_or_else(bakery_telemetry::new_request_id);
     let id_header = HeaderValue::from_str(&request_id).expect("request ids are checked tokens");
@@ -55,14 +59,19 @@ struct RunToEnd<F: Future + Send + 'static> {
 
 impl<F: Future + Send + 'static> RunToEnd<F> {
     fn new(work: F) -> Self {
-        Self { work: Some(Box::pin(work)) }
+        Self {
+            work: Some(Box::pin(work)),
+        }
     }
 }
 
 impl<F: Future + Send + 'static> Future for RunToEnd<F> {
     type Output = F::Output;
 
-    fn poll(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<F::Output> {
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
         let work = self.work.as_mut().expect("polled after it finished");
         let output = std::task::ready!(work.as_mut().poll(cx));
         self.work = None;
@@ -73,7 +82,8 @@ impl<F: Future + Send + 'static> Future for RunToEnd<F> {
 impl<F: Future + Send + 'static> Drop for RunToEnd<F> {
     fn drop(&mut self) {
         // Outside a runtime (the process is ending) there is nothing left to finish on.
-        if let (Some(work), Ok(runtime)) = (self.work.take(), tokio::runtime::Handle::try_current()) {
+        if let (Some(work), Ok(runtime)) = (self.work.take(), tokio::runtime::Handle::try_current())
+        {
             runtime.spawn(async move {
                 work.await;
             });
@@ -86,7 +96,9 @@ pub async fn timeout(State(state): State<AppState>, req: Request, next: Next) ->
     let limit: Duration = state.config.request_timeout;
     match tokio::time::timeout(limit, next.run(req)).await {
         Ok(response) => response,
-        Err(_) => ApiError::unavailable("timeout", "the request took too long; try again").into_response(),
+        Err(_) => {
+            ApiError::unavailable("timeout", "the request took too long; try again").into_response()
+        }
     }
 }
 
@@ -95,25 +107,39 @@ pub async fn timeout(State(state): State<AppState>, req: Request, next: Next) ->
 /// Clients that send neither header (curl, other services) pass, as the contract says.
 pub async fn csrf(req: Request, next: Next) -> Response {
     if is_cross_site_with_cookie(req.method(), req.headers()) {
-        return ApiError::new(StatusCode::FORBIDDEN, "csrf", "cross-site requests may not change anything")
-            .into_response();
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "cross-site requests may not change anything",
+        )
+        .into_response();
     }
     next.run(req).await
 }
 
 fn is_cross_site_with_cookie(method: &Method, headers: &HeaderMap) -> bool {
-    let unsafe_method = !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
+    let unsafe_method = !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    );
     if !unsafe_method || session_cookie::read(headers).is_none() {
         return false;
     }
-    if headers.get("sec-fetch-site").is_some_and(|v| v.as_bytes() == b"cross-site") {
+    if headers
+        .get("sec-fetch-site")
+        .is_some_and(|v| v.as_bytes() == b"cross-site")
+    {
         return true;
     }
     match headers.get(header::ORIGIN) {
         None => false,
         Some(origin) => {
             let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-            let origin_host = origin.to_str().ok().and_then(|o| o.split_once("://")).map(|(_, rest)| rest);
+            let origin_host = origin
+                .to_str()
+                .ok()
+                .and_then(|o| o.split_once("://"))
+                .map(|(_, rest)| rest);
             // `Origin: null` (sandboxed frames, some redirects) names no origin of ours.
             origin_host.is_none() || origin_host != host
         }
@@ -132,11 +158,18 @@ mod tests {
         map
     }
 
-    const COOKIE: (&str, &str) = ("cookie", "bakery_session=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA");
+    const COOKIE: (&str, &str) = (
+        "cookie",
+        "bakery_session=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+    );
 
     #[test]
     fn cross_site_posts_with_a_session_are_refused() {
-        let evil = headers(&[COOKIE, ("host", "bakery.test"), ("origin", "https://evil.test")]);
+        let evil = headers(&[
+            COOKIE,
+            ("host", "bakery.test"),
+            ("origin", "https://evil.test"),
+        ]);
         assert!(is_cross_site_with_cookie(&Method::POST, &evil));
         let fetch = headers(&[COOKIE, ("sec-fetch-site", "cross-site")]);
         assert!(is_cross_site_with_cookie(&Method::DELETE, &fetch));
@@ -146,7 +179,11 @@ mod tests {
 
     #[test]
     fn same_origin_safe_and_cookieless_requests_pass() {
-        let same = headers(&[COOKIE, ("host", "bakery.test:8080"), ("origin", "http://bakery.test:8080")]);
+        let same = headers(&[
+            COOKIE,
+            ("host", "bakery.test:8080"),
+            ("origin", "http://bakery.test:8080"),
+        ]);
         assert!(!is_cross_site_with_cookie(&Method::POST, &same));
         let curl = headers(&[COOKIE]);
         assert!(!is_cross_site_with_cookie(&Method::POST, &curl));

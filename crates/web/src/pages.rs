@@ -13,10 +13,10 @@ use minijinja::{Environment, context};
 use crate::error::ApiError;
 use crate::extract::{CurrentUser, Id, MaybeUser};
 use crate::routes::accounts;
+use crate::{AppState, session_cookie};
 use bakery_app::accounts::{AccountChange, Credentials, SignUp};
 use bakery_app::calendar::Rsvped;
 use bakery_app::catalog::ReviewDraft;
-use crate::{AppState, session_cookie};
 
 /// The templates, parsed once per process.
 pub fn templates() -> Environment<'static> {
@@ -33,7 +33,8 @@ pub fn templates() -> Environment<'static> {
         ("event.html", include_str!("../templates/event.html")),
         ("user.html", include_str!("../templates/user.html")),
     ] {
-        env.add_template(name, source).expect("the bundled templates parse");
+        env.add_template(name, source)
+            .expect("the bundled templates parse");
     }
     env
 }
@@ -68,7 +69,12 @@ fn render(state: &AppState, status: StatusCode, name: &str, ctx: minijinja::Valu
 
 async fn home(State(state): State<AppState>, MaybeUser(current): MaybeUser) -> Response {
     let user = current.map(|c| c.user);
-    render(&state, StatusCode::OK, "home.html", context! { user => user.map(|u| minijinja::Value::from(Serde(u))) })
+    render(
+        &state,
+        StatusCode::OK,
+        "home.html",
+        context! { user => user.map(|u| minijinja::Value::from(Serde(u))) },
+    )
 }
 
 async fn signup_page(State(state): State<AppState>) -> Response {
@@ -81,18 +87,37 @@ async fn signup_form(
     form: Result<Form<SignUp>, FormRejection>,
 ) -> Response {
     let Ok(Form(body)) = form else {
-        return render(&state, StatusCode::BAD_REQUEST, "signup.html", context! { error => "Please fill in every field." });
+        return render(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "signup.html",
+            context! { error => "Please fill in every field." },
+        );
     };
     let failed = |e: ApiError| {
-        render(&state, e.status, "signup.html", context! { error => e.message, username => &body.username, email => &body.email })
+        render(
+            &state,
+            e.status,
+            "signup.html",
+            context! { error => e.message, username => &body.username, email => &body.email },
+        )
     };
-    let credentials = Credentials { username: body.username.clone(), password: body.password.clone() };
-    let input = SignUp { username: body.username.clone(), email: body.email.clone(), password: body.password.clone() };
+    let credentials = Credentials {
+        username: body.username.clone(),
+        password: body.password.clone(),
+    };
+    let input = SignUp {
+        username: body.username.clone(),
+        email: body.email.clone(),
+        password: body.password.clone(),
+    };
     if let Err(e) = state.app.sign_up(input).await {
         return failed(e.into());
     }
     match accounts::start_session(&state, &headers, &credentials).await {
-        Ok((_, cookie)) => ([(header::SET_COOKIE, cookie)], Redirect::to("/account")).into_response(),
+        Ok((_, cookie)) => {
+            ([(header::SET_COOKIE, cookie)], Redirect::to("/account")).into_response()
+        }
         Err(e) => failed(e),
     }
 }
@@ -107,17 +132,37 @@ async fn login_form(
     form: Result<Form<Credentials>, FormRejection>,
 ) -> Response {
     let Ok(Form(body)) = form else {
-        return render(&state, StatusCode::BAD_REQUEST, "login.html", context! { error => "Please fill in every field." });
+        return render(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "login.html",
+            context! { error => "Please fill in every field." },
+        );
     };
     match accounts::start_session(&state, &headers, &body).await {
-        Ok((_, cookie)) => ([(header::SET_COOKIE, cookie)], Redirect::to("/account")).into_response(),
-        Err(e) => render(&state, e.status, "login.html", context! { error => e.message, username => body.username }),
+        Ok((_, cookie)) => {
+            ([(header::SET_COOKIE, cookie)], Redirect::to("/account")).into_response()
+        }
+        Err(e) => render(
+            &state,
+            e.status,
+            "login.html",
+            context! { error => e.message, username => body.username },
+        ),
     }
 }
 
-async fn account(State(state): State<AppState>, current: Result<CurrentUser, ApiError>) -> Response {
+async fn account(
+    State(state): State<AppState>,
+    current: Result<CurrentUser, ApiError>,
+) -> Response {
     match current {
-        Ok(current) => render(&state, StatusCode::OK, "account.html", context! { user => minijinja::Value::from(Serde(&current.user)) }),
+        Ok(current) => render(
+            &state,
+            StatusCode::OK,
+            "account.html",
+            context! { user => minijinja::Value::from(Serde(&current.user)) },
+        ),
         Err(e) if e.status == StatusCode::UNAUTHORIZED => Redirect::to("/login").into_response(),
         Err(e) => e.into_response(),
     }
@@ -129,9 +174,15 @@ async fn account_form(
     current: Result<CurrentUser, ApiError>,
     form: Result<Form<AccountChange>, FormRejection>,
 ) -> Response {
-    let Ok(current) = current else { return Redirect::to("/login").into_response() };
+    let Ok(current) = current else {
+        return Redirect::to("/login").into_response();
+    };
     let Form(mut change) = form.unwrap_or_default();
-    for field in [&mut change.username, &mut change.email, &mut change.password] {
+    for field in [
+        &mut change.username,
+        &mut change.email,
+        &mut change.password,
+    ] {
         if field.as_deref().is_some_and(|v| v.trim().is_empty()) {
             *field = None;
         }
@@ -153,7 +204,14 @@ async fn logout_form(State(state): State<AppState>, headers: HeaderMap) -> Respo
     if let Err(e) = accounts::end_session(&state, &headers).await {
         return e.into_response();
     }
-    ([(header::SET_COOKIE, session_cookie::clear(state.cookie_secure(&headers)))], Redirect::to("/")).into_response()
+    (
+        [(
+            header::SET_COOKIE,
+            session_cookie::clear(state.cookie_secure(&headers)),
+        )],
+        Redirect::to("/"),
+    )
+        .into_response()
 }
 
 /// `$6.50` for 650 cents.
@@ -162,7 +220,9 @@ fn price(cents: i64) -> String {
 }
 
 fn user_value(current: &Option<CurrentUser>) -> Option<minijinja::Value> {
-    current.as_ref().map(|c| minijinja::Value::from(Serde(&c.user)))
+    current
+        .as_ref()
+        .map(|c| minijinja::Value::from(Serde(&c.user)))
 }
 
 async fn products_page(State(state): State<AppState>, MaybeUser(current): MaybeUser) -> Response {
@@ -173,17 +233,31 @@ async fn products_page(State(state): State<AppState>, MaybeUser(current): MaybeU
                 .iter()
                 .map(|p| context! { id => p.id, name => &p.name, price => price(p.price_cents), rating => Serde(&p.rating) })
                 .collect();
-            render(&state, StatusCode::OK, "products.html", context! { products, user => user_value(&current) })
+            render(
+                &state,
+                StatusCode::OK,
+                "products.html",
+                context! { products, user => user_value(&current) },
+            )
         }
         Err(e) => ApiError::from(e).into_response(),
     }
 }
 
-async fn show_product(state: &AppState, current: &Option<CurrentUser>, id: i64, error: Option<String>) -> Response {
+async fn show_product(
+    state: &AppState,
+    current: &Option<CurrentUser>,
+    id: i64,
+    error: Option<String>,
+) -> Response {
     let after = current.as_ref().and_then(|c| c.lsn);
     match state.app.product(id, after).await {
         Ok(Some(product)) => {
-            let status = if error.is_some() { StatusCode::BAD_REQUEST } else { StatusCode::OK };
+            let status = if error.is_some() {
+                StatusCode::BAD_REQUEST
+            } else {
+                StatusCode::OK
+            };
             let ctx = context! { price => price(product.price_cents), product => Serde(&product), user => user_value(current), error };
             render(state, status, "product.html", ctx)
         }
@@ -192,7 +266,11 @@ async fn show_product(state: &AppState, current: &Option<CurrentUser>, id: i64, 
     }
 }
 
-async fn product_page(State(state): State<AppState>, MaybeUser(current): MaybeUser, Id(id): Id) -> Response {
+async fn product_page(
+    State(state): State<AppState>,
+    MaybeUser(current): MaybeUser,
+    Id(id): Id,
+) -> Response {
     show_product(&state, &current, id, None).await
 }
 
@@ -202,7 +280,9 @@ async fn review_form(
     Id(id): Id,
     form: Result<Form<ReviewDraft>, FormRejection>,
 ) -> Response {
-    let Ok(current) = current else { return Redirect::to("/login").into_response() };
+    let Ok(current) = current else {
+        return Redirect::to("/login").into_response();
+    };
     let Ok(Form(draft)) = form else {
         let message = "Please choose a rating and write a review.".to_string();
         return show_product(&state, &Some(current), id, Some(message)).await;
@@ -212,17 +292,26 @@ async fn review_form(
             let (remembered, _) = current.remember(&state, written).await;
             (remembered, Redirect::to(&format!("/products/{id}"))).into_response()
         }
-        Err(bakery_app::Error::Invalid(invalid)) => show_product(&state, &Some(current), id, Some(invalid.message)).await,
+        Err(bakery_app::Error::Invalid(invalid)) => {
+            show_product(&state, &Some(current), id, Some(invalid.message)).await
+        }
         Err(e) => ApiError::from(e).into_response(),
     }
 }
 
 /// A user's profile and their latest 100 reviews.
-async fn user_page(State(state): State<AppState>, current: MaybeUser, Path(username): Path<String>) -> Response {
+async fn user_page(
+    State(state): State<AppState>,
+    current: MaybeUser,
+    Path(username): Path<String>,
+) -> Response {
     let shown = async {
         let profile = crate::routes::users::find(&state, &current, &username).await?;
         let after = current.0.as_ref().and_then(|c| c.lsn);
-        let reviews = state.app.user_reviews(profile.id, i64::MAX, 100, after).await?;
+        let reviews = state
+            .app
+            .user_reviews(profile.id, i64::MAX, 100, after)
+            .await?;
         Ok::<_, ApiError>((profile, reviews))
     };
     match shown.await {
@@ -236,43 +325,88 @@ async fn user_page(State(state): State<AppState>, current: MaybeUser, Path(usern
 
 async fn events_page(State(state): State<AppState>, MaybeUser(current): MaybeUser) -> Response {
     match state.app.events(current.as_ref().and_then(|c| c.lsn)).await {
-        Ok(events) => render(&state, StatusCode::OK, "events.html", context! { events => Serde(&events), user => user_value(&current) }),
+        Ok(events) => render(
+            &state,
+            StatusCode::OK,
+            "events.html",
+            context! { events => Serde(&events), user => user_value(&current) },
+        ),
         Err(e) => ApiError::from(e).into_response(),
     }
 }
 
-async fn show_event(state: &AppState, current: &Option<CurrentUser>, id: i64, error: Option<&str>) -> Response {
-    let (user_id, after) = current.as_ref().map(|c| (Some(c.user.id), c.lsn)).unwrap_or((None, None));
+async fn show_event(
+    state: &AppState,
+    current: &Option<CurrentUser>,
+    id: i64,
+    error: Option<&str>,
+) -> Response {
+    let (user_id, after) = current
+        .as_ref()
+        .map(|c| (Some(c.user.id), c.lsn))
+        .unwrap_or((None, None));
     match state.app.event(id, user_id, after).await {
         Ok(event) => {
-            let status = if error.is_some() { StatusCode::CONFLICT } else { StatusCode::OK };
-            render(state, status, "event.html", context! { event => Serde(&event), user => user_value(current), error })
+            let status = if error.is_some() {
+                StatusCode::CONFLICT
+            } else {
+                StatusCode::OK
+            };
+            render(
+                state,
+                status,
+                "event.html",
+                context! { event => Serde(&event), user => user_value(current), error },
+            )
         }
         Err(e) => ApiError::from(e).into_response(),
     }
 }
 
-async fn event_page(State(state): State<AppState>, MaybeUser(current): MaybeUser, Id(id): Id) -> Response {
+async fn event_page(
+    State(state): State<AppState>,
+    MaybeUser(current): MaybeUser,
+    Id(id): Id,
+) -> Response {
     show_event(&state, &current, id, None).await
 }
 
-async fn rsvp_form(State(state): State<AppState>, current: Result<CurrentUser, ApiError>, Id(id): Id) -> Response {
-    let Ok(current) = current else { return Redirect::to("/login").into_response() };
+async fn rsvp_form(
+    State(state): State<AppState>,
+    current: Result<CurrentUser, ApiError>,
+    Id(id): Id,
+) -> Response {
+    let Ok(current) = current else {
+        return Redirect::to("/login").into_response();
+    };
     match state.app.rsvp(&current.user, id).await {
         Ok(written) => {
-            let (remembered, Rsvped::Created(_) | Rsvped::Existing(_)) = current.remember(&state, written).await;
+            let (remembered, Rsvped::Created(_) | Rsvped::Existing(_)) =
+                current.remember(&state, written).await;
             (remembered, Redirect::to(&format!("/events/{id}"))).into_response()
         }
         Err(bakery_app::Error::Conflict { .. }) => {
-            show_event(&state, &Some(current), id, Some("Sorry, every seat is taken.")).await
+            show_event(
+                &state,
+                &Some(current),
+                id,
+                Some("Sorry, every seat is taken."),
+            )
+            .await
         }
         Err(e) => ApiError::from(e).into_response(),
     }
 }
 
 /// The same operation as `DELETE /api/events/{id}/rsvp`, so both leave the same state.
-async fn cancel_form(State(state): State<AppState>, current: Result<CurrentUser, ApiError>, Id(id): Id) -> Response {
-    let Ok(current) = current else { return Redirect::to("/login").into_response() };
+async fn cancel_form(
+    State(state): State<AppState>,
+    current: Result<CurrentUser, ApiError>,
+    Id(id): Id,
+) -> Response {
+    let Ok(current) = current else {
+        return Redirect::to("/login").into_response();
+    };
     match state.app.cancel_rsvp(&current.user, id).await {
         Ok(written) => {
             let (remembered, _) = current.remember(&state, written).await;

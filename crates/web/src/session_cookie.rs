@@ -9,12 +9,16 @@ pub const NAME: &str = "bakery_session";
 
 /// The session id the client sent, if it has the shape of one.
 pub fn read(headers: &HeaderMap) -> Option<SessionId> {
-    cookies(headers).find(|c| c.name() == NAME).and_then(|c| SessionId::from_cookie(c.value()))
+    cookies(headers)
+        .find(|c| c.name() == NAME)
+        .and_then(|c| SessionId::from_cookie(c.value()))
 }
 
 /// Whether the request came over TLS (directly, or as the edge says).
 pub fn is_tls(headers: &HeaderMap) -> bool {
-    headers.get("x-forwarded-proto").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
+    headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
 /// `Set-Cookie` that hands the client a session.
@@ -35,14 +39,20 @@ pub fn set(id: &SessionId, secure: bool) -> HeaderValue {
 pub const WROTE: &str = "bakery_wrote";
 
 pub fn wrote(lsn: u64, secure: bool) -> HeaderValue {
-    let cookie =
-        Cookie::build((WROTE, lsn.to_string())).http_only(true).same_site(SameSite::Lax).secure(secure).path("/").build();
+    let cookie = Cookie::build((WROTE, lsn.to_string()))
+        .http_only(true)
+        .same_site(SameSite::Lax)
+        .secure(secure)
+        .path("/")
+        .build();
     HeaderValue::from_str(&cookie.to_string()).expect("digits make a valid header")
 }
 
 /// The position in a `bakery_wrote` cookie, if the client sent one.
 pub fn read_wrote(headers: &HeaderMap) -> Option<u64> {
-    cookies(headers).find(|c| c.name() == WROTE).and_then(|c| c.value().parse().ok())
+    cookies(headers)
+        .find(|c| c.name() == WROTE)
+        .and_then(|c| c.value().parse().ok())
 }
 
 fn cookies(headers: &HeaderMap) -> impl Iterator<Item = Cookie<'_>> {

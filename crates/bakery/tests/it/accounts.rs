@@ -23,7 +23,11 @@ async fn accounts_follow_the_contract(up: &Up) {
         .send()
         .await
         .unwrap();
-    assert_eq!(taken.status(), 409, "usernames are unique regardless of case");
+    assert_eq!(
+        taken.status(),
+        409,
+        "usernames are unique regardless of case"
+    );
     assert_eq!(error_code(taken).await, "username_taken");
 
     let wrong = http
@@ -40,7 +44,11 @@ async fn accounts_follow_the_contract(up: &Up) {
         .send()
         .await
         .unwrap();
-    assert_eq!(nobody.status(), 401, "an unknown name answers like a wrong password");
+    assert_eq!(
+        nobody.status(),
+        401,
+        "an unknown name answers like a wrong password"
+    );
 
     let anonymous = http.get(up.url("/api/me")).send().await.unwrap();
     assert_eq!(anonymous.status(), 401);
@@ -78,7 +86,11 @@ async fn accounts_follow_the_contract(up: &Up) {
         .send()
         .await
         .unwrap();
-    assert_eq!(admin.status(), 200, "admin is created at first start with BAKERY_ADMIN_PASSWORD");
+    assert_eq!(
+        admin.status(),
+        200,
+        "admin is created at first start with BAKERY_ADMIN_PASSWORD"
+    );
     let body: serde_json::Value = admin.json().await.unwrap();
     assert_eq!(body["user"]["is_admin"], true);
 }
@@ -89,39 +101,100 @@ async fn pages_render_through_the_load_balancer(up: &Up) {
     assert_eq!(home.status(), 200);
     let served = crate::harness::served_by(&home);
     let html = home.text().await.unwrap();
-    assert!(html.contains(&format!("served by {served}")), "the home page names its clone");
+    assert!(
+        html.contains(&format!("served by {served}")),
+        "the home page names its clone"
+    );
     let signup = http
         .post(up.url("/signup"))
-        .form(&[("username", "<b>tart</b>"), ("email", "t@example.com"), ("password", "password-1")])
+        .form(&[
+            ("username", "<b>tart</b>"),
+            ("email", "t@example.com"),
+            ("password", "password-1"),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(signup.status(), 400);
     let html = signup.text().await.unwrap();
-    assert!(html.contains("&lt;b&gt;tart") && !html.contains("<b>tart</b>"), "markup is escaped");
+    assert!(
+        html.contains("&lt;b&gt;tart") && !html.contains("<b>tart</b>"),
+        "markup is escaped"
+    );
     let ok = http
         .post(up.url("/signup"))
-        .form(&[("username", "tart"), ("email", "t@example.com"), ("password", "password-1")])
+        .form(&[
+            ("username", "tart"),
+            ("email", "t@example.com"),
+            ("password", "password-1"),
+        ])
         .send()
         .await
         .unwrap();
     assert_eq!(ok.status(), 303, "sign up redirects to the account page");
     let cookie = crate::harness::session_cookie(&ok).expect("signed up and logged in");
-    let account = http.get(up.url("/account")).header("cookie", &cookie).send().await.unwrap();
+    let account = http
+        .get(up.url("/account"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert!(account.text().await.unwrap().contains("t@example.com"));
     // The account form: a bad name is refused on the page, a good one saved (the
     // email left empty stays as it was).
-    let bad = http.post(up.url("/account")).header("cookie", &cookie).form(&[("username", "no spaces"), ("email", "")]).send().await.unwrap();
+    let bad = http
+        .post(up.url("/account"))
+        .header("cookie", &cookie)
+        .form(&[("username", "no spaces"), ("email", "")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad.status(), 400);
-    assert!(bad.text().await.unwrap().contains("a username is 3 to 32 characters"));
-    let saved = http.post(up.url("/account")).header("cookie", &cookie).form(&[("username", "tartine"), ("email", "")]).send().await.unwrap();
+    assert!(
+        bad.text()
+            .await
+            .unwrap()
+            .contains("a username is 3 to 32 characters")
+    );
+    let saved = http
+        .post(up.url("/account"))
+        .header("cookie", &cookie)
+        .form(&[("username", "tartine"), ("email", "")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(saved.status(), 303);
-    let page = http.get(up.url("/account")).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains("tartine") && page.contains("t@example.com"), "renamed, email kept");
-    let out = http.post(up.url("/logout")).header("cookie", &cookie).send().await.unwrap();
+    let page = http
+        .get(up.url("/account"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("tartine") && page.contains("t@example.com"),
+        "renamed, email kept"
+    );
+    let out = http
+        .post(up.url("/logout"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(out.status(), 303);
-    let account = http.get(up.url("/account")).header("cookie", &cookie).send().await.unwrap();
-    assert_eq!(account.status(), 303, "logged out: the account page sends to /login");
+    let account = http
+        .get(up.url("/account"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        account.status(),
+        303,
+        "logged out: the account page sends to /login"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -8,23 +8,51 @@ async fn bad_input_gets_the_contract_errors_and_never_a_5xx() {
     let http = client();
     let users = up.url("/api/users");
 
-    let malformed = http.post(&users).header("content-type", "application/json").body("{\"username\": ").send().await.unwrap();
+    let malformed = http
+        .post(&users)
+        .header("content-type", "application/json")
+        .body("{\"username\": ")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(malformed.status(), 400);
     assert_eq!(error_code(malformed).await, "malformed_json");
 
-    let wrong_type = http.post(&users).header("content-type", "text/plain").body("{}").send().await.unwrap();
+    let wrong_type = http
+        .post(&users)
+        .header("content-type", "text/plain")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong_type.status(), 415);
     assert_eq!(error_code(wrong_type).await, "unsupported_media_type");
 
-    let missing = http.post(&users).json(&serde_json::json!({"username": "abc"})).send().await.unwrap();
+    let missing = http
+        .post(&users)
+        .json(&serde_json::json!({"username": "abc"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), 400);
     assert_eq!(error_code(missing).await, "invalid_input");
 
-    let wrong_shape = http.post(&users).json(&serde_json::json!({"username": 5, "email": [], "password": null})).send().await.unwrap();
+    let wrong_shape = http
+        .post(&users)
+        .json(&serde_json::json!({"username": 5, "email": [], "password": null}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong_shape.status(), 400);
 
     let huge = format!("{{\"username\": \"{}\"}}", "a".repeat(1_100_000));
-    let too_large = http.post(&users).header("content-type", "application/json").body(huge).send().await.unwrap();
+    let too_large = http
+        .post(&users)
+        .header("content-type", "application/json")
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(too_large.status(), 413);
     assert_eq!(error_code(too_large).await, "body_too_large");
 
@@ -52,10 +80,20 @@ async fn bad_input_gets_the_contract_errors_and_never_a_5xx() {
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status(), 400, "username {:?}", name.chars().take(40).collect::<String>());
+        assert_eq!(
+            r.status(),
+            400,
+            "username {:?}",
+            name.chars().take(40).collect::<String>()
+        );
         assert_eq!(error_code(r).await, "invalid_username");
     }
-    for email in ["not-an-email", "a@b", "nul\0@example.com", &format!("{}@example.com", "x".repeat(300))] {
+    for email in [
+        "not-an-email",
+        "a@b",
+        "nul\0@example.com",
+        &format!("{}@example.com", "x".repeat(300)),
+    ] {
         let r = http
             .post(&users)
             .json(&serde_json::json!({"username": "hostile", "email": email, "password": "password-1"}))
@@ -77,7 +115,9 @@ async fn bad_input_gets_the_contract_errors_and_never_a_5xx() {
     let odd = "p\0'\"<b>ssword";
     let cookie_user = http
         .post(&users)
-        .json(&serde_json::json!({"username": "oddpass", "email": "o@example.com", "password": odd}))
+        .json(
+            &serde_json::json!({"username": "oddpass", "email": "o@example.com", "password": odd}),
+        )
         .send()
         .await
         .unwrap();
@@ -91,8 +131,17 @@ async fn bad_input_gets_the_contract_errors_and_never_a_5xx() {
     assert_eq!(login.status(), 200);
 
     // Garbage cookies are simply not a session.
-    for cookie in ["bakery_session=", "bakery_session=../../etc/passwd", "bakery_session=AAAA; x=1"] {
-        let r = http.get(up.url("/api/me")).header("cookie", cookie).send().await.unwrap();
+    for cookie in [
+        "bakery_session=",
+        "bakery_session=../../etc/passwd",
+        "bakery_session=AAAA; x=1",
+    ] {
+        let r = http
+            .get(up.url("/api/me"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 401, "cookie {cookie:?}");
     }
     let cookie = sign_up_and_log_in(&http, &up.base, "patcher").await;
@@ -104,6 +153,12 @@ async fn bad_input_gets_the_contract_errors_and_never_a_5xx() {
         .await
         .unwrap();
     assert_eq!(bad_patch.status(), 400);
-    let not_json = http.patch(up.url("/api/me")).header("cookie", &cookie).body("username=x").send().await.unwrap();
+    let not_json = http
+        .patch(up.url("/api/me"))
+        .header("cookie", &cookie)
+        .body("username=x")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(not_json.status(), 415);
 }

@@ -11,7 +11,11 @@ use crate::harness::{Up, client, eventually, log_in, redis_url, sign_up_and_log_
 use crate::proxy::CuttableProxy;
 
 fn cache_header(r: &reqwest::Response) -> String {
-    r.headers().get("x-cache").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+    r.headers()
+        .get("x-cache")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
 }
 
 async fn get(http: &reqwest::Client, url: &str) -> (Value, String) {
@@ -25,7 +29,14 @@ async fn get(http: &reqwest::Client, url: &str) -> (Value, String) {
 async fn object_fills(http: &reqwest::Client, up: &Up) -> u64 {
     let mut total = 0;
     for clone in up.clones() {
-        let text = http.get(format!("http://{}/metrics", clone.addr)).send().await.unwrap().text().await.unwrap();
+        let text = http
+            .get(format!("http://{}/metrics", clone.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         total += text
             .lines()
             .filter(|l| l.starts_with("bakery_cache_fills_total{cache=\"object\"}"))
@@ -69,7 +80,13 @@ async fn the_cache_keeps_its_promises(up: &Up) {
     assert_eq!(outcome, "hit", "the second read is served from the cache");
 
     // An update through one clone is read back through every clone, every time.
-    let patched = http.patch(&product).header("cookie", &admin).json(&json!({"price_cents": 725})).send().await.unwrap();
+    let patched = http
+        .patch(&product)
+        .header("cookie", &admin)
+        .json(&json!({"price_cents": 725}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(patched.status(), 200);
     for i in 0..50 {
         let (body, _) = get(&http, &product).await;
@@ -80,46 +97,118 @@ async fn the_cache_keeps_its_promises(up: &Up) {
     let (_, outcome) = get(&http, &up.url("/api/users/crumbly")).await;
     assert_eq!(outcome, "miss");
     let (found, outcome) = get(&http, &up.url("/api/users/CRUMBLY")).await;
-    assert_eq!((found["username"].as_str(), outcome.as_str()), (Some("crumbly"), "hit"), "names are looked up in any case");
+    assert_eq!(
+        (found["username"].as_str(), outcome.as_str()),
+        (Some("crumbly"), "hit"),
+        "names are looked up in any case"
+    );
     get(&http, &up.url("/api/users/crumbly/reviews")).await;
     let (theirs, outcome) = get(&http, &up.url("/api/users/crumbly/reviews")).await;
     assert_eq!(outcome, "hit");
     assert_eq!(theirs["items"][0]["product"]["name"], "Seeded rye");
-    let page = http.get(up.url(&format!("/products/{}", created["id"]))).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains(">crumbly</a>"), "the product page names the reviewer");
+    let page = http
+        .get(up.url(&format!("/products/{}", created["id"])))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(">crumbly</a>"),
+        "the product page names the reviewer"
+    );
 
     // The user behind a session is the cached object `User:{id}`.
-    let me = |cookie: &str| http.get(up.url("/api/me")).header("cookie", cookie.to_string()).send();
+    let me = |cookie: &str| {
+        http.get(up.url("/api/me"))
+            .header("cookie", cookie.to_string())
+            .send()
+    };
     me(&reviewer).await.unwrap();
     let second = me(&reviewer).await.unwrap();
-    assert_eq!(cache_header(&second), "hit", "a logged-in request finds its user in the cache");
+    assert_eq!(
+        cache_header(&second),
+        "hit",
+        "a logged-in request finds its user in the cache"
+    );
 
     // The lesson's example: a renamed reviewer shows under the new name on every
     // page that shows their reviews, on the next request, for everybody.
-    let renamed = http.patch(up.url("/api/me")).header("cookie", &reviewer).json(&json!({"username": "crumbly-2"})).send().await.unwrap();
+    let renamed = http
+        .patch(up.url("/api/me"))
+        .header("cookie", &reviewer)
+        .json(&json!({"username": "crumbly-2"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(renamed.status(), 200);
     let (body, _) = get(&http, &product).await;
-    assert_eq!(body["reviews"][0]["user"]["username"], "crumbly-2", "the product object");
-    let page = http.get(up.url(&format!("/products/{}", created["id"]))).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains(">crumbly-2</a>") && !page.contains(">crumbly</a>"), "the product page");
+    assert_eq!(
+        body["reviews"][0]["user"]["username"], "crumbly-2",
+        "the product object"
+    );
+    let page = http
+        .get(up.url(&format!("/products/{}", created["id"])))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains(">crumbly-2</a>") && !page.contains(">crumbly</a>"),
+        "the product page"
+    );
     let (theirs, _) = get(&http, &up.url("/api/users/crumbly-2/reviews")).await;
-    assert_eq!((theirs["user"]["username"].as_str(), theirs["items"].as_array().map(Vec::len)), (Some("crumbly-2"), Some(1)));
-    let page = http.get(up.url("/users/crumbly-2")).send().await.unwrap().text().await.unwrap();
-    assert!(page.contains("<h1>crumbly-2</h1>") && page.contains("Seeded rye"), "the user's page");
+    assert_eq!(
+        (
+            theirs["user"]["username"].as_str(),
+            theirs["items"].as_array().map(Vec::len)
+        ),
+        (Some("crumbly-2"), Some(1))
+    );
+    let page = http
+        .get(up.url("/users/crumbly-2"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("<h1>crumbly-2</h1>") && page.contains("Seeded rye"),
+        "the user's page"
+    );
     for i in 0..20 {
         let mine: Value = me(&reviewer).await.unwrap().json().await.unwrap();
-        assert_eq!(mine["username"], "crumbly-2", "my own new name, read {i}, on every clone");
+        assert_eq!(
+            mine["username"], "crumbly-2",
+            "my own new name, read {i}, on every clone"
+        );
     }
     let old = http.get(up.url("/api/users/crumbly")).send().await.unwrap();
     assert_eq!(old.status(), 404, "the old name finds nobody");
     // A name looked up before it existed is found once somebody takes it.
-    assert_eq!(http.get(up.url("/api/users/crumbly")).send().await.unwrap().status(), 404);
+    assert_eq!(
+        http.get(up.url("/api/users/crumbly"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
     sign_up_and_log_in(&http, &up.base, "crumbly").await;
     let (taken, _) = get(&http, &up.url("/api/users/crumbly")).await;
     assert_ne!(taken["id"], found["id"], "a new user under the old name");
 
     // A deleted review is gone at once.
-    let deleted = http.delete(up.url(&format!("/api/reviews/{}", review["id"]))).header("cookie", &reviewer).send().await.unwrap();
+    let deleted = http
+        .delete(up.url(&format!("/api/reviews/{}", review["id"])))
+        .header("cookie", &reviewer)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(deleted.status(), 204);
     let (body, _) = get(&http, &product).await;
     assert_eq!(body["reviews"], json!([]));
@@ -133,16 +222,34 @@ async fn the_cache_keeps_its_promises(up: &Up) {
     // clone is rebuilt at most twice.
     get(&http, &product).await;
     let before = object_fills(&http, up).await;
-    let again = http.post(format!("{product}/reviews")).header("cookie", &reviewer).json(&json!({"rating": 5, "body": "Better."})).send().await.unwrap();
+    let again = http
+        .post(format!("{product}/reviews"))
+        .header("cookie", &reviewer)
+        .json(&json!({"rating": 5, "body": "Better."}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 201);
     let readers = (0..200).map(|_| {
         let (http, product) = (http.clone(), product.clone());
-        async move { http.get(&product).send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+        async move {
+            http.get(&product)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
     });
     let statuses = futures::future::join_all(readers).await;
-    assert!(statuses.iter().all(|&s| s == 200), "every reader was answered");
+    assert!(
+        statuses.iter().all(|&s| s == 200),
+        "every reader was answered"
+    );
     let rebuilds = object_fills(&http, up).await - before;
-    assert!(rebuilds <= 2, "{rebuilds} rebuilds for 200 concurrent readers");
+    assert!(
+        rebuilds <= 2,
+        "{rebuilds} rebuilds for 200 concurrent readers"
+    );
 }
 
 fn env(cache_url: &str) -> Vec<(String, String)> {
@@ -161,7 +268,11 @@ async fn the_redis_cache_keeps_its_promises() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memcached_cache_keeps_its_promises() {
-    the_cache_keeps_its_promises(&Up::start(env("memcached://127.0.0.1:11211,127.0.0.1:11212"), 3)).await;
+    the_cache_keeps_its_promises(&Up::start(
+        env("memcached://127.0.0.1:11211,127.0.0.1:11212"),
+        3,
+    ))
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -179,12 +290,24 @@ fn addr(host_port: &str) -> SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_going_away_costs_no_request_and_it_is_used_again_when_back() {
     let redis = redis_url();
-    let target = redis.trim_start_matches("redis://").trim_end_matches('/').to_string();
+    let target = redis
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_string();
     let proxy = CuttableProxy::start(addr(&target)).await;
     let up = Up::start(env(&format!("redis://{}", proxy.addr)), 2);
     let http = client();
     let admin = log_in(&http, &up.base, "admin", "admin-password").await;
-    let created: Value = http.post(up.url("/api/products")).header("cookie", &admin).json(&json!({"name": "Bun", "price_cents": 1})).send().await.unwrap().json().await.unwrap();
+    let created: Value = http
+        .post(up.url("/api/products"))
+        .header("cookie", &admin)
+        .json(&json!({"name": "Bun", "price_cents": 1}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let product = up.url(&format!("/api/products/{}", created["id"]));
     assert_eq!(get(&http, &product).await.1, "hit");
 
@@ -192,10 +315,19 @@ async fn redis_going_away_costs_no_request_and_it_is_used_again_when_back() {
     for _ in 0..30 {
         let (body, outcome) = get(&http, &product).await;
         assert_eq!(body["name"], "Bun");
-        assert_eq!(outcome, "bypass", "served from the database while the cache is away");
+        assert_eq!(
+            outcome, "bypass",
+            "served from the database while the cache is away"
+        );
     }
     // A write while the cache is away: the cached "Bun" must not come back with it.
-    let renamed = http.patch(&product).header("cookie", &admin).json(&json!({"name": "Bap"})).send().await.unwrap();
+    let renamed = http
+        .patch(&product)
+        .header("cookie", &admin)
+        .json(&json!({"name": "Bap"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(renamed.status(), 200, "a write does not need the cache");
     proxy.restore().await;
     let fresh_hit = eventually(Duration::from_secs(10), async || {
@@ -203,7 +335,10 @@ async fn redis_going_away_costs_no_request_and_it_is_used_again_when_back() {
         outcome == "hit" && body["name"] == "Bap"
     })
     .await;
-    assert!(fresh_hit, "the client reconnects by itself, and the missed invalidation is applied");
+    assert!(
+        fresh_hit,
+        "the client reconnects by itself, and the missed invalidation is applied"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -215,7 +350,16 @@ async fn a_memcached_node_going_away_sends_only_its_keys_to_the_database() {
     let admin = log_in(&http, &up.base, "admin", "admin-password").await;
     let mut products = Vec::new();
     for i in 0..12 {
-        let created: Value = http.post(up.url("/api/products")).header("cookie", &admin).json(&json!({"name": format!("Roll {i}"), "price_cents": i})).send().await.unwrap().json().await.unwrap();
+        let created: Value = http
+            .post(up.url("/api/products"))
+            .header("cookie", &admin)
+            .json(&json!({"name": format!("Roll {i}"), "price_cents": i}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         products.push(up.url(&format!("/api/products/{}", created["id"])));
     }
     one.cut();
@@ -227,28 +371,66 @@ async fn a_memcached_node_going_away_sends_only_its_keys_to_the_database() {
     let hits = outcomes.iter().filter(|o| *o == "hit").count();
     let bypasses = outcomes.iter().filter(|o| *o == "bypass").count();
     assert_eq!(hits + bypasses, 12, "{outcomes:?}");
-    assert!(hits > 0 && bypasses > 0, "the live node still serves its keys, the dead one's go to the database: {outcomes:?}");
+    assert!(
+        hits > 0 && bypasses > 0,
+        "the live node still serves its keys, the dead one's go to the database: {outcomes:?}"
+    );
     one.restore().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_deployments_sharing_redis_never_see_each_others_objects_or_sessions() {
-    let shared = vec![("BAKERY_CACHE_URL".to_string(), redis_url()), ("BAKERY_SESSION_URL".to_string(), redis_url())];
+    let shared = vec![
+        ("BAKERY_CACHE_URL".to_string(), redis_url()),
+        ("BAKERY_SESSION_URL".to_string(), redis_url()),
+    ];
     let (a, b) = (Up::start(shared.clone(), 1), Up::start(shared, 1));
     let http = client();
     for (up, name) in [(&a, "Bread of A"), (&b, "Bread of B")] {
         let admin = log_in(&http, &up.base, "admin", "admin-password").await;
-        let created: Value =
-            http.post(up.url("/api/products")).header("cookie", &admin).json(&json!({"name": name, "price_cents": 1})).send().await.unwrap().json().await.unwrap();
-        assert_eq!(created["id"], 1, "both databases number their first product 1");
+        let created: Value = http
+            .post(up.url("/api/products"))
+            .header("cookie", &admin)
+            .json(&json!({"name": name, "price_cents": 1}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            created["id"], 1,
+            "both databases number their first product 1"
+        );
     }
     for _ in 0..3 {
-        assert_eq!(get(&http, &a.url("/api/products/1")).await.0["name"], "Bread of A");
-        assert_eq!(get(&http, &b.url("/api/products/1")).await.0["name"], "Bread of B", "B never gets A's Product:1");
+        assert_eq!(
+            get(&http, &a.url("/api/products/1")).await.0["name"],
+            "Bread of A"
+        );
+        assert_eq!(
+            get(&http, &b.url("/api/products/1")).await.0["name"],
+            "Bread of B",
+            "B never gets A's Product:1"
+        );
     }
     let a_admin = log_in(&http, &a.base, "admin", "admin-password").await;
-    let mine = http.get(a.url("/api/me")).header("cookie", &a_admin).send().await.unwrap();
+    let mine = http
+        .get(a.url("/api/me"))
+        .header("cookie", &a_admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(mine.status(), 200);
-    let elsewhere = http.get(b.url("/api/me")).header("cookie", &a_admin).send().await.unwrap();
-    assert_eq!(elsewhere.status(), 401, "a session of A's database means nothing to B");
+    let elsewhere = http
+        .get(b.url("/api/me"))
+        .header("cookie", &a_admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        elsewhere.status(),
+        401,
+        "a session of A's database means nothing to B"
+    );
 }

@@ -12,7 +12,15 @@ use nix::unistd::Pid;
 use crate::harness::{Up, client, eventually, process_alive, served_by};
 
 /// Sends GETs to `/api/ping` from `workers` tasks until `stop`; counts failures.
-fn load(base: String, workers: usize, stop: Arc<AtomicBool>) -> (Arc<AtomicUsize>, Arc<AtomicUsize>, Vec<tokio::task::JoinHandle<()>>) {
+fn load(
+    base: String,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+) -> (
+    Arc<AtomicUsize>,
+    Arc<AtomicUsize>,
+    Vec<tokio::task::JoinHandle<()>>,
+) {
     let ok = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let handles = (0..workers)
@@ -40,17 +48,31 @@ fn load(base: String, workers: usize, stop: Arc<AtomicBool>) -> (Arc<AtomicUsize
 }
 
 async fn backends(http: &reqwest::Client, up: &Up) -> serde_json::Value {
-    http.get(up.url("/lb/backends")).send().await.unwrap().json().await.unwrap()
+    http.get(up.url("/lb/backends"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 fn member<'a>(backends: &'a serde_json::Value, id: &str) -> Option<&'a serde_json::Value> {
-    backends["pools"][0]["backends"].as_array()?.iter().find(|b| b["id"] == id)
+    backends["pools"][0]["backends"]
+        .as_array()?
+        .iter()
+        .find(|b| b["id"] == id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn up_prints_ready_and_sequential_requests_reach_every_clone() {
     let up = Up::start(vec![], 3);
-    assert_eq!(up.processes.len(), 4, "one started line per process: {:?}", up.seen);
+    assert_eq!(
+        up.processes.len(),
+        4,
+        "one started line per process: {:?}",
+        up.seen
+    );
     assert_eq!(up.processes.iter().filter(|p| p.role == "lb").count(), 1);
     let http = client();
     let mut seen = HashSet::new();
@@ -61,22 +83,49 @@ async fn up_prints_ready_and_sequential_requests_reach_every_clone() {
         let by = served_by(&response);
         let body: serde_json::Value = response.json().await.unwrap();
         assert_eq!(body["pong"], true);
-        assert_eq!(body["id"], by.as_str(), "x-served-by names the clone that answered");
+        assert_eq!(
+            body["id"],
+            by.as_str(),
+            "x-served-by names the clone that answered"
+        );
         seen.insert(by);
     }
     let expected: HashSet<String> = up.clones().into_iter().map(|c| c.id).collect();
-    assert_eq!(seen, expected, "30 sequential requests reach all three clones");
+    assert_eq!(
+        seen, expected,
+        "30 sequential requests reach all three clones"
+    );
 
     // The load balancer's own routes name it, and it keeps a client's request id.
-    let response = http.get(up.url("/healthz")).header("x-request-id", "it-test-1").send().await.unwrap();
+    let response = http
+        .get(up.url("/healthz"))
+        .header("x-request-id", "it-test-1")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(served_by(&response), "lb-1");
     assert_eq!(response.headers()["x-request-id"], "it-test-1");
     let list = backends(&http, &up).await;
     assert_eq!(list["pools"][0]["name"], "web");
     assert_eq!(list["pools"][0]["backends"].as_array().unwrap().len(), 3);
-    let served: u64 = list["pools"][0]["backends"].as_array().unwrap().iter().map(|b| b["served"].as_u64().unwrap()).sum();
-    assert!(served >= 30, "the load balancer counts what each member served: {list}");
-    let metrics = http.get(up.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    let served: u64 = list["pools"][0]["backends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["served"].as_u64().unwrap())
+        .sum();
+    assert!(
+        served >= 30,
+        "the load balancer counts what each member served: {list}"
+    );
+    let metrics = http
+        .get(up.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("bakery_http_requests_total"), "{metrics}");
 }
 
@@ -84,7 +133,11 @@ async fn up_prints_ready_and_sequential_requests_reach_every_clone() {
 async fn a_clone_killed_under_load_costs_no_failed_get_and_is_replaced() {
     let mut up = Up::start(vec![], 3);
     let http = client();
-    let victim = up.clones().into_iter().find(|c| c.id == "web-2").expect("web-2");
+    let victim = up
+        .clones()
+        .into_iter()
+        .find(|c| c.id == "web-2")
+        .expect("web-2");
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed, workers) = load(up.base.clone(), 4, stop.clone());
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -99,23 +152,40 @@ async fn a_clone_killed_under_load_costs_no_failed_get_and_is_replaced() {
         }
     })
     .await;
-    assert!(marked_down, "the load balancer marks the killed clone down within 3 s");
+    assert!(
+        marked_down,
+        "the load balancer marks the killed clone down within 3 s"
+    );
     eprintln!("marked down after {:?}", killed_at.elapsed());
 
-    let restarted = up.wait_line(Duration::from_secs(20), |l| l.starts_with("restarted role=web id=web-2"));
+    let restarted = up.wait_line(Duration::from_secs(20), |l| {
+        l.starts_with("restarted role=web id=web-2")
+    });
     let restarted = restarted.expect("up reports the dead clone");
-    assert!(restarted.contains(&format!("old_pid={}", victim.pid)), "{restarted}");
+    assert!(
+        restarted.contains(&format!("old_pid={}", victim.pid)),
+        "{restarted}"
+    );
     let replacement = up
-        .wait_line(Duration::from_secs(30), |l| l.starts_with("started role=web id=web-2"))
+        .wait_line(Duration::from_secs(30), |l| {
+            l.starts_with("started role=web id=web-2")
+        })
         .expect("up starts a replacement");
-    assert!(!replacement.contains(&format!("pid={} ", victim.pid)), "{replacement}");
+    assert!(
+        !replacement.contains(&format!("pid={} ", victim.pid)),
+        "{replacement}"
+    );
 
     let back = eventually(Duration::from_secs(10), async || {
         let list = backends(&http, &up).await;
-        member(&list, "web-2").is_some_and(|m| m["healthy"] == true && m["addr"] != victim.addr.to_string().as_str())
+        member(&list, "web-2")
+            .is_some_and(|m| m["healthy"] == true && m["addr"] != victim.addr.to_string().as_str())
     })
     .await;
-    assert!(back, "the load balancer takes the replacement back without a restart");
+    assert!(
+        back,
+        "the load balancer takes the replacement back without a restart"
+    );
     let served_by_replacement = eventually(Duration::from_secs(10), async || {
         let r = http.get(up.url("/api/ping")).send().await.unwrap();
         served_by(&r) == "web-2"
@@ -128,14 +198,22 @@ async fn a_clone_killed_under_load_costs_no_failed_get_and_is_replaced() {
         w.await.unwrap();
     }
     assert!(ok.load(Ordering::Relaxed) > 100, "the load ran");
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "no GET failed while a clone died");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no GET failed while a clone died"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_clone_gets_no_new_requests_and_loses_none() {
     let mut up = Up::start(vec![], 3);
     let http = client();
-    let victim = up.clones().into_iter().find(|c| c.id == "web-1").expect("web-1");
+    let victim = up
+        .clones()
+        .into_iter()
+        .find(|c| c.id == "web-1")
+        .expect("web-1");
     let stop = Arc::new(AtomicBool::new(false));
     let (ok, failed, workers) = load(up.base.clone(), 4, stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -148,18 +226,32 @@ async fn a_draining_clone_gets_no_new_requests_and_loses_none() {
     })
     .await;
     assert!(drained, "the load balancer sees the drain");
-    let served_before = member(&backends(&http, &up).await, "web-1").unwrap()["served"].as_u64().unwrap();
+    let served_before = member(&backends(&http, &up).await, "web-1").unwrap()["served"]
+        .as_u64()
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let served_after = member(&backends(&http, &up).await, "web-1").unwrap()["served"].as_u64().unwrap();
-    assert!(served_after <= served_before + 4, "no new requests once draining ({served_before} -> {served_after})");
+    let served_after = member(&backends(&http, &up).await, "web-1").unwrap()["served"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        served_after <= served_before + 4,
+        "no new requests once draining ({served_before} -> {served_after})"
+    );
 
-    up.wait_line(Duration::from_secs(20), |l| l.starts_with("started role=web id=web-1")).expect("replaced");
+    up.wait_line(Duration::from_secs(20), |l| {
+        l.starts_with("started role=web id=web-1")
+    })
+    .expect("replaced");
     stop.store(true, Ordering::Relaxed);
     for w in workers {
         w.await.unwrap();
     }
     assert!(ok.load(Ordering::Relaxed) > 50);
-    assert_eq!(failed.load(Ordering::Relaxed), 0, "draining lost no request");
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "draining lost no request"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -167,7 +259,9 @@ async fn sigterm_stops_every_process_and_leaves_none_behind() {
     let mut up = Up::start(vec![], 3);
     let pids: Vec<i32> = up.processes.iter().map(|p| p.pid).collect();
     assert!(pids.iter().all(|&p| process_alive(p)));
-    let status = up.terminate(Duration::from_secs(30)).expect("up exits after SIGTERM");
+    let status = up
+        .terminate(Duration::from_secs(30))
+        .expect("up exits after SIGTERM");
     assert!(status.success(), "clean exit: {status}");
     for pid in pids {
         assert!(!process_alive(pid), "process {pid} outlived bakery up");
@@ -179,6 +273,9 @@ async fn children_stop_by_themselves_when_up_is_killed_outright() {
     let up = Up::start(vec![], 2);
     let pids: Vec<i32> = up.processes.iter().map(|p| p.pid).collect();
     kill(Pid::from_raw(up.pid()), Signal::SIGKILL).unwrap();
-    let all_gone = eventually(Duration::from_secs(15), async || pids.iter().all(|&p| !process_alive(p))).await;
+    let all_gone = eventually(Duration::from_secs(15), async || {
+        pids.iter().all(|&p| !process_alive(p))
+    })
+    .await;
     assert!(all_gone, "no orphans after up was SIGKILLed");
 }

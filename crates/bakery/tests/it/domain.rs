@@ -5,7 +5,9 @@ use std::collections::HashSet;
 
 use serde_json::{Value, json};
 
-use crate::harness::{Up, client, error_code, fresh_replicated_database, log_in, replica_url_for, sign_up_and_log_in};
+use crate::harness::{
+    Up, client, error_code, fresh_replicated_database, log_in, replica_url_for, sign_up_and_log_in,
+};
 
 struct Actors {
     http: reqwest::Client,
@@ -19,14 +21,23 @@ async fn actors(up: &Up) -> Actors {
     let admin = log_in(&http, &up.base, "admin", "admin-password").await;
     let ann = sign_up_and_log_in(&http, &up.base, "ann").await;
     let bob = sign_up_and_log_in(&http, &up.base, "bob").await;
-    Actors { http, admin, ann, bob }
+    Actors {
+        http,
+        admin,
+        ann,
+        bob,
+    }
 }
 
 async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
     let response = request.send().await.expect("request");
     let status = response.status().as_u16();
     assert!(status < 500, "never a 5xx: {status}");
-    let body = if status == 204 { Value::Null } else { response.json().await.unwrap_or(Value::Null) };
+    let body = if status == 204 {
+        Value::Null
+    } else {
+        response.json().await.unwrap_or(Value::Null)
+    };
     (status, body)
 }
 
@@ -35,10 +46,24 @@ async fn catalog_follows_the_contract(up: &Up, a: &Actors) {
     let product = json!({"name": "Rye", "description": "Dark and dense.", "price_cents": 700});
     let (status, _) = send(http.post(up.url("/api/products")).json(&product)).await;
     assert_eq!(status, 401, "anonymous may not create");
-    let (status, body) = send(http.post(up.url("/api/products")).header("cookie", &a.ann).json(&product)).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "only admins create");
+    let (status, body) = send(
+        http.post(up.url("/api/products"))
+            .header("cookie", &a.ann)
+            .json(&product),
+    )
+    .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "only admins create"
+    );
 
-    let (status, created) = send(http.post(up.url("/api/products")).header("cookie", &a.admin).json(&product)).await;
+    let (status, created) = send(
+        http.post(up.url("/api/products"))
+            .header("cookie", &a.admin)
+            .json(&product),
+    )
+    .await;
     assert_eq!(status, 201);
     let id = created["id"].as_i64().unwrap();
     assert_eq!(created["name"], "Rye");
@@ -48,13 +73,24 @@ async fn catalog_follows_the_contract(up: &Up, a: &Actors) {
     assert_eq!(created["rating"], json!({"average": 0.0, "count": 0}));
     assert!(created["updated_at"].as_str().unwrap().ends_with('Z'));
 
-    let (status, changed) =
-        send(http.patch(up.url(&format!("/api/products/{id}"))).header("cookie", &a.admin).json(&json!({"price_cents": 750}))).await;
+    let (status, changed) = send(
+        http.patch(up.url(&format!("/api/products/{id}")))
+            .header("cookie", &a.admin)
+            .json(&json!({"price_cents": 750})),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(changed["price_cents"], 750);
     assert_eq!(changed["name"], "Rye", "fields not given stay");
-    let (_, read_back) = send(http.get(up.url(&format!("/api/products/{id}"))).header("cookie", &a.admin)).await;
-    assert_eq!(read_back["price_cents"], 750, "the writer reads their own write");
+    let (_, read_back) = send(
+        http.get(up.url(&format!("/api/products/{id}")))
+            .header("cookie", &a.admin),
+    )
+    .await;
+    assert_eq!(
+        read_back["price_cents"], 750,
+        "the writer reads their own write"
+    );
 
     let (status, review) = send(
         http.post(up.url(&format!("/api/products/{id}/reviews")))
@@ -66,23 +102,55 @@ async fn catalog_follows_the_contract(up: &Up, a: &Actors) {
     assert_eq!(review["user"]["username"], "ann");
     assert_eq!(review["rating"], 5);
     let review_id = review["id"].as_i64().unwrap();
-    send(http.post(up.url(&format!("/api/products/{id}/reviews"))).header("cookie", &a.bob).json(&json!({"rating": 2, "body": "Too sour."})))
-        .await;
-    let (_, with_reviews) = send(http.get(up.url(&format!("/api/products/{id}"))).header("cookie", &a.bob)).await;
+    send(
+        http.post(up.url(&format!("/api/products/{id}/reviews")))
+            .header("cookie", &a.bob)
+            .json(&json!({"rating": 2, "body": "Too sour."})),
+    )
+    .await;
+    let (_, with_reviews) = send(
+        http.get(up.url(&format!("/api/products/{id}")))
+            .header("cookie", &a.bob),
+    )
+    .await;
     assert_eq!(with_reviews["rating"], json!({"average": 3.5, "count": 2}));
     assert_eq!(with_reviews["reviews"].as_array().unwrap().len(), 2);
 
-    let (status, _) = send(http.delete(up.url(&format!("/api/reviews/{review_id}"))).header("cookie", &a.bob)).await;
+    let (status, _) = send(
+        http.delete(up.url(&format!("/api/reviews/{review_id}")))
+            .header("cookie", &a.bob),
+    )
+    .await;
     assert_eq!(status, 403, "only the author or an admin deletes a review");
-    let (status, _) = send(http.delete(up.url(&format!("/api/reviews/{review_id}"))).header("cookie", &a.ann)).await;
+    let (status, _) = send(
+        http.delete(up.url(&format!("/api/reviews/{review_id}")))
+            .header("cookie", &a.ann),
+    )
+    .await;
     assert_eq!(status, 204);
-    let (_, after_delete) = send(http.get(up.url(&format!("/api/products/{id}"))).header("cookie", &a.ann)).await;
-    assert_eq!(after_delete["rating"]["count"], 1, "the author sees the deletion at once");
+    let (_, after_delete) = send(
+        http.get(up.url(&format!("/api/products/{id}")))
+            .header("cookie", &a.ann),
+    )
+    .await;
+    assert_eq!(
+        after_delete["rating"]["count"], 1,
+        "the author sees the deletion at once"
+    );
 
     // Pagination: every product exactly once across pages.
     for i in 0..5 {
         let body = json!({"name": format!("Bun {i}"), "price_cents": 100 + i});
-        assert_eq!(send(http.post(up.url("/api/products")).header("cookie", &a.admin).json(&body)).await.0, 201);
+        assert_eq!(
+            send(
+                http.post(up.url("/api/products"))
+                    .header("cookie", &a.admin)
+                    .json(&body)
+            )
+            .await
+            .0,
+            201
+        );
     }
     let mut seen = HashSet::new();
     let mut cursor = String::new();
@@ -93,7 +161,10 @@ async fn catalog_follows_the_contract(up: &Up, a: &Actors) {
         assert_eq!(status, 200);
         pages += 1;
         for item in page["items"].as_array().unwrap() {
-            assert!(seen.insert(item["id"].as_i64().unwrap()), "no product twice");
+            assert!(
+                seen.insert(item["id"].as_i64().unwrap()),
+                "no product twice"
+            );
             assert!(item["rating"]["average"].is_number() && item["price_cents"].is_number());
         }
         match page["next_cursor"].as_str() {
@@ -104,46 +175,97 @@ async fn catalog_follows_the_contract(up: &Up, a: &Actors) {
     assert_eq!(seen.len(), 6);
     assert_eq!(pages, 3);
 
-    let (status, _) = send(http.delete(up.url(&format!("/api/products/{id}"))).header("cookie", &a.admin)).await;
+    let (status, _) = send(
+        http.delete(up.url(&format!("/api/products/{id}")))
+            .header("cookie", &a.admin),
+    )
+    .await;
     assert_eq!(status, 204);
-    let (status, _) = send(http.get(up.url(&format!("/api/products/{id}"))).header("cookie", &a.admin)).await;
+    let (status, _) = send(
+        http.get(up.url(&format!("/api/products/{id}")))
+            .header("cookie", &a.admin),
+    )
+    .await;
     assert_eq!(status, 404);
-    let remaining = with_reviews["reviews"].as_array().unwrap().iter().find(|r| r["user"]["username"] == "bob").unwrap()["id"]
+    let remaining = with_reviews["reviews"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["user"]["username"] == "bob")
+        .unwrap()["id"]
         .as_i64()
         .unwrap();
-    let (status, _) = send(http.delete(up.url(&format!("/api/reviews/{remaining}"))).header("cookie", &a.admin)).await;
+    let (status, _) = send(
+        http.delete(up.url(&format!("/api/reviews/{remaining}")))
+            .header("cookie", &a.admin),
+    )
+    .await;
     assert_eq!(status, 404, "deleting a product removed its reviews");
 }
 
 async fn profiles_list_reviews_newest_first(up: &Up, a: &Actors) {
     let http = &a.http;
-    let (_, created) = send(http.post(up.url("/api/products")).header("cookie", &a.admin).json(&json!({"name": "Pretzel", "price_cents": 300}))).await;
+    let (_, created) = send(
+        http.post(up.url("/api/products"))
+            .header("cookie", &a.admin)
+            .json(&json!({"name": "Pretzel", "price_cents": 300})),
+    )
+    .await;
     let id = created["id"].as_i64().unwrap();
     let mut posted = Vec::new();
     for n in 1..=3 {
         let body = json!({"rating": n, "body": format!("Try {n}.")});
-        let (status, review) = send(http.post(up.url(&format!("/api/products/{id}/reviews"))).header("cookie", &a.bob).json(&body)).await;
+        let (status, review) = send(
+            http.post(up.url(&format!("/api/products/{id}/reviews")))
+                .header("cookie", &a.bob)
+                .json(&body),
+        )
+        .await;
         assert_eq!(status, 201);
         posted.push(review["id"].as_i64().unwrap());
     }
     let (status, profile) = send(http.get(up.url("/api/users/bob"))).await;
     assert_eq!(status, 200);
     assert_eq!(profile["username"], "bob");
-    assert!(profile.get("email").is_none() && profile.get("is_admin").is_none(), "a profile is public: {profile}");
+    assert!(
+        profile.get("email").is_none() && profile.get("is_admin").is_none(),
+        "a profile is public: {profile}"
+    );
 
     let (status, first) = send(http.get(up.url("/api/users/bob/reviews?limit=2"))).await;
     assert_eq!(status, 200);
     assert_eq!(first["user"]["id"], profile["id"]);
-    let ids: Vec<i64> = first["items"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let ids: Vec<i64> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(ids, vec![posted[2], posted[1]], "newest first");
-    assert_eq!(first["items"][0]["product"], json!({"id": id, "name": "Pretzel"}));
+    assert_eq!(
+        first["items"][0]["product"],
+        json!({"id": id, "name": "Pretzel"})
+    );
     let next = first["next_cursor"].as_str().expect("a second page");
-    let (_, second) = send(http.get(up.url(&format!("/api/users/bob/reviews?limit=2&cursor={next}")))).await;
-    let ids: Vec<i64> = second["items"].as_array().unwrap().iter().map(|r| r["id"].as_i64().unwrap()).collect();
+    let (_, second) =
+        send(http.get(up.url(&format!("/api/users/bob/reviews?limit=2&cursor={next}")))).await;
+    let ids: Vec<i64> = second["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect();
     assert_eq!(ids, vec![posted[0]], "the rest on the second page");
     assert!(second["next_cursor"].is_null(), "and no third");
 
-    for name in ["nobody-here", "a b", "x", "'; DROP TABLE users;--", "%00", &"n".repeat(200)] {
+    for name in [
+        "nobody-here",
+        "a b",
+        "x",
+        "'; DROP TABLE users;--",
+        "%00",
+        &"n".repeat(200),
+    ] {
         let (status, body) = send(http.get(up.url(&format!("/api/users/{name}")))).await;
         assert_eq!(status, 404, "{name}: {body}");
         let (status, _) = send(http.get(up.url(&format!("/api/users/{name}/reviews")))).await;
@@ -158,7 +280,12 @@ async fn profiles_list_reviews_newest_first(up: &Up, a: &Actors) {
 async fn capacity_is_never_exceeded(up: &Up, a: &Actors) {
     let http = &a.http;
     let event = json!({"title": "Sourdough 101", "description": "Bring an apron.", "starts_at": "2030-01-15T10:00:00Z", "capacity": 10});
-    let (status, created) = send(http.post(up.url("/api/events")).header("cookie", &a.admin).json(&event)).await;
+    let (status, created) = send(
+        http.post(up.url("/api/events"))
+            .header("cookie", &a.admin)
+            .json(&event),
+    )
+    .await;
     assert_eq!(status, 201);
     assert_eq!(created["starts_at"], "2030-01-15T10:00:00Z");
     assert_eq!(created["attendees"], 0);
@@ -168,44 +295,93 @@ async fn capacity_is_never_exceeded(up: &Up, a: &Actors) {
     let mut users = Vec::new();
     for batch in (0..50).collect::<Vec<_>>().chunks(10) {
         let names: Vec<String> = batch.iter().map(|i| format!("guest{i}")).collect();
-        users.extend(futures::future::join_all(names.iter().map(|n| sign_up_and_log_in(http, &up.base, n))).await);
+        users.extend(
+            futures::future::join_all(names.iter().map(|n| sign_up_and_log_in(http, &up.base, n)))
+                .await,
+        );
     }
     let answers = futures::future::join_all(users.iter().map(|cookie| {
-        let request = http.post(up.url(&format!("/api/events/{id}/rsvp"))).header("cookie", cookie);
+        let request = http
+            .post(up.url(&format!("/api/events/{id}/rsvp")))
+            .header("cookie", cookie);
         async move { send(request).await }
     }))
     .await;
     let created = answers.iter().filter(|(s, _)| *s == 201).count();
-    let full = answers.iter().filter(|(s, b)| *s == 409 && b["error"]["code"] == "event_full").count();
-    assert_eq!((created, full), (10, 40), "50 simultaneous RSVPs for 10 seats give exactly 10");
+    let full = answers
+        .iter()
+        .filter(|(s, b)| *s == 409 && b["error"]["code"] == "event_full")
+        .count();
+    assert_eq!(
+        (created, full),
+        (10, 40),
+        "50 simultaneous RSVPs for 10 seats give exactly 10"
+    );
 
-    let seated = users.iter().zip(&answers).find(|(_, (s, _))| *s == 201).unwrap();
-    let (status, again) = send(http.post(up.url(&format!("/api/events/{id}/rsvp"))).header("cookie", seated.0)).await;
+    let seated = users
+        .iter()
+        .zip(&answers)
+        .find(|(_, (s, _))| *s == 201)
+        .unwrap();
+    let (status, again) = send(
+        http.post(up.url(&format!("/api/events/{id}/rsvp")))
+            .header("cookie", seated.0),
+    )
+    .await;
     assert_eq!(status, 200, "repeating an RSVP gives the same one");
     assert_eq!(again["id"], seated.1.1["id"]);
     assert_eq!(again["status"], "confirmed");
     assert!(again["confirmation_sent_at"].is_null());
 
-    let (_, event) = send(http.get(up.url(&format!("/api/events/{id}"))).header("cookie", seated.0)).await;
+    let (_, event) = send(
+        http.get(up.url(&format!("/api/events/{id}")))
+            .header("cookie", seated.0),
+    )
+    .await;
     assert_eq!(event["attendees"], 10);
     assert_eq!(event["my_rsvp"]["id"], again["id"]);
     let (_, mine) = send(http.get(up.url("/api/me/rsvps")).header("cookie", seated.0)).await;
     assert_eq!(mine["items"][0]["event_id"], id);
 
-    let (status, _) = send(http.delete(up.url(&format!("/api/events/{id}/rsvp"))).header("cookie", seated.0)).await;
+    let (status, _) = send(
+        http.delete(up.url(&format!("/api/events/{id}/rsvp")))
+            .header("cookie", seated.0),
+    )
+    .await;
     assert_eq!(status, 204);
-    let (_, event) = send(http.get(up.url(&format!("/api/events/{id}"))).header("cookie", seated.0)).await;
+    let (_, event) = send(
+        http.get(up.url(&format!("/api/events/{id}")))
+            .header("cookie", seated.0),
+    )
+    .await;
     assert_eq!(event["attendees"], 9, "cancelling gives the seat back");
     assert!(event.get("my_rsvp").is_none());
     let (_, list) = send(http.get(up.url("/api/events")).header("cookie", &a.admin)).await;
-    assert!(list["items"].as_array().unwrap().iter().any(|e| e["id"] == id));
-    let (status, _) = send(http.post(up.url("/api/events/999999/rsvp")).header("cookie", &a.ann)).await;
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["id"] == id)
+    );
+    let (status, _) = send(
+        http.post(up.url("/api/events/999999/rsvp"))
+            .header("cookie", &a.ann),
+    )
+    .await;
     assert_eq!(status, 404);
 }
 
 async fn hostile_input_gets_contract_errors(up: &Up, a: &Actors) {
     let http = &a.http;
-    for id in ["abc", "-1", "0", "99999999999999999999", "1;DROP TABLE products", "%00"] {
+    for id in [
+        "abc",
+        "-1",
+        "0",
+        "99999999999999999999",
+        "1;DROP TABLE products",
+        "%00",
+    ] {
         let (status, body) = send(http.get(up.url(&format!("/api/products/{id}")))).await;
         assert!(status == 400 || status == 404, "{id}: {status} {body}");
         let (status, _) = send(http.get(up.url(&format!("/api/events/{id}")))).await;
@@ -232,17 +408,34 @@ async fn hostile_input_gets_contract_errors(up: &Up, a: &Actors) {
         let (status, answer) = send(admin(http.post(up.url("/api/products"))).json(&body)).await;
         assert_eq!(status, 400, "{answer}");
     }
-    let (status, created) =
-        send(admin(http.post(up.url("/api/products"))).json(&json!({"name": "'; DROP TABLE products;--", "price_cents": 1}))).await;
+    let (status, created) = send(
+        admin(http.post(up.url("/api/products")))
+            .json(&json!({"name": "'; DROP TABLE products;--", "price_cents": 1})),
+    )
+    .await;
     assert_eq!(status, 201, "SQL-looking strings are just names");
     assert_eq!(created["name"], "'; DROP TABLE products;--");
     let id = created["id"].as_i64().unwrap();
-    for body in [json!({"rating": 0, "body": "x"}), json!({"rating": 6, "body": "x"}), json!({"rating": 3, "body": ""}), json!({"rating": 3})] {
-        let (status, _) = send(http.post(up.url(&format!("/api/products/{id}/reviews"))).header("cookie", &a.ann).json(&body)).await;
+    for body in [
+        json!({"rating": 0, "body": "x"}),
+        json!({"rating": 6, "body": "x"}),
+        json!({"rating": 3, "body": ""}),
+        json!({"rating": 3}),
+    ] {
+        let (status, _) = send(
+            http.post(up.url(&format!("/api/products/{id}/reviews")))
+                .header("cookie", &a.ann)
+                .json(&body),
+        )
+        .await;
         assert_eq!(status, 400, "{body}");
     }
-    let (status, _) =
-        send(http.post(up.url("/api/products/424242/reviews")).header("cookie", &a.ann).json(&json!({"rating": 3, "body": "?"}))).await;
+    let (status, _) = send(
+        http.post(up.url("/api/products/424242/reviews"))
+            .header("cookie", &a.ann)
+            .json(&json!({"rating": 3, "body": "?"})),
+    )
+    .await;
     assert_eq!(status, 404);
     for body in [
         json!({"title": "t", "starts_at": "next tuesday", "capacity": 3}),
@@ -253,7 +446,12 @@ async fn hostile_input_gets_contract_errors(up: &Up, a: &Actors) {
         let (status, answer) = send(admin(http.post(up.url("/api/events"))).json(&body)).await;
         assert_eq!(status, 400, "{body}: {answer}");
     }
-    let (status, body) = send(http.patch(up.url(&format!("/api/products/{id}"))).header("cookie", &a.bob).json(&json!({"price_cents": 1}))).await;
+    let (status, body) = send(
+        http.patch(up.url(&format!("/api/products/{id}")))
+            .header("cookie", &a.bob)
+            .json(&json!({"price_cents": 1})),
+    )
+    .await;
     assert_eq!((status, error_code_of(&body)), (403, "forbidden"));
 }
 
@@ -279,7 +477,13 @@ async fn the_domain_on_sqlite() {
 async fn the_domain_on_postgres_with_a_replica() {
     let url = fresh_replicated_database().await;
     let replica = replica_url_for(&url);
-    let up = Up::start(vec![("BAKERY_DATABASE_URL".into(), url), ("BAKERY_REPLICA_URLS".into(), replica)], 3);
+    let up = Up::start(
+        vec![
+            ("BAKERY_DATABASE_URL".into(), url),
+            ("BAKERY_REPLICA_URLS".into(), replica),
+        ],
+        3,
+    );
     domain_suite(&up).await;
 }
 
@@ -288,25 +492,74 @@ async fn an_empty_bakery_gets_the_demo_and_the_flag_turns_it_off() {
     let http = client();
     let up = Up::start_with(vec![], 1, &[]);
     let (_, list) = send(http.get(up.url("/api/products?limit=100"))).await;
-    assert_eq!(list["items"].as_array().unwrap().len(), 12, "a dozen demo products");
-    assert!(list["items"].as_array().unwrap().iter().all(|p| p["rating"]["count"].as_i64().unwrap() > 0), "with reviews");
+    assert_eq!(
+        list["items"].as_array().unwrap().len(),
+        12,
+        "a dozen demo products"
+    );
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["rating"]["count"].as_i64().unwrap() > 0),
+        "with reviews"
+    );
     let (_, events) = send(http.get(up.url("/api/events"))).await;
     assert_eq!(events["items"].as_array().unwrap().len(), 3);
     // The HTML pages show the same bakery, and the RSVP button works.
-    let page = http.get(up.url("/products")).send().await.unwrap().text().await.unwrap();
-    assert_eq!(page.matches("<li><a href=\"/products/").count(), 12, "{page}");
+    let page = http
+        .get(up.url("/products"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        page.matches("<li><a href=\"/products/").count(),
+        12,
+        "{page}"
+    );
     let first = list["items"][0]["id"].as_i64().unwrap();
-    let detail = http.get(up.url(&format!("/products/{first}"))).send().await.unwrap().text().await.unwrap();
-    assert!(detail.contains("<blockquote>") && detail.contains("flour_fan"), "reviews with their authors");
+    let detail = http
+        .get(up.url(&format!("/products/{first}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        detail.contains("<blockquote>") && detail.contains("flour_fan"),
+        "reviews with their authors"
+    );
     let cookie = sign_up_and_log_in(&http, &up.base, "clicker").await;
     let event = events["items"][0]["id"].as_i64().unwrap();
-    let clicked = http.post(up.url(&format!("/events/{event}/rsvp"))).header("cookie", &cookie).send().await.unwrap();
+    let clicked = http
+        .post(up.url(&format!("/events/{event}/rsvp")))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(clicked.status(), 303);
-    let page = http.get(up.url(&format!("/events/{event}"))).header("cookie", &cookie).send().await.unwrap().text().await.unwrap();
+    let page = http
+        .get(up.url(&format!("/events/{event}")))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(page.contains("You have a seat"), "{page}");
     drop(up);
     let bare = Up::start(vec![], 1);
     let (_, list) = send(http.get(bare.url("/api/products"))).await;
-    assert_eq!(list["items"], json!([]), "--no-demo leaves the catalog empty");
+    assert_eq!(
+        list["items"],
+        json!([]),
+        "--no-demo leaves the catalog empty"
+    );
     let _ = error_code;
 }

@@ -33,7 +33,9 @@ async fn test_backend(name: &'static str, behaviour: Behaviour) -> TestBackend {
     let counter = arrivals.clone();
     tokio::spawn(async move {
         loop {
-            let Ok((mut socket, _)) = listener.accept().await else { return };
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
             let counter = counter.clone();
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
@@ -52,7 +54,11 @@ async fn test_backend(name: &'static str, behaviour: Behaviour) -> TestBackend {
                     let head = String::from_utf8_lossy(&buffer[..head_end]).to_string();
                     let length: usize = head
                         .lines()
-                        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
                         .unwrap_or(0);
                     while buffer.len() < head_end + length {
                         match socket.read(&mut chunk).await {
@@ -71,7 +77,10 @@ async fn test_backend(name: &'static str, behaviour: Behaviour) -> TestBackend {
                         }
                         format!("{name}\n{head}")
                     };
-                    let response = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                        body.len()
+                    );
                     if socket.write_all(response.as_bytes()).await.is_err() {
                         return;
                     }
@@ -93,8 +102,21 @@ fn lb_env() -> Vec<(String, String)> {
 async fn wait_healthy(lb: &Role, count: usize) {
     let http = client();
     let ok = eventually(Duration::from_secs(10), async || {
-        let list: serde_json::Value = http.get(lb.url("/lb/backends")).send().await.unwrap().json().await.unwrap();
-        list["pools"][0]["backends"].as_array().unwrap().iter().filter(|b| b["healthy"] == true).count() == count
+        let list: serde_json::Value = http
+            .get(lb.url("/lb/backends"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        list["pools"][0]["backends"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|b| b["healthy"] == true)
+            .count()
+            == count
     })
     .await;
     assert!(ok, "{count} backends become healthy");
@@ -105,7 +127,13 @@ async fn a_get_is_retried_elsewhere_but_a_post_that_reached_a_backend_never_is()
     let good = test_backend("good", Behaviour::Answer).await;
     let bad = test_backend("bad", Behaviour::Vanish).await;
     let lb = Role::start(
-        &["lb", "--backend", &format!("web=good@{}", good.addr), "--backend", &format!("web=bad@{}", bad.addr)],
+        &[
+            "lb",
+            "--backend",
+            &format!("web=good@{}", good.addr),
+            "--backend",
+            &format!("web=bad@{}", bad.addr),
+        ],
         lb_env(),
     );
     wait_healthy(&lb, 2).await;
@@ -113,15 +141,31 @@ async fn a_get_is_retried_elsewhere_but_a_post_that_reached_a_backend_never_is()
 
     for _ in 0..30 {
         let r = http.get(lb.url("/api/thing")).send().await.unwrap();
-        assert_eq!(r.status(), 200, "a GET that met the vanishing backend went to the other one");
+        assert_eq!(
+            r.status(),
+            200,
+            "a GET that met the vanishing backend went to the other one"
+        );
         assert!(r.text().await.unwrap().starts_with("good"));
     }
-    assert!(bad.arrivals.load(Ordering::SeqCst) > 0, "some GETs met the vanishing backend first");
+    assert!(
+        bad.arrivals.load(Ordering::SeqCst) > 0,
+        "some GETs met the vanishing backend first"
+    );
 
-    let (good_before, bad_before) = (good.arrivals.load(Ordering::SeqCst), bad.arrivals.load(Ordering::SeqCst));
+    let (good_before, bad_before) = (
+        good.arrivals.load(Ordering::SeqCst),
+        bad.arrivals.load(Ordering::SeqCst),
+    );
     let mut failed = 0;
     for _ in 0..30 {
-        let r = http.post(lb.url("/api/orders")).header("content-type", "application/json").body("{\"n\":1}").send().await.unwrap();
+        let r = http
+            .post(lb.url("/api/orders"))
+            .header("content-type", "application/json")
+            .body("{\"n\":1}")
+            .send()
+            .await
+            .unwrap();
         if r.status() != 200 {
             assert_eq!(r.status(), 503);
             assert_eq!(error_code(r).await, "upstream_failed");
@@ -130,8 +174,15 @@ async fn a_get_is_retried_elsewhere_but_a_post_that_reached_a_backend_never_is()
     }
     let good_posts = good.arrivals.load(Ordering::SeqCst) - good_before;
     let bad_posts = bad.arrivals.load(Ordering::SeqCst) - bad_before;
-    assert_eq!(good_posts + bad_posts, 30, "every POST reached exactly one backend, once");
-    assert_eq!(failed, bad_posts, "a POST lost by a backend is answered 503, not sent again");
+    assert_eq!(
+        good_posts + bad_posts,
+        30,
+        "every POST reached exactly one backend, once"
+    );
+    assert_eq!(
+        failed, bad_posts,
+        "a POST lost by a backend is answered 503, not sent again"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,7 +192,10 @@ async fn a_connection_refused_is_retried_for_any_method_and_ejects_the_member() 
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let lb = Role::start(&["lb", "--backend", &format!("web=good@{}", good.addr)], lb_env());
+    let lb = Role::start(
+        &["lb", "--backend", &format!("web=good@{}", good.addr)],
+        lb_env(),
+    );
     wait_healthy(&lb, 1).await;
     let http = client();
     // Add a member that is already gone; pretend it passed its checks by adding
@@ -155,8 +209,18 @@ async fn a_connection_refused_is_retried_for_any_method_and_ejects_the_member() 
         .unwrap();
     assert_eq!(put.status(), 200);
     for _ in 0..10 {
-        let r = http.post(lb.url("/api/orders")).header("content-type", "application/json").body("{}").send().await.unwrap();
-        assert_eq!(r.status(), 200, "nothing was sent to the dead member, so the POST went elsewhere");
+        let r = http
+            .post(lb.url("/api/orders"))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            r.status(),
+            200,
+            "nothing was sent to the dead member, so the POST went elsewhere"
+        );
     }
 }
 
@@ -164,14 +228,34 @@ async fn a_connection_refused_is_retried_for_any_method_and_ejects_the_member() 
 async fn membership_changes_need_the_admin_token_and_apply_at_once() {
     let one = test_backend("one", Behaviour::Answer).await;
     let two = test_backend("two", Behaviour::Answer).await;
-    let lb = Role::start(&["lb", "--id", "edge-1", "--backend", &format!("web=one@{}", one.addr)], lb_env());
+    let lb = Role::start(
+        &[
+            "lb",
+            "--id",
+            "edge-1",
+            "--backend",
+            &format!("web=one@{}", one.addr),
+        ],
+        lb_env(),
+    );
     wait_healthy(&lb, 1).await;
     let http = client();
 
     let body = serde_json::json!({"addr": two.addr.to_string()});
-    let anonymous = http.put(lb.url("/lb/backends/web/two")).json(&body).send().await.unwrap();
+    let anonymous = http
+        .put(lb.url("/lb/backends/web/two"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(anonymous.status(), 403);
-    let wrong = http.put(lb.url("/lb/backends/web/two")).bearer_auth("nope").json(&body).send().await.unwrap();
+    let wrong = http
+        .put(lb.url("/lb/backends/web/two"))
+        .bearer_auth("nope")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 403);
     let bad_addr = http
         .put(lb.url("/lb/backends/web/two"))
@@ -181,30 +265,69 @@ async fn membership_changes_need_the_admin_token_and_apply_at_once() {
         .await
         .unwrap();
     assert_eq!(bad_addr.status(), 400);
-    let added = http.put(lb.url("/lb/backends/web/two")).bearer_auth("test-token").json(&body).send().await.unwrap();
+    let added = http
+        .put(lb.url("/lb/backends/web/two"))
+        .bearer_auth("test-token")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(added.status(), 200);
     wait_healthy(&lb, 2).await;
     let mut seen = std::collections::HashSet::new();
     for _ in 0..40 {
-        let text = http.get(lb.url("/x")).send().await.unwrap().text().await.unwrap();
+        let text = http
+            .get(lb.url("/x"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         seen.insert(text.lines().next().unwrap_or_default().to_string());
     }
     assert_eq!(seen.len(), 2, "the new member takes traffic: {seen:?}");
 
-    let removed = http.delete(lb.url("/lb/backends/web/one")).bearer_auth("test-token").send().await.unwrap();
+    let removed = http
+        .delete(lb.url("/lb/backends/web/one"))
+        .bearer_auth("test-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(removed.status(), 200);
     for _ in 0..10 {
-        let text = http.get(lb.url("/x")).send().await.unwrap().text().await.unwrap();
+        let text = http
+            .get(lb.url("/x"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         assert!(text.starts_with("two"), "a removed member gets nothing");
     }
-    let unknown = http.delete(lb.url("/lb/backends/web/one")).bearer_auth("test-token").send().await.unwrap();
+    let unknown = http
+        .delete(lb.url("/lb/backends/web/one"))
+        .bearer_auth("test-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unknown.status(), 404);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarded_requests_carry_the_request_id_and_forwarding_headers() {
     let one = test_backend("one", Behaviour::Answer).await;
-    let lb = Role::start(&["lb", "--id", "edge-7", "--backend", &format!("web=one@{}", one.addr)], lb_env());
+    let lb = Role::start(
+        &[
+            "lb",
+            "--id",
+            "edge-7",
+            "--backend",
+            &format!("web=one@{}", one.addr),
+        ],
+        lb_env(),
+    );
     wait_healthy(&lb, 1).await;
     let http = client();
     let r = http
@@ -221,15 +344,31 @@ async fn forwarded_requests_carry_the_request_id_and_forwarding_headers() {
     assert!(seen.contains("x-request-id: abc-123"), "{seen}");
     assert!(seen.contains("x-forwarded-for: 127.0.0.1"), "{seen}");
     assert!(seen.contains("x-forwarded-proto: http"), "{seen}");
-    assert!(!seen.contains("x-hop"), "hop-by-hop headers stay behind: {seen}");
+    assert!(
+        !seen.contains("x-hop"),
+        "hop-by-hop headers stay behind: {seen}"
+    );
 
-    let generated = http.get(lb.url("/seen")).header("x-request-id", "<bad id>").send().await.unwrap();
-    let id = generated.headers()["x-request-id"].to_str().unwrap().to_string();
+    let generated = http
+        .get(lb.url("/seen"))
+        .header("x-request-id", "<bad id>")
+        .send()
+        .await
+        .unwrap();
+    let id = generated.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert_eq!(id.len(), 32, "a hostile id is replaced by a fresh one");
 
     let own = http.get(lb.url("/healthz")).send().await.unwrap();
     assert_eq!(own.headers()["x-served-by"], "edge-7");
-    let big = http.post(lb.url("/upload")).body(vec![b'x'; 17 << 20]).send().await.unwrap();
+    let big = http
+        .post(lb.url("/upload"))
+        .body(vec![b'x'; 17 << 20])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(big.status(), 413);
     assert_eq!(error_code(big).await, "body_too_large");
 }

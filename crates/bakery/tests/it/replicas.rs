@@ -8,11 +8,19 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::harness::{Up, client, error_code, eventually, fresh_replicated_database, log_in, replica_admin_url, replica_url_for};
+use crate::harness::{
+    Up, client, error_code, eventually, fresh_replicated_database, log_in, replica_admin_url,
+    replica_url_for,
+};
 use crate::proxy::CuttableProxy;
 
 fn db_role(response: &reqwest::Response) -> String {
-    response.headers().get("x-db").and_then(|v| v.to_str().ok()).unwrap_or_default().to_string()
+    response
+        .headers()
+        .get("x-db")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
 }
 
 async fn price_and_role(http: &reqwest::Client, url: &str, cookie: Option<&str>) -> (i64, String) {
@@ -66,19 +74,34 @@ async fn new_product(http: &reqwest::Client, up: &Up, admin: &str) -> String {
         .await
         .unwrap();
     assert_eq!(created.status(), 201);
-    let id = created.json::<serde_json::Value>().await.unwrap()["id"].as_i64().unwrap();
+    let id = created.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
     up.url(&format!("/api/products/{id}"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_your_writes_while_the_replica_is_paused() {
     let url = fresh_replicated_database().await;
-    let up = Up::start(vec![("BAKERY_CACHE_URL".into(), "none".into()), ("BAKERY_DATABASE_URL".into(), url.clone()), ("BAKERY_REPLICA_URLS".into(), replica_url_for(&url))], 2);
+    let up = Up::start(
+        vec![
+            ("BAKERY_CACHE_URL".into(), "none".into()),
+            ("BAKERY_DATABASE_URL".into(), url.clone()),
+            ("BAKERY_REPLICA_URLS".into(), replica_url_for(&url)),
+        ],
+        2,
+    );
     let http = client();
     let admin = log_in(&http, &up.base, "admin", "admin-password").await;
     let product = new_product(&http, &up, &admin).await;
-    let from_replica = eventually(Duration::from_secs(10), async || price_and_role(&http, &product, None).await == (100, "replica".into())).await;
-    assert!(from_replica, "anonymous reads go to the replica once it has replayed the product");
+    let from_replica = eventually(Duration::from_secs(10), async || {
+        price_and_role(&http, &product, None).await == (100, "replica".into())
+    })
+    .await;
+    assert!(
+        from_replica,
+        "anonymous reads go to the replica once it has replayed the product"
+    );
 
     let paused = ReplayPaused::start();
     let changed = http
@@ -96,19 +119,44 @@ async fn read_your_writes_while_the_replica_is_paused() {
         assert_eq!(role, "primary", "the paused replica is behind the writer");
     }
     let (stale, role) = price_and_role(&http, &product, None).await;
-    assert_eq!((stale, role.as_str()), (100, "replica"), "others may still be served by the replica");
+    assert_eq!(
+        (stale, role.as_str()),
+        (100, "replica"),
+        "others may still be served by the replica"
+    );
 
     drop(paused);
-    let caught_up = eventually(Duration::from_secs(10), async || price_and_role(&http, &product, None).await == (200, "replica".into())).await;
-    assert!(caught_up, "after resume, anonymous reads go to the replica again and see the change");
-    let writer_on_replica =
-        eventually(Duration::from_secs(10), async || price_and_role(&http, &product, Some(&admin)).await == (200, "replica".into())).await;
-    assert!(writer_on_replica, "the writer's reads return to the replica once it has caught up");
+    let caught_up = eventually(Duration::from_secs(10), async || {
+        price_and_role(&http, &product, None).await == (200, "replica".into())
+    })
+    .await;
+    assert!(
+        caught_up,
+        "after resume, anonymous reads go to the replica again and see the change"
+    );
+    let writer_on_replica = eventually(Duration::from_secs(10), async || {
+        price_and_role(&http, &product, Some(&admin)).await == (200, "replica".into())
+    })
+    .await;
+    assert!(
+        writer_on_replica,
+        "the writer's reads return to the replica once it has caught up"
+    );
     let mut metrics = String::new();
     for clone in up.clones() {
-        metrics += &http.get(format!("http://{}/metrics", clone.addr)).send().await.unwrap().text().await.unwrap();
+        metrics += &http
+            .get(format!("http://{}/metrics", clone.addr))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
     }
-    assert!(metrics.contains("bakery_db_queries_total{role=\"replica\"}"), "{metrics}");
+    assert!(
+        metrics.contains("bakery_db_queries_total{role=\"replica\"}"),
+        "{metrics}"
+    );
     assert!(metrics.contains("bakery_db_queries_total{role=\"primary\"}"));
 }
 
@@ -118,22 +166,45 @@ async fn a_stopped_replica_costs_no_failed_read() {
     let replica = replica_url_for(&url);
     let proxy = CuttableProxy::start(addr_of(&replica)).await;
     let via_proxy = replica.replace(&addr_of(&replica).to_string(), &proxy.addr.to_string());
-    let up = Up::start(vec![("BAKERY_CACHE_URL".into(), "none".into()), ("BAKERY_DATABASE_URL".into(), url), ("BAKERY_REPLICA_URLS".into(), via_proxy)], 2);
+    let up = Up::start(
+        vec![
+            ("BAKERY_CACHE_URL".into(), "none".into()),
+            ("BAKERY_DATABASE_URL".into(), url),
+            ("BAKERY_REPLICA_URLS".into(), via_proxy),
+        ],
+        2,
+    );
     let http = client();
     let admin = log_in(&http, &up.base, "admin", "admin-password").await;
     let product = new_product(&http, &up, &admin).await;
-    assert!(eventually(Duration::from_secs(10), async || price_and_role(&http, &product, None).await.1 == "replica").await);
+    assert!(
+        eventually(Duration::from_secs(10), async || price_and_role(
+            &http, &product, None
+        )
+        .await
+        .1 == "replica")
+        .await
+    );
 
     proxy.cut();
     for _ in 0..50 {
         let (price, _) = price_and_role(&http, &product, None).await;
         assert_eq!(price, 100);
     }
-    assert_eq!(price_and_role(&http, &product, None).await.1, "primary", "with the replica gone, reads go to the primary");
+    assert_eq!(
+        price_and_role(&http, &product, None).await.1,
+        "primary",
+        "with the replica gone, reads go to the primary"
+    );
 
     proxy.restore().await;
     assert!(
-        eventually(Duration::from_secs(10), async || price_and_role(&http, &product, None).await.1 == "replica").await,
+        eventually(Duration::from_secs(10), async || price_and_role(
+            &http, &product, None
+        )
+        .await
+        .1 == "replica")
+        .await,
         "the replica returns to rotation by itself"
     );
 }
@@ -144,28 +215,63 @@ async fn with_the_primary_stopped_reads_use_the_replica_and_writes_get_503() {
     let replica = replica_url_for(&url);
     let proxy = CuttableProxy::start(addr_of(&url)).await;
     let via_proxy = url.replace(&addr_of(&url).to_string(), &proxy.addr.to_string());
-    let up = Up::start(vec![("BAKERY_CACHE_URL".into(), "none".into()), ("BAKERY_DATABASE_URL".into(), via_proxy), ("BAKERY_REPLICA_URLS".into(), replica)], 2);
+    let up = Up::start(
+        vec![
+            ("BAKERY_CACHE_URL".into(), "none".into()),
+            ("BAKERY_DATABASE_URL".into(), via_proxy),
+            ("BAKERY_REPLICA_URLS".into(), replica),
+        ],
+        2,
+    );
     let http = client();
     let admin = log_in(&http, &up.base, "admin", "admin-password").await;
     let product = new_product(&http, &up, &admin).await;
-    assert!(eventually(Duration::from_secs(10), async || price_and_role(&http, &product, None).await.1 == "replica").await);
+    assert!(
+        eventually(Duration::from_secs(10), async || price_and_role(
+            &http, &product, None
+        )
+        .await
+        .1 == "replica")
+        .await
+    );
 
     proxy.cut();
     for _ in 0..20 {
-        assert_eq!(price_and_role(&http, &product, None).await, (100, "replica".into()));
-        assert_eq!(price_and_role(&http, &product, Some(&admin)).await, (100, "replica".into()));
+        assert_eq!(
+            price_and_role(&http, &product, None).await,
+            (100, "replica".into())
+        );
+        assert_eq!(
+            price_and_role(&http, &product, Some(&admin)).await,
+            (100, "replica".into())
+        );
     }
-    let write = http.patch(&product).header("cookie", &admin).json(&json!({"price_cents": 300})).send().await.unwrap();
+    let write = http
+        .patch(&product)
+        .header("cookie", &admin)
+        .json(&json!({"price_cents": 300}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(write.status(), 503);
     assert_eq!(error_code(write).await, "primary_unavailable");
 
     proxy.restore().await;
     let recovered = eventually(Duration::from_secs(15), async || {
-        let r = http.patch(&product).header("cookie", &admin).json(&json!({"price_cents": 300})).send().await.unwrap();
+        let r = http
+            .patch(&product)
+            .header("cookie", &admin)
+            .json(&json!({"price_cents": 300}))
+            .send()
+            .await
+            .unwrap();
         r.status() == 200
     })
     .await;
-    assert!(recovered, "writes work again once the primary is back, without a restart");
+    assert!(
+        recovered,
+        "writes work again once the primary is back, without a restart"
+    );
     assert_eq!(price_and_role(&http, &product, Some(&admin)).await.0, 300);
 }
 
@@ -184,16 +290,40 @@ async fn a_replica_lagging_beyond_the_bound_leaves_the_rotation_for_everyone() {
     let http = client();
     let admin = log_in(&http, &up.base, "admin", "admin-password").await;
     let product = new_product(&http, &up, &admin).await;
-    assert!(eventually(Duration::from_secs(10), async || price_and_role(&http, &product, None).await.1 == "replica").await);
+    assert!(
+        eventually(Duration::from_secs(10), async || price_and_role(
+            &http, &product, None
+        )
+        .await
+        .1 == "replica")
+        .await
+    );
 
     let paused = ReplayPaused::start();
-    let changed = http.patch(&product).header("cookie", &admin).json(&json!({"price_cents": 5})).send().await.unwrap();
+    let changed = http
+        .patch(&product)
+        .header("cookie", &admin)
+        .json(&json!({"price_cents": 5}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(changed.status(), 200);
-    let left = eventually(Duration::from_secs(5), async || price_and_role(&http, &product, None).await == (5, "primary".into())).await;
-    assert!(left, "a replica behind by more than the bound serves nobody, not even anonymous readers");
+    let left = eventually(Duration::from_secs(5), async || {
+        price_and_role(&http, &product, None).await == (5, "primary".into())
+    })
+    .await;
+    assert!(
+        left,
+        "a replica behind by more than the bound serves nobody, not even anonymous readers"
+    );
     drop(paused);
     assert!(
-        eventually(Duration::from_secs(10), async || price_and_role(&http, &product, None).await == (5, "replica".into())).await,
+        eventually(Duration::from_secs(10), async || price_and_role(
+            &http, &product, None
+        )
+        .await
+            == (5, "replica".into()))
+        .await,
         "caught up, it returns"
     );
 }

@@ -2,14 +2,21 @@
 
 use std::collections::HashSet;
 
-use crate::harness::{Up, client, error_code, redis_url, served_by, session_cookie, sign_up_and_log_in};
+use crate::harness::{
+    Up, client, error_code, redis_url, served_by, session_cookie, sign_up_and_log_in,
+};
 
 async fn any_clone_serves_a_logged_in_user(up: &Up) {
     let http = client();
     let cookie = sign_up_and_log_in(&http, &up.base, "crumb").await;
     let mut seen = HashSet::new();
     for _ in 0..30 {
-        let r = http.get(up.url("/api/me")).header("cookie", &cookie).send().await.unwrap();
+        let r = http
+            .get(up.url("/api/me"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "authenticated on {}", served_by(&r));
         seen.insert(served_by(&r));
         let me: serde_json::Value = r.json().await.unwrap();
@@ -18,18 +25,35 @@ async fn any_clone_serves_a_logged_in_user(up: &Up) {
     assert_eq!(seen.len(), 3, "30 requests landed on every clone: {seen:?}");
 
     // Logout through one clone ends the session on every clone.
-    let out = http.delete(up.url("/api/session")).header("cookie", &cookie).send().await.unwrap();
+    let out = http
+        .delete(up.url("/api/session"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(out.status(), 204);
     let cleared = out.headers()["set-cookie"].to_str().unwrap().to_string();
-    assert!(cleared.contains("Max-Age=0"), "the client is told to forget it: {cleared}");
+    assert!(
+        cleared.contains("Max-Age=0"),
+        "the client is told to forget it: {cleared}"
+    );
     let mut refused_by = HashSet::new();
     for _ in 0..30 {
-        let r = http.get(up.url("/api/me")).header("cookie", &cookie).send().await.unwrap();
+        let r = http
+            .get(up.url("/api/me"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
         refused_by.insert(served_by(&r));
         assert_eq!(r.status(), 401);
         assert_eq!(error_code(r).await, "not_logged_in");
     }
-    assert_eq!(refused_by.len(), 3, "every clone refused the old id: {refused_by:?}");
+    assert_eq!(
+        refused_by.len(),
+        3,
+        "every clone refused the old id: {refused_by:?}"
+    );
 }
 
 async fn the_cookie_has_the_contract_flags_and_a_fresh_id_at_login(up: &Up) {
@@ -46,14 +70,26 @@ async fn the_cookie_has_the_contract_flags_and_a_fresh_id_at_login(up: &Up) {
     for flag in ["HttpOnly", "SameSite=Lax", "Path=/"] {
         assert!(raw.contains(flag), "{flag} in {raw}");
     }
-    assert!(!raw.contains("Secure"), "plain HTTP without BAKERY_COOKIE_SECURE: {raw}");
+    assert!(
+        !raw.contains("Secure"),
+        "plain HTTP without BAKERY_COOKIE_SECURE: {raw}"
+    );
     let second = session_cookie(&login).unwrap();
     assert_ne!(first, second, "the id changes at login");
-    let old = http.get(up.url("/api/me")).header("cookie", &first).send().await.unwrap();
+    let old = http
+        .get(up.url("/api/me"))
+        .header("cookie", &first)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(old.status(), 401, "the replaced id is refused");
-    let new = http.get(up.url("/api/me")).header("cookie", &second).send().await.unwrap();
+    let new = http
+        .get(up.url("/api/me"))
+        .header("cookie", &second)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(new.status(), 200);
-
 }
 
 async fn cross_site_writes_with_a_session_are_refused(up: &Up) {
@@ -88,9 +124,19 @@ async fn cross_site_writes_with_a_session_are_refused(up: &Up) {
         .await
         .unwrap();
     assert_eq!(same.status(), 200, "same-origin passes");
-    let me: serde_json::Value =
-        http.get(up.url("/api/me")).header("cookie", &cookie).send().await.unwrap().json().await.unwrap();
-    assert_eq!(me["email"], "scone@bakery.example", "the refused requests changed nothing");
+    let me: serde_json::Value = http
+        .get(up.url("/api/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        me["email"], "scone@bakery.example",
+        "the refused requests changed nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,8 +155,15 @@ async fn sessions_on_redis() {
     cross_site_writes_with_a_session_are_refused(&up).await;
     // The sessions really are in Redis.
     let client = redis::Client::open(redis_url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.expect("Redis is needed");
-    let keys: Vec<String> = redis::cmd("KEYS").arg("bakery:session:*").query_async(&mut conn).await.unwrap();
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis is needed");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("bakery:session:*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
     assert!(!keys.is_empty(), "sessions are stored in Redis");
 }
 
@@ -129,7 +182,12 @@ async fn a_secure_cookie_when_configured() {
         .send()
         .await
         .unwrap();
-    assert!(login.headers()["set-cookie"].to_str().unwrap().contains("Secure"));
+    assert!(
+        login.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Secure")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,6 +201,11 @@ async fn sessions_survive_a_restart_of_every_clone() {
         sign_up_and_log_in(&http, &up.base, "loaf").await
     };
     let up = Up::start(env, 2);
-    let r = http.get(up.url("/api/me")).header("cookie", &cookie).send().await.unwrap();
+    let r = http
+        .get(up.url("/api/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "the session outlived the processes");
 }

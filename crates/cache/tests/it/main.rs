@@ -1,5 +1,8 @@
 //! The cache against its real engines: an embedded file, Redis, two Memcached nodes.
 
+// A panic is how a test reports a failure; helpers unwrap as tests do.
+#![allow(clippy::unwrap_used)]
+
 use std::time::Duration;
 
 use bakery_cache::objects::InFlight;
@@ -9,19 +12,24 @@ use bakery_config::CacheUrl;
 const TTL: Duration = Duration::from_secs(60);
 
 async fn engines() -> Vec<Cache> {
-    let nonce: u64 = rand::random();
-    let file = std::env::temp_dir().join(format!("bakery-cache-{}-{nonce:x}.db", std::process::id()));
-    let redis = std::env::var("BAKERY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let memcached = vec!["127.0.0.1:11211".to_string(), "127.0.0.1:11212".to_string()];
+    let file = bakery_testkit::temp_path("cache.db");
+    let redis = bakery_testkit::redis_url();
+    let memcached = bakery_testkit::memcached_nodes();
     let timeout = Duration::from_millis(500);
     vec![
-        Cache::connect(&CacheUrl::Embedded(file), timeout, 1000, "test").await.expect("embedded cache"),
+        Cache::connect(&CacheUrl::Embedded(file), timeout, 1000, "test")
+            .await
+            .expect("embedded cache"),
         Cache::connect(&CacheUrl::Redis(redis.clone()), timeout, 1000, "test")
             .await
             .unwrap_or_else(|e| panic!("Redis is needed at {redis}: {e}")),
         Cache::connect(&CacheUrl::Memcached(memcached), timeout, 1000, "test")
             .await
-            .unwrap_or_else(|e| panic!("Memcached is needed on 127.0.0.1:11211 and :11212 (scripts/services.sh): {e}")),
+            .unwrap_or_else(|e| {
+                panic!(
+                    "Memcached is needed on 127.0.0.1:11211 and :11212 (scripts/services.sh): {e}"
+                )
+            }),
     ]
 }
 
@@ -32,7 +40,12 @@ fn unique(name: &str) -> String {
 async fn read(cache: &Cache, key: &str, value: &str) -> (Option<String>, CacheResult) {
     let value = value.to_string();
     cache
-        .object::<String, String, _>(&InFlight::default(), key, TTL, async move { Ok(Some(value)) })
+        .object::<String, String, _>(
+            &InFlight::default(),
+            key,
+            TTL,
+            async move { Ok(Some(value)) },
+        )
         .await
         .unwrap()
 }
@@ -41,8 +54,18 @@ async fn read(cache: &Cache, key: &str, value: &str) -> (Option<String>, CacheRe
 async fn a_miss_fills_and_the_next_read_hits() {
     for cache in engines().await {
         let key = unique("Product");
-        assert_eq!(read(&cache, &key, "rye").await, (Some("rye".into()), CacheResult::Miss), "{}", cache.engine());
-        assert_eq!(read(&cache, &key, "not asked").await, (Some("rye".into()), CacheResult::Hit), "{}", cache.engine());
+        assert_eq!(
+            read(&cache, &key, "rye").await,
+            (Some("rye".into()), CacheResult::Miss),
+            "{}",
+            cache.engine()
+        );
+        assert_eq!(
+            read(&cache, &key, "not asked").await,
+            (Some("rye".into()), CacheResult::Hit),
+            "{}",
+            cache.engine()
+        );
     }
 }
 
@@ -52,9 +75,19 @@ async fn an_update_in_place_is_read_back_and_an_invalidation_rebuilds() {
         let key = unique("Product");
         read(&cache, &key, "v1").await;
         cache.update_object(&key, &"v2".to_string(), TTL).await;
-        assert_eq!(read(&cache, &key, "not asked").await, (Some("v2".into()), CacheResult::Hit), "{}", cache.engine());
+        assert_eq!(
+            read(&cache, &key, "not asked").await,
+            (Some("v2".into()), CacheResult::Hit),
+            "{}",
+            cache.engine()
+        );
         cache.invalidate_object(&key).await;
-        assert_eq!(read(&cache, &key, "v3").await, (Some("v3".into()), CacheResult::Miss), "{}", cache.engine());
+        assert_eq!(
+            read(&cache, &key, "v3").await,
+            (Some("v3".into()), CacheResult::Miss),
+            "{}",
+            cache.engine()
+        );
     }
 }
 
@@ -73,7 +106,9 @@ async fn a_slow_fill_that_started_before_a_write_never_brings_old_data_back() {
                     let _ = wait.await;
                     Ok::<_, String>(Some("old".to_string()))
                 };
-                cache.object::<String, String, _>(&InFlight::default(), &key, TTL, build).await
+                cache
+                    .object::<String, String, _>(&InFlight::default(), &key, TTL, build)
+                    .await
             })
         };
         building.await.expect("the fill started");
@@ -83,7 +118,12 @@ async fn a_slow_fill_that_started_before_a_write_never_brings_old_data_back() {
         let _ = slow.await.unwrap();
         for _ in 0..3 {
             let (value, _) = read(&cache, &key, "rebuilt").await;
-            assert_ne!(value.as_deref(), Some("old"), "{}: the late fill must not win", cache.engine());
+            assert_ne!(
+                value.as_deref(),
+                Some("old"),
+                "{}: the late fill must not win",
+                cache.engine()
+            );
         }
     }
 }
@@ -95,19 +135,28 @@ async fn concurrent_misses_in_one_process_build_once() {
         let builds = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let inflight = InFlight::default();
         let reads = (0..50).map(|_| {
-            let (cache, key, builds, inflight) = (cache.clone(), key.clone(), builds.clone(), inflight.clone());
+            let (cache, key, builds, inflight) =
+                (cache.clone(), key.clone(), builds.clone(), inflight.clone());
             async move {
                 let build = async move {
                     builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     Ok::<_, String>(Some("built".to_string()))
                 };
-                cache.object::<String, String, _>(&inflight, &key, TTL, build).await.unwrap()
+                cache
+                    .object::<String, String, _>(&inflight, &key, TTL, build)
+                    .await
+                    .unwrap()
             }
         });
         let results = futures::future::join_all(reads).await;
         assert!(results.iter().all(|(v, _)| v.as_deref() == Some("built")));
-        assert_eq!(builds.load(std::sync::atomic::Ordering::SeqCst), 1, "{}: one build for 50 misses", cache.engine());
+        assert_eq!(
+            builds.load(std::sync::atomic::Ordering::SeqCst),
+            1,
+            "{}: one build for 50 misses",
+            cache.engine()
+        );
     }
 }
 
@@ -119,11 +168,28 @@ async fn query_results_are_invalidated_by_a_write_to_their_tables() {
         let run = |v: i32| async move { Ok::<_, String>(v) };
         let q = |v| cache.query("one", &tables, &(1, 2), TTL, run(v));
         assert_eq!(q(1).await.unwrap(), (1, CacheResult::Miss));
-        assert_eq!(q(2).await.unwrap(), (1, CacheResult::Hit), "{}", cache.engine());
+        assert_eq!(
+            q(2).await.unwrap(),
+            (1, CacheResult::Hit),
+            "{}",
+            cache.engine()
+        );
         cache.invalidate_tables(&[table.as_str()]).await;
-        assert_eq!(q(3).await.unwrap(), (3, CacheResult::Miss), "{}", cache.engine());
-        let other_params = cache.query("one", &[table.as_str()], &(9, 9), TTL, run(4)).await.unwrap();
-        assert_eq!(other_params, (4, CacheResult::Miss), "parameters are part of the key");
+        assert_eq!(
+            q(3).await.unwrap(),
+            (3, CacheResult::Miss),
+            "{}",
+            cache.engine()
+        );
+        let other_params = cache
+            .query("one", &[table.as_str()], &(9, 9), TTL, run(4))
+            .await
+            .unwrap();
+        assert_eq!(
+            other_params,
+            (4, CacheResult::Miss),
+            "parameters are part of the key"
+        );
     }
 }
 
@@ -131,57 +197,126 @@ async fn query_results_are_invalidated_by_a_write_to_their_tables() {
 async fn an_unreachable_cache_is_bypassed_not_failed() {
     let timeout = Duration::from_millis(200);
     // A node that accepts nothing: connecting fails, so start with a live one and point past it.
-    let cache = Cache::connect(&CacheUrl::None, timeout, 1000, "test").await.unwrap();
-    assert_eq!(read(&cache, "Product:1", "db").await, (Some("db".into()), CacheResult::Bypass));
-    let unreachable = Cache::connect(&CacheUrl::Redis("redis://127.0.0.1:1".into()), timeout, 1000, "test").await;
-    assert!(unreachable.is_err(), "an unreachable cache is refused at start-up");
+    let cache = Cache::connect(&CacheUrl::None, timeout, 1000, "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        read(&cache, "Product:1", "db").await,
+        (Some("db".into()), CacheResult::Bypass)
+    );
+    let unreachable = Cache::connect(
+        &CacheUrl::Redis("redis://127.0.0.1:1".into()),
+        timeout,
+        1000,
+        "test",
+    )
+    .await;
+    assert!(
+        unreachable.is_err(),
+        "an unreachable cache is refused at start-up"
+    );
 }
 
 #[tokio::test]
 async fn the_embedded_file_is_swept_of_expired_entries_and_kept_to_its_bound() {
-    let file = std::env::temp_dir().join(format!("bakery-cache-sweep-{}-{:x}.db", std::process::id(), rand::random::<u64>()));
-    let cache = Cache::connect(&CacheUrl::Embedded(file.clone()), Duration::from_secs(1), 100, "test").await.expect("embedded cache");
+    let file = std::env::temp_dir().join(format!(
+        "bakery-cache-sweep-{}-{:x}.db",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    let cache = Cache::connect(
+        &CacheUrl::Embedded(file.clone()),
+        Duration::from_secs(1),
+        100,
+        "test",
+    )
+    .await
+    .expect("embedded cache");
     for i in 0..30 {
-        cache.set(&format!("short:{i}"), b"x", Duration::from_millis(1)).await.unwrap();
+        cache
+            .set(&format!("short:{i}"), b"x", Duration::from_millis(1))
+            .await
+            .unwrap();
     }
-    cache.set("long", b"kept", Duration::from_secs(600)).await.unwrap();
+    cache
+        .set("long", b"kept", Duration::from_secs(600))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(20)).await;
     assert_eq!(cache.sweep().await.unwrap(), 30, "every expired entry goes");
-    assert_eq!(cache.get_many(&["long".to_string()]).await.unwrap()[0].as_deref(), Some(&b"kept"[..]));
+    assert_eq!(
+        cache.get_many(&["long".to_string()]).await.unwrap()[0].as_deref(),
+        Some(&b"kept"[..])
+    );
 
     // Over the bound, the entries nearest to expiry go first; counters live longest.
     let version = cache.incr("ver:Product:1").await.unwrap();
     for i in 0..150u64 {
-        cache.set(&format!("q:{i}"), b"r", Duration::from_secs(60 + i)).await.unwrap();
+        cache
+            .set(&format!("q:{i}"), b"r", Duration::from_secs(60 + i))
+            .await
+            .unwrap();
     }
-    assert_eq!(cache.sweep().await.unwrap(), 52, "1 + 1 + 150 entries, bounded to 100");
+    assert_eq!(
+        cache.sweep().await.unwrap(),
+        52,
+        "1 + 1 + 150 entries, bounded to 100"
+    );
     let kept = |key: &str| {
         let (cache, key) = (cache.clone(), key.to_string());
         async move { cache.get_many(&[key]).await.unwrap()[0].is_some() }
     };
-    assert!(!kept("q:0").await && !kept("q:51").await, "the soonest to expire went");
+    assert!(
+        !kept("q:0").await && !kept("q:51").await,
+        "the soonest to expire went"
+    );
     assert!(kept("q:52").await && kept("q:149").await && kept("long").await);
-    assert_eq!(cache.get_many(&["ver:Product:1".to_string()]).await.unwrap()[0].as_deref(), Some(version.to_string().as_bytes()));
+    assert_eq!(
+        cache
+            .get_many(&["ver:Product:1".to_string()])
+            .await
+            .unwrap()[0]
+            .as_deref(),
+        Some(version.to_string().as_bytes())
+    );
     let _ = std::fs::remove_file(&file);
 }
 
 #[tokio::test]
 async fn namespaces_keep_deployments_apart_on_one_server() {
-    let redis = std::env::var("BAKERY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    let file = std::env::temp_dir().join(format!("bakery-cache-ns-{}-{:x}.db", std::process::id(), rand::random::<u64>()));
+    let redis =
+        std::env::var("BAKERY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let file = bakery_testkit::temp_path("cache-ns.db");
     let urls = [
         CacheUrl::Embedded(file.clone()),
         CacheUrl::Redis(redis),
-        CacheUrl::Memcached(vec!["127.0.0.1:11211".to_string(), "127.0.0.1:11212".to_string()]),
+        CacheUrl::Memcached(bakery_testkit::memcached_nodes()),
     ];
     let timeout = Duration::from_millis(500);
     for url in urls {
-        let a = Cache::connect(&url, timeout, 1000, &unique("a")).await.expect("cache");
-        let b = Cache::connect(&url, timeout, 1000, &unique("b")).await.expect("cache");
+        let a = Cache::connect(&url, timeout, 1000, &unique("a"))
+            .await
+            .expect("cache");
+        let b = Cache::connect(&url, timeout, 1000, &unique("b"))
+            .await
+            .expect("cache");
         let key = unique("Product");
-        assert_eq!(read(&a, &key, "from a").await, (Some("from a".into()), CacheResult::Miss));
-        assert_eq!(read(&a, &key, "unused").await, (Some("from a".into()), CacheResult::Hit), "{}", a.engine());
-        assert_eq!(read(&b, &key, "from b").await, (Some("from b".into()), CacheResult::Miss), "{}: b never sees a's object", b.engine());
+        assert_eq!(
+            read(&a, &key, "from a").await,
+            (Some("from a".into()), CacheResult::Miss)
+        );
+        assert_eq!(
+            read(&a, &key, "unused").await,
+            (Some("from a".into()), CacheResult::Hit),
+            "{}",
+            a.engine()
+        );
+        assert_eq!(
+            read(&b, &key, "from b").await,
+            (Some("from b".into()), CacheResult::Miss),
+            "{}: b never sees a's object",
+            b.engine()
+        );
     }
     let _ = std::fs::remove_file(&file);
 }
@@ -189,7 +324,11 @@ async fn namespaces_keep_deployments_apart_on_one_server() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_object_is_refreshed_before_it_expires() {
     // Memcached counts expiry in whole seconds, too coarse for a two-second life.
-    for cache in engines().await.into_iter().filter(|c| c.engine() != "memcached") {
+    for cache in engines()
+        .await
+        .into_iter()
+        .filter(|c| c.engine() != "memcached")
+    {
         let key = unique("Product");
         let ttl = Duration::from_secs(2);
         let inflight = InFlight::default();
@@ -204,14 +343,25 @@ async fn a_hot_object_is_refreshed_before_it_expires() {
                 builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 Ok::<_, String>(Some("fresh".to_string()))
             };
-            let (value, outcome) = cache.object::<String, String, _>(&inflight, &key, ttl, build).await.unwrap();
+            let (value, outcome) = cache
+                .object::<String, String, _>(&inflight, &key, ttl, build)
+                .await
+                .unwrap();
             assert_eq!(value.as_deref(), Some("fresh"));
             misses += usize::from(outcome == CacheResult::Miss);
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         let builds = builds.load(std::sync::atomic::Ordering::SeqCst);
-        assert!(misses < 3, "{}: {misses} misses; a hot object should not expire under its readers", cache.engine());
-        assert!(builds >= 2, "{}: refreshed in the background ({builds} builds)", cache.engine());
+        assert!(
+            misses < 3,
+            "{}: {misses} misses; a hot object should not expire under its readers",
+            cache.engine()
+        );
+        assert!(
+            builds >= 2,
+            "{}: refreshed in the background ({builds} builds)",
+            cache.engine()
+        );
     }
 }
 
@@ -220,11 +370,28 @@ async fn a_value_of_another_shape_is_rebuilt_not_an_error() {
     for cache in engines().await {
         let key = unique("Product");
         // An older release stored the object as a string; this one reads a number.
-        assert_eq!(read(&cache, &key, "old shape").await.0.as_deref(), Some("old shape"));
+        assert_eq!(
+            read(&cache, &key, "old shape").await.0.as_deref(),
+            Some("old shape")
+        );
         let inflight = InFlight::default();
-        let now = cache.object::<u64, String, _>(&inflight, &key, TTL, async { Ok(Some(42)) }).await;
-        assert_eq!(now, Ok((Some(42), CacheResult::Miss)), "{}: rebuilt from the database", cache.engine());
-        let again = cache.object::<u64, String, _>(&inflight, &key, TTL, async { Ok(Some(0)) }).await;
-        assert_eq!(again, Ok((Some(42), CacheResult::Hit)), "{}: and stored for everyone", cache.engine());
+        let now = cache
+            .object::<u64, String, _>(&inflight, &key, TTL, async { Ok(Some(42)) })
+            .await;
+        assert_eq!(
+            now,
+            Ok((Some(42), CacheResult::Miss)),
+            "{}: rebuilt from the database",
+            cache.engine()
+        );
+        let again = cache
+            .object::<u64, String, _>(&inflight, &key, TTL, async { Ok(Some(0)) })
+            .await;
+        assert_eq!(
+            again,
+            Ok((Some(42), CacheResult::Hit)),
+            "{}: and stored for everyone",
+            cache.engine()
+        );
     }
 }

@@ -29,15 +29,27 @@ async fn sign_up(State(state): State<AppState>, Json(input): Json<SignUp>) -> Ap
     Ok((StatusCode::CREATED, axum::Json(user)).into_response())
 }
 
-async fn log_in(State(state): State<AppState>, headers: HeaderMap, Json(input): Json<Credentials>) -> ApiResult<Response> {
+async fn log_in(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(input): Json<Credentials>,
+) -> ApiResult<Response> {
     let (user, set_cookie) = start_session(&state, &headers, &input).await?;
-    Ok(([(header::SET_COOKIE, set_cookie)], axum::Json(json!({ "user": user }))).into_response())
+    Ok((
+        [(header::SET_COOKIE, set_cookie)],
+        axum::Json(json!({ "user": user })),
+    )
+        .into_response())
 }
 
 /// Checks the credentials and starts a session under a fresh id, ending the one
 /// the client had (so a planted id is never promoted to a logged-in one).
 /// Returns the user and the `Set-Cookie` value; shared by the API and the pages.
-pub async fn start_session(state: &AppState, headers: &HeaderMap, input: &Credentials) -> ApiResult<(User, HeaderValue)> {
+pub async fn start_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    input: &Credentials,
+) -> ApiResult<(User, HeaderValue)> {
     let user = state.app.authenticate(input).await?;
     if let Some(old) = session_cookie::read(headers) {
         state.sessions.destroy(&old).await?;
@@ -48,7 +60,14 @@ pub async fn start_session(state: &AppState, headers: &HeaderMap, input: &Creden
 
 async fn log_out(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     end_session(&state, &headers).await?;
-    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, session_cookie::clear(state.cookie_secure(&headers)))]).into_response())
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(
+            header::SET_COOKIE,
+            session_cookie::clear(state.cookie_secure(&headers)),
+        )],
+    )
+        .into_response())
 }
 
 /// Ends the client's session on the server, if it has one.
@@ -63,7 +82,11 @@ async fn me(current: CurrentUser) -> axum::Json<User> {
     axum::Json(current.user)
 }
 
-async fn change_me(State(state): State<AppState>, current: CurrentUser, Json(change): Json<AccountChange>) -> ApiResult<Response> {
+async fn change_me(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    Json(change): Json<AccountChange>,
+) -> ApiResult<Response> {
     let written = state.app.change_account(current.user.id, change).await?;
     let (remembered, user) = current.remember(&state, written).await;
     Ok((remembered, axum::Json(json!({ "user": user }))).into_response())

@@ -1,11 +1,11 @@
 //! The catalog (contract: "Catalog"): products with their price, description,
 //! images and reviews; admins change products, users write reviews.
 
+use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use axum::Router;
 use bakery_app::catalog::{ProductDraft, ProductEdit, ReviewDraft};
 use serde::Deserialize;
 use serde_json::json;
@@ -35,14 +35,24 @@ impl Page {
             None | Some("") => 20,
             Some(raw) => match raw.parse::<i64>() {
                 Ok(n) if (1..=100).contains(&n) => n,
-                _ => return Err(ApiError::bad_request("invalid_limit", "limit is a whole number from 1 to 100")),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "invalid_limit",
+                        "limit is a whole number from 1 to 100",
+                    ));
+                }
             },
         };
         let cursor = match self.cursor.as_deref() {
             None | Some("") => 0,
             Some(raw) => match raw.parse::<i64>() {
                 Ok(n) if n >= 0 => n,
-                _ => return Err(ApiError::bad_request("invalid_cursor", "use the next_cursor of the previous page")),
+                _ => {
+                    return Err(ApiError::bad_request(
+                        "invalid_cursor",
+                        "use the next_cursor of the previous page",
+                    ));
+                }
             },
         };
         Ok((limit, cursor))
@@ -50,7 +60,11 @@ impl Page {
 
     /// Cuts a page fetched with `limit + 1` rows (the extra one tells whether there is
     /// a next page) to `limit`, and gives the next cursor: the last id shown.
-    pub fn cut<T>(mut items: Vec<T>, limit: i64, id: impl Fn(&T) -> i64) -> (Vec<T>, Option<String>) {
+    pub fn cut<T>(
+        mut items: Vec<T>,
+        limit: i64,
+        id: impl Fn(&T) -> i64,
+    ) -> (Vec<T>, Option<String>) {
         if items.len() as i64 <= limit {
             return (items, None);
         }
@@ -73,37 +87,74 @@ async fn list(
     Ok(axum::Json(json!({ "items": items, "next_cursor": next_cursor })).into_response())
 }
 
-async fn show(State(state): State<AppState>, MaybeUser(current): MaybeUser, Id(id): Id) -> ApiResult<Response> {
+async fn show(
+    State(state): State<AppState>,
+    MaybeUser(current): MaybeUser,
+    Id(id): Id,
+) -> ApiResult<Response> {
     let after = current.and_then(|c| c.lsn);
-    let json = state.app.product_json(id, after).await?.ok_or_else(ApiError::not_found)?;
-    Ok(([(axum::http::header::CONTENT_TYPE, "application/json")], json).into_response())
+    let json = state
+        .app
+        .product_json(id, after)
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        json,
+    )
+        .into_response())
 }
 
-async fn create(State(state): State<AppState>, current: CurrentUser, Json(draft): Json<ProductDraft>) -> ApiResult<Response> {
+async fn create(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    Json(draft): Json<ProductDraft>,
+) -> ApiResult<Response> {
     let written = state.app.create_product(&current.user, draft).await?;
     let (remembered, product) = current.remember(&state, written).await;
     Ok((StatusCode::CREATED, remembered, axum::Json(product)).into_response())
 }
 
-async fn change(State(state): State<AppState>, current: CurrentUser, Id(id): Id, Json(edit): Json<ProductEdit>) -> ApiResult<Response> {
+async fn change(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    Id(id): Id,
+    Json(edit): Json<ProductEdit>,
+) -> ApiResult<Response> {
     let written = state.app.change_product(&current.user, id, edit).await?;
     let (remembered, product) = current.remember(&state, written).await;
     Ok((remembered, axum::Json(product)).into_response())
 }
 
-async fn remove(State(state): State<AppState>, current: CurrentUser, Id(id): Id) -> ApiResult<Response> {
+async fn remove(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    Id(id): Id,
+) -> ApiResult<Response> {
     let written = state.app.delete_product(&current.user, id).await?;
     let (remembered, ()) = current.remember(&state, written).await;
     Ok((StatusCode::NO_CONTENT, remembered, ()).into_response())
 }
 
-async fn review(State(state): State<AppState>, current: CurrentUser, Id(product_id): Id, Json(draft): Json<ReviewDraft>) -> ApiResult<Response> {
-    let written = state.app.add_review(&current.user, product_id, draft).await?;
+async fn review(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    Id(product_id): Id,
+    Json(draft): Json<ReviewDraft>,
+) -> ApiResult<Response> {
+    let written = state
+        .app
+        .add_review(&current.user, product_id, draft)
+        .await?;
     let (remembered, review) = current.remember(&state, written).await;
     Ok((StatusCode::CREATED, remembered, axum::Json(review)).into_response())
 }
 
-async fn remove_review(State(state): State<AppState>, current: CurrentUser, Id(id): Id) -> ApiResult<Response> {
+async fn remove_review(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    Id(id): Id,
+) -> ApiResult<Response> {
     let written = state.app.delete_review(&current.user, id).await?;
     let (remembered, ()) = current.remember(&state, written).await;
     Ok((StatusCode::NO_CONTENT, remembered, ()).into_response())

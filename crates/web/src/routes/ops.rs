@@ -26,7 +26,11 @@ async fn ping(State(state): State<AppState>) -> Response {
 async fn healthz(State(state): State<AppState>) -> Response {
     let id = &*state.id;
     if state.is_draining() {
-        return (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "draining", "id": id}))).into_response();
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining", "id": id})),
+        )
+            .into_response();
     }
     let (db, sessions) = tokio::join!(state.app.db().ping(), state.sessions.ping());
     let failing: Vec<&str> = [("database", db.is_err()), ("sessions", sessions.is_err())]
@@ -36,11 +40,18 @@ async fn healthz(State(state): State<AppState>) -> Response {
     if failing.is_empty() {
         Json(json!({"status": "ok", "id": id})).into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, Json(json!({"status": "unavailable", "id": id, "failing": failing})))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "unavailable", "id": id, "failing": failing})),
+        )
             .into_response()
     }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
 }

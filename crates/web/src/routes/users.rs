@@ -1,9 +1,9 @@
 //! Public profiles: who a user is and what they reviewed. Both are cached queries,
 //! so after a rename every page showing the user's name shows the new one.
 
+use axum::Router;
 use axum::extract::{Path, Query, State};
 use axum::routing::get;
-use axum::Router;
 use bakery_core::Profile;
 use serde_json::json;
 
@@ -22,10 +22,18 @@ pub fn router() -> Router<AppState> {
 /// cannot be one).
 pub async fn find(state: &AppState, current: &MaybeUser, username: &str) -> ApiResult<Profile> {
     let after = current.0.as_ref().and_then(|c| c.lsn);
-    state.app.profile(username, after).await?.ok_or_else(ApiError::not_found)
+    state
+        .app
+        .profile(username, after)
+        .await?
+        .ok_or_else(ApiError::not_found)
 }
 
-async fn profile(State(state): State<AppState>, current: MaybeUser, Path(username): Path<String>) -> ApiResult<axum::Json<Profile>> {
+async fn profile(
+    State(state): State<AppState>,
+    current: MaybeUser,
+    Path(username): Path<String>,
+) -> ApiResult<axum::Json<Profile>> {
     Ok(axum::Json(find(&state, &current, &username).await?))
 }
 
@@ -41,7 +49,12 @@ async fn reviews(
     // Newest first: the cursor is the last id seen, and the first page starts above all ids.
     let before = if cursor == 0 { i64::MAX } else { cursor };
     let after = current.0.as_ref().and_then(|c| c.lsn);
-    let items = state.app.user_reviews(user.id, before, limit + 1, after).await?;
+    let items = state
+        .app
+        .user_reviews(user.id, before, limit + 1, after)
+        .await?;
     let (items, next_cursor) = Page::cut(items, limit, |r| r.id);
-    Ok(axum::Json(json!({ "user": user, "items": items, "next_cursor": next_cursor })))
+    Ok(axum::Json(
+        json!({ "user": user, "items": items, "next_cursor": next_cursor }),
+    ))
 }

@@ -1,0 +1,79 @@
+//! Talking to bakery over HTTP as its clients do.
+
+use std::time::Duration;
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client")
+}
+
+/// The `bakery_session=...` pair from a response's `Set-Cookie`, if any.
+pub fn session_cookie(response: &reqwest::Response) -> Option<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("bakery_session="))
+        .map(|v| v.split(';').next().unwrap_or_default().to_string())
+}
+
+pub fn served_by(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get("x-served-by")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Signs up and logs in `username`; returns the cookie pair.
+pub async fn sign_up_and_log_in(http: &reqwest::Client, base: &str, username: &str) -> String {
+    let created = http
+        .post(format!("{base}/api/users"))
+        .json(&serde_json::json!({"username": username, "email": format!("{username}@example.com"), "password": "password-1"}))
+        .send()
+        .await
+        .expect("sign up");
+    assert_eq!(created.status(), 201, "sign up {username}");
+    let login = http
+        .post(format!("{base}/api/session"))
+        .json(&serde_json::json!({"username": username, "password": "password-1"}))
+        .send()
+        .await
+        .expect("log in");
+    assert_eq!(login.status(), 200);
+    session_cookie(&login).expect("a session cookie")
+}
+
+/// Logs in and returns the cookie pair.
+pub async fn log_in(http: &reqwest::Client, base: &str, username: &str, password: &str) -> String {
+    let login = http
+        .post(format!("{base}/api/session"))
+        .json(&serde_json::json!({"username": username, "password": password}))
+        .send()
+        .await
+        .expect("log in");
+    assert_eq!(login.status(), 200, "log in as {username}");
+    session_cookie(&login).expect("a session cookie")
+}
+
+/// Asserts the contract's JSON error shape and returns its code.
+pub async fn error_code(response: reqwest::Response) -> String {
+    let status = response.status();
+    let body: serde_json::Value = response
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("{status}: error body is not JSON: {e}"));
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{status}: no error.code in {body}"));
+    assert!(
+        body["error"]["message"].is_string(),
+        "{status}: no error.message in {body}"
+    );
+    code.to_string()
+}

@@ -1,0 +1,76 @@
+//! The real servers the tests use (`scripts/test` starts them). A test that cannot
+//! reach one fails, naming it and the variable that points elsewhere: never a skip.
+
+use std::time::{Duration, Instant};
+
+/// The PostgreSQL server the tests use (`scripts/test` makes sure it runs).
+pub fn postgres_admin_url() -> String {
+    std::env::var("BAKERY_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// The streaming replica of the test PostgreSQL (`scripts/services.sh` makes it).
+pub fn replica_admin_url() -> String {
+    std::env::var("BAKERY_TEST_REPLICA_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5433/postgres".into())
+}
+
+/// The replica's URL for the database at `primary_url` (same name, replica server).
+pub fn replica_url_for(primary_url: &str) -> String {
+    let name = primary_url.rsplit('/').next().unwrap_or_default();
+    let base = replica_admin_url();
+    let base = base
+        .rsplit_once('/')
+        .map(|(b, _)| b.to_string())
+        .unwrap_or(base);
+    format!("{base}/{name}")
+}
+
+pub fn redis_url() -> String {
+    std::env::var("BAKERY_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+/// A fresh database (as [`fresh_postgres_database`]) once the replica has it too.
+pub async fn fresh_replicated_database() -> String {
+    use sqlx::Connection;
+    let url = fresh_postgres_database().await;
+    let replica = replica_url_for(&url);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match sqlx::PgConnection::connect(&replica).await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                return url;
+            }
+            Err(e) if Instant::now() > deadline => {
+                panic!(
+                    "the PostgreSQL replica is needed at {replica} (set BAKERY_TEST_REPLICA_URL): {e}"
+                )
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// A fresh, empty PostgreSQL database for one test; fails naming the server if it is down.
+pub async fn fresh_postgres_database() -> String {
+    use sqlx::Connection;
+    let admin = postgres_admin_url();
+    let mut conn = sqlx::PgConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("PostgreSQL is needed at {admin} (set BAKERY_TEST_POSTGRES_URL): {e}")
+        });
+    let name = format!("bakery_test_{:016x}", rand::random::<u64>());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    let base = admin.rsplit_once('/').map(|(b, _)| b).unwrap_or(&admin);
+    format!("{base}/{name}")
+}
+
+/// The two Memcached nodes `scripts/services.sh` starts.
+pub fn memcached_nodes() -> Vec<String> {
+    vec!["127.0.0.1:11211".to_string(), "127.0.0.1:11212".to_string()]
+}
