@@ -201,9 +201,5 @@ impl Memcached {
 }
 
 fn rand_index(n: usize) -> usize {
-    use std::hash::{BuildHasher, Hasher};
-    (std::collections::hash_map::RandomState::new()
-        .build_hasher()
-        .finish() as usize)
-        % n
+    rand::random_range(0..n)
 }
