@@ -6,6 +6,8 @@
 #   PostgreSQL 15 streaming replica on 127.0.0.1:5433 (reads from replicas)
 #   Redis          127.0.0.1:6379     (sessions and cache on Redis)
 #   Memcached      127.0.0.1:11211 and 127.0.0.1:11212 (the cache on two nodes)
+#   RabbitMQ       127.0.0.1:5672, guest/guest (the broker on RabbitMQ)
+#   aiosmtpd       the Python SMTP server each mail test starts on a port of its own
 #
 # Services are started as the machine's own daemons (detached, logging to files),
 # so nothing started here holds the caller's output open.
@@ -114,7 +116,35 @@ memcached_nodes() {
   done
 }
 
+# RabbitMQ on loopback. Tests make a vhost each (rabbitmqctl), so they never share
+# the contract's queues.
+rabbitmq() {
+  command -v rabbitmq-server >/dev/null || apt_install rabbitmq-server
+  if ! rabbitmq-diagnostics -q check_running >/dev/null 2>&1; then
+    log "starting RabbitMQ"
+    RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 ERL_EPMD_ADDRESS=127.0.0.1 rabbitmq-server -detached >/dev/null 2>&1 ||
+      die "RabbitMQ would not start"
+  fi
+  wait_for "RabbitMQ (127.0.0.1:5672)" 300 rabbitmq-diagnostics -q check_running
+  # A test that restarts the broker's app may have been interrupted half-way.
+  rabbitmqctl -q start_app >/dev/null 2>&1 || true
+  # Vhosts of earlier runs.
+  { rabbitmqctl -q list_vhosts 2>/dev/null | grep '^bakery-test-' || true; } |
+    while read -r vhost; do rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true; done
+}
+
+smtp_server() {
+  if ! python3 -c 'import aiosmtpd' >/dev/null 2>&1; then
+    log "installing aiosmtpd"
+    python3 -m pip install --quiet aiosmtpd >/dev/null 2>&1 || apt_install python3-aiosmtpd
+  fi
+  python3 -c 'import aiosmtpd' >/dev/null 2>&1 || die "aiosmtpd (the test SMTP server) could not be installed"
+  log "aiosmtpd is ready"
+}
+
 postgres
 replica
 redis
 memcached_nodes
+rabbitmq
+smtp_server

@@ -1,11 +1,13 @@
 //! The calendar: baking classes and RSVPs. Capacity is kept by the database (see
 //! `db::calendar`); the class list is a cached query, stale after any seat changes.
 
+use bakery_broker::{Delivery, Outcome, handler, topology};
 use bakery_core::User;
 use bakery_core::calendar::{self, Event, EventSummary, Rsvp};
 use bakery_db::Lsn;
 use bakery_db::calendar::{LIST_EVENTS, NewEvent, RsvpOutcome};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::{App, Error, Written, require_admin};
 
@@ -80,9 +82,11 @@ impl App {
     pub async fn rsvp(&self, actor: &User, event_id: i64) -> Result<Written<Rsvped>, Error> {
         let (app, user_id) = (self.clone(), actor.id);
         self.unit(async move {
-            let (outcome, lsn) = app.db().rsvp(event_id, user_id).await?;
+            let correlation = bakery_telemetry::correlation_id();
+            let (outcome, lsn) = app.db().rsvp(event_id, user_id, &correlation).await?;
             let value = match outcome {
                 RsvpOutcome::Created(rsvp) => {
+                    app.events_staged();
                     app.tables_changed(EVENTS).await;
                     Rsvped::Created(rsvp)
                 }
@@ -104,8 +108,13 @@ impl App {
     pub async fn cancel_rsvp(&self, actor: &User, event_id: i64) -> Result<Written<bool>, Error> {
         let (app, user_id) = (self.clone(), actor.id);
         self.unit(async move {
-            let (cancelled, lsn) = app.db().cancel_rsvp(event_id, user_id).await?;
+            let correlation = bakery_telemetry::correlation_id();
+            let (cancelled, lsn) = app
+                .db()
+                .cancel_rsvp(event_id, user_id, &correlation)
+                .await?;
             if cancelled {
+                app.events_staged();
                 app.tables_changed(EVENTS).await;
             }
             Ok(Written {
@@ -114,5 +123,52 @@ impl App {
             })
         })
         .await
+    }
+}
+
+/// The follow-up consumer's name in `handled_messages`.
+const FOLLOWUPS: &str = "calendar.followups";
+
+/// What `email.sent` says (the fields the follow-up needs).
+#[derive(Debug, Deserialize)]
+struct EmailSent {
+    about: String,
+    rsvp_id: i64,
+    sent_at: i64,
+}
+
+impl App {
+    /// Consumes `calendar.followups`: an `email.sent` about an `rsvp.created` sets
+    /// the RSVP's `confirmation_sent_at`, once per message.
+    pub fn follow_up_emails(&self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let app = self.clone();
+        let handler = handler(move |delivery: Delivery| {
+            let app = app.clone();
+            async move { app.follow_up(delivery).await }
+        });
+        self.broker()
+            .consume(topology::CALENDAR_FOLLOWUPS, handler, stop)
+    }
+
+    async fn follow_up(&self, delivery: Delivery) -> Outcome {
+        let message = &delivery.message;
+        let sent: EmailSent = match message.json() {
+            Ok(sent) => sent,
+            Err(e) => return Outcome::Dead(format!("malformed email.sent: {e}")),
+        };
+        if sent.about != "rsvp.created" {
+            return Outcome::Ack;
+        }
+        match self
+            .db()
+            .confirmation_sent(FOLLOWUPS, &message.id, sent.rsvp_id, sent.sent_at)
+            .await
+        {
+            Ok(first) => {
+                tracing::info!(rsvp_id = sent.rsvp_id, first, "confirmation recorded");
+                Outcome::Ack
+            }
+            Err(e) => Outcome::Retry(e.to_string()),
+        }
     }
 }

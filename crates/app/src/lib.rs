@@ -14,17 +14,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use bakery_broker::{Broker, Relay};
 use bakery_cache::Cache;
 use bakery_cache::objects::InFlight;
 use bakery_config::{Config, ConfigError};
 use bakery_db::{CachedQuery, Database, Lsn};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use tracing::Instrument;
 
 pub mod accounts;
 pub mod calendar;
 pub mod catalog;
 mod error;
+pub mod notifications;
 
 pub use error::Error;
 
@@ -59,11 +62,17 @@ struct Inner {
     /// The database's instance id: the namespace of this deployment's keys in the
     /// shared stores.
     namespace: String,
+    broker: Broker,
+    /// Publishes what this process's writes put in the outbox.
+    relay: Relay,
+    /// Stops the relay when the last handle goes.
+    _relay_guard: tokio_util::sync::DropGuard,
 }
 
 impl App {
-    /// Connects to the database and the cache named in `config`. A store that cannot
-    /// be used is a [`ConfigError`] naming its variable (the process exits 2).
+    /// Connects to the database, the cache and the broker named in `config`, and
+    /// starts the outbox relay. A store that cannot be used is a [`ConfigError`]
+    /// naming its variable (the process exits 2).
     pub async fn connect(config: &Config) -> Result<Self, ConfigError> {
         let db = Database::connect_configured(config).await?;
         let unusable = |e: String| ConfigError::new("BAKERY_DATABASE_URL", e);
@@ -80,10 +89,24 @@ impl App {
         )
         .await
         .map_err(|e| ConfigError::new("BAKERY_CACHE_URL", format!("cannot use the cache: {e}")))?;
-        Ok(Self::new(db, cache, config, namespace))
+        let broker = Broker::connect(config, &db).await?;
+        Ok(Self::new(db, cache, broker, config, namespace))
     }
 
-    pub fn new(db: Database, cache: Cache, config: &Config, namespace: String) -> Self {
+    pub fn new(
+        db: Database,
+        cache: Cache,
+        broker: Broker,
+        config: &Config,
+        namespace: String,
+    ) -> Self {
+        let stop = tokio_util::sync::CancellationToken::new();
+        let relay = Relay::start(
+            db.clone(),
+            broker.clone(),
+            config.outbox_sweep_after,
+            stop.clone(),
+        );
         Self(Arc::new(Inner {
             db,
             cache,
@@ -91,7 +114,19 @@ impl App {
             object_ttl: config.cache_object_ttl,
             query_ttl: config.cache_query_ttl,
             namespace,
+            broker,
+            relay,
+            _relay_guard: stop.drop_guard(),
         }))
+    }
+
+    pub fn broker(&self) -> &Broker {
+        &self.0.broker
+    }
+
+    /// A write staged events in the outbox: publish them now.
+    pub fn events_staged(&self) {
+        self.0.relay.kick();
     }
 
     /// The database, for health checks and shutdown.
@@ -121,6 +156,11 @@ impl App {
         &self,
         work: impl Future<Output = Result<T, Error>> + Send + 'static,
     ) -> Result<T, Error> {
+        // The task carries the request's correlation id (staged events keep it) and
+        // its log span.
+        let correlation = bakery_telemetry::correlation_id();
+        let work = bakery_telemetry::with_correlation(correlation, work)
+            .instrument(tracing::Span::current());
         let (result, role) = tokio::spawn(bakery_db::trace_roles(work))
             .await
             .map_err(|e| Error::Internal(format!("a write's task failed: {e}")))?;

@@ -34,7 +34,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start the whole topology on this machine (load balancer and web clones).
+    /// Start the whole topology on this machine: load balancer, web clones, email and push.
     Up {
         /// Where the load balancer listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
@@ -62,8 +62,44 @@ enum Command {
         #[command(flatten)]
         role: RoleArgs,
     },
+    /// Run the email service: RSVP events in, mail out (SMTP or .eml files).
+    Email {
+        #[command(flatten)]
+        role: RoleArgs,
+    },
+    /// Run the push service: notifications to browsers as Server-Sent Events.
+    Push {
+        #[command(flatten)]
+        role: RoleArgs,
+    },
     /// Apply schema migrations to the primary database, create the admin account, and exit.
     Migrate,
+    /// Inspect and replay dead letters.
+    Dead {
+        #[command(subcommand)]
+        command: DeadCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DeadCommand {
+    /// List dead letters: queue, message id, type, attempts, when, last error.
+    List {
+        /// Only this queue's (e.g. email.rsvp).
+        #[arg(long)]
+        queue: Option<String>,
+    },
+    /// Put dead letters back on their queue; prints how many.
+    Replay {
+        /// Every dead letter (of --queue, or of all queues).
+        #[arg(long, conflicts_with = "id", required_unless_present = "id")]
+        all: bool,
+        /// Only the dead letter with this message id.
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long)]
+        queue: Option<String>,
+    },
 }
 
 #[derive(Args)]
@@ -149,12 +185,68 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             let (id, listener) = bind("web", &role).await?;
             bakery_web::run(config, &id, listener, shutdown::requested()).await
         }
+        Command::Email { role } => {
+            let (id, listener) = bind("email", &role).await?;
+            bakery_email::run(config, &id, listener, shutdown::requested()).await
+        }
+        Command::Push { role } => {
+            let (id, listener) = bind("push", &role).await?;
+            bakery_push::run(config, &id, listener, shutdown::requested()).await
+        }
+        Command::Dead { command } => dead(&config, command).await,
         Command::Migrate => {
             report(&bakery_db::bootstrap(&config, false).await?);
             println!("migrated {}", config.database_url.redacted());
             Ok(())
         }
     }
+}
+
+/// `bakery dead list|replay`.
+async fn dead(config: &Config, command: DeadCommand) -> anyhow::Result<()> {
+    let queue_of = |name: &Option<String>| -> Result<Option<&'static str>, ConfigError> {
+        name.as_deref()
+            .map(|q| {
+                bakery_broker::topology::known_queue(q).ok_or_else(|| {
+                    let known = bakery_broker::topology::QUEUES.join(", ");
+                    ConfigError::new("--queue", format!("no queue {q:?}; the queues are {known}"))
+                })
+            })
+            .transpose()
+    };
+    let db = bakery_db::Database::connect_configured(config).await?;
+    db.check_schema()
+        .await
+        .map_err(|e| ConfigError::new("BAKERY_DATABASE_URL", e))?;
+    let broker = bakery_broker::Broker::connect(config, &db).await?;
+    broker.check(config).await?;
+    match command {
+        DeadCommand::List { queue } => {
+            let letters = broker.dead_letters(queue_of(&queue)?).await?;
+            println!(
+                "{:<20} {:<32} {:<16} {:>8}  {:<24} error",
+                "queue", "message_id", "type", "attempts", "died_at"
+            );
+            for letter in &letters {
+                println!(
+                    "{:<20} {:<32} {:<16} {:>8}  {:<24} {}",
+                    letter.queue,
+                    letter.message_id,
+                    letter.kind,
+                    letter.attempts,
+                    bakery_core::clock::to_rfc3339(letter.died_at),
+                    letter.error
+                );
+            }
+            println!("{} dead letter(s)", letters.len());
+        }
+        DeadCommand::Replay { all: _, id, queue } => {
+            let replayed = broker.replay(queue_of(&queue)?, id.as_deref()).await?;
+            println!("replayed {replayed}");
+        }
+    }
+    broker.close().await;
+    Ok(())
 }
 
 /// Tells the operator what bootstrapping the database did.
@@ -193,6 +285,7 @@ async fn bind(role: &str, args: &RoleArgs) -> anyhow::Result<(String, tokio::net
         .id
         .clone()
         .unwrap_or_else(|| format!("{role}-{}", bound.port()));
+    bakery_db::name_connections(&id);
     println!("listening role={role} id={id} addr={bound}");
     Ok((id, listener))
 }

@@ -261,6 +261,102 @@ impl fmt::Debug for CacheUrl {
     }
 }
 
+/// Where messages go.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum BrokerUrl {
+    /// Tables in the configured database (SQLite or PostgreSQL): durable, and shared
+    /// by every process that shares the database.
+    Embedded,
+    /// A RabbitMQ server (`amqp://user:password@host:port/vhost`).
+    Amqp(String),
+}
+
+impl BrokerUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        if raw == "embedded" {
+            return Ok(Self::Embedded);
+        }
+        let parsed =
+            url::Url::parse(raw).map_err(|e| format!("not a URL ({e}): {}", redact(raw)))?;
+        match parsed.scheme() {
+            "amqp" if parsed.host_str().is_some() => Ok(Self::Amqp(raw.to_string())),
+            "amqps" => Err("amqps:// is not supported: this build has no TLS for AMQP".to_string()),
+            other => Err(format!(
+                "unsupported scheme {other:?}: expected embedded or amqp://host:port"
+            )),
+        }
+    }
+
+    /// The engine's name, as logs and `/healthz` show it.
+    pub fn engine(&self) -> &'static str {
+        match self {
+            Self::Embedded => "embedded",
+            Self::Amqp(_) => "rabbitmq",
+        }
+    }
+}
+
+impl TryFrom<String> for BrokerUrl {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        Self::parse(raw.trim())
+    }
+}
+
+impl fmt::Debug for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Embedded => f.write_str("Embedded"),
+            Self::Amqp(url) => write!(f, "Amqp({})", redact(url)),
+        }
+    }
+}
+
+/// An SMTP server mail is handed to (`smtp://host:port`, no TLS: a local relay).
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct SmtpUrl {
+    pub host: String,
+    pub port: u16,
+}
+
+impl SmtpUrl {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let parsed =
+            url::Url::parse(raw).map_err(|e| format!("not a URL ({e}): {}", redact(raw)))?;
+        if parsed.scheme() != "smtp" {
+            return Err(format!(
+                "unsupported scheme {:?}: expected smtp://host:port",
+                parsed.scheme()
+            ));
+        }
+        let host = parsed
+            .host_str()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("no host in {}", redact(raw)))?;
+        Ok(Self {
+            host: host.trim_matches(['[', ']']).to_string(),
+            port: parsed.port().unwrap_or(25),
+        })
+    }
+}
+
+impl TryFrom<String> for SmtpUrl {
+    type Error = String;
+
+    fn try_from(raw: String) -> Result<Self, String> {
+        Self::parse(raw.trim())
+    }
+}
+
+impl fmt::Debug for SmtpUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "smtp://{}:{}", self.host, self.port)
+    }
+}
+
 /// Hides the password part of `scheme://user:password@host`.
 pub fn redact(raw: &str) -> String {
     match url::Url::parse(raw) {

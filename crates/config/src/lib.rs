@@ -20,7 +20,7 @@ use serde::Deserialize;
 mod backend_url;
 mod values;
 
-pub use backend_url::{CacheUrl, DatabaseUrl, SessionUrl};
+pub use backend_url::{BrokerUrl, CacheUrl, DatabaseUrl, SessionUrl, SmtpUrl, redact};
 pub use secrecy::{ExposeSecret, SecretString};
 use values::{flag, millis, percent, secs};
 
@@ -101,6 +101,30 @@ pub struct Config {
     /// How long a draining clone keeps answering before it closes.
     #[serde(rename = "drain_grace_ms", deserialize_with = "millis")]
     pub drain_grace: Duration,
+    /// The message broker; embedded (tables in the database) by default.
+    pub broker_url: BrokerUrl,
+    /// Where the email service hands mail; without one it writes `.eml` files under
+    /// `data_dir/mail/`.
+    pub smtp_url: Option<SmtpUrl>,
+    /// Unacknowledged messages a consumer holds at most.
+    #[serde(deserialize_with = "values::number")]
+    pub broker_prefetch: u16,
+    /// Deliveries of a message before it goes to its dead-letter queue.
+    #[serde(deserialize_with = "values::number")]
+    pub broker_max_attempts: u32,
+    /// The first retry's delay; each next one doubles, up to `broker_retry_cap`.
+    #[serde(rename = "broker_retry_base_ms", deserialize_with = "millis")]
+    pub broker_retry_base: Duration,
+    #[serde(rename = "broker_retry_cap_ms", deserialize_with = "millis")]
+    pub broker_retry_cap: Duration,
+    /// Embedded broker: a delivery not settled within this is given to another
+    /// consumer (its consumer died). RabbitMQ sees the dead connection instead.
+    #[serde(rename = "broker_lease_secs", deserialize_with = "secs")]
+    pub broker_lease: Duration,
+    /// Outbox rows still unsent this long after their commit are published by the
+    /// sweeper (the process that wrote them died before publishing).
+    #[serde(rename = "outbox_sweep_after_ms", deserialize_with = "millis")]
+    pub outbox_sweep_after: Duration,
     pub lb: LbConfig,
     /// A `tracing` filter, e.g. `info` or `bakery_lb=debug`.
     pub log: String,
@@ -127,6 +151,14 @@ impl Default for Config {
             session_absolute_timeout: Duration::from_secs(7 * 24 * 3600),
             request_timeout: Duration::from_secs(30),
             drain_grace: Duration::from_millis(2500),
+            broker_url: BrokerUrl::Embedded,
+            smtp_url: None,
+            broker_prefetch: 32,
+            broker_max_attempts: 5,
+            broker_retry_base: Duration::from_millis(1000),
+            broker_retry_cap: Duration::from_secs(60),
+            broker_lease: Duration::from_secs(30),
+            outbox_sweep_after: Duration::from_millis(3000),
             lb: LbConfig::default(),
             log: "info".to_string(),
         }
@@ -292,6 +324,30 @@ impl Config {
             return Err(ConfigError::new(
                 "BAKERY_CACHE_EMBEDDED_MAX_ENTRIES",
                 "expected at least 100",
+            ));
+        }
+        if self.broker_prefetch == 0 {
+            return Err(ConfigError::new(
+                "BAKERY_BROKER_PREFETCH",
+                "must be at least 1",
+            ));
+        }
+        if !(1..=100).contains(&self.broker_max_attempts) {
+            return Err(ConfigError::new(
+                "BAKERY_BROKER_MAX_ATTEMPTS",
+                "expected 1 to 100",
+            ));
+        }
+        if self.broker_retry_base.is_zero() || self.broker_retry_cap < self.broker_retry_base {
+            return Err(ConfigError::new(
+                "BAKERY_BROKER_RETRY_BASE_MS",
+                "must be more than 0 and at most BAKERY_BROKER_RETRY_CAP_MS",
+            ));
+        }
+        if self.broker_lease < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "BAKERY_BROKER_LEASE_SECS",
+                "must be at least 1",
             ));
         }
         if self.lb.healthy_after == 0 || self.lb.unhealthy_after == 0 {

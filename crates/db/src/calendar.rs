@@ -4,7 +4,11 @@
 
 use bakery_core::calendar::{Event, EventSummary, Rsvp};
 
+use crate::messaging::stage;
 use crate::{CachedQuery, Database, DbError, Lsn, now_millis};
+
+/// The exchange of domain events (the contract's `bakery.events`).
+pub const EVENTS_EXCHANGE: &str = "bakery.events";
 
 pub struct NewEvent<'a> {
     pub title: &'a str,
@@ -123,12 +127,15 @@ impl Database {
         .await
     }
 
-    /// Takes a seat for `user_id`, once: a repeat gives back the same RSVP.
+    /// Takes a seat for `user_id`, once: a repeat gives back the same RSVP. A new
+    /// RSVP commits with its `rsvp.created` event in the outbox.
     pub async fn rsvp(
         &self,
         event_id: i64,
         user_id: i64,
+        correlation_id: &str,
     ) -> Result<(RsvpOutcome, Option<Lsn>), DbError> {
+        let correlation_id = correlation_id.to_string();
         self.write(move |pool| async move {
             let mut tx = pool.begin().await?;
             // Writing first: SQLite takes its write lock here (waiting its turn) rather
@@ -151,8 +158,17 @@ impl Database {
                     .fetch_optional(&mut *tx)
                     .await?;
                 if let Some(row) = created {
+                    let created = rsvp(row);
+                    let body = serde_json::json!({
+                        "rsvp_id": created.id,
+                        "event_id": event_id,
+                        "user_id": user_id,
+                        "status": created.status,
+                        "created_at": created.created_at,
+                    });
+                    stage(&mut tx, EVENTS_EXCHANGE, "rsvp.created", &correlation_id, &body).await?;
                     tx.commit().await?;
-                    return Ok(RsvpOutcome::Created(rsvp(row)));
+                    return Ok(RsvpOutcome::Created(created));
                 }
             }
             // No seat taken or the user already had one: give the seat back (rollback)
@@ -168,22 +184,38 @@ impl Database {
         .await
     }
 
-    /// Gives the seat back; false when there was no RSVP.
+    /// Gives the seat back (with `rsvp.cancelled` in the outbox); false when there
+    /// was no RSVP.
     pub async fn cancel_rsvp(
         &self,
         event_id: i64,
         user_id: i64,
+        correlation_id: &str,
     ) -> Result<(bool, Option<Lsn>), DbError> {
+        let correlation_id = correlation_id.to_string();
         self.write(move |pool| async move {
             let mut tx = pool.begin().await?;
-            let removed = sqlx::query("DELETE FROM rsvps WHERE event_id = $1 AND user_id = $2")
-                .bind(event_id)
-                .bind(user_id)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected()
-                > 0;
-            if removed {
+            let removed: Option<i64> = sqlx::query_scalar(
+                "DELETE FROM rsvps WHERE event_id = $1 AND user_id = $2 RETURNING id",
+            )
+            .bind(event_id)
+            .bind(user_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some(rsvp_id) = removed {
+                let body = serde_json::json!({
+                    "rsvp_id": rsvp_id,
+                    "event_id": event_id,
+                    "user_id": user_id,
+                });
+                stage(
+                    &mut tx,
+                    EVENTS_EXCHANGE,
+                    "rsvp.cancelled",
+                    &correlation_id,
+                    &body,
+                )
+                .await?;
                 sqlx::query(
                     "UPDATE events SET attendees = attendees - 1 WHERE id = $1 AND attendees > 0",
                 )
@@ -192,7 +224,7 @@ impl Database {
                 .await?;
             }
             tx.commit().await?;
-            Ok(removed)
+            Ok(removed.is_some())
         })
         .await
     }

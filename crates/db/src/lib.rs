@@ -20,6 +20,7 @@ mod cached_query;
 pub mod calendar;
 pub mod catalog;
 pub mod demo;
+pub mod messaging;
 pub mod replica;
 
 pub use bakery_core::now_millis;
@@ -103,6 +104,8 @@ impl DbError {
 pub struct Database {
     primary: AnyPool,
     postgres: bool,
+    /// The primary's URL, for `LISTEN` connections (PostgreSQL).
+    url: Arc<str>,
     replicas: Arc<Replicas>,
     /// Stops the replica poller when the last handle goes.
     _poller: Arc<AbortOnDrop>,
@@ -115,6 +118,26 @@ impl Drop for AbortOnDrop {
         if let Some(task) = &self.0 {
             task.abort();
         }
+    }
+}
+
+/// The name this process gives its PostgreSQL connections (`application_name`, as
+/// `pg_stat_activity` shows it): its role id, e.g. `web-2`.
+static APPLICATION_NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Names this process's PostgreSQL connections from now on (first call wins).
+pub fn name_connections(name: &str) {
+    let _ = APPLICATION_NAME.set(name.to_string());
+}
+
+/// `url` with this process's `application_name`, unless it names one itself.
+fn named(url: &str) -> String {
+    match APPLICATION_NAME.get() {
+        Some(name) if !url.contains("application_name=") => {
+            let separator = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{separator}application_name={name}")
+        }
+        _ => url.to_string(),
     }
 }
 
@@ -140,7 +163,7 @@ async fn open_pool(
                 Ok(())
             })
         })
-        .connect(url)
+        .connect(&if postgres { named(url) } else { url.to_string() })
         .await
 }
 
@@ -185,6 +208,7 @@ impl Database {
         Ok(Self {
             primary,
             postgres,
+            url: Arc::from(url.as_str()),
             replicas,
             _poller: Arc::new(AbortOnDrop(poller)),
         })
@@ -293,6 +317,36 @@ impl Database {
 
     pub fn is_postgres(&self) -> bool {
         self.postgres
+    }
+
+    /// Follows a PostgreSQL `NOTIFY` channel: `on` gets each payload, and `None` when
+    /// the connection was lost and made again (notifications may have been missed).
+    /// Reconnects by itself. SQLite has no such channel: an error.
+    pub async fn listen(
+        &self,
+        channel: &'static str,
+        on: impl Fn(Option<&str>) + Send + 'static,
+    ) -> Result<(), DbError> {
+        if !self.postgres {
+            return Err(DbError::Other(sqlx::Error::Configuration(
+                "SQLite has no LISTEN".into(),
+            )));
+        }
+        let mut listener = sqlx::postgres::PgListener::connect(&named(&self.url)).await?;
+        listener.listen(channel).await?;
+        tokio::spawn(async move {
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(notification)) => on(Some(notification.payload())),
+                    Ok(None) => on(None),
+                    Err(error) => {
+                        tracing::warn!(%error, channel, "lost a notification channel; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 
     /// The pool for writes and for reads that must see them; counts the query.

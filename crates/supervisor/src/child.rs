@@ -16,6 +16,8 @@ use tokio::process::{Child, Command};
 pub enum Role {
     Lb,
     Web,
+    Email,
+    Push,
 }
 
 impl Role {
@@ -23,6 +25,17 @@ impl Role {
         match self {
             Self::Lb => "lb",
             Self::Web => "web",
+            Self::Email => "email",
+            Self::Push => "push",
+        }
+    }
+
+    /// The load balancer's pool this role serves in, if it is behind it.
+    pub fn pool(self) -> Option<&'static str> {
+        match self {
+            Self::Web => Some("web"),
+            Self::Push => Some("push"),
+            Self::Lb | Self::Email => None,
         }
     }
 }

@@ -1,5 +1,5 @@
 //! `bakery up`: starts the whole topology on this machine as separate processes
-//! (the load balancer and the web clones), prints one `started` line per process
+//! (the load balancer, the web clones, the email and the push service), prints one `started` line per process
 //! and `ready http://ADDR` once everything answers its health check, replaces a
 //! process that dies (with backoff, telling the load balancer about the new clone),
 //! and stops everything on Ctrl-C or SIGTERM: the load balancer first, then the clones.
@@ -36,6 +36,9 @@ pub struct UpOptions {
     pub config_file: Option<PathBuf>,
 }
 
+/// The path prefix the load balancer sends to the push pool (the event streams).
+const PUSH_ROUTE: &str = "/api/notifications/=push";
+
 /// Longest a child may take to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(15);
 /// Longest a fresh child may take to answer its health check.
@@ -45,8 +48,9 @@ struct Supervisor {
     launcher: Launcher,
     http: Http,
     admin_token: String,
-    /// The live web clones, by id: what a restarted load balancer is told.
-    clones: Mutex<BTreeMap<String, SocketAddr>>,
+    /// The live members of the load balancer's pools, by id (pool, address): what a
+    /// restarted load balancer is told.
+    members: Mutex<BTreeMap<String, (&'static str, SocketAddr)>>,
     /// Where the load balancer's admin API answers (its listen address).
     lb_addr: Mutex<Option<SocketAddr>>,
 }
@@ -66,28 +70,34 @@ pub async fn run(options: UpOptions, shutdown: impl Future<Output = ()>) -> anyh
         },
         http: Http::new(),
         admin_token,
-        clones: Mutex::new(BTreeMap::new()),
+        members: Mutex::new(BTreeMap::new()),
         lb_addr: Mutex::new(None),
     });
 
-    // Clones first, so the load balancer starts with members to send to.
+    // Clones and services first, so the load balancer starts with members to send to.
     let mut started: Vec<(ChildSpec, Running)> = Vec::new();
-    let clone_specs: Vec<ChildSpec> = (1..=options.clones)
-        .map(|i| ChildSpec {
-            role: Role::Web,
-            id: format!("web-{i}"),
-            listen: "127.0.0.1:0".into(),
-            args: vec![],
-        })
+    let spec = |role: Role, id: String| ChildSpec {
+        role,
+        id,
+        listen: "127.0.0.1:0".into(),
+        args: vec![],
+    };
+    let specs: Vec<ChildSpec> = (1..=options.clones)
+        .map(|i| spec(Role::Web, format!("web-{i}")))
+        .chain([
+            spec(Role::Push, "push-1".into()),
+            spec(Role::Email, "email-1".into()),
+        ])
         .collect();
     let launched =
-        futures::future::join_all(clone_specs.iter().map(|spec| supervisor.start_ready(spec)))
-            .await;
-    for (spec, running) in clone_specs.into_iter().zip(launched) {
+        futures::future::join_all(specs.iter().map(|spec| supervisor.start_ready(spec))).await;
+    for (spec, running) in specs.into_iter().zip(launched) {
         let running = running?;
-        supervisor
-            .lock_clones()
-            .insert(spec.id.clone(), running.addr);
+        if let Some(pool) = spec.role.pool() {
+            supervisor
+                .lock_members()
+                .insert(spec.id.clone(), (pool, running.addr));
+        }
         started.push((spec, running));
     }
     let lb_spec = ChildSpec {
@@ -104,23 +114,41 @@ pub async fn run(options: UpOptions, shutdown: impl Future<Output = ()>) -> anyh
     }
     println!("ready http://{}", lb.addr);
 
+    // Stopped in steps: the services first (the push service ends its open event
+    // streams, which would otherwise hold the load balancer's drain open), then the
+    // load balancer (no new requests), then the web clones (in-flight ones finish).
+    let stop_services = CancellationToken::new();
     let stop_lb = CancellationToken::new();
     let stop_web = CancellationToken::new();
     let lb_keeper = tokio::spawn(supervisor.clone().keep(lb_spec, lb, stop_lb.clone()));
-    let web_keepers: Vec<_> = started
-        .into_iter()
-        .map(|(spec, running)| {
-            tokio::spawn(supervisor.clone().keep(spec, running, stop_web.clone()))
-        })
-        .collect();
+    let (mut service_keepers, mut web_keepers) = (Vec::new(), Vec::new());
+    for (spec, running) in started {
+        if spec.role == Role::Web {
+            web_keepers.push(tokio::spawn(supervisor.clone().keep(
+                spec,
+                running,
+                stop_web.clone(),
+            )));
+        } else {
+            service_keepers.push(tokio::spawn(supervisor.clone().keep(
+                spec,
+                running,
+                stop_services.clone(),
+            )));
+        }
+    }
 
     shutdown.await;
     println!("stopping");
-    stop_lb.cancel();
-    let _ = lb_keeper.await;
-    stop_web.cancel();
-    for keeper in web_keepers {
-        let _ = keeper.await;
+    for (token, keepers) in [
+        (stop_services, service_keepers),
+        (stop_lb, vec![lb_keeper]),
+        (stop_web, web_keepers),
+    ] {
+        token.cancel();
+        for keeper in keepers {
+            let _ = keeper.await;
+        }
     }
     println!("stopped");
     Ok(())
@@ -134,29 +162,47 @@ fn announce(spec: &ChildSpec, running: &Running) {
 }
 
 impl Supervisor {
-    fn lock_clones(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SocketAddr>> {
-        self.clones
+    fn lock_members(
+        &self,
+    ) -> std::sync::MutexGuard<'_, BTreeMap<String, (&'static str, SocketAddr)>> {
+        self.members
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Starts a child and waits until it is ready: a clone answers `/healthz`; the
-    /// load balancer answers and sees every clone healthy.
+    /// Starts a child and waits until it is ready: a service answers `/healthz`;
+    /// the load balancer answers and sees every member of its pools healthy.
     async fn start_ready(&self, spec: &ChildSpec) -> anyhow::Result<Running> {
         let mut spec = spec.clone();
         if spec.role == Role::Lb {
             spec.args = self
-                .lock_clones()
+                .lock_members()
                 .iter()
-                .flat_map(|(id, addr)| ["--backend".to_string(), format!("web={id}@{addr}")])
+                .flat_map(|(id, (pool, addr))| {
+                    ["--backend".to_string(), format!("{pool}={id}@{addr}")]
+                })
+                .chain(["--route".to_string(), PUSH_ROUTE.to_string()])
                 .collect();
         }
         let mut running = self.launcher.start(&spec).await?;
         let ready = if spec.role == Role::Lb {
-            let expected = self.lock_clones().len();
+            let expected: Vec<(&str, usize)> = ["web", "push"]
+                .into_iter()
+                .map(|pool| {
+                    let members = self
+                        .lock_members()
+                        .values()
+                        .filter(|(p, _)| *p == pool)
+                        .count();
+                    (pool, members)
+                })
+                .collect();
             self.http
                 .wait_until(running.addr, "/lb/backends", READY_LIMIT, |status, body| {
-                    status.is_success() && healthy_members(body, "web") >= expected
+                    status.is_success()
+                        && expected
+                            .iter()
+                            .all(|(pool, n)| healthy_members(body, pool) >= *n)
                 })
                 .await
         } else {
@@ -216,16 +262,17 @@ impl Supervisor {
                 }
             };
             since = Instant::now();
-            if spec.role == Role::Web {
-                self.lock_clones().insert(spec.id.clone(), running.addr);
-                self.register_clone(&spec.id, running.addr).await;
+            if let Some(pool) = spec.role.pool() {
+                self.lock_members()
+                    .insert(spec.id.clone(), (pool, running.addr));
+                self.register(pool, &spec.id, running.addr).await;
             }
             announce(&spec, &running);
         }
     }
 
-    /// Tells the load balancer where a (re)started clone now listens.
-    async fn register_clone(&self, id: &str, addr: SocketAddr) {
+    /// Tells the load balancer where a (re)started member of `pool` now listens.
+    async fn register(&self, pool: &str, id: &str, addr: SocketAddr) {
         let Some(lb) = *self.lb_addr.lock().unwrap_or_else(|p| p.into_inner()) else {
             return;
         };
@@ -235,13 +282,13 @@ impl Supervisor {
             .call(
                 Method::PUT,
                 lb,
-                &format!("/lb/backends/web/{id}"),
+                &format!("/lb/backends/{pool}/{id}"),
                 Some(&self.admin_token),
                 Some(body),
             )
             .await;
         if !answer.is_some_and(|(status, _)| status.is_success()) {
-            tracing::warn!(id, %addr, "could not register the clone with the load balancer");
+            tracing::warn!(id, %addr, "could not register the member with the load balancer");
         }
     }
 }

@@ -106,6 +106,24 @@ pub fn accept_request_id(value: Option<&http::HeaderValue>) -> Option<String> {
     sane.then(|| text.to_string())
 }
 
+tokio::task_local! {
+    /// The id of the request (or message) the current work serves.
+    static CORRELATION: String;
+}
+
+/// Runs `work` as part of `correlation_id`: [`correlation_id`] answers it inside, and
+/// events staged by the work carry it.
+pub async fn with_correlation<F: Future>(correlation_id: String, work: F) -> F::Output {
+    CORRELATION.scope(correlation_id, work).await
+}
+
+/// The correlation id of the current work, or a fresh one outside any.
+pub fn correlation_id() -> String {
+    CORRELATION
+        .try_with(Clone::clone)
+        .unwrap_or_else(|_| new_request_id())
+}
+
 /// Resolves on SIGINT or SIGTERM: the one shutdown signal every role listens to.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

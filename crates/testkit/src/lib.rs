@@ -7,9 +7,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub mod http;
+pub mod mail;
 pub mod process;
 pub mod proxy;
 pub mod services;
+pub mod sse;
 
 pub use http::*;
 pub use process::*;

@@ -62,6 +62,9 @@ pub struct Up {
     pub seen: Vec<String>,
     pub base: String,
     pub processes: Vec<Started>,
+    /// The environment `up` was started with (its data directory included): for
+    /// more processes of the same deployment.
+    pub env: Vec<(String, String)>,
     _data: TempDir,
 }
 
@@ -97,7 +100,7 @@ impl Up {
                 &clones.to_string(),
             ])
             .args(flags)
-            .envs(all)
+            .envs(all.clone())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -118,6 +121,7 @@ impl Up {
             seen: Vec::new(),
             base: String::new(),
             processes: Vec::new(),
+            env: all,
             _data: data,
         };
         let Some(ready) = up.wait_line(Duration::from_secs(90), |l| l.starts_with("ready ")) else {
@@ -160,6 +164,16 @@ impl Up {
         format!("{}{}", self.base, path)
     }
 
+    /// The process `up` started with this id (the latest, after a restart).
+    pub fn process(&self, id: &str) -> Started {
+        self.seen
+            .iter()
+            .rev()
+            .filter_map(|l| parse_started(l))
+            .find(|p| p.id == id)
+            .unwrap_or_else(|| panic!("up started no {id}"))
+    }
+
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
@@ -184,8 +198,8 @@ impl Drop for Up {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        // Belt and braces: anything it started that is still alive.
-        for p in &self.processes {
+        // Belt and braces: anything it started (or restarted) that is still alive.
+        for p in self.seen.iter().filter_map(|l| parse_started(l)) {
             if process_alive(p.pid) {
                 let _ = kill(Pid::from_raw(p.pid), Signal::SIGKILL);
             }
@@ -244,6 +258,21 @@ impl Drop for Role {
         let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGKILL);
         let _ = self.child.wait();
     }
+}
+
+/// Runs the binary to completion; returns (exit code, stdout, stderr).
+pub fn run_output(args: &[&str], env: Vec<(String, String)>) -> (Option<i32>, String, String) {
+    let output = Command::new(bin())
+        .args(args)
+        .envs(env)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run bakery");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).to_string(),
+        String::from_utf8_lossy(&output.stderr).to_string(),
+    )
 }
 
 /// Runs the binary to completion; returns (exit code, stderr).

@@ -74,3 +74,33 @@ pub async fn fresh_postgres_database() -> String {
 pub fn memcached_nodes() -> Vec<String> {
     vec!["127.0.0.1:11211".to_string(), "127.0.0.1:11212".to_string()]
 }
+
+/// A RabbitMQ vhost of its own (so a test never shares the contract's queues with
+/// another), and its `amqp://` URL. Made with `rabbitmqctl` on the local server.
+pub fn fresh_rabbitmq_url() -> String {
+    let vhost = format!("bakery-test-{:x}", rand::random::<u64>());
+    for args in [
+        vec!["add_vhost", vhost.as_str()],
+        vec![
+            "set_permissions",
+            "-p",
+            vhost.as_str(),
+            "guest",
+            ".*",
+            ".*",
+            ".*",
+        ],
+    ] {
+        let status = std::process::Command::new("rabbitmqctl")
+            .arg("-q")
+            .args(&args)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("run rabbitmqctl (RabbitMQ: scripts/services.sh starts it)");
+        assert!(
+            status.success(),
+            "rabbitmqctl {args:?} failed: is RabbitMQ running on 127.0.0.1:5672?"
+        );
+    }
+    format!("amqp://guest:guest@127.0.0.1:5672/{vhost}")
+}

@@ -56,6 +56,9 @@ pub struct Shared {
     pub metrics: Metrics,
     templates: Arc<minijinja::Environment<'static>>,
     draining: Arc<AtomicBool>,
+    /// Whether `/healthz` fails while the broker is away (consumers need it; a web
+    /// clone does not: its writes wait in the outbox).
+    broker_required: AtomicBool,
 }
 
 impl AppState {
@@ -75,7 +78,17 @@ impl AppState {
             metrics: Metrics::install(),
             templates: Arc::new(pages::templates()),
             draining: Arc::new(AtomicBool::new(false)),
+            broker_required: AtomicBool::new(false),
         })))
+    }
+
+    /// From now on `/healthz` answers 503 while the broker is away.
+    pub fn require_broker(&self) {
+        self.broker_required.store(true, Ordering::Relaxed);
+    }
+
+    pub fn broker_required(&self) -> bool {
+        self.broker_required.load(Ordering::Relaxed)
     }
 
     pub fn is_draining(&self) -> bool {
@@ -114,15 +127,24 @@ pub async fn prepare_stores(config: &Config) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// The whole application: routes, fallbacks and layers.
+/// The whole web clone: routes, fallbacks and layers.
 pub fn app(state: AppState) -> Router {
-    Router::new()
+    let routes = Router::new()
         .merge(routes::ops::router())
         .merge(routes::accounts::router())
         .merge(routes::catalog::router())
         .merge(routes::calendar::router())
+        .merge(routes::notifications::router())
         .merge(routes::users::router())
-        .merge(pages::router())
+        .merge(pages::router());
+    layered(state, routes)
+}
+
+/// `routes` behind the layers every bakery HTTP process shares (request id and
+/// correlation, metrics, timeout, CSRF, body limit, panics as 500 JSON), with the
+/// contract's JSON 404 and 405. The push and email services serve through this too.
+pub fn layered(state: AppState, routes: Router<AppState>) -> Router {
+    routes
         .fallback(|| async { ApiError::not_found() })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -157,11 +179,29 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let state = AppState::connect(config, id).await?;
+    // The calendar's follow-ups (`email.sent` → `confirmation_sent_at`) are
+    // consumed by the clones, which own the calendar.
+    let consumers = tokio_util::sync::CancellationToken::new();
+    let followups = state.app.follow_up_emails(consumers.clone());
+    tracing::info!(id, addr = %listener.local_addr()?, sessions = state.sessions.engine(), broker = state.app.broker().engine(), "web clone serving");
+    serve(state.clone(), app(state.clone()), listener, shutdown).await?;
+    consumers.cancel();
+    let _ = followups.await;
+    state.app.broker().close().await;
+    Ok(())
+}
+
+/// Serves `router` until `shutdown`, then drains (see [`run`]) and closes the stores.
+pub async fn serve(
+    state: AppState,
+    router: Router,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let grace = state.config.drain_grace;
     let draining = state.draining.clone();
     let db = state.app.db().clone();
-    tracing::info!(id, addr = %listener.local_addr()?, sessions = state.sessions.engine(), "web clone serving");
-    axum::serve(listener, app(state))
+    axum::serve(listener, router)
         .with_graceful_shutdown(async move {
             shutdown.await;
             draining.store(true, Ordering::Relaxed);

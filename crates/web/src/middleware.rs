@@ -8,6 +8,7 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bakery_telemetry::{REQUEST_ID, SERVED_BY};
+use tracing::Instrument;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -30,7 +31,13 @@ pub async fn request_context(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
 
-    let work = bakery_cache::trace_cache(bakery_db::trace_roles(next.run(req)));
+    // Every log line of the request, and every message its writes stage, carries
+    // its id as the correlation id.
+    let span = tracing::info_span!("request", correlation_id = %request_id);
+    let work = bakery_cache::trace_cache(bakery_db::trace_roles(
+        bakery_telemetry::with_correlation(request_id, next.run(req)),
+    ))
+    .instrument(span);
     let ((mut response, db_role), cache) = RunToEnd::new(work).await;
 
     bakery_telemetry::record_request(&route, response.status().as_u16());

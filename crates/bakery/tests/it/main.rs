@@ -15,6 +15,7 @@ mod cli;
 mod clones;
 mod domain;
 mod lb;
+mod messaging;
 mod overload;
 mod replicas;
 mod sessions;

@@ -3,5 +3,6 @@
 pub mod accounts;
 pub mod calendar;
 pub mod catalog;
+pub mod notifications;
 pub mod ops;
 pub mod users;

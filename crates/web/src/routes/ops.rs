@@ -32,17 +32,26 @@ async fn healthz(State(state): State<AppState>) -> Response {
         )
             .into_response();
     }
-    let (db, sessions) = tokio::join!(state.app.db().ping(), state.sessions.ping());
-    let failing: Vec<&str> = [("database", db.is_err()), ("sessions", sessions.is_err())]
-        .into_iter()
-        .filter_map(|(name, failed)| failed.then_some(name))
-        .collect();
+    let (db, sessions, broker_up) = tokio::join!(
+        state.app.db().ping(),
+        state.sessions.ping(),
+        state.app.broker().is_up()
+    );
+    let broker = if broker_up { "up" } else { "down" };
+    let failing: Vec<&str> = [
+        ("database", db.is_err()),
+        ("sessions", sessions.is_err()),
+        ("broker", !broker_up && state.broker_required()),
+    ]
+    .into_iter()
+    .filter_map(|(name, failed)| failed.then_some(name))
+    .collect();
     if failing.is_empty() {
-        Json(json!({"status": "ok", "id": id})).into_response()
+        Json(json!({"status": "ok", "id": id, "broker": broker})).into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "unavailable", "id": id, "failing": failing})),
+            Json(json!({"status": "unavailable", "id": id, "failing": failing, "broker": broker})),
         )
             .into_response()
     }

@@ -1,0 +1,485 @@
+//! The broker end to end (contract: "Broker topology"; issue "Asynchronism I"): an
+//! RSVP commits with its event in the outbox, the relay publishes it, the email
+//! service sends one mail through a real SMTP server and publishes `email.sent`,
+//! the calendar's follow-up sets `confirmation_sent_at`, and the push service streams
+//! both events to every open stream of the user — on the embedded broker and on
+//! RabbitMQ. Then the failures: SMTP 451 and 550, dead letters and replay, a killed
+//! email service, a RabbitMQ restart, clones killed between commit and publish.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use bakery_testkit::mail::{SmtpSink, header};
+use bakery_testkit::sse::SseStream;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+
+use crate::harness::{self, Up, eventually};
+
+#[derive(Clone, Copy, Debug)]
+enum Engine {
+    Embedded,
+    RabbitMq,
+}
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// `up` with the mail going to `sink`, on `engine`, retrying fast.
+fn start(engine: Engine, sink: &SmtpSink, clones: usize) -> Up {
+    let mut env = vec![
+        ("BAKERY_SMTP_URL".to_string(), sink.url()),
+        ("BAKERY_BROKER_RETRY_BASE_MS".into(), "100".into()),
+        ("BAKERY_BROKER_RETRY_CAP_MS".into(), "400".into()),
+        ("BAKERY_BROKER_LEASE_SECS".into(), "2".into()),
+        ("BAKERY_OUTBOX_SWEEP_AFTER_MS".into(), "500".into()),
+    ];
+    if let Engine::RabbitMq = engine {
+        env.push(("BAKERY_BROKER_URL".into(), harness::fresh_rabbitmq_url()));
+    }
+    Up::start(env, clones)
+}
+
+/// Logs in as the admin and creates a class with `capacity` seats.
+async fn class(up: &Up, capacity: i64) -> i64 {
+    let http = harness::client();
+    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
+    let created = http
+        .post(up.url("/api/events"))
+        .header("cookie", &admin)
+        .json(&json!({"title": format!("Sourdough {}", rand::random::<u16>()), "starts_at": "2031-05-01T10:00:00Z", "capacity": capacity}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    created.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap()
+}
+
+async fn rsvp(up: &Up, cookie: &str, event: i64, request_id: &str) -> i64 {
+    let answer = harness::client()
+        .post(up.url(&format!("/api/events/{event}/rsvp")))
+        .header("cookie", cookie)
+        .header("x-request-id", request_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 201, "RSVP to {event}");
+    answer.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap()
+}
+
+/// The user's RSVPs whose confirmation was sent.
+async fn confirmed(up: &Up, cookie: &str) -> usize {
+    let mine: Value = harness::client()
+        .get(up.url("/api/me/rsvps"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    mine["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["confirmation_sent_at"].is_string())
+        .count()
+}
+
+fn kill_9(pid: i32) {
+    kill(Pid::from_raw(pid), Signal::SIGKILL).unwrap();
+}
+
+/// Waits for `up` to print that it started `id` again after a kill.
+fn wait_restarted(up: &mut Up, id: &str) {
+    let id_field = format!(" id={id} ");
+    assert!(
+        up.wait_line(LIMIT, |l| l.starts_with("started ")
+            && l.contains(&id_field))
+            .is_some(),
+        "up did not restart {id}"
+    );
+}
+
+/// A counter of a process's `/metrics` whose labels include all of `labels`.
+async fn metric(addr: std::net::SocketAddr, name: &str, labels: &[&str]) -> f64 {
+    let text = harness::client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+async fn one_rsvp_reaches_everyone(engine: Engine) {
+    let sink = SmtpSink::start();
+    let up = start(engine, &sink, 2);
+    // A second push process of the same deployment: the user's streams on either
+    // one get every event.
+    let mut env = up.env.clone();
+    env.push(("BAKERY_LOG".into(), "warn".into()));
+    let push_2 = harness::Role::start(&["push", "--listen", "127.0.0.1:0", "--id", "push-2"], env);
+    let http = harness::client();
+    let user = format!("ann{:x}", rand::random::<u32>());
+    let cookie = harness::sign_up_and_log_in(&http, &up.base, &user).await;
+    let mut through_lb = SseStream::open(&up.url("/api/notifications/stream"), &cookie, None).await;
+    let mut direct = SseStream::open(&push_2.url("/api/notifications/stream"), &cookie, None).await;
+
+    let event = class(&up, 10).await;
+    let rsvp_id = rsvp(&up, &cookie, event, "corr-one-rsvp").await;
+
+    for stream in [&mut through_lb, &mut direct] {
+        let got = stream.take(2, LIMIT).await;
+        let kinds: Vec<_> = got
+            .iter()
+            .map(|e| e.event.clone().unwrap_or_default())
+            .collect();
+        assert_eq!(kinds, ["rsvp.created", "email.sent"], "{engine:?}: {got:?}");
+        let created = got[0].json();
+        assert_eq!(created["payload"]["rsvp_id"], rsvp_id);
+        assert_eq!(
+            got[0].id.as_deref(),
+            Some(created["id"].to_string().as_str())
+        );
+        assert_eq!(got[1].json()["payload"]["about"], "rsvp.created");
+    }
+    assert!(
+        eventually(LIMIT, async || confirmed(&up, &cookie).await == 1).await,
+        "{engine:?}: confirmation_sent_at was never set"
+    );
+    let mails = sink.messages();
+    assert_eq!(mails.len(), 1, "{engine:?}: exactly one mail: {mails:?}");
+    assert!(
+        header(&mails[0], "To")
+            .unwrap()
+            .contains(&format!("{user}@example.com"))
+    );
+    assert!(header(&mails[0], "Subject").unwrap().contains("Sourdough"));
+    // The list answers what the streams carried, newest first.
+    let list: Value = http
+        .get(up.url("/api/notifications"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["email.sent", "rsvp.created"]);
+}
+
+#[tokio::test]
+async fn one_rsvp_reaches_one_mail_two_push_processes_and_its_follow_up_embedded() {
+    one_rsvp_reaches_everyone(Engine::Embedded).await;
+}
+
+#[tokio::test]
+async fn one_rsvp_reaches_one_mail_two_push_processes_and_its_follow_up_rabbitmq() {
+    one_rsvp_reaches_everyone(Engine::RabbitMq).await;
+}
+
+#[tokio::test]
+async fn an_smtp_server_answering_451_twice_gets_the_mail_once_on_the_third_try() {
+    let sink = SmtpSink::start();
+    sink.tempfail(2);
+    let up = start(Engine::Embedded, &sink, 1);
+    let http = harness::client();
+    let cookie = harness::sign_up_and_log_in(&http, &up.base, "bea451").await;
+    let event = class(&up, 10).await;
+    rsvp(&up, &cookie, event, "corr-451").await;
+    assert!(eventually(LIMIT, async || confirmed(&up, &cookie).await == 1).await);
+    assert_eq!(sink.count(), 1);
+    let email = up.process("email-1").addr;
+    let labels = ["queue=\"email.rsvp\"", "outcome=\"retry\""];
+    assert_eq!(
+        metric(email, "bakery_broker_consumed_total", &labels).await,
+        2.0
+    );
+    let acked = ["queue=\"email.rsvp\"", "outcome=\"ack\""];
+    assert_eq!(
+        metric(email, "bakery_broker_consumed_total", &acked).await,
+        1.0
+    );
+}
+
+async fn rejected_mail_is_dead_then_replayed(engine: Engine) {
+    let sink = SmtpSink::start();
+    sink.reject(true);
+    let up = start(engine, &sink, 1);
+    let http = harness::client();
+    let cookie = harness::sign_up_and_log_in(&http, &up.base, "cal550").await;
+    let event = class(&up, 10).await;
+    let request_id = format!("corr-dead-{:x}", rand::random::<u32>());
+    rsvp(&up, &cookie, event, &request_id).await;
+
+    let list = || harness::run_output(&["dead", "list", "--queue", "email.rsvp"], up.env.clone());
+    let mut listed = String::new();
+    let dead = eventually(LIMIT, async || {
+        let (code, out, _) = list();
+        listed = out;
+        code == Some(0) && listed.contains("1 dead letter(s)")
+    })
+    .await;
+    assert!(dead, "{engine:?}: no dead letter; listed:\n{listed}");
+    assert!(
+        listed.contains("rsvp.created") && listed.contains("550"),
+        "{listed}"
+    );
+    assert_eq!(sink.count(), 0);
+    assert_eq!(confirmed(&up, &cookie).await, 0);
+    // The cause is fixed; the operator replays.
+    sink.reject(false);
+    let (code, out, err) = harness::run_output(
+        &["dead", "replay", "--all", "--queue", "email.rsvp"],
+        up.env.clone(),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("replayed 1"), "{out}");
+    assert!(eventually(LIMIT, async || confirmed(&up, &cookie).await == 1).await);
+    assert_eq!(sink.count(), 1);
+    let (_, out, _) = list();
+    assert!(out.contains("0 dead letter(s)"), "{out}");
+    // A bad queue name is one clear line and exit 2.
+    let (code, _, err) = harness::run_output(&["dead", "list", "--queue", "nope"], up.env.clone());
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("--queue") && err.contains("email.rsvp"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_smtp_550_dead_letters_the_mail_and_replay_delivers_it_embedded() {
+    rejected_mail_is_dead_then_replayed(Engine::Embedded).await;
+}
+
+#[tokio::test]
+async fn an_smtp_550_dead_letters_the_mail_and_replay_delivers_it_rabbitmq() {
+    rejected_mail_is_dead_then_replayed(Engine::RabbitMq).await;
+}
+
+#[tokio::test]
+async fn a_stream_resumes_after_last_event_id_in_order_also_after_a_push_restart() {
+    let sink = SmtpSink::start();
+    let mut up = start(Engine::Embedded, &sink, 1);
+    let http = harness::client();
+    let cookie = harness::sign_up_and_log_in(&http, &up.base, "dot").await;
+    let notifications = async |up: &Up| -> Vec<(i64, String)> {
+        let list: Value = harness::client()
+            .get(up.url("/api/notifications"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut items: Vec<(i64, String)> = list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| {
+                (
+                    n["id"].as_i64().unwrap(),
+                    n["kind"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        items.sort();
+        items
+    };
+    let mut events = Vec::new();
+    for _ in 0..3 {
+        let event = class(&up, 5).await;
+        rsvp(&up, &cookie, event, "corr-resume").await;
+        events.push(event);
+    }
+    assert!(eventually(LIMIT, async || notifications(&up).await.len() == 6).await);
+    let before = notifications(&up).await;
+    let mut resumed = SseStream::open(
+        &up.url("/api/notifications/stream"),
+        &cookie,
+        Some(&before[1].0.to_string()),
+    )
+    .await;
+    let got = resumed.take(4, LIMIT).await;
+    let ids: Vec<i64> = got
+        .iter()
+        .map(|e| e.id.as_ref().unwrap().parse().unwrap())
+        .collect();
+    let want: Vec<i64> = before[2..].iter().map(|(id, _)| *id).collect();
+    assert_eq!(ids, want, "missed notifications, in order");
+    drop(resumed);
+
+    // The push process dies; a cancellation happens meanwhile.
+    kill_9(up.process("push-1").pid);
+    let cancelled = http
+        .delete(up.url(&format!("/api/events/{}/rsvp", events[0])))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), 204);
+    wait_restarted(&mut up, "push-1");
+    let last = before.last().unwrap().0.to_string();
+    let mut after_restart =
+        SseStream::open(&up.url("/api/notifications/stream"), &cookie, Some(&last)).await;
+    let got = after_restart.take(2, LIMIT).await;
+    let kinds: HashSet<String> = got.iter().filter_map(|e| e.event.clone()).collect();
+    assert_eq!(
+        kinds,
+        HashSet::from(["rsvp.cancelled".to_string(), "email.sent".to_string()]),
+        "{got:?}"
+    );
+    let ids: Vec<i64> = got
+        .iter()
+        .map(|e| e.id.as_ref().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        ids.windows(2).all(|w| w[0] < w[1]) && ids[0] > before.last().unwrap().0,
+        "{ids:?}"
+    );
+}
+
+/// Users that each RSVP to `event` (each user once), returning their cookies.
+async fn crowd(up: &Up, prefix: &str, n: usize) -> Vec<String> {
+    let http = harness::client();
+    let mut cookies = Vec::new();
+    for i in 0..n {
+        cookies.push(harness::sign_up_and_log_in(&http, &up.base, &format!("{prefix}{i}")).await);
+    }
+    cookies
+}
+
+/// Every member got exactly one mail, and every RSVP its confirmation.
+async fn each_exactly_once(up: &Up, sink: &SmtpSink, prefix: &str, cookies: &[String]) {
+    let n = cookies.len();
+    let all_confirmed = eventually(Duration::from_secs(60), async || {
+        for cookie in cookies {
+            if confirmed(up, cookie).await != 1 {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    assert!(
+        all_confirmed,
+        "not every RSVP was confirmed; {} mails",
+        sink.count()
+    );
+    let mails = sink.messages();
+    let recipients: Vec<String> = mails.iter().filter_map(|m| header(m, "To")).collect();
+    let distinct: HashSet<&String> = recipients.iter().collect();
+    assert_eq!(
+        mails.len(),
+        n,
+        "one mail per RSVP, none twice: {recipients:?}; {}",
+        sink.log()
+    );
+    assert_eq!(distinct.len(), n);
+    assert!(recipients.iter().all(|r| r.contains(prefix)));
+}
+
+async fn killed_email_service_sends_each_mail_once(engine: Engine) {
+    let sink = SmtpSink::start();
+    let mut up = start(engine, &sink, 1);
+    let prefix = format!("k{:x}x", rand::random::<u16>());
+    let cookies = crowd(&up, &prefix, 8).await;
+    let event = class(&up, 50).await;
+    // The SMTP server holds each message a while: the kill lands mid-message.
+    sink.delay(Some(Duration::from_millis(1500)));
+    for cookie in &cookies {
+        rsvp(&up, cookie, event, "corr-kill-email").await;
+    }
+    assert!(
+        eventually(LIMIT, async || sink.holding()).await,
+        "no mail in flight"
+    );
+    kill_9(up.process("email-1").pid);
+    sink.delay(None);
+    wait_restarted(&mut up, "email-1");
+    each_exactly_once(&up, &sink, &prefix, &cookies).await;
+}
+
+#[tokio::test]
+async fn killing_the_email_service_mid_message_sends_every_mail_once_embedded() {
+    killed_email_service_sends_each_mail_once(Engine::Embedded).await;
+}
+
+#[tokio::test]
+async fn killing_the_email_service_mid_message_sends_every_mail_once_rabbitmq() {
+    killed_email_service_sends_each_mail_once(Engine::RabbitMq).await;
+}
+
+fn rabbitmqctl(command: &str) {
+    let status = std::process::Command::new("rabbitmqctl")
+        .args(["-q", command])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("run rabbitmqctl");
+    assert!(status.success(), "rabbitmqctl {command}");
+}
+
+/// RSVPs keep coming while RabbitMQ is away; the clones that took them are killed
+/// after their commits and before any publish could happen. Once RabbitMQ is back,
+/// every RSVP yields exactly one mail and one confirmation.
+#[tokio::test]
+async fn a_rabbitmq_restart_and_clones_killed_between_commit_and_publish_lose_nothing() {
+    let sink = SmtpSink::start();
+    let mut up = start(Engine::RabbitMq, &sink, 2);
+    let prefix = format!("r{:x}x", rand::random::<u16>());
+    let cookies = crowd(&up, &prefix, 10).await;
+    let event = class(&up, 50).await;
+    for cookie in &cookies[..4] {
+        rsvp(&up, cookie, event, "corr-before-restart").await;
+    }
+    rabbitmqctl("stop_app");
+    let email = up.process("email-1").addr;
+    let health = async || {
+        harness::client()
+            .get(format!("http://{email}/healthz"))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    let unhealthy = eventually(LIMIT, async || health().await == 503).await;
+    for cookie in &cookies[4..] {
+        rsvp(&up, cookie, event, "corr-during-restart").await;
+    }
+    // Commits are in; no relay could publish them. The clones die now (they come
+    // back once RabbitMQ does: a clone does not start without its broker).
+    let clones: Vec<i32> = up.clones().iter().map(|c| up.process(&c.id).pid).collect();
+    for pid in clones {
+        kill_9(pid);
+    }
+    rabbitmqctl("start_app");
+    wait_restarted(&mut up, "web-1");
+    wait_restarted(&mut up, "web-2");
+    assert!(
+        unhealthy,
+        "the email service's /healthz stayed 200 while RabbitMQ was away"
+    );
+    assert!(
+        eventually(LIMIT, async || health().await == 200).await,
+        "healthz did not recover"
+    );
+    each_exactly_once(&up, &sink, &prefix, &cookies).await;
+}

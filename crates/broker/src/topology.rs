@@ -1,0 +1,136 @@
+//! The contract's names: exchanges, queues, and which routing keys reach which
+//! queue. RabbitMQ is told this at start (idempotently); the embedded broker routes
+//! by the same table, so both engines deliver a message to the same queues.
+
+/// Topic exchange of domain events (`rsvp.created`, `email.sent`, ...).
+pub const EVENTS: &str = "bakery.events";
+/// Direct exchange of jobs: the routing key is the job kind.
+pub const JOBS: &str = "bakery.jobs";
+/// Where dead letters go, routed by the name of the queue they died in.
+pub const DEAD: &str = "bakery.dead";
+
+pub const EMAIL_RSVP: &str = "email.rsvp";
+pub const PUSH_NOTIFICATIONS: &str = "push.notifications";
+pub const CALENDAR_FOLLOWUPS: &str = "calendar.followups";
+pub const JOBS_IMAGE: &str = "jobs.image";
+pub const JOBS_RENDER: &str = "jobs.render";
+
+/// Exchanges and their kinds.
+pub const EXCHANGES: &[(&str, ExchangeKind)] = &[
+    (EVENTS, ExchangeKind::Topic),
+    (JOBS, ExchangeKind::Direct),
+    (DEAD, ExchangeKind::Direct),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExchangeKind {
+    Topic,
+    Direct,
+}
+
+/// `(exchange, binding key, queue)`: the contract's bindings.
+pub const BINDINGS: &[(&str, &str, &str)] = &[
+    (EVENTS, "rsvp.*", EMAIL_RSVP),
+    (EVENTS, "rsvp.*", PUSH_NOTIFICATIONS),
+    (EVENTS, "job.finished", PUSH_NOTIFICATIONS),
+    (EVENTS, "email.sent", PUSH_NOTIFICATIONS),
+    (EVENTS, "email.sent", CALENDAR_FOLLOWUPS),
+    (JOBS, "image", JOBS_IMAGE),
+    (JOBS, "render", JOBS_RENDER),
+];
+
+/// Every queue a consumer reads (each has its `dead.<queue>`).
+pub const QUEUES: &[&str] = &[
+    EMAIL_RSVP,
+    PUSH_NOTIFICATIONS,
+    CALENDAR_FOLLOWUPS,
+    JOBS_IMAGE,
+    JOBS_RENDER,
+];
+
+/// The dead-letter queue of `queue`.
+pub fn dead_queue(queue: &str) -> String {
+    format!("dead.{queue}")
+}
+
+/// The queue a dead-letter queue belongs to (`dead.email.rsvp` → `email.rsvp`).
+pub fn live_queue(dead: &str) -> Option<&'static str> {
+    let name = dead.strip_prefix("dead.")?;
+    QUEUES.iter().copied().find(|q| *q == name)
+}
+
+/// The contract's queue of that name, or `None` for a name that is not ours.
+pub fn known_queue(name: &str) -> Option<&'static str> {
+    QUEUES.iter().copied().find(|q| *q == name)
+}
+
+/// The queues a message published to `exchange` with `routing_key` reaches.
+pub fn route(exchange: &str, routing_key: &str) -> Vec<&'static str> {
+    let kind = EXCHANGES
+        .iter()
+        .find(|(name, _)| *name == exchange)
+        .map(|(_, kind)| *kind);
+    let mut queues: Vec<&'static str> = BINDINGS
+        .iter()
+        .filter(|(ex, _, _)| *ex == exchange)
+        .filter(|(_, key, _)| match kind {
+            Some(ExchangeKind::Topic) => topic_matches(key, routing_key),
+            Some(ExchangeKind::Direct) => *key == routing_key,
+            None => false,
+        })
+        .map(|(_, _, queue)| *queue)
+        .collect();
+    queues.dedup();
+    queues
+}
+
+/// AMQP topic matching: words split by `.`, `*` is one word, `#` zero or more.
+fn topic_matches(pattern: &str, key: &str) -> bool {
+    fn go(pattern: &[&str], key: &[&str]) -> bool {
+        match (pattern.first(), key.first()) {
+            (None, None) => true,
+            (Some(&"#"), _) => {
+                go(&pattern[1..], key) || (!key.is_empty() && go(pattern, &key[1..]))
+            }
+            (Some(&"*"), Some(_)) => go(&pattern[1..], &key[1..]),
+            (Some(p), Some(k)) if p == k => go(&pattern[1..], &key[1..]),
+            _ => false,
+        }
+    }
+    let pattern: Vec<&str> = pattern.split('.').collect();
+    let key: Vec<&str> = key.split('.').collect();
+    go(&pattern, &key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_rsvp_reaches_email_and_push_and_a_job_one_queue() {
+        assert_eq!(
+            route(EVENTS, "rsvp.created"),
+            [EMAIL_RSVP, PUSH_NOTIFICATIONS]
+        );
+        assert_eq!(
+            route(EVENTS, "email.sent"),
+            [PUSH_NOTIFICATIONS, CALENDAR_FOLLOWUPS]
+        );
+        assert_eq!(route(EVENTS, "product.changed"), Vec::<&str>::new());
+        assert_eq!(route(JOBS, "image"), [JOBS_IMAGE]);
+        assert_eq!(route(JOBS, "rsvp.created"), Vec::<&str>::new());
+        assert_eq!(route("nope", "image"), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn topic_patterns_follow_amqp() {
+        assert!(topic_matches("rsvp.*", "rsvp.created"));
+        assert!(!topic_matches("rsvp.*", "rsvp.created.late"));
+        assert!(!topic_matches("rsvp.*", "rsvp"));
+        assert!(topic_matches("#", "a.b.c"));
+        assert!(topic_matches("a.#", "a"));
+        assert!(topic_matches("a.#.c", "a.b.b.c"));
+        assert_eq!(live_queue("dead.email.rsvp"), Some(EMAIL_RSVP));
+        assert_eq!(live_queue("dead.nope"), None);
+    }
+}

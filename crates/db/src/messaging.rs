@@ -1,0 +1,352 @@
+//! The database's side of messaging: the outbox (an event commits in the same
+//! transaction as the write that caused it), the ids of messages a consumer already
+//! handled (recorded in the same transaction as the handler's effect, so a
+//! redelivery changes nothing), and users' notifications.
+
+use serde::Serialize;
+use sqlx::{AnyConnection, AnyPool};
+
+use crate::{Database, DbError, now_millis};
+
+/// An event waiting in the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub exchange: String,
+    pub message_id: String,
+    pub correlation_id: String,
+    pub kind: String,
+    pub body: String,
+}
+
+type OutboxTuple = (i64, String, String, String, String, String);
+
+/// A stored notification, as the push service streams it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Notification {
+    pub id: i64,
+    #[serde(skip)]
+    pub user_id: i64,
+    pub kind: String,
+    /// JSON text; serialised as the JSON value it holds.
+    #[serde(serialize_with = "raw_json")]
+    pub payload: String,
+    #[serde(serialize_with = "bakery_core::clock::serialize_millis")]
+    pub created_at: i64,
+}
+
+fn raw_json<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
+    let value: serde_json::Value = serde_json::from_str(text).unwrap_or(serde_json::Value::Null);
+    value.serialize(s)
+}
+
+type NotificationTuple = (i64, i64, String, String, i64);
+
+fn notification((id, user_id, kind, payload, created_at): NotificationTuple) -> Notification {
+    Notification {
+        id,
+        user_id,
+        kind,
+        payload,
+        created_at,
+    }
+}
+
+/// The PostgreSQL channel a notification's id is announced on at commit.
+pub const NOTIFICATIONS_CHANNEL: &str = "bakery_notifications";
+
+/// Adds an event to the outbox inside the caller's transaction: it commits with the
+/// write or not at all.
+pub(crate) async fn stage(
+    conn: &mut AnyConnection,
+    exchange: &str,
+    kind: &str,
+    correlation_id: &str,
+    body: &impl Serialize,
+) -> Result<(), sqlx::Error> {
+    let body = serde_json::to_string(body).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    sqlx::query(
+        "INSERT INTO outbox (exchange, message_id, correlation_id, kind, body, created_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(exchange)
+    .bind(format!("{:032x}", rand::random::<u128>()))
+    .bind(correlation_id)
+    .bind(kind)
+    .bind(body)
+    .bind(now_millis())
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Records that `consumer` handled `message_id`; false when it already had.
+async fn first_handling(
+    conn: &mut AnyConnection,
+    consumer: &str,
+    message_id: &str,
+) -> Result<bool, sqlx::Error> {
+    Ok(sqlx::query(
+        "INSERT INTO handled_messages (consumer, message_id, handled_at) VALUES ($1, $2, $3)
+         ON CONFLICT (consumer, message_id) DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(message_id)
+    .bind(now_millis())
+    .execute(conn)
+    .await?
+    .rows_affected()
+        > 0)
+}
+
+impl Database {
+    /// The primary's pool, for the embedded broker's own tables.
+    pub fn pool(&self) -> &AnyPool {
+        &self.primary
+    }
+
+    /// Takes up to `limit` outbox rows for `lease_ms` (no other relay takes them
+    /// meanwhile), the oldest first; only rows committed before `created_before`.
+    pub async fn claim_outbox(
+        &self,
+        created_before: i64,
+        limit: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<OutboxRow>, DbError> {
+        let now = now_millis();
+        let skip_locked = if self.postgres {
+            " FOR UPDATE SKIP LOCKED"
+        } else {
+            ""
+        };
+        let sql = format!(
+            "UPDATE outbox SET claimed_until = $1
+             WHERE id IN (SELECT id FROM outbox WHERE claimed_until <= $2 AND created_at <= $3
+                          ORDER BY id LIMIT $4{skip_locked})
+               AND claimed_until <= $2
+             RETURNING id, exchange, message_id, correlation_id, kind, body"
+        );
+        let mut rows: Vec<OutboxTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(now + lease_ms)
+            .bind(now)
+            .bind(created_before)
+            .bind(limit)
+            .fetch_all(self.primary())
+            .await?;
+        rows.sort_by_key(|row| row.0);
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, exchange, message_id, correlation_id, kind, body)| OutboxRow {
+                    id,
+                    exchange,
+                    message_id,
+                    correlation_id,
+                    kind,
+                    body,
+                },
+            )
+            .collect())
+    }
+
+    /// The broker confirmed the row's message: it leaves the outbox.
+    pub async fn outbox_sent(&self, id: i64) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM outbox WHERE id = $1")
+            .bind(id)
+            .execute(self.primary())
+            .await?;
+        Ok(())
+    }
+
+    /// Gives a claimed row back (its publish failed) for the next relay pass.
+    pub async fn release_outbox(&self, id: i64) -> Result<(), DbError> {
+        sqlx::query("UPDATE outbox SET claimed_until = 0 WHERE id = $1")
+            .bind(id)
+            .execute(self.primary())
+            .await?;
+        Ok(())
+    }
+
+    /// Rows waiting in the outbox (for `/metrics` and tests).
+    pub async fn outbox_len(&self) -> Result<i64, DbError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
+            .fetch_one(self.primary())
+            .await?)
+    }
+
+    /// Whether `consumer` has handled `message_id` already.
+    pub async fn handled(&self, consumer: &str, message_id: &str) -> Result<bool, DbError> {
+        let found: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM handled_messages WHERE consumer = $1 AND message_id = $2",
+        )
+        .bind(consumer)
+        .bind(message_id)
+        .fetch_optional(self.primary())
+        .await?;
+        Ok(found.is_some())
+    }
+
+    /// Marks `message_id` handled by `consumer` and stages `follow_up` (an event for
+    /// `exchange`) in one transaction; false (and nothing staged) when it was
+    /// handled before.
+    pub async fn handled_with_follow_up(
+        &self,
+        consumer: &str,
+        message_id: &str,
+        exchange: &str,
+        kind: &str,
+        correlation_id: &str,
+        follow_up: &impl Serialize,
+    ) -> Result<bool, DbError> {
+        let mut tx = self.primary().begin().await?;
+        if !first_handling(&mut tx, consumer, message_id).await? {
+            return Ok(false);
+        }
+        stage(&mut tx, exchange, kind, correlation_id, follow_up).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// The follow-up of a sent confirmation: sets the RSVP's `confirmation_sent_at`
+    /// (first time only) and records the message, in one transaction. False when
+    /// the message was handled before.
+    pub async fn confirmation_sent(
+        &self,
+        consumer: &str,
+        message_id: &str,
+        rsvp_id: i64,
+        sent_at: i64,
+    ) -> Result<bool, DbError> {
+        let mut tx = self.primary().begin().await?;
+        if !first_handling(&mut tx, consumer, message_id).await? {
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE rsvps SET confirmation_sent_at = $1 WHERE id = $2 AND confirmation_sent_at IS NULL",
+        )
+        .bind(sent_at)
+        .bind(rsvp_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// What a mail about `event_id` to `user_id` needs: (username, email, event
+    /// title, event start); `None` when either is gone.
+    pub async fn mail_details(
+        &self,
+        user_id: i64,
+        event_id: i64,
+    ) -> Result<Option<(String, String, String, i64)>, DbError> {
+        Ok(sqlx::query_as(
+            "SELECT u.username, u.email, e.title, e.starts_at FROM users u, events e
+             WHERE u.id = $1 AND e.id = $2",
+        )
+        .bind(user_id)
+        .bind(event_id)
+        .fetch_optional(self.primary())
+        .await?)
+    }
+
+    /// Stores a notification once per message (a redelivery stores nothing) and
+    /// answers its id, or `None` when it was stored before or the user is gone.
+    /// Ids commit in order (the table is locked for the insert on PostgreSQL; SQLite
+    /// has one writer), so readers may follow the table by id without gaps.
+    pub async fn store_notification(
+        &self,
+        message_id: &str,
+        user_id: i64,
+        kind: &str,
+        payload: &str,
+    ) -> Result<Option<i64>, DbError> {
+        let mut tx = self.primary().begin().await?;
+        if self.postgres {
+            sqlx::query("LOCK TABLE notifications IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
+        }
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO notifications (user_id, kind, payload, message_id, created_at)
+             SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM users WHERE id = $1)
+             ON CONFLICT (message_id) DO NOTHING RETURNING id",
+        )
+        .bind(user_id)
+        .bind(kind)
+        .bind(payload)
+        .bind(message_id)
+        .bind(now_millis())
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let (Some(id), true) = (id, self.postgres) {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(NOTIFICATIONS_CHANNEL)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// Notifications stored after `after_id`, of every user, oldest first.
+    pub async fn notifications_after(
+        &self,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<Notification>, DbError> {
+        let rows: Vec<NotificationTuple> = sqlx::query_as(
+            "SELECT id, user_id, kind, payload, created_at FROM notifications
+             WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(self.primary())
+        .await?;
+        Ok(rows.into_iter().map(notification).collect())
+    }
+
+    /// `user_id`'s notifications after `after_id`, oldest first.
+    pub async fn notifications_of(
+        &self,
+        user_id: i64,
+        after_id: i64,
+        limit: i64,
+    ) -> Result<Vec<Notification>, DbError> {
+        let rows: Vec<NotificationTuple> = sqlx::query_as(
+            "SELECT id, user_id, kind, payload, created_at FROM notifications
+             WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+        )
+        .bind(user_id)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(self.primary())
+        .await?;
+        Ok(rows.into_iter().map(notification).collect())
+    }
+
+    /// `user_id`'s newest notifications, newest first.
+    pub async fn latest_notifications(
+        &self,
+        user_id: i64,
+        limit: i64,
+    ) -> Result<Vec<Notification>, DbError> {
+        let rows: Vec<NotificationTuple> = sqlx::query_as(
+            "SELECT id, user_id, kind, payload, created_at FROM notifications
+             WHERE user_id = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(user_id)
+        .bind(limit)
+        .fetch_all(self.primary())
+        .await?;
+        Ok(rows.into_iter().map(notification).collect())
+    }
+
+    /// The newest notification id (0 when none): where a fresh follower starts.
+    pub async fn last_notification_id(&self) -> Result<i64, DbError> {
+        let id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM notifications")
+            .fetch_one(self.primary())
+            .await?;
+        Ok(id.unwrap_or(0))
+    }
+}

@@ -1,0 +1,174 @@
+//! `bakery email`: the email service. It consumes `email.rsvp` (`rsvp.created`,
+//! `rsvp.cancelled`), sends the member a mail — through SMTP (`BAKERY_SMTP_URL`,
+//! lettre) or, without a server, as an `.eml` file under `$BAKERY_DATA_DIR/mail/` —
+//! and then publishes `email.sent` (through the outbox), which the calendar's
+//! follow-up turns into the RSVP's `confirmation_sent_at`.
+//!
+//! Once per message: the message id is recorded as handled in the same transaction
+//! that stages `email.sent`, and checked before sending, so a redelivery of a sent
+//! mail is acknowledged without a second mail. (The one window left is a crash
+//! between the SMTP server's `250` and that commit; the mail then carries the same
+//! `Message-ID` header the second time, so the receiving side can tell.)
+//! SMTP 4xx and unreachable servers are retried with backoff; 5xx is permanent and
+//! goes to `dead.email.rsvp`.
+
+use std::time::Duration;
+
+use axum::Router;
+use bakery_app::App;
+use bakery_broker::{Delivery, Outcome, handler, topology};
+use bakery_config::Config;
+use bakery_db::calendar::EVENTS_EXCHANGE;
+use bakery_web::AppState;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+mod mailer;
+
+pub use mailer::{Mailer, SendError};
+
+/// This consumer's name in `handled_messages`.
+const CONSUMER: &str = "email";
+
+/// What an `rsvp.*` event says.
+#[derive(Debug, Deserialize)]
+struct RsvpEvent {
+    rsvp_id: i64,
+    event_id: i64,
+    user_id: i64,
+}
+
+/// The `email.sent` follow-up.
+#[derive(Debug, Serialize)]
+struct EmailSent<'a> {
+    about: &'a str,
+    rsvp_id: i64,
+    event_id: i64,
+    user_id: i64,
+    sent_at: i64,
+}
+
+/// Runs the email service on `listener` (health and metrics) until `shutdown`.
+pub async fn run(
+    config: Config,
+    id: &str,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let mailer = Mailer::from_config(&config)?;
+    let state = AppState::connect(config.clone(), id).await?;
+    // Consuming is this role's whole job: without its broker it does not start.
+    state.app.broker().check(&config).await?;
+    state.require_broker();
+    let stop = CancellationToken::new();
+    let consumer = {
+        let (app, mailer) = (state.app.clone(), mailer.clone());
+        let handler = handler(move |delivery: Delivery| {
+            let (app, mailer) = (app.clone(), mailer.clone());
+            async move { mail(&app, &mailer, delivery).await }
+        });
+        state
+            .app
+            .broker()
+            .consume(topology::EMAIL_RSVP, handler, stop.clone())
+    };
+    let routes = Router::new().merge(bakery_web::routes::ops::router());
+    let router = bakery_web::layered(state.clone(), routes);
+    tracing::info!(id, addr = %listener.local_addr()?, mailer = mailer.describe(), broker = state.app.broker().engine(), "email service serving");
+    bakery_web::serve(state.clone(), router, listener, shutdown).await?;
+    stop.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(15), consumer).await;
+    state.app.broker().close().await;
+    Ok(())
+}
+
+/// Handles one `rsvp.*` event: at most one mail per message.
+async fn mail(app: &App, mailer: &Mailer, delivery: Delivery) -> Outcome {
+    let message = &delivery.message;
+    let event: RsvpEvent = match message.json() {
+        Ok(event) => event,
+        Err(e) => return Outcome::Dead(format!("malformed {}: {e}", message.kind)),
+    };
+    match app.db().handled(CONSUMER, &message.id).await {
+        Ok(true) => return Outcome::Ack, // sent before: a redelivery
+        Ok(false) => {}
+        Err(e) => return Outcome::Retry(e.to_string()),
+    }
+    let details = match app.db().mail_details(event.user_id, event.event_id).await {
+        Ok(Some(details)) => details,
+        Ok(None) => {
+            tracing::info!(kind = %message.kind, "the member or the class is gone; nothing to send");
+            return Outcome::Ack;
+        }
+        Err(e) => return Outcome::Retry(e.to_string()),
+    };
+    let (username, address, title, starts_at) = details;
+    let letter = mailer::Letter {
+        message_id: &message.id,
+        to_name: &username,
+        to_address: &address,
+        subject: &subject(&message.kind, &title),
+        body: &body(&message.kind, &username, &title, starts_at),
+    };
+    match mailer.send(&letter).await {
+        Ok(()) => {}
+        Err(SendError::Permanent(reason)) => return Outcome::Dead(reason),
+        Err(SendError::Transient(reason)) => return Outcome::Retry(reason),
+    }
+    tracing::info!(kind = %message.kind, rsvp_id = event.rsvp_id, to = %address, "mail sent");
+    let sent = EmailSent {
+        about: &message.kind,
+        rsvp_id: event.rsvp_id,
+        event_id: event.event_id,
+        user_id: event.user_id,
+        sent_at: bakery_core::now_millis(),
+    };
+    // The mail is out: recording it must not fail into a redelivery (a second mail),
+    // so it is retried here for a while first.
+    let mut pause = Duration::from_millis(100);
+    for _ in 0..12 {
+        match app
+            .db()
+            .handled_with_follow_up(
+                CONSUMER,
+                &message.id,
+                EVENTS_EXCHANGE,
+                "email.sent",
+                &message.correlation_id,
+                &sent,
+            )
+            .await
+        {
+            Ok(_) => {
+                app.events_staged();
+                return Outcome::Ack;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot record a sent mail yet; trying again");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    Outcome::Retry("the mail was sent but could not be recorded".to_string())
+}
+
+fn subject(kind: &str, title: &str) -> String {
+    match kind {
+        "rsvp.cancelled" => format!("Cancelled: {title}"),
+        _ => format!("You're in: {title}"),
+    }
+}
+
+fn body(kind: &str, username: &str, title: &str, starts_at: i64) -> String {
+    let when = bakery_core::clock::to_rfc3339(starts_at);
+    match kind {
+        "rsvp.cancelled" => format!(
+            "Hello {username},\n\nyour seat in \"{title}\" ({when}) is given back. We hope to bake with you another time.\n\nThe bakery\n"
+        ),
+        _ => format!(
+            "Hello {username},\n\nyou have a seat in \"{title}\", starting {when}. Bring an apron.\n\nThe bakery\n"
+        ),
+    }
+}
