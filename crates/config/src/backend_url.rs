@@ -385,4 +385,18 @@ mod tests {
         let url = DatabaseUrl::parse("sqlite:///tmp/x.db").unwrap();
         assert_eq!(url.as_str(), "sqlite:///tmp/x.db?mode=rwc");
     }
+
+    #[test]
+    fn broker_and_smtp_urls_are_checked_and_redacted() {
+        let rabbit = BrokerUrl::parse("amqp://guest:secret@127.0.0.1:5672/%2f").unwrap();
+        assert_eq!(rabbit.engine(), "rabbitmq");
+        assert!(!format!("{rabbit:?}").contains("secret"));
+        assert_eq!(BrokerUrl::parse("embedded").unwrap(), BrokerUrl::Embedded);
+        assert!(BrokerUrl::parse("amqps://h/").unwrap_err().contains("TLS"));
+        assert!(BrokerUrl::parse("kafka://h:1").is_err());
+        let smtp = SmtpUrl::parse("smtp://mail.example:2525").unwrap();
+        assert_eq!((smtp.host.as_str(), smtp.port), ("mail.example", 2525));
+        assert_eq!(SmtpUrl::parse("smtp://mail.example").unwrap().port, 25);
+        assert!(SmtpUrl::parse("http://mail.example").is_err());
+    }
 }

@@ -66,6 +66,14 @@ fn describe() {
         "Database queries, by role (primary or replica)."
     );
     metrics::describe_counter!(
+        "bakery_broker_published_total",
+        "Messages published and confirmed by the broker, by exchange."
+    );
+    metrics::describe_counter!(
+        "bakery_broker_consumed_total",
+        "Deliveries settled, by queue and outcome (ack, retry, dead)."
+    );
+    metrics::describe_counter!(
         "bakery_lb_retries_total",
         "Requests the load balancer sent again to another backend."
     );

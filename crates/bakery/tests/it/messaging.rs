@@ -19,14 +19,17 @@ use crate::harness::{self, Up, eventually};
 
 #[derive(Clone, Copy, Debug)]
 enum Engine {
+    /// The embedded broker on the default SQLite database.
     Embedded,
+    /// The embedded broker in PostgreSQL (`SKIP LOCKED`, `LISTEN/NOTIFY`).
+    EmbeddedPostgres,
     RabbitMq,
 }
 
 const LIMIT: Duration = Duration::from_secs(30);
 
 /// `up` with the mail going to `sink`, on `engine`, retrying fast.
-fn start(engine: Engine, sink: &SmtpSink, clones: usize) -> Up {
+async fn start(engine: Engine, sink: &SmtpSink, clones: usize) -> Up {
     let mut env = vec![
         ("BAKERY_SMTP_URL".to_string(), sink.url()),
         ("BAKERY_BROKER_RETRY_BASE_MS".into(), "100".into()),
@@ -123,7 +126,7 @@ async fn metric(addr: std::net::SocketAddr, name: &str, labels: &[&str]) -> f64 
 
 async fn one_rsvp_reaches_everyone(engine: Engine) {
     let sink = SmtpSink::start();
-    let up = start(engine, &sink, 2);
+    let up = start(engine, &sink, 2).await;
     // A second push process of the same deployment: the user's streams on either
     // one get every event.
     let mut env = up.env.clone();
@@ -190,6 +193,11 @@ async fn one_rsvp_reaches_one_mail_two_push_processes_and_its_follow_up_embedded
 }
 
 #[tokio::test]
+async fn one_rsvp_reaches_one_mail_two_push_processes_and_its_follow_up_embedded_on_postgres() {
+    one_rsvp_reaches_everyone(Engine::EmbeddedPostgres).await;
+}
+
+#[tokio::test]
 async fn one_rsvp_reaches_one_mail_two_push_processes_and_its_follow_up_rabbitmq() {
     one_rsvp_reaches_everyone(Engine::RabbitMq).await;
 }
@@ -198,7 +206,7 @@ async fn one_rsvp_reaches_one_mail_two_push_processes_and_its_follow_up_rabbitmq
 async fn an_smtp_server_answering_451_twice_gets_the_mail_once_on_the_third_try() {
     let sink = SmtpSink::start();
     sink.tempfail(2);
-    let up = start(Engine::Embedded, &sink, 1);
+    let up = start(Engine::Embedded, &sink, 1).await;
     let http = harness::client();
     let cookie = harness::sign_up_and_log_in(&http, &up.base, "bea451").await;
     let event = class(&up, 10).await;
@@ -221,7 +229,7 @@ async fn an_smtp_server_answering_451_twice_gets_the_mail_once_on_the_third_try(
 async fn rejected_mail_is_dead_then_replayed(engine: Engine) {
     let sink = SmtpSink::start();
     sink.reject(true);
-    let up = start(engine, &sink, 1);
+    let up = start(engine, &sink, 1).await;
     let http = harness::client();
     let cookie = harness::sign_up_and_log_in(&http, &up.base, "cal550").await;
     let event = class(&up, 10).await;
@@ -270,6 +278,11 @@ async fn an_smtp_550_dead_letters_the_mail_and_replay_delivers_it_embedded() {
 }
 
 #[tokio::test]
+async fn an_smtp_550_dead_letters_the_mail_and_replay_delivers_it_embedded_on_postgres() {
+    rejected_mail_is_dead_then_replayed(Engine::EmbeddedPostgres).await;
+}
+
+#[tokio::test]
 async fn an_smtp_550_dead_letters_the_mail_and_replay_delivers_it_rabbitmq() {
     rejected_mail_is_dead_then_replayed(Engine::RabbitMq).await;
 }
@@ -277,7 +290,7 @@ async fn an_smtp_550_dead_letters_the_mail_and_replay_delivers_it_rabbitmq() {
 #[tokio::test]
 async fn a_stream_resumes_after_last_event_id_in_order_also_after_a_push_restart() {
     let sink = SmtpSink::start();
-    let mut up = start(Engine::Embedded, &sink, 1);
+    let mut up = start(Engine::Embedded, &sink, 1).await;
     let http = harness::client();
     let cookie = harness::sign_up_and_log_in(&http, &up.base, "dot").await;
     let notifications = async |up: &Up| -> Vec<(i64, String)> {
@@ -399,7 +412,7 @@ async fn each_exactly_once(up: &Up, sink: &SmtpSink, prefix: &str, cookies: &[St
 
 async fn killed_email_service_sends_each_mail_once(engine: Engine) {
     let sink = SmtpSink::start();
-    let mut up = start(engine, &sink, 1);
+    let mut up = start(engine, &sink, 1).await;
     let prefix = format!("k{:x}x", rand::random::<u16>());
     let cookies = crowd(&up, &prefix, 8).await;
     let event = class(&up, 50).await;
@@ -424,6 +437,11 @@ async fn killing_the_email_service_mid_message_sends_every_mail_once_embedded() 
 }
 
 #[tokio::test]
+async fn killing_the_email_service_mid_message_sends_every_mail_once_embedded_on_postgres() {
+    killed_email_service_sends_each_mail_once(Engine::EmbeddedPostgres).await;
+}
+
+#[tokio::test]
 async fn killing_the_email_service_mid_message_sends_every_mail_once_rabbitmq() {
     killed_email_service_sends_each_mail_once(Engine::RabbitMq).await;
 }
@@ -443,7 +461,7 @@ fn rabbitmqctl(command: &str) {
 #[tokio::test]
 async fn a_rabbitmq_restart_and_clones_killed_between_commit_and_publish_lose_nothing() {
     let sink = SmtpSink::start();
-    let mut up = start(Engine::RabbitMq, &sink, 2);
+    let mut up = start(Engine::RabbitMq, &sink, 2).await;
     let prefix = format!("r{:x}x", rand::random::<u16>());
     let cookies = crowd(&up, &prefix, 10).await;
     let event = class(&up, 50).await;

@@ -126,6 +126,9 @@ async fn a_clone_keeps_to_its_database_pool_size() {
     .await
     .unwrap();
     // (Its connection for the broker's LISTEN is not part of the pool.)
-    assert!((1..=2).contains(&open), "{open} connections for a pool of 2");
+    assert!(
+        (1..=2).contains(&open),
+        "{open} connections for a pool of 2"
+    );
     up.terminate(Duration::from_secs(20));
 }
