@@ -6,8 +6,9 @@
 Each accepted message is saved as DIR/<n>.eml. Before accepting DATA it looks in DIR:
 - a file `reject` makes it answer 550 (permanent) while the file exists;
 - a file `tempfail` holding N makes it answer 451 (transient) to the next N messages;
-- a file `delay` holding MS makes it wait that long before answering (a file
-  `inflight` exists meanwhile).
+- a file `hold` makes it wait before answering each message for as long as the file
+  exists (a file `held-N` exists for each message waiting), then refuse it with 451:
+  a held message is never accepted (its sender is typically killed meanwhile).
 A client that hung up before the reply gets no mail stored: it never saw the server
 accept it, and will send it again.
 Prints `listening PORT` once it accepts connections; runs until killed.
@@ -47,14 +48,17 @@ class Handler:
     def __init__(self, directory: Path):
         self.directory = directory
         self.counter = itertools.count(1)
+        self.holds = itertools.count(1)
 
     async def handle_DATA(self, server, session, envelope):
-        delay = self.directory / "delay"
-        if delay.exists():
-            inflight = self.directory / "inflight"
-            inflight.touch()
-            await asyncio.sleep(int(delay.read_text().strip() or "0") / 1000)
-            inflight.unlink(missing_ok=True)
+        hold = self.directory / "hold"
+        if hold.exists():
+            held = self.directory / f"held-{next(self.holds)}"
+            held.touch()
+            while hold.exists():
+                await asyncio.sleep(0.02)
+            held.unlink(missing_ok=True)
+            return "451 4.3.2 Held, not accepted"
         # A client that hung up before the final reply never learnt the message was
         # accepted: like a careful MTA, do not deliver it (it will be sent again).
         if client_gone(server):

@@ -41,6 +41,10 @@ pub struct Embedded {
     policy: Arc<Policy>,
     /// Wakes this process's consumers of a queue (its own publishes, and NOTIFYs).
     wake: HashMap<&'static str, Arc<Notify>>,
+    /// SQLite: this process's broker writes take turns here rather than in SQLite's
+    /// busy handler, which sleeps between tries and wastes most of the time under
+    /// contention. (Other processes still contend, much less.)
+    sqlite_writer: tokio::sync::Mutex<()>,
 }
 
 type Row = (i64, String, String, String, String, i64);
@@ -80,7 +84,35 @@ impl Embedded {
             postgres,
             policy,
             wake,
+            sqlite_writer: tokio::sync::Mutex::new(()),
         })
+    }
+
+    /// A transaction for the broker's bookkeeping (claims, acks, retries): on
+    /// PostgreSQL committed without waiting for the WAL flush — losing one in a crash
+    /// only delivers a message again, which consumers tolerate anyway — and on SQLite
+    /// taken in turn with this process's other broker writes.
+    async fn bookkeeping(
+        &self,
+    ) -> Result<
+        (
+            sqlx::Transaction<'static, sqlx::Any>,
+            Option<tokio::sync::MutexGuard<'_, ()>>,
+        ),
+        sqlx::Error,
+    > {
+        let turn = if self.postgres {
+            None
+        } else {
+            Some(self.sqlite_writer.lock().await)
+        };
+        let mut tx = self.pool.begin().await?;
+        if self.postgres {
+            sqlx::query("SET LOCAL synchronous_commit = off")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok((tx, turn))
     }
 
     pub async fn is_up(&self) -> bool {
@@ -97,6 +129,12 @@ impl Embedded {
             return Ok(Routed::Unroutable);
         }
         let now = now_millis();
+        // Publishing stays a durable commit (the message must survive a crash).
+        let _turn = if self.postgres {
+            None
+        } else {
+            Some(self.sqlite_writer.lock().await)
+        };
         let mut tx = self.pool.begin().await.map_err(broker_error)?;
         for queue in &queues {
             // The same message published twice (a relay retrying) is queued once.
@@ -113,18 +151,21 @@ impl Embedded {
             .execute(&mut *tx)
             .await
             .map_err(broker_error)?;
-            if self.postgres {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(CHANNEL)
-                    .bind(*queue)
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(broker_error)?;
-            }
         }
         tx.commit().await.map_err(broker_error)?;
+        drop(_turn);
         for queue in queues {
             self.wake[queue].notify_one();
+            if self.postgres {
+                // After the commit and in a transaction of its own: a NOTIFY in the
+                // publishing transaction would serialise every publisher's commit on
+                // PostgreSQL's notification lock. Lost in a crash, it costs a poll.
+                let _ = sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(CHANNEL)
+                    .bind(queue)
+                    .execute(&self.pool)
+                    .await;
+            }
         }
         Ok(Routed::Queued)
     }
@@ -160,13 +201,15 @@ impl Embedded {
                AND leased_until <= $3
              RETURNING id, message_id, correlation_id, kind, body, attempts"
         );
+        let (mut tx, _turn) = self.bookkeeping().await?;
         let mut rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(now + self.policy.lease.as_millis() as i64)
             .bind(queue)
             .bind(now)
             .bind(limit as i64)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *tx)
             .await?;
+        tx.commit().await?;
         rows.sort_by_key(|row| row.0);
         Ok(rows
             .into_iter()
@@ -195,12 +238,13 @@ impl Embedded {
         let attempts = i64::from(delivery.attempt);
         // Each statement checks the attempt count: a lease that ran out and was taken
         // by another consumer is that consumer's to settle.
+        let (mut tx, _turn) = self.bookkeeping().await?;
         match settlement {
             Settlement::Ack => {
                 sqlx::query("DELETE FROM broker_messages WHERE id = $1 AND attempts = $2")
                     .bind(row)
                     .bind(attempts)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await?;
             }
             Settlement::RetryAfter(delay, reason) => {
@@ -212,7 +256,7 @@ impl Embedded {
                 .bind(attempts)
                 .bind(now_millis() + delay.as_millis() as i64)
                 .bind(reason)
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
             }
             Settlement::Dead(reason) => {
@@ -225,10 +269,11 @@ impl Embedded {
                 .bind(dead_queue(delivery.queue))
                 .bind(reason)
                 .bind(now_millis())
-                .execute(&self.pool)
+                .execute(&mut *tx)
                 .await?;
             }
         }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -248,10 +293,14 @@ impl Embedded {
         let mut running: JoinSet<()> = JoinSet::new();
         let mut failures = 0u32;
         tracing::info!(queue, engine = "embedded", "consuming");
+        // Claims are taken in batches: a claim per freed slot would cost a round of
+        // queries per message.
+        let batch = (prefetch / 4).max(1);
         while !stop.is_cancelled() {
+            while running.try_join_next().is_some() {}
             let free = prefetch.saturating_sub(running.len());
             let mut claimed = 0;
-            if free > 0 {
+            if free >= batch.min(prefetch) || running.is_empty() {
                 match self.claim(queue, free).await {
                     Ok(deliveries) => {
                         failures = 0;
@@ -268,7 +317,7 @@ impl Embedded {
                     }
                 }
             }
-            if claimed == free && free > 0 {
+            if claimed > 0 && claimed == free {
                 continue; // more may be waiting
             }
             let pause = if failures > 0 {
@@ -291,13 +340,39 @@ impl Embedded {
     }
 
     async fn handle(&self, row: i64, delivery: Delivery, handler: &Handler) {
-        let outcome = run_handler(handler, delivery.clone()).await;
+        // The lease is renewed while the handler runs: it ends only when its
+        // consumer dies, never under a handler that is merely slow (which would
+        // otherwise hand the same message to a second consumer meanwhile).
+        let work = run_handler(handler, delivery.clone());
+        tokio::pin!(work);
+        let renew_every = self.policy.lease / 4;
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut work => break outcome,
+                () = tokio::time::sleep(renew_every) => {
+                    if let Err(error) = self.renew(row, delivery.attempt).await {
+                        tracing::warn!(queue = delivery.queue, message_id = %delivery.message.id, %error, "cannot renew a lease");
+                    }
+                }
+            }
+        };
         let settlement = self.policy.settle(delivery.attempt, outcome);
         record_consumed(delivery.queue, &settlement);
         log_settlement(&delivery, &settlement);
         if let Err(error) = self.settle(row, &delivery, &settlement).await {
             tracing::warn!(queue = delivery.queue, message_id = %delivery.message.id, %error, "cannot settle; it will be delivered again when its lease ends");
         }
+    }
+
+    async fn renew(&self, row: i64, attempt: u32) -> Result<(), sqlx::Error> {
+        let (mut tx, _turn) = self.bookkeeping().await?;
+        sqlx::query("UPDATE broker_messages SET leased_until = $3 WHERE id = $1 AND attempts = $2")
+            .bind(row)
+            .bind(i64::from(attempt))
+            .bind(now_millis() + self.policy.lease.as_millis() as i64)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
     }
 
     pub async fn dead_letters(

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -90,25 +89,31 @@ impl SmtpSink {
         }
     }
 
-    /// Wait this long before answering each message (`None`: answer at once).
-    pub fn delay(&self, delay: Option<Duration>) {
-        let path = self.dir.0.join("delay");
-        match delay {
-            Some(d) => std::fs::write(path, d.as_millis().to_string()).expect("write delay"),
-            None => {
-                let _ = std::fs::remove_file(path);
-            }
-        }
-    }
-
     /// What the server noted of each message it stored.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.0.join("log")).unwrap_or_default()
     }
 
-    /// Whether a message is being held by [`Self::delay`] right now.
-    pub fn holding(&self) -> bool {
-        self.dir.0.join("inflight").exists()
+    /// While `on`, hold every message before answering it.
+    pub fn hold(&self, on: bool) {
+        let path = self.dir.0.join("hold");
+        if on {
+            std::fs::write(path, "").expect("write hold");
+        } else {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+
+    /// How many messages [`Self::hold`] is holding right now.
+    pub fn held(&self) -> usize {
+        std::fs::read_dir(&self.dir.0)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("held-"))
+                    .count()
+            })
+            .unwrap_or(0)
     }
 }
 

@@ -34,7 +34,7 @@ async fn start(engine: Engine, sink: &SmtpSink, clones: usize) -> Up {
         ("BAKERY_SMTP_URL".to_string(), sink.url()),
         ("BAKERY_BROKER_RETRY_BASE_MS".into(), "100".into()),
         ("BAKERY_BROKER_RETRY_CAP_MS".into(), "400".into()),
-        ("BAKERY_BROKER_LEASE_SECS".into(), "2".into()),
+        ("BAKERY_BROKER_LEASE_SECS".into(), "5".into()),
         ("BAKERY_OUTBOX_SWEEP_AFTER_MS".into(), "500".into()),
     ];
     if let Engine::RabbitMq = engine {
@@ -416,17 +416,21 @@ async fn killed_email_service_sends_each_mail_once(engine: Engine) {
     let prefix = format!("k{:x}x", rand::random::<u16>());
     let cookies = crowd(&up, &prefix, 8).await;
     let event = class(&up, 50).await;
-    // The SMTP server holds each message a while: the kill lands mid-message.
-    sink.delay(Some(Duration::from_millis(1500)));
+    // The SMTP server holds every message before answering: the kill lands
+    // mid-message, with no mail accepted yet.
+    sink.hold(true);
     for cookie in &cookies {
         rsvp(&up, cookie, event, "corr-kill-email").await;
     }
     assert!(
-        eventually(LIMIT, async || sink.holding()).await,
+        eventually(LIMIT, async || sink.held() > 0).await,
         "no mail in flight"
     );
-    kill_9(up.process("email-1").pid);
-    sink.delay(None);
+    let email = up.process("email-1").pid;
+    kill_9(email);
+    // Gone for good (its sockets closed) before the server answers anything.
+    assert!(eventually(LIMIT, async || !harness::process_alive(email)).await);
+    sink.hold(false);
     wait_restarted(&mut up, "email-1");
     each_exactly_once(&up, &sink, &prefix, &cookies).await;
 }
