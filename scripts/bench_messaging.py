@@ -46,8 +46,16 @@ class Client:
         headers = {"content-type": "application/json"} if body is not None else {}
         if self.cookie:
             headers["cookie"] = self.cookie
-        self.conn.request(method, path, body=json.dumps(body) if body is not None else None, headers=headers)
-        response = self.conn.getresponse()
+        payload = json.dumps(body) if body is not None else None
+        try:
+            self.conn.request(method, path, body=payload, headers=headers)
+            response = self.conn.getresponse()
+        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+            # An idle keep-alive connection the server closed: the request never
+            # reached it, so sending it again on a fresh connection is safe.
+            self.conn.close()
+            self.conn.request(method, path, body=payload, headers=headers)
+            response = self.conn.getresponse()
         data = response.read()
         cookie = response.getheader("set-cookie")
         if cookie and cookie.startswith("bakery_session="):
