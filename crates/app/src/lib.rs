@@ -27,6 +27,7 @@ pub mod accounts;
 pub mod calendar;
 pub mod catalog;
 mod error;
+pub mod jobs;
 pub mod notifications;
 
 pub use error::Error;
@@ -207,7 +208,7 @@ impl App {
 }
 
 /// Refuses anyone but an admin.
-fn require_admin(actor: &bakery_core::User) -> Result<(), Error> {
+pub fn require_admin(actor: &bakery_core::User) -> Result<(), Error> {
     if actor.is_admin {
         Ok(())
     } else {

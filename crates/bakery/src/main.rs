@@ -42,6 +42,9 @@ enum Command {
         /// How many web clones to run.
         #[arg(long, default_value_t = 3)]
         clones: usize,
+        /// How many job workers to run.
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
         /// Do not load the demo bakery into an empty catalog.
         #[arg(long)]
         no_demo: bool,
@@ -72,6 +75,16 @@ enum Command {
         #[command(flatten)]
         role: RoleArgs,
     },
+    /// Run a job worker.
+    Worker {
+        #[command(flatten)]
+        role: RoleArgs,
+    },
+    /// List jobs, or queue a failed or cancelled one again.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+    },
     /// Apply schema migrations to the primary database, create the admin account, and exit.
     Migrate,
     /// Inspect and replay dead letters.
@@ -79,6 +92,20 @@ enum Command {
         #[command(subcommand)]
         command: DeadCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// Jobs, newest first: id, kind, state, progress, attempts, worker, created, error.
+    List {
+        /// Only jobs in this state (queued, running, succeeded, failed, cancelled).
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Queue a failed or cancelled job again (attempts reset).
+    Retry { id: i64 },
 }
 
 #[derive(Subcommand)]
@@ -148,6 +175,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Up {
             listen,
             clones,
+            workers,
             no_demo,
         } => {
             listen.parse::<SocketAddr>().map_err(|_| {
@@ -158,6 +186,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             let options = bakery_supervisor::UpOptions {
                 listen,
                 clones,
+                workers,
                 config_file: cli.config,
             };
             bakery_supervisor::run(options, bakery_telemetry::shutdown_signal()).await
@@ -193,6 +222,11 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             let (id, listener) = bind("push", &role).await?;
             bakery_push::run(config, &id, listener, shutdown::requested()).await
         }
+        Command::Worker { role } => {
+            let (id, listener) = bind("worker", &role).await?;
+            bakery_worker::run(config, &id, listener, shutdown::requested()).await
+        }
+        Command::Jobs { command } => jobs(&config, command).await,
         Command::Dead { command } => dead(&config, command).await,
         Command::Migrate => {
             report(&bakery_db::bootstrap(&config, false).await?);
@@ -200,6 +234,56 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `bakery jobs list|retry`.
+async fn jobs(config: &Config, command: JobsCommand) -> anyhow::Result<()> {
+    use bakery_core::job::JobState;
+    let app = bakery_app::App::connect(config).await?;
+    match command {
+        JobsCommand::List { state, limit } => {
+            let state = state
+                .map(|s| {
+                    JobState::parse(&s).ok_or_else(|| {
+                        ConfigError::new(
+                            "--state",
+                            format!("no state {s:?}; the states are queued, running, succeeded, failed, cancelled"),
+                        )
+                    })
+                })
+                .transpose()?;
+            let jobs = app.jobs(state, limit.clamp(1, 10_000)).await?;
+            println!(
+                "{:>8}  {:<8} {:<10} {:>8} {:>8}  {:<12} {:<24} error",
+                "id", "kind", "state", "progress", "attempts", "worker", "created_at"
+            );
+            for job in &jobs {
+                println!(
+                    "{:>8}  {:<8} {:<10} {:>7}% {:>8}  {:<12} {:<24} {}",
+                    job.id,
+                    job.kind,
+                    job.state.as_str(),
+                    job.progress,
+                    job.attempts,
+                    job.worker.as_deref().unwrap_or("-"),
+                    bakery_core::clock::to_rfc3339(job.created_at),
+                    job.error.as_deref().unwrap_or("")
+                );
+            }
+            println!("{} job(s)", jobs.len());
+        }
+        JobsCommand::Retry { id } => {
+            if !app.retry_job(id).await? {
+                return Err(ConfigError::new(
+                    "ID",
+                    format!("job {id} does not exist or is not failed or cancelled"),
+                )
+                .into());
+            }
+            println!("queued job {id} again");
+        }
+    }
+    Ok(())
 }
 
 /// `bakery dead list|replay`.

@@ -151,7 +151,7 @@ impl Policy {
 
     /// Capped exponential backoff with ±20 % jitter (so retries of many messages that
     /// failed together do not come back together).
-    fn delay(&self, attempt: u32) -> Duration {
+    pub fn delay(&self, attempt: u32) -> Duration {
         let exponent = attempt.saturating_sub(1).min(30);
         let raw = self
             .retry_base

@@ -14,6 +14,9 @@ pub const PUSH_NOTIFICATIONS: &str = "push.notifications";
 pub const CALENDAR_FOLLOWUPS: &str = "calendar.followups";
 pub const JOBS_IMAGE: &str = "jobs.image";
 pub const JOBS_RENDER: &str = "jobs.render";
+/// Jobs that do nothing: for measuring the job machinery alone (not in the contract's
+/// table; an addition).
+pub const JOBS_NOOP: &str = "jobs.noop";
 
 /// Exchanges and their kinds.
 pub const EXCHANGES: &[(&str, ExchangeKind)] = &[
@@ -37,6 +40,7 @@ pub const BINDINGS: &[(&str, &str, &str)] = &[
     (EVENTS, "email.sent", CALENDAR_FOLLOWUPS),
     (JOBS, "image", JOBS_IMAGE),
     (JOBS, "render", JOBS_RENDER),
+    (JOBS, "noop", JOBS_NOOP),
 ];
 
 /// Every queue a consumer reads (each has its `dead.<queue>`).
@@ -46,6 +50,7 @@ pub const QUEUES: &[&str] = &[
     CALENDAR_FOLLOWUPS,
     JOBS_IMAGE,
     JOBS_RENDER,
+    JOBS_NOOP,
 ];
 
 /// The dead-letter queue of `queue`.

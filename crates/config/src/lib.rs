@@ -125,6 +125,13 @@ pub struct Config {
     /// sweeper (the process that wrote them died before publishing).
     #[serde(rename = "outbox_sweep_after_ms", deserialize_with = "millis")]
     pub outbox_sweep_after: Duration,
+    /// Jobs one worker process runs at once.
+    #[serde(deserialize_with = "values::number")]
+    pub worker_concurrency: u32,
+    /// A worker's hold on a running job, renewed by heartbeats; a job whose worker
+    /// died is taken over once it runs out.
+    #[serde(rename = "job_lease_secs", deserialize_with = "secs")]
+    pub job_lease: Duration,
     pub lb: LbConfig,
     /// A `tracing` filter, e.g. `info` or `bakery_lb=debug`.
     pub log: String,
@@ -159,6 +166,8 @@ impl Default for Config {
             broker_retry_cap: Duration::from_secs(60),
             broker_lease: Duration::from_secs(30),
             outbox_sweep_after: Duration::from_millis(3000),
+            worker_concurrency: 4,
+            job_lease: Duration::from_secs(30),
             lb: LbConfig::default(),
             log: "info".to_string(),
         }
@@ -342,6 +351,18 @@ impl Config {
             return Err(ConfigError::new(
                 "BAKERY_BROKER_RETRY_BASE_MS",
                 "must be more than 0 and at most BAKERY_BROKER_RETRY_CAP_MS",
+            ));
+        }
+        if !(1..=1024).contains(&self.worker_concurrency) {
+            return Err(ConfigError::new(
+                "BAKERY_WORKER_CONCURRENCY",
+                "expected 1 to 1024",
+            ));
+        }
+        if self.job_lease < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "BAKERY_JOB_LEASE_SECS",
+                "must be at least 1",
             ));
         }
         if self.broker_lease < Duration::from_secs(1) {

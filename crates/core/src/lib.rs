@@ -5,6 +5,7 @@ pub mod account;
 pub mod calendar;
 pub mod catalog;
 pub mod clock;
+pub mod job;
 pub mod password_hash;
 
 pub use account::{Email, Password, Profile, User, Username};

@@ -20,6 +20,7 @@ mod cached_query;
 pub mod calendar;
 pub mod catalog;
 pub mod demo;
+pub mod jobs;
 pub mod messaging;
 pub mod replica;
 

@@ -18,6 +18,7 @@ pub enum Role {
     Web,
     Email,
     Push,
+    Worker,
 }
 
 impl Role {
@@ -27,6 +28,7 @@ impl Role {
             Self::Web => "web",
             Self::Email => "email",
             Self::Push => "push",
+            Self::Worker => "worker",
         }
     }
 
@@ -35,7 +37,7 @@ impl Role {
         match self {
             Self::Web => Some("web"),
             Self::Push => Some("push"),
-            Self::Lb | Self::Email => None,
+            Self::Lb | Self::Email | Self::Worker => None,
         }
     }
 }

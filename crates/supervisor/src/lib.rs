@@ -1,5 +1,6 @@
 //! `bakery up`: starts the whole topology on this machine as separate processes
-//! (the load balancer, the web clones, the email and the push service), prints one `started` line per process
+//! (the load balancer, the web clones, the email and the push service, the job
+//! workers), prints one `started` line per process
 //! and `ready http://ADDR` once everything answers its health check, replaces a
 //! process that dies (with backoff, telling the load balancer about the new clone),
 //! and stops everything on Ctrl-C or SIGTERM: the load balancer first, then the clones.
@@ -33,6 +34,7 @@ use probe::Http;
 pub struct UpOptions {
     pub listen: String,
     pub clones: usize,
+    pub workers: usize,
     pub config_file: Option<PathBuf>,
 }
 
@@ -88,6 +90,7 @@ pub async fn run(options: UpOptions, shutdown: impl Future<Output = ()>) -> anyh
             spec(Role::Push, "push-1".into()),
             spec(Role::Email, "email-1".into()),
         ])
+        .chain((1..=options.workers).map(|i| spec(Role::Worker, format!("worker-{i}"))))
         .collect();
     let launched =
         futures::future::join_all(specs.iter().map(|spec| supervisor.start_ready(spec))).await;

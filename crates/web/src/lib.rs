@@ -134,6 +134,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::accounts::router())
         .merge(routes::catalog::router())
         .merge(routes::calendar::router())
+        .merge(routes::jobs::router())
         .merge(routes::notifications::router())
         .merge(routes::users::router())
         .merge(pages::router());

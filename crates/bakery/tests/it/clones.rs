@@ -78,7 +78,9 @@ async fn up_prints_ready_and_sequential_requests_reach_every_clone() {
     let roles: Vec<&str> = up.processes.iter().map(|p| p.role.as_str()).collect();
     assert_eq!(
         roles,
-        ["lb", "web", "web", "web", "push", "email"],
+        [
+            "lb", "web", "web", "web", "push", "email", "worker", "worker"
+        ],
         "one started line per process: {:?}",
         up.seen
     );

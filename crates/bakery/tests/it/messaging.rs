@@ -99,13 +99,21 @@ fn kill_9(pid: i32) {
 
 /// Waits for `up` to print that it started `id` again after a kill.
 fn wait_restarted(up: &mut Up, id: &str) {
-    let id_field = format!(" id={id} ");
-    assert!(
-        up.wait_line(LIMIT, |l| l.starts_with("started ")
-            && l.contains(&id_field))
-            .is_some(),
-        "up did not restart {id}"
-    );
+    wait_all_restarted(up, &[id]);
+}
+
+/// Waits for `up` to print a `started` line for each of `ids`, in any order.
+fn wait_all_restarted(up: &mut Up, ids: &[&str]) {
+    let mut missing: HashSet<String> = ids.iter().map(|id| format!(" id={id} ")).collect();
+    while !missing.is_empty() {
+        let line = up.wait_line(LIMIT, |l| {
+            l.starts_with("started ") && missing.iter().any(|m| l.contains(m.as_str()))
+        });
+        let Some(line) = line else {
+            panic!("up did not restart {missing:?}");
+        };
+        missing.retain(|m| !line.contains(m.as_str()));
+    }
 }
 
 /// A counter of a process's `/metrics` whose labels include all of `labels`.
@@ -493,8 +501,7 @@ async fn a_rabbitmq_restart_and_clones_killed_between_commit_and_publish_lose_no
         kill_9(pid);
     }
     rabbitmqctl("start_app");
-    wait_restarted(&mut up, "web-1");
-    wait_restarted(&mut up, "web-2");
+    wait_all_restarted(&mut up, &["web-1", "web-2"]);
     assert!(
         unhealthy,
         "the email service's /healthz stayed 200 while RabbitMQ was away"

@@ -3,6 +3,7 @@
 pub mod accounts;
 pub mod calendar;
 pub mod catalog;
+pub mod jobs;
 pub mod notifications;
 pub mod ops;
 pub mod users;

@@ -1,0 +1,93 @@
+//! Jobs as the application offers them: enqueued by a user (or an operator), read
+//! and cancelled by their owner or an admin. The work itself is `bakery worker`'s.
+
+use bakery_core::User;
+use bakery_core::job::{Job, JobState};
+use bakery_db::Lsn;
+
+use crate::{App, Error, Written};
+
+/// Kinds a worker knows.
+pub const KINDS: &[&str] = &["noop", "image", "render"];
+/// Attempts before a job fails for good.
+pub const MAX_ATTEMPTS: i64 = 5;
+
+impl App {
+    /// Queues a job of `kind` for `owner`; its message commits with it.
+    pub async fn enqueue_job(
+        &self,
+        kind: &str,
+        owner: Option<&User>,
+        payload: serde_json::Value,
+    ) -> Result<Written<i64>, Error> {
+        if !KINDS.contains(&kind) {
+            return Err(Error::Invalid(bakery_core::Invalid::new(
+                "unknown_kind",
+                format!("no job kind {kind:?}; the kinds are {}", KINDS.join(", ")),
+            )));
+        }
+        let (app, kind, owner_id) = (self.clone(), kind.to_string(), owner.map(|u| u.id));
+        self.unit(async move {
+            let correlation = bakery_telemetry::correlation_id();
+            let (id, lsn) = app
+                .db()
+                .enqueue_job(&kind, owner_id, &payload, MAX_ATTEMPTS, &correlation)
+                .await?;
+            metrics::counter!("bakery_jobs_total", "kind" => kind, "state" => "queued")
+                .increment(1);
+            app.events_staged();
+            Ok(Written { value: id, lsn })
+        })
+        .await
+    }
+
+    /// A job, for its owner or an admin (others get 404: its existence is not theirs
+    /// to know).
+    pub async fn job(&self, viewer: &User, id: i64, reader: Option<Lsn>) -> Result<Job, Error> {
+        let job = self.db().job(id, reader).await?.ok_or(Error::NotFound)?;
+        if viewer.is_admin || job.owner_id == Some(viewer.id) {
+            Ok(job)
+        } else {
+            Err(Error::NotFound)
+        }
+    }
+
+    /// Cancels a queued or running job of `viewer`'s (or any, for an admin); a job
+    /// already over is a conflict.
+    pub async fn cancel_job(&self, viewer: &User, id: i64) -> Result<(), Error> {
+        let job = self.job(viewer, id, Some(Lsn::LATEST)).await?;
+        if job.state.is_final() {
+            return Err(Error::Conflict {
+                code: "job_finished",
+                message: "the job is already over",
+            });
+        }
+        match self.db().cancel_job(id).await? {
+            Some(JobState::Cancelled) => {
+                metrics::counter!("bakery_jobs_total", "kind" => job.kind, "state" => "cancelled")
+                    .increment(1);
+                Ok(())
+            }
+            Some(_) => Err(Error::Conflict {
+                code: "job_finished",
+                message: "the job ended before it could be cancelled",
+            }),
+            None => Err(Error::NotFound),
+        }
+    }
+
+    /// Operators: jobs, newest first.
+    pub async fn jobs(&self, state: Option<JobState>, limit: i64) -> Result<Vec<Job>, Error> {
+        Ok(self.db().jobs(state, limit).await?)
+    }
+
+    /// Operators: queues a failed or cancelled job again; false when it is neither.
+    pub async fn retry_job(&self, id: i64) -> Result<bool, Error> {
+        let correlation = bakery_telemetry::correlation_id();
+        let again = self.db().requeue_job(id, &correlation).await?;
+        if again {
+            self.events_staged();
+        }
+        Ok(again)
+    }
+}

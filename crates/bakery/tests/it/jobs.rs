@@ -1,0 +1,226 @@
+//! Jobs end to end (contract: "Jobs"): queued by the API, claimed by a worker with a
+//! lease kept alive by heartbeats, retried with backoff, failed, cancelled, queued
+//! again from the command line, taken over when their worker is killed — each ending
+//! once, with one `job.finished` notification for its owner.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+
+use crate::harness::{self, Up, eventually};
+
+const LIMIT: Duration = Duration::from_secs(40);
+
+async fn start(rabbitmq: bool) -> Up {
+    let mut env = vec![
+        ("BAKERY_BROKER_RETRY_BASE_MS".to_string(), "100".to_string()),
+        ("BAKERY_BROKER_RETRY_CAP_MS".into(), "400".into()),
+        ("BAKERY_JOB_LEASE_SECS".into(), "2".into()),
+        ("BAKERY_OUTBOX_SWEEP_AFTER_MS".into(), "500".into()),
+    ];
+    if rabbitmq {
+        env.push(("BAKERY_BROKER_URL".into(), harness::fresh_rabbitmq_url()));
+    }
+    Up::start(env, 1)
+}
+
+async fn enqueue(up: &Up, admin: &str, payload: Value) -> i64 {
+    let answer = harness::client()
+        .post(up.url("/api/jobs"))
+        .header("cookie", admin)
+        .json(&json!({"kind": "noop", "payload": payload}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    answer.json::<Value>().await.unwrap()["job_id"]
+        .as_i64()
+        .unwrap()
+}
+
+async fn job(up: &Up, cookie: &str, id: i64) -> Value {
+    harness::client()
+        .get(up.url(&format!("/api/jobs/{id}")))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_state(up: &Up, cookie: &str, id: i64, state: &str) -> Value {
+    let mut last = Value::Null;
+    let reached = eventually(LIMIT, async || {
+        last = job(up, cookie, id).await;
+        last["state"] == state
+    })
+    .await;
+    assert!(reached, "job {id} never became {state}: {last}");
+    last
+}
+
+/// `job.finished` notifications of the user, counted by job id.
+async fn finished(up: &Up, cookie: &str) -> HashMap<i64, usize> {
+    let list: Value = harness::client()
+        .get(up.url("/api/notifications"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut counts = HashMap::new();
+    for n in list["items"].as_array().unwrap() {
+        if n["kind"] == "job.finished" {
+            *counts
+                .entry(n["payload"]["job_id"].as_i64().unwrap())
+                .or_default() += 1;
+        }
+    }
+    counts
+}
+
+#[tokio::test]
+async fn jobs_succeed_retry_fail_cancel_and_are_queued_again() {
+    let up = start(false).await;
+    let http = harness::client();
+    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
+
+    let ok = enqueue(&up, &admin, json!({"ms": 100})).await;
+    let flaky = enqueue(
+        &up,
+        &admin,
+        json!({"fail": "transient", "fail_attempts": 2}),
+    )
+    .await;
+    let broken = enqueue(&up, &admin, json!({"fail": "permanent"})).await;
+    let hopeless = enqueue(&up, &admin, json!({"fail": "transient"})).await;
+    let long = enqueue(&up, &admin, json!({"ms": 3000})).await;
+
+    let done = wait_state(&up, &admin, ok, "succeeded").await;
+    assert_eq!(
+        (done["progress"].as_i64(), done["attempts"].as_i64()),
+        (Some(100), Some(1))
+    );
+    assert_eq!(done["result"]["slept_ms"], 100);
+    assert!(done["finished_at"].is_string());
+    let done = wait_state(&up, &admin, flaky, "succeeded").await;
+    assert_eq!(
+        done["attempts"], 3,
+        "two transient failures, then success: {done}"
+    );
+    let failed = wait_state(&up, &admin, broken, "failed").await;
+    assert_eq!(failed["attempts"], 1, "a permanent failure is not retried");
+    assert!(failed["error"].as_str().unwrap().contains("for good"));
+    let failed = wait_state(&up, &admin, hopeless, "failed").await;
+    assert_eq!(
+        failed["attempts"], 5,
+        "transient failures until the attempts are used up"
+    );
+
+    // Cancelling: 204, the job ends cancelled and stays so (its worker stops).
+    let cancel = http
+        .delete(up.url(&format!("/api/jobs/{long}")))
+        .header("cookie", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancel.status(), 204);
+    assert_eq!(job(&up, &admin, long).await["state"], "cancelled");
+    let again = http
+        .delete(up.url(&format!("/api/jobs/{long}")))
+        .header("cookie", &admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(harness::error_code(again).await, "job_finished");
+    tokio::time::sleep(Duration::from_millis(3500)).await; // longer than the job would run
+    assert_eq!(job(&up, &admin, long).await["state"], "cancelled");
+
+    // Another user sees none of them.
+    let other = harness::sign_up_and_log_in(&http, &up.base, "nosy").await;
+    let hidden = http
+        .get(up.url(&format!("/api/jobs/{ok}")))
+        .header("cookie", &other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(hidden.status(), 404);
+
+    // The operator queues the cancelled job again; it runs to its end.
+    let (code, out, err) =
+        harness::run_output(&["jobs", "retry", &long.to_string()], up.env.clone());
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&format!("queued job {long} again")), "{out}");
+    let done = wait_state(&up, &admin, long, "succeeded").await;
+    assert_eq!(done["attempts"], 1);
+    let (code, _, err) = harness::run_output(&["jobs", "retry", &ok.to_string()], up.env.clone());
+    assert_eq!(code, Some(2), "a succeeded job is not queued again: {err}");
+    let (code, out, _) =
+        harness::run_output(&["jobs", "list", "--state", "failed"], up.env.clone());
+    assert_eq!(code, Some(0));
+    assert!(out.contains("2 job(s)"), "{out}");
+
+    // One job.finished per ended job (cancelled ones end without one).
+    assert!(
+        eventually(LIMIT, async || finished(&up, &admin).await.len() == 5).await,
+        "{:?}",
+        finished(&up, &admin).await
+    );
+    assert!(finished(&up, &admin).await.values().all(|n| *n == 1));
+}
+
+async fn killed_worker_loses_its_job_to_another(rabbitmq: bool) {
+    let mut up = start(rabbitmq).await;
+    let http = harness::client();
+    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(enqueue(&up, &admin, json!({"ms": 1500})).await);
+    }
+    // Kill the worker that holds the first job, mid-job (its row names it).
+    assert!(
+        eventually(LIMIT, async || job(&up, &admin, ids[0]).await["state"]
+            == "running")
+        .await
+    );
+    let (_, listed, _) =
+        harness::run_output(&["jobs", "list", "--state", "running"], up.env.clone());
+    let holder = listed
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(ids[0].to_string().as_str()))
+        .and_then(|l| l.split_whitespace().nth(5))
+        .unwrap_or_else(|| panic!("no running row for job {}: {listed}", ids[0]))
+        .to_string();
+    kill(Pid::from_raw(up.process(&holder).pid), Signal::SIGKILL).unwrap();
+    for id in &ids {
+        wait_state(&up, &admin, *id, "succeeded").await;
+    }
+    let restarted = format!("started role=worker id={holder} ");
+    assert!(
+        up.wait_line(LIMIT, |l| l.starts_with(&restarted)).is_some(),
+        "up restarts {holder}"
+    );
+    // Exactly one end per job, whoever finished it.
+    assert!(eventually(LIMIT, async || finished(&up, &admin).await.len() == 6).await);
+    let counts = finished(&up, &admin).await;
+    assert!(counts.values().all(|n| *n == 1), "{counts:?}");
+    // The killed attempt counted: the job ran again, under a new fencing token.
+    assert_eq!(job(&up, &admin, ids[0]).await["attempts"], 2);
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_loses_it_to_another_and_each_job_ends_once_embedded() {
+    killed_worker_loses_its_job_to_another(false).await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_loses_it_to_another_and_each_job_ends_once_rabbitmq() {
+    killed_worker_loses_its_job_to_another(true).await;
+}
