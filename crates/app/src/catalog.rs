@@ -252,7 +252,7 @@ impl App {
     }
 
     /// A product's structure changed (`tables` were written): its object is invalidated.
-    async fn product_restructured(&self, id: i64, tables: &[&str]) {
+    pub(crate) async fn product_restructured(&self, id: i64, tables: &[&str]) {
         self.0.cache.invalidate_object(&product_key(id)).await;
         self.tables_changed(tables).await;
     }

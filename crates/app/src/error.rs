@@ -22,6 +22,9 @@ pub enum Error {
         code: &'static str,
         message: &'static str,
     },
+    /// Well-formed but impossible to act on (an image too large to process).
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
     #[error("that username and password do not match")]
     InvalidCredentials,
     /// The acting user no longer exists.

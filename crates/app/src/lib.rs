@@ -28,6 +28,7 @@ pub mod calendar;
 pub mod catalog;
 mod error;
 pub mod jobs;
+pub mod media;
 pub mod notifications;
 
 pub use error::Error;
@@ -64,6 +65,8 @@ struct Inner {
     /// shared stores.
     namespace: String,
     broker: Broker,
+    /// Where uploads and processed images live (`$BAKERY_DATA_DIR/media`).
+    media_dir: std::path::PathBuf,
     /// Publishes what this process's writes put in the outbox.
     relay: Relay,
     /// Stops the relay when the last handle goes.
@@ -116,6 +119,7 @@ impl App {
             query_ttl: config.cache_query_ttl,
             namespace,
             broker,
+            media_dir: config.data_dir.join("media"),
             relay,
             _relay_guard: stop.drop_guard(),
         }))

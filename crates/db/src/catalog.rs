@@ -360,3 +360,39 @@ async fn fetch_reviews(pool: &AnyPool, id: i64) -> Result<Vec<Review>, sqlx::Err
         .await?;
     Ok(rows.into_iter().map(review).collect())
 }
+
+impl Database {
+    /// Attaches a processed image to a product, once per job (a second attempt of the
+    /// same job attaches nothing). False when the product is gone.
+    pub async fn attach_image(
+        &self,
+        product_id: i64,
+        job_id: i64,
+        url: &str,
+        thumb_url: &str,
+    ) -> Result<(bool, Option<Lsn>), DbError> {
+        let (url, thumb_url) = (url.to_string(), thumb_url.to_string());
+        self.write(move |pool| async move {
+            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM products WHERE id = $1")
+                .bind(product_id)
+                .fetch_optional(&pool)
+                .await?;
+            if exists.is_none() {
+                return Ok(false);
+            }
+            sqlx::query(
+                "INSERT INTO product_images (product_id, url, thumb_url, created_at, job_id)
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job_id) DO NOTHING",
+            )
+            .bind(product_id)
+            .bind(&url)
+            .bind(&thumb_url)
+            .bind(now_millis())
+            .bind(job_id)
+            .execute(&pool)
+            .await?;
+            Ok(true)
+        })
+        .await
+    }
+}

@@ -310,9 +310,15 @@ impl Database {
     }
 
     /// The reaper's pass: jobs whose lease ran out (their worker died) go back to
-    /// the queue, and queued jobs that are due without a dispatch message get one.
-    /// Answers how many were dispatched.
-    pub async fn reap_jobs(&self, correlation_id: &str) -> Result<usize, DbError> {
+    /// the queue, and queued jobs that are due get a dispatch message when they have
+    /// none, or when theirs led to no claim within `redispatch_after_ms` (it may sit
+    /// with a dead consumer until the broker gives it to another; a second message
+    /// is harmless, the claim is conditional). Answers how many were dispatched.
+    pub async fn reap_jobs(
+        &self,
+        redispatch_after_ms: i64,
+        correlation_id: &str,
+    ) -> Result<usize, DbError> {
         let now = now_millis();
         let mut tx = self.primary().begin().await?;
         sqlx::query(
@@ -324,10 +330,11 @@ impl Database {
         .await?;
         let due: Vec<(i64, String)> = sqlx::query_as(
             "UPDATE jobs SET dispatched_at = $1
-             WHERE state = 'queued' AND dispatched_at IS NULL AND run_at <= $1
+             WHERE state = 'queued' AND run_at <= $1 AND (dispatched_at IS NULL OR dispatched_at < $2)
              RETURNING id, kind",
         )
         .bind(now)
+        .bind(now - redispatch_after_ms)
         .fetch_all(&mut *tx)
         .await?;
         for (id, kind) in &due {

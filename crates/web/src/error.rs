@@ -111,6 +111,9 @@ impl From<bakery_app::Error> for ApiError {
             Error::NotFound => Self::not_found(),
             Error::Forbidden(message) => Self::forbidden(message),
             Error::Conflict { code, message } => Self::conflict(code, message),
+            Error::Unprocessable { code, message } => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, code, message)
+            }
             Error::InvalidCredentials => Self::new(
                 StatusCode::UNAUTHORIZED,
                 "invalid_credentials",

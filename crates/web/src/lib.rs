@@ -137,7 +137,12 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::jobs::router())
         .merge(routes::notifications::router())
         .merge(routes::users::router())
-        .merge(pages::router());
+        .merge(pages::router())
+        // Processed product images (the originals stay private).
+        .nest_service(
+            "/media/products",
+            tower_http::services::ServeDir::new(state.app.media_dir().join("products")),
+        );
     layered(state, routes)
 }
 

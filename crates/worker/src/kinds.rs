@@ -29,12 +29,13 @@ impl Progress {
 
 /// Runs one job of its kind; the value is the job's `result`.
 pub async fn run(
-    _app: &App,
+    app: &App,
     job: &Claimed,
     progress: &Progress,
 ) -> Result<serde_json::Value, JobError> {
     match job.kind.as_str() {
         "noop" => noop(job, progress).await,
+        "image" => crate::image::run(app, job, progress).await,
         other => Err(JobError::Permanent(format!(
             "this worker cannot run {other} jobs yet"
         ))),

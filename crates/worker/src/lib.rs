@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+mod image;
 pub mod kinds;
 
 use kinds::{JobError, Progress};
@@ -234,7 +235,7 @@ impl Worker {
                 () = tokio::time::sleep(every) => {}
                 () = stop.cancelled() => return,
             }
-            match self.app.db().reap_jobs("reaper").await {
+            match self.app.db().reap_jobs(self.lease_ms(), "reaper").await {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::info!(dispatched = n, "jobs back on the queue");

@@ -25,3 +25,7 @@ CREATE TABLE jobs (
 );
 CREATE INDEX jobs_state ON jobs (state, run_at);
 CREATE INDEX jobs_owner ON jobs (owner_id, id);
+
+-- An image job attaches at most one image, whichever attempt finishes it.
+ALTER TABLE product_images ADD COLUMN job_id BIGINT;
+CREATE UNIQUE INDEX product_images_job ON product_images (job_id);

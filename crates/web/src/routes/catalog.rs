@@ -2,11 +2,15 @@
 //! images and reviews; admins change products, users write reviews.
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use bakery_app::catalog::{ProductDraft, ProductEdit, ReviewDraft};
+use bakery_app::media::{UPLOAD_LIMIT, accepted};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -19,6 +23,10 @@ pub fn router() -> Router<AppState> {
         .route("/api/products", get(list).post(create))
         .route("/api/products/{id}", get(show).patch(change).delete(remove))
         .route("/api/products/{id}/reviews", post(review))
+        .route(
+            "/api/products/{id}/images",
+            post(upload_image).layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
+        )
         .route("/api/reviews/{id}", delete(remove_review))
 }
 
@@ -158,4 +166,51 @@ async fn remove_review(
     let written = state.app.delete_review(&current.user, id).await?;
     let (remembered, ()) = current.remember(&state, written).await;
     Ok((StatusCode::NO_CONTENT, remembered, ()).into_response())
+}
+
+/// `POST /api/products/{id}/images` (admin): the body is the image; 202 `{job_id}`
+/// once it is stored and queued (processing is a worker's job).
+async fn upload_image(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    Id(id): Id,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let content_type = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let Some(format) = accepted(content_type) else {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "an image is sent as image/png or image/jpeg",
+        ));
+    };
+    let body = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("an image is at most {} MiB", UPLOAD_LIMIT >> 20),
+            )
+        } else {
+            ApiError::bad_request("invalid_body", rejection.body_text())
+        }
+    })?;
+    if body.is_empty() {
+        return Err(ApiError::bad_request("bad_image", "the body is empty"));
+    }
+    let written = state
+        .app
+        .upload_image(&current.user, id, format, body)
+        .await?;
+    let (remembered, job_id) = current.remember(&state, written).await;
+    Ok((
+        StatusCode::ACCEPTED,
+        remembered,
+        axum::Json(json!({ "job_id": job_id })),
+    )
+        .into_response())
 }

@@ -1,0 +1,279 @@
+//! Product photos as jobs (issue "Asynchronism II"): uploads are checked and queued,
+//! workers make the sizes and attach them once, even when a worker is killed mid-job;
+//! hostile uploads fail with a clear error and the workers keep serving.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::{Value, json};
+
+use crate::harness::{self, Up, eventually};
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// A `width` x `height` PNG with some colour in it.
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let image = image::RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
+    });
+    let mut out = Vec::new();
+    image::DynamicImage::ImageRgb8(image)
+        .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+        .unwrap();
+    out
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A PNG of a few hundred bytes whose header claims `width` x `height` (a
+/// decompression bomb's shape): a real 1x1 PNG with its IHDR rewritten.
+fn lying_png(width: u32, height: u32) -> Vec<u8> {
+    let mut bytes = png(1, 1);
+    // Signature (8), IHDR length (4), "IHDR" (4), then width and height.
+    bytes[16..20].copy_from_slice(&width.to_be_bytes());
+    bytes[20..24].copy_from_slice(&height.to_be_bytes());
+    let crc = crc32(&bytes[12..29]);
+    bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+    bytes
+}
+
+async fn upload(
+    up: &Up,
+    admin: &str,
+    product: i64,
+    content_type: &str,
+    body: Vec<u8>,
+) -> reqwest::Response {
+    harness::client()
+        .post(up.url(&format!("/api/products/{product}/images")))
+        .header("cookie", admin)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn job(up: &Up, cookie: &str, id: i64) -> Value {
+    harness::client()
+        .get(up.url(&format!("/api/jobs/{id}")))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn ended(up: &Up, cookie: &str, id: i64) -> Value {
+    let mut last = Value::Null;
+    let done = eventually(LIMIT, async || {
+        last = job(up, cookie, id).await;
+        last["state"] == "succeeded" || last["state"] == "failed"
+    })
+    .await;
+    assert!(done, "job {id} did not end: {last}");
+    last
+}
+
+async fn product_with_images(up: &Up, admin: &str) -> i64 {
+    let created = harness::client()
+        .post(up.url("/api/products"))
+        .header("cookie", admin)
+        .json(&json!({"name": "Rye loaf", "description": "Dark and dense.", "price_cents": 650}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    created.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn twelve_uploads_with_a_worker_killed_mid_job_give_twelve_images_once_each() {
+    let mut up = Up::start(
+        vec![
+            ("BAKERY_JOB_LEASE_SECS".to_string(), "2".to_string()),
+            ("BAKERY_OUTBOX_SWEEP_AFTER_MS".into(), "500".into()),
+            ("BAKERY_WORKER_CONCURRENCY".into(), "2".into()),
+        ],
+        1,
+    );
+    let http = harness::client();
+    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
+    let product = product_with_images(&up, &admin).await;
+    let photo = png(1600, 1200);
+    let mut jobs = Vec::new();
+    for _ in 0..12 {
+        let answer = upload(&up, &admin, product, "image/png", photo.clone()).await;
+        assert_eq!(answer.status(), 202);
+        jobs.push(
+            answer.json::<Value>().await.unwrap()["job_id"]
+                .as_i64()
+                .unwrap(),
+        );
+    }
+    // Kill a worker while it holds a running job.
+    let mut holder = None;
+    let found = eventually(LIMIT, async || {
+        let (_, listed, _) =
+            harness::run_output(&["jobs", "list", "--state", "running"], up.env.clone());
+        holder = listed
+            .lines()
+            .find(|l| l.contains(" image "))
+            .and_then(|l| l.split_whitespace().nth(5))
+            .filter(|w| w.starts_with("worker-"))
+            .map(str::to_string);
+        holder.is_some()
+    })
+    .await;
+    assert!(found, "no image job was seen running");
+    let holder = holder.unwrap();
+    kill(Pid::from_raw(up.process(&holder).pid), Signal::SIGKILL).unwrap();
+
+    for id in &jobs {
+        let done = ended(&up, &admin, *id).await;
+        assert_eq!(done["state"], "succeeded", "{done}");
+    }
+    let restarted = format!("started role=worker id={holder} ");
+    assert!(up.wait_line(LIMIT, |l| l.starts_with(&restarted)).is_some());
+
+    let shown: Value = http
+        .get(up.url(&format!("/api/products/{product}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let images = shown["images"].as_array().unwrap();
+    assert_eq!(
+        images.len(),
+        12,
+        "one image per upload, none twice: {shown}"
+    );
+    let thumb = http
+        .get(up.url(images[0]["thumb_url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(thumb.status(), 200);
+    let thumb = thumb.bytes().await.unwrap();
+    let decoded = image::load_from_memory(&thumb).unwrap();
+    assert!(decoded.width() <= 256 && decoded.height() <= 256);
+    let display = http
+        .get(up.url(images[0]["url"].as_str().unwrap()))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(image::load_from_memory(&display).unwrap().width(), 1024);
+
+    // One job.finished per upload for its owner.
+    let counts = async || -> HashMap<i64, usize> {
+        let list: Value = harness::client()
+            .get(up.url("/api/notifications"))
+            .header("cookie", &admin)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut counts = HashMap::new();
+        for n in list["items"].as_array().unwrap() {
+            if n["kind"] == "job.finished" {
+                *counts
+                    .entry(n["payload"]["job_id"].as_i64().unwrap())
+                    .or_default() += 1;
+            }
+        }
+        counts
+    };
+    assert!(eventually(LIMIT, async || counts().await.len() == 12).await);
+    assert!(counts().await.values().all(|n| *n == 1));
+}
+
+#[tokio::test]
+async fn hostile_uploads_fail_clearly_and_the_workers_keep_serving() {
+    let up = Up::start(vec![], 1);
+    let http = harness::client();
+    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
+    let product = product_with_images(&up, &admin).await;
+
+    let not_an_image = upload(
+        &up,
+        &admin,
+        product,
+        "image/png",
+        b"GIF89a or just text".to_vec(),
+    )
+    .await;
+    assert_eq!(not_an_image.status(), 400);
+    assert_eq!(
+        harness::error_code(not_an_image).await,
+        "not_that_image_type"
+    );
+    let lying = upload(&up, &admin, product, "image/jpeg", png(8, 8)).await;
+    assert_eq!(harness::error_code(lying).await, "not_that_image_type");
+    let wrong_type = upload(&up, &admin, product, "text/plain", png(8, 8)).await;
+    assert_eq!(wrong_type.status(), 415);
+    assert_eq!(
+        harness::error_code(wrong_type).await,
+        "unsupported_media_type"
+    );
+    let bomb = lying_png(20_000, 20_000);
+    assert!(bomb.len() < 1000);
+    let bomb = upload(&up, &admin, product, "image/png", bomb).await;
+    assert_eq!(bomb.status(), 422);
+    assert_eq!(harness::error_code(bomb).await, "image_too_large");
+    let huge = upload(&up, &admin, product, "image/png", vec![0u8; 11 << 20]).await;
+    assert_eq!(huge.status(), 413);
+    let missing = upload(&up, &admin, 999_999, "image/png", png(8, 8)).await;
+    assert_eq!(missing.status(), 404);
+
+    // A truncated file has a sane header: it is queued, and its job fails cleanly.
+    let mut truncated = png(400, 300);
+    truncated.truncate(truncated.len() / 2);
+    let queued = upload(&up, &admin, product, "image/png", truncated).await;
+    assert_eq!(queued.status(), 202);
+    let id = queued.json::<Value>().await.unwrap()["job_id"]
+        .as_i64()
+        .unwrap();
+    let failed = ended(&up, &admin, id).await;
+    assert_eq!(failed["state"], "failed");
+    assert!(
+        failed["error"].as_str().unwrap().contains("decode"),
+        "{failed}"
+    );
+    assert_eq!(failed["attempts"], 1, "a broken file is not retried");
+
+    // The workers are still there: a good upload after all that succeeds.
+    let good = upload(&up, &admin, product, "image/png", png(300, 200)).await;
+    let id = good.json::<Value>().await.unwrap()["job_id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(ended(&up, &admin, id).await["state"], "succeeded");
+    let others = harness::sign_up_and_log_in(&http, &up.base, "notadmin").await;
+    let refused = upload(&up, &others, product, "image/png", png(8, 8)).await;
+    assert_eq!(refused.status(), 403);
+}
