@@ -80,6 +80,11 @@ enum Command {
         #[command(flatten)]
         role: RoleArgs,
     },
+    /// Load generation and reports (each run ends with a `result <json>` line).
+    Bench {
+        #[command(subcommand)]
+        scenario: BenchScenario,
+    },
     /// List jobs, or queue a failed or cancelled one again.
     Jobs {
         #[command(subcommand)]
@@ -91,6 +96,23 @@ enum Command {
     Dead {
         #[command(subcommand)]
         command: DeadCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchScenario {
+    /// Enqueue N jobs for W workers it starts, wait for all, report jobs/s and latency.
+    Jobs {
+        #[arg(long, default_value_t = 10_000)]
+        jobs: usize,
+        #[arg(long, default_value_t = 2)]
+        workers: usize,
+        /// noop (the machinery alone) or image (a 1600x1200 photo each).
+        #[arg(long, default_value = "noop")]
+        kind: String,
+        /// Jobs enqueued per transaction.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
     },
 }
 
@@ -227,6 +249,24 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             bakery_worker::run(config, &id, listener, shutdown::requested()).await
         }
         Command::Jobs { command } => jobs(&config, command).await,
+        Command::Bench {
+            scenario:
+                BenchScenario::Jobs {
+                    jobs,
+                    workers,
+                    kind,
+                    batch,
+                },
+        } => {
+            let options = bakery_bench::jobs::Options {
+                jobs,
+                workers,
+                kind,
+                batch,
+                config_file: cli.config.clone(),
+            };
+            bakery_bench::jobs::run(&config, options).await
+        }
         Command::Dead { command } => dead(&config, command).await,
         Command::Migrate => {
             report(&bakery_db::bootstrap(&config, false).await?);

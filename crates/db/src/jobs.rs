@@ -113,6 +113,59 @@ impl Database {
         .await
     }
 
+    /// Many jobs of one kind at once: one transaction for all the rows and their
+    /// dispatch messages (what a bulk producer, or the benchmark, wants).
+    pub async fn enqueue_jobs(
+        &self,
+        kind: &str,
+        payloads: &[serde_json::Value],
+        max_attempts: i64,
+        correlation_id: &str,
+    ) -> Result<Vec<i64>, DbError> {
+        let mut tx = self.primary().begin().await?;
+        let now = now_millis();
+        let mut ids = Vec::with_capacity(payloads.len());
+        for payload in payloads {
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO jobs (kind, payload, max_attempts, run_at, dispatched_at, created_at)
+                 VALUES ($1, $2, $3, $4, $4, $4) RETURNING id",
+            )
+            .bind(kind)
+            .bind(payload.to_string())
+            .bind(max_attempts)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            stage(
+                &mut tx,
+                JOBS_EXCHANGE,
+                kind,
+                correlation_id,
+                &json!({ "job_id": id }),
+            )
+            .await?;
+            ids.push(id);
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// Per job of `ids` that has ended: (created_at, finished_at, state).
+    pub async fn job_ends(
+        &self,
+        first: i64,
+        last: i64,
+    ) -> Result<Vec<(i64, i64, String)>, DbError> {
+        Ok(sqlx::query_as(
+            "SELECT created_at, finished_at, state FROM jobs
+             WHERE id BETWEEN $1 AND $2 AND finished_at IS NOT NULL",
+        )
+        .bind(first)
+        .bind(last)
+        .fetch_all(self.primary())
+        .await?)
+    }
+
     pub async fn job(&self, id: i64, after: Option<Lsn>) -> Result<Option<Job>, DbError> {
         let row: Option<JobRow> = self
             .read(after, async |pool| {

@@ -224,3 +224,49 @@ async fn a_worker_killed_mid_job_loses_it_to_another_and_each_job_ends_once_embe
 async fn a_worker_killed_mid_job_loses_it_to_another_and_each_job_ends_once_rabbitmq() {
     killed_worker_loses_its_job_to_another(true).await;
 }
+
+#[tokio::test]
+async fn bench_jobs_runs_its_workers_and_ends_with_a_result_line() {
+    let data = harness::TempDir::new();
+    let mut env = harness::embedded_env(&data);
+    env.push(("BAKERY_OUTBOX_SWEEP_AFTER_MS".into(), "500".into()));
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        harness::run_output(
+            &[
+                "bench",
+                "jobs",
+                "--jobs",
+                "300",
+                "--workers",
+                "2",
+                "--batch",
+                "100",
+            ],
+            env,
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let line = out
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("result "))
+        .unwrap_or_else(|| panic!("no result line last: {out}"));
+    let result: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(result["scenario"], "jobs");
+    assert_eq!(
+        (result["jobs"].as_i64(), result["workers"].as_i64()),
+        (Some(300), Some(2))
+    );
+    assert_eq!(result["failed"], 0);
+    assert!(result["jobs_per_s"].as_f64().unwrap() > 0.0);
+    assert!(result["p99_ms"].as_f64().unwrap() >= result["p50_ms"].as_f64().unwrap());
+    let reports = std::fs::read_dir(data.0.join("bench")).unwrap().count();
+    assert_eq!(reports, 1, "one report folder per run");
+    let (code, _, err) = harness::run_output(
+        &["bench", "jobs", "--kind", "nope"],
+        harness::embedded_env(&data),
+    );
+    assert_eq!(code, Some(2), "{err}");
+}

@@ -1,0 +1,189 @@
+//! `bakery bench jobs --jobs N --workers W [--kind noop|image] [--batch B]`: starts
+//! W `bakery worker` processes on this configuration, enqueues N jobs in batches of B
+//! (one transaction each), waits until all have ended, and reports jobs/s (first
+//! enqueue to last end) and the end-to-end latency of each job (enqueued → ended).
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use bakery_app::App;
+use bakery_config::{Config, ConfigError};
+use indicatif::{ProgressBar, ProgressStyle};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+use crate::{percentile, report};
+
+pub struct Options {
+    pub jobs: usize,
+    pub workers: usize,
+    pub kind: String,
+    pub batch: usize,
+    pub config_file: Option<std::path::PathBuf>,
+}
+
+pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
+    if options.jobs == 0 || options.workers == 0 || options.batch == 0 {
+        return Err(
+            ConfigError::new("--jobs", "--jobs, --workers and --batch must be at least 1").into(),
+        );
+    }
+    if !["noop", "image"].contains(&options.kind.as_str()) {
+        return Err(ConfigError::new("--kind", "expected noop or image").into());
+    }
+    bakery_db::bootstrap(config, false).await?;
+    let app = App::connect(config).await?;
+    app.broker().check(config).await?;
+    let payload = payload(&app, &options.kind).await?;
+    eprintln!("starting {} worker(s)", options.workers);
+    let mut workers = Vec::new();
+    for i in 1..=options.workers {
+        workers.push(start_worker(&options, i).await?);
+    }
+
+    let bar = ProgressBar::new(options.jobs as u64).with_style(
+        ProgressStyle::with_template("{msg:>9} [{bar:40}] {pos}/{len} ({per_sec}, {elapsed})")?
+            .progress_chars("=> "),
+    );
+    bar.set_message("enqueued");
+    let started = Instant::now();
+    let mut first = None;
+    let mut last = 0;
+    let mut left = options.jobs;
+    while left > 0 {
+        let n = left.min(options.batch);
+        let ids = app
+            .db()
+            .enqueue_jobs(
+                &options.kind,
+                &vec![payload.clone(); n],
+                bakery_app::jobs::MAX_ATTEMPTS,
+                "bench",
+            )
+            .await?;
+        app.events_staged();
+        first.get_or_insert(ids[0]);
+        last = *ids.last().unwrap_or(&last);
+        left -= n;
+        bar.inc(n as u64);
+    }
+    bar.reset();
+    bar.set_message("ended");
+    let first = first.unwrap_or(0);
+    let ends = loop {
+        let ends = app.db().job_ends(first, last).await?;
+        bar.set_position(ends.len() as u64);
+        if ends.len() >= options.jobs {
+            break ends;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let elapsed = started.elapsed();
+    bar.finish();
+    for worker in &mut workers {
+        stop(worker).await;
+    }
+    let failed = ends
+        .iter()
+        .filter(|(_, _, state)| state != "succeeded")
+        .count();
+    let mut latencies: Vec<f64> = ends
+        .iter()
+        .map(|(created, finished, _)| (finished - created) as f64)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    let result = json!({
+        "scenario": "jobs",
+        "kind": options.kind,
+        "jobs": options.jobs,
+        "workers": options.workers,
+        "batch": options.batch,
+        "broker": app.broker().engine(),
+        "jobs_per_s": (options.jobs as f64 / elapsed.as_secs_f64() * 10.0).round() / 10.0,
+        "p50_ms": percentile(&latencies, 50.0),
+        "p99_ms": percentile(&latencies, 99.0),
+        "failed": failed,
+    });
+    report(config, "jobs", &result)?;
+    Ok(())
+}
+
+/// What each job is given: nothing for `noop`; for `image`, one stored photo of a
+/// product made for the run.
+async fn payload(app: &App, kind: &str) -> anyhow::Result<serde_json::Value> {
+    if kind == "noop" {
+        return Ok(json!({}));
+    }
+    let (product, _) = app
+        .db()
+        .create_product(bakery_db::catalog::NewProduct {
+            name: "Benchmark loaf",
+            description: "Photographed many times.",
+            price_cents: 100,
+        })
+        .await?;
+    let photo = image::RgbImage::from_fn(1600, 1200, |x, y| {
+        image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 256) as u8])
+    });
+    let mut bytes = Vec::new();
+    image::DynamicImage::ImageRgb8(photo).write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )?;
+    let original = "originals/bench.png".to_string();
+    bakery_app::media::write_file(&app.media_dir().join(&original), &bytes).await?;
+    Ok(json!({ "product_id": product, "original": original }))
+}
+
+async fn start_worker(options: &Options, i: usize) -> anyhow::Result<Child> {
+    let mut command = Command::new(std::env::current_exe()?);
+    if let Some(file) = &options.config_file {
+        command.arg("--config").arg(file);
+    }
+    let mut child = command
+        .args([
+            "worker",
+            "--listen",
+            "127.0.0.1:0",
+            "--id",
+            &format!("bench-worker-{i}"),
+        ])
+        // Workers' own logs would drown the progress bar; BAKERY_LOG still wins.
+        .env(
+            "BAKERY_LOG",
+            std::env::var("BAKERY_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
+    let mut lines = BufReader::new(stdout).lines();
+    while let Some(line) = lines.next_line().await? {
+        if line.starts_with("listening ") {
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return Ok(child);
+        }
+    }
+    anyhow::bail!("a worker exited before it listened")
+}
+
+async fn stop(child: &mut Child) {
+    if let Some(pid) = child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    if tokio::time::timeout(Duration::from_secs(15), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = child.kill().await;
+    }
+}
