@@ -56,11 +56,14 @@ struct Worker {
 
 /// Runs a worker on `listener` (health and metrics) until `shutdown`.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     id: &str,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // A worker takes from the broker only what it can start: messages it held while
+    // busy would wait for its slots instead of going to an idle worker.
+    config.broker_prefetch = config.worker_concurrency.min(u32::from(u16::MAX)) as u16;
     let state = AppState::connect(config.clone(), id).await?;
     state.app.broker().check(&config).await?;
     state.require_broker();
