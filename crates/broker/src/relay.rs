@@ -100,11 +100,21 @@ async fn drain(db: &Database, broker: &Broker, horizon: Duration) -> Result<(), 
             return Ok(());
         }
         let full = rows.len() as i64 == BATCH;
-        let results: Vec<Result<(), String>> = futures::stream::iter(rows)
+        let results: Vec<Result<i64, String>> = futures::stream::iter(rows)
             .map(|row| publish_one(db, broker, row))
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
+        // The confirmed rows leave the outbox together (one statement, not one each).
+        let sent: Vec<i64> = results
+            .iter()
+            .filter_map(|r| r.as_ref().ok().copied())
+            .collect();
+        // Failing here leaves the rows to be published again: duplicates the consumers
+        // ignore, never a loss.
+        db.outbox_sent_many(&sent)
+            .await
+            .map_err(|e| e.to_string())?;
         if let Some(error) = results.into_iter().find_map(Result::err) {
             return Err(error);
         }
@@ -114,7 +124,8 @@ async fn drain(db: &Database, broker: &Broker, horizon: Duration) -> Result<(), 
     }
 }
 
-async fn publish_one(db: &Database, broker: &Broker, row: OutboxRow) -> Result<(), String> {
+/// Publishes one row's message; answers the row's id once the broker confirmed it.
+async fn publish_one(db: &Database, broker: &Broker, row: OutboxRow) -> Result<i64, String> {
     let message = Message {
         id: row.message_id,
         correlation_id: row.correlation_id,
@@ -124,9 +135,7 @@ async fn publish_one(db: &Database, broker: &Broker, row: OutboxRow) -> Result<(
     match broker.publish(&row.exchange, &message).await {
         Ok(_) => {
             tracing::debug!(message_id = %message.id, correlation_id = %message.correlation_id, kind = %message.kind, "published from the outbox");
-            // Failing here leaves the row to be published again: a duplicate the
-            // consumers ignore, never a loss.
-            db.outbox_sent(row.id).await.map_err(|e| e.to_string())
+            Ok(row.id)
         }
         Err(error) => {
             let _ = db.release_outbox(row.id).await;

@@ -149,12 +149,22 @@ impl Database {
             .collect())
     }
 
-    /// The broker confirmed the row's message: it leaves the outbox.
-    pub async fn outbox_sent(&self, id: i64) -> Result<(), DbError> {
-        sqlx::query("DELETE FROM outbox WHERE id = $1")
-            .bind(id)
-            .execute(self.primary())
-            .await?;
+    /// The broker confirmed these rows' messages: they leave the outbox, in one
+    /// statement.
+    pub async fn outbox_sent_many(&self, ids: &[i64]) -> Result<(), DbError> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "DELETE FROM outbox WHERE id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for id in ids {
+            query = query.bind(*id);
+        }
+        query.execute(self.primary()).await?;
         Ok(())
     }
 
