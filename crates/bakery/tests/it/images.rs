@@ -107,15 +107,25 @@ async fn product_with_images(up: &Up, admin: &str) -> i64 {
 }
 
 #[tokio::test]
-async fn twelve_uploads_with_a_worker_killed_mid_job_give_twelve_images_once_each() {
-    let mut up = Up::start(
-        vec![
-            ("BAKERY_JOB_LEASE_SECS".to_string(), "2".to_string()),
-            ("BAKERY_OUTBOX_SWEEP_AFTER_MS".into(), "500".into()),
-            ("BAKERY_WORKER_CONCURRENCY".into(), "2".into()),
-        ],
-        1,
-    );
+async fn twelve_uploads_with_a_worker_killed_mid_job_give_twelve_images_once_each_embedded() {
+    twelve_uploads(false).await;
+}
+
+#[tokio::test]
+async fn twelve_uploads_with_a_worker_killed_mid_job_give_twelve_images_once_each_rabbitmq() {
+    twelve_uploads(true).await;
+}
+
+async fn twelve_uploads(rabbitmq: bool) {
+    let mut env = vec![
+        ("BAKERY_JOB_LEASE_SECS".to_string(), "2".to_string()),
+        ("BAKERY_OUTBOX_SWEEP_AFTER_MS".into(), "500".into()),
+        ("BAKERY_WORKER_CONCURRENCY".into(), "2".into()),
+    ];
+    if rabbitmq {
+        env.push(("BAKERY_BROKER_URL".into(), harness::fresh_rabbitmq_url()));
+    }
+    let mut up = Up::start(env, 1);
     let http = harness::client();
     let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
     let product = product_with_images(&up, &admin).await;
