@@ -3,11 +3,15 @@
 
 use std::time::Duration;
 
-/// Resolves when this process should drain and exit.
-pub async fn requested() {
-    tokio::select! {
-        () = bakery_telemetry::shutdown_signal() => {}
-        () = supervisor_gone() => tracing::warn!("the supervisor is gone; shutting down"),
+/// Resolves when this process should drain and exit. The signal handlers are
+/// installed by this call, before the role starts serving.
+pub fn requested() -> impl Future<Output = ()> + Send + 'static {
+    let signal = bakery_telemetry::shutdown_signal();
+    async move {
+        tokio::select! {
+            () = signal => {}
+            () = supervisor_gone() => tracing::warn!("the supervisor is gone; shutting down"),
+        }
     }
 }
 

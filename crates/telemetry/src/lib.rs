@@ -133,13 +133,20 @@ pub fn correlation_id() -> String {
 }
 
 /// Resolves on SIGINT or SIGTERM: the one shutdown signal every role listens to.
-pub async fn shutdown_signal() {
+/// The handlers are installed when this is called, not when the future is first
+/// polled, so a signal that comes early (while a role is still starting) is not
+/// fatal. Call it inside the runtime.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term =
         signal(SignalKind::terminate()).expect("installing a SIGTERM handler works on Unix");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    let mut interrupt =
+        signal(SignalKind::interrupt()).expect("installing a SIGINT handler works on Unix");
+    async move {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
     }
 }
 
