@@ -113,8 +113,10 @@ impl Database {
         .await
     }
 
-    /// Many jobs of one kind at once: one transaction for all the rows and their
-    /// dispatch messages (what a bulk producer, or the benchmark, wants).
+    /// Many jobs of one kind at once: one transaction for all the rows and one
+    /// dispatch message naming them all (what a bulk producer, or the benchmark,
+    /// wants). Should that message be lost to a dead consumer, the reaper dispatches
+    /// the jobs still queued one by one.
     pub async fn enqueue_jobs(
         &self,
         kind: &str,
@@ -277,7 +279,8 @@ impl Database {
         .await?
         .rows_affected()
             > 0;
-        if done {
+        // Nobody to tell about a job nobody owns (an operator's, a benchmark's).
+        if done && claimed.owner_id.is_some() {
             let event = json!({
                 "job_id": claimed.id,
                 "kind": claimed.kind,

@@ -9,9 +9,9 @@
 //! for another; a worker that lost its lease (cancelled, or taken over) notices at its
 //! next heartbeat, stops, and can no longer finish it (every write is fenced).
 //! Failures: transient ones are retried with capped exponential backoff and jitter
-//! until `max_attempts`, then the job fails; permanent ones fail it at once. Every end
-//! publishes `job.finished` (through the outbox), which the push service turns into a
-//! notification for the job's owner.
+//! until `max_attempts`, then the job fails; permanent ones fail it at once. The end
+//! of a job someone owns publishes `job.finished` (through the outbox), which the push
+//! service turns into a notification for the job's owner.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -111,7 +111,12 @@ pub async fn run(
 
 #[derive(Deserialize)]
 struct Dispatch {
-    job_id: i64,
+    /// One job ...
+    #[serde(default)]
+    job_id: Option<i64>,
+    /// ... or a batch of them (a bulk enqueue sends one message for many jobs).
+    #[serde(default)]
+    job_ids: Vec<i64>,
 }
 
 impl Worker {
@@ -120,32 +125,41 @@ impl Worker {
     }
 
     /// A job's message: claim the row, hand the job to a task, acknowledge.
+    /// A job message: for each of its jobs in turn, wait for a free slot, claim the
+    /// row and hand the job to a task; acknowledge once all have started. (A batch's
+    /// jobs already started are not claimed again if the message comes back: the
+    /// claim is conditional.)
     async fn dispatch(self: Arc<Self>, delivery: Delivery) -> Outcome {
         let dispatch: Dispatch = match delivery.message.json() {
             Ok(d) => d,
             Err(e) => return Outcome::Dead(format!("malformed job message: {e}")),
         };
-        // A free slot first: the message waits (unacknowledged) while all are busy.
-        let Ok(slot) = self.slots.clone().acquire_owned().await else {
-            return Outcome::Retry("the worker is stopping".into());
-        };
-        let claimed = match self
-            .app
-            .db()
-            .claim_job(dispatch.job_id, &self.id, self.lease_ms())
-            .await
-        {
-            Ok(Some(claimed)) => claimed,
-            // Done, cancelled, not due, or another worker's: nothing to do here.
-            Ok(None) => return Outcome::Ack,
-            Err(e) => return Outcome::Retry(e.to_string()),
-        };
-        let span = tracing::info_span!("job", job_id = claimed.id, kind = %claimed.kind, attempt = claimed.attempt);
-        let work = bakery_telemetry::with_correlation(
-            delivery.message.correlation_id.clone(),
-            self.clone().execute(claimed, slot),
-        );
-        self.running.spawn(work.instrument(span));
+        let ids: Vec<i64> = dispatch
+            .job_id
+            .into_iter()
+            .chain(dispatch.job_ids)
+            .collect();
+        if ids.is_empty() {
+            return Outcome::Dead("a job message names no job".into());
+        }
+        for id in ids {
+            // A free slot first: the message waits (unacknowledged) while all are busy.
+            let Ok(slot) = self.slots.clone().acquire_owned().await else {
+                return Outcome::Retry("the worker is stopping".into());
+            };
+            let claimed = match self.app.db().claim_job(id, &self.id, self.lease_ms()).await {
+                Ok(Some(claimed)) => claimed,
+                // Done, cancelled, not due, or another worker's: nothing to do here.
+                Ok(None) => continue,
+                Err(e) => return Outcome::Retry(e.to_string()),
+            };
+            let span = tracing::info_span!("job", job_id = claimed.id, kind = %claimed.kind, attempt = claimed.attempt);
+            let work = bakery_telemetry::with_correlation(
+                delivery.message.correlation_id.clone(),
+                self.clone().execute(claimed, slot),
+            );
+            self.running.spawn(work.instrument(span));
+        }
         Outcome::Ack
     }
 
