@@ -2,7 +2,6 @@
 //! workers make the sizes and attach them once, even when a worker is killed mid-job;
 //! hostile uploads fail with a clear error and the workers keep serving.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
@@ -10,6 +9,7 @@ use nix::unistd::Pid;
 use serde_json::{Value, json};
 
 use crate::harness::{self, Up, eventually};
+use crate::jobs::{ended, finished};
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -67,29 +67,6 @@ async fn upload(
         .send()
         .await
         .unwrap()
-}
-
-async fn job(up: &Up, cookie: &str, id: i64) -> Value {
-    harness::client()
-        .get(up.url(&format!("/api/jobs/{id}")))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn ended(up: &Up, cookie: &str, id: i64) -> Value {
-    let mut last = Value::Null;
-    let done = eventually(LIMIT, async || {
-        last = job(up, cookie, id).await;
-        last["state"] == "succeeded" || last["state"] == "failed"
-    })
-    .await;
-    assert!(done, "job {id} did not end: {last}");
-    last
 }
 
 async fn product_with_images(up: &Up, admin: &str) -> i64 {
@@ -199,28 +176,8 @@ async fn twelve_uploads(rabbitmq: bool) {
     assert_eq!(image::load_from_memory(&display).unwrap().width(), 1024);
 
     // One job.finished per upload for its owner.
-    let counts = async || -> HashMap<i64, usize> {
-        let list: Value = harness::client()
-            .get(up.url("/api/notifications"))
-            .header("cookie", &admin)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let mut counts = HashMap::new();
-        for n in list["items"].as_array().unwrap() {
-            if n["kind"] == "job.finished" {
-                *counts
-                    .entry(n["payload"]["job_id"].as_i64().unwrap())
-                    .or_default() += 1;
-            }
-        }
-        counts
-    };
-    assert!(eventually(LIMIT, async || counts().await.len() == 12).await);
-    assert!(counts().await.values().all(|n| *n == 1));
+    assert!(eventually(LIMIT, async || finished(&up, &admin).await.len() == 12).await);
+    assert!(finished(&up, &admin).await.values().all(|n| *n == 1));
 }
 
 #[tokio::test]

@@ -41,7 +41,7 @@ async fn enqueue(up: &Up, admin: &str, payload: Value) -> i64 {
         .unwrap()
 }
 
-async fn job(up: &Up, cookie: &str, id: i64) -> Value {
+pub(crate) async fn job(up: &Up, cookie: &str, id: i64) -> Value {
     harness::client()
         .get(up.url(&format!("/api/jobs/{id}")))
         .header("cookie", cookie)
@@ -64,8 +64,20 @@ async fn wait_state(up: &Up, cookie: &str, id: i64, state: &str) -> Value {
     last
 }
 
+/// Waits for the job to succeed or fail; answers it then.
+pub(crate) async fn ended(up: &Up, cookie: &str, id: i64) -> Value {
+    let mut last = Value::Null;
+    let done = eventually(LIMIT, async || {
+        last = job(up, cookie, id).await;
+        last["state"] == "succeeded" || last["state"] == "failed"
+    })
+    .await;
+    assert!(done, "job {id} did not end: {last}");
+    last
+}
+
 /// `job.finished` notifications of the user, counted by job id.
-async fn finished(up: &Up, cookie: &str) -> HashMap<i64, usize> {
+pub(crate) async fn finished(up: &Up, cookie: &str) -> HashMap<i64, usize> {
     let list: Value = harness::client()
         .get(up.url("/api/notifications"))
         .header("cookie", cookie)
