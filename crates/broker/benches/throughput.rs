@@ -61,33 +61,6 @@ fn body() -> String {
     format!("{{\"padding\":\"{}\"}}", "x".repeat(180))
 }
 
-/// A vhost of its own on the local RabbitMQ.
-fn fresh_vhost() -> String {
-    let vhost = format!("bakery-bench-{:x}", rand::random::<u32>());
-    for args in [
-        vec!["add_vhost", vhost.as_str()],
-        vec![
-            "set_permissions",
-            "-p",
-            vhost.as_str(),
-            "guest",
-            ".*",
-            ".*",
-            ".*",
-        ],
-    ] {
-        let ok = std::process::Command::new("rabbitmqctl")
-            .arg("-q")
-            .args(&args)
-            .stdout(std::process::Stdio::null())
-            .status()
-            .expect("rabbitmqctl (is RabbitMQ running? scripts/services.sh)")
-            .success();
-        assert!(ok, "rabbitmqctl {args:?}");
-    }
-    format!("amqp://guest:guest@127.0.0.1:5672/{vhost}")
-}
-
 async fn ours(broker: &Broker, n: usize, inflight: usize) -> f64 {
     let done = Arc::new((AtomicUsize::new(0), Notify::new()));
     let stop = CancellationToken::new();
@@ -264,7 +237,10 @@ async fn main() {
     let a = args();
     let data =
         std::env::temp_dir().join(format!("bakery-bench-broker-{:x}", rand::random::<u32>()));
-    let uri = a.amqp.clone().unwrap_or_else(fresh_vhost);
+    let uri = a
+        .amqp
+        .clone()
+        .unwrap_or_else(bakery_testkit::fresh_rabbitmq_url);
     let rabbit = layer(&config(
         &data.join("rabbit"),
         &[("BAKERY_BROKER_URL", &uri)],

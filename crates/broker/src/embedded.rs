@@ -88,6 +88,15 @@ impl Embedded {
         })
     }
 
+    /// SQLite: this process's turn to write (see `sqlite_writer`); PostgreSQL needs none.
+    async fn writer_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        if self.postgres {
+            None
+        } else {
+            Some(self.sqlite_writer.lock().await)
+        }
+    }
+
     /// A transaction for the broker's bookkeeping (claims, acks, retries): on
     /// PostgreSQL committed without waiting for the WAL flush — losing one in a crash
     /// only delivers a message again, which consumers tolerate anyway — and on SQLite
@@ -101,11 +110,7 @@ impl Embedded {
         ),
         sqlx::Error,
     > {
-        let turn = if self.postgres {
-            None
-        } else {
-            Some(self.sqlite_writer.lock().await)
-        };
+        let turn = self.writer_turn().await;
         let mut tx = self.pool.begin().await?;
         if self.postgres {
             sqlx::query("SET LOCAL synchronous_commit = off")
@@ -130,11 +135,7 @@ impl Embedded {
         }
         let now = now_millis();
         // Publishing stays a durable commit (the message must survive a crash).
-        let _turn = if self.postgres {
-            None
-        } else {
-            Some(self.sqlite_writer.lock().await)
-        };
+        let turn = self.writer_turn().await;
         let mut tx = self.pool.begin().await.map_err(broker_error)?;
         for queue in &queues {
             // The same message published twice (a relay retrying) is queued once.
@@ -153,7 +154,7 @@ impl Embedded {
             .map_err(broker_error)?;
         }
         tx.commit().await.map_err(broker_error)?;
-        drop(_turn);
+        drop(turn);
         for queue in queues {
             self.wake[queue].notify_one();
             if self.postgres {

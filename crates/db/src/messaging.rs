@@ -177,13 +177,6 @@ impl Database {
         Ok(())
     }
 
-    /// Rows waiting in the outbox (for `/metrics` and tests).
-    pub async fn outbox_len(&self) -> Result<i64, DbError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM outbox")
-            .fetch_one(self.primary())
-            .await?)
-    }
-
     /// Whether `consumer` has handled `message_id` already.
     pub async fn handled(&self, consumer: &str, message_id: &str) -> Result<bool, DbError> {
         let found: Option<i64> = sqlx::query_scalar(

@@ -61,6 +61,19 @@ pub async fn log_in(http: &reqwest::Client, base: &str, username: &str, password
     session_cookie(&login).expect("a session cookie")
 }
 
+/// `GET url` as the holder of `cookie`; the answer's JSON body.
+pub async fn get_json(url: &str, cookie: &str) -> serde_json::Value {
+    client()
+        .get(url)
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .json()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: the body is not JSON: {e}"))
+}
+
 /// Asserts the contract's JSON error shape and returns its code.
 pub async fn error_code(response: reqwest::Response) -> String {
     let status = response.status();

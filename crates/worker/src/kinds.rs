@@ -17,11 +17,15 @@ pub enum JobError {
     Permanent(String),
 }
 
-/// Progress a job reports, 0..100.
+/// Progress a job reports, 0..100 (its heartbeat reads it).
 #[derive(Clone, Default)]
-pub struct Progress(pub(crate) Arc<AtomicI64>);
+pub struct Progress(Arc<AtomicI64>);
 
 impl Progress {
+    pub(crate) fn get(&self) -> i64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
     pub fn set(&self, percent: i64) {
         self.0.store(percent.clamp(0, 100), Ordering::Relaxed);
     }

@@ -14,7 +14,6 @@
 //! service turns into a notification for the job's owner.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Router;
@@ -261,12 +260,5 @@ impl Worker {
                 Err(error) => tracing::warn!(%error, "the job reaper could not run"),
             }
         }
-    }
-}
-
-/// The progress a running job reports (0..100), read by its heartbeat.
-impl Progress {
-    fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
     }
 }

@@ -42,15 +42,7 @@ async fn enqueue(up: &Up, admin: &str, payload: Value) -> i64 {
 }
 
 pub(crate) async fn job(up: &Up, cookie: &str, id: i64) -> Value {
-    harness::client()
-        .get(up.url(&format!("/api/jobs/{id}")))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    harness::get_json(&up.url(&format!("/api/jobs/{id}")), cookie).await
 }
 
 async fn wait_state(up: &Up, cookie: &str, id: i64, state: &str) -> Value {
@@ -78,15 +70,7 @@ pub(crate) async fn ended(up: &Up, cookie: &str, id: i64) -> Value {
 
 /// `job.finished` notifications of the user, counted by job id.
 pub(crate) async fn finished(up: &Up, cookie: &str) -> HashMap<i64, usize> {
-    let list: Value = harness::client()
-        .get(up.url("/api/notifications"))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = harness::get_json(&up.url("/api/notifications"), cookie).await;
     let mut counts = HashMap::new();
     for n in list["items"].as_array().unwrap() {
         if n["kind"] == "job.finished" {

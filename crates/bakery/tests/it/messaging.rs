@@ -76,15 +76,7 @@ async fn rsvp(up: &Up, cookie: &str, event: i64, request_id: &str) -> i64 {
 
 /// The user's RSVPs whose confirmation was sent.
 async fn confirmed(up: &Up, cookie: &str) -> usize {
-    let mine: Value = harness::client()
-        .get(up.url("/api/me/rsvps"))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let mine: Value = harness::get_json(&up.url("/api/me/rsvps"), cookie).await;
     mine["items"]
         .as_array()
         .unwrap()
@@ -177,15 +169,7 @@ async fn one_rsvp_reaches_everyone(engine: Engine) {
     );
     assert!(header(&mails[0], "Subject").unwrap().contains("Sourdough"));
     // The list answers what the streams carried, newest first.
-    let list: Value = http
-        .get(up.url("/api/notifications"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = harness::get_json(&up.url("/api/notifications"), &cookie).await;
     let kinds: Vec<&str> = list["items"]
         .as_array()
         .unwrap()
@@ -302,15 +286,7 @@ async fn a_stream_resumes_after_last_event_id_in_order_also_after_a_push_restart
     let http = harness::client();
     let cookie = harness::sign_up_and_log_in(&http, &up.base, "dot").await;
     let notifications = async |up: &Up| -> Vec<(i64, String)> {
-        let list: Value = harness::client()
-            .get(up.url("/api/notifications"))
-            .header("cookie", &cookie)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list: Value = harness::get_json(&up.url("/api/notifications"), &cookie).await;
         let mut items: Vec<(i64, String)> = list["items"]
             .as_array()
             .unwrap()
