@@ -7,6 +7,8 @@
 use bakery_core::job::{Job, JobState};
 use serde_json::json;
 
+use sqlx::AnyConnection;
+
 use crate::messaging::stage;
 use crate::{Database, DbError, Lsn, now_millis};
 
@@ -26,10 +28,37 @@ pub struct Claimed {
     pub owner_id: Option<i64>,
 }
 
-/// How a job ended.
-pub enum Ending<'a> {
-    Succeeded(&'a serde_json::Value),
-    Failed(&'a str),
+/// How a held job ended.
+#[derive(Debug, Clone)]
+pub enum Ending {
+    Succeeded(serde_json::Value),
+    Failed(String),
+    /// Failed for now: queued again, to run at `run_at` (unix ms; the reaper
+    /// dispatches it then).
+    RetryAt {
+        error: String,
+        run_at: i64,
+    },
+}
+
+impl Ending {
+    /// The row's state, result, error and run_at after this ending.
+    fn columns(&self) -> (&'static str, Option<String>, Option<&str>, Option<i64>) {
+        match self {
+            Self::Succeeded(value) => ("succeeded", Some(value.to_string()), None, None),
+            Self::Failed(reason) => ("failed", None, Some(reason), None),
+            Self::RetryAt { error, run_at } => ("queued", None, Some(error), Some(*run_at)),
+        }
+    }
+}
+
+/// One job's ending, as [`Database::settle_jobs`] takes it.
+#[derive(Debug, Clone)]
+pub struct Settle {
+    pub job: Claimed,
+    pub ending: Ending,
+    /// Carried by `job.finished`.
+    pub correlation_id: String,
 }
 
 const COLUMNS: &str =
@@ -77,6 +106,64 @@ fn job(row: JobRow) -> Job {
     }
 }
 
+/// At most this many jobs per dispatch message: a bulk enqueue sends one message per
+/// this many jobs, so a batch still spreads over every worker.
+pub const DISPATCH_BATCH: usize = 64;
+/// At most this many rows per multi-row statement (well under both engines'
+/// limits on bound parameters).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// Inserts the jobs, queued and due now, in multi-row statements; their ids.
+async fn insert_jobs(
+    tx: &mut AnyConnection,
+    kind: &str,
+    owner_id: Option<i64>,
+    payloads: &[String],
+    max_attempts: i64,
+) -> Result<Vec<i64>, sqlx::Error> {
+    let now = now_millis();
+    let mut ids = Vec::with_capacity(payloads.len());
+    for chunk in payloads.chunks(ROWS_PER_STATEMENT) {
+        // $1..$4 are shared by every row; each row's payload is its own parameter.
+        let rows: Vec<String> = (5..5 + chunk.len())
+            .map(|p| format!("($1, $2, ${p}, $3, $4, $4, $4)"))
+            .collect();
+        let sql = format!(
+            "INSERT INTO jobs (kind, owner_id, payload, max_attempts, run_at, dispatched_at, created_at)
+             VALUES {} RETURNING id",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+            .bind(kind)
+            .bind(owner_id)
+            .bind(max_attempts)
+            .bind(now);
+        for payload in chunk {
+            query = query.bind(payload);
+        }
+        ids.extend(query.fetch_all(&mut *tx).await?);
+    }
+    Ok(ids)
+}
+
+/// Stages the dispatch messages of `ids` (jobs of `kind`): `{job_id}` for one,
+/// `{job_ids}` for up to [`DISPATCH_BATCH`] per message.
+async fn stage_dispatch(
+    tx: &mut AnyConnection,
+    kind: &str,
+    ids: &[i64],
+    correlation_id: &str,
+) -> Result<(), sqlx::Error> {
+    for chunk in ids.chunks(DISPATCH_BATCH) {
+        let body = match chunk {
+            [id] => json!({ "job_id": id }),
+            many => json!({ "job_ids": many }),
+        };
+        stage(tx, JOBS_EXCHANGE, kind, correlation_id, &body).await?;
+    }
+    Ok(())
+}
+
 impl Database {
     /// A new job, queued, with its dispatch message staged in the same transaction.
     pub async fn enqueue_job(
@@ -94,29 +181,18 @@ impl Database {
         );
         self.write(move |pool| async move {
             let mut tx = pool.begin().await?;
-            let now = now_millis();
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO jobs (kind, owner_id, payload, max_attempts, run_at, dispatched_at, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $5, $5) RETURNING id",
-            )
-            .bind(&kind)
-            .bind(owner_id)
-            .bind(&payload)
-            .bind(max_attempts)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            stage(&mut tx, JOBS_EXCHANGE, &kind, &correlation_id, &json!({ "job_id": id })).await?;
+            let ids = insert_jobs(&mut tx, &kind, owner_id, &[payload], max_attempts).await?;
+            stage_dispatch(&mut tx, &kind, &ids, &correlation_id).await?;
             tx.commit().await?;
-            Ok(id)
+            Ok(ids[0])
         })
         .await
     }
 
-    /// Many jobs of one kind at once: one transaction for all the rows and one
-    /// dispatch message naming them all (what a bulk producer, or the benchmark,
-    /// wants). Should that message be lost to a dead consumer, the reaper dispatches
-    /// the jobs still queued one by one.
+    /// Many jobs of one kind at once (what a bulk producer, or the benchmark,
+    /// wants): one transaction, multi-row inserts, and one dispatch message per
+    /// [`DISPATCH_BATCH`] jobs. Should a message be lost to a dead consumer, the
+    /// reaper dispatches the jobs still queued again.
     pub async fn enqueue_jobs(
         &self,
         kind: &str,
@@ -124,30 +200,10 @@ impl Database {
         max_attempts: i64,
         correlation_id: &str,
     ) -> Result<Vec<i64>, DbError> {
+        let payloads: Vec<String> = payloads.iter().map(|p| p.to_string()).collect();
         let mut tx = self.primary().begin().await?;
-        let now = now_millis();
-        let mut ids = Vec::with_capacity(payloads.len());
-        for payload in payloads {
-            let id: i64 = sqlx::query_scalar(
-                "INSERT INTO jobs (kind, payload, max_attempts, run_at, dispatched_at, created_at)
-                 VALUES ($1, $2, $3, $4, $4, $4) RETURNING id",
-            )
-            .bind(kind)
-            .bind(payload.to_string())
-            .bind(max_attempts)
-            .bind(now)
-            .fetch_one(&mut *tx)
-            .await?;
-            stage(
-                &mut tx,
-                JOBS_EXCHANGE,
-                kind,
-                correlation_id,
-                &json!({ "job_id": id }),
-            )
-            .await?;
-            ids.push(id);
-        }
+        let ids = insert_jobs(&mut tx, kind, None, &payloads, max_attempts).await?;
+        stage_dispatch(&mut tx, kind, &ids, correlation_id).await?;
         tx.commit().await?;
         Ok(ids)
     }
@@ -195,131 +251,169 @@ impl Database {
         Ok(rows.into_iter().map(job).collect())
     }
 
-    /// Takes the job for `worker` for `lease_ms` if it is due and nobody holds it;
-    /// counts an attempt (the new fencing token).
-    pub async fn claim_job(
+    /// Takes those of `ids` that are due and nobody holds for `worker` for
+    /// `lease_ms`, in one statement; each claim counts an attempt (the new fencing
+    /// token).
+    pub async fn claim_jobs(
         &self,
-        id: i64,
+        ids: &[i64],
         worker: &str,
         lease_ms: i64,
-    ) -> Result<Option<Claimed>, DbError> {
+    ) -> Result<Vec<Claimed>, DbError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
         let now = now_millis();
-        let row: Option<(String, String, i64, i64, Option<i64>)> = sqlx::query_as(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $3,
-                    worker = $2, started_at = COALESCE(started_at, $4)
-             WHERE id = $1 AND state = 'queued' AND run_at <= $4
-             RETURNING kind, payload, attempts, max_attempts, owner_id",
-        )
-        .bind(id)
-        .bind(worker)
-        .bind(now + lease_ms)
-        .bind(now)
-        .fetch_optional(self.primary())
-        .await?;
-        Ok(
-            row.map(|(kind, payload, attempt, max_attempts, owner_id)| Claimed {
-                id,
-                kind,
-                payload,
-                attempt,
-                max_attempts,
-                owner_id,
-            }),
-        )
-    }
-
-    /// Keeps the lease alive and records progress; false when the job is no longer
-    /// this attempt's (cancelled, or taken over after the lease ran out).
-    pub async fn heartbeat_job(
-        &self,
-        claimed: &Claimed,
-        progress: i64,
-        lease_ms: i64,
-    ) -> Result<bool, DbError> {
-        Ok(sqlx::query(
-            "UPDATE jobs SET lease_until = $3, progress = $4
-             WHERE id = $1 AND attempts = $2 AND state = 'running'",
-        )
-        .bind(claimed.id)
-        .bind(claimed.attempt)
-        .bind(now_millis() + lease_ms)
-        .bind(progress.clamp(0, 100))
-        .execute(self.primary())
-        .await?
-        .rows_affected()
-            > 0)
-    }
-
-    /// Ends the job (fenced) and stages `job.finished` in the same transaction;
-    /// false when this attempt no longer holds it.
-    pub async fn finish_job(
-        &self,
-        claimed: &Claimed,
-        ending: Ending<'_>,
-        correlation_id: &str,
-    ) -> Result<bool, DbError> {
-        let (state, result, error) = match ending {
-            Ending::Succeeded(value) => ("succeeded", Some(value.to_string()), None),
-            Ending::Failed(reason) => ("failed", None, Some(reason.to_string())),
-        };
-        let mut tx = self.primary().begin().await?;
-        let now = now_millis();
-        let done = sqlx::query(
-            "UPDATE jobs SET state = $3, result = $4, error = $5, finished_at = $6, lease_until = 0,
-                    progress = CASE WHEN $3 = 'succeeded' THEN 100 ELSE progress END
-             WHERE id = $1 AND attempts = $2 AND state = 'running'",
-        )
-        .bind(claimed.id)
-        .bind(claimed.attempt)
-        .bind(state)
-        .bind(result)
-        .bind(error)
-        .bind(now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected()
-            > 0;
-        // Nobody to tell about a job nobody owns (an operator's, a benchmark's).
-        if done && claimed.owner_id.is_some() {
-            let event = json!({
-                "job_id": claimed.id,
-                "kind": claimed.kind,
-                "state": state,
-                "user_id": claimed.owner_id,
-            });
-            stage(
-                &mut tx,
-                EVENTS_EXCHANGE,
-                "job.finished",
-                correlation_id,
-                &event,
+        let list: Vec<String> = (4..4 + ids.len()).map(|p| format!("${p}")).collect();
+        let sql = format!(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1,
+                    worker = $2, started_at = COALESCE(started_at, $3)
+             WHERE id IN ({}) AND state = 'queued' AND run_at <= $3
+             RETURNING id, kind, payload, attempts, max_attempts, owner_id",
+            list.join(", ")
+        );
+        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(now + lease_ms)
+            .bind(worker)
+            .bind(now);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        let rows: Vec<(i64, String, String, i64, i64, Option<i64>)> =
+            query.fetch_all(self.primary()).await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, kind, payload, attempt, max_attempts, owner_id)| Claimed {
+                    id,
+                    kind,
+                    payload,
+                    attempt,
+                    max_attempts,
+                    owner_id,
+                },
             )
-            .await?;
+            .collect())
+    }
+
+    /// Renews the leases of held jobs (id, attempt, progress) for `lease_ms` and
+    /// records their progress, in one statement; answers the ids still held — a job
+    /// missing is no longer its attempt's (cancelled, or taken over after its lease
+    /// ran out).
+    pub async fn heartbeat_jobs(
+        &self,
+        held: &[(i64, i64, i64)],
+        lease_ms: i64,
+    ) -> Result<Vec<i64>, DbError> {
+        if held.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<String> = (0..held.len())
+            .map(|i| {
+                let p = 2 + 3 * i;
+                format!(
+                    "(CAST(${p} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                    p + 1,
+                    p + 2
+                )
+            })
+            .collect();
+        let sql = format!(
+            "WITH held (id, attempt, progress) AS (VALUES {})
+             UPDATE jobs SET lease_until = $1, progress = held.progress FROM held
+             WHERE jobs.id = held.id AND jobs.attempts = held.attempt AND jobs.state = 'running'
+             RETURNING jobs.id",
+            rows.join(", ")
+        );
+        let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(now_millis() + lease_ms);
+        for (id, attempt, progress) in held {
+            query = query
+                .bind(*id)
+                .bind(*attempt)
+                .bind((*progress).clamp(0, 100));
+        }
+        Ok(query.fetch_all(self.primary()).await?)
+    }
+
+    /// Records how each of many held jobs ended, in one transaction: the fenced
+    /// updates in one statement, and `job.finished` staged for each finished job
+    /// someone owns. Answers, per ending in order, whether its attempt still held
+    /// the job (false: its result is dropped).
+    pub async fn settle_jobs(&self, endings: &[Settle]) -> Result<Vec<bool>, DbError> {
+        if endings.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = now_millis();
+        let mut settled = Vec::new();
+        let mut tx = self.primary().begin().await?;
+        for chunk in endings.chunks(ROWS_PER_STATEMENT) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = 2 + 6 * i;
+                    format!(
+                        "(CAST(${p} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS TEXT), \
+                          CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT))",
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "WITH ending (id, attempt, state, result, error, run_at) AS (VALUES {})
+                 UPDATE jobs SET state = ending.state, result = ending.result, error = ending.error,
+                        run_at = COALESCE(ending.run_at, jobs.run_at), lease_until = 0,
+                        finished_at = CASE WHEN ending.state = 'queued' THEN NULL ELSE $1 END,
+                        dispatched_at = CASE WHEN ending.state = 'queued' THEN NULL ELSE jobs.dispatched_at END,
+                        progress = CASE WHEN ending.state = 'succeeded' THEN 100 ELSE jobs.progress END
+                 FROM ending
+                 WHERE jobs.id = ending.id AND jobs.attempts = ending.attempt AND jobs.state = 'running'
+                 RETURNING jobs.id",
+                rows.join(", ")
+            );
+            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(now);
+            for settle in chunk {
+                let (state, result, error, run_at) = settle.ending.columns();
+                query = query
+                    .bind(settle.job.id)
+                    .bind(settle.job.attempt)
+                    .bind(state)
+                    .bind(result)
+                    .bind(error)
+                    .bind(run_at);
+            }
+            let ids: Vec<i64> = query.fetch_all(&mut *tx).await?;
+            settled.extend(ids);
+        }
+        let settled: std::collections::HashSet<i64> = settled.into_iter().collect();
+        let held: Vec<bool> = endings
+            .iter()
+            .map(|settle| settled.contains(&settle.job.id))
+            .collect();
+        for (settle, held) in endings.iter().zip(&held) {
+            let finished = !matches!(settle.ending, Ending::RetryAt { .. });
+            // Nobody to tell about a job nobody owns (an operator's, a benchmark's).
+            if *held && finished && settle.job.owner_id.is_some() {
+                let event = json!({
+                    "job_id": settle.job.id,
+                    "kind": settle.job.kind,
+                    "state": settle.ending.columns().0,
+                    "user_id": settle.job.owner_id,
+                });
+                stage(
+                    &mut tx,
+                    EVENTS_EXCHANGE,
+                    "job.finished",
+                    &settle.correlation_id,
+                    &event,
+                )
+                .await?;
+            }
         }
         tx.commit().await?;
-        Ok(done)
-    }
-
-    /// Puts the job back in the queue to run again at `run_at` (a retry's backoff);
-    /// the reaper dispatches it then. False when this attempt no longer holds it.
-    pub async fn retry_job_at(
-        &self,
-        claimed: &Claimed,
-        error: &str,
-        run_at: i64,
-    ) -> Result<bool, DbError> {
-        Ok(sqlx::query(
-            "UPDATE jobs SET state = 'queued', error = $3, run_at = $4, dispatched_at = NULL, lease_until = 0
-             WHERE id = $1 AND attempts = $2 AND state = 'running'",
-        )
-        .bind(claimed.id)
-        .bind(claimed.attempt)
-        .bind(error)
-        .bind(run_at)
-        .execute(self.primary())
-        .await?
-        .rows_affected()
-            > 0)
+        Ok(held)
     }
 
     /// Cancels a queued or running job; answers its state afterwards (`None`: no
@@ -353,14 +447,7 @@ impl Database {
         let Some(kind) = kind else {
             return Ok(false);
         };
-        stage(
-            &mut tx,
-            JOBS_EXCHANGE,
-            &kind,
-            correlation_id,
-            &json!({ "job_id": id }),
-        )
-        .await?;
+        stage_dispatch(&mut tx, &kind, &[id], correlation_id).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -393,15 +480,12 @@ impl Database {
         .bind(now - redispatch_after_ms)
         .fetch_all(&mut *tx)
         .await?;
+        let mut by_kind: std::collections::BTreeMap<&str, Vec<i64>> = Default::default();
         for (id, kind) in &due {
-            stage(
-                &mut tx,
-                JOBS_EXCHANGE,
-                kind,
-                correlation_id,
-                &json!({ "job_id": id }),
-            )
-            .await?;
+            by_kind.entry(kind).or_default().push(*id);
+        }
+        for (kind, ids) in by_kind {
+            stage_dispatch(&mut tx, kind, &ids, correlation_id).await?;
         }
         tx.commit().await?;
         Ok(due.len())

@@ -104,3 +104,30 @@ pub fn fresh_rabbitmq_url() -> String {
     }
     format!("amqp://guest:guest@127.0.0.1:5672/{vhost}")
 }
+
+/// Where a test's messages travel: the two brokers, the embedded one on each of its
+/// databases.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    /// The embedded broker on the default SQLite database.
+    Embedded,
+    /// The embedded broker in PostgreSQL (`SKIP LOCKED`, `LISTEN/NOTIFY`), on a
+    /// fresh database.
+    EmbeddedPostgres,
+    /// RabbitMQ on a vhost of its own (the database stays the default SQLite).
+    RabbitMq,
+}
+
+impl Engine {
+    /// The environment that selects this engine for `bakery up` and the CLI.
+    pub async fn env(self) -> Vec<(String, String)> {
+        match self {
+            Self::Embedded => Vec::new(),
+            Self::EmbeddedPostgres => vec![(
+                "BAKERY_DATABASE_URL".into(),
+                fresh_postgres_database().await,
+            )],
+            Self::RabbitMq => vec![("BAKERY_BROKER_URL".into(), fresh_rabbitmq_url())],
+        }
+    }
+}

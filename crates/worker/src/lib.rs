@@ -1,13 +1,16 @@
 //! `bakery worker`: runs jobs (contract: "Jobs").
 //!
-//! A job's message (`{job_id}` on `jobs.<kind>`) is only a wake-up: the worker claims
-//! the job's row — a lease of `job_lease_secs`, counted as an attempt, the attempt
-//! number being the fencing token — acknowledges the message at once, and runs the
-//! job in a task of its own, renewing the lease every third of it. So a long job
-//! holds no broker delivery and no database transaction; a worker killed mid-job
-//! loses its lease, and the reaper (in every worker) puts the job back on the queue
-//! for another; a worker that lost its lease (cancelled, or taken over) notices at its
-//! next heartbeat, stops, and can no longer finish it (every write is fenced).
+//! A job's message (`{job_id}`, or `{job_ids}` for a bulk enqueue, on `jobs.<kind>`)
+//! is only a wake-up: as slots free up, the worker claims the jobs' rows in one
+//! statement — a lease of `job_lease_secs` each, counted as an attempt, the attempt
+//! number being the fencing token — acknowledges the message once all have started,
+//! and runs each job in a task of its own. One heartbeat renews the leases of all the
+//! jobs it holds, every third of a lease, in one statement; the ends of jobs are
+//! written in batches (`settle`). So a long job holds no broker delivery and no
+//! database transaction; a worker killed mid-job loses its leases, and the reaper
+//! (in every worker) puts its jobs back on the queue for another; a worker that lost
+//! a lease (cancelled, or taken over) notices at its next heartbeat, stops that job,
+//! and can no longer finish it (every write is fenced).
 //! Failures: transient ones are retried with capped exponential backoff and jitter
 //! until `max_attempts`, then the job fails; permanent ones fail it at once. The end
 //! of a job someone owns publishes `job.finished` (through the outbox), which the push
@@ -23,16 +26,21 @@ use bakery_config::Config;
 use bakery_db::jobs::{Claimed, Ending};
 use bakery_web::AppState;
 use serde::Deserialize;
+use std::collections::HashSet;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+mod held;
 mod image;
 pub mod kinds;
+mod settle;
 
+use held::Held;
 use kinds::{JobError, Progress};
+use settle::Settler;
 
 /// The queues a worker consumes.
 const QUEUES: &[&str] = &[
@@ -51,6 +59,8 @@ struct Worker {
     lease: Duration,
     retry: Policy,
     running: TaskTracker,
+    held: Held,
+    settler: Settler,
 }
 
 /// Runs a worker on `listener` (health and metrics) until `shutdown`.
@@ -73,6 +83,8 @@ pub async fn run(
         lease: config.job_lease,
         retry: Policy::from_config(&config),
         running: TaskTracker::new(),
+        held: Held::default(),
+        settler: Settler::start(state.app.clone()),
     });
     let stop = CancellationToken::new();
     let consumers: Vec<_> = QUEUES
@@ -84,6 +96,9 @@ pub async fn run(
         })
         .collect();
     let reaper = tokio::spawn(worker.clone().reap(stop.clone()));
+    // Heartbeats go on until the running jobs have finished, after the consumers stop.
+    let beating = CancellationToken::new();
+    let heartbeat = tokio::spawn(worker.clone().heartbeat(beating.clone()));
     let router = bakery_web::layered(
         state.clone(),
         Router::new().merge(bakery_web::routes::ops::router()),
@@ -104,6 +119,8 @@ pub async fn run(
             "jobs still running at exit; their leases will run out and another worker takes them over"
         );
     }
+    beating.cancel();
+    let _ = heartbeat.await;
     state.app.broker().close().await;
     Ok(())
 }
@@ -123,11 +140,10 @@ impl Worker {
         self.lease.as_millis() as i64
     }
 
-    /// A job's message: claim the row, hand the job to a task, acknowledge.
-    /// A job message: for each of its jobs in turn, wait for a free slot, claim the
-    /// row and hand the job to a task; acknowledge once all have started. (A batch's
-    /// jobs already started are not claimed again if the message comes back: the
-    /// claim is conditional.)
+    /// A job message: its jobs start as slots free up — as many as are free are
+    /// claimed in one statement and each handed to a task; the message is
+    /// acknowledged once all have started. (Jobs of a batch already started are not
+    /// claimed again if the message comes back: the claim is conditional.)
     async fn dispatch(self: Arc<Self>, delivery: Delivery) -> Outcome {
         let dispatch: Dispatch = match delivery.message.json() {
             Ok(d) => d,
@@ -141,74 +157,86 @@ impl Worker {
         if ids.is_empty() {
             return Outcome::Dead("a job message names no job".into());
         }
-        for id in ids {
+        let mut waiting = ids.as_slice();
+        while !waiting.is_empty() {
             // A free slot first: the message waits (unacknowledged) while all are busy.
-            let Ok(slot) = self.slots.clone().acquire_owned().await else {
+            let Ok(first) = self.slots.clone().acquire_owned().await else {
                 return Outcome::Retry("the worker is stopping".into());
             };
-            let claimed = match self.app.db().claim_job(id, &self.id, self.lease_ms()).await {
-                Ok(Some(claimed)) => claimed,
-                // Done, cancelled, not due, or another worker's: nothing to do here.
-                Ok(None) => continue,
+            let mut slots = vec![first];
+            while slots.len() < waiting.len() {
+                match self.slots.clone().try_acquire_owned() {
+                    Ok(slot) => slots.push(slot),
+                    Err(_) => break,
+                }
+            }
+            let (now, later) = waiting.split_at(slots.len());
+            waiting = later;
+            // Done, cancelled, not due or another worker's: not claimed, nothing to do.
+            let claimed = match self
+                .app
+                .db()
+                .claim_jobs(now, &self.id, self.lease_ms())
+                .await
+            {
+                Ok(claimed) => claimed,
                 Err(e) => return Outcome::Retry(e.to_string()),
             };
-            let span = tracing::info_span!("job", job_id = claimed.id, kind = %claimed.kind, attempt = claimed.attempt);
-            let work = bakery_telemetry::with_correlation(
-                delivery.message.correlation_id.clone(),
-                self.clone().execute(claimed, slot),
-            );
-            self.running.spawn(work.instrument(span));
+            for (claimed, slot) in claimed.into_iter().zip(slots) {
+                let span = tracing::info_span!("job", job_id = claimed.id, kind = %claimed.kind, attempt = claimed.attempt);
+                let work = bakery_telemetry::with_correlation(
+                    delivery.message.correlation_id.clone(),
+                    self.clone().execute(claimed, slot),
+                );
+                self.running.spawn(work.instrument(span));
+            }
         }
         Outcome::Ack
     }
 
-    /// Runs a claimed job to its end, keeping its lease alive meanwhile.
+    /// Runs a claimed job to its end; the heartbeat keeps its lease alive meanwhile.
     async fn execute(self: Arc<Self>, claimed: Claimed, _slot: OwnedSemaphorePermit) {
         let progress = Progress::default();
-        let lost = CancellationToken::new();
-        let heartbeat = tokio::spawn(self.clone().heartbeat(
-            claimed.clone(),
-            progress.clone(),
-            lost.clone(),
-        ));
-        tracing::info!("job started");
+        let lost = self.held.hold(&claimed, progress.clone());
+        tracing::debug!("job started");
         let outcome = tokio::select! {
             result = kinds::run(&self.app, &claimed, &progress) => Some(result),
             () = lost.cancelled() => None,
         };
-        heartbeat.abort();
-        let correlation = bakery_telemetry::correlation_id();
-        let db = self.app.db();
-        let (state, fenced) = match outcome {
+        // Settling is quick; were it to fail, the lease runs out and the job runs again.
+        self.held.release(claimed.id);
+        let ending = match outcome {
             None => {
                 tracing::info!("job no longer ours (cancelled or taken over); stopped");
                 return;
             }
-            Some(Ok(value)) => (
-                "succeeded",
-                db.finish_job(&claimed, Ending::Succeeded(&value), &correlation)
-                    .await,
-            ),
+            Some(Ok(value)) => Ending::Succeeded(value),
             Some(Err(JobError::Transient(reason))) if claimed.attempt < claimed.max_attempts => {
                 let delay = self.retry.delay(claimed.attempt as u32);
                 tracing::warn!(%reason, ?delay, "job failed for now; will retry");
                 let run_at = bakery_core::now_millis() + delay.as_millis() as i64;
-                ("retry", db.retry_job_at(&claimed, &reason, run_at).await)
+                Ending::RetryAt {
+                    error: reason,
+                    run_at,
+                }
             }
             Some(Err(JobError::Transient(reason) | JobError::Permanent(reason))) => {
                 tracing::warn!(%reason, "job failed");
-                (
-                    "failed",
-                    db.finish_job(&claimed, Ending::Failed(&reason), &correlation)
-                        .await,
-                )
+                Ending::Failed(reason)
             }
         };
-        match fenced {
+        let state = match ending {
+            Ending::Succeeded(_) => "succeeded",
+            Ending::Failed(_) => "failed",
+            Ending::RetryAt { .. } => "retry",
+        };
+        let kind = claimed.kind.clone();
+        let settled = self.settler.settle(claimed, ending).await;
+        match settled {
             Ok(true) => {
-                metrics::counter!("bakery_jobs_total", "kind" => claimed.kind.clone(), "state" => state).increment(1);
-                tracing::info!(state, "job settled");
-                self.app.events_staged();
+                metrics::counter!("bakery_jobs_total", "kind" => kind, "state" => state)
+                    .increment(1);
+                tracing::debug!(state, "job settled");
             }
             Ok(false) => tracing::info!("job no longer ours at its end; its result is dropped"),
             Err(error) => {
@@ -217,28 +245,30 @@ impl Worker {
         }
     }
 
-    /// Renews the lease every third of it; cancels `lost` when the job is no longer
-    /// this attempt's.
-    async fn heartbeat(
-        self: Arc<Self>,
-        claimed: Claimed,
-        progress: Progress,
-        lost: CancellationToken,
-    ) {
+    /// Renews the leases of every job this worker holds, a third of a lease apart,
+    /// in one statement; a job that is no longer its attempt's is told to stop.
+    async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
         loop {
-            tokio::time::sleep(self.lease / 3).await;
-            match self
-                .app
-                .db()
-                .heartbeat_job(&claimed, progress.get(), self.lease_ms())
-                .await
-            {
-                Ok(true) => {}
-                Ok(false) => {
-                    lost.cancel();
-                    return;
+            tokio::select! {
+                () = tokio::time::sleep(self.lease / 3) => {}
+                () = stop.cancelled() => return,
+            }
+            let held = self.held.snapshot();
+            if held.is_empty() {
+                continue;
+            }
+            let beats: Vec<_> = held
+                .iter()
+                .map(|job| (job.id, job.attempt, job.progress.get()))
+                .collect();
+            match self.app.db().heartbeat_jobs(&beats, self.lease_ms()).await {
+                Ok(still) => {
+                    let still: HashSet<i64> = still.into_iter().collect();
+                    for job in held.iter().filter(|job| !still.contains(&job.id)) {
+                        job.lost.cancel();
+                    }
                 }
-                Err(error) => tracing::warn!(%error, "cannot renew the job's lease"),
+                Err(error) => tracing::warn!(%error, "cannot renew the jobs' leases"),
             }
         }
     }

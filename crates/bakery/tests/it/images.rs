@@ -8,7 +8,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 
-use crate::harness::{self, Up, eventually};
+use crate::harness::{self, Engine, Up, eventually};
 use crate::jobs::{ended, finished};
 
 const LIMIT: Duration = Duration::from_secs(60);
@@ -85,23 +85,27 @@ async fn product_with_images(up: &Up, admin: &str) -> i64 {
 
 #[tokio::test]
 async fn twelve_uploads_with_a_worker_killed_mid_job_give_twelve_images_once_each_embedded() {
-    twelve_uploads(false).await;
+    twelve_uploads(Engine::Embedded).await;
+}
+
+#[tokio::test]
+async fn twelve_uploads_with_a_worker_killed_mid_job_give_twelve_images_once_each_embedded_on_postgres()
+ {
+    twelve_uploads(Engine::EmbeddedPostgres).await;
 }
 
 #[tokio::test]
 async fn twelve_uploads_with_a_worker_killed_mid_job_give_twelve_images_once_each_rabbitmq() {
-    twelve_uploads(true).await;
+    twelve_uploads(Engine::RabbitMq).await;
 }
 
-async fn twelve_uploads(rabbitmq: bool) {
+async fn twelve_uploads(engine: Engine) {
     let mut env = vec![
         ("BAKERY_JOB_LEASE_SECS".to_string(), "2".to_string()),
         ("BAKERY_OUTBOX_SWEEP_AFTER_MS".into(), "500".into()),
         ("BAKERY_WORKER_CONCURRENCY".into(), "2".into()),
     ];
-    if rabbitmq {
-        env.push(("BAKERY_BROKER_URL".into(), harness::fresh_rabbitmq_url()));
-    }
+    env.extend(engine.env().await);
     let mut up = Up::start(env, 1);
     let http = harness::client();
     let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;

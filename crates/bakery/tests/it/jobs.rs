@@ -10,20 +10,18 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 
-use crate::harness::{self, Up, eventually};
+use crate::harness::{self, Engine, Up, eventually};
 
 const LIMIT: Duration = Duration::from_secs(40);
 
-async fn start(rabbitmq: bool) -> Up {
+async fn start(engine: Engine) -> Up {
     let mut env = vec![
         ("BAKERY_BROKER_RETRY_BASE_MS".to_string(), "100".to_string()),
         ("BAKERY_BROKER_RETRY_CAP_MS".into(), "400".into()),
         ("BAKERY_JOB_LEASE_SECS".into(), "2".into()),
         ("BAKERY_OUTBOX_SWEEP_AFTER_MS".into(), "500".into()),
     ];
-    if rabbitmq {
-        env.push(("BAKERY_BROKER_URL".into(), harness::fresh_rabbitmq_url()));
-    }
+    env.extend(engine.env().await);
     Up::start(env, 1)
 }
 
@@ -84,7 +82,16 @@ pub(crate) async fn finished(up: &Up, cookie: &str) -> HashMap<i64, usize> {
 
 #[tokio::test]
 async fn jobs_succeed_retry_fail_cancel_and_are_queued_again() {
-    let up = start(false).await;
+    lifecycle(Engine::Embedded).await;
+}
+
+#[tokio::test]
+async fn jobs_succeed_retry_fail_cancel_and_are_queued_again_on_postgres() {
+    lifecycle(Engine::EmbeddedPostgres).await;
+}
+
+async fn lifecycle(engine: Engine) {
+    let up = start(engine).await;
     let http = harness::client();
     let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
 
@@ -172,8 +179,8 @@ async fn jobs_succeed_retry_fail_cancel_and_are_queued_again() {
     assert!(finished(&up, &admin).await.values().all(|n| *n == 1));
 }
 
-async fn killed_worker_loses_its_job_to_another(rabbitmq: bool) {
-    let mut up = start(rabbitmq).await;
+async fn killed_worker_loses_its_job_to_another(engine: Engine) {
+    let mut up = start(engine).await;
     let http = harness::client();
     let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
     let mut ids = Vec::new();
@@ -213,12 +220,17 @@ async fn killed_worker_loses_its_job_to_another(rabbitmq: bool) {
 
 #[tokio::test]
 async fn a_worker_killed_mid_job_loses_it_to_another_and_each_job_ends_once_embedded() {
-    killed_worker_loses_its_job_to_another(false).await;
+    killed_worker_loses_its_job_to_another(Engine::Embedded).await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_loses_it_to_another_and_each_job_ends_once_embedded_on_postgres() {
+    killed_worker_loses_its_job_to_another(Engine::EmbeddedPostgres).await;
 }
 
 #[tokio::test]
 async fn a_worker_killed_mid_job_loses_it_to_another_and_each_job_ends_once_rabbitmq() {
-    killed_worker_loses_its_job_to_another(true).await;
+    killed_worker_loses_its_job_to_another(Engine::RabbitMq).await;
 }
 
 #[tokio::test]

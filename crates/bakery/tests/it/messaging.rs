@@ -15,16 +15,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::{Value, json};
 
-use crate::harness::{self, Up, eventually};
-
-#[derive(Clone, Copy, Debug)]
-enum Engine {
-    /// The embedded broker on the default SQLite database.
-    Embedded,
-    /// The embedded broker in PostgreSQL (`SKIP LOCKED`, `LISTEN/NOTIFY`).
-    EmbeddedPostgres,
-    RabbitMq,
-}
+use crate::harness::{self, Engine, Up, eventually};
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -37,9 +28,7 @@ async fn start(engine: Engine, sink: &SmtpSink, clones: usize) -> Up {
         ("BAKERY_BROKER_LEASE_SECS".into(), "5".into()),
         ("BAKERY_OUTBOX_SWEEP_AFTER_MS".into(), "500".into()),
     ];
-    if let Engine::RabbitMq = engine {
-        env.push(("BAKERY_BROKER_URL".into(), harness::fresh_rabbitmq_url()));
-    }
+    env.extend(engine.env().await);
     Up::start(env, clones)
 }
 
