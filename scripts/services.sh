@@ -101,6 +101,28 @@ replica() {
     "psql -h 127.0.0.1 -p 5432 -U postgres -Atc \"SELECT 1 FROM pg_stat_replication WHERE state = 'streaming'\" | grep -q 1"
 }
 
+# Room for the tests: they run many `bakery up`s at once, each process with a pool
+# of its own, and PostgreSQL's default of 100 connections runs out. A standby needs at
+# least its primary's max_connections, so the replica is raised (and restarted) first.
+CONNECTIONS=400
+room_for_tests() {
+  local version cluster port
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  for pair in replica:5433 main:5432; do
+    cluster=${pair%%:*} port=${pair##*:}
+    if [ "$(psql -h 127.0.0.1 -p "$port" -U postgres -Atc 'SHOW max_connections')" -lt "$CONNECTIONS" ]; then
+      log "raising max_connections to $CONNECTIONS on $cluster"
+      mkdir -p "/etc/postgresql/$version/$cluster/conf.d"
+      echo "max_connections = $CONNECTIONS" > "/etc/postgresql/$version/$cluster/conf.d/bakery-tests.conf"
+      pg_ctlcluster --skip-systemctl-redirect "$version" "$cluster" restart >/dev/null 2>&1 ||
+        pg_ctlcluster "$version" "$cluster" restart >/dev/null 2>&1 || die "PostgreSQL ($cluster) would not restart"
+      wait_for "PostgreSQL $cluster (127.0.0.1:$port)" 150 psql -h 127.0.0.1 -p "$port" -U postgres -d postgres -Atc 'SELECT 1'
+    fi
+  done
+  wait_for "PostgreSQL replica (127.0.0.1:5433) streaming" 150 sh -c \
+    "psql -h 127.0.0.1 -p 5432 -U postgres -Atc \"SELECT 1 FROM pg_stat_replication WHERE state = 'streaming'\" | grep -q 1"
+}
+
 # Two Memcached nodes, each a daemon with its own pid file.
 memcached_nodes() {
   command -v memcached >/dev/null || apt_install memcached
@@ -144,6 +166,7 @@ smtp_server() {
 
 postgres
 replica
+room_for_tests
 redis
 memcached_nodes
 rabbitmq

@@ -30,6 +30,7 @@ mod error;
 pub mod jobs;
 pub mod media;
 pub mod notifications;
+pub mod pages;
 
 pub use error::Error;
 

@@ -73,16 +73,18 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     bar.reset();
     bar.set_message("ended");
     let first = first.unwrap_or(0);
-    let ends = loop {
-        let ends = app.db().job_ends(first, last).await?;
-        bar.set_position(ends.len() as u64);
-        if ends.len() >= options.jobs {
-            break ends;
+    // Counting is cheap; the ends themselves are read once, after the last.
+    loop {
+        let ended = app.db().jobs_ended(first, last).await?;
+        bar.set_position(ended as u64);
+        if ended as usize >= options.jobs {
+            break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let elapsed = started.elapsed();
     bar.finish();
+    let ends = app.db().job_ends(first, last).await?;
     for worker in &mut workers {
         stop(worker).await;
     }
@@ -100,6 +102,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         "kind": options.kind,
         "jobs": options.jobs,
         "workers": options.workers,
+        "concurrency": config.worker_concurrency,
         "batch": options.batch,
         "broker": app.broker().engine(),
         "jobs_per_s": (options.jobs as f64 / elapsed.as_secs_f64() * 10.0).round() / 10.0,

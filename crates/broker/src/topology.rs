@@ -17,6 +17,9 @@ pub const JOBS_RENDER: &str = "jobs.render";
 /// Jobs that do nothing: for measuring the job machinery alone (not in the contract's
 /// table; an addition).
 pub const JOBS_NOOP: &str = "jobs.noop";
+/// `product.changed` for the workers, which re-render the product's page for the
+/// edge (an addition to the contract's table).
+pub const RENDER_PRODUCTS: &str = "render.products";
 
 /// Exchanges and their kinds.
 pub const EXCHANGES: &[(&str, ExchangeKind)] = &[
@@ -38,6 +41,7 @@ pub const BINDINGS: &[(&str, &str, &str)] = &[
     (EVENTS, "job.finished", PUSH_NOTIFICATIONS),
     (EVENTS, "email.sent", PUSH_NOTIFICATIONS),
     (EVENTS, "email.sent", CALENDAR_FOLLOWUPS),
+    (EVENTS, "product.changed", RENDER_PRODUCTS),
     (JOBS, "image", JOBS_IMAGE),
     (JOBS, "render", JOBS_RENDER),
     (JOBS, "noop", JOBS_NOOP),
@@ -51,6 +55,7 @@ pub const QUEUES: &[&str] = &[
     JOBS_IMAGE,
     JOBS_RENDER,
     JOBS_NOOP,
+    RENDER_PRODUCTS,
 ];
 
 /// The dead-letter queue of `queue`.
@@ -121,7 +126,8 @@ mod tests {
             route(EVENTS, "email.sent"),
             [PUSH_NOTIFICATIONS, CALENDAR_FOLLOWUPS]
         );
-        assert_eq!(route(EVENTS, "product.changed"), Vec::<&str>::new());
+        assert_eq!(route(EVENTS, "product.changed"), [RENDER_PRODUCTS]);
+        assert_eq!(route(EVENTS, "page.unknown"), Vec::<&str>::new());
         assert_eq!(route(JOBS, "image"), [JOBS_IMAGE]);
         assert_eq!(route(JOBS, "rsvp.created"), Vec::<&str>::new());
         assert_eq!(route("nope", "image"), Vec::<&str>::new());

@@ -5,6 +5,7 @@ pub mod account;
 pub mod calendar;
 pub mod catalog;
 pub mod clock;
+pub mod edge;
 pub mod job;
 pub mod password_hash;
 

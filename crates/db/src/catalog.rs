@@ -164,6 +164,7 @@ impl Database {
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
+            product_changed(&mut tx, id, false).await?;
             tx.commit().await?;
             Ok(id)
         })
@@ -207,6 +208,7 @@ impl Database {
                     .execute(&mut *tx)
                     .await?;
             }
+            product_changed(&mut tx, id, false).await?;
             tx.commit().await?;
             Ok(true)
         })
@@ -216,12 +218,18 @@ impl Database {
     /// Deletes a product and (by cascade) its price, description, images and reviews.
     pub async fn delete_product(&self, id: i64) -> Result<(bool, Option<Lsn>), DbError> {
         self.write(move |pool| async move {
-            Ok(sqlx::query("DELETE FROM products WHERE id = $1")
+            let mut tx = pool.begin().await?;
+            let found = sqlx::query("DELETE FROM products WHERE id = $1")
                 .bind(id)
-                .execute(&pool)
+                .execute(&mut *tx)
                 .await?
                 .rows_affected()
-                > 0)
+                > 0;
+            if found {
+                product_changed(&mut tx, id, true).await?;
+            }
+            tx.commit().await?;
+            Ok(found)
         })
         .await
     }
@@ -235,6 +243,7 @@ impl Database {
         body: &str,
     ) -> Result<(Option<Review>, Option<Lsn>), DbError> {
         self.write(move |pool| async move {
+            let mut tx = pool.begin().await?;
             let inserted: Option<i64> = sqlx::query_scalar(
                 "INSERT INTO reviews (product_id, user_id, rating, body, created_at)
                  SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM products WHERE id = $1)
@@ -245,11 +254,13 @@ impl Database {
             .bind(rating)
             .bind(body)
             .bind(now_millis())
-            .fetch_optional(&pool)
+            .fetch_optional(&mut *tx)
             .await?;
             let Some(id) = inserted else { return Ok(None) };
             let sql = format!("SELECT {REVIEW_COLUMNS} FROM reviews r JOIN users u ON u.id = r.user_id WHERE r.id = $1");
-            let row: ReviewRow = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(&pool).await?;
+            let row: ReviewRow = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(&mut *tx).await?;
+            product_changed(&mut tx, product_id, false).await?;
+            tx.commit().await?;
             Ok(Some(review(row)))
         })
         .await
@@ -269,12 +280,17 @@ impl Database {
 
     pub async fn delete_review(&self, id: i64) -> Result<(bool, Option<Lsn>), DbError> {
         self.write(move |pool| async move {
-            Ok(sqlx::query("DELETE FROM reviews WHERE id = $1")
-                .bind(id)
-                .execute(&pool)
-                .await?
-                .rows_affected()
-                > 0)
+            let mut tx = pool.begin().await?;
+            let product: Option<i64> =
+                sqlx::query_scalar("DELETE FROM reviews WHERE id = $1 RETURNING product_id")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if let Some(product) = product {
+                product_changed(&mut tx, product, false).await?;
+            }
+            tx.commit().await?;
+            Ok(product.is_some())
         })
         .await
     }
@@ -373,26 +389,49 @@ impl Database {
     ) -> Result<(bool, Option<Lsn>), DbError> {
         let (url, thumb_url) = (url.to_string(), thumb_url.to_string());
         self.write(move |pool| async move {
-            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM products WHERE id = $1")
-                .bind(product_id)
-                .fetch_optional(&pool)
-                .await?;
-            if exists.is_none() {
-                return Ok(false);
-            }
-            sqlx::query(
+            let mut tx = pool.begin().await?;
+            let attached = sqlx::query(
                 "INSERT INTO product_images (product_id, url, thumb_url, created_at, job_id)
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (job_id) DO NOTHING",
+                 SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM products WHERE id = $1)
+                 ON CONFLICT (job_id) DO NOTHING",
             )
             .bind(product_id)
             .bind(&url)
             .bind(&thumb_url)
             .bind(now_millis())
             .bind(job_id)
-            .execute(&pool)
-            .await?;
-            Ok(true)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0;
+            if attached {
+                product_changed(&mut tx, product_id, false).await?;
+            }
+            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM products WHERE id = $1")
+                .bind(product_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(exists.is_some())
         })
         .await
     }
+}
+
+/// Stages `product.changed` in the write's transaction: the product's pre-rendered
+/// page is re-rendered (or, `deleted`, dropped from the edge).
+async fn product_changed(
+    conn: &mut sqlx::AnyConnection,
+    id: i64,
+    deleted: bool,
+) -> Result<(), sqlx::Error> {
+    let body = serde_json::json!({ "product_id": id, "deleted": deleted });
+    crate::messaging::stage(
+        conn,
+        crate::calendar::EVENTS_EXCHANGE,
+        "product.changed",
+        &bakery_telemetry::correlation_id(),
+        &body,
+    )
+    .await
 }

@@ -189,6 +189,45 @@ impl Database {
         .await
     }
 
+    /// A job for `key` (what it works on), to run in `delay_ms`, unless one for the
+    /// same key is queued already: then that one will do, and `None`. A delayed job
+    /// has no dispatch message yet: [`Database::dispatch_due_jobs`] sends it when due
+    /// (the reaper does, should nobody call it sooner).
+    pub async fn enqueue_keyed_job(
+        &self,
+        kind: &str,
+        key: &str,
+        payload: &serde_json::Value,
+        max_attempts: i64,
+        delay_ms: i64,
+        correlation_id: &str,
+    ) -> Result<Option<i64>, DbError> {
+        let mut tx = self.primary().begin().await?;
+        let now = now_millis();
+        let run_at = now + delay_ms.max(0);
+        let id: Option<i64> = sqlx::query_scalar(
+            "INSERT INTO jobs (kind, payload, max_attempts, run_at, dispatched_at, created_at, dedupe_key)
+             VALUES ($1, $2, $3, $4, CASE WHEN $4 > $5 THEN NULL ELSE $5 END, $5, $6)
+             ON CONFLICT (dedupe_key) WHERE state = 'queued' DO NOTHING
+             RETURNING id",
+        )
+        .bind(kind)
+        .bind(payload.to_string())
+        .bind(max_attempts)
+        .bind(run_at)
+        .bind(now)
+        .bind(key)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some(id) = id
+            && run_at <= now
+        {
+            stage_dispatch(&mut tx, kind, &[id], correlation_id).await?;
+        }
+        tx.commit().await?;
+        Ok(id)
+    }
+
     /// Many jobs of one kind at once (what a bulk producer, or the benchmark,
     /// wants): one transaction, multi-row inserts, and one dispatch message per
     /// [`DISPATCH_BATCH`] jobs. Should a message be lost to a dead consumer, the
@@ -206,6 +245,17 @@ impl Database {
         stage_dispatch(&mut tx, kind, &ids, correlation_id).await?;
         tx.commit().await?;
         Ok(ids)
+    }
+
+    /// How many jobs with ids in `first..=last` have ended.
+    pub async fn jobs_ended(&self, first: i64, last: i64) -> Result<i64, DbError> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM jobs WHERE id BETWEEN $1 AND $2 AND finished_at IS NOT NULL",
+        )
+        .bind(first)
+        .bind(last)
+        .fetch_one(self.primary())
+        .await?)
     }
 
     /// Per job of `ids` that has ended: (created_at, finished_at, state).
@@ -463,14 +513,26 @@ impl Database {
         correlation_id: &str,
     ) -> Result<usize, DbError> {
         let now = now_millis();
-        let mut tx = self.primary().begin().await?;
         sqlx::query(
             "UPDATE jobs SET state = 'queued', run_at = $1, dispatched_at = NULL, lease_until = 0
              WHERE state = 'running' AND lease_until < $1",
         )
         .bind(now)
-        .execute(&mut *tx)
+        .execute(self.primary())
         .await?;
+        self.dispatch_due_jobs(redispatch_after_ms, correlation_id)
+            .await
+    }
+
+    /// Sends a dispatch message for each queued job that is due and has none, or
+    /// whose message led to no claim within `redispatch_after_ms`; how many.
+    pub async fn dispatch_due_jobs(
+        &self,
+        redispatch_after_ms: i64,
+        correlation_id: &str,
+    ) -> Result<usize, DbError> {
+        let now = now_millis();
+        let mut tx = self.primary().begin().await?;
         let due: Vec<(i64, String)> = sqlx::query_as(
             "UPDATE jobs SET dispatched_at = $1
              WHERE state = 'queued' AND run_at <= $1 AND (dispatched_at IS NULL OR dispatched_at < $2)

@@ -22,6 +22,7 @@ pub mod catalog;
 pub mod demo;
 pub mod jobs;
 pub mod messaging;
+pub mod pages;
 pub mod replica;
 
 pub use bakery_core::now_millis;

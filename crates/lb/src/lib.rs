@@ -1,6 +1,6 @@
-//! `bakery lb`: the HTTP load balancer in front of the web clones (the static edge
-//! comes with the pre-rendered pages issue). Built on hyper 1 (server) and
-//! hyper-util's pooled client (upstream).
+//! `bakery lb`: the HTTP load balancer in front of the web clones, and the static
+//! edge that answers pre-rendered pages from its own copy ([`edge`]). Built on
+//! hyper 1 (server) and hyper-util's pooled client (upstream).
 //!
 //! Pools of backends are reached by path prefix ([`topology`]); inside a pool a
 //! member is picked by least-request (power of two choices) or round robin
@@ -32,6 +32,7 @@ use tokio::sync::Semaphore;
 
 mod admin;
 pub mod backend;
+pub mod edge;
 mod health;
 pub mod pool;
 mod proxy;
@@ -58,6 +59,7 @@ pub struct Lb {
     slots: Semaphore,
     metrics: Metrics,
     draining: AtomicBool,
+    edge: Arc<edge::Edge>,
 }
 
 impl Lb {
@@ -99,6 +101,7 @@ impl Lb {
             slots: Semaphore::new(lb.max_inflight),
             metrics: Metrics::install(),
             draining: AtomicBool::new(false),
+            edge: Arc::default(),
             config: lb,
         })
     }
@@ -149,6 +152,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let lb = Arc::new(Lb::new(&config, id, &topology)?);
     let background = health::spawn(lb.clone());
+    let follower = lb.edge.clone().spawn_follower(config.clone());
     tracing::info!(id, addr = %listener.local_addr()?, "load balancer serving");
     let listener = listener.into_std()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -178,6 +182,7 @@ pub async fn run(
     })
     .await?;
     background.abort();
+    follower.abort();
     Ok(())
 }
 

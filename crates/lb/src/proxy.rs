@@ -18,7 +18,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::reply::{self, Body};
-use crate::{Lb, Upstream, admin, client_ip};
+use crate::{Lb, Upstream, admin, client_ip, edge};
 
 /// Headers that belong to one hop and are never forwarded (RFC 9110, 7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -46,12 +46,26 @@ pub async fn handle(
         accept_request_id(req.headers().get(REQUEST_ID)).unwrap_or_else(new_request_id);
     let request_id = HeaderValue::from_str(&request_id).expect("request ids are checked tokens");
     let path = req.uri().path();
+    let at_edge = edge::eligible(req.method(), path, req.headers());
     let mut response = if admin::owns(path) {
         let response = admin::handle(lb, req).await;
         record_request("lb", response.status().as_u16());
         lb.stamp(response)
+    } else if let Some(response) = at_edge
+        .then(|| lb.edge.answer(path, req.headers()))
+        .flatten()
+    {
+        record_request("edge", response.status().as_u16());
+        lb.stamp(response)
     } else {
-        forward(lb, upstream_client, peer, req, &request_id).await
+        let mut response = forward(lb, upstream_client, peer, req, &request_id, at_edge).await;
+        if at_edge {
+            metrics::counter!("bakery_edge_requests_total", "result" => "miss").increment(1);
+            response
+                .headers_mut()
+                .insert(edge::EDGE_HEADER, HeaderValue::from_static("miss"));
+        }
+        response
     };
     response
         .headers_mut()
@@ -76,6 +90,7 @@ async fn forward(
     peer: SocketAddr,
     req: Request<Incoming>,
     request_id: &HeaderValue,
+    edge_miss: bool,
 ) -> Response<Body> {
     let pool = lb.route(req.uri().path()).clone();
     let route = pool.route_label();
@@ -123,7 +138,10 @@ async fn forward(
     } else {
         Bytes::new()
     };
-    let headers = upstream_headers(&parts.headers, peer, request_id);
+    let mut headers = upstream_headers(&parts.headers, peer, request_id);
+    if edge_miss {
+        headers.insert(edge::MISS_HEADER, HeaderValue::from_static("1"));
+    }
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -246,6 +264,8 @@ fn upstream_headers(incoming: &HeaderMap, peer: SocketAddr, request_id: &HeaderV
         out.append(name.clone(), value.clone());
     }
     out.insert(REQUEST_ID, request_id.clone());
+    // Only the load balancer says a request missed its edge.
+    out.remove(edge::MISS_HEADER);
     let forwarded_for = match incoming
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())

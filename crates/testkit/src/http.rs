@@ -90,3 +90,20 @@ pub async fn error_code(response: reqwest::Response) -> String {
     );
     code.to_string()
 }
+
+/// A counter of a process's `/metrics` whose labels include all of `labels`, summed
+/// over the series that match.
+pub async fn metric(addr: std::net::SocketAddr, name: &str, labels: &[&str]) -> f64 {
+    let text = client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

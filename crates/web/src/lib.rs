@@ -24,6 +24,8 @@ pub mod error;
 pub mod extract;
 mod middleware;
 mod pages;
+pub use pages::templates;
+pub mod prerender;
 pub mod routes;
 mod session_cookie;
 
@@ -135,6 +137,7 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::catalog::router())
         .merge(routes::calendar::router())
         .merge(routes::jobs::router())
+        .merge(routes::pages::router())
         .merge(routes::notifications::router())
         .merge(routes::users::router())
         .merge(pages::router())

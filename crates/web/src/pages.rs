@@ -13,10 +13,12 @@ use minijinja::{Environment, context};
 use crate::error::ApiError;
 use crate::extract::{CurrentUser, Id, MaybeUser};
 use crate::routes::accounts;
-use crate::{AppState, session_cookie};
+use crate::{AppState, prerender, session_cookie};
 use bakery_app::accounts::{AccountChange, Credentials, SignUp};
 use bakery_app::calendar::Rsvped;
 use bakery_app::catalog::ReviewDraft;
+use bakery_app::pages::RenderTarget;
+use bakery_core::edge::MISS_HEADER;
 
 /// The templates, parsed once per process.
 pub fn templates() -> Environment<'static> {
@@ -32,6 +34,7 @@ pub fn templates() -> Environment<'static> {
         ("events.html", include_str!("../templates/events.html")),
         ("event.html", include_str!("../templates/event.html")),
         ("user.html", include_str!("../templates/user.html")),
+        ("page.html", include_str!("../templates/page.html")),
     ] {
         env.add_template(name, source)
             .expect("the bundled templates parse");
@@ -54,13 +57,14 @@ pub fn router() -> Router<AppState> {
         .route("/events/{id}/rsvp", post(rsvp_form))
         .route("/events/{id}/cancel", post(cancel_form))
         .route("/users/{username}", get(user_page))
+        .route("/pages/{slug}", get(staff_page))
+        .route("/assets/{name}", get(asset))
 }
 
 fn render(state: &AppState, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
-    let page = state
-        .templates
-        .get_template(name)
-        .and_then(|t| t.render(context! { served_by => &*state.id, ..ctx }));
+    let page = state.templates.get_template(name).and_then(|t| {
+        t.render(context! { served_by => &*state.id, css => prerender::css_path(), ..ctx })
+    });
     match page {
         Ok(html) => (status, Html(html)).into_response(),
         Err(e) => ApiError::internal(format!("template {name}: {e}")).into_response(),
@@ -215,7 +219,7 @@ async fn logout_form(State(state): State<AppState>, headers: HeaderMap) -> Respo
 }
 
 /// `$6.50` for 650 cents.
-fn price(cents: i64) -> String {
+pub(crate) fn price(cents: i64) -> String {
     format!("${}.{:02}", cents / 100, cents % 100)
 }
 
@@ -270,8 +274,52 @@ async fn product_page(
     State(state): State<AppState>,
     MaybeUser(current): MaybeUser,
     Id(id): Id,
+    headers: HeaderMap,
 ) -> Response {
-    show_product(&state, &current, id, None).await
+    let response = show_product(&state, &current, id, None).await;
+    // The edge had no page for this anonymous view: have one rendered (Next.js's
+    // incremental static regeneration), after answering this request live.
+    if current.is_none() && response.status() == StatusCode::OK && headers.contains_key(MISS_HEADER)
+    {
+        let app = state.app.clone();
+        tokio::spawn(async move {
+            if let Err(error) = app.render_soon(RenderTarget::Product(id), 0).await {
+                tracing::warn!(%error, product = id, "cannot queue the product page's render");
+            }
+        });
+    }
+    response
+}
+
+/// A staff page rendered live: what the edge answers once the page's render job
+/// has run, and what a clone answers before that.
+async fn staff_page(State(state): State<AppState>, Path(slug): Path<String>) -> Response {
+    if !bakery_core::edge::valid_slug(&slug) {
+        return ApiError::not_found().into_response();
+    }
+    match state.app.db().page(&slug).await {
+        Ok(Some(page)) => match prerender::page_html(&state.templates, &page) {
+            Ok(html) => Html(html).into_response(),
+            Err(e) => ApiError::internal(format!("template page.html: {e}")).into_response(),
+        },
+        Ok(None) => ApiError::not_found().into_response(),
+        Err(e) => ApiError::from(bakery_app::Error::from(e)).into_response(),
+    }
+}
+
+/// The site's content-hashed assets (the edge serves them too).
+async fn asset(Path(name): Path<String>) -> Response {
+    if format!("/assets/{name}") != prerender::css_path() {
+        return ApiError::not_found().into_response();
+    }
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
+        ],
+        prerender::SITE_CSS,
+    )
+        .into_response()
 }
 
 async fn review_form(

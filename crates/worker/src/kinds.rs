@@ -40,8 +40,9 @@ pub async fn run(
     match job.kind.as_str() {
         "noop" => noop(job, progress).await,
         "image" => crate::image::run(app, job, progress).await,
+        "render" => crate::render::run(app, job, progress).await,
         other => Err(JobError::Permanent(format!(
-            "this worker cannot run {other} jobs yet"
+            "this worker cannot run {other} jobs"
         ))),
     }
 }

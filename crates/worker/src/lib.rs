@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use axum::Router;
 use bakery_app::App;
+use bakery_app::pages::RenderTarget;
 use bakery_broker::{Delivery, Outcome, Policy, handler, topology};
 use bakery_config::Config;
 use bakery_db::jobs::{Claimed, Ending};
@@ -36,6 +37,7 @@ use tracing::Instrument;
 mod held;
 mod image;
 pub mod kinds;
+mod render;
 mod settle;
 
 use held::Held;
@@ -87,7 +89,7 @@ pub async fn run(
         settler: Settler::start(state.app.clone()),
     });
     let stop = CancellationToken::new();
-    let consumers: Vec<_> = QUEUES
+    let mut consumers: Vec<_> = QUEUES
         .iter()
         .map(|queue| {
             let worker = worker.clone();
@@ -95,6 +97,14 @@ pub async fn run(
             state.app.broker().consume(queue, handler, stop.clone())
         })
         .collect();
+    consumers.push({
+        let worker = worker.clone();
+        let handler = handler(move |delivery: Delivery| worker.clone().product_changed(delivery));
+        state
+            .app
+            .broker()
+            .consume(topology::RENDER_PRODUCTS, handler, stop.clone())
+    });
     let reaper = tokio::spawn(worker.clone().reap(stop.clone()));
     // Heartbeats go on until the running jobs have finished, after the consumers stop.
     let beating = CancellationToken::new();
@@ -270,6 +280,66 @@ impl Worker {
                 }
                 Err(error) => tracing::warn!(%error, "cannot renew the jobs' leases"),
             }
+        }
+    }
+
+    /// `product.changed`: the product's page at the edge is marked stale (or, the
+    /// product deleted, dropped) and its render queued a moment later, so that a
+    /// burst of changes renders once. Redelivery is harmless: the render is
+    /// deduplicated while queued, and rendering again changes nothing.
+    async fn product_changed(self: Arc<Self>, delivery: Delivery) -> Outcome {
+        #[derive(Deserialize)]
+        struct Changed {
+            product_id: i64,
+            #[serde(default)]
+            deleted: bool,
+        }
+        let changed: Changed = match delivery.message.json() {
+            Ok(c) => c,
+            Err(e) => return Outcome::Dead(format!("malformed product.changed: {e}")),
+        };
+        let path = bakery_core::edge::product_path(changed.product_id);
+        if let Err(e) = self
+            .app
+            .db()
+            .invalidate_edge_page(&path, changed.deleted)
+            .await
+        {
+            return Outcome::Retry(e.to_string());
+        }
+        if changed.deleted {
+            return Outcome::Ack;
+        }
+        let delay = bakery_app::pages::PRODUCT_RENDER_DELAY_MS;
+        match self
+            .app
+            .render_soon(RenderTarget::Product(changed.product_id), delay)
+            .await
+        {
+            Ok(Some(_)) => {
+                // Dispatch it when due (the reaper would, later).
+                let worker = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_millis(delay as u64)).await;
+                    let correlation = bakery_telemetry::correlation_id();
+                    match worker
+                        .app
+                        .db()
+                        .dispatch_due_jobs(worker.lease_ms(), &correlation)
+                        .await
+                    {
+                        Ok(0) => {}
+                        Ok(_) => worker.app.events_staged(),
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot dispatch due jobs; the reaper will")
+                        }
+                    }
+                });
+                Outcome::Ack
+            }
+            // A render of it is queued already: that one will see this change.
+            Ok(None) => Outcome::Ack,
+            Err(e) => Outcome::Retry(e.to_string()),
         }
     }
 

@@ -14,6 +14,7 @@ mod caches;
 mod cli;
 mod clones;
 mod domain;
+mod edge;
 mod images;
 mod jobs;
 mod lb;

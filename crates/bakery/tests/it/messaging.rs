@@ -97,22 +97,6 @@ fn wait_all_restarted(up: &mut Up, ids: &[&str]) {
     }
 }
 
-/// A counter of a process's `/metrics` whose labels include all of `labels`.
-async fn metric(addr: std::net::SocketAddr, name: &str, labels: &[&str]) -> f64 {
-    let text = harness::client()
-        .get(format!("http://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|label| l.contains(label)))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 async fn one_rsvp_reaches_everyone(engine: Engine) {
     let sink = SmtpSink::start();
     let up = start(engine, &sink, 2).await;
@@ -197,12 +181,12 @@ async fn an_smtp_server_answering_451_twice_gets_the_mail_once_on_the_third_try(
     let email = up.process("email-1").addr;
     let labels = ["queue=\"email.rsvp\"", "outcome=\"retry\""];
     assert_eq!(
-        metric(email, "bakery_broker_consumed_total", &labels).await,
+        harness::metric(email, "bakery_broker_consumed_total", &labels).await,
         2.0
     );
     let acked = ["queue=\"email.rsvp\"", "outcome=\"ack\""];
     assert_eq!(
-        metric(email, "bakery_broker_consumed_total", &acked).await,
+        harness::metric(email, "bakery_broker_consumed_total", &acked).await,
         1.0
     );
 }

@@ -6,4 +6,5 @@ pub mod catalog;
 pub mod jobs;
 pub mod notifications;
 pub mod ops;
+pub mod pages;
 pub mod users;

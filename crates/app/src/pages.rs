@@ -1,0 +1,111 @@
+//! Staff pages and the edge: a page is written in Markdown and rendered by a
+//! `render` job into what the load balancers serve; product pages are rendered
+//! the same way, when a product changes or when the edge missed one.
+
+use bakery_core::edge::valid_slug;
+use bakery_core::{Invalid, User};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::{App, Error, Written, require_admin};
+
+/// The longest page body accepted, in bytes of Markdown.
+pub const MAX_MARKDOWN: usize = 200_000;
+/// A product's page is rendered this long after the change that asks for it, so
+/// that a burst of changes renders once.
+pub const PRODUCT_RENDER_DELAY_MS: i64 = 300;
+
+/// A page as the staff send it.
+#[derive(Debug, Deserialize)]
+pub struct PageDraft {
+    pub title: String,
+    pub body_markdown: String,
+}
+
+/// What a `render` job renders (its payload).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RenderTarget {
+    Page(String),
+    Product(i64),
+}
+
+impl RenderTarget {
+    /// The job's dedupe key: one queued render per target.
+    fn key(&self) -> String {
+        match self {
+            Self::Page(slug) => format!("render:page:{slug}"),
+            Self::Product(id) => format!("render:product:{id}"),
+        }
+    }
+}
+
+impl App {
+    /// Writes the page `slug` and queues its render (the job is the caller's, who
+    /// is told by `job.finished`); answers the job's id.
+    pub async fn put_page(
+        &self,
+        actor: &User,
+        slug: &str,
+        draft: PageDraft,
+    ) -> Result<Written<i64>, Error> {
+        require_admin(actor)?;
+        if !valid_slug(slug) {
+            return Err(Invalid::new(
+                "bad_slug",
+                "a page's slug is 1 to 64 characters of a-z, 0-9 and -",
+            )
+            .into());
+        }
+        let title = draft.title.trim().to_string();
+        if title.is_empty() || title.chars().count() > 200 {
+            return Err(Invalid::new("bad_title", "a title is 1 to 200 characters").into());
+        }
+        if draft.body_markdown.len() > MAX_MARKDOWN {
+            return Err(Invalid::new(
+                "body_too_long",
+                format!("a page's Markdown is at most {MAX_MARKDOWN} bytes"),
+            )
+            .into());
+        }
+        let (app, slug, actor) = (self.clone(), slug.to_string(), actor.clone());
+        self.unit(async move {
+            app.db()
+                .put_page(&slug, &title, &draft.body_markdown)
+                .await?;
+            let target = json!(RenderTarget::Page(slug));
+            let job = app.enqueue_job("render", Some(&actor), target).await?;
+            Ok(job)
+        })
+        .await
+    }
+
+    /// Queues a render of `target` in `delay_ms`, unless one is queued already;
+    /// answers the new job's id, if any. A delayed render is dispatched by
+    /// whoever queued it, when due (`Database::dispatch_due_jobs`), or else by the
+    /// workers' reaper.
+    pub async fn render_soon(
+        &self,
+        target: RenderTarget,
+        delay_ms: i64,
+    ) -> Result<Option<i64>, Error> {
+        let correlation = bakery_telemetry::correlation_id();
+        let id = self
+            .db()
+            .enqueue_keyed_job(
+                "render",
+                &target.key(),
+                &json!(target),
+                crate::jobs::MAX_ATTEMPTS,
+                delay_ms,
+                &correlation,
+            )
+            .await?;
+        if id.is_some() {
+            metrics::counter!("bakery_jobs_total", "kind" => "render", "state" => "queued")
+                .increment(1);
+            self.events_staged();
+        }
+        Ok(id)
+    }
+}

@@ -1,0 +1,268 @@
+//! Pages at the edge (contract: "Pages at the edge"; issue "Asynchronism III"): a
+//! page published through the API is rendered by a job and served by the load
+//! balancer from its own copy — no clone involved — with etags, 304s and brotli;
+//! a price change reaches the anonymous product page quickly while a logged-in
+//! view still comes from a clone; Markdown cannot carry a script; and a second load
+//! balancer with nothing but the database serves the same page.
+
+use std::io::Read;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::harness::{self, Engine, Up, eventually};
+use crate::jobs::ended;
+
+const LIMIT: Duration = Duration::from_secs(30);
+
+async fn start(engine: Engine) -> Up {
+    let mut env = vec![
+        ("BAKERY_JOB_LEASE_SECS".to_string(), "2".to_string()),
+        ("BAKERY_OUTBOX_SWEEP_AFTER_MS".into(), "500".into()),
+    ];
+    env.extend(engine.env().await);
+    Up::start(env, 1)
+}
+
+fn lb_id(up: &Up) -> String {
+    up.processes
+        .iter()
+        .find(|p| p.role == "lb")
+        .map(|p| p.id.clone())
+        .expect("up started a load balancer")
+}
+
+/// Publishes `/pages/{slug}` and waits for its render job to succeed.
+async fn publish(up: &Up, admin: &str, slug: &str, title: &str, markdown: &str) {
+    let answer = harness::client()
+        .put(up.url(&format!("/api/pages/{slug}")))
+        .header("cookie", admin)
+        .json(&json!({"title": title, "body_markdown": markdown}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let job = answer.json::<Value>().await.unwrap()["job_id"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(ended(up, admin, job).await["state"], "succeeded");
+}
+
+/// `GET url` with extra headers; the answer's status, headers and raw body.
+async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, reqwest::header::HeaderMap, Vec<u8>) {
+    let mut request = harness::client().get(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let answer = request.send().await.unwrap();
+    let (status, headers) = (answer.status().as_u16(), answer.headers().clone());
+    (status, headers, answer.bytes().await.unwrap().to_vec())
+}
+
+fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+/// Requests a web clone has answered, other than health checks and metrics.
+async fn clone_requests(up: &Up) -> f64 {
+    let mut total = 0.0;
+    for clone in up.clones() {
+        let all = harness::metric(clone.addr, "bakery_http_requests_total", &[]).await;
+        let health = harness::metric(clone.addr, "bakery_http_requests_total", &["healthz"]).await;
+        let metrics = harness::metric(clone.addr, "bakery_http_requests_total", &["metrics"]).await;
+        total += all - health - metrics;
+    }
+    total
+}
+
+#[tokio::test]
+async fn a_published_page_is_served_by_the_edge_alone_with_etags_and_brotli() {
+    let up = start(Engine::Embedded).await;
+    let http = harness::client();
+    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
+    let markdown = "Fresh **sourdough** every morning.\n\n<script>alert('x')</script>\n\n\
+                    <img src=x onerror=alert(1)> [click](javascript:alert(1))\n";
+    publish(&up, &admin, "about", "About us", markdown).await;
+    let url = up.url("/pages/about");
+    assert!(
+        eventually(LIMIT, async || header(&get(&url, &[]).await.1, "x-edge")
+            == "hit")
+        .await,
+        "the edge never had /pages/about"
+    );
+
+    let before = clone_requests(&up).await;
+    let lb = lb_id(&up);
+    let mut identity = Vec::new();
+    for _ in 0..200 {
+        let (status, headers, body) = get(&url, &[]).await;
+        assert_eq!(status, 200);
+        assert_eq!(header(&headers, "x-served-by"), lb);
+        assert_eq!(header(&headers, "x-edge"), "hit");
+        assert!(header(&headers, "cache-control").contains("stale-while-revalidate"));
+        identity = body;
+    }
+    assert_eq!(
+        clone_requests(&up).await,
+        before,
+        "200 edge requests reached a web clone"
+    );
+
+    let html = String::from_utf8(identity.clone()).unwrap();
+    assert!(html.contains("<strong>sourdough</strong>"), "{html}");
+    assert!(html.contains("About us"));
+    for inert in ["<script", "onerror", "javascript:"] {
+        assert!(!html.contains(inert), "{inert} reached the page: {html}");
+    }
+
+    // Conditional requests and content coding.
+    let (_, headers, _) = get(&url, &[]).await;
+    let etag = header(&headers, "etag").to_string();
+    assert!(etag.starts_with('"'), "{etag}");
+    let (status, _, body) = get(&url, &[("if-none-match", &etag)]).await;
+    assert_eq!((status, body.len()), (304, 0));
+    let (status, headers, body) = get(&url, &[("accept-encoding", "br")]).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&headers, "content-encoding"), "br");
+    let mut decoded = Vec::new();
+    brotli::Decompressor::new(&body[..], 4096)
+        .read_to_end(&mut decoded)
+        .unwrap();
+    assert_eq!(decoded, identity);
+    let (_, headers, body) = get(&url, &[("accept-encoding", "gzip, br;q=0")]).await;
+    assert_eq!(header(&headers, "content-encoding"), "gzip");
+    let mut decoded = Vec::new();
+    flate2::read::GzDecoder::new(&body[..])
+        .read_to_end(&mut decoded)
+        .unwrap();
+    assert_eq!(decoded, identity);
+
+    // The stylesheet the page links is content-hashed, immutable, and at the edge too.
+    let css = html
+        .split("href=\"")
+        .find_map(|rest| rest.split('"').next().filter(|h| h.starts_with("/assets/")))
+        .expect("the page links its stylesheet")
+        .to_string();
+    let (status, headers, _) = get(&up.url(&css), &[]).await;
+    assert_eq!(status, 200);
+    assert!(header(&headers, "cache-control").contains("immutable"));
+    assert_eq!(header(&headers, "x-served-by"), lb);
+
+    // A page nobody published is no page, from a clone.
+    let (status, headers, _) = get(&up.url("/pages/nowhere"), &[]).await;
+    assert_eq!(status, 404);
+    assert_eq!(header(&headers, "x-edge"), "miss");
+}
+
+async fn price_change_reaches_the_edge(engine: Engine) {
+    let up = start(engine).await;
+    let http = harness::client();
+    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
+    let created = http
+        .post(up.url("/api/products"))
+        .header("cookie", &admin)
+        .json(&json!({"name": "Edge loaf", "description": "Baked ahead.", "price_cents": 450}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let page = up.url(&format!("/products/{id}"));
+    // The new product's page is rendered ahead of any request.
+    assert!(
+        eventually(LIMIT, async || {
+            let (_, headers, body) = get(&page, &[]).await;
+            header(&headers, "x-edge") == "hit" && String::from_utf8_lossy(&body).contains("$4.50")
+        })
+        .await,
+        "the new product never reached the edge"
+    );
+
+    let changed = http
+        .patch(up.url(&format!("/api/products/{id}")))
+        .header("cookie", &admin)
+        .json(&json!({"price_cents": 725}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    // The contract's bound: visible on the pre-rendered page within 5 s.
+    let shown = eventually(Duration::from_secs(5), async || {
+        let (_, headers, body) = get(&page, &[]).await;
+        header(&headers, "x-edge") == "hit" && String::from_utf8_lossy(&body).contains("$7.25")
+    })
+    .await;
+    assert!(
+        shown,
+        "{engine:?}: the new price was not at the edge within 5 s"
+    );
+
+    // A logged-in view is personal: a clone renders it.
+    let (status, headers, body) = get(&page, &[("cookie", &admin)]).await;
+    assert_eq!(status, 200);
+    assert!(
+        header(&headers, "x-served-by").starts_with("web-"),
+        "{headers:?}"
+    );
+    assert_eq!(header(&headers, "x-edge"), "");
+    assert!(String::from_utf8_lossy(&body).contains("Post my review"));
+}
+
+#[tokio::test]
+async fn a_price_change_reaches_the_anonymous_product_page_within_5_s_embedded() {
+    price_change_reaches_the_edge(Engine::Embedded).await;
+}
+
+#[tokio::test]
+async fn a_price_change_reaches_the_anonymous_product_page_within_5_s_rabbitmq() {
+    price_change_reaches_the_edge(Engine::RabbitMq).await;
+}
+
+/// A second load balancer on "another machine": its own data directory, no
+/// backends, only the (PostgreSQL) database in common.
+#[tokio::test]
+async fn a_second_load_balancer_with_only_the_database_serves_the_same_page() {
+    let up = start(Engine::EmbeddedPostgres).await;
+    let http = harness::client();
+    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
+    publish(
+        &up,
+        &admin,
+        "hours",
+        "Opening hours",
+        "Tuesday to *Sunday*, 7 to 14.",
+    )
+    .await;
+    let first = up.url("/pages/hours");
+    assert!(
+        eventually(LIMIT, async || header(&get(&first, &[]).await.1, "x-edge")
+            == "hit")
+        .await
+    );
+    let (_, headers, body) = get(&first, &[]).await;
+
+    let elsewhere = harness::TempDir::new();
+    let mut env: Vec<(String, String)> = up
+        .env
+        .iter()
+        .filter(|(k, _)| k != "BAKERY_DATA_DIR")
+        .cloned()
+        .collect();
+    env.push(("BAKERY_DATA_DIR".into(), elsewhere.0.display().to_string()));
+    let lb = harness::Role::start(&["lb", "--listen", "127.0.0.1:0", "--id", "lb-far"], env);
+    let second = lb.url("/pages/hours");
+    assert!(
+        eventually(LIMIT, async || get(&second, &[]).await.0 == 200).await,
+        "the second load balancer never served the page"
+    );
+    let (status, far_headers, far_body) = get(&second, &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(header(&far_headers, "x-served-by"), "lb-far");
+    assert_eq!(header(&far_headers, "etag"), header(&headers, "etag"));
+    assert_eq!(far_body, body);
+}

@@ -1,0 +1,24 @@
+//! Names the load balancer's edge and the web clones share.
+
+/// Sent by the load balancer with a request its edge could have answered but had
+/// no page for: the clone serving it asks for the page to be rendered.
+pub const MISS_HEADER: &str = "x-bakery-edge-miss";
+
+/// The edge path of a product's anonymous page.
+pub fn product_path(id: i64) -> String {
+    format!("/products/{id}")
+}
+
+/// The edge path of a staff page.
+pub fn page_path(slug: &str) -> String {
+    format!("/pages/{slug}")
+}
+
+/// A page's slug: 1–64 characters of `a-z`, `0-9` and `-`, not starting with `-`.
+pub fn valid_slug(slug: &str) -> bool {
+    (1..=64).contains(&slug.len())
+        && !slug.starts_with('-')
+        && slug
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}

@@ -1,0 +1,232 @@
+//! Pages and the edge: the staff's Markdown pages, and what the load balancers
+//! serve from their own copy (`edge_pages`: rendered pages and assets, with their
+//! precompressed bodies). Rows are followed by `updated_at`; the clock is each
+//! writer's, so a follower reads back over a margin (see [`FOLLOW_MARGIN_MS`]).
+
+use crate::{Database, DbError, Lsn, now_millis};
+
+/// How far back a follower of `edge_pages` reads beyond what it has seen: a row's
+/// `updated_at` is taken before its transaction commits, so a row may become
+/// visible after rows stamped later. Commits take far less than this.
+pub const FOLLOW_MARGIN_MS: i64 = 5_000;
+
+/// A page as the staff wrote it.
+#[derive(Debug, Clone)]
+pub struct Page {
+    pub slug: String,
+    pub title: String,
+    pub body_markdown: String,
+    pub updated_at: i64,
+}
+
+/// Which version of `path` the edge has, without its bodies.
+#[derive(Debug, Clone)]
+pub struct EdgeVersion {
+    pub path: String,
+    pub etag: String,
+    pub stale: bool,
+    /// Its source was deleted: followers drop it.
+    pub gone: bool,
+    pub updated_at: i64,
+}
+
+/// One representation the edge serves at `path`.
+#[derive(Debug, Clone)]
+pub struct EdgePage {
+    pub path: String,
+    pub content_type: String,
+    pub etag: String,
+    pub body: Vec<u8>,
+    pub gzip: Vec<u8>,
+    pub br: Vec<u8>,
+    /// Content-hashed (an asset): cacheable for ever.
+    pub immutable: bool,
+    /// Its source changed; a new render is on its way.
+    pub stale: bool,
+    pub updated_at: i64,
+}
+
+/// Booleans are 0 or 1: sqlx's Any driver cannot decode SQLite booleans.
+type EdgeRow = (
+    String,
+    String,
+    String,
+    Vec<u8>,
+    Vec<u8>,
+    Vec<u8>,
+    i64,
+    i64,
+    i64,
+);
+
+fn edge_page(row: EdgeRow) -> EdgePage {
+    let (path, content_type, etag, body, gzip, br, immutable, stale, updated_at) = row;
+    EdgePage {
+        path,
+        content_type,
+        etag,
+        body,
+        gzip,
+        br,
+        immutable: immutable != 0,
+        stale: stale != 0,
+        updated_at,
+    }
+}
+
+const EDGE_COLUMNS: &str = "path, content_type, etag, body, gzip, br, immutable, stale, updated_at";
+
+impl Database {
+    /// Creates or replaces the page `slug`.
+    pub async fn put_page(
+        &self,
+        slug: &str,
+        title: &str,
+        body_markdown: &str,
+    ) -> Result<Option<Lsn>, DbError> {
+        let (slug, title, body) = (
+            slug.to_string(),
+            title.to_string(),
+            body_markdown.to_string(),
+        );
+        let ((), lsn) = self
+            .write(move |pool| async move {
+                sqlx::query(
+                    "INSERT INTO pages (slug, title, body_markdown, updated_at) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (slug) DO UPDATE
+                     SET title = excluded.title, body_markdown = excluded.body_markdown,
+                         updated_at = excluded.updated_at",
+                )
+                .bind(&slug)
+                .bind(&title)
+                .bind(&body)
+                .bind(now_millis())
+                .execute(&pool)
+                .await?;
+                Ok(())
+            })
+            .await?;
+        Ok(lsn)
+    }
+
+    /// The page `slug` as last written (from the primary: a render must see the
+    /// write that asked for it).
+    pub async fn page(&self, slug: &str) -> Result<Option<Page>, DbError> {
+        let row: Option<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT slug, title, body_markdown, updated_at FROM pages WHERE slug = $1",
+        )
+        .bind(slug)
+        .fetch_optional(self.primary())
+        .await?;
+        Ok(row.map(|(slug, title, body_markdown, updated_at)| Page {
+            slug,
+            title,
+            body_markdown,
+            updated_at,
+        }))
+    }
+
+    /// Stores what the edge serves at `page.path` (fresh: not stale).
+    pub async fn put_edge_page(&self, page: &EdgePage) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO edge_pages (path, content_type, etag, body, gzip, br, immutable, stale, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)
+             ON CONFLICT (path) DO UPDATE
+             SET content_type = excluded.content_type, etag = excluded.etag, body = excluded.body,
+                 gzip = excluded.gzip, br = excluded.br, immutable = excluded.immutable,
+                 stale = 0, gone = 0, updated_at = excluded.updated_at",
+        )
+        .bind(&page.path)
+        .bind(&page.content_type)
+        .bind(&page.etag)
+        .bind(&page.body)
+        .bind(&page.gzip)
+        .bind(&page.br)
+        .bind(i64::from(page.immutable))
+        .bind(now_millis())
+        .execute(self.primary())
+        .await?;
+        Ok(())
+    }
+
+    /// Whether the edge has something at `path` already.
+    pub async fn has_edge_page(&self, path: &str) -> Result<bool, DbError> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM edge_pages WHERE path = $1 AND gone = 0")
+                .bind(path)
+                .fetch_optional(self.primary())
+                .await?;
+        Ok(found.is_some())
+    }
+
+    /// Marks the page at `path` stale (its source changed, a new render is on its
+    /// way) or, when `gone` (its source was deleted), leaves a tombstone that tells
+    /// the followers to drop it.
+    pub async fn invalidate_edge_page(&self, path: &str, gone: bool) -> Result<(), DbError> {
+        let sql = if gone {
+            "UPDATE edge_pages SET gone = 1, body = $3, gzip = $3, br = $3, updated_at = $2
+             WHERE path = $1"
+        } else {
+            "UPDATE edge_pages SET stale = 1, updated_at = $2 WHERE path = $1"
+        };
+        let mut query = sqlx::query(sql).bind(path).bind(now_millis());
+        if gone {
+            query = query.bind(Vec::<u8>::new());
+        }
+        query.execute(self.primary()).await?;
+        Ok(())
+    }
+
+    /// What changed at the edge since `since` (unix ms, inclusive), without bodies.
+    pub async fn edge_versions_since(&self, since: i64) -> Result<Vec<EdgeVersion>, DbError> {
+        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+            "SELECT path, etag, stale, gone, updated_at FROM edge_pages WHERE updated_at >= $1",
+        )
+        .bind(since)
+        .fetch_all(self.primary())
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(path, etag, stale, gone, updated_at)| EdgeVersion {
+                path,
+                etag,
+                stale: stale != 0,
+                gone: gone != 0,
+                updated_at,
+            })
+            .collect())
+    }
+
+    /// The edge pages at `paths` (those there are, not gone).
+    pub async fn edge_pages(&self, paths: &[String]) -> Result<Vec<EdgePage>, DbError> {
+        let mut pages = Vec::with_capacity(paths.len());
+        for chunk in paths.chunks(500) {
+            let list: Vec<String> = (1..=chunk.len()).map(|p| format!("${p}")).collect();
+            let sql = format!(
+                "SELECT {EDGE_COLUMNS} FROM edge_pages WHERE gone = 0 AND path IN ({})",
+                list.join(", ")
+            );
+            let mut query = sqlx::query_as::<_, EdgeRow>(sqlx::AssertSqlSafe(sql));
+            for path in chunk {
+                query = query.bind(path);
+            }
+            pages.extend(
+                query
+                    .fetch_all(self.primary())
+                    .await?
+                    .into_iter()
+                    .map(edge_page),
+            );
+        }
+        Ok(pages)
+    }
+
+    /// Every path the edge serves, for a follower to drop rows deleted outright.
+    pub async fn edge_paths(&self) -> Result<Vec<String>, DbError> {
+        Ok(
+            sqlx::query_scalar("SELECT path FROM edge_pages WHERE gone = 0")
+                .fetch_all(self.primary())
+                .await?,
+        )
+    }
+}

@@ -1,0 +1,260 @@
+//! The static edge: pre-rendered pages and the site's assets, answered by the load
+//! balancer from its own copy without touching a web clone (contract: "Pages at the
+//! edge").
+//!
+//! The copy follows the database's `edge_pages` (where render jobs put each page
+//! with its gzip and brotli bodies), so a load balancer on another machine, with no
+//! shared disk, has the same pages: every [`FOLLOW_EVERY`] it reads which rows
+//! changed (path, etag, state — a small indexed read) and fetches the bodies of
+//! those it does not have. A page whose source changed is marked stale until its new
+//! render lands and is served meanwhile (`x-edge: stale`, as stale-while-revalidate).
+//!
+//! What is eligible: `GET`/`HEAD` of `/pages/…` and `/assets/…`, and of
+//! `/products/{id}` without a session cookie (a logged-in view is personal: it goes
+//! to a clone). An eligible path the edge does not have goes to a clone, marked so
+//! the clone can ask for it to be rendered (`x-edge: miss`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bakery_config::Config;
+use bakery_db::Database;
+use bakery_db::pages::{EdgePage, EdgeVersion, FOLLOW_MARGIN_MS};
+use http::header::{self, HeaderValue};
+use http::{HeaderMap, Method, Response, StatusCode};
+
+use crate::reply::{self, Body};
+
+/// How often the copy catches up with the database: a change reaches the edge
+/// within this (plus the render).
+const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+/// How often the whole list of paths is compared, to drop rows deleted outright.
+const RESYNC_EVERY: Duration = Duration::from_secs(30);
+/// The session cookie: its presence makes a product page personal.
+const SESSION_COOKIE: &str = "bakery_session";
+pub use bakery_core::edge::MISS_HEADER;
+/// `x-edge: hit|stale|miss` on every eligible answer.
+pub const EDGE_HEADER: &str = "x-edge";
+
+const PAGE_CACHE: &str = "public, max-age=5, stale-while-revalidate=60";
+const ASSET_CACHE: &str = "public, max-age=31536000, immutable";
+
+/// One page as the edge answers it (headers prepared once).
+struct Entry {
+    version: (String, bool),
+    content_type: HeaderValue,
+    etag: HeaderValue,
+    cache_control: HeaderValue,
+    stale: bool,
+    body: bytes::Bytes,
+    gzip: bytes::Bytes,
+    br: bytes::Bytes,
+}
+
+impl Entry {
+    fn new(page: EdgePage) -> Option<Self> {
+        Some(Self {
+            version: (page.etag.clone(), page.stale),
+            content_type: HeaderValue::from_str(&page.content_type).ok()?,
+            etag: HeaderValue::from_str(&format!("\"{}\"", page.etag)).ok()?,
+            cache_control: HeaderValue::from_static(if page.immutable {
+                ASSET_CACHE
+            } else {
+                PAGE_CACHE
+            }),
+            stale: page.stale,
+            body: page.body.into(),
+            gzip: page.gzip.into(),
+            br: page.br.into(),
+        })
+    }
+}
+
+/// The load balancer's copy of the edge pages.
+#[derive(Default)]
+pub struct Edge {
+    pages: RwLock<HashMap<String, Arc<Entry>>>,
+}
+
+/// Whether a request may be answered at the edge.
+pub fn eligible(method: &Method, path: &str, headers: &HeaderMap) -> bool {
+    if method != Method::GET && method != Method::HEAD {
+        return false;
+    }
+    if path.starts_with("/pages/") || path.starts_with("/assets/") {
+        return true;
+    }
+    path.strip_prefix("/products/")
+        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+        && !has_session(headers)
+}
+
+fn has_session(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .any(|pair| pair.trim_start().starts_with(&format!("{SESSION_COOKIE}=")))
+}
+
+/// The encodings a client accepts, by preference of ours: brotli, then gzip.
+fn encoding(headers: &HeaderMap) -> Option<&'static str> {
+    let accepted: Vec<(String, f32)> = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|item| {
+            let mut parts = item.split(';');
+            let name = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            (name, q)
+        })
+        .collect();
+    let wants = |coding: &str| {
+        accepted
+            .iter()
+            .find(|(name, _)| name == coding)
+            .or_else(|| accepted.iter().find(|(name, _)| name == "*"))
+            .is_some_and(|(_, q)| *q > 0.0)
+    };
+    ["br", "gzip"].into_iter().find(|coding| wants(coding))
+}
+
+impl Edge {
+    /// The answer for an eligible request, or `None` when the edge has no page for
+    /// `path` (the request goes to a clone).
+    pub fn answer(&self, path: &str, headers: &HeaderMap) -> Option<Response<Body>> {
+        let entry = self.pages.read().ok()?.get(path).cloned()?;
+        let state = if entry.stale { "stale" } else { "hit" };
+        metrics::counter!("bakery_edge_requests_total", "result" => state).increment(1);
+        let not_modified = headers
+            .get_all(header::IF_NONE_MATCH)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|tag| {
+                let tag = tag.trim();
+                tag == "*" || tag.trim_start_matches("W/") == entry.etag.to_str().unwrap_or("")
+            });
+        let mut response = if not_modified {
+            let mut response = Response::new(reply::full(bytes::Bytes::new()));
+            *response.status_mut() = StatusCode::NOT_MODIFIED;
+            response
+        } else {
+            let (body, coding) = match encoding(headers) {
+                Some("br") => (entry.br.clone(), Some("br")),
+                Some(_) => (entry.gzip.clone(), Some("gzip")),
+                None => (entry.body.clone(), None),
+            };
+            metrics::counter!("bakery_edge_bytes_total").increment(body.len() as u64);
+            let mut response = Response::new(reply::full(body));
+            let headers = response.headers_mut();
+            headers.insert(header::CONTENT_TYPE, entry.content_type.clone());
+            if let Some(coding) = coding {
+                headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
+            }
+            response
+        };
+        let out = response.headers_mut();
+        out.insert(header::ETAG, entry.etag.clone());
+        out.insert(header::CACHE_CONTROL, entry.cache_control.clone());
+        out.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+        out.insert(EDGE_HEADER, HeaderValue::from_static(state));
+        Some(response)
+    }
+
+    /// Keeps the copy following the database until the process ends. A database
+    /// that is not there yet (or not migrated yet) is tried again; meanwhile every
+    /// eligible request is a miss.
+    pub fn spawn_follower(self: Arc<Self>, config: Config) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut config = config;
+            config.database_pool_size = 1;
+            let db = loop {
+                match Database::connect_configured(&config).await {
+                    Ok(db) => break db,
+                    Err(error) => {
+                        tracing::warn!(%error, "the edge cannot reach the database yet");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+            let mut seen = 0i64;
+            let mut last_resync = tokio::time::Instant::now();
+            loop {
+                match self.catch_up(&db, seen).await {
+                    Ok(latest) => seen = seen.max(latest),
+                    Err(error) => tracing::debug!(%error, "edge follow failed; trying again"),
+                }
+                if last_resync.elapsed() >= RESYNC_EVERY {
+                    last_resync = tokio::time::Instant::now();
+                    if let Ok(paths) = db.edge_paths().await {
+                        self.keep_only(&paths);
+                    }
+                }
+                tokio::time::sleep(FOLLOW_EVERY).await;
+            }
+        })
+    }
+
+    /// Fetches what changed since `seen` (over the commit margin); the newest
+    /// `updated_at` read.
+    async fn catch_up(&self, db: &Database, seen: i64) -> Result<i64, bakery_db::DbError> {
+        let since = if seen == 0 {
+            0
+        } else {
+            seen - FOLLOW_MARGIN_MS
+        };
+        let versions = db.edge_versions_since(since).await?;
+        let latest = versions.iter().map(|v| v.updated_at).max().unwrap_or(seen);
+        let (gone, live): (Vec<EdgeVersion>, Vec<EdgeVersion>) =
+            versions.into_iter().partition(|v| v.gone);
+        let wanted: Vec<String> = {
+            let pages = self.pages.read().map_err(|_| poisoned())?;
+            live.into_iter()
+                .filter(|v| {
+                    pages
+                        .get(&v.path)
+                        .is_none_or(|entry| entry.version != (v.etag.clone(), v.stale))
+                })
+                .map(|v| v.path)
+                .collect()
+        };
+        let fetched = if wanted.is_empty() {
+            Vec::new()
+        } else {
+            db.edge_pages(&wanted).await?
+        };
+        let mut pages = self.pages.write().map_err(|_| poisoned())?;
+        for version in gone {
+            pages.remove(&version.path);
+        }
+        for page in fetched {
+            let path = page.path.clone();
+            if let Some(entry) = Entry::new(page) {
+                pages.insert(path, Arc::new(entry));
+            }
+        }
+        metrics::gauge!("bakery_edge_pages").set(pages.len() as f64);
+        Ok(latest)
+    }
+
+    fn keep_only(&self, paths: &[String]) {
+        if let Ok(mut pages) = self.pages.write() {
+            let keep: std::collections::HashSet<&String> = paths.iter().collect();
+            pages.retain(|path, _| keep.contains(path));
+        }
+    }
+}
+
+fn poisoned() -> bakery_db::DbError {
+    bakery_db::DbError::Other(bakery_db::SqlxError::Protocol(
+        "the edge's page map was poisoned".into(),
+    ))
+}

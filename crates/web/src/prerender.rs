@@ -1,0 +1,142 @@
+//! Pages made ahead of time for the edge (the load balancers) with the site's own
+//! templates: a staff page from its Markdown, the anonymous view of a product, and
+//! the site's stylesheet — each with a strong etag and its gzip and brotli copies,
+//! compressed once here rather than per request at the edge.
+
+use std::io::Write;
+use std::sync::LazyLock;
+
+use bakery_core::catalog::Product;
+use bakery_db::pages::{EdgePage, Page};
+use minijinja::value::Serde;
+use minijinja::{Environment, context};
+use sha2::{Digest, Sha256};
+
+/// The site's stylesheet, served at a content-hashed path (immutable).
+pub const SITE_CSS: &str = include_str!("../assets/site.css");
+/// Who the pages' footer names as having served a pre-rendered page.
+const PRE_RENDERED: &str = "the edge (pre-rendered)";
+
+/// `/assets/site.<hash>.css`: a new stylesheet is a new path, so the old one can be
+/// cached for ever.
+pub fn css_path() -> &'static str {
+    static PATH: LazyLock<String> =
+        LazyLock::new(|| format!("/assets/site.{}.css", &digest(SITE_CSS.as_bytes())[..12]));
+    &PATH
+}
+
+fn digest(bytes: &[u8]) -> String {
+    let hash = Sha256::digest(bytes);
+    hash.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Markdown to HTML, inert: raw HTML in the source is dropped (so no `<script>`,
+/// no event handlers) and links with dangerous schemes (`javascript:` and the like)
+/// are emptied — comrak's safe mode.
+pub fn markdown_html(markdown: &str) -> String {
+    let mut options = comrak::Options::default();
+    options.extension.strikethrough = true;
+    options.extension.table = true;
+    options.extension.autolink = true;
+    options.render.r#unsafe = false;
+    comrak::markdown_to_html(markdown, &options)
+}
+
+/// A staff page, whole.
+pub fn page_html(templates: &Environment<'_>, page: &Page) -> Result<String, minijinja::Error> {
+    templates.get_template("page.html")?.render(context! {
+        title => &page.title,
+        body_html => markdown_html(&page.body_markdown),
+        css => css_path(),
+        served_by => PRE_RENDERED,
+    })
+}
+
+/// A product's page as someone not logged in sees it.
+pub fn product_html(
+    templates: &Environment<'_>,
+    product: &Product,
+) -> Result<String, minijinja::Error> {
+    templates.get_template("product.html")?.render(context! {
+        product => Serde(product),
+        price => crate::pages::price(product.price_cents),
+        css => css_path(),
+        served_by => PRE_RENDERED,
+    })
+}
+
+/// What the edge stores for `path`: the body, its compressed copies and its etag.
+pub fn edge_page(path: String, content_type: &str, body: Vec<u8>, immutable: bool) -> EdgePage {
+    let etag = digest(&body)[..32].to_string();
+    EdgePage {
+        path,
+        content_type: content_type.to_string(),
+        etag,
+        gzip: gzip(&body),
+        br: brotli(&body),
+        body,
+        immutable,
+        stale: false,
+        updated_at: 0,
+    }
+}
+
+/// The stylesheet as the edge serves it.
+pub fn css_edge_page() -> EdgePage {
+    edge_page(
+        css_path().to_string(),
+        "text/css; charset=utf-8",
+        SITE_CSS.as_bytes().to_vec(),
+        true,
+    )
+}
+
+fn gzip(body: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    // Writing to a Vec cannot fail.
+    let _ = encoder.write_all(body);
+    encoder.finish().unwrap_or_default()
+}
+
+fn brotli(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let params = brotli::enc::BrotliEncoderParams {
+        quality: 11,
+        ..Default::default()
+    };
+    // Reading from a slice and writing to a Vec cannot fail.
+    let _ = brotli::BrotliCompress(&mut &body[..], &mut out, &params);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markdown_with_script_renders_inert() {
+        let html = markdown_html(
+            "# Hi\n\n<script>alert(1)</script>\n\n[x](javascript:alert(1)) <img src=x onerror=alert(1)>",
+        );
+        assert!(html.contains("<h1>Hi</h1>"), "{html}");
+        assert!(!html.contains("<script"), "{html}");
+        assert!(!html.contains("onerror"), "{html}");
+        assert!(!html.contains("javascript:"), "{html}");
+    }
+
+    #[test]
+    fn compressed_copies_decompress_to_the_body() {
+        use std::io::Read;
+        let body = "<p>bread</p>".repeat(200).into_bytes();
+        let page = edge_page("/pages/x".into(), "text/html", body.clone(), false);
+        let mut unzipped = Vec::new();
+        flate2::read::GzDecoder::new(&page.gzip[..])
+            .read_to_end(&mut unzipped)
+            .unwrap();
+        let mut unbrotli = Vec::new();
+        brotli::BrotliDecompress(&mut &page.br[..], &mut unbrotli).unwrap();
+        assert!(page.br.len() < body.len() / 10);
+        assert_eq!((unzipped, unbrotli), (body.clone(), body));
+        assert_eq!(page.etag.len(), 32);
+    }
+}

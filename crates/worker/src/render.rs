@@ -1,0 +1,96 @@
+//! `render`: a page made ahead of time for the edge — a staff page from its
+//! Markdown, or a product's anonymous page — stored with its compressed copies
+//! where every load balancer follows it (`edge_pages`). Reads go to the primary:
+//! the render must see the write that asked for it, not a cached or lagging copy.
+
+use std::sync::LazyLock;
+
+use bakery_app::App;
+use bakery_app::pages::RenderTarget;
+use bakery_core::edge::{page_path, product_path};
+use bakery_db::Lsn;
+use bakery_db::jobs::Claimed;
+use bakery_web::prerender;
+use serde_json::json;
+
+use crate::kinds::{JobError, Progress};
+
+static TEMPLATES: LazyLock<minijinja::Environment<'static>> = LazyLock::new(bakery_web::templates);
+
+pub async fn run(
+    app: &App,
+    job: &Claimed,
+    progress: &Progress,
+) -> Result<serde_json::Value, JobError> {
+    let target: RenderTarget = serde_json::from_str(&job.payload).map_err(|e| {
+        JobError::Permanent(format!(
+            "a render payload is {{\"page\": slug}} or {{\"product\": id}}: {e}"
+        ))
+    })?;
+    let db = app.db();
+    // The pages link the stylesheet at its content-hashed path: the edge needs it.
+    if !db
+        .has_edge_page(prerender::css_path())
+        .await
+        .map_err(transient)?
+    {
+        let css = compress(prerender::css_edge_page).await?;
+        db.put_edge_page(&css).await.map_err(transient)?;
+    }
+    let (path, html) = match &target {
+        RenderTarget::Page(slug) => {
+            let page = db
+                .page(slug)
+                .await
+                .map_err(transient)?
+                .ok_or_else(|| JobError::Permanent(format!("there is no page {slug:?}")))?;
+            let html = prerender::page_html(&TEMPLATES, &page)
+                .map_err(|e| JobError::Permanent(format!("template: {e}")))?;
+            (page_path(slug), html)
+        }
+        RenderTarget::Product(id) => {
+            let path = product_path(*id);
+            let Some(product) = db
+                .product(*id, Some(Lsn::LATEST))
+                .await
+                .map_err(transient)?
+            else {
+                // Deleted since: the edge must not keep serving it.
+                db.invalidate_edge_page(&path, true)
+                    .await
+                    .map_err(transient)?;
+                return Ok(json!({ "path": path, "gone": true }));
+            };
+            let html = prerender::product_html(&TEMPLATES, &product)
+                .map_err(|e| JobError::Permanent(format!("template: {e}")))?;
+            (path, html)
+        }
+    };
+    progress.set(50);
+    let page = compress(move || {
+        prerender::edge_page(path, "text/html; charset=utf-8", html.into_bytes(), false)
+    })
+    .await?;
+    db.put_edge_page(&page).await.map_err(transient)?;
+    progress.set(100);
+    Ok(json!({
+        "path": page.path,
+        "etag": page.etag,
+        "bytes": page.body.len(),
+        "gzip_bytes": page.gzip.len(),
+        "br_bytes": page.br.len(),
+    }))
+}
+
+/// Compression at brotli's best takes milliseconds: off the async threads.
+async fn compress(
+    make: impl FnOnce() -> bakery_db::pages::EdgePage + Send + 'static,
+) -> Result<bakery_db::pages::EdgePage, JobError> {
+    tokio::task::spawn_blocking(make)
+        .await
+        .map_err(|e| JobError::Transient(format!("compression failed: {e}")))
+}
+
+fn transient(error: impl std::fmt::Display) -> JobError {
+    JobError::Transient(error.to_string())
+}
