@@ -301,6 +301,30 @@ impl Database {
         Ok(rows.into_iter().map(job).collect())
     }
 
+    /// The rows of a JSON array of arrays (`$n`), as a table `name(columns...)` for
+    /// this engine: a batch is one parameter and one statement text, whatever its
+    /// size — so the statement is prepared once, and binding does not grow with the
+    /// batch (SQLite looks numbered parameters up by name, one by one).
+    fn json_rows(&self, param: &str, name: &str, columns: &[(&str, &str)]) -> String {
+        let picks: Vec<String> = columns
+            .iter()
+            .enumerate()
+            .map(|(i, (column, sql_type))| {
+                if self.postgres {
+                    format!("CAST(e->>{i} AS {sql_type}) AS {column}")
+                } else {
+                    format!("CAST(json_extract(value, '$[{i}]') AS {sql_type}) AS {column}")
+                }
+            })
+            .collect();
+        let source = if self.postgres {
+            format!("jsonb_array_elements(CAST({param} AS jsonb)) AS e")
+        } else {
+            format!("json_each({param})")
+        };
+        format!("{name} AS (SELECT {} FROM {source})", picks.join(", "))
+    }
+
     /// Takes those of `ids` that are due and nobody holds for `worker` for
     /// `lease_ms`, in one statement; each claim counts an attempt (the new fencing
     /// token).
@@ -314,23 +338,22 @@ impl Database {
             return Ok(Vec::new());
         }
         let now = now_millis();
-        let list: Vec<String> = (4..4 + ids.len()).map(|p| format!("${p}")).collect();
+        let wanted = self.json_rows("$4", "wanted", &[("id", "BIGINT")]);
         let sql = format!(
-            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1,
+            "WITH {wanted}
+             UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1,
                     worker = $2, started_at = COALESCE(started_at, $3)
-             WHERE id IN ({}) AND state = 'queued' AND run_at <= $3
-             RETURNING id, kind, payload, attempts, max_attempts, owner_id",
-            list.join(", ")
+             WHERE id IN (SELECT id FROM wanted) AND state = 'queued' AND run_at <= $3
+             RETURNING id, kind, payload, attempts, max_attempts, owner_id"
         );
-        let mut query = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(now + lease_ms)
-            .bind(worker)
-            .bind(now);
-        for id in ids {
-            query = query.bind(*id);
-        }
         let rows: Vec<(i64, String, String, i64, i64, Option<i64>)> =
-            query.fetch_all(self.primary()).await?;
+            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(now + lease_ms)
+                .bind(worker)
+                .bind(now)
+                .bind(json!(ids.iter().map(|id| [id]).collect::<Vec<_>>()).to_string())
+                .fetch_all(self.primary())
+                .await?;
         Ok(rows
             .into_iter()
             .map(
@@ -358,31 +381,30 @@ impl Database {
         if held.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<String> = (0..held.len())
-            .map(|i| {
-                let p = 2 + 3 * i;
-                format!(
-                    "(CAST(${p} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
-                    p + 1,
-                    p + 2
-                )
-            })
-            .collect();
+        let rows = self.json_rows(
+            "$2",
+            "held",
+            &[
+                ("id", "BIGINT"),
+                ("attempt", "BIGINT"),
+                ("progress", "BIGINT"),
+            ],
+        );
         let sql = format!(
-            "WITH held (id, attempt, progress) AS (VALUES {})
+            "WITH {rows}
              UPDATE jobs SET lease_until = $1, progress = held.progress FROM held
              WHERE jobs.id = held.id AND jobs.attempts = held.attempt AND jobs.state = 'running'
-             RETURNING jobs.id",
-            rows.join(", ")
+             RETURNING jobs.id"
         );
-        let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(now_millis() + lease_ms);
-        for (id, attempt, progress) in held {
-            query = query
-                .bind(*id)
-                .bind(*attempt)
-                .bind((*progress).clamp(0, 100));
-        }
-        Ok(query.fetch_all(self.primary()).await?)
+        let batch: Vec<[i64; 3]> = held
+            .iter()
+            .map(|(id, attempt, progress)| [*id, *attempt, (*progress).clamp(0, 100)])
+            .collect();
+        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+            .bind(now_millis() + lease_ms)
+            .bind(json!(batch).to_string())
+            .fetch_all(self.primary())
+            .await?)
     }
 
     /// Records how each of many held jobs ended, in one transaction: the fenced
@@ -393,51 +415,52 @@ impl Database {
         if endings.is_empty() {
             return Ok(Vec::new());
         }
-        let now = now_millis();
-        let mut settled = Vec::new();
-        let mut tx = self.primary().begin().await?;
-        for chunk in endings.chunks(ROWS_PER_STATEMENT) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p = 2 + 6 * i;
-                    format!(
-                        "(CAST(${p} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS TEXT), \
-                          CAST(${} AS TEXT), CAST(${} AS TEXT), CAST(${} AS BIGINT))",
-                        p + 1,
-                        p + 2,
-                        p + 3,
-                        p + 4,
-                        p + 5
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "WITH ending (id, attempt, state, result, error, run_at) AS (VALUES {})
-                 UPDATE jobs SET state = ending.state, result = ending.result, error = ending.error,
-                        run_at = COALESCE(ending.run_at, jobs.run_at), lease_until = 0,
-                        finished_at = CASE WHEN ending.state = 'queued' THEN NULL ELSE $1 END,
-                        dispatched_at = CASE WHEN ending.state = 'queued' THEN NULL ELSE jobs.dispatched_at END,
-                        progress = CASE WHEN ending.state = 'succeeded' THEN 100 ELSE jobs.progress END
-                 FROM ending
-                 WHERE jobs.id = ending.id AND jobs.attempts = ending.attempt AND jobs.state = 'running'
-                 RETURNING jobs.id",
-                rows.join(", ")
-            );
-            let mut query = sqlx::query_scalar(sqlx::AssertSqlSafe(sql)).bind(now);
-            for settle in chunk {
+        let rows = self.json_rows(
+            "$2",
+            "ending",
+            &[
+                ("id", "BIGINT"),
+                ("attempt", "BIGINT"),
+                ("state", "TEXT"),
+                ("result", "TEXT"),
+                ("error", "TEXT"),
+                ("run_at", "BIGINT"),
+            ],
+        );
+        let sql = format!(
+            "WITH {rows}
+             UPDATE jobs SET state = ending.state, result = ending.result, error = ending.error,
+                    run_at = COALESCE(ending.run_at, jobs.run_at), lease_until = 0,
+                    finished_at = CASE WHEN ending.state = 'queued' THEN NULL ELSE $1 END,
+                    dispatched_at = CASE WHEN ending.state = 'queued' THEN NULL ELSE jobs.dispatched_at END,
+                    progress = CASE WHEN ending.state = 'succeeded' THEN 100 ELSE jobs.progress END
+             FROM ending
+             WHERE jobs.id = ending.id AND jobs.attempts = ending.attempt AND jobs.state = 'running'
+             RETURNING jobs.id"
+        );
+        let batch: Vec<serde_json::Value> = endings
+            .iter()
+            .map(|settle| {
                 let (state, result, error, run_at) = settle.ending.columns();
-                query = query
-                    .bind(settle.job.id)
-                    .bind(settle.job.attempt)
-                    .bind(state)
-                    .bind(result)
-                    .bind(error)
-                    .bind(run_at);
-            }
-            let ids: Vec<i64> = query.fetch_all(&mut *tx).await?;
-            settled.extend(ids);
-        }
-        let settled: std::collections::HashSet<i64> = settled.into_iter().collect();
+                json!([
+                    settle.job.id,
+                    settle.job.attempt,
+                    state,
+                    result,
+                    error,
+                    run_at
+                ])
+            })
+            .collect();
+        let mut tx = self.primary().begin().await?;
+        let settled: std::collections::HashSet<i64> =
+            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+                .bind(now_millis())
+                .bind(serde_json::Value::Array(batch).to_string())
+                .fetch_all(&mut *tx)
+                .await?
+                .into_iter()
+                .collect();
         let held: Vec<bool> = endings
             .iter()
             .map(|settle| settled.contains(&settle.job.id))

@@ -63,6 +63,10 @@ struct Worker {
     running: TaskTracker,
     held: Held,
     settler: Settler,
+    /// One message claims at a time: it takes every slot free, so slots freed
+    /// together (a batch of ends) are claimed together, not one by each of the
+    /// messages in hand.
+    claiming: tokio::sync::Mutex<()>,
 }
 
 /// Runs a worker on `listener` (health and metrics) until `shutdown`.
@@ -87,6 +91,7 @@ pub async fn run(
         running: TaskTracker::new(),
         held: Held::default(),
         settler: Settler::start(state.app.clone()),
+        claiming: tokio::sync::Mutex::new(()),
     });
     let stop = CancellationToken::new();
     let mut consumers: Vec<_> = QUEUES
@@ -169,6 +174,7 @@ impl Worker {
         }
         let mut waiting = ids.as_slice();
         while !waiting.is_empty() {
+            let _turn = self.claiming.lock().await;
             // A free slot first: the message waits (unacknowledged) while all are busy.
             let Ok(first) = self.slots.clone().acquire_owned().await else {
                 return Outcome::Retry("the worker is stopping".into());
