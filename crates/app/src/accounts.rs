@@ -39,6 +39,17 @@ pub struct AccountChange {
     pub email: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
+    /// Needed to change the password or the email (whoever holds a stolen session
+    /// cannot take the account over).
+    #[serde(default)]
+    pub current_password: Option<String>,
+}
+
+impl AccountChange {
+    /// Whether the change takes the account's current password.
+    pub fn needs_current_password(&self) -> bool {
+        self.password.is_some() || self.email.is_some()
+    }
 }
 
 fn username_taken(error: DbError) -> Error {
@@ -52,10 +63,32 @@ fn username_taken(error: DbError) -> Error {
 }
 
 /// argon2id is deliberately slow: off the async threads.
-async fn hash(password: Password) -> Result<String, Error> {
-    tokio::task::spawn_blocking(move || bakery_core::hash_password(&password))
+/// Hashes (19 MiB and tens of ms of a core each) a process runs at once: a flood of
+/// logins gets a quick 503 instead of a queue of blocking threads and memory.
+fn hash_slots() -> &'static tokio::sync::Semaphore {
+    static SLOTS: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        tokio::sync::Semaphore::new(cores * 2)
+    });
+    &SLOTS
+}
+
+/// How long a hash waits for a slot before the request is turned away.
+const HASH_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Runs `work` (a password hash or check) on the blocking pool, under a slot.
+async fn hashing<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> Result<T, Error> {
+    let _slot = tokio::time::timeout(HASH_WAIT, hash_slots().acquire())
+        .await
+        .map_err(|_| Error::Busy("too many logins at once; try again in a moment"))?
+        .map_err(|_| Error::Internal("the hashing slots are closed".into()))?;
+    tokio::task::spawn_blocking(work)
         .await
         .map_err(|e| Error::Internal(format!("hashing failed: {e}")))
+}
+
+async fn hash(password: Password) -> Result<String, Error> {
+    hashing(move || bakery_core::hash_password(&password)).await
 }
 
 /// An argon2id hash of a random password nobody knows, made once per process.
@@ -98,10 +131,7 @@ impl App {
             .as_ref()
             .map(|(_, hash)| hash.clone())
             .unwrap_or_else(|| DECOY_HASH.clone());
-        let matches =
-            tokio::task::spawn_blocking(move || bakery_core::verify_password(&candidate, &stored))
-                .await
-                .map_err(|e| Error::Internal(format!("verifying failed: {e}")))?;
+        let matches = hashing(move || bakery_core::verify_password(&candidate, &stored)).await?;
         match found {
             Some((user, _)) if matches => Ok(user),
             _ => Err(Error::InvalidCredentials),
@@ -122,13 +152,27 @@ impl App {
         Ok(user)
     }
 
-    /// Applies a change to `user_id`'s account. `User:{id}` is stored anew (updated
-    /// in place); a new name also invalidates everything that shows it.
+    /// Applies a change to `actor`'s account. A new password or email needs the
+    /// current password (`WrongPassword` otherwise). `User:{id}` is stored anew
+    /// (updated in place); a new name also invalidates everything that shows it.
     pub async fn change_account(
         &self,
-        user_id: i64,
+        actor: &User,
         input: AccountChange,
     ) -> Result<Written<User>, Error> {
+        let user_id = actor.id;
+        if input.needs_current_password() {
+            let current = input.current_password.clone().unwrap_or_default();
+            let credentials = Credentials {
+                username: actor.username.clone(),
+                password: current,
+            };
+            match self.authenticate(&credentials).await {
+                Ok(user) if user.id == user_id => {}
+                Ok(_) | Err(Error::InvalidCredentials) => return Err(Error::WrongPassword),
+                Err(other) => return Err(other),
+            }
+        }
         let username = input.username.as_deref().map(Username::parse).transpose()?;
         let email = input.email.as_deref().map(Email::parse).transpose()?;
         let password_hash = match input.password.as_deref().map(Password::parse).transpose()? {

@@ -27,6 +27,13 @@ pub enum Error {
     Unprocessable { code: &'static str, message: String },
     #[error("that username and password do not match")]
     InvalidCredentials,
+    /// A change that needs the account's current password did not come with it.
+    #[error("the current password does not match")]
+    WrongPassword,
+    /// Too much of one costly kind of work at once (password hashing); worth trying
+    /// again in a moment.
+    #[error("{0}")]
+    Busy(&'static str),
     /// The acting user no longer exists.
     #[error("the account no longer exists")]
     NoSuchAccount,

@@ -325,6 +325,19 @@ impl Database {
         format!("{name} AS (SELECT {} FROM {source})", picks.join(", "))
     }
 
+    /// `column` in a condition that must not pick the index: SQLite's planner would
+    /// walk `jobs_state` (every queued or running job) and probe the batch for each
+    /// row, where one primary-key lookup per id of the batch is what is wanted. A
+    /// unary `+` (a no-op) hides the column from the planner; PostgreSQL plans this
+    /// well by itself (and has no unary `+` on text).
+    fn unindexed(&self, column: &str) -> String {
+        if self.postgres {
+            column.to_string()
+        } else {
+            format!("+{column}")
+        }
+    }
+
     /// Takes those of `ids` that are due and nobody holds for `worker` for
     /// `lease_ms`, in one statement; each claim counts an attempt (the new fencing
     /// token).
@@ -339,11 +352,12 @@ impl Database {
         }
         let now = now_millis();
         let wanted = self.json_rows("$4", "wanted", &[("id", "BIGINT")]);
+        let (state, run_at) = (self.unindexed("state"), self.unindexed("run_at"));
         let sql = format!(
             "WITH {wanted}
              UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1,
                     worker = $2, started_at = COALESCE(started_at, $3)
-             WHERE id IN (SELECT id FROM wanted) AND state = 'queued' AND run_at <= $3
+             WHERE id IN (SELECT id FROM wanted) AND {state} = 'queued' AND {run_at} <= $3
              RETURNING id, kind, payload, attempts, max_attempts, owner_id"
         );
         let rows: Vec<(i64, String, String, i64, i64, Option<i64>)> =
@@ -390,10 +404,11 @@ impl Database {
                 ("progress", "BIGINT"),
             ],
         );
+        let state = self.unindexed("jobs.state");
         let sql = format!(
             "WITH {rows}
              UPDATE jobs SET lease_until = $1, progress = held.progress FROM held
-             WHERE jobs.id = held.id AND jobs.attempts = held.attempt AND jobs.state = 'running'
+             WHERE jobs.id = held.id AND jobs.attempts = held.attempt AND {state} = 'running'
              RETURNING jobs.id"
         );
         let batch: Vec<[i64; 3]> = held
@@ -427,6 +442,7 @@ impl Database {
                 ("run_at", "BIGINT"),
             ],
         );
+        let state = self.unindexed("jobs.state");
         let sql = format!(
             "WITH {rows}
              UPDATE jobs SET state = ending.state, result = ending.result, error = ending.error,
@@ -435,7 +451,7 @@ impl Database {
                     dispatched_at = CASE WHEN ending.state = 'queued' THEN NULL ELSE jobs.dispatched_at END,
                     progress = CASE WHEN ending.state = 'succeeded' THEN 100 ELSE jobs.progress END
              FROM ending
-             WHERE jobs.id = ending.id AND jobs.attempts = ending.attempt AND jobs.state = 'running'
+             WHERE jobs.id = ending.id AND jobs.attempts = ending.attempt AND {state} = 'running'
              RETURNING jobs.id"
         );
         let batch: Vec<serde_json::Value> = endings

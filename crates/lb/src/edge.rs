@@ -47,6 +47,8 @@ struct Entry {
     etag: HeaderValue,
     cache_control: HeaderValue,
     stale: bool,
+    /// HTML carries the site's security headers.
+    html: bool,
     body: bytes::Bytes,
     gzip: bytes::Bytes,
     br: bytes::Bytes,
@@ -64,6 +66,7 @@ impl Entry {
                 PAGE_CACHE
             }),
             stale: page.stale,
+            html: page.content_type.starts_with("text/html"),
             body: page.body.into(),
             gzip: page.gzip.into(),
             br: page.br.into(),
@@ -158,6 +161,11 @@ impl Edge {
             headers.insert(header::CONTENT_TYPE, entry.content_type.clone());
             if let Some(coding) = coding {
                 headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
+            }
+            if entry.html {
+                for (name, value) in bakery_core::edge::HTML_HEADERS {
+                    headers.insert(name, HeaderValue::from_static(value));
+                }
             }
             response
         };

@@ -208,7 +208,23 @@ impl SessionStore {
             last_seen: now,
             write_lsn: 0,
         };
-        self.save(&self.stored_digest(&id), &session).await?;
+        let digest = self.stored_digest(&id);
+        self.save(&digest, &session).await?;
+        if let Self::Redis {
+            conn, lifetimes, ..
+        } = self
+        {
+            // The user's sessions, so that a password change can end them all.
+            let key = self.user_sessions_key(user_id);
+            let _: () = redis::pipe()
+                .atomic()
+                .sadd(&key, &digest)
+                .ignore()
+                .pexpire(&key, lifetimes.absolute.as_millis() as i64)
+                .ignore()
+                .query_async(&mut conn.clone())
+                .await?;
+        }
         if let Self::Sqlite { pool, .. } = self {
             // Expired rows are swept now and then by whoever logs in.
             if rand::random::<u8>() < 8 {
@@ -320,6 +336,42 @@ impl SessionStore {
             }
         }
         Ok(())
+    }
+
+    /// Ends every session of `user_id` (a password change: whoever held one is out).
+    pub async fn destroy_user(&self, user_id: i64) -> Result<(), SessionError> {
+        match self {
+            Self::Sqlite {
+                pool, namespace, ..
+            } => {
+                sqlx::query(
+                    "DELETE FROM sessions WHERE user_id = $1 AND substr(id_digest, 1, $2) = $3",
+                )
+                .bind(user_id)
+                .bind(namespace.len() as i64 + 1)
+                .bind(format!("{namespace}|"))
+                .execute(pool)
+                .await?;
+            }
+            Self::Redis { conn, .. } => {
+                let key = self.user_sessions_key(user_id);
+                let digests: Vec<String> = conn.clone().smembers(&key).await?;
+                let mut pipe = redis::pipe();
+                pipe.atomic();
+                for digest in &digests {
+                    pipe.del(format!("{REDIS_PREFIX}{digest}")).ignore();
+                }
+                pipe.del(&key).ignore();
+                let _: () = pipe.query_async(&mut conn.clone()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The Redis set of a user's session digests.
+    fn user_sessions_key(&self, user_id: i64) -> String {
+        let (Self::Sqlite { namespace, .. } | Self::Redis { namespace, .. }) = self;
+        format!("bakery:user-sessions:{namespace}|{user_id}")
     }
 
     /// Checks the store answers, for `/healthz`.

@@ -15,6 +15,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -23,7 +25,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Tells the client when to try again.
+    pub fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -64,7 +73,14 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(seconds),
+            );
+        }
+        response
     }
 }
 
@@ -119,6 +135,12 @@ impl From<bakery_app::Error> for ApiError {
                 "invalid_credentials",
                 "that username and password do not match",
             ),
+            Error::WrongPassword => Self::new(
+                StatusCode::FORBIDDEN,
+                "wrong_password",
+                "the current password does not match",
+            ),
+            Error::Busy(message) => Self::unavailable("busy", message).retry_after(1),
             Error::NoSuchAccount => Self::unauthorized(),
             Error::Store(db) => (&*db).into(),
             Error::Internal(cause) => Self::internal(cause),

@@ -163,6 +163,7 @@ pub fn layered(state: AppState, routes: Router<AppState>) -> Router {
             )
         })
         .layer(axum::middleware::from_fn(middleware::csrf))
+        .layer(axum::middleware::from_fn(middleware::html_security))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             middleware::timeout,

@@ -109,11 +109,13 @@ pub async fn timeout(State(state): State<AppState>, req: Request, next: Next) ->
     }
 }
 
-/// Refuses a cookie-authenticated unsafe request that a browser says came from
-/// another site: `Origin` naming another origin, or `Sec-Fetch-Site: cross-site`.
-/// Clients that send neither header (curl, other services) pass, as the contract says.
+/// Refuses an unsafe request that a browser says came from another site — with or
+/// without a session cookie, so a cross-site login form is refused too: `Origin`
+/// naming another origin (scheme, host and port compared), or `Sec-Fetch-Site:
+/// cross-site`. Clients that send neither header (curl, other services) pass, as the
+/// contract says.
 pub async fn csrf(req: Request, next: Next) -> Response {
-    if is_cross_site_with_cookie(req.method(), req.headers()) {
+    if is_cross_site(req.method(), req.headers()) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
             "csrf",
@@ -124,12 +126,12 @@ pub async fn csrf(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-fn is_cross_site_with_cookie(method: &Method, headers: &HeaderMap) -> bool {
+fn is_cross_site(method: &Method, headers: &HeaderMap) -> bool {
     let unsafe_method = !matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
     );
-    if !unsafe_method || session_cookie::read(headers).is_none() {
+    if !unsafe_method {
         return false;
     }
     if headers
@@ -138,19 +140,68 @@ fn is_cross_site_with_cookie(method: &Method, headers: &HeaderMap) -> bool {
     {
         return true;
     }
-    match headers.get(header::ORIGIN) {
-        None => false,
-        Some(origin) => {
-            let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-            let origin_host = origin
-                .to_str()
-                .ok()
-                .and_then(|o| o.split_once("://"))
-                .map(|(_, rest)| rest);
-            // `Origin: null` (sandboxed frames, some redirects) names no origin of ours.
-            origin_host.is_none() || origin_host != host
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return false;
+    };
+    // `Origin: null` (sandboxed frames, some redirects) names no origin of ours.
+    let Some(theirs) = origin.to_str().ok().and_then(parse_origin) else {
+        return true;
+    };
+    let scheme = if session_cookie::is_tls(headers) {
+        "https"
+    } else {
+        "http"
+    };
+    let ours = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|host| parse_origin(&format!("{scheme}://{host}")));
+    ours != Some(theirs)
+}
+
+/// `(scheme, host, port)` of an origin, the port made explicit (80 and 443 by
+/// default), the host in lower case.
+fn parse_origin(origin: &str) -> Option<(String, String, u16)> {
+    let (scheme, rest) = origin.split_once("://")?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let authority = rest.split('/').next()?;
+    if authority.is_empty() || authority.contains('@') {
+        return None;
+    }
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => {
+            match port.parse::<u16>() {
+                Ok(port) => (host, port),
+                Err(_) if port.is_empty() => (host, default_port),
+                Err(_) => return None,
+            }
+        }
+        _ => (authority, default_port),
+    };
+    Some((scheme, host.to_ascii_lowercase(), port))
+}
+
+/// What every HTML answer carries: no sniffing into another type, a content
+/// security policy (our own scripts, styles and images only; no framing), and the
+/// older frame header for browsers without `frame-ancestors`.
+pub async fn html_security(req: Request, next: Next) -> Response {
+    let mut response = next.run(req).await;
+    let html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    if html {
+        let headers = response.headers_mut();
+        for (name, value) in bakery_core::edge::HTML_HEADERS {
+            headers.insert(name, HeaderValue::from_static(value));
         }
     }
+    response
 }
 
 #[cfg(test)]
@@ -171,32 +222,54 @@ mod tests {
     );
 
     #[test]
-    fn cross_site_posts_with_a_session_are_refused() {
+    fn cross_site_unsafe_requests_are_refused_with_or_without_a_session() {
         let evil = headers(&[
             COOKIE,
             ("host", "bakery.test"),
             ("origin", "https://evil.test"),
         ]);
-        assert!(is_cross_site_with_cookie(&Method::POST, &evil));
+        assert!(is_cross_site(&Method::POST, &evil));
         let fetch = headers(&[COOKIE, ("sec-fetch-site", "cross-site")]);
-        assert!(is_cross_site_with_cookie(&Method::DELETE, &fetch));
+        assert!(is_cross_site(&Method::DELETE, &fetch));
         let null = headers(&[COOKIE, ("host", "bakery.test"), ("origin", "null")]);
-        assert!(is_cross_site_with_cookie(&Method::PATCH, &null));
+        assert!(is_cross_site(&Method::PATCH, &null));
+        // A login form on another site, no cookie yet: login CSRF.
+        let login = headers(&[("host", "bakery.test"), ("origin", "https://evil.test")]);
+        assert!(is_cross_site(&Method::POST, &login));
+        // Same host, another port or scheme: another origin.
+        let port = headers(&[
+            ("host", "bakery.test:8080"),
+            ("origin", "http://bakery.test:9090"),
+        ]);
+        assert!(is_cross_site(&Method::POST, &port));
+        let scheme = headers(&[("host", "bakery.test"), ("origin", "https://bakery.test")]);
+        assert!(is_cross_site(&Method::POST, &scheme));
+        let prefix = headers(&[
+            ("host", "bakery.test"),
+            ("origin", "http://bakery.test.evil.test"),
+        ]);
+        assert!(is_cross_site(&Method::POST, &prefix));
     }
 
     #[test]
-    fn same_origin_safe_and_cookieless_requests_pass() {
+    fn same_origin_safe_and_headerless_requests_pass() {
         let same = headers(&[
             COOKIE,
             ("host", "bakery.test:8080"),
             ("origin", "http://bakery.test:8080"),
         ]);
-        assert!(!is_cross_site_with_cookie(&Method::POST, &same));
+        assert!(!is_cross_site(&Method::POST, &same));
+        let default_port = headers(&[("host", "Bakery.test"), ("origin", "http://bakery.test:80")]);
+        assert!(!is_cross_site(&Method::POST, &default_port));
+        let tls = headers(&[
+            ("host", "bakery.test"),
+            ("x-forwarded-proto", "https"),
+            ("origin", "https://bakery.test"),
+        ]);
+        assert!(!is_cross_site(&Method::POST, &tls));
         let curl = headers(&[COOKIE]);
-        assert!(!is_cross_site_with_cookie(&Method::POST, &curl));
+        assert!(!is_cross_site(&Method::POST, &curl));
         let get = headers(&[COOKIE, ("origin", "https://evil.test")]);
-        assert!(!is_cross_site_with_cookie(&Method::GET, &get));
-        let no_cookie = headers(&[("origin", "https://evil.test")]);
-        assert!(!is_cross_site_with_cookie(&Method::POST, &no_cookie));
+        assert!(!is_cross_site(&Method::GET, &get));
     }
 }

@@ -63,7 +63,7 @@ pub fn router() -> Router<AppState> {
 
 fn render(state: &AppState, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
     let page = state.templates.get_template(name).and_then(|t| {
-        t.render(context! { served_by => &*state.id, css => prerender::css_path(), ..ctx })
+        t.render(context! { served_by => &*state.id, css => prerender::css_path(), account_js => prerender::account_js_path(), ..ctx })
     });
     match page {
         Ok(html) => (status, Html(html)).into_response(),
@@ -175,6 +175,7 @@ async fn account(
 /// The account page's form: a new username and/or email (empty fields stay as they are).
 async fn account_form(
     State(state): State<AppState>,
+    headers: HeaderMap,
     current: Result<CurrentUser, ApiError>,
     form: Result<Form<AccountChange>, FormRejection>,
 ) -> Response {
@@ -186,12 +187,22 @@ async fn account_form(
         &mut change.username,
         &mut change.email,
         &mut change.password,
+        &mut change.current_password,
     ] {
         if field.as_deref().is_some_and(|v| v.trim().is_empty()) {
             *field = None;
         }
     }
-    match state.app.change_account(current.user.id, change).await {
+    let new_password = change.password.is_some();
+    match state.app.change_account(&current.user, change).await {
+        Ok(written) if new_password => {
+            match accounts::end_other_sessions(&state, &headers, &written).await {
+                Ok(cookie) => {
+                    ([(header::SET_COOKIE, cookie)], Redirect::to("/account")).into_response()
+                }
+                Err(e) => e.into_response(),
+            }
+        }
         Ok(written) => {
             let (remembered, _) = current.remember(&state, written).await;
             (remembered, Redirect::to("/account")).into_response()
@@ -309,15 +320,15 @@ async fn staff_page(State(state): State<AppState>, Path(slug): Path<String>) -> 
 
 /// The site's content-hashed assets (the edge serves them too).
 async fn asset(Path(name): Path<String>) -> Response {
-    if format!("/assets/{name}") != prerender::css_path() {
+    let Some(asset) = prerender::asset(&format!("/assets/{name}")) else {
         return ApiError::not_found().into_response();
-    }
+    };
     (
         [
-            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CONTENT_TYPE, asset.content_type),
             (header::CACHE_CONTROL, "public, max-age=31536000, immutable"),
         ],
-        prerender::SITE_CSS,
+        asset.body,
     )
         .into_response()
 }

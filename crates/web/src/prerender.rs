@@ -12,18 +12,60 @@ use minijinja::value::Serde;
 use minijinja::{Environment, context};
 use sha2::{Digest, Sha256};
 
-/// The site's stylesheet, served at a content-hashed path (immutable).
-pub const SITE_CSS: &str = include_str!("../assets/site.css");
+/// A file of the site's own, served at a content-hashed path (`/assets/site.<hash>.css`):
+/// a new version is a new path, so every version can be cached for ever.
+pub struct Asset {
+    pub path: String,
+    pub content_type: &'static str,
+    pub body: &'static str,
+}
+
+/// The site's assets: the stylesheet and the account page's script (scripts live in
+/// files, so the content security policy can forbid inline ones).
+pub fn assets() -> &'static [Asset] {
+    static ASSETS: LazyLock<Vec<Asset>> = LazyLock::new(|| {
+        [
+            (
+                "site",
+                "css",
+                "text/css; charset=utf-8",
+                include_str!("../assets/site.css"),
+            ),
+            (
+                "account",
+                "js",
+                "text/javascript; charset=utf-8",
+                include_str!("../assets/account.js"),
+            ),
+        ]
+        .into_iter()
+        .map(|(stem, ext, content_type, body)| Asset {
+            path: format!("/assets/{stem}.{}.{ext}", &digest(body.as_bytes())[..12]),
+            content_type,
+            body,
+        })
+        .collect()
+    });
+    &ASSETS
+}
+
+/// The asset served at `path`, if any.
+pub fn asset(path: &str) -> Option<&'static Asset> {
+    assets().iter().find(|asset| asset.path == path)
+}
+
+/// The stylesheet's path, as pages link it.
+pub fn css_path() -> &'static str {
+    &assets()[0].path
+}
+
+/// The account page's script's path.
+pub fn account_js_path() -> &'static str {
+    &assets()[1].path
+}
+
 /// Who the pages' footer names as having served a pre-rendered page.
 const PRE_RENDERED: &str = "the edge (pre-rendered)";
-
-/// `/assets/site.<hash>.css`: a new stylesheet is a new path, so the old one can be
-/// cached for ever.
-pub fn css_path() -> &'static str {
-    static PATH: LazyLock<String> =
-        LazyLock::new(|| format!("/assets/site.{}.css", &digest(SITE_CSS.as_bytes())[..12]));
-    &PATH
-}
 
 fn digest(bytes: &[u8]) -> String {
     let hash = Sha256::digest(bytes);
@@ -81,14 +123,19 @@ pub fn edge_page(path: String, content_type: &str, body: Vec<u8>, immutable: boo
     }
 }
 
-/// The stylesheet as the edge serves it.
-pub fn css_edge_page() -> EdgePage {
-    edge_page(
-        css_path().to_string(),
-        "text/css; charset=utf-8",
-        SITE_CSS.as_bytes().to_vec(),
-        true,
-    )
+/// The assets as the edge serves them.
+pub fn asset_edge_pages() -> Vec<EdgePage> {
+    assets()
+        .iter()
+        .map(|asset| {
+            edge_page(
+                asset.path.clone(),
+                asset.content_type,
+                asset.body.as_bytes().to_vec(),
+                true,
+            )
+        })
+        .collect()
 }
 
 fn gzip(body: &[u8]) -> Vec<u8> {

@@ -28,14 +28,18 @@ pub async fn run(
         ))
     })?;
     let db = app.db();
-    // The pages link the stylesheet at its content-hashed path: the edge needs it.
+    // The pages link the assets at their content-hashed paths: the edge needs them.
     if !db
         .has_edge_page(prerender::css_path())
         .await
         .map_err(transient)?
     {
-        let css = compress(prerender::css_edge_page).await?;
-        db.put_edge_page(&css).await.map_err(transient)?;
+        let assets = tokio::task::spawn_blocking(prerender::asset_edge_pages)
+            .await
+            .map_err(|e| JobError::Transient(format!("compression failed: {e}")))?;
+        for asset in &assets {
+            db.put_edge_page(asset).await.map_err(transient)?;
+        }
     }
     let (path, html) = match &target {
         RenderTarget::Page(slug) => {

@@ -1,6 +1,8 @@
 //! Accounts per the contract, on SQLite and on PostgreSQL.
 
-use crate::harness::{Up, client, error_code, fresh_postgres_database, sign_up_and_log_in};
+use crate::harness::{
+    Up, client, error_code, fresh_postgres_database, session_cookie, sign_up_and_log_in,
+};
 
 async fn accounts_follow_the_contract(up: &Up) {
     let http = client();
@@ -57,16 +59,21 @@ async fn accounts_follow_the_contract(up: &Up) {
     let changed = http
         .patch(up.url("/api/me"))
         .header("cookie", &cookie)
-        .json(&serde_json::json!({"username": "pain-au-chocolat", "password": "new-password"}))
+        .json(&serde_json::json!({"username": "pain-au-chocolat", "password": "new-password", "current_password": "password-1"}))
         .send()
         .await
         .unwrap();
     assert_eq!(changed.status(), 200);
+    // A new password ends the session it was changed from too; the answer hands
+    // over a fresh one.
+    let old_cookie = cookie;
+    let cookie = session_cookie(&changed).expect("a rotated session");
+    assert_ne!(cookie, old_cookie);
     let body: serde_json::Value = changed.json().await.unwrap();
     assert_eq!(body["user"]["username"], "pain-au-chocolat");
     let relogin = http
         .post(up.url("/api/session"))
-        .json(&serde_json::json!({"username": "pain-au-chocolat", "password": "new-password"}))
+        .json(&serde_json::json!({"username": "pain-au-chocolat", "password": "new-password", "current_password": "password-1"}))
         .send()
         .await
         .unwrap();

@@ -103,6 +103,8 @@ async fn a_published_page_is_served_by_the_edge_alone_with_etags_and_brotli() {
         assert_eq!(header(&headers, "x-served-by"), lb);
         assert_eq!(header(&headers, "x-edge"), "hit");
         assert!(header(&headers, "cache-control").contains("stale-while-revalidate"));
+        assert!(header(&headers, "content-security-policy").contains("frame-ancestors 'none'"));
+        assert_eq!(header(&headers, "x-content-type-options"), "nosniff");
         identity = body;
     }
     assert_eq!(

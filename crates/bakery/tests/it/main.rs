@@ -9,6 +9,7 @@ use bakery_testkit as harness;
 use bakery_testkit::proxy;
 
 mod accounts;
+mod attacks;
 mod bad_input;
 mod caches;
 mod cli;

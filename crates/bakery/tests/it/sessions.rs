@@ -119,7 +119,9 @@ async fn cross_site_writes_with_a_session_are_refused(up: &Up) {
         .patch(up.url("/api/me"))
         .header("cookie", &cookie)
         .header("origin", format!("http://{host}"))
-        .json(&serde_json::json!({"email": "scone@bakery.example"}))
+        .json(
+            &serde_json::json!({"email": "scone@bakery.example", "current_password": "password-1"}),
+        )
         .send()
         .await
         .unwrap();

@@ -84,10 +84,34 @@ async fn me(current: CurrentUser) -> axum::Json<User> {
 
 async fn change_me(
     State(state): State<AppState>,
+    headers: HeaderMap,
     current: CurrentUser,
     Json(change): Json<AccountChange>,
 ) -> ApiResult<Response> {
-    let written = state.app.change_account(current.user.id, change).await?;
+    let new_password = change.password.is_some();
+    let written = state.app.change_account(&current.user, change).await?;
+    if new_password {
+        let cookie = end_other_sessions(&state, &headers, &written).await?;
+        let body = axum::Json(json!({ "user": written.value }));
+        return Ok(([(header::SET_COOKIE, cookie)], body).into_response());
+    }
     let (remembered, user) = current.remember(&state, written).await;
     Ok((remembered, axum::Json(json!({ "user": user }))).into_response())
+}
+
+/// After a password change: every session of the user ends (whoever held one is
+/// out) and the one making the change goes on under a fresh id; the new
+/// `Set-Cookie`.
+/// The new session carries the change's position, so its next reads see it.
+pub async fn end_other_sessions(
+    state: &AppState,
+    headers: &HeaderMap,
+    written: &bakery_app::Written<User>,
+) -> ApiResult<HeaderValue> {
+    state.sessions.destroy_user(written.value.id).await?;
+    let id = state.sessions.create(written.value.id).await?;
+    if let Some(lsn) = written.lsn {
+        state.sessions.record_write(&id, lsn.0).await?;
+    }
+    Ok(session_cookie::set(&id, state.cookie_secure(headers)))
 }

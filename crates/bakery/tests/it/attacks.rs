@@ -1,0 +1,188 @@
+//! Attacks a public site meets on its first day (issue "Hostile clients and failing
+//! stores"), each answered as the contract's "Accounts and abuse" says — and a
+//! normal user's requests still succeed meanwhile.
+
+use serde_json::json;
+
+use crate::harness::{self, Up, client, error_code, session_cookie, sign_up_and_log_in};
+
+async fn me(up: &Up, cookie: &str) -> u16 {
+    client()
+        .get(up.url("/api/me"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+async fn log_in(up: &Up, username: &str, password: &str) -> reqwest::Response {
+    client()
+        .post(up.url("/api/session"))
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A stolen session cannot take the account over, and a password change throws
+/// every holder of an old session out.
+async fn password_change_ends_every_other_session(up: &Up) {
+    let http = client();
+    let first = sign_up_and_log_in(&http, &up.base, "brioche").await;
+    let second = session_cookie(&log_in(up, "brioche", "password-1").await).unwrap();
+
+    // Without the current password, or with a wrong one: 403, nothing changed.
+    for change in [
+        json!({"password": "stolen-password"}),
+        json!({"password": "stolen-password", "current_password": "guess-guess"}),
+        json!({"email": "thief@example.com"}),
+    ] {
+        let refused = http
+            .patch(up.url("/api/me"))
+            .header("cookie", &second)
+            .json(&change)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 403, "{change}");
+        assert_eq!(error_code(refused).await, "wrong_password");
+    }
+    assert_eq!(log_in(up, "brioche", "password-1").await.status(), 200);
+
+    let changed = http
+        .patch(up.url("/api/me"))
+        .header("cookie", &second)
+        .json(&json!({"password": "new-password-2", "current_password": "password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    let rotated = session_cookie(&changed).expect("the changing session goes on under a new id");
+    assert_ne!(rotated, second);
+    assert_eq!(me(up, &first).await, 401, "the other session is over");
+    assert_eq!(me(up, &second).await, 401, "the old id of this one too");
+    assert_eq!(me(up, &rotated).await, 200);
+    assert_eq!(log_in(up, "brioche", "password-1").await.status(), 401);
+    assert_eq!(log_in(up, "brioche", "new-password-2").await.status(), 200);
+    // Another user's sessions are untouched.
+    let other = sign_up_and_log_in(&http, &up.base, "focaccia").await;
+    let again = http
+        .patch(up.url("/api/me"))
+        .header("cookie", &rotated)
+        .json(&json!({"password": "new-password-3", "current_password": "new-password-2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 200);
+    assert_eq!(me(up, &other).await, 200);
+}
+
+#[tokio::test]
+async fn a_password_change_needs_the_current_password_and_ends_every_other_session() {
+    let up = Up::start(vec![], 2);
+    password_change_ends_every_other_session(&up).await;
+}
+
+#[tokio::test]
+async fn a_password_change_ends_every_other_session_with_sessions_in_redis() {
+    let up = Up::start(vec![("BAKERY_SESSION_URL".into(), harness::redis_url())], 2);
+    password_change_ends_every_other_session(&up).await;
+}
+
+#[tokio::test]
+async fn cross_site_logins_are_refused_and_html_is_locked_down() {
+    let up = Up::start(vec![], 1);
+    let http = client();
+    sign_up_and_log_in(&http, &up.base, "kouign").await;
+    let host = up.base.trim_start_matches("http://").to_string();
+
+    // A login form on another site, in the victim's browser: no cookie yet.
+    let form = http
+        .post(up.url("/login"))
+        .header("origin", "https://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .form(&[("username", "kouign"), ("password", "password-1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(form.status(), 403);
+    assert!(session_cookie(&form).is_none());
+    let api = http
+        .post(up.url("/api/session"))
+        .header("origin", "https://evil.example")
+        .json(&json!({"username": "kouign", "password": "password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(api.status(), 403);
+    assert_eq!(error_code(api).await, "csrf");
+    // Same host, another port: another origin.
+    let port = http
+        .post(up.url("/api/session"))
+        .header("origin", "http://127.0.0.1:1")
+        .json(&json!({"username": "kouign", "password": "password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(port.status(), 403);
+    // The user's own page logs in.
+    let own = http
+        .post(up.url("/login"))
+        .header("origin", format!("http://{host}"))
+        .form(&[("username", "kouign"), ("password", "password-1")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 303);
+
+    for path in ["/", "/login", "/products"] {
+        let page = http.get(up.url(path)).send().await.unwrap();
+        let headers = page.headers();
+        assert_eq!(headers["x-content-type-options"], "nosniff", "{path}");
+        let csp = headers["content-security-policy"].to_str().unwrap();
+        assert!(csp.contains("frame-ancestors 'none'"), "{path}: {csp}");
+        assert!(csp.contains("script-src 'self'"), "{path}: {csp}");
+        let body = page.text().await.unwrap();
+        assert!(!body.contains("<script>"), "{path}: an inline script");
+        assert!(!body.contains("<style>"), "{path}: an inline style");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_logins_is_turned_away_quickly_and_the_clone_keeps_serving() {
+    let up = Up::start(vec![], 1);
+    let http = client();
+    let alice = sign_up_and_log_in(&http, &up.base, "alice").await;
+    let up = &up;
+    let flood = futures::future::join_all((0..300).map(|i| async move {
+        let answer = log_in(up, &format!("nobody{i}"), "wrong-password").await;
+        let retry = answer.headers().get("retry-after").is_some();
+        let status = answer.status().as_u16();
+        let code = if status == 503 {
+            error_code(answer).await
+        } else {
+            String::new()
+        };
+        (status, retry, code)
+    }));
+    // Meanwhile a logged-in user browses.
+    let browsing = async {
+        let mut statuses = Vec::new();
+        for _ in 0..20 {
+            statuses.push(me(up, &alice).await);
+        }
+        statuses
+    };
+    let (answers, statuses) = tokio::join!(flood, browsing);
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    let busy = answers.iter().filter(|(s, _, _)| *s == 503).count();
+    for (status, retry, code) in &answers {
+        assert!(
+            *status == 401 || (*status == 503 && *retry && code == "busy"),
+            "{status} {retry} {code}"
+        );
+    }
+    assert!(busy > 0, "300 logins at once were all hashed: {answers:?}");
+}

@@ -1,0 +1,20 @@
+// Live notifications from the push service (Server-Sent Events through the load
+// balancer). EventSource reconnects by itself and sends Last-Event-ID, so nothing
+// is missed while it was away.
+(() => {
+  const list = document.getElementById("notifications");
+  const live = document.getElementById("live");
+  const text = { "rsvp.created": "You have a seat", "rsvp.cancelled": "Your seat is given back",
+                 "email.sent": "Confirmation mail sent", "job.finished": "A job finished" };
+  const show = (n) => {
+    const item = document.createElement("li");
+    item.textContent = `${text[n.kind] || n.kind} · ${new Date(n.created_at).toLocaleString()}`;
+    list.prepend(item);
+  };
+  const stream = new EventSource("/api/notifications/stream");
+  stream.onopen = () => { live.textContent = "(live)"; };
+  stream.onerror = () => { live.textContent = "(reconnecting…)"; };
+  for (const kind of Object.keys(text)) {
+    stream.addEventListener(kind, (e) => show(JSON.parse(e.data)));
+  }
+})();
