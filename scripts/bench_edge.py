@@ -94,6 +94,8 @@ def main():
         backends = json.loads(get(f"http://{lb}/lb/backends")[2])
         clone = next(b["addr"] for p in backends["pools"] if p["name"] == "web" for b in p["backends"])
 
+        # nginx's workers run as an unprivileged user: the file must be readable.
+        os.chmod(work, 0o755)
         os.makedirs(os.path.join(work, "site", "products"))
         with open(os.path.join(work, "site", "products", "1"), "wb") as f:
             f.write(html)

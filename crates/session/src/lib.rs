@@ -12,7 +12,10 @@ use std::time::Duration;
 
 use bakery_config::SessionUrl;
 use bakery_core::now_millis;
+
+mod rate;
 use base64::Engine;
+pub use rate::Limit;
 use redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -146,6 +149,11 @@ impl SessionStore {
                          last_seen  INTEGER NOT NULL,
                          write_lsn  INTEGER NOT NULL DEFAULT 0
                      )",
+                )
+                .execute(&pool)
+                .await?;
+                sqlx::query(
+                    "CREATE TABLE IF NOT EXISTS rate_limits (key TEXT PRIMARY KEY, tat INTEGER NOT NULL)",
                 )
                 .execute(&pool)
                 .await?;

@@ -162,3 +162,18 @@ impl FromRequestParts<AppState> for MaybeUser {
         })))
     }
 }
+
+/// The client's address: the last hop of `x-forwarded-for`, which the load balancer
+/// appends (earlier entries are the client's own say and prove nothing); "direct"
+/// for a request that reached the clone without one.
+pub fn client_ip(headers: &axum::http::HeaderMap) -> String {
+    headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .rfind(|hop| !hop.is_empty())
+        .unwrap_or("direct")
+        .to_string()
+}

@@ -106,6 +106,9 @@ async fn signup_form(
             context! { error => e.message, username => &body.username, email => &body.email },
         )
     };
+    if let Err(e) = accounts::limit_sign_ups(&state, &headers).await {
+        return failed(e);
+    }
     let credentials = Credentials {
         username: body.username.clone(),
         password: body.password.clone(),

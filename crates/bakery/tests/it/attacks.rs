@@ -180,9 +180,66 @@ async fn a_flood_of_logins_is_turned_away_quickly_and_the_clone_keeps_serving() 
     let busy = answers.iter().filter(|(s, _, _)| *s == 503).count();
     for (status, retry, code) in &answers {
         assert!(
-            *status == 401 || (*status == 503 && *retry && code == "busy"),
+            *status == 401 || *status == 429 || (*status == 503 && *retry && code == "busy"),
             "{status} {retry} {code}"
         );
     }
     assert!(busy > 0, "300 logins at once were all hashed: {answers:?}");
+}
+
+/// Failed logins are counted per username and per address across every clone (the
+/// count lives in the shared session store): 429 with `Retry-After` beyond them, the
+/// right password included, while other users still log in.
+async fn failed_logins_are_limited(up: &Up) {
+    let http = client();
+    sign_up_and_log_in(&http, &up.base, "eclair").await;
+    sign_up_and_log_in(&http, &up.base, "madeleine").await;
+    for attempt in 1..=10 {
+        let wrong = log_in(up, "eclair", "not-the-password").await;
+        assert_eq!(wrong.status(), 401, "attempt {attempt}");
+    }
+    let limited = log_in(up, "Eclair", "not-the-password").await;
+    assert_eq!(limited.status(), 429);
+    let retry: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=6).contains(&retry), "retry-after {retry}");
+    assert_eq!(error_code(limited).await, "rate_limited");
+    assert_eq!(
+        log_in(up, "eclair", "password-1").await.status(),
+        429,
+        "the right password waits too"
+    );
+    assert_eq!(
+        log_in(up, "madeleine", "password-1").await.status(),
+        200,
+        "another user is not slowed"
+    );
+    // Twenty more failures from this address, each for another name: the address's
+    // limit (30) is reached, and then everyone behind it waits.
+    for i in 0..20 {
+        assert_eq!(
+            log_in(up, &format!("guess{i}"), "password-x")
+                .await
+                .status(),
+            401
+        );
+    }
+    let address = log_in(up, "madeleine", "password-1").await;
+    assert_eq!(address.status(), 429);
+    assert!(address.headers().contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn failed_logins_are_limited_per_user_and_address_across_clones() {
+    let up = Up::start(vec![], 2);
+    failed_logins_are_limited(&up).await;
+}
+
+#[tokio::test]
+async fn failed_logins_are_limited_across_clones_with_sessions_in_redis() {
+    let up = Up::start(vec![("BAKERY_SESSION_URL".into(), harness::redis_url())], 2);
+    failed_logins_are_limited(&up).await;
 }

@@ -11,8 +11,12 @@ use bakery_app::accounts::{AccountChange, Credentials, SignUp};
 use bakery_core::User;
 use serde_json::json;
 
-use crate::error::ApiResult;
-use crate::extract::{CurrentUser, Json};
+use std::time::Duration;
+
+use bakery_session::Limit;
+
+use crate::error::{ApiError, ApiResult};
+use crate::extract::{CurrentUser, Json, client_ip};
 use crate::{AppState, session_cookie};
 
 pub fn router() -> Router<AppState> {
@@ -22,7 +26,55 @@ pub fn router() -> Router<AppState> {
         .route("/api/me", get(me).patch(change_me))
 }
 
-async fn sign_up(State(state): State<AppState>, Json(input): Json<SignUp>) -> ApiResult<Response> {
+/// Failed logins from one address: 30 at once, then one every 2 s.
+const LOGINS_PER_ADDRESS: Limit = Limit {
+    burst: 30,
+    every: Duration::from_secs(2),
+};
+/// Failed logins for one username, from anywhere: 10 at once, then one every 6 s.
+const LOGINS_PER_USER: Limit = Limit {
+    burst: 10,
+    every: Duration::from_secs(6),
+};
+/// Sign-ups from one address: 100 at once, then one a second.
+const SIGN_UPS_PER_ADDRESS: Limit = Limit {
+    burst: 100,
+    every: Duration::from_secs(1),
+};
+
+fn rate_limited(wait: Duration) -> ApiError {
+    let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "too many attempts; try again later",
+    )
+    .retry_after(seconds.max(1))
+}
+
+/// Counts a sign-up from the client's address; 429 beyond the limit.
+pub async fn limit_sign_ups(state: &AppState, headers: &HeaderMap) -> ApiResult<()> {
+    let key = format!("signup-ip:{}", client_ip(headers));
+    if let Some(wait) = state
+        .sessions
+        .rate_check(&key, SIGN_UPS_PER_ADDRESS)
+        .await?
+    {
+        return Err(rate_limited(wait));
+    }
+    state
+        .sessions
+        .rate_count(&key, SIGN_UPS_PER_ADDRESS)
+        .await?;
+    Ok(())
+}
+
+async fn sign_up(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(input): Json<SignUp>,
+) -> ApiResult<Response> {
+    limit_sign_ups(&state, &headers).await?;
     // Nobody is logged in yet: the new account's position needs no remembering (its
     // owner's first read after logging in goes through the primary's credentials).
     let user = state.app.sign_up(input).await?.value;
@@ -50,7 +102,31 @@ pub async fn start_session(
     headers: &HeaderMap,
     input: &Credentials,
 ) -> ApiResult<(User, HeaderValue)> {
-    let user = state.app.authenticate(input).await?;
+    let keys = [
+        (
+            format!("login-ip:{}", client_ip(headers)),
+            LOGINS_PER_ADDRESS,
+        ),
+        (
+            format!("login-user:{}", input.username.trim().to_lowercase()),
+            LOGINS_PER_USER,
+        ),
+    ];
+    for (key, limit) in &keys {
+        if let Some(wait) = state.sessions.rate_check(key, *limit).await? {
+            return Err(rate_limited(wait));
+        }
+    }
+    let user = match state.app.authenticate(input).await {
+        Ok(user) => user,
+        Err(bakery_app::Error::InvalidCredentials) => {
+            for (key, limit) in &keys {
+                state.sessions.rate_count(key, *limit).await?;
+            }
+            return Err(bakery_app::Error::InvalidCredentials.into());
+        }
+        Err(other) => return Err(other.into()),
+    };
     if let Some(old) = session_cookie::read(headers) {
         state.sessions.destroy(&old).await?;
     }
