@@ -181,8 +181,19 @@ pub struct LbConfig {
     pub selection: Selection,
     /// Bearer token for `PUT`/`DELETE /lb/backends/...`; without one they are refused.
     pub admin_token: Option<SecretString>,
+    /// The body limit of upload routes (`/api/products/{id}/images`).
     #[serde(deserialize_with = "values::number")]
     pub max_body_bytes: usize,
+    /// The body limit of every other route (JSON and forms).
+    #[serde(deserialize_with = "values::number")]
+    pub max_json_body_bytes: usize,
+    /// Time a client has to send its whole body (408 beyond); the body is read before
+    /// the request takes an in-flight slot.
+    #[serde(rename = "body_timeout_ms", deserialize_with = "millis")]
+    pub body_timeout: Duration,
+    /// Open connections one client address may hold; more are closed at once.
+    #[serde(deserialize_with = "values::number")]
+    pub max_connections_per_client: usize,
     #[serde(deserialize_with = "values::number")]
     pub max_header_bytes: usize,
     /// In-flight requests beyond which new ones wait (up to `queue_timeout`) for a slot.
@@ -219,7 +230,10 @@ impl Default for LbConfig {
         Self {
             selection: Selection::LeastRequest,
             admin_token: None,
-            max_body_bytes: 16 << 20,
+            max_body_bytes: 11 << 20,
+            max_json_body_bytes: 1 << 20,
+            body_timeout: Duration::from_millis(10_000),
+            max_connections_per_client: 1024,
             max_header_bytes: 64 << 10,
             max_inflight: 4096,
             queue_timeout: Duration::from_millis(2000),
@@ -351,6 +365,18 @@ impl Config {
             return Err(ConfigError::new(
                 "BAKERY_BROKER_RETRY_BASE_MS",
                 "must be more than 0 and at most BAKERY_BROKER_RETRY_CAP_MS",
+            ));
+        }
+        if self.lb.max_connections_per_client == 0 {
+            return Err(ConfigError::new(
+                "BAKERY_LB_MAX_CONNECTIONS_PER_CLIENT",
+                "must be at least 1",
+            ));
+        }
+        if self.lb.body_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "BAKERY_LB_BODY_TIMEOUT_MS",
+                "must be more than 0",
             ));
         }
         if !(1..=1024).contains(&self.worker_concurrency) {

@@ -60,6 +60,39 @@ pub struct Lb {
     metrics: Metrics,
     draining: AtomicBool,
     edge: Arc<edge::Edge>,
+    /// Open connections per client address (`max_connections_per_client`).
+    clients: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One client connection counted against its address while it is open.
+struct ClientSlot {
+    lb: Arc<Lb>,
+    ip: std::net::IpAddr,
+}
+
+impl ClientSlot {
+    /// Counts a connection from `ip`; `None` when that address has its fill.
+    fn take(lb: &Arc<Lb>, ip: std::net::IpAddr) -> Option<Self> {
+        let mut clients = lb.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let open = clients.entry(ip).or_default();
+        if *open >= lb.config.max_connections_per_client {
+            return None;
+        }
+        *open += 1;
+        Some(Self { lb: lb.clone(), ip })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut clients = self.lb.clients.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = clients.get_mut(&self.ip) {
+            *open -= 1;
+            if *open == 0 {
+                clients.remove(&self.ip);
+            }
+        }
+    }
 }
 
 impl Lb {
@@ -102,6 +135,7 @@ impl Lb {
             metrics: Metrics::install(),
             draining: AtomicBool::new(false),
             edge: Arc::default(),
+            clients: std::sync::Mutex::default(),
             config: lb,
         })
     }
@@ -217,6 +251,13 @@ fn worker(
                 },
                 _ = stop.wait_for(|stopped| *stopped) => break,
             };
+            // One address may not hold every connection: beyond its share, closed.
+            let Some(client_slot) = ClientSlot::take(&lb, peer.ip()) else {
+                metrics::counter!("bakery_lb_refused_connections_total", "reason" => "per_client")
+                    .increment(1);
+                drop(stream);
+                continue;
+            };
             let _ = stream.set_nodelay(true);
             let (lb, upstream) = (lb.clone(), upstream.clone());
             let service = service_fn(move |req| {
@@ -225,6 +266,7 @@ fn worker(
             });
             let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
             tokio::spawn(async move {
+                let _client_slot = client_slot;
                 if let Err(error) = connection.await {
                     tracing::debug!(%error, %peer, "client connection ended with an error");
                 }

@@ -99,6 +99,50 @@ async fn forward(
         lb.stamp(reply::error(status, code, message))
     };
 
+    let (parts, body) = req.into_parts();
+    // The body first, under its own limit and deadline, and before the request takes
+    // an in-flight slot: slots are for requests being served, not for clients that
+    // trickle (or never send) their bodies. Buffering it (as nginx does by default)
+    // also lets a request whose connection failed go to another backend.
+    let limit = body_limit(&lb.config, parts.uri.path());
+    if content_length(&parts.headers).is_some_and(|length| length > limit as u64) {
+        return own(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            "the request body is too large",
+        );
+    }
+    let body = if has_body(&parts.headers) {
+        let read =
+            tokio::time::timeout(lb.config.body_timeout, Limited::new(body, limit).collect());
+        match read.await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return own(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    "the request body is too large",
+                );
+            }
+            Ok(Err(_)) => {
+                return own(
+                    StatusCode::BAD_REQUEST,
+                    "bad_body",
+                    "the request body could not be read",
+                );
+            }
+            Err(_) => {
+                return own(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    "the request body did not arrive in time",
+                );
+            }
+        }
+    } else {
+        Bytes::new()
+    };
+
     // The bounded queue: take a free slot at once, or wait a little, then shed load.
     let _slot = match lb.slots.try_acquire() {
         Ok(permit) => permit,
@@ -114,30 +158,6 @@ async fn forward(
         },
     };
 
-    let (parts, body) = req.into_parts();
-    // Buffering the body (as nginx does by default) lets a request whose connection
-    // failed go to another backend, and frees slow clients from backend connections.
-    let body = if has_body(&parts.headers) {
-        match Limited::new(body, lb.config.max_body_bytes).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-                return own(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    "the request body is too large",
-                );
-            }
-            Err(_) => {
-                return own(
-                    StatusCode::BAD_REQUEST,
-                    "bad_body",
-                    "the request body could not be read",
-                );
-            }
-        }
-    } else {
-        Bytes::new()
-    };
     let mut headers = upstream_headers(&parts.headers, peer, request_id);
     if edge_miss {
         headers.insert(edge::MISS_HEADER, HeaderValue::from_static("1"));
@@ -248,6 +268,44 @@ fn is_idempotent(method: &Method) -> bool {
 
 /// The client's headers without hop-by-hop ones, plus the request id and the
 /// `x-forwarded-*` pair. `Host` is kept, so clones see the name the client used.
+/// The body limit of `path`: uploads have their own, every other route the JSON one.
+fn body_limit(config: &bakery_config::LbConfig, path: &str) -> usize {
+    let upload = path
+        .strip_prefix("/api/products/")
+        .and_then(|rest| rest.strip_suffix("/images"))
+        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()));
+    if upload {
+        config.max_body_bytes
+    } else {
+        config.max_json_body_bytes
+    }
+}
+
+/// The declared `Content-Length`, when there is one that parses.
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Headers a client may not have dropped by naming them in `Connection`: the clones
+/// rely on them (an `Origin` or `Sec-Fetch-Site` dropped would slip a cross-site
+/// request past the CSRF check).
+const END_TO_END: [HeaderName; 8] = [
+    header::HOST,
+    header::CONTENT_LENGTH,
+    header::CONTENT_TYPE,
+    header::COOKIE,
+    header::AUTHORIZATION,
+    header::ORIGIN,
+    HeaderName::from_static("sec-fetch-site"),
+    header::ACCEPT_ENCODING,
+];
+
 fn upstream_headers(incoming: &HeaderMap, peer: SocketAddr, request_id: &HeaderValue) -> HeaderMap {
     let named_in_connection: Vec<String> = incoming
         .get_all(header::CONNECTION)
@@ -258,7 +316,8 @@ fn upstream_headers(incoming: &HeaderMap, peer: SocketAddr, request_id: &HeaderV
         .collect();
     let mut out = HeaderMap::with_capacity(incoming.len() + 3);
     for (name, value) in incoming {
-        if HOP_BY_HOP.contains(name) || named_in_connection.iter().any(|n| n == name.as_str()) {
+        let named = named_in_connection.iter().any(|n| n == name.as_str());
+        if HOP_BY_HOP.contains(name) || (named && !END_TO_END.contains(name)) {
             continue;
         }
         out.append(name.clone(), value.clone());

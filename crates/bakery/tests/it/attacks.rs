@@ -243,3 +243,140 @@ async fn failed_logins_are_limited_across_clones_with_sessions_in_redis() {
     let up = Up::start(vec![("BAKERY_SESSION_URL".into(), harness::redis_url())], 2);
     failed_logins_are_limited(&up).await;
 }
+
+/// The load balancer's address, for raw connections.
+fn lb_addr(up: &Up) -> String {
+    up.base.trim_start_matches("http://").to_string()
+}
+
+/// Sends `head` (and nothing more) on a fresh connection; the connection.
+fn raw(up: &Up, head: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut stream = std::net::TcpStream::connect(lb_addr(up)).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    stream.write_all(head.as_bytes()).unwrap();
+    stream
+}
+
+/// The status line's code of what comes back on `stream` (0: closed without one).
+fn status_of(stream: &mut std::net::TcpStream) -> u16 {
+    use std::io::Read;
+    let mut buffer = [0u8; 512];
+    let n = stream.read(&mut buffer).unwrap_or(0);
+    String::from_utf8_lossy(&buffer[..n])
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn ping(up: &Up) -> u16 {
+    client()
+        .get(up.url("/api/ping"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn stalled_bodies_hold_no_slot_and_oversized_ones_are_refused_at_once() {
+    let up = Up::start(
+        vec![
+            ("BAKERY_LB_MAX_INFLIGHT".into(), "4".into()),
+            ("BAKERY_LB_BODY_TIMEOUT_MS".into(), "1500".into()),
+        ],
+        1,
+    );
+    // Sixteen clients send their headers and then nothing: four times the slots.
+    let stalled: Vec<_> = (0..16)
+        .map(|_| {
+            raw(
+                &up,
+                "POST /api/session HTTP/1.1\r\nHost: bakery\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n",
+            )
+        })
+        .collect();
+    for _ in 0..10 {
+        assert_eq!(ping(&up).await, 200, "a ping while bodies stall");
+    }
+    let mut first = stalled.into_iter().next().unwrap();
+    let code = tokio::task::spawn_blocking(move || status_of(&mut first))
+        .await
+        .unwrap();
+    assert_eq!(code, 408, "a stalled body times out");
+
+    // A declared 20 MB body is refused before a byte of it is read.
+    let mut huge = raw(
+        &up,
+        "POST /api/session HTTP/1.1\r\nHost: bakery\r\nContent-Type: application/json\r\nContent-Length: 20000000\r\n\r\n",
+    );
+    let code = tokio::task::spawn_blocking(move || status_of(&mut huge))
+        .await
+        .unwrap();
+    assert_eq!(code, 413);
+    // JSON routes take 1 MiB; the upload route takes a photo's size (this one then
+    // stalls, and times out rather than being refused).
+    let mut json = raw(
+        &up,
+        "POST /api/session HTTP/1.1\r\nHost: bakery\r\nContent-Type: application/json\r\nContent-Length: 2097152\r\n\r\n",
+    );
+    let mut photo = raw(
+        &up,
+        "POST /api/products/1/images HTTP/1.1\r\nHost: bakery\r\nContent-Type: image/png\r\nContent-Length: 5242880\r\n\r\n",
+    );
+    let codes = tokio::task::spawn_blocking(move || (status_of(&mut json), status_of(&mut photo)))
+        .await
+        .unwrap();
+    assert_eq!(codes, (413, 408));
+    assert_eq!(ping(&up).await, 200);
+}
+
+#[tokio::test]
+async fn a_connection_header_cannot_strip_what_the_clones_check() {
+    let up = Up::start(vec![], 1);
+    sign_up_and_log_in(&client(), &up.base, "financier").await;
+    let sneaky = client()
+        .post(up.url("/api/session"))
+        .header("origin", "https://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .header("connection", "origin, sec-fetch-site")
+        .json(&json!({"username": "financier", "password": "password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(sneaky.status(), 403);
+    assert_eq!(error_code(sneaky).await, "csrf");
+}
+
+#[tokio::test]
+async fn one_address_cannot_hold_every_connection() {
+    let up = Up::start(
+        vec![("BAKERY_LB_MAX_CONNECTIONS_PER_CLIENT".into(), "8".into())],
+        1,
+    );
+    let held: Vec<_> = (0..8).map(|_| raw(&up, "")).collect();
+    // The load balancer counts a connection when it accepts it.
+    let mut refused = false;
+    for _ in 0..50 {
+        let mut extra = raw(&up, "GET /api/ping HTTP/1.1\r\nHost: bakery\r\n\r\n");
+        let code = tokio::task::spawn_blocking(move || status_of(&mut extra))
+            .await
+            .unwrap();
+        if code == 0 {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(refused, "a ninth connection was served");
+    drop(held);
+    assert!(
+        harness::eventually(std::time::Duration::from_secs(10), async || ping(&up).await
+            == 200)
+        .await,
+        "the address is served again once its connections close"
+    );
+}
