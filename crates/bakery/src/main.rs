@@ -59,6 +59,15 @@ enum Command {
         /// A path prefix served by a pool other than `web`: /PREFIX=POOL (repeatable).
         #[arg(long = "route", value_name = "/PREFIX=POOL")]
         routes: Vec<String>,
+        /// Where the membership API (`PUT`/`DELETE /lb/backends/...`) listens: never on
+        /// the public address; port 0 picks a free one (printed as `admin=` on the
+        /// `listening` line).
+        #[arg(
+            long = "admin-listen",
+            default_value = "127.0.0.1:0",
+            value_name = "IP:PORT"
+        )]
+        admin_listen: String,
     },
     /// Run one web clone.
     Web {
@@ -217,6 +226,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             role,
             backends,
             routes,
+            admin_listen,
         } => {
             let topology = bakery_lb::Topology {
                 backends: backends
@@ -229,8 +239,31 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                     .map(|raw| bakery_lb::RouteSpec::parse(raw))
                     .collect::<Result<_, _>>()?,
             };
-            let (id, listener) = bind("lb", &role).await?;
-            bakery_lb::run(config, &id, topology, listener, shutdown::requested()).await
+            let admin_addr: SocketAddr = admin_listen.parse().map_err(|_| {
+                ConfigError::new(
+                    "--admin-listen",
+                    format!("not an IP:port address: {admin_listen:?}"),
+                )
+            })?;
+            let admin = tokio::net::TcpListener::bind(admin_addr)
+                .await
+                .map_err(|e| {
+                    ConfigError::new(
+                        "--admin-listen",
+                        format!("cannot listen on {admin_addr}: {e}"),
+                    )
+                })?;
+            let extra = format!(" admin={}", admin.local_addr()?);
+            let (id, listener) = bind_with("lb", &role, &extra).await?;
+            bakery_lb::run(
+                config,
+                &id,
+                topology,
+                listener,
+                admin,
+                shutdown::requested(),
+            )
+            .await
         }
         Command::Web { role } => {
             let (id, listener) = bind("web", &role).await?;
@@ -395,6 +428,15 @@ fn report(done: &bakery_db::Bootstrapped) {
 /// Binds the role's address and prints `listening role=.. id=.. addr=..`, the line
 /// the supervisor reads to learn a port chosen by the system.
 async fn bind(role: &str, args: &RoleArgs) -> anyhow::Result<(String, tokio::net::TcpListener)> {
+    bind_with(role, args, "").await
+}
+
+/// [`bind`], with `extra` (` key=value` pairs) at the end of the `listening` line.
+async fn bind_with(
+    role: &str,
+    args: &RoleArgs,
+    extra: &str,
+) -> anyhow::Result<(String, tokio::net::TcpListener)> {
     let addr: SocketAddr = args.listen.parse().map_err(|_| {
         ConfigError::new(
             "--listen",
@@ -410,6 +452,6 @@ async fn bind(role: &str, args: &RoleArgs) -> anyhow::Result<(String, tokio::net
         .clone()
         .unwrap_or_else(|| format!("{role}-{}", bound.port()));
     bakery_db::name_connections(&id);
-    println!("listening role={role} id={id} addr={bound}");
+    println!("listening role={role} id={id} addr={bound}{extra}");
     Ok((id, listener))
 }

@@ -367,6 +367,17 @@ impl Config {
                 "must be more than 0 and at most BAKERY_BROKER_RETRY_CAP_MS",
             ));
         }
+        if self
+            .lb
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().chars().count() < 32)
+        {
+            return Err(ConfigError::new(
+                "BAKERY_LB_ADMIN_TOKEN",
+                "must be at least 32 characters",
+            ));
+        }
         if self.lb.max_connections_per_client == 0 {
             return Err(ConfigError::new(
                 "BAKERY_LB_MAX_CONNECTIONS_PER_CLIENT",

@@ -16,11 +16,21 @@ use crate::Lb;
 use crate::backend::Backend;
 use crate::reply::{self, Body};
 
+/// Whether `path` is the load balancer's own on its public address: health,
+/// metrics and the read-only member list. Membership changes are only on the admin
+/// listener ([`handle`] there).
 pub fn owns(path: &str) -> bool {
     path == "/healthz" || path == "/metrics" || path == "/lb/backends" || path.starts_with("/lb/")
 }
 
-pub async fn handle(lb: &Lb, req: Request<Incoming>) -> Response<Body> {
+/// Which address a request came in on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    Public,
+    Admin,
+}
+
+pub async fn handle(lb: &Lb, req: Request<Incoming>, on: Listener) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => healthz(lb),
@@ -34,7 +44,8 @@ pub async fn handle(lb: &Lb, req: Request<Incoming>) -> Response<Body> {
         }
         (&Method::GET, "/lb/backends") => reply::json(StatusCode::OK, &backends(lb)),
         (method, path)
-            if path.starts_with("/lb/backends/")
+            if on == Listener::Admin
+                && path.starts_with("/lb/backends/")
                 && (method == Method::PUT || method == Method::DELETE) =>
         {
             change_membership(lb, req).await
@@ -173,4 +184,40 @@ async fn change_membership(lb: &Lb, req: Request<Incoming>) -> Response<Body> {
 /// Compares without an early exit, so the time taken tells nothing of the token.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     bool::from(a.ct_eq(b))
+}
+
+/// Serves the admin API on its own listener until `stop`.
+pub async fn serve(
+    lb: std::sync::Arc<Lb>,
+    listener: tokio::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10));
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            // The only change is to "stopped".
+            _ = stop.changed() => return,
+        };
+        let lb = lb.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let lb = lb.clone();
+            async move {
+                let response = handle(&lb, req, Listener::Admin).await;
+                Ok::<_, std::convert::Infallible>(lb.stamp(response))
+            }
+        });
+        let connection = http.serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+    }
 }

@@ -182,6 +182,7 @@ pub async fn run(
     id: &str,
     topology: Topology,
     listener: TcpListener,
+    admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let lb = Arc::new(Lb::new(&config, id, &topology)?);
@@ -190,6 +191,7 @@ pub async fn run(
     tracing::info!(id, addr = %listener.local_addr()?, "load balancer serving");
     let listener = listener.into_std()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let admin_server = tokio::spawn(admin::serve(lb.clone(), admin_listener, stop_rx.clone()));
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
@@ -217,6 +219,7 @@ pub async fn run(
     .await?;
     background.abort();
     follower.abort();
+    let _ = admin_server.await;
     Ok(())
 }
 

@@ -48,7 +48,7 @@ pub async fn handle(
     let path = req.uri().path();
     let at_edge = edge::eligible(req.method(), path, req.headers());
     let mut response = if admin::owns(path) {
-        let response = admin::handle(lb, req).await;
+        let response = admin::handle(lb, req, admin::Listener::Public).await;
         record_request("lb", response.status().as_u16());
         lb.stamp(response)
     } else if let Some(response) = at_edge

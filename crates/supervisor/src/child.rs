@@ -69,6 +69,15 @@ pub struct Running {
     pub child: Child,
     pub pid: u32,
     pub addr: SocketAddr,
+    /// The load balancer's admin address (`admin=` on its `listening` line).
+    pub admin: Option<SocketAddr>,
+}
+
+/// The value of `key=` on a `listening` line, parsed.
+fn field(line: &str, key: &str) -> Option<SocketAddr> {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key))
+        .and_then(|a| a.parse().ok())
 }
 
 impl Launcher {
@@ -99,14 +108,12 @@ impl Launcher {
             .context("the child has a pid until it is waited for")?;
         let stdout = child.stdout.take().context("stdout is piped")?;
         let mut lines = BufReader::new(stdout).lines();
-        let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        let (addr, admin) = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await? {
-                if let Some(addr) = line.strip_prefix("listening ").and_then(|rest| {
-                    rest.split_whitespace()
-                        .find_map(|kv| kv.strip_prefix("addr="))
-                        .and_then(|a| a.parse().ok())
-                }) {
-                    return Ok(addr);
+                if let Some(rest) = line.strip_prefix("listening ")
+                    && let Some(addr) = field(rest, "addr=")
+                {
+                    return Ok((addr, field(rest, "admin=")));
                 }
             }
             bail!("{} exited before it listened", spec.id)
@@ -115,7 +122,12 @@ impl Launcher {
         .with_context(|| format!("{} did not listen within 30 s", spec.id))??;
         // Keep draining its stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(Running { child, pid, addr })
+        Ok(Running {
+            child,
+            pid,
+            addr,
+            admin,
+        })
     }
 }
 

@@ -53,7 +53,7 @@ struct Supervisor {
     /// The live members of the load balancer's pools, by id (pool, address): what a
     /// restarted load balancer is told.
     members: Mutex<BTreeMap<String, (&'static str, SocketAddr)>>,
-    /// Where the load balancer's admin API answers (its listen address).
+    /// Where the load balancer's admin API answers (its admin listener).
     lb_addr: Mutex<Option<SocketAddr>>,
 }
 
@@ -224,7 +224,7 @@ impl Supervisor {
             );
         }
         if spec.role == Role::Lb {
-            *self.lb_addr.lock().unwrap_or_else(|p| p.into_inner()) = Some(running.addr);
+            *self.lb_addr.lock().unwrap_or_else(|p| p.into_inner()) = running.admin;
         }
         Ok(running)
     }

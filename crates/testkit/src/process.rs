@@ -221,6 +221,8 @@ pub fn process_alive(pid: i32) -> bool {
 pub struct Role {
     pub child: Child,
     pub addr: SocketAddr,
+    /// A load balancer's admin address (membership changes go there).
+    pub admin: Option<SocketAddr>,
 }
 
 impl Role {
@@ -239,17 +241,27 @@ impl Role {
         reader
             .read_line(&mut line)
             .expect("read the listening line");
-        let addr = line
-            .split_whitespace()
-            .find_map(|kv| kv.strip_prefix("addr="))
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("no listening line, got {line:?}"));
+        let field = |key: &str| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(key))
+                .and_then(|a| a.parse().ok())
+        };
+        let addr = field("addr=").unwrap_or_else(|| panic!("no listening line, got {line:?}"));
+        let admin = field("admin=");
         std::thread::spawn(move || for _ in reader.lines() {});
-        Self { child, addr }
+        Self { child, addr, admin }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    /// A URL on a load balancer's admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        let admin = self
+            .admin
+            .expect("a load balancer prints its admin address");
+        format!("http://{admin}{path}")
     }
 }
 

@@ -110,3 +110,12 @@ fn a_config_file_is_read_and_unknown_keys_are_refused() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(db.exists(), "the file's database_url was used");
 }
+
+#[test]
+fn a_short_admin_token_exits_2() {
+    assert_exit_2_naming(
+        &["lb", "--listen", "127.0.0.1:0"],
+        &[("BAKERY_LB_ADMIN_TOKEN", "short-token")],
+        "BAKERY_LB_ADMIN_TOKEN",
+    );
+}

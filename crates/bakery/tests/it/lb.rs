@@ -91,9 +91,12 @@ async fn test_backend(name: &'static str, behaviour: Behaviour) -> TestBackend {
     TestBackend { addr, arrivals }
 }
 
+/// The admin token of the tests' load balancers (32 characters or more).
+const TOKEN: &str = "test-token-of-at-least-32-characters";
+
 fn lb_env() -> Vec<(String, String)> {
     vec![
-        ("BAKERY_LB_ADMIN_TOKEN".into(), "test-token".into()),
+        ("BAKERY_LB_ADMIN_TOKEN".into(), TOKEN.into()),
         ("BAKERY_LB_HEALTH_INTERVAL_MS".into(), "200".into()),
         ("BAKERY_LOG".into(), "error".into()),
     ]
@@ -201,8 +204,8 @@ async fn a_connection_refused_is_retried_for_any_method_and_ejects_the_member() 
     // Add a member that is already gone; pretend it passed its checks by adding
     // it and posting at once: the first connection to it fails.
     let put = http
-        .put(lb.url("/lb/backends/web/gone"))
-        .bearer_auth("test-token")
+        .put(lb.admin_url("/lb/backends/web/gone"))
+        .bearer_auth(TOKEN)
         .json(&serde_json::json!({"addr": gone.to_string()}))
         .send()
         .await
@@ -243,14 +246,14 @@ async fn membership_changes_need_the_admin_token_and_apply_at_once() {
 
     let body = serde_json::json!({"addr": two.addr.to_string()});
     let anonymous = http
-        .put(lb.url("/lb/backends/web/two"))
+        .put(lb.admin_url("/lb/backends/web/two"))
         .json(&body)
         .send()
         .await
         .unwrap();
     assert_eq!(anonymous.status(), 403);
     let wrong = http
-        .put(lb.url("/lb/backends/web/two"))
+        .put(lb.admin_url("/lb/backends/web/two"))
         .bearer_auth("nope")
         .json(&body)
         .send()
@@ -258,16 +261,28 @@ async fn membership_changes_need_the_admin_token_and_apply_at_once() {
         .unwrap();
     assert_eq!(wrong.status(), 403);
     let bad_addr = http
-        .put(lb.url("/lb/backends/web/two"))
-        .bearer_auth("test-token")
+        .put(lb.admin_url("/lb/backends/web/two"))
+        .bearer_auth(TOKEN)
         .json(&serde_json::json!({"addr": "somewhere"}))
         .send()
         .await
         .unwrap();
     assert_eq!(bad_addr.status(), 400);
-    let added = http
+    let public = http
         .put(lb.url("/lb/backends/web/two"))
-        .bearer_auth("test-token")
+        .bearer_auth(TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        public.status(),
+        404,
+        "the membership API is not on the public address"
+    );
+    let added = http
+        .put(lb.admin_url("/lb/backends/web/two"))
+        .bearer_auth(TOKEN)
         .json(&body)
         .send()
         .await
@@ -289,8 +304,8 @@ async fn membership_changes_need_the_admin_token_and_apply_at_once() {
     assert_eq!(seen.len(), 2, "the new member takes traffic: {seen:?}");
 
     let removed = http
-        .delete(lb.url("/lb/backends/web/one"))
-        .bearer_auth("test-token")
+        .delete(lb.admin_url("/lb/backends/web/one"))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap();
@@ -307,8 +322,8 @@ async fn membership_changes_need_the_admin_token_and_apply_at_once() {
         assert!(text.starts_with("two"), "a removed member gets nothing");
     }
     let unknown = http
-        .delete(lb.url("/lb/backends/web/one"))
-        .bearer_auth("test-token")
+        .delete(lb.admin_url("/lb/backends/web/one"))
+        .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap();
