@@ -9,7 +9,7 @@ use bakery_db::calendar::{LIST_EVENTS, NewEvent, RsvpOutcome};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::{App, Error, Written, require_admin};
+use crate::{App, Error, Written};
 
 const EVENTS: &[&str] = &["events"];
 
@@ -57,7 +57,7 @@ impl App {
         actor: &User,
         draft: EventDraft,
     ) -> Result<Written<Event>, Error> {
-        require_admin(actor)?;
+        self.require_admin(actor).await?;
         let title = calendar::event_title(&draft.title)?;
         let description = calendar::event_description(&draft.description)?;
         let starts_at = bakery_core::clock::parse_rfc3339(&draft.starts_at)?;

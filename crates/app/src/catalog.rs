@@ -13,7 +13,7 @@ use bakery_db::catalog::{LIST_PRODUCTS, NewProduct, ProductChange, REVIEWS_BY_US
 use bytes::Bytes;
 use serde::Deserialize;
 
-use crate::{App, Error, Written, require_admin};
+use crate::{App, Error, Written};
 
 /// The tables a product's own writes change.
 const PRODUCT_TABLES: &[&str] = &["products", "product_prices", "product_descriptions"];
@@ -51,6 +51,15 @@ pub struct ProductEdit {
 pub struct ReviewDraft {
     pub rating: i64,
     pub body: String,
+}
+
+/// A change to a review; fields left out stay as they are.
+#[derive(Debug, Default, Deserialize)]
+pub struct ReviewEdit {
+    #[serde(default)]
+    pub rating: Option<i64>,
+    #[serde(default)]
+    pub body: Option<String>,
 }
 
 impl App {
@@ -121,7 +130,7 @@ impl App {
         actor: &User,
         draft: ProductDraft,
     ) -> Result<Written<Product>, Error> {
-        require_admin(actor)?;
+        self.require_admin(actor).await?;
         let name = catalog::product_name(&draft.name)?;
         let description = catalog::product_description(&draft.description)?;
         let price_cents = catalog::price_cents(draft.price_cents)?;
@@ -148,7 +157,7 @@ impl App {
         id: i64,
         edit: ProductEdit,
     ) -> Result<Written<Product>, Error> {
-        require_admin(actor)?;
+        self.require_admin(actor).await?;
         let name = edit
             .name
             .as_deref()
@@ -181,7 +190,7 @@ impl App {
     }
 
     pub async fn delete_product(&self, actor: &User, id: i64) -> Result<Written<()>, Error> {
-        require_admin(actor)?;
+        self.require_admin(actor).await?;
         let app = self.clone();
         self.unit(async move {
             let (found, lsn) = app.db().delete_product(id).await?;
@@ -208,7 +217,14 @@ impl App {
             let (review, lsn) = app
                 .db()
                 .create_review(product_id, author, rating, &body)
-                .await?;
+                .await
+                .map_err(|e| match e {
+                    bakery_db::DbError::Conflict(_) => Error::Conflict {
+                        code: "already_reviewed",
+                        message: "you have reviewed this product already; edit that review instead",
+                    },
+                    other => other.into(),
+                })?;
             let review = review.ok_or(Error::NotFound)?;
             app.product_restructured(product_id, REVIEWS).await;
             Ok(Written { value: review, lsn })
@@ -216,10 +232,48 @@ impl App {
         .await
     }
 
+    /// Edits a review: only its author may.
+    pub async fn edit_review(
+        &self,
+        actor: &User,
+        id: i64,
+        edit: ReviewEdit,
+    ) -> Result<Written<Review>, Error> {
+        let rating = edit.rating.map(catalog::rating).transpose()?;
+        let body = edit.body.as_deref().map(catalog::review_body).transpose()?;
+        let (product_id, author) = self.db().review_owner(id).await?.ok_or(Error::NotFound)?;
+        if author != actor.id {
+            return Err(Error::Forbidden("only its author may edit a review"));
+        }
+        let app = self.clone();
+        self.unit(async move {
+            let (review, lsn) = app.db().update_review(id, rating, body).await?;
+            app.product_restructured(product_id, REVIEWS).await;
+            let review = review.ok_or(Error::NotFound)?;
+            Ok(Written { value: review, lsn })
+        })
+        .await
+    }
+
+    /// A page of a product's reviews, newest first, with ids below `before` (not
+    /// cached: the product object embeds the newest, which most readers want).
+    pub async fn reviews_of(
+        &self,
+        product_id: i64,
+        before: i64,
+        limit: i64,
+        reader: Option<Lsn>,
+    ) -> Result<Vec<Review>, Error> {
+        self.db()
+            .reviews_of(reader, product_id, before, limit)
+            .await?
+            .ok_or(Error::NotFound)
+    }
+
     /// Deletes a review: its author or an admin may.
     pub async fn delete_review(&self, actor: &User, id: i64) -> Result<Written<()>, Error> {
         let (product_id, author) = self.db().review_owner(id).await?.ok_or(Error::NotFound)?;
-        if author != actor.id && !actor.is_admin {
+        if author != actor.id && self.require_admin(actor).await.is_err() {
             return Err(Error::Forbidden(
                 "only its author or an admin may delete a review",
             ));

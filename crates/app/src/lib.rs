@@ -212,11 +212,16 @@ impl App {
     }
 }
 
-/// Refuses anyone but an admin.
-pub fn require_admin(actor: &bakery_core::User) -> Result<(), Error> {
-    if actor.is_admin {
-        Ok(())
-    } else {
-        Err(Error::Forbidden("only an admin may do that"))
+impl App {
+    /// Refuses anyone but an admin. `is_admin` is read from the primary, never from
+    /// the cached `User:{id}` the request came with: whoever can write to the cache
+    /// cannot make themselves an admin.
+    pub async fn require_admin(&self, actor: &bakery_core::User) -> Result<(), Error> {
+        let current = self.db().user_by_id(actor.id, Some(Lsn::LATEST)).await?;
+        if current.is_some_and(|user| user.is_admin) {
+            Ok(())
+        } else {
+            Err(Error::Forbidden("only an admin may do that"))
+        }
     }
 }

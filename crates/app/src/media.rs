@@ -14,7 +14,7 @@ use bakery_core::{Invalid, User};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::{App, Error, Written, require_admin};
+use crate::{App, Error, Written};
 
 /// Uploads larger than this are refused before they are read (413).
 pub const UPLOAD_LIMIT: usize = 10 << 20;
@@ -54,7 +54,7 @@ impl App {
         format: image::ImageFormat,
         body: Bytes,
     ) -> Result<Written<i64>, Error> {
-        require_admin(actor)?;
+        self.require_admin(actor).await?;
         let sniffed = image::guess_format(&body).ok();
         if sniffed != Some(format) {
             return Err(Invalid::new(

@@ -7,7 +7,7 @@ use bakery_core::{Invalid, User};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::{App, Error, Written, require_admin};
+use crate::{App, Error, Written};
 
 /// The longest page body accepted, in bytes of Markdown.
 pub const MAX_MARKDOWN: usize = 200_000;
@@ -49,7 +49,7 @@ impl App {
         slug: &str,
         draft: PageDraft,
     ) -> Result<Written<i64>, Error> {
-        require_admin(actor)?;
+        self.require_admin(actor).await?;
         if !valid_slug(slug) {
             return Err(Invalid::new(
                 "bad_slug",

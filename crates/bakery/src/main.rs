@@ -171,6 +171,9 @@ struct RoleArgs {
 }
 
 fn main() -> ExitCode {
+    // What the service writes (databases, sessions, cache, media, mail) is its own:
+    // directories 0700, files 0600.
+    nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,

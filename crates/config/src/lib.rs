@@ -194,6 +194,11 @@ pub struct LbConfig {
     /// Open connections one client address may hold; more are closed at once.
     #[serde(deserialize_with = "values::number")]
     pub max_connections_per_client: usize,
+    /// Upstream proxies (TLS terminators, CDNs) whose `x-forwarded-for` and
+    /// `x-forwarded-proto` are believed: addresses or CIDR ranges, comma-separated in
+    /// the environment. From anyone else both are replaced.
+    #[serde(deserialize_with = "values::list")]
+    pub trusted_proxies: Vec<ProxyNet>,
     #[serde(deserialize_with = "values::number")]
     pub max_header_bytes: usize,
     /// In-flight requests beyond which new ones wait (up to `queue_timeout`) for a slot.
@@ -234,6 +239,7 @@ impl Default for LbConfig {
             max_json_body_bytes: 1 << 20,
             body_timeout: Duration::from_millis(10_000),
             max_connections_per_client: 1024,
+            trusted_proxies: Vec::new(),
             max_header_bytes: 64 << 10,
             max_inflight: 4096,
             queue_timeout: Duration::from_millis(2000),
@@ -470,6 +476,34 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
         ));
     }
     Ok(tree)
+}
+
+/// A trusted upstream proxy: one address, or a CIDR range of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProxyNet(ipnet::IpNet);
+
+impl ProxyNet {
+    pub fn contains(&self, ip: &std::net::IpAddr) -> bool {
+        self.0.contains(ip)
+    }
+}
+
+impl std::str::FromStr for ProxyNet {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        text.parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map(Self)
+            .map_err(|_| format!("not an address or a CIDR range: {text:?}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for ProxyNet {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 #[cfg(test)]

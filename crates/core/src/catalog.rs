@@ -150,7 +150,10 @@ pub struct Product {
     pub description: String,
     pub price_cents: i64,
     pub images: Vec<Image>,
+    /// The newest reviews (at most 20); `reviews_total` counts them all.
     pub reviews: Vec<Review>,
+    #[serde(default)]
+    pub reviews_total: i64,
     pub rating: Rating,
     #[serde(
         serialize_with = "serialize_millis",

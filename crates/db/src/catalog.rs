@@ -68,6 +68,10 @@ pub static REVIEWS_BY_USER: CachedQuery = CachedQuery::new(
     &["reviews", "products"],
 );
 
+/// The newest reviews a product embeds; the rest are paged
+/// (`GET /api/products/{id}/reviews`).
+pub const EMBEDDED_REVIEWS: i64 = 20;
+
 const REVIEW_COLUMNS: &str = "r.id, r.product_id, u.id, u.username, r.rating, r.body, r.created_at";
 
 impl Database {
@@ -100,7 +104,7 @@ impl Database {
 
     /// The whole product, its parts fetched concurrently; `None` if there is none.
     pub async fn product(&self, id: i64, after: Option<Lsn>) -> Result<Option<Product>, DbError> {
-        let (base, price, description, images, reviews) = tokio::try_join!(
+        let (base, price, description, images, reviews, (total, sum)) = tokio::try_join!(
             self.read(after, move |pool| async move {
                 sqlx::query_as::<_, (String, i64)>(
                     "SELECT name, updated_at FROM products WHERE id = $1",
@@ -120,16 +124,24 @@ impl Database {
                 after,
                 move |pool| async move { fetch_images(&pool, id).await }
             ),
-            self.read(
-                after,
-                move |pool| async move { fetch_reviews(&pool, id).await }
-            ),
+            self.read(after, move |pool| async move {
+                fetch_reviews(&pool, id, i64::MAX, EMBEDDED_REVIEWS).await
+            }),
+            self.read(after, move |pool| async move {
+                // SUM of a BIGINT is NUMERIC on PostgreSQL, which `Any` cannot decode.
+                sqlx::query_as::<_, (i64, i64)>(
+                    "SELECT COUNT(*), CAST(COALESCE(SUM(rating), 0) AS BIGINT)
+                     FROM reviews WHERE product_id = $1",
+                )
+                .bind(id)
+                .fetch_one(&pool)
+                .await
+            }),
         )?;
         let Some((name, updated_at)) = base else {
             return Ok(None);
         };
-        let sum: i64 = reviews.iter().map(|r| r.rating).sum();
-        let rating = Rating::from_sum(sum, reviews.len() as i64);
+        let rating = Rating::from_sum(sum, total);
         Ok(Some(Product {
             id,
             name,
@@ -137,6 +149,7 @@ impl Database {
             price_cents: price.unwrap_or_default(),
             images,
             reviews,
+            reviews_total: total,
             rating,
             updated_at,
         }))
@@ -266,6 +279,60 @@ impl Database {
         .await
     }
 
+    /// A page of a product's reviews, newest first, with ids below `before`; `None`
+    /// when there is no such product.
+    pub async fn reviews_of(
+        &self,
+        after: Option<Lsn>,
+        product_id: i64,
+        before: i64,
+        limit: i64,
+    ) -> Result<Option<Vec<Review>>, DbError> {
+        self.read(after, move |pool| async move {
+            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM products WHERE id = $1")
+                .bind(product_id)
+                .fetch_optional(&pool)
+                .await?;
+            if exists.is_none() {
+                return Ok(None);
+            }
+            fetch_reviews(&pool, product_id, before, limit)
+                .await
+                .map(Some)
+        })
+        .await
+    }
+
+    /// Changes a review's rating and/or body; the review as it is now (`None`: gone).
+    pub async fn update_review(
+        &self,
+        id: i64,
+        rating: Option<i64>,
+        body: Option<String>,
+    ) -> Result<(Option<Review>, Option<Lsn>), DbError> {
+        self.write(move |pool| async move {
+            let mut tx = pool.begin().await?;
+            let product: Option<i64> = sqlx::query_scalar(
+                "UPDATE reviews SET rating = COALESCE($2, rating), body = COALESCE($3, body)
+                 WHERE id = $1 RETURNING product_id",
+            )
+            .bind(id)
+            .bind(rating)
+            .bind(body)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let Some(product) = product else {
+                return Ok(None);
+            };
+            let sql = format!("SELECT {REVIEW_COLUMNS} FROM reviews r JOIN users u ON u.id = r.user_id WHERE r.id = $1");
+            let row: ReviewRow = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(&mut *tx).await?;
+            product_changed(&mut tx, product, false).await?;
+            tx.commit().await?;
+            Ok(Some(review(row)))
+        })
+        .await
+    }
+
     /// The review's product and author, for permission checks (from the primary).
     pub async fn review_owner(&self, id: i64) -> Result<Option<(i64, i64)>, DbError> {
         Ok(
@@ -366,12 +433,20 @@ async fn fetch_images(pool: &AnyPool, id: i64) -> Result<Vec<Image>, sqlx::Error
         .collect())
 }
 
-async fn fetch_reviews(pool: &AnyPool, id: i64) -> Result<Vec<Review>, sqlx::Error> {
+async fn fetch_reviews(
+    pool: &AnyPool,
+    id: i64,
+    before: i64,
+    limit: i64,
+) -> Result<Vec<Review>, sqlx::Error> {
     let sql = format!(
-        "SELECT {REVIEW_COLUMNS} FROM reviews r JOIN users u ON u.id = r.user_id WHERE r.product_id = $1 ORDER BY r.id DESC"
+        "SELECT {REVIEW_COLUMNS} FROM reviews r JOIN users u ON u.id = r.user_id
+         WHERE r.product_id = $1 AND r.id < $2 ORDER BY r.id DESC LIMIT $3"
     );
     let rows: Vec<ReviewRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id)
+        .bind(before)
+        .bind(limit)
         .fetch_all(pool)
         .await?;
     Ok(rows.into_iter().map(review).collect())

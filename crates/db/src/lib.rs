@@ -75,11 +75,18 @@ fn answered<T>(role: Role, value: T) -> T {
     value
 }
 
+/// The longest a statement may run on PostgreSQL (SQLite waits for its write lock
+/// at most `busy_timeout`, 5 s).
+pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// SQLSTATEs of a server that cannot take the query now rather than a wrong query:
 /// connection exceptions (08), insufficient resources such as too many clients (53),
-/// and a server shutting down or starting up (57P01–57P03).
+/// a statement cancelled by [`STATEMENT_TIMEOUT`] (57014), and a server shutting down
+/// or starting up (57P01–57P03).
 fn is_server_unavailable(code: &str) -> bool {
-    code.starts_with("08") || code.starts_with("53") || matches!(code, "57P01" | "57P02" | "57P03")
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(code, "57014" | "57P01" | "57P02" | "57P03")
 }
 
 /// Errors that say the server could not be reached, rather than that the query was wrong.
@@ -156,7 +163,15 @@ async fn open_pool(
         .acquire_timeout(Duration::from_secs(3))
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
-                if !postgres {
+                if postgres {
+                    // No statement may hold a connection (and the locks it waits on)
+                    // longer than a request may take: a stuck one is cancelled (503).
+                    conn.execute(sqlx::AssertSqlSafe(format!(
+                        "SET statement_timeout = {}",
+                        STATEMENT_TIMEOUT.as_millis()
+                    )))
+                    .await?;
+                } else {
                     // Several processes share the file: wait for the write lock rather
                     // than fail, and enforce the foreign keys the schema declares.
                     conn.execute("PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
@@ -228,6 +243,16 @@ impl Database {
                 format!("cannot create {}: {e}", config.data_dir.display()),
             )
         })?;
+        // The data directory is the service's alone (a directory made before the
+        // service's umask, or by hand, is tightened too).
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Err(error) =
+                std::fs::set_permissions(&config.data_dir, std::fs::Permissions::from_mode(0o700))
+            {
+                tracing::warn!(%error, dir = %config.data_dir.display(), "cannot make the data directory private");
+            }
+        }
         let pool_size = config.database_pool_size;
         let db = Self::connect_with_replicas(&config.database_url, &[], 0, pool_size)
             .await

@@ -6,7 +6,9 @@
 //! (a POST may already have had its effect); every retry draws on the budget; a
 //! timeout is not retried (the backend may still be working on it).
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+
+use bakery_config::ProxyNet;
 use std::time::Duration;
 
 use bakery_telemetry::{REQUEST_ID, SERVED_BY, accept_request_id, new_request_id, record_request};
@@ -158,7 +160,8 @@ async fn forward(
         },
     };
 
-    let mut headers = upstream_headers(&parts.headers, peer, request_id);
+    let mut headers =
+        upstream_headers(&parts.headers, peer, request_id, &lb.config.trusted_proxies);
     if edge_miss {
         headers.insert(edge::MISS_HEADER, HeaderValue::from_static("1"));
     }
@@ -306,7 +309,40 @@ const END_TO_END: [HeaderName; 8] = [
     header::ACCEPT_ENCODING,
 ];
 
-fn upstream_headers(incoming: &HeaderMap, peer: SocketAddr, request_id: &HeaderValue) -> HeaderMap {
+/// Carries the client's address, as the load balancer determined it, to the clones
+/// (rate limits count by it); whatever a client sends under this name is replaced.
+pub const CLIENT_IP: &str = "x-bakery-client-ip";
+
+/// The client's address: the peer, or — when the peer is a trusted proxy — the
+/// rightmost `x-forwarded-for` entry that is not itself a trusted proxy.
+fn client_address(incoming: &HeaderMap, peer: SocketAddr, trusted: &[ProxyNet]) -> IpAddr {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    let mut address = peer.ip();
+    if !is_trusted(&address) {
+        return address;
+    }
+    let hops: Vec<IpAddr> = incoming
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|hop| hop.trim().parse().ok())
+        .collect();
+    for hop in hops.into_iter().rev() {
+        address = hop;
+        if !is_trusted(&hop) {
+            break;
+        }
+    }
+    address
+}
+
+fn upstream_headers(
+    incoming: &HeaderMap,
+    peer: SocketAddr,
+    request_id: &HeaderValue,
+    trusted: &[ProxyNet],
+) -> HeaderMap {
     let named_in_connection: Vec<String> = incoming
         .get_all(header::CONNECTION)
         .iter()
@@ -325,9 +361,13 @@ fn upstream_headers(incoming: &HeaderMap, peer: SocketAddr, request_id: &HeaderV
     out.insert(REQUEST_ID, request_id.clone());
     // Only the load balancer says a request missed its edge.
     out.remove(edge::MISS_HEADER);
+    // A trusted proxy's word on the client and the scheme is kept; anyone else's is
+    // replaced (this edge itself speaks plain HTTP).
+    let from_proxy = trusted.iter().any(|net| net.contains(&peer.ip()));
     let forwarded_for = match incoming
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
+        .filter(|_| from_proxy)
     {
         Some(earlier) => format!("{earlier}, {}", client_ip(peer)),
         None => client_ip(peer),
@@ -335,8 +375,14 @@ fn upstream_headers(incoming: &HeaderMap, peer: SocketAddr, request_id: &HeaderV
     if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
         out.insert("x-forwarded-for", value);
     }
-    // This edge speaks plain HTTP; a client cannot claim otherwise.
-    out.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+    let proto = incoming
+        .get("x-forwarded-proto")
+        .filter(|v| from_proxy && v.as_bytes().eq_ignore_ascii_case(b"https"))
+        .map_or("http", |_| "https");
+    out.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    if let Ok(value) = HeaderValue::from_str(&client_address(incoming, peer, trusted).to_string()) {
+        out.insert(CLIENT_IP, value);
+    }
     out
 }
 
@@ -380,14 +426,23 @@ mod tests {
         incoming.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         incoming.insert("x-forwarded-proto", HeaderValue::from_static("https"));
         let peer: SocketAddr = "127.0.0.9:5000".parse().unwrap();
-        let out = upstream_headers(&incoming, peer, &HeaderValue::from_static("rid"));
+        let rid = HeaderValue::from_static("rid");
+        // From an untrusted peer the client's claims are replaced.
+        let out = upstream_headers(&incoming, peer, &rid, &[]);
         assert!(!out.contains_key(header::CONNECTION));
         assert!(!out.contains_key("x-secret-hop"));
         assert!(!out.contains_key("keep-alive"));
         assert_eq!(out[header::HOST], "bakery.test");
-        assert_eq!(out["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(out["x-forwarded-for"], "127.0.0.9");
         assert_eq!(out["x-forwarded-proto"], "http");
+        assert_eq!(out[CLIENT_IP], "127.0.0.9");
         assert_eq!(out[REQUEST_ID], "rid");
+        // From a trusted proxy they are kept, and the client is the one it names.
+        let trusted: Vec<ProxyNet> = vec!["127.0.0.0/8".parse().unwrap()];
+        let out = upstream_headers(&incoming, peer, &rid, &trusted);
+        assert_eq!(out["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
+        assert_eq!(out["x-forwarded-proto"], "https");
+        assert_eq!(out[CLIENT_IP], "10.0.0.1");
     }
 
     #[test]

@@ -124,14 +124,16 @@ impl FromRequestParts<AppState> for CurrentUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        MaybeUser::from_request_parts(parts, state)
+        // A session store that cannot answer is a 503 here: this request needs it.
+        session_user(parts, state, false)
             .await?
-            .0
             .ok_or_else(ApiError::unauthorized)
     }
 }
 
-/// The logged-in user if there is one: for pages anybody may see.
+/// The logged-in user if there is one: for pages anybody may see. A session store
+/// that cannot answer makes the visitor anonymous rather than the page an error:
+/// public pages stay up while it is away (logging in and writing wait for it).
 pub struct MaybeUser(pub Option<CurrentUser>);
 
 impl FromRequestParts<AppState> for MaybeUser {
@@ -141,32 +143,54 @@ impl FromRequestParts<AppState> for MaybeUser {
         parts: &mut Parts,
         state: &AppState,
     ) -> Result<Self, Self::Rejection> {
-        let Some(id) = session_cookie::read(&parts.headers) else {
-            return Ok(Self(None));
-        };
-        let Some(session) = state.sessions.load(&id).await? else {
-            return Ok(Self(None));
-        };
-        // The session's position, or a later one the session store could not take.
-        let position = session
-            .write_lsn
-            .max(session_cookie::read_wrote(&parts.headers).unwrap_or(0));
-        let lsn = (position > 0).then_some(bakery_db::Lsn(position));
-        let user = state.app.user(session.user_id, lsn).await?;
-        let secure = state.cookie_secure(&parts.headers);
-        Ok(Self(user.map(|user| CurrentUser {
-            user,
-            session: id,
-            lsn,
-            secure,
-        })))
+        Ok(Self(session_user(parts, state, true).await?))
     }
 }
 
-/// The client's address: the last hop of `x-forwarded-for`, which the load balancer
-/// appends (earlier entries are the client's own say and prove nothing); "direct"
-/// for a request that reached the clone without one.
+/// The user behind the request's session cookie, if any; with `as_visitor`, a
+/// session store that cannot answer makes the request anonymous instead of failing.
+async fn session_user(
+    parts: &Parts,
+    state: &AppState,
+    as_visitor: bool,
+) -> Result<Option<CurrentUser>, ApiError> {
+    let Some(id) = session_cookie::read(&parts.headers) else {
+        return Ok(None);
+    };
+    let session = match state.sessions.load(&id).await {
+        Ok(Some(session)) => session,
+        Ok(None) => return Ok(None),
+        Err(error) if as_visitor => {
+            tracing::warn!(%error, "session store unavailable; serving the page as to a visitor");
+            return Ok(None);
+        }
+        Err(error) => return Err(error.into()),
+    };
+    // The session's position, or a later one the session store could not take.
+    let position = session
+        .write_lsn
+        .max(session_cookie::read_wrote(&parts.headers).unwrap_or(0));
+    let lsn = (position > 0).then_some(bakery_db::Lsn(position));
+    let user = state.app.user(session.user_id, lsn).await?;
+    let secure = state.cookie_secure(&parts.headers);
+    Ok(user.map(|user| CurrentUser {
+        user,
+        session: id,
+        lsn,
+        secure,
+    }))
+}
+
+/// The client's address: as the load balancer determined it (`x-bakery-client-ip`,
+/// which it always sets, believing only trusted proxies), else the last hop of
+/// `x-forwarded-for`; "direct" for a request that reached the clone without either.
 pub fn client_ip(headers: &axum::http::HeaderMap) -> String {
+    if let Some(ip) = headers
+        .get("x-bakery-client-ip")
+        .and_then(|v| v.to_str().ok())
+    {
+        return ip.to_string();
+    }
     headers
         .get_all("x-forwarded-for")
         .iter()

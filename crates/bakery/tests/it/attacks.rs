@@ -380,3 +380,362 @@ async fn one_address_cannot_hold_every_connection() {
         "the address is served again once its connections close"
     );
 }
+
+/// A product's object cannot be inflated: one review per user (edited, not
+/// repeated), the newest 20 embedded with a count, the rest paged; a made-up
+/// cursor is a 400, not a fresh cache key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reviews_cannot_inflate_a_product() {
+    let up = Up::start(vec![], 1);
+    let http = client();
+    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
+    let created = http
+        .post(up.url("/api/products"))
+        .header("cookie", &admin)
+        .json(&json!({"name": "Much reviewed", "description": "Everyone has a say.", "price_cents": 300}))
+        .send()
+        .await
+        .unwrap();
+    let product = created.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let post = |cookie: String, body: &'static str| {
+        let http = http.clone();
+        let url = up.url(&format!("/api/products/{product}/reviews"));
+        async move {
+            http.post(url)
+                .header("cookie", cookie)
+                .json(&json!({"rating": 4, "body": body}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let mut authors = Vec::new();
+    for i in 0..25 {
+        authors.push(sign_up_and_log_in(&http, &up.base, &format!("critic{i}")).await);
+    }
+    let mut first_review = 0;
+    for (i, cookie) in authors.iter().enumerate() {
+        let answer = post(cookie.clone(), "Good crumb.").await;
+        assert_eq!(answer.status(), 201);
+        if i == 0 {
+            first_review = answer.json::<serde_json::Value>().await.unwrap()["id"]
+                .as_i64()
+                .unwrap();
+        }
+    }
+    let again = post(authors[0].clone(), "And again!").await;
+    assert_eq!(again.status(), 409);
+    assert_eq!(error_code(again).await, "already_reviewed");
+
+    let shown: serde_json::Value = http
+        .get(up.url(&format!("/api/products/{product}")))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(shown["reviews"].as_array().unwrap().len(), 20);
+    assert_eq!(shown["reviews_total"], 25);
+    assert_eq!(shown["rating"]["count"], 25);
+
+    // Every review, a page at a time, newest first, each once.
+    let mut seen = std::collections::HashSet::new();
+    let mut cursor = String::new();
+    loop {
+        let page: serde_json::Value = http
+            .get(up.url(&format!(
+                "/api/products/{product}/reviews?limit=10&cursor={cursor}"
+            )))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        for review in page["items"].as_array().unwrap() {
+            assert!(seen.insert(review["id"].as_i64().unwrap()));
+        }
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 25);
+    for bad in ["abc", "-1", "1e9"] {
+        let answer = http
+            .get(up.url(&format!("/api/products/{product}/reviews?cursor={bad}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 400, "cursor {bad}");
+        assert_eq!(error_code(answer).await, "bad_cursor");
+    }
+
+    // The author edits; nobody else may.
+    let edit = |cookie: String| {
+        let http = http.clone();
+        let url = up.url(&format!("/api/reviews/{first_review}"));
+        async move {
+            http.patch(url)
+                .header("cookie", cookie)
+                .json(&json!({"rating": 2, "body": "Went stale by noon."}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(edit(authors[1].clone()).await.status(), 403);
+    let edited = edit(authors[0].clone()).await;
+    assert_eq!(edited.status(), 200);
+    let edited: serde_json::Value = edited.json().await.unwrap();
+    assert_eq!(
+        (edited["rating"].as_i64(), edited["body"].as_str()),
+        (Some(2), Some("Went stale by noon."))
+    );
+    let page: serde_json::Value = http
+        .get(up.url(&format!("/api/products/{product}/reviews?limit=100")))
+        .header("cookie", &authors[0])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mine = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == first_review)
+        .cloned()
+        .unwrap();
+    assert_eq!(mine["body"], "Went stale by noon.");
+    let unknown = http
+        .get(up.url("/api/products/9000000001/reviews"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+}
+
+/// What the service writes is its own: the data directory 0700, its files 0600.
+#[tokio::test]
+async fn data_files_are_private_to_the_service() {
+    use std::os::unix::fs::PermissionsExt;
+    let up = Up::start(vec![], 1);
+    let data = up
+        .env
+        .iter()
+        .find(|(k, _)| k == "BAKERY_DATA_DIR")
+        .map(|(_, v)| std::path::PathBuf::from(v))
+        .unwrap();
+    let mode =
+        |path: &std::path::Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&data), 0o700, "{}", data.display());
+    for file in ["bakery.db", "sessions.db", "cache.db"] {
+        let path = data.join(file);
+        assert_eq!(mode(&path), 0o600, "{}", path.display());
+    }
+}
+
+/// Public pages stay up, as to a visitor, while the session store is away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn public_pages_render_as_anonymous_while_the_session_store_is_down() {
+    let proxy = crate::proxy::CuttableProxy::start(
+        harness::redis_url()
+            .trim_start_matches("redis://")
+            .parse()
+            .unwrap(),
+    )
+    .await;
+    let up = Up::start(
+        vec![(
+            "BAKERY_SESSION_URL".into(),
+            format!("redis://{}", proxy.addr),
+        )],
+        1,
+    );
+    let cookie = sign_up_and_log_in(&client(), &up.base, "croquembouche").await;
+    proxy.cut();
+    for path in ["/", "/products", "/events"] {
+        let page = client()
+            .get(up.url(path))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 200, "{path}");
+        let body = page.text().await.unwrap();
+        assert!(body.contains("Log in"), "{path} shown as to a visitor");
+    }
+    // What needs the session still says so.
+    assert_eq!(me(&up, &cookie).await, 503);
+    proxy.restore().await;
+}
+
+/// Whoever can write to the cache cannot make themselves an admin: admin decisions
+/// read `is_admin` from the primary, not from the cached `User:{id}`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poisoned_cache_makes_nobody_an_admin() {
+    let up = Up::start(vec![("BAKERY_CACHE_URL".into(), harness::redis_url())], 1);
+    let http = client();
+    let name = format!("mallory{:x}", rand::random::<u32>());
+    let cookie = sign_up_and_log_in(&http, &up.base, &name).await;
+    assert_eq!(me(&up, &cookie).await, 200, "User:{{id}} is cached now");
+    // Rewrite the cached user in Redis: `"is_admin":false` becomes true.
+    let mut redis = redis::Client::open(harness::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis is needed");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*User:*")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let mut poisoned = 0;
+    for key in keys {
+        let value: Option<Vec<u8>> = redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        let Some(value) = value else { continue };
+        let text = String::from_utf8_lossy(&value);
+        if !text.contains(&format!("\"username\":\"{name}\"")) {
+            continue;
+        }
+        // In place, byte for byte: the value starts with a binary version header.
+        let (from, to) = (b"\"is_admin\":false", b"\"is_admin\":true ");
+        let at = value
+            .windows(from.len())
+            .position(|w| w == from)
+            .expect("a cached user says is_admin");
+        let mut forged = value.clone();
+        forged[at..at + to.len()].copy_from_slice(to);
+        let _: () = redis::cmd("SET")
+            .arg(&key)
+            .arg(forged)
+            .arg("KEEPTTL")
+            .query_async(&mut redis)
+            .await
+            .unwrap();
+        poisoned += 1;
+    }
+    assert_eq!(poisoned, 1, "the cached user was found");
+    let shown: serde_json::Value = http
+        .get(up.url("/api/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        shown["is_admin"], true,
+        "the forged object is what the cache serves"
+    );
+    let attempt = http
+        .post(up.url("/api/products"))
+        .header("cookie", &cookie)
+        .json(&json!({"name": "Forged", "description": "Never sold.", "price_cents": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(attempt.status(), 403);
+}
+
+/// A statement stuck behind a lock is cancelled (503), not left holding a
+/// connection for as long as the lock lasts; the clone keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_statement_times_out_and_frees_its_connection() {
+    use sqlx::Connection;
+    let url = harness::fresh_postgres_database().await;
+    let up = Up::start(vec![("BAKERY_DATABASE_URL".into(), url.clone())], 1);
+    let mut locker = sqlx::PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut locker).await.unwrap();
+    sqlx::query("LOCK TABLE events IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut locker)
+        .await
+        .unwrap();
+    let stuck = client()
+        .get(up.url("/api/events"))
+        .timeout(std::time::Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stuck.status(), 503, "a stuck query is a 503, never a 500");
+    // Cancelled by the database's statement timeout, not cut by the clone's request
+    // timeout (which answers `timeout` and would leave the query running).
+    assert_eq!(error_code(stuck).await, "database_unavailable");
+    assert_eq!(ping(&up).await, 200);
+    sqlx::query("ROLLBACK").execute(&mut locker).await.unwrap();
+    let free = client().get(up.url("/api/events")).send().await.unwrap();
+    assert_eq!(free.status(), 200);
+}
+
+async fn log_in_via(up: &Up, username: &str, password: &str, client: &str) -> reqwest::Response {
+    harness::client()
+        .post(up.url("/api/session"))
+        .header("x-forwarded-for", client)
+        .header("x-forwarded-proto", "https")
+        .json(&json!({"username": username, "password": password}))
+        .send()
+        .await
+        .unwrap()
+}
+
+fn secure_cookie(answer: &reqwest::Response) -> bool {
+    answer
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|c| c.starts_with("bakery_session=") && c.contains("Secure"))
+}
+
+/// `x-forwarded-for` and `-proto` are believed from a trusted proxy only: behind one
+/// (a TLS terminator) cookies are Secure and limits count the real client; from
+/// anyone else the claims are replaced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_trusted_proxies_speak_for_the_client() {
+    let untrusted = Up::start(vec![], 1);
+    sign_up_and_log_in(&client(), &untrusted.base, "galette").await;
+    let claimed = log_in_via(&untrusted, "galette", "password-1", "203.0.113.9").await;
+    assert_eq!(claimed.status(), 200);
+    assert!(!secure_cookie(&claimed), "a client cannot claim TLS");
+    drop(untrusted);
+
+    let behind = Up::start(
+        vec![("BAKERY_LB_TRUSTED_PROXIES".into(), "127.0.0.1/32".into())],
+        1,
+    );
+    sign_up_and_log_in(&client(), &behind.base, "galette").await;
+    let proxied = log_in_via(&behind, "galette", "password-1", "203.0.113.9").await;
+    assert_eq!(proxied.status(), 200);
+    assert!(
+        secure_cookie(&proxied),
+        "behind a trusted TLS terminator the cookie is Secure"
+    );
+    // The per-address limit counts the client the proxy names.
+    for i in 0..30 {
+        let wrong = log_in_via(&behind, &format!("nobody{i}"), "password-x", "203.0.113.9").await;
+        assert_eq!(wrong.status(), 401);
+    }
+    assert_eq!(
+        log_in_via(&behind, "galette", "password-1", "203.0.113.9")
+            .await
+            .status(),
+        429
+    );
+    assert_eq!(
+        log_in_via(&behind, "galette", "password-1", "203.0.113.10")
+            .await
+            .status(),
+        200,
+        "another client behind the same proxy is not slowed"
+    );
+}

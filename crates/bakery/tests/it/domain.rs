@@ -205,15 +205,17 @@ async fn catalog_follows_the_contract(up: &Up, a: &Actors) {
 
 async fn profiles_list_reviews_newest_first(up: &Up, a: &Actors) {
     let http = &a.http;
-    let (_, created) = send(
-        http.post(up.url("/api/products"))
-            .header("cookie", &a.admin)
-            .json(&json!({"name": "Pretzel", "price_cents": 300})),
-    )
-    .await;
-    let id = created["id"].as_i64().unwrap();
+    // One review per user per product: bob reviews three pretzels.
     let mut posted = Vec::new();
+    let mut id = 0;
     for n in 1..=3 {
+        let (_, created) = send(
+            http.post(up.url("/api/products"))
+                .header("cookie", &a.admin)
+                .json(&json!({"name": format!("Pretzel {n}"), "price_cents": 300})),
+        )
+        .await;
+        id = created["id"].as_i64().unwrap();
         let body = json!({"rating": n, "body": format!("Try {n}.")});
         let (status, review) = send(
             http.post(up.url(&format!("/api/products/{id}/reviews")))
@@ -244,7 +246,7 @@ async fn profiles_list_reviews_newest_first(up: &Up, a: &Actors) {
     assert_eq!(ids, vec![posted[2], posted[1]], "newest first");
     assert_eq!(
         first["items"][0]["product"],
-        json!({"id": id, "name": "Pretzel"})
+        json!({"id": id, "name": "Pretzel 3"})
     );
     let next = first["next_cursor"].as_str().expect("a second page");
     let (_, second) =

@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
-use bakery_app::catalog::{ProductDraft, ProductEdit, ReviewDraft};
+use bakery_app::catalog::{ProductDraft, ProductEdit, ReviewDraft, ReviewEdit};
 use bakery_app::media::{UPLOAD_LIMIT, accepted};
 use serde::Deserialize;
 use serde_json::json;
@@ -22,12 +22,15 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/api/products", get(list).post(create))
         .route("/api/products/{id}", get(show).patch(change).delete(remove))
-        .route("/api/products/{id}/reviews", post(review))
+        .route("/api/products/{id}/reviews", get(reviews).post(review))
         .route(
             "/api/products/{id}/images",
             post(upload_image).layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
         )
-        .route("/api/reviews/{id}", delete(remove_review))
+        .route(
+            "/api/reviews/{id}",
+            delete(remove_review).patch(edit_review),
+        )
 }
 
 #[derive(Deserialize)]
@@ -57,7 +60,7 @@ impl Page {
                 Ok(n) if n >= 0 => n,
                 _ => {
                     return Err(ApiError::bad_request(
-                        "invalid_cursor",
+                        "bad_cursor",
                         "use the next_cursor of the previous page",
                     ));
                 }
@@ -156,6 +159,38 @@ async fn review(
         .await?;
     let (remembered, review) = current.remember(&state, written).await;
     Ok((StatusCode::CREATED, remembered, axum::Json(review)).into_response())
+}
+
+/// `GET /api/products/{id}/reviews?limit=&cursor=`: every review, newest first, a
+/// page at a time (the product embeds only the newest 20).
+async fn reviews(
+    State(state): State<AppState>,
+    MaybeUser(current): MaybeUser,
+    Id(product_id): Id,
+    query: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let Query(page) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
+    let (limit, cursor) = page.parse()?;
+    let before = if cursor == 0 { i64::MAX } else { cursor };
+    let after = current.and_then(|c| c.lsn);
+    let items = state
+        .app
+        .reviews_of(product_id, before, limit + 1, after)
+        .await?;
+    let (items, next_cursor) = Page::cut(items, limit, |r| r.id);
+    Ok(axum::Json(json!({ "items": items, "next_cursor": next_cursor })).into_response())
+}
+
+/// `PATCH /api/reviews/{id}` `{rating?, body?}`: its author edits it.
+async fn edit_review(
+    State(state): State<AppState>,
+    current: CurrentUser,
+    Id(id): Id,
+    Json(edit): Json<ReviewEdit>,
+) -> ApiResult<Response> {
+    let written = state.app.edit_review(&current.user, id, edit).await?;
+    let (remembered, review) = current.remember(&state, written).await;
+    Ok((remembered, axum::Json(review)).into_response())
 }
 
 async fn remove_review(

@@ -32,7 +32,7 @@ async fn enqueue(
     current: CurrentUser,
     Json(new): Json<NewJob>,
 ) -> ApiResult<Response> {
-    bakery_app::require_admin(&current.user)?;
+    state.app.require_admin(&current.user).await?;
     let written = state
         .app
         .enqueue_job(&new.kind, Some(&current.user), new.payload)
