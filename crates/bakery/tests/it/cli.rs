@@ -119,3 +119,14 @@ fn a_short_admin_token_exits_2() {
         "BAKERY_LB_ADMIN_TOKEN",
     );
 }
+
+#[test]
+fn redis_over_tls_is_refused_at_start_not_spoken_in_clear() {
+    for variable in ["BAKERY_SESSION_URL", "BAKERY_CACHE_URL"] {
+        assert_exit_2_naming(
+            &["migrate"],
+            &[(variable, "rediss://127.0.0.1:6380")],
+            variable,
+        );
+    }
+}
