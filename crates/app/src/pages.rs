@@ -13,7 +13,7 @@ use crate::{App, Error, Written};
 pub const MAX_MARKDOWN: usize = 200_000;
 /// A product's page is rendered this long after the change that asks for it, so
 /// that a burst of changes renders once.
-pub const PRODUCT_RENDER_DELAY_MS: i64 = 300;
+pub const PRODUCT_RENDER_DELAY_MS: i64 = 1_000;
 
 /// A page as the staff send it.
 #[derive(Debug, Deserialize)]

@@ -268,3 +268,78 @@ async fn a_second_load_balancer_with_only_the_database_serves_the_same_page() {
     assert_eq!(header(&far_headers, "etag"), header(&headers, "etag"));
     assert_eq!(far_body, body);
 }
+
+/// Render jobs the workers queued (counted by their metrics).
+async fn renders_queued(up: &Up) -> f64 {
+    let mut total = 0.0;
+    for worker in up.processes.iter().filter(|p| p.role == "worker") {
+        total += harness::metric(
+            worker.addr,
+            "bakery_jobs_total",
+            &["kind=\"render\"", "state=\"queued\""],
+        )
+        .await;
+    }
+    total
+}
+
+/// A burst of changes to one product renders its page once: the render waits a
+/// moment, and while one is queued no other is added (the burst joins it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_changes_renders_once() {
+    let up = start(Engine::Embedded).await;
+    let http = harness::client();
+    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
+    let created = http
+        .post(up.url("/api/products"))
+        .header("cookie", &admin)
+        .json(&json!({"name": "Burst loaf", "description": "Changed often.", "price_cents": 100}))
+        .send()
+        .await
+        .unwrap();
+    let id = created.json::<Value>().await.unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let page = up.url(&format!("/products/{id}"));
+    assert!(
+        eventually(LIMIT, async || {
+            let (_, headers, body) = get(&page, &[]).await;
+            header(&headers, "x-edge") == "hit" && String::from_utf8_lossy(&body).contains("$1.00")
+        })
+        .await
+    );
+    let before = renders_queued(&up).await;
+    let burst = futures::future::join_all((1..=5).map(|n| {
+        http.patch(up.url(&format!("/api/products/{id}")))
+            .header("cookie", &admin)
+            .json(&json!({"price_cents": 100 + n}))
+            .send()
+    }))
+    .await;
+    assert!(burst.iter().all(|r| r.as_ref().unwrap().status() == 200));
+    let last: Value = http
+        .get(up.url(&format!("/api/products/{id}")))
+        .header("cookie", &admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let price = format!("${:.2}", last["price_cents"].as_f64().unwrap() / 100.0);
+    assert!(
+        eventually(LIMIT, async || {
+            let (_, headers, body) = get(&page, &[]).await;
+            header(&headers, "x-edge") == "hit" && String::from_utf8_lossy(&body).contains(&price)
+        })
+        .await,
+        "the page shows the last price, {price}"
+    );
+    // The burst joins the render already queued, if there is one, or queues one.
+    let after = renders_queued(&up).await;
+    let (_, listed, _) = harness::run_output(&["jobs", "list", "--limit", "20"], up.env.clone());
+    assert!(
+        after - before <= 1.0,
+        "five changes, at most one render ({before} -> {after}):\n{listed}"
+    );
+}
