@@ -99,7 +99,11 @@ fn has_session(headers: &HeaderMap) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .any(|pair| pair.trim_start().starts_with(&format!("{SESSION_COOKIE}=")))
+        .any(|pair| {
+            pair.trim_start()
+                .strip_prefix(SESSION_COOKIE)
+                .is_some_and(|rest| rest.starts_with('='))
+        })
 }
 
 /// The encodings a client accepts, by preference of ours: brotli, then gzip.

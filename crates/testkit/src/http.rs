@@ -107,3 +107,27 @@ pub async fn metric(addr: std::net::SocketAddr, name: &str, labels: &[&str]) -> 
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Creates a product as `admin` (a cookie pair); its id.
+pub async fn create_product(
+    base: &str,
+    admin: &str,
+    name: &str,
+    description: &str,
+    price_cents: i64,
+) -> i64 {
+    let created = client()
+        .post(format!("{base}/api/products"))
+        .header("cookie", admin)
+        .json(&serde_json::json!({"name": name, "description": description, "price_cents": price_cents}))
+        .send()
+        .await
+        .expect("create a product");
+    assert_eq!(created.status(), 201, "create product {name}");
+    created
+        .json::<serde_json::Value>()
+        .await
+        .expect("a product")["id"]
+        .as_i64()
+        .expect("its id")
+}

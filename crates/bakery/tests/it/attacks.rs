@@ -389,16 +389,14 @@ async fn reviews_cannot_inflate_a_product() {
     let up = Up::start(vec![], 1);
     let http = client();
     let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
-    let created = http
-        .post(up.url("/api/products"))
-        .header("cookie", &admin)
-        .json(&json!({"name": "Much reviewed", "description": "Everyone has a say.", "price_cents": 300}))
-        .send()
-        .await
-        .unwrap();
-    let product = created.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_i64()
-        .unwrap();
+    let product = harness::create_product(
+        &up.base,
+        &admin,
+        "Much reviewed",
+        "Everyone has a say.",
+        300,
+    )
+    .await;
     let post = |cookie: String, body: &'static str| {
         let http = http.clone();
         let url = up.url(&format!("/api/products/{product}/reviews"));

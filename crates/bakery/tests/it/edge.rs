@@ -163,17 +163,7 @@ async fn price_change_reaches_the_edge(engine: Engine) {
     let up = start(engine).await;
     let http = harness::client();
     let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
-    let created = http
-        .post(up.url("/api/products"))
-        .header("cookie", &admin)
-        .json(&json!({"name": "Edge loaf", "description": "Baked ahead.", "price_cents": 450}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    let id = created.json::<Value>().await.unwrap()["id"]
-        .as_i64()
-        .unwrap();
+    let id = harness::create_product(&up.base, &admin, "Edge loaf", "Baked ahead.", 450).await;
     let page = up.url(&format!("/products/{id}"));
     // The new product's page is rendered ahead of any request.
     assert!(
@@ -290,16 +280,7 @@ async fn a_burst_of_changes_renders_once() {
     let up = start(Engine::Embedded).await;
     let http = harness::client();
     let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
-    let created = http
-        .post(up.url("/api/products"))
-        .header("cookie", &admin)
-        .json(&json!({"name": "Burst loaf", "description": "Changed often.", "price_cents": 100}))
-        .send()
-        .await
-        .unwrap();
-    let id = created.json::<Value>().await.unwrap()["id"]
-        .as_i64()
-        .unwrap();
+    let id = harness::create_product(&up.base, &admin, "Burst loaf", "Changed often.", 100).await;
     let page = up.url(&format!("/products/{id}"));
     assert!(
         eventually(LIMIT, async || {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::harness::{self, Engine, Up, eventually};
 use crate::jobs::{ended, finished};
@@ -70,17 +70,7 @@ async fn upload(
 }
 
 async fn product_with_images(up: &Up, admin: &str) -> i64 {
-    let created = harness::client()
-        .post(up.url("/api/products"))
-        .header("cookie", admin)
-        .json(&json!({"name": "Rye loaf", "description": "Dark and dense.", "price_cents": 650}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    created.json::<Value>().await.unwrap()["id"]
-        .as_i64()
-        .unwrap()
+    harness::create_product(&up.base, admin, "Rye loaf", "Dark and dense.", 650).await
 }
 
 #[tokio::test]
