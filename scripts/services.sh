@@ -8,6 +8,7 @@
 #   Memcached      127.0.0.1:11211 and 127.0.0.1:11212 (the cache on two nodes)
 #   RabbitMQ       127.0.0.1:5672, guest/guest (the broker on RabbitMQ)
 #   aiosmtpd       the Python SMTP server each mail test starts on a port of its own
+#   schemathesis   the OpenAPI fuzzer the API test runs against a live system
 #
 # Services are started as the machine's own daemons (detached, logging to files),
 # so nothing started here holds the caller's output open.
@@ -164,6 +165,16 @@ smtp_server() {
   log "aiosmtpd is ready"
 }
 
+schemathesis() {
+  if ! command -v schemathesis >/dev/null 2>&1; then
+    log "installing schemathesis"
+    python3 -m pip install --quiet 'schemathesis>=4,<5' >/dev/null 2>&1 ||
+      python3 -m pip install --quiet --break-system-packages 'schemathesis>=4,<5' >/dev/null 2>&1 || true
+  fi
+  command -v schemathesis >/dev/null 2>&1 || die "schemathesis (the API fuzzer) could not be installed"
+  log "schemathesis is ready"
+}
+
 postgres
 replica
 room_for_tests
@@ -171,3 +182,4 @@ redis
 memcached_nodes
 rabbitmq
 smtp_server
+schemathesis

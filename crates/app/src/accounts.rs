@@ -17,27 +17,33 @@ pub fn user_key(id: i64) -> String {
     format!("User:{id}")
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct SignUp {
+    #[schema(pattern = "^[A-Za-z0-9_-]{3,32}$")]
     pub username: String,
+    #[schema(max_length = 254, pattern = "^[^@]+@[^@]+$")]
     pub email: String,
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: String,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct Credentials {
     pub username: String,
     pub password: String,
 }
 
 /// A change to my account; fields left out stay as they are.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct AccountChange {
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9_-]{3,32}$")]
     pub username: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 254, pattern = "^[^@]+@[^@]+$")]
     pub email: Option<String>,
     #[serde(default)]
+    #[schema(min_length = 8, max_length = 1024)]
     pub password: Option<String>,
     /// Needed to change the password or the email (whoever holds a stolen session
     /// cannot take the account over).
@@ -143,7 +149,10 @@ impl App {
     pub async fn user(&self, id: i64, reader: Option<Lsn>) -> Result<Option<User>, Error> {
         let db = self.db().clone();
         let at = self.fill_position(reader);
-        let build = async move { db.user_by_id(id, at).await.map_err(Error::from) };
+        let build = move || {
+            let db = db.clone();
+            async move { db.user_by_id(id, at).await.map_err(Error::from) }
+        };
         let (user, _) = self
             .0
             .cache

@@ -13,12 +13,16 @@ use crate::{App, Error, Written};
 
 const EVENTS: &[&str] = &["events"];
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct EventDraft {
+    #[schema(min_length = 1)]
     pub title: String,
     #[serde(default)]
+    #[schema(max_length = 10000)]
     pub description: String,
+    #[schema(format = DateTime)]
     pub starts_at: String,
+    #[schema(minimum = 1, maximum = 100000)]
     pub capacity: i64,
 }
 

@@ -11,6 +11,8 @@ use bakery_core::catalog::{self, Product, ProductSummary, Review, UserReview};
 use bakery_db::Lsn;
 use bakery_db::catalog::{LIST_PRODUCTS, NewProduct, ProductChange, REVIEWS_BY_USER};
 use bytes::Bytes;
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use serde::Deserialize;
 
 use crate::{App, Error, Written};
@@ -31,34 +33,44 @@ pub fn product_key(id: i64) -> String {
     format!("Product:{id}")
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ProductDraft {
+    #[schema(min_length = 1)]
     pub name: String,
     #[serde(default)]
+    #[schema(max_length = 10000)]
     pub description: String,
+    #[schema(minimum = 0, maximum = 100000000)]
     pub price_cents: i64,
 }
 
 /// A change to a product's simple fields; fields left out stay as they are.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct ProductEdit {
+    #[schema(min_length = 1)]
     pub name: Option<String>,
+    #[schema(max_length = 10000)]
     pub description: Option<String>,
+    #[schema(minimum = 0, maximum = 100000000)]
     pub price_cents: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct ReviewDraft {
+    #[schema(minimum = 1, maximum = 5)]
     pub rating: i64,
+    #[schema(min_length = 1)]
     pub body: String,
 }
 
 /// A change to a review; fields left out stay as they are.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 pub struct ReviewEdit {
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 5)]
     pub rating: Option<i64>,
     #[serde(default)]
+    #[schema(min_length = 1)]
     pub body: Option<String>,
 }
 
@@ -85,14 +97,19 @@ impl App {
         Ok(json)
     }
 
+    /// Makes builds of `Product:{id}` (one per call) from its parts.
     fn build_product(
         &self,
         id: i64,
         reader: Option<Lsn>,
-    ) -> impl Future<Output = Result<Option<Product>, Error>> + Send + 'static {
+    ) -> impl Fn() -> BoxFuture<'static, Result<Option<Product>, Error>> + Send + Sync + 'static
+    {
         let db = self.db().clone();
         let at = self.fill_position(reader);
-        async move { db.product(id, at).await.map_err(Error::from) }
+        move || {
+            let db = db.clone();
+            async move { db.product(id, at).await.map_err(Error::from) }.boxed()
+        }
     }
 
     /// A page of the product list: `limit` products with ids above `cursor`.

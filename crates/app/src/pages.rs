@@ -16,7 +16,7 @@ pub const MAX_MARKDOWN: usize = 200_000;
 pub const PRODUCT_RENDER_DELAY_MS: i64 = 1_000;
 
 /// A page as the staff send it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct PageDraft {
     pub title: String,
     pub body_markdown: String,

@@ -18,6 +18,7 @@ use bytes::Bytes;
 mod embedded;
 mod memcached;
 pub mod objects;
+mod pending;
 pub mod queries;
 mod redis_engine;
 mod ring;
@@ -30,6 +31,9 @@ pub enum CacheError {
     /// Down, slow or refusing: the caller reads from the database instead.
     #[error("the cache is unavailable: {0}")]
     Unavailable(String),
+    /// Larger than the engine takes: served, not stored.
+    #[error("a value of {bytes} bytes is over the engine's limit of {limit}")]
+    TooLarge { bytes: usize, limit: usize },
 }
 
 /// The cache: an engine, the time limit of every call, and the namespace that keeps
@@ -43,6 +47,8 @@ pub struct Cache {
     /// deployments sharing a Redis, or a database recreated under the same URL, never
     /// read each other's `Product:1`.
     namespace: Arc<str>,
+    /// Bumps owed by writes made while the cache was away (see `pending`).
+    pending: Arc<pending::Pending>,
 }
 
 #[derive(Clone)]
@@ -81,6 +87,7 @@ impl Cache {
             engine,
             timeout,
             namespace: Arc::from(namespace),
+            pending: Arc::default(),
         })
     }
 
@@ -90,6 +97,18 @@ impl Cache {
             Engine::Redis(..) => "redis",
             Engine::Memcached(..) => "memcached",
             Engine::None => "none",
+        }
+    }
+
+    /// The largest value the engine stores. Memcached refuses items over its item
+    /// size (1 MiB by default, key and header included); Redis takes 512 MiB, far more
+    /// than a cache entry should be (one such value blocks its server while it moves);
+    /// the embedded file is kept to rows SQLite reads quickly. Larger values are served uncached (`bakery_cache_too_large_total`).
+    pub fn max_value_bytes(&self) -> usize {
+        match self.engine {
+            Engine::Memcached(..) => 1024 * 1024 - 1024,
+            Engine::Redis(..) | Engine::Embedded(..) => 8 * 1024 * 1024,
+            Engine::None => 0,
         }
     }
 
@@ -138,7 +157,24 @@ impl Cache {
             .collect())
     }
 
+    /// Stores `value` under `key` for `ttl`; a value over [`Self::max_value_bytes`] is
+    /// refused here, without a round trip, and counted.
     pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
+        let limit = self.max_value_bytes();
+        if value.len() > limit && !self.is_none() {
+            metrics::counter!("bakery_cache_too_large_total", "engine" => self.engine())
+                .increment(1);
+            tracing::warn!(
+                key,
+                bytes = value.len(),
+                limit,
+                "a value too large for the cache is served uncached"
+            );
+            return Err(CacheError::TooLarge {
+                bytes: value.len(),
+                limit,
+            });
+        }
         let key = self.stored(key);
         self.limited(async {
             match &self.engine {

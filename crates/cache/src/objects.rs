@@ -15,6 +15,17 @@
 //! while the others wait briefly for its value before building themselves.
 //! And a hot object does not expire under its readers: a hit in the last fifth of the
 //! object's life rebuilds it in the background (refresh ahead, under the same lease).
+//!
+//! Absence is cached too, briefly ([`NOT_FOUND_TTL`]): an unknown id asked for again
+//! and again is answered by the cache, not the database. A key with no counter gets
+//! none for a "not found" (version 0 stands for "no counter", and any write mints
+//! one, which ends the entry), so made-up ids leave nothing behind but entries that
+//! expire in seconds.
+//!
+//! A build outlives the requests that wait for it: if every waiter goes away (its
+//! request timed out, its client hung up), the build is driven to its end in a task
+//! of its own, so it releases its database connections and its lease and stores
+//! what it built, instead of sitting half-done in the in-flight map.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -91,7 +102,7 @@ mod envelope {
 
 /// From `[ver:{key}, {key}, ..]` as read: the stored envelope if its version is current.
 fn current_value(values: &mut [Option<Bytes>]) -> Option<Bytes> {
-    let version = counter(values[0].as_deref())?;
+    let version = counter(values[0].as_deref()).unwrap_or(NO_COUNTER);
     let bytes = values[1].take()?;
     let (stored, _) = envelope::decode(&bytes)?;
     (stored.version == version).then_some(bytes)
@@ -115,6 +126,32 @@ fn seal<T: Serialize>(version: u64, ttl: Duration, value: &T) -> Result<Bytes, S
         .map_err(|e| e.to_string())
 }
 
+/// The version an entry carries when its key had no counter: only "not found"
+/// entries are stored under it (real counters start at the time in milliseconds).
+const NO_COUNTER: u64 = 0;
+
+/// How long "no such object" is believed. Short: a product created meanwhile ends
+/// it at once (its write mints or bumps the counter), so this only bounds how long
+/// an entry for a made-up id takes room in the cache.
+pub const NOT_FOUND_TTL: Duration = Duration::from_secs(10);
+
+/// The JSON of a "not found" entry.
+const NOT_FOUND: &[u8] = b"null";
+
+/// Whether a stored envelope says "not found".
+fn is_not_found(bytes: &Bytes) -> bool {
+    envelope::decode(bytes).is_some_and(|(_, json)| json[..] == *NOT_FOUND)
+}
+
+/// An envelope saying "not found" under `version`.
+fn seal_not_found(version: u64) -> Bytes {
+    let header = envelope::Header {
+        version,
+        expires_at_ms: now_ms() + NOT_FOUND_TTL.as_millis() as u64,
+    };
+    envelope::encode(header, NOT_FOUND)
+}
+
 /// A hit in the last part of its life (this share of the TTL) refreshes the object in
 /// the background, so a hot key is rebuilt before it expires instead of missing.
 const REFRESH_AHEAD_DIVISOR: u32 = 5;
@@ -131,6 +168,42 @@ const LEASE_WAIT: Duration = LEASE;
 type BuildError = Arc<dyn std::any::Any + Send + Sync>;
 type Build = Shared<BoxFuture<'static, Result<Option<Bytes>, BuildError>>>;
 
+/// Awaits a shared build; dropped before the build ended (its request gave up),
+/// hands the build to a task of its own, so that it still runs to its end: its
+/// database connections and its lease are released and its value is stored.
+struct Finish(Option<Build>);
+
+impl Future for Finish {
+    type Output = Result<Option<Bytes>, BuildError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let Some(build) = self.0.as_mut() else {
+            return std::task::Poll::Ready(Err(Arc::new("polled after its end".to_string())));
+        };
+        let polled = build.poll_unpin(cx);
+        if polled.is_ready() {
+            self.0 = None;
+        }
+        polled
+    }
+}
+
+impl Drop for Finish {
+    fn drop(&mut self) {
+        if let Some(build) = self.0.take()
+            && build.peek().is_none()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(async move {
+                let _ = build.await;
+            });
+        }
+    }
+}
+
 /// Work in flight in this process, by key: one build serves every concurrent miss,
 /// and at most one background refresh runs per key.
 #[derive(Clone, Default)]
@@ -141,18 +214,21 @@ pub struct InFlight {
 
 impl Cache {
     /// The object at `key`: from the cache when its version is current, otherwise
-    /// built by `build` (from the database), stored, and returned. Errors of `build`
-    /// come back as they are; cache trouble only means `x-cache: bypass`.
-    pub async fn object<T, E, F>(
+    /// built by `build` (from the database), stored, and returned. `build` makes one
+    /// build each time it is called (a key without a counter that turns out to exist
+    /// is built again under its new counter). Errors of `build` come back as they
+    /// are; cache trouble only means `x-cache: bypass`.
+    pub async fn object<T, E, B, F>(
         &self,
         inflight: &InFlight,
         key: &str,
         ttl: Duration,
-        build: F,
+        build: B,
     ) -> Result<(Option<T>, CacheResult), E>
     where
         T: Serialize + DeserializeOwned + Send + 'static,
         E: std::fmt::Display + From<String> + Clone + Send + Sync + 'static,
+        B: Fn() -> F + Send + Sync + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
         // A value that no longer decodes (stored by a release with another shape of
@@ -165,47 +241,55 @@ impl Cache {
 
     /// The same object as JSON bytes, exactly as stored: a hit is served without
     /// decoding and re-encoding it (the hot path of a cached read).
-    pub async fn object_json<T, E, F>(
+    pub async fn object_json<T, E, B, F>(
         &self,
         inflight: &InFlight,
         key: &str,
         ttl: Duration,
-        build: F,
+        build: B,
     ) -> Result<(Option<Bytes>, CacheResult), E>
     where
         T: Serialize + Send + 'static,
         E: std::fmt::Display + From<String> + Clone + Send + Sync + 'static,
+        B: Fn() -> F + Send + Sync + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
         self.lookup(inflight, key, ttl, build, |json| Some(json.clone()))
             .await
     }
 
-    /// A hit if the current value decodes with `decode`, else one build for every
-    /// concurrent miss in this process (and one across processes, by lease), decoded
-    /// the same way.
-    async fn lookup<T, E, F, V>(
+    /// A hit if the current value decodes with `decode` (or says "not found"), else
+    /// one build for every concurrent miss in this process (and one across
+    /// processes, by lease), decoded the same way.
+    async fn lookup<T, E, B, F, V>(
         &self,
         inflight: &InFlight,
         key: &str,
         ttl: Duration,
-        build: F,
+        build: B,
         decode: impl Fn(&Bytes) -> Option<V>,
     ) -> Result<(Option<V>, CacheResult), E>
     where
         T: Serialize + Send + 'static,
         E: std::fmt::Display + From<String> + Clone + Send + Sync + 'static,
+        B: Fn() -> F + Send + Sync + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
         let version_key = format!("ver:{key}");
         let cached = self.get_many(&[version_key.clone(), key.to_string()]).await;
-        // `Some(version)`: the cache answered but had no current value (a miss);
-        // `None`: the cache is down or slow (a bypass). Either way, build once.
+        // `Some(counter)`: the cache answered but had no current value (a miss; the
+        // counter is `None` when the key has none yet); `None`: the cache is down or
+        // slow (a bypass). Either way, build once.
         let seen = match &cached {
             Ok(values) => {
                 let version = counter(values[0].as_deref());
-                match (version, values[1].as_ref().and_then(envelope::decode)) {
-                    (Some(current), Some((stored, json))) if stored.version == current => {
+                let current = version.unwrap_or(NO_COUNTER);
+                match values[1].as_ref().and_then(envelope::decode) {
+                    Some((stored, json)) if stored.version == current => {
+                        if json[..] == *NOT_FOUND {
+                            record("object", CacheResult::Hit);
+                            return Ok((None, CacheResult::Hit));
+                        }
                         if let Some(value) = decode(&json) {
                             record("object", CacheResult::Hit);
                             if stored.expires_at_ms.saturating_sub(now_ms())
@@ -239,30 +323,39 @@ impl Cache {
 
         // One build per key in this process; concurrent misses (and bypasses: a slow
         // cache must not turn a hot key into a stampede on the database) await it.
+        // The build takes itself out of the map when it ends.
         let shared = {
             let mut builds = inflight.builds.lock().unwrap_or_else(|p| p.into_inner());
             builds
                 .entry(key.to_string())
                 .or_insert_with(|| {
-                    let (cache, key, version_key) =
-                        (self.clone(), key.to_string(), version_key.clone());
+                    let (cache, key, version_key, builds) = (
+                        self.clone(),
+                        key.to_string(),
+                        version_key.clone(),
+                        inflight.builds.clone(),
+                    );
                     async move {
                         let built = match seen {
                             Some(version) => {
                                 cache
-                                    .build_and_store(&key, &version_key, version, ttl, build)
+                                    .build_and_store(&key, &version_key, version, ttl, &build)
                                     .await
                             }
                             None => {
                                 record_fill("object");
-                                match build.await {
+                                match build().await {
                                     Ok(value) => value
-                                        .map(|value| seal(0, ttl, &value).map_err(E::from))
+                                        .map(|value| seal(NO_COUNTER, ttl, &value).map_err(E::from))
                                         .transpose(),
                                     Err(e) => Err(e),
                                 }
                             }
                         };
+                        builds
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&key);
                         built.map_err(|e| Arc::new(e) as BuildError)
                     }
                     .boxed()
@@ -270,13 +363,8 @@ impl Cache {
                 })
                 .clone()
         };
-        let built = shared.await;
-        inflight
-            .builds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(key);
-        match built {
+        match Finish(Some(shared)).await {
+            Ok(Some(bytes)) if is_not_found(&bytes) => Ok((None, outcome)),
             Ok(Some(bytes)) => {
                 let value = envelope::decode(&bytes)
                     .and_then(|(_, json)| decode(&json))
@@ -296,16 +384,17 @@ impl Cache {
     /// nothing, as with any fill). One refresh per key in this process, and across
     /// processes only the one that takes the lease builds; the others keep serving
     /// the current value.
-    fn refresh_ahead<T, E, F>(
+    fn refresh_ahead<T, E, B, F>(
         &self,
         inflight: &InFlight,
         key: &str,
         version: u64,
         ttl: Duration,
-        build: F,
+        build: B,
     ) where
         T: Serialize + Send + 'static,
         E: Send + 'static,
+        B: Fn() -> F + Send + Sync + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
         if !inflight
@@ -321,7 +410,7 @@ impl Cache {
             let lease_key = format!("lease:{key}");
             if cache.add(&lease_key, b"1", LEASE).await.unwrap_or(false) {
                 record_fill("object");
-                if let Ok(Some(value)) = build.await
+                if let Ok(Some(value)) = build().await
                     && let Ok(bytes) = seal(version, ttl, &value)
                 {
                     let _ = cache.set(&key, &bytes, ttl).await;
@@ -336,18 +425,20 @@ impl Cache {
     }
 
     /// Takes the lease (or waits briefly for whoever holds it), builds, stores under
-    /// the version seen before building. Returns the stored envelope's bytes.
-    async fn build_and_store<T, E, F>(
+    /// the version seen before building. Returns the stored envelope's bytes (`None`:
+    /// no such object).
+    async fn build_and_store<T, E, B, F>(
         &self,
         key: &str,
         version_key: &str,
         seen: Option<u64>,
         ttl: Duration,
-        build: F,
+        build: &B,
     ) -> Result<Option<Bytes>, E>
     where
         T: Serialize,
         E: From<String>,
+        B: Fn() -> F,
         F: Future<Output = Result<Option<T>, E>>,
     {
         // Someone may have stored it since we looked (a build that just finished).
@@ -375,48 +466,58 @@ impl Cache {
                 }
             }
         }
-        // The version must be known before reading the database: a write after this
-        // point bumps it, and what we store then no longer counts.
-        let version = match seen {
-            Some(v) => Some(v),
-            None => self.incr(version_key).await.ok(),
-        };
-        record_fill("object");
-        let value = build.await?;
-        let Some(value) = value else {
-            if leased {
-                let _ = self.delete(&lease_key).await;
-            }
-            return Ok(None);
-        };
-        let bytes = seal(version.unwrap_or(0), ttl, &value).map_err(E::from)?;
-        if version.is_some() {
-            let _ = self.set(key, &bytes, ttl).await;
-        }
+        let built = self
+            .build_under_version(key, version_key, seen, ttl, build)
+            .await;
         if leased {
             let _ = self.delete(&lease_key).await;
         }
-        Ok(Some(bytes))
+        built
     }
 
-    /// A write happened while the cache could not be told: bump `counter_key` as soon
-    /// as it answers again, so a value cached before the write is not served once the
-    /// cache is back (it would otherwise live until its TTL). Retries every 100 ms at
-    /// first, then less often, for as long as any cached value could still live.
-    pub(crate) fn bump_later(&self, counter_key: String) {
-        let cache = self.clone();
-        tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(15 * 60);
-            let mut pause = Duration::from_millis(100);
-            while tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(pause).await;
-                if cache.incr(&counter_key).await.is_ok() {
-                    tracing::info!(key = counter_key, "late version bump applied");
-                    return;
-                }
-                pause = (pause * 2).min(Duration::from_secs(2));
+    /// Builds and stores under a version known before the database was read: a
+    /// write after that point bumps it, and what is stored then no longer counts.
+    async fn build_under_version<T, E, B, F>(
+        &self,
+        key: &str,
+        version_key: &str,
+        seen: Option<u64>,
+        ttl: Duration,
+        build: &B,
+    ) -> Result<Option<Bytes>, E>
+    where
+        T: Serialize,
+        E: From<String>,
+        B: Fn() -> F,
+        F: Future<Output = Result<Option<T>, E>>,
+    {
+        record_fill("object");
+        let version = match seen {
+            Some(version) => version,
+            None => {
+                // No counter yet. Absence is stored under "no counter" and mints none
+                // (a made-up id leaves nothing that lasts); what exists needs a counter
+                // made before the read whose result is stored, so it is read again.
+                let Some(first) = build().await? else {
+                    let _ = self
+                        .set(key, &seal_not_found(NO_COUNTER), NOT_FOUND_TTL)
+                        .await;
+                    return Ok(None);
+                };
+                let Ok(version) = self.incr(version_key).await else {
+                    return seal(NO_COUNTER, ttl, &first).map(Some).map_err(E::from);
+                };
+                record_fill("object");
+                version
             }
-        });
+        };
+        let Some(value) = build().await? else {
+            let _ = self.set(key, &seal_not_found(version), NOT_FOUND_TTL).await;
+            return Ok(None);
+        };
+        let bytes = seal(version, ttl, &value).map_err(E::from)?;
+        let _ = self.set(key, &bytes, ttl).await;
+        Ok(Some(bytes))
     }
 
     /// The stored envelope of `key` if its version is the current one.

@@ -91,7 +91,7 @@ impl std::fmt::Debug for Password {
 }
 
 /// A user as the API shows it (and as the cache keeps it, `User:{id}`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct User {
     pub id: i64,
     pub username: String,
@@ -100,7 +100,7 @@ pub struct User {
 }
 
 /// What anybody may see of a user: no email, no role.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Profile {
     pub id: i64,
     pub username: String,
@@ -108,6 +108,7 @@ pub struct Profile {
         serialize_with = "crate::clock::serialize_millis",
         deserialize_with = "crate::clock::deserialize_millis"
     )]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
 }
 

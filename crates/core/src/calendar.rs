@@ -26,7 +26,7 @@ pub fn capacity(raw: i64) -> Result<i64, Invalid> {
     Ok(raw)
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EventSummary {
     pub id: i64,
     pub title: String,
@@ -34,12 +34,13 @@ pub struct EventSummary {
         serialize_with = "serialize_millis",
         deserialize_with = "deserialize_millis"
     )]
+    #[schema(value_type = String, format = DateTime)]
     pub starts_at: i64,
     pub capacity: i64,
     pub attendees: i64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     pub id: i64,
     pub title: String,
@@ -48,6 +49,7 @@ pub struct Event {
         serialize_with = "serialize_millis",
         deserialize_with = "deserialize_millis"
     )]
+    #[schema(value_type = String, format = DateTime)]
     pub starts_at: i64,
     pub capacity: i64,
     pub attendees: i64,
@@ -56,7 +58,7 @@ pub struct Event {
     pub my_rsvp: Option<Rsvp>,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Rsvp {
     pub id: i64,
     pub event_id: i64,
@@ -65,11 +67,13 @@ pub struct Rsvp {
         serialize_with = "serialize_millis",
         deserialize_with = "deserialize_millis"
     )]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     /// Set once the email service has sent the confirmation.
     #[serde(
         serialize_with = "serialize_optional_millis",
         deserialize_with = "deserialize_optional_millis"
     )]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub confirmation_sent_at: Option<i64>,
 }

@@ -66,7 +66,7 @@ pub fn review_body(raw: &str) -> Result<String, Invalid> {
     text("a review", "invalid_body", raw.trim(), 1, 5_000)
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Rating {
     pub average: f64,
     pub count: i64,
@@ -85,7 +85,7 @@ impl Rating {
 }
 
 /// A product in a list.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProductSummary {
     pub id: i64,
     pub name: String,
@@ -93,20 +93,20 @@ pub struct ProductSummary {
     pub rating: Rating,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Image {
     pub id: i64,
     pub url: String,
     pub thumb_url: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Author {
     pub id: i64,
     pub username: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Review {
     pub id: i64,
     pub product_id: i64,
@@ -117,18 +117,19 @@ pub struct Review {
         serialize_with = "serialize_millis",
         deserialize_with = "deserialize_millis"
     )]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
 }
 
 /// A product as named beside something else (a review on its author's page).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ProductRef {
     pub id: i64,
     pub name: String,
 }
 
 /// A review as its author's page lists it: with the product it is about.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserReview {
     pub id: i64,
     pub product: ProductRef,
@@ -138,12 +139,13 @@ pub struct UserReview {
         serialize_with = "serialize_millis",
         deserialize_with = "deserialize_millis"
     )]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
 }
 
 /// A whole product, assembled from its parts (name, price, description, images,
 /// reviews): the object the cache keeps as `Product:{id}`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Product {
     pub id: i64,
     pub name: String,
@@ -159,6 +161,7 @@ pub struct Product {
         serialize_with = "serialize_millis",
         deserialize_with = "deserialize_millis"
     )]
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: i64,
 }
 

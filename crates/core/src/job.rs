@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::clock::{serialize_millis, serialize_optional_millis};
 
 /// Where a job is in its life.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum JobState {
     Queued,
@@ -45,7 +45,7 @@ impl JobState {
 }
 
 /// A job as `GET /api/jobs/{id}` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Job {
     pub id: i64,
     pub kind: String,
@@ -56,8 +56,10 @@ pub struct Job {
     pub result: Option<serde_json::Value>,
     pub error: Option<String>,
     #[serde(serialize_with = "serialize_millis")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
     #[serde(serialize_with = "serialize_optional_millis")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<i64>,
     /// Who asked for it (the owner may read and cancel it).
     #[serde(skip)]

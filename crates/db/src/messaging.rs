@@ -22,7 +22,7 @@ pub struct OutboxRow {
 type OutboxTuple = (i64, String, String, String, String, String);
 
 /// A stored notification, as the push service streams it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Notification {
     pub id: i64,
     #[serde(skip)]
@@ -30,8 +30,10 @@ pub struct Notification {
     pub kind: String,
     /// JSON text; serialised as the JSON value it holds.
     #[serde(serialize_with = "raw_json")]
+    #[schema(value_type = Object)]
     pub payload: String,
     #[serde(serialize_with = "bakery_core::clock::serialize_millis")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
 }
 

@@ -19,10 +19,12 @@ use bakery_config::{Config, ConfigError};
 use bakery_session::{Lifetimes, SessionStore};
 use bakery_telemetry::Metrics;
 use tokio::net::TcpListener;
+use utoipa_axum::router::OpenApiRouter;
 
 pub mod error;
 pub mod extract;
 mod middleware;
+pub mod openapi;
 mod pages;
 pub use pages::templates;
 pub mod prerender;
@@ -131,7 +133,30 @@ pub async fn prepare_stores(config: &Config) -> Result<(), ConfigError> {
 
 /// The whole web clone: routes, fallbacks and layers.
 pub fn app(state: AppState) -> Router {
-    let routes = Router::new()
+    let (api, document) = api_routes().split_for_parts();
+    let document = axum::body::Bytes::from(openapi::to_json(&openapi::document(document)));
+    let routes = api
+        .route(
+            "/api/openapi.json",
+            axum::routing::get(move || async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    document,
+                )
+            }),
+        )
+        .merge(pages::router())
+        // Processed product images (the originals stay private).
+        .nest_service(
+            "/media/products",
+            tower_http::services::ServeDir::new(state.app.media_dir().join("products")),
+        );
+    layered(state, routes)
+}
+
+/// The JSON API's routes, each with its part of the OpenAPI document.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
         .merge(routes::ops::router())
         .merge(routes::accounts::router())
         .merge(routes::catalog::router())
@@ -140,13 +165,11 @@ pub fn app(state: AppState) -> Router {
         .merge(routes::pages::router())
         .merge(routes::notifications::router())
         .merge(routes::users::router())
-        .merge(pages::router())
-        // Processed product images (the originals stay private).
-        .nest_service(
-            "/media/products",
-            tower_http::services::ServeDir::new(state.app.media_dir().join("products")),
-        );
-    layered(state, routes)
+}
+
+/// The OpenAPI 3.1 document of the JSON API, as `GET /api/openapi.json` serves it.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    openapi::document(api_routes().into_openapi())
 }
 
 /// `routes` behind the layers every bakery HTTP process shares (request id and

@@ -737,3 +737,70 @@ async fn only_trusted_proxies_speak_for_the_client() {
         "another client behind the same proxy is not slowed"
     );
 }
+
+/// Made-up ids cannot bypass the cache or fill it: an unknown product is read from
+/// the database once, then answered "not found" by the cache, and leaves no
+/// version counter behind (only an entry that expires in seconds).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_ids_are_answered_by_the_cache_and_mint_nothing() {
+    let up = Up::start(vec![("BAKERY_CACHE_URL".into(), harness::redis_url())], 1);
+    let http = client();
+    let id = 9_000_000_000u64 + u64::from(rand::random::<u16>());
+    let url = up.url(&format!("/api/products/{id}"));
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let answer = http.get(&url).send().await.unwrap();
+        let header = |name: &str| {
+            answer
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-")
+                .to_string()
+        };
+        seen.push((answer.status().as_u16(), header("x-cache"), header("x-db")));
+    }
+    assert_eq!(seen[0], (404, "miss".into(), "primary".into()), "{seen:?}");
+    for later in &seen[1..] {
+        assert_eq!(
+            later,
+            &(404, "hit".into(), "-".into()),
+            "later reads of an unknown id never reach the database: {seen:?}"
+        );
+    }
+    let mut redis = redis::Client::open(harness::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .expect("Redis is needed");
+    let counters: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*ver:Product:{id}"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(counters.is_empty(), "no counter minted: {counters:?}");
+    let entries: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("*Product:{id}"))
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1, "one short-lived entry: {entries:?}");
+    let ttl: i64 = redis::cmd("PTTL")
+        .arg(&entries[0])
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        (1..=10_000).contains(&ttl),
+        "the entry expires within seconds (PTTL {ttl} ms)"
+    );
+    // A product made afterwards is seen at once, not hidden by a cached absence.
+    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
+    let real = harness::create_product(&up.base, &admin, "Fresh rye", "New.", 500).await;
+    let answer = http
+        .get(up.url(&format!("/api/products/{real}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+}

@@ -20,6 +20,7 @@ mod images;
 mod jobs;
 mod lb;
 mod messaging;
+mod openapi;
 mod overload;
 mod replicas;
 mod sessions;

@@ -40,12 +40,10 @@ fn unique(name: &str) -> String {
 async fn read(cache: &Cache, key: &str, value: &str) -> (Option<String>, CacheResult) {
     let value = value.to_string();
     cache
-        .object::<String, String, _>(
-            &InFlight::default(),
-            key,
-            TTL,
-            async move { Ok(Some(value)) },
-        )
+        .object::<String, String, _, _>(&InFlight::default(), key, TTL, move || {
+            let value = value.clone();
+            async move { Ok(Some(value)) }
+        })
         .await
         .unwrap()
 }
@@ -95,19 +93,27 @@ async fn an_update_in_place_is_read_back_and_an_invalidation_rebuilds() {
 async fn a_slow_fill_that_started_before_a_write_never_brings_old_data_back() {
     for cache in engines().await {
         let key = unique("Product");
+        // The key has a counter (it was written before), so the fill builds once.
+        cache.incr(&format!("ver:{key}")).await.unwrap();
         let (release, wait) = tokio::sync::oneshot::channel::<()>();
         let (started, building) = tokio::sync::oneshot::channel::<()>();
+        let held = std::sync::Arc::new(tokio::sync::Mutex::new(Some((started, wait))));
         // The fill reads "old" from the database, then is held up...
         let slow = {
             let (cache, key) = (cache.clone(), key.clone());
             tokio::spawn(async move {
-                let build = async move {
-                    let _ = started.send(());
-                    let _ = wait.await;
-                    Ok::<_, String>(Some("old".to_string()))
+                let build = move || {
+                    let held = held.clone();
+                    async move {
+                        if let Some((started, wait)) = held.lock().await.take() {
+                            let _ = started.send(());
+                            let _ = wait.await;
+                        }
+                        Ok::<_, String>(Some("old".to_string()))
+                    }
                 };
                 cache
-                    .object::<String, String, _>(&InFlight::default(), &key, TTL, build)
+                    .object::<String, String, _, _>(&InFlight::default(), &key, TTL, build)
                     .await
             })
         };
@@ -134,17 +140,22 @@ async fn concurrent_misses_in_one_process_build_once() {
         let key = unique("Product");
         let builds = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let inflight = InFlight::default();
+        // The key has a counter (it was written before), so each build is one read.
+        cache.incr(&format!("ver:{key}")).await.unwrap();
         let reads = (0..50).map(|_| {
             let (cache, key, builds, inflight) =
                 (cache.clone(), key.clone(), builds.clone(), inflight.clone());
             async move {
-                let build = async move {
-                    builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    Ok::<_, String>(Some("built".to_string()))
+                let build = move || {
+                    let builds = builds.clone();
+                    async move {
+                        builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        Ok::<_, String>(Some("built".to_string()))
+                    }
                 };
                 cache
-                    .object::<String, String, _>(&inflight, &key, TTL, build)
+                    .object::<String, String, _, _>(&inflight, &key, TTL, build)
                     .await
                     .unwrap()
             }
@@ -339,12 +350,15 @@ async fn a_hot_object_is_refreshed_before_it_expires() {
         // at 0, ~2 and ~4 s.
         while started.elapsed() < Duration::from_millis(4500) {
             let builds = builds.clone();
-            let build = async move {
-                builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                Ok::<_, String>(Some("fresh".to_string()))
+            let build = move || {
+                let builds = builds.clone();
+                async move {
+                    builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    Ok::<_, String>(Some("fresh".to_string()))
+                }
             };
             let (value, outcome) = cache
-                .object::<String, String, _>(&inflight, &key, ttl, build)
+                .object::<String, String, _, _>(&inflight, &key, ttl, build)
                 .await
                 .unwrap();
             assert_eq!(value.as_deref(), Some("fresh"));
@@ -376,7 +390,7 @@ async fn a_value_of_another_shape_is_rebuilt_not_an_error() {
         );
         let inflight = InFlight::default();
         let now = cache
-            .object::<u64, String, _>(&inflight, &key, TTL, async { Ok(Some(42)) })
+            .object::<u64, String, _, _>(&inflight, &key, TTL, || async { Ok(Some(42)) })
             .await;
         assert_eq!(
             now,
@@ -385,7 +399,7 @@ async fn a_value_of_another_shape_is_rebuilt_not_an_error() {
             cache.engine()
         );
         let again = cache
-            .object::<u64, String, _>(&inflight, &key, TTL, async { Ok(Some(0)) })
+            .object::<u64, String, _, _>(&inflight, &key, TTL, || async { Ok(Some(0)) })
             .await;
         assert_eq!(
             again,
@@ -394,4 +408,228 @@ async fn a_value_of_another_shape_is_rebuilt_not_an_error() {
             cache.engine()
         );
     }
+}
+
+/// A read of `key` whose build answers `value`, counting its builds in `builds`.
+async fn read_counted(
+    cache: &Cache,
+    key: &str,
+    value: Option<&str>,
+    builds: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> (Option<String>, CacheResult) {
+    let (value, builds) = (value.map(str::to_string), builds.clone());
+    cache
+        .object::<String, String, _, _>(&InFlight::default(), key, TTL, move || {
+            builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let value = value.clone();
+            async move { Ok(value) }
+        })
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_unknown_id_is_cached_briefly_as_not_found_and_mints_no_counter() {
+    use std::sync::atomic::Ordering::SeqCst;
+    for cache in engines().await {
+        let engine = cache.engine();
+        let key = unique("Product");
+        let builds = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        assert_eq!(
+            read_counted(&cache, &key, None, &builds).await,
+            (None, CacheResult::Miss)
+        );
+        for _ in 0..3 {
+            assert_eq!(
+                read_counted(&cache, &key, None, &builds).await,
+                (None, CacheResult::Hit),
+                "{engine}: the absence is a hit"
+            );
+        }
+        assert_eq!(builds.load(SeqCst), 1, "{engine}: one database read");
+        let counter = cache.get_many(&[format!("ver:{key}")]).await.unwrap();
+        assert_eq!(counter[0], None, "{engine}: no counter minted");
+
+        // The object is created: its write ends the "not found" at once.
+        cache.update_object(&key, &"made".to_string(), TTL).await;
+        assert_eq!(
+            read_counted(&cache, &key, None, &builds).await,
+            (Some("made".into()), CacheResult::Hit),
+            "{engine}"
+        );
+
+        // Deleted: absent again, under the key's counter, and a hit from then on.
+        cache.invalidate_object(&key).await;
+        assert_eq!(
+            read_counted(&cache, &key, None, &builds).await,
+            (None, CacheResult::Miss)
+        );
+        assert_eq!(
+            read_counted(&cache, &key, Some("not asked"), &builds).await,
+            (None, CacheResult::Hit),
+            "{engine}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_key_without_a_counter_that_exists_is_stored_under_a_new_counter() {
+    use std::sync::atomic::Ordering::SeqCst;
+    for cache in engines().await {
+        let engine = cache.engine();
+        let key = unique("Product");
+        let builds = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        assert_eq!(
+            read_counted(&cache, &key, Some("rye"), &builds).await,
+            (Some("rye".into()), CacheResult::Miss)
+        );
+        // Read once to learn it exists, once more under the counter made in between.
+        assert_eq!(builds.load(SeqCst), 2, "{engine}");
+        let counter = cache.get_many(&[format!("ver:{key}")]).await.unwrap();
+        assert!(counter[0].is_some(), "{engine}: a counter now");
+        assert_eq!(
+            read_counted(&cache, &key, Some("not asked"), &builds).await,
+            (Some("rye".into()), CacheResult::Hit),
+            "{engine}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_value_too_large_for_the_engine_is_served_uncached_and_counted() {
+    let metrics = bakery_telemetry::Metrics::install();
+    let too_large = |text: &str| -> f64 {
+        text.lines()
+            .filter(|l| l.starts_with("bakery_cache_too_large_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    for cache in engines().await {
+        let engine = cache.engine();
+        let key = unique("Product");
+        cache.incr(&format!("ver:{key}")).await.unwrap();
+        let big = "x".repeat(cache.max_value_bytes() + 1);
+        let before = too_large(&metrics.render());
+        let builds = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        for _ in 0..2 {
+            let (value, outcome) = read_counted(&cache, &key, Some(&big), &builds).await;
+            assert_eq!(value.map(|v| v.len()), Some(big.len()), "{engine}: served");
+            assert_eq!(outcome, CacheResult::Miss, "{engine}: never stored");
+        }
+        assert_eq!(
+            too_large(&metrics.render()) - before,
+            2.0,
+            "{engine}: each refusal counted"
+        );
+        // A value within the limit is still stored.
+        let small = unique("Product");
+        read(&cache, &small, "rye").await;
+        assert_eq!(
+            read(&cache, &small, "not asked").await.1,
+            CacheResult::Hit,
+            "{engine}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_abandoned_fill_still_ends_releases_what_it_holds_and_stores_its_value() {
+    for cache in engines().await {
+        let engine = cache.engine();
+        let key = unique("Product");
+        cache.incr(&format!("ver:{key}")).await.unwrap();
+        // One permit: the database connection the fill holds while it reads.
+        let connections = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+        let inflight = InFlight::default();
+        let build = {
+            let connections = connections.clone();
+            move || {
+                let connections = connections.clone();
+                async move {
+                    let _connection = connections.acquire_owned().await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, String>(Some("slow".to_string()))
+                }
+            }
+        };
+        // Its only request gives up long before the fill ends (a request timeout).
+        let abandoned = tokio::time::timeout(
+            Duration::from_millis(50),
+            cache.object::<String, String, _, _>(&inflight, &key, TTL, build),
+        )
+        .await;
+        assert!(abandoned.is_err(), "{engine}: the request gave up");
+        assert!(
+            bakery_testkit::eventually(Duration::from_secs(3), async || {
+                connections.available_permits() == 1
+            })
+            .await,
+            "{engine}: the abandoned fill ended and let its connection go"
+        );
+        assert_eq!(
+            cache
+                .object::<String, String, _, _>(&inflight, &key, TTL, || async {
+                    Ok(Some("not asked".to_string()))
+                })
+                .await
+                .unwrap(),
+            (Some("slow".into()), CacheResult::Hit),
+            "{engine}: and stored what it built"
+        );
+    }
+}
+
+#[tokio::test]
+async fn failed_invalidations_are_owed_once_per_key_and_made_when_the_cache_is_back() {
+    let redis = bakery_testkit::redis_url();
+    let target: std::net::SocketAddr = redis
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap_or_else(|_| panic!("the test Redis URL is redis://host:port, not {redis}"));
+    let proxy = bakery_testkit::proxy::CuttableProxy::start(target).await;
+    let namespace = unique("ns");
+    // Short: every write during the cut waits this long for the cache.
+    let timeout = Duration::from_millis(20);
+    let through_proxy = Cache::connect(
+        &CacheUrl::Redis(format!("redis://{}", proxy.addr)),
+        timeout,
+        1000,
+        &namespace,
+    )
+    .await
+    .unwrap();
+    let direct = Cache::connect(&CacheUrl::Redis(redis), timeout, 1000, &namespace)
+        .await
+        .unwrap();
+    let key = unique("Product");
+    read(&through_proxy, &key, "before").await;
+    assert_eq!(read(&direct, &key, "x").await.1, CacheResult::Hit);
+
+    proxy.cut();
+    for _ in 0..100 {
+        through_proxy.invalidate_object(&key).await;
+    }
+    for i in 0..10 {
+        through_proxy.invalidate_tables(&[&format!("t{i}")]).await;
+    }
+    assert_eq!(
+        through_proxy.pending_bumps(),
+        11,
+        "100 failed writes to one key owe one bump, 10 tables one each"
+    );
+
+    proxy.restore().await;
+    assert!(
+        bakery_testkit::eventually(Duration::from_secs(10), async || {
+            through_proxy.pending_bumps() == 0
+        })
+        .await,
+        "every owed bump made once the cache is back"
+    );
+    assert_eq!(
+        read(&direct, &key, "after").await,
+        (Some("after".into()), CacheResult::Miss),
+        "the value cached before the writes is not served again"
+    );
 }

@@ -2,28 +2,31 @@
 //! (contract: "Accounts"). The operations are the application's; this module
 //! adds what is HTTP's: the session and its cookie.
 
-use axum::Router;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use bakery_app::accounts::{AccountChange, Credentials, SignUp};
 use bakery_core::User;
-use serde_json::json;
 
 use std::time::Duration;
 
 use bakery_session::Limit;
 
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{CurrentUser, Json, client_ip};
+use crate::openapi::{
+    Conflict, CrossSite, JsonBody, NeedsSession, RateLimited, Unavailable, UserEnvelope,
+};
 use crate::{AppState, session_cookie};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/users", post(sign_up))
-        .route("/api/session", post(log_in).delete(log_out))
-        .route("/api/me", get(me).patch(change_me))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(sign_up))
+        .routes(routes!(log_in, log_out))
+        .routes(routes!(me, change_me))
 }
 
 /// Failed logins from one address: 30 at once, then one every 2 s.
@@ -69,6 +72,9 @@ pub async fn limit_sign_ups(state: &AppState, headers: &HeaderMap) -> ApiResult<
     Ok(())
 }
 
+/// A new account; log in afterwards.
+#[utoipa::path(post, path = "/api/users", operation_id = "sign_up", tag = "accounts", request_body = SignUp,
+    responses((status = 201, body = User, description = "created"), JsonBody, CrossSite, Conflict, RateLimited, Unavailable))]
 async fn sign_up(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -81,6 +87,11 @@ async fn sign_up(
     Ok((StatusCode::CREATED, axum::Json(user)).into_response())
 }
 
+/// Logs in: a fresh `bakery_session` cookie.
+#[utoipa::path(post, path = "/api/session", operation_id = "log_in", tag = "accounts", request_body = Credentials,
+    responses((status = 200, body = UserEnvelope, description = "logged in", headers(("set-cookie" = String, description = "the new session"))),
+        JsonBody, CrossSite, RateLimited, Unavailable,
+        (status = 401, body = crate::openapi::ErrorBody, description = "that username and password do not match")))]
 async fn log_in(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -89,7 +100,7 @@ async fn log_in(
     let (user, set_cookie) = start_session(&state, &headers, &input).await?;
     Ok((
         [(header::SET_COOKIE, set_cookie)],
-        axum::Json(json!({ "user": user })),
+        axum::Json(UserEnvelope { user }),
     )
         .into_response())
 }
@@ -134,6 +145,9 @@ pub async fn start_session(
     Ok((user, session_cookie::set(&id, state.cookie_secure(headers))))
 }
 
+/// Logs out: the session ends on the server, its id is refused afterwards.
+#[utoipa::path(delete, path = "/api/session", operation_id = "log_out", tag = "accounts",
+    responses((status = 204, description = "logged out"), CrossSite, Unavailable))]
 async fn log_out(State(state): State<AppState>, headers: HeaderMap) -> ApiResult<Response> {
     end_session(&state, &headers).await?;
     Ok((
@@ -154,10 +168,17 @@ pub async fn end_session(state: &AppState, headers: &HeaderMap) -> ApiResult<()>
     Ok(())
 }
 
+#[utoipa::path(get, path = "/api/me", operation_id = "me", tag = "accounts", security(("session" = [])),
+    responses((status = 200, body = User, description = "OK"), NeedsSession, Unavailable))]
 async fn me(current: CurrentUser) -> axum::Json<User> {
     axum::Json(current.user)
 }
 
+/// Changes my username, email or password; the last two need `current_password`
+/// (403 `wrong_password`), and a new password ends every other session.
+#[utoipa::path(patch, path = "/api/me", operation_id = "change_me", tag = "accounts", request_body = AccountChange,
+    security(("session" = [])),
+    responses((status = 200, body = UserEnvelope, description = "OK"), JsonBody, NeedsSession, Conflict, Unavailable))]
 async fn change_me(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -168,11 +189,13 @@ async fn change_me(
     let written = state.app.change_account(&current.user, change).await?;
     if new_password {
         let cookie = end_other_sessions(&state, &headers, &written).await?;
-        let body = axum::Json(json!({ "user": written.value }));
+        let body = axum::Json(UserEnvelope {
+            user: written.value,
+        });
         return Ok(([(header::SET_COOKIE, cookie)], body).into_response());
     }
     let (remembered, user) = current.remember(&state, written).await;
-    Ok((remembered, axum::Json(json!({ "user": user }))).into_response())
+    Ok((remembered, axum::Json(UserEnvelope { user })).into_response())
 }
 
 /// After a password change: every session of the user ends (whoever held one is

@@ -1,41 +1,44 @@
 //! The catalog (contract: "Catalog"): products with their price, description,
 //! images and reviews; admins change products, users write reviews.
 
-use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Query, State};
 use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
 use bakery_app::catalog::{ProductDraft, ProductEdit, ReviewDraft, ReviewEdit};
 use bakery_app::media::{UPLOAD_LIMIT, accepted};
+use bakery_core::catalog::{Product, ProductSummary, Review};
 use serde::Deserialize;
-use serde_json::json;
+use utoipa::IntoParams;
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{CurrentUser, Id, Json, MaybeUser};
+use crate::openapi::{
+    BadRequest, Conflict, JobAccepted, JsonBody, NeedsSession, NotFound, PageOf, Unavailable,
+};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/products", get(list).post(create))
-        .route("/api/products/{id}", get(show).patch(change).delete(remove))
-        .route("/api/products/{id}/reviews", get(reviews).post(review))
-        .route(
-            "/api/products/{id}/images",
-            post(upload_image).layer(DefaultBodyLimit::max(UPLOAD_LIMIT)),
-        )
-        .route(
-            "/api/reviews/{id}",
-            delete(remove_review).patch(edit_review),
-        )
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show, change, remove))
+        .routes(routes!(reviews, review))
+        .routes(routes!(upload_image).layer(DefaultBodyLimit::max(UPLOAD_LIMIT)))
+        .routes(routes!(remove_review, edit_review))
 }
 
-#[derive(Deserialize)]
+/// `?limit=&cursor=` of a paged list.
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
+    /// 1 to 100 (default 20).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 100)]
     limit: Option<String>,
+    /// The `next_cursor` of the previous page.
     cursor: Option<String>,
 }
 
@@ -43,7 +46,7 @@ impl Page {
     /// `limit` 1–100 (default 20) and `cursor` (the `next_cursor` of the previous page).
     pub fn parse(&self) -> ApiResult<(i64, i64)> {
         let limit = match self.limit.as_deref() {
-            None | Some("") => 20,
+            None => 20,
             Some(raw) => match raw.parse::<i64>() {
                 Ok(n) if (1..=100).contains(&n) => n,
                 _ => {
@@ -85,6 +88,9 @@ impl Page {
     }
 }
 
+/// The product list, a page at a time, in id order.
+#[utoipa::path(get, path = "/api/products", operation_id = "list_products", tag = "catalog", params(Page),
+    responses((status = 200, body = PageOf<ProductSummary>, description = "OK"), BadRequest, Unavailable))]
 async fn list(
     State(state): State<AppState>,
     MaybeUser(current): MaybeUser,
@@ -95,9 +101,13 @@ async fn list(
     let after = current.and_then(|c| c.lsn);
     let items = state.app.product_page(cursor, limit + 1, after).await?;
     let (items, next_cursor) = Page::cut(items, limit, |p| p.id);
-    Ok(axum::Json(json!({ "items": items, "next_cursor": next_cursor })).into_response())
+    Ok(axum::Json(PageOf { items, next_cursor }).into_response())
 }
 
+/// `Product:{id}`: the whole product, assembled once and served from the cache.
+#[utoipa::path(get, path = "/api/products/{id}", operation_id = "show_product", tag = "catalog",
+    params(("id" = i64, Path, minimum = 1)),
+    responses((status = 200, body = Product, description = "OK"), BadRequest, NotFound, Unavailable))]
 async fn show(
     State(state): State<AppState>,
     MaybeUser(current): MaybeUser,
@@ -116,6 +126,10 @@ async fn show(
         .into_response())
 }
 
+/// A new product (admin).
+#[utoipa::path(post, path = "/api/products", operation_id = "create_product", tag = "catalog", request_body = ProductDraft,
+    security(("session" = [])),
+    responses((status = 201, body = Product, description = "created"), JsonBody, NeedsSession, Conflict, Unavailable))]
 async fn create(
     State(state): State<AppState>,
     current: CurrentUser,
@@ -126,6 +140,11 @@ async fn create(
     Ok((StatusCode::CREATED, remembered, axum::Json(product)).into_response())
 }
 
+/// Changes a product's name, description or price (admin); the cached object is
+/// updated in place.
+#[utoipa::path(patch, path = "/api/products/{id}", operation_id = "change_product", tag = "catalog", request_body = ProductEdit,
+    params(("id" = i64, Path, minimum = 1)), security(("session" = [])),
+    responses((status = 200, body = Product, description = "OK"), JsonBody, NeedsSession, NotFound, Conflict, Unavailable))]
 async fn change(
     State(state): State<AppState>,
     current: CurrentUser,
@@ -137,6 +156,10 @@ async fn change(
     Ok((remembered, axum::Json(product)).into_response())
 }
 
+/// Deletes a product with its reviews and images (admin).
+#[utoipa::path(delete, path = "/api/products/{id}", operation_id = "delete_product", tag = "catalog",
+    params(("id" = i64, Path, minimum = 1)), security(("session" = [])),
+    responses((status = 204, description = "deleted"), BadRequest, NeedsSession, NotFound, Unavailable))]
 async fn remove(
     State(state): State<AppState>,
     current: CurrentUser,
@@ -147,6 +170,10 @@ async fn remove(
     Ok((StatusCode::NO_CONTENT, remembered, ()).into_response())
 }
 
+/// A review of a product (user); one per user per product.
+#[utoipa::path(post, path = "/api/products/{id}/reviews", operation_id = "review_product", tag = "catalog", request_body = ReviewDraft,
+    params(("id" = i64, Path, minimum = 1)), security(("session" = [])),
+    responses((status = 201, body = Review, description = "created"), JsonBody, NeedsSession, NotFound, Conflict, Unavailable))]
 async fn review(
     State(state): State<AppState>,
     current: CurrentUser,
@@ -163,6 +190,9 @@ async fn review(
 
 /// `GET /api/products/{id}/reviews?limit=&cursor=`: every review, newest first, a
 /// page at a time (the product embeds only the newest 20).
+#[utoipa::path(get, path = "/api/products/{id}/reviews", operation_id = "list_reviews", tag = "catalog",
+    params(("id" = i64, Path, minimum = 1), Page),
+    responses((status = 200, body = PageOf<Review>, description = "OK"), BadRequest, NotFound, Unavailable))]
 async fn reviews(
     State(state): State<AppState>,
     MaybeUser(current): MaybeUser,
@@ -178,10 +208,13 @@ async fn reviews(
         .reviews_of(product_id, before, limit + 1, after)
         .await?;
     let (items, next_cursor) = Page::cut(items, limit, |r| r.id);
-    Ok(axum::Json(json!({ "items": items, "next_cursor": next_cursor })).into_response())
+    Ok(axum::Json(PageOf { items, next_cursor }).into_response())
 }
 
 /// `PATCH /api/reviews/{id}` `{rating?, body?}`: its author edits it.
+#[utoipa::path(patch, path = "/api/reviews/{id}", operation_id = "edit_review", tag = "catalog", request_body = ReviewEdit,
+    params(("id" = i64, Path, minimum = 1)), security(("session" = [])),
+    responses((status = 200, body = Review, description = "OK"), JsonBody, NeedsSession, NotFound, Unavailable))]
 async fn edit_review(
     State(state): State<AppState>,
     current: CurrentUser,
@@ -193,6 +226,10 @@ async fn edit_review(
     Ok((remembered, axum::Json(review)).into_response())
 }
 
+/// Deletes a review (its author or an admin).
+#[utoipa::path(delete, path = "/api/reviews/{id}", operation_id = "delete_review", tag = "catalog",
+    params(("id" = i64, Path, minimum = 1)), security(("session" = [])),
+    responses((status = 204, description = "deleted"), BadRequest, NeedsSession, NotFound, Unavailable))]
 async fn remove_review(
     State(state): State<AppState>,
     current: CurrentUser,
@@ -205,6 +242,14 @@ async fn remove_review(
 
 /// `POST /api/products/{id}/images` (admin): the body is the image; 202 `{job_id}`
 /// once it is stored and queued (processing is a worker's job).
+#[utoipa::path(post, path = "/api/products/{id}/images", operation_id = "upload_image", tag = "catalog",
+    params(("id" = i64, Path, minimum = 1)), security(("session" = [])),
+    request_body(description = "the image, at most 10 MiB", content((Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"))),
+    responses((status = 202, body = JobAccepted, description = "stored and queued for the workers"),
+        BadRequest, NeedsSession, NotFound, Unavailable,
+        (status = 413, body = crate::openapi::ErrorBody, description = "over 10 MiB"),
+        (status = 415, body = crate::openapi::ErrorBody, description = "not image/png or image/jpeg"),
+        (status = 422, body = crate::openapi::ErrorBody, description = "an image too large in pixels to process")))]
 async fn upload_image(
     State(state): State<AppState>,
     current: CurrentUser,
@@ -245,7 +290,7 @@ async fn upload_image(
     Ok((
         StatusCode::ACCEPTED,
         remembered,
-        axum::Json(json!({ "job_id": job_id })),
+        axum::Json(JobAccepted { job_id }),
     )
         .into_response())
 }

@@ -1,24 +1,35 @@
 //! Operations: `/api/ping`, `/healthz`, `/metrics` (contract: "Operations").
 
+use axum::Json;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
 use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
+use crate::openapi::Pong;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/ping", get(ping))
+/// `/api/ping` is in the API document; `/healthz` and `/metrics` are every
+/// process's own, for the load balancer and Prometheus.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(ping))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
 }
 
 /// The cheapest proxied route: touches no store.
+#[utoipa::path(get, path = "/api/ping", operation_id = "ping", tag = "operations",
+    responses((status = 200, body = Pong, description = "OK")))]
 async fn ping(State(state): State<AppState>) -> Response {
-    Json(json!({"pong": true, "id": &*state.id})).into_response()
+    Json(Pong {
+        pong: true,
+        id: &state.id,
+    })
+    .into_response()
 }
 
 /// 200 when this clone can serve; 503 while draining (so the load balancer stops

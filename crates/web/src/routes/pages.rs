@@ -1,22 +1,27 @@
 //! Staff pages (contract: "Jobs, notifications, pages"): `PUT /api/pages/{slug}`
 //! stores the Markdown and answers 202 with the job that renders it for the edge.
 
-use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::routing::put;
 use bakery_app::pages::PageDraft;
-use serde_json::json;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::ApiResult;
 use crate::extract::{CurrentUser, Json};
+use crate::openapi::{JobAccepted, JsonBody, NeedsSession, Unavailable};
 
-pub fn router() -> Router<AppState> {
-    Router::new().route("/api/pages/{slug}", put(put_page))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(put_page))
 }
 
+/// Stores a staff page (admin) and queues its render; the load balancer serves it
+/// at `/pages/{slug}` once rendered.
+#[utoipa::path(put, path = "/api/pages/{slug}", operation_id = "put_page", tag = "pages", request_body = PageDraft,
+    params(("slug" = String, Path, pattern = "^[a-z0-9-]{1,64}$")), security(("session" = [])),
+    responses((status = 202, body = JobAccepted, description = "accepted"), JsonBody, NeedsSession, Unavailable))]
 async fn put_page(
     State(state): State<AppState>,
     current: CurrentUser,
@@ -28,7 +33,7 @@ async fn put_page(
     Ok((
         StatusCode::ACCEPTED,
         remembered,
-        axum::Json(json!({ "job_id": id })),
+        axum::Json(JobAccepted { job_id: id }),
     )
         .into_response())
 }

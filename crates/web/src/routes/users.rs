@@ -1,21 +1,32 @@
 //! Public profiles: who a user is and what they reviewed. Both are cached queries,
 //! so after a rename every page showing the user's name shows the new one.
 
-use axum::Router;
 use axum::extract::{Path, Query, State};
-use axum::routing::get;
 use bakery_core::Profile;
-use serde_json::json;
+use bakery_core::catalog::UserReview;
+use serde::Serialize;
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::MaybeUser;
+use crate::openapi::{BadRequest, NotFound, Unavailable};
 use crate::routes::catalog::Page;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/api/users/{username}", get(profile))
-        .route("/api/users/{username}/reviews", get(reviews))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(profile))
+        .routes(routes!(reviews))
+}
+
+/// A page of what a user reviewed, with who they are.
+#[derive(Serialize, ToSchema)]
+struct ReviewsOfUser {
+    user: Profile,
+    items: Vec<UserReview>,
+    next_cursor: Option<String>,
 }
 
 /// The profile named in the path; 404 when nobody is called that (or the name
@@ -29,6 +40,10 @@ pub async fn find(state: &AppState, current: &MaybeUser, username: &str) -> ApiR
         .ok_or_else(ApiError::not_found)
 }
 
+/// What anybody may see of a user.
+#[utoipa::path(get, path = "/api/users/{username}", operation_id = "show_profile", tag = "accounts",
+    params(("username" = String, Path)),
+    responses((status = 200, body = Profile, description = "OK"), NotFound, Unavailable))]
 async fn profile(
     State(state): State<AppState>,
     current: MaybeUser,
@@ -37,12 +52,16 @@ async fn profile(
     Ok(axum::Json(find(&state, &current, &username).await?))
 }
 
+/// What a user reviewed, newest first, a page at a time.
+#[utoipa::path(get, path = "/api/users/{username}/reviews", operation_id = "list_user_reviews", tag = "accounts",
+    params(("username" = String, Path), Page),
+    responses((status = 200, body = ReviewsOfUser, description = "OK"), BadRequest, NotFound, Unavailable))]
 async fn reviews(
     State(state): State<AppState>,
     current: MaybeUser,
     Path(username): Path<String>,
     query: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<axum::Json<serde_json::Value>> {
+) -> ApiResult<axum::Json<ReviewsOfUser>> {
     let Query(page) = query.map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))?;
     let (limit, cursor) = page.parse()?;
     let user = find(&state, &current, &username).await?;
@@ -54,7 +73,9 @@ async fn reviews(
         .user_reviews(user.id, before, limit + 1, after)
         .await?;
     let (items, next_cursor) = Page::cut(items, limit, |r| r.id);
-    Ok(axum::Json(
-        json!({ "user": user, "items": items, "next_cursor": next_cursor }),
-    ))
+    Ok(axum::Json(ReviewsOfUser {
+        user,
+        items,
+        next_cursor,
+    }))
 }
