@@ -1,26 +1,55 @@
 //! `bakery bench <scenario>`: load generation and reports. Every run ends with one
 //! line `result <json>` on stdout and writes its report folder under
 //! `$BAKERY_DATA_DIR/bench/`.
+//!
+//! - [`load`]: the load generator (open and closed models, HDR histograms)
+//! - [`scenarios`]: what each scenario prepares and sends
+//! - [`topology`]: the system under test, started by the bench (LB + N clones)
+//! - [`cgroup`], [`cpu`]: CPU budgets per process, and what each part used
+//! - [`usl`]: the Universal Scalability Law fit
+//! - [`plot`], [`html`]: charts (PNG, SVG) and the report page
+//! - [`jobs`], [`scale`]: the commands
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bakery_config::Config;
 
+pub mod cgroup;
+pub mod cpu;
+pub mod html;
 pub mod jobs;
+pub mod load;
+pub mod plot;
+pub mod scale;
+pub mod scenarios;
+pub mod topology;
+pub mod usl;
 
-/// Writes `results.json` into a fresh report folder and prints the `result` line.
-fn report(config: &Config, scenario: &str, result: &serde_json::Value) -> anyhow::Result<PathBuf> {
+/// A fresh report folder: `$BAKERY_DATA_DIR/bench/<name>-<time>/`.
+pub fn report_dir(config: &Config, name: &str) -> anyhow::Result<PathBuf> {
     let dir = config.data_dir.join("bench").join(format!(
-        "{scenario}-{}",
+        "{name}-{}",
         bakery_core::clock::to_rfc3339(bakery_core::now_millis()).replace(':', "-")
     ));
     std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// Writes `results.json` into `dir` and prints the `report` and `result` lines.
+pub fn write_result(dir: &Path, result: &serde_json::Value) -> anyhow::Result<()> {
     std::fs::write(
         dir.join("results.json"),
         serde_json::to_string_pretty(result)?,
     )?;
     println!("report {}", dir.display());
     println!("result {result}");
+    Ok(())
+}
+
+/// Writes `results.json` into a fresh report folder and prints the `result` line.
+fn report(config: &Config, scenario: &str, result: &serde_json::Value) -> anyhow::Result<PathBuf> {
+    let dir = report_dir(config, scenario)?;
+    write_result(&dir, result)?;
     Ok(dir)
 }
 
@@ -31,4 +60,18 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let rank = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
     sorted[rank.min(sorted.len() - 1)]
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
 }

@@ -100,6 +100,17 @@ async fn forward(
         record_request(route, status.as_u16());
         lb.stamp(reply::error(status, code, message))
     };
+    // Answered before the body was read whole: the connection cannot carry another
+    // request (the unread rest would be taken for one), so the client is told it
+    // closes rather than finding out on its next request.
+    let refused = |status: StatusCode, code: &str, message: &str| {
+        let mut response = own(status, code, message);
+        response.headers_mut().insert(
+            hyper::header::CONNECTION,
+            hyper::header::HeaderValue::from_static("close"),
+        );
+        response
+    };
 
     let (parts, body) = req.into_parts();
     // The body first, under its own limit and deadline, and before the request takes
@@ -108,7 +119,7 @@ async fn forward(
     // also lets a request whose connection failed go to another backend.
     let limit = body_limit(&lb.config, parts.uri.path());
     if content_length(&parts.headers).is_some_and(|length| length > limit as u64) {
-        return own(
+        return refused(
             StatusCode::PAYLOAD_TOO_LARGE,
             "body_too_large",
             "the request body is too large",
@@ -120,21 +131,21 @@ async fn forward(
         match read.await {
             Ok(Ok(collected)) => collected.to_bytes(),
             Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-                return own(
+                return refused(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "body_too_large",
                     "the request body is too large",
                 );
             }
             Ok(Err(_)) => {
-                return own(
+                return refused(
                     StatusCode::BAD_REQUEST,
                     "bad_body",
                     "the request body could not be read",
                 );
             }
             Err(_) => {
-                return own(
+                return refused(
                     StatusCode::REQUEST_TIMEOUT,
                     "body_timeout",
                     "the request body did not arrive in time",

@@ -23,7 +23,7 @@ use bakery_config::ConfigError;
 use http::Method;
 use tokio_util::sync::CancellationToken;
 
-mod child;
+pub mod child;
 mod probe;
 
 use child::{ChildSpec, Launcher, Role, Running};

@@ -11,6 +11,7 @@ use bakery_testkit::proxy;
 mod accounts;
 mod attacks;
 mod bad_input;
+mod bench;
 mod caches;
 mod cli;
 mod clones;

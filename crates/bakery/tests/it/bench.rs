@@ -1,0 +1,132 @@
+//! `bakery bench`: short smoke runs of the lab (seconds each, not timed): the
+//! report folder and the `result` line exist and are sane. The figures themselves
+//! are for the benchmark runs in docs/benchmarks.md.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::harness;
+
+/// Runs `bakery bench <args>` on embedded defaults in `data`; (exit code, stdout, stderr).
+async fn bench(data: &harness::TempDir, args: &[&str]) -> (Option<i32>, String, String) {
+    let env = harness::embedded_env(data);
+    let args: Vec<String> = std::iter::once("bench".to_string())
+        .chain(args.iter().map(|a| a.to_string()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        harness::run_output(&args, env)
+    })
+    .await
+    .unwrap()
+}
+
+/// The `result` line (the last line of stdout) and the report folder it names.
+fn result_of(out: &str) -> (Value, PathBuf) {
+    let line = out
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("result "))
+        .unwrap_or_else(|| panic!("no result line last: {out}"));
+    let dir = out
+        .lines()
+        .find_map(|l| l.strip_prefix("report "))
+        .unwrap_or_else(|| panic!("no report line: {out}"));
+    (serde_json::from_str(line).unwrap(), PathBuf::from(dir))
+}
+
+fn is_png(path: &Path) -> bool {
+    std::fs::read(path).is_ok_and(|bytes| bytes.starts_with(b"\x89PNG\r\n\x1a\n"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_scale_measures_each_point_fits_the_usl_and_writes_its_report() {
+    let data = harness::TempDir::new();
+    let (code, out, err) = bench(
+        &data,
+        &[
+            "scale",
+            "--clones",
+            "1,2,3",
+            "--cpu-per-clone",
+            "0.5",
+            "--scenario",
+            "ping",
+            "--connections-per-clone",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.3",
+            "--rounds",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let (result, dir) = result_of(&out);
+    assert_eq!(result["scenario"], "ping");
+    let points = result["points"].as_array().unwrap();
+    assert_eq!(
+        points
+            .iter()
+            .map(|p| p["clones"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    for point in points {
+        assert!(point["rps"].as_f64().unwrap() > 0.0, "{point}");
+        assert!(point["p99_ms"].as_f64().unwrap() > 0.0, "{point}");
+        assert_eq!(point["errors"], 0, "{point}");
+        assert!(point["saturated"].is_string());
+    }
+    assert!(result["efficiency"]["2"].as_f64().unwrap() > 0.0);
+    assert!(result["efficiency"]["3"].as_f64().unwrap() > 0.0);
+    let usl = &result["usl"];
+    for key in ["sigma", "kappa", "r2"] {
+        assert!(usl[key].as_f64().is_some(), "usl.{key} in {usl}");
+    }
+    assert!(usl["sigma"].as_f64().unwrap() >= 0.0 && usl["kappa"].as_f64().unwrap() >= 0.0);
+    assert_eq!(result["cgroup"], "v1", "the budgets were applied");
+
+    for file in [
+        "results.json",
+        "points.csv",
+        "rounds.json",
+        "index.html",
+        "throughput.svg",
+    ] {
+        assert!(dir.join(file).is_file(), "{file} in {}", dir.display());
+    }
+    for png in ["throughput.png", "latency.png", "cpu.png"] {
+        assert!(is_png(&dir.join(png)), "{png} is a PNG");
+    }
+    let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
+    assert!(html.contains("throughput.svg") && html.contains("<table>"));
+    let csv = std::fs::read_to_string(dir.join("points.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "a header and three points:\n{csv}");
+    assert!(
+        !Path::new("/sys/fs/cgroup/cpu")
+            .read_dir()
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("bakery-bench-")),
+        "every cgroup the run made is gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_scale_refuses_what_it_cannot_measure_in_one_line() {
+    let data = harness::TempDir::new();
+    for (args, variable) in [
+        (&["scale", "--clones", "2,4"][..], "--clones"),
+        (&["scale", "--scenario", "nope"][..], "--scenario"),
+        (&["scale", "--cpu-per-clone", "0"][..], "--cpu-per-clone"),
+    ] {
+        let (code, out, err) = bench(&data, args).await;
+        assert_eq!(code, Some(2), "{args:?}: {out}{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+        assert!(err.contains(variable), "{args:?} names {variable}: {err}");
+    }
+}

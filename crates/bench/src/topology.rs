@@ -1,0 +1,206 @@
+//! The system under test, started by the bench itself: a load balancer in front
+//! of N web clones (`bakery lb`, `bakery web`), each optionally in a CPU budget of
+//! its own, all on one deployment of the lab (its own data directory, so a run
+//! never touches the operator's data; databases and stores named in the
+//! environment are used as they are).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use bakery_config::Config;
+use bakery_supervisor::child::{ChildSpec, Launcher, Role, Running};
+
+use crate::cgroup::{Budgets, Group};
+
+/// What every topology of one bench run shares.
+pub struct Lab {
+    pub launcher: Launcher,
+    /// The lab deployment's configuration (as its processes see it).
+    pub config: Config,
+    pub budgets: Option<Budgets>,
+    /// The run's report folder.
+    pub dir: PathBuf,
+}
+
+impl Lab {
+    /// A lab writing its report under `$BAKERY_DATA_DIR/bench/<name>-<time>/`,
+    /// its embedded stores in `data/` there; `budgets` when CPU shares are asked for.
+    pub async fn open(
+        config_file: Option<PathBuf>,
+        config: &Config,
+        name: &str,
+        budgets: bool,
+    ) -> anyhow::Result<Self> {
+        let dir = crate::report_dir(config, name)?;
+        let data = dir.join("data");
+        std::fs::create_dir_all(&data)?;
+        let env = vec![
+            ("BAKERY_DATA_DIR".to_string(), data.display().to_string()),
+            ("BAKERY_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
+            // The processes' own logs would drown the progress bar; BAKERY_LOG still wins.
+            (
+                "BAKERY_LOG".into(),
+                std::env::var("BAKERY_LOG").unwrap_or_else(|_| "warn".into()),
+            ),
+        ];
+        let lab_config = Config::from_layers(
+            config_file.as_deref(),
+            std::env::vars().chain(env.iter().cloned()),
+        )?;
+        bakery_db::bootstrap(&lab_config, true).await?;
+        let budgets = if budgets {
+            Some(Budgets::open()?)
+        } else {
+            None
+        };
+        Ok(Self {
+            launcher: Launcher {
+                exe: std::env::current_exe()?,
+                config_file,
+                env,
+            },
+            config: lab_config,
+            budgets,
+            dir,
+        })
+    }
+}
+
+/// The lab's admin (its own deployment, so its own password).
+pub const ADMIN_PASSWORD: &str = "bench-admin-password";
+
+/// How many clones, and what CPU each part gets (`None`: no budget).
+#[derive(Clone, Debug, Default)]
+pub struct Shape {
+    pub clones: usize,
+    pub cpu_per_clone: Option<f64>,
+    pub cpu_lb: Option<f64>,
+    /// More environment for the clones (e.g. `BAKERY_CACHE_URL=none`).
+    pub clone_env: Vec<(String, String)>,
+}
+
+pub struct Topology {
+    pub lb: Running,
+    pub clones: Vec<Running>,
+    _groups: Vec<Group>,
+}
+
+impl Topology {
+    pub async fn start(lab: &Lab, shape: &Shape) -> anyhow::Result<Self> {
+        let mut groups = Vec::new();
+        let mut clones = Vec::new();
+        let mut launcher = lab.launcher.clone();
+        launcher.env.extend(shape.clone_env.iter().cloned());
+        for i in 1..=shape.clones {
+            let spec = ChildSpec {
+                role: Role::Web,
+                id: format!("web-{i}"),
+                listen: "127.0.0.1:0".into(),
+                args: vec![],
+            };
+            let clone = launcher.start(&spec).await?;
+            if let (Some(budgets), Some(cpus)) = (&lab.budgets, shape.cpu_per_clone) {
+                let group = budgets.group(&spec.id, cpus)?;
+                group.add(clone.pid)?;
+                groups.push(group);
+            }
+            clones.push(clone);
+        }
+        let mut args = vec![];
+        for (clone, i) in clones.iter().zip(1..) {
+            args.push("--backend".to_string());
+            args.push(format!("web=web-{i}@{}", clone.addr));
+        }
+        let lb = lab
+            .launcher
+            .start(&ChildSpec {
+                role: Role::Lb,
+                id: "lb-1".into(),
+                listen: "127.0.0.1:0".into(),
+                args,
+            })
+            .await?;
+        if let (Some(budgets), Some(cpus)) = (&lab.budgets, shape.cpu_lb) {
+            let group = budgets.group("lb-1", cpus)?;
+            group.add(lb.pid)?;
+            groups.push(group);
+        }
+        let topology = Self {
+            lb,
+            clones,
+            _groups: groups,
+        };
+        topology.wait_healthy().await?;
+        Ok(topology)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.lb.addr
+    }
+
+    pub fn base(&self) -> String {
+        format!("http://{}", self.lb.addr)
+    }
+
+    pub fn clone_pids(&self) -> Vec<u32> {
+        self.clones.iter().map(|c| c.pid).collect()
+    }
+
+    /// Until the load balancer counts every clone healthy.
+    async fn wait_healthy(&self) -> anyhow::Result<()> {
+        let http = reqwest::Client::new();
+        let url = format!("{}/lb/backends", self.base());
+        for _ in 0..150 {
+            if let Ok(answer) = http.get(&url).send().await
+                && let Ok(body) = answer.json::<serde_json::Value>().await
+            {
+                let healthy = body["pools"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p["name"] == "web")
+                    .flat_map(|p| p["backends"].as_array().cloned().unwrap_or_default())
+                    .filter(|b| b["healthy"] == true)
+                    .count();
+                if healthy == self.clones.len() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::bail!("the load balancer did not see its clones healthy within 15 s")
+    }
+
+    /// Stops the load balancer, then the clones.
+    pub async fn stop(mut self) {
+        self.lb.stop(Duration::from_secs(10)).await;
+        for clone in &mut self.clones {
+            clone.stop(Duration::from_secs(10)).await;
+        }
+    }
+}
+
+/// Logs `username` in through `base`; the `bakery_session=...` cookie pair.
+pub async fn log_in(base: &str, username: &str, password: &str) -> anyhow::Result<String> {
+    let answer = reqwest::Client::new()
+        .post(format!("{base}/api/session"))
+        .json(&serde_json::json!({"username": username, "password": password}))
+        .send()
+        .await?;
+    anyhow::ensure!(
+        answer.status().is_success(),
+        "logging {username} in: {}",
+        answer.status()
+    );
+    answer
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with("bakery_session="))
+        .and_then(|v| v.split(';').next())
+        .map(str::to_string)
+        .context("a login sets bakery_session")
+}
