@@ -9,6 +9,7 @@
 #   RabbitMQ       127.0.0.1:5672, guest/guest (the broker on RabbitMQ)
 #   aiosmtpd       the Python SMTP server each mail test starts on a port of its own
 #   schemathesis   the OpenAPI fuzzer the API test runs against a live system
+#   nginx, fonts   the load balancer the bench compares with; a font for its plots
 #
 # Services are started as the machine's own daemons (detached, logging to files),
 # so nothing started here holds the caller's output open.
@@ -175,6 +176,12 @@ schemathesis() {
   log "schemathesis is ready"
 }
 
+bench_tools() {
+  command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || apt_install nginx-light
+  [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_install fonts-dejavu-core
+  log "nginx and fonts are ready"
+}
+
 postgres
 replica
 room_for_tests
@@ -183,3 +190,4 @@ memcached_nodes
 rabbitmq
 smtp_server
 schemathesis
+bench_tools

@@ -152,6 +152,48 @@ enum BenchScenario {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// Latency of one request alone, then at rising arrival rates (open model,
+    /// coordinated omission corrected): where the knee is.
+    Latency {
+        #[arg(long, default_value = "product")]
+        scenario: String,
+        #[arg(long, default_value_t = 2)]
+        clones: usize,
+        #[arg(long)]
+        cpu_per_clone: Option<f64>,
+        #[arg(long)]
+        cpu_lb: Option<f64>,
+        /// Arrival rates (req/s); default: 10 % to 110 % of the measured maximum.
+        #[arg(long, value_delimiter = ',')]
+        rates: Vec<f64>,
+        /// Connections the open model sends on.
+        #[arg(long, default_value_t = 64)]
+        connections: usize,
+        #[arg(long, default_value_t = 8.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+    },
+    /// Our load balancer against nginx before the same clones, rounds alternating.
+    Lb {
+        #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
+        connections: Vec<usize>,
+        #[arg(long, default_value_t = 3)]
+        clones: usize,
+        /// Cores each balancer may use (and its workers: one per core of it).
+        #[arg(long)]
+        cpu_lb: Option<f64>,
+        #[arg(long, default_value = "ping")]
+        scenario: String,
+        #[arg(long, default_value_t = 8.0)]
+        duration: f64,
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
 }
 
 #[derive(Subcommand)]
@@ -209,7 +251,12 @@ fn main() -> ExitCode {
         Err(error) => return fail_config(&error),
     };
     bakery_telemetry::init_logging(&config.log);
-    let runtime = match tokio::runtime::Runtime::new() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if config.runtime_threads > 0 {
+        builder.worker_threads(config.runtime_threads);
+    }
+    let runtime = match builder.build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("bakery: cannot start the async runtime: {error}");
@@ -357,6 +404,58 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                 config_file: cli.config.clone(),
             };
             bakery_bench::scale::run(&config, options).await
+        }
+        Command::Bench {
+            scenario:
+                BenchScenario::Latency {
+                    scenario,
+                    clones,
+                    cpu_per_clone,
+                    cpu_lb,
+                    rates,
+                    connections,
+                    duration,
+                    warmup,
+                    rounds,
+                },
+        } => {
+            let options = bakery_bench::latency::Options {
+                scenario,
+                clones,
+                cpu_per_clone,
+                cpu_lb,
+                rates,
+                connections,
+                duration: seconds("--duration", duration)?,
+                warmup: seconds("--warmup", warmup)?,
+                rounds,
+                config_file: cli.config.clone(),
+            };
+            bakery_bench::latency::run(&config, options).await
+        }
+        Command::Bench {
+            scenario:
+                BenchScenario::Lb {
+                    connections,
+                    clones,
+                    cpu_lb,
+                    scenario,
+                    duration,
+                    warmup,
+                    rounds,
+                },
+        } => {
+            let options = bakery_bench::lb::Options {
+                connections,
+                clones,
+                cpu_lb,
+                scenario,
+                duration: seconds("--duration", duration)?,
+                warmup: seconds("--warmup", warmup)?,
+                rounds,
+                config_file: cli.config.clone(),
+            };
+            bakery_bench::lb::run(&config, options).await
         }
         Command::Dead { command } => dead(&config, command).await,
         Command::Migrate => {

@@ -8,7 +8,7 @@
 //! - [`cgroup`], [`cpu`]: CPU budgets per process, and what each part used
 //! - [`usl`]: the Universal Scalability Law fit
 //! - [`plot`], [`html`]: charts (PNG, SVG) and the report page
-//! - [`jobs`], [`scale`]: the commands
+//! - [`jobs`], [`scale`], [`latency`], [`lb`]: the commands
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +18,8 @@ pub mod cgroup;
 pub mod cpu;
 pub mod html;
 pub mod jobs;
+pub mod latency;
+pub mod lb;
 pub mod load;
 pub mod plot;
 pub mod scale;

@@ -108,36 +108,38 @@ where
         .x_label_area_size(44)
         .y_label_area_size(72);
     if chart.log_y {
-        let mut c = builder
+        let c = builder
             .build_cartesian_2d(0f64..x_max, (y_min * 0.8..y_max * 1.5).log_scale())
             .map_err(err)?;
-        c.configure_mesh()
-            .x_desc(chart.x)
-            .y_desc(chart.y)
-            .label_style(("sans-serif", 14))
-            .draw()
-            .map_err(err)?;
-        for (i, series) in chart.series.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
-            add(&mut c, series, color)?;
-        }
-        legend(&mut c)
+        fill(c, chart)
     } else {
-        let mut c = builder
+        let c = builder
             .build_cartesian_2d(0f64..x_max, 0f64..y_max)
             .map_err(err)?;
-        c.configure_mesh()
-            .x_desc(chart.x)
-            .y_desc(chart.y)
-            .label_style(("sans-serif", 14))
-            .draw()
-            .map_err(err)?;
-        for (i, series) in chart.series.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()];
-            add(&mut c, series, color)?;
-        }
-        legend(&mut c)
+        fill(c, chart)
     }
+}
+
+/// The mesh, every series and the legend, on either kind of y axis.
+fn fill<'a, DB, X, Y>(mut c: ChartContext<'a, DB, Cartesian2d<X, Y>>, chart: &Chart) -> anyhow::Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    X: Ranged<ValueType = f64, FormatOption = plotters::coord::ranged1d::DefaultFormatting>
+        + plotters::coord::ranged1d::ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64, FormatOption = plotters::coord::ranged1d::DefaultFormatting>
+        + plotters::coord::ranged1d::ValueFormatter<f64>,
+{
+    c.configure_mesh()
+        .x_desc(chart.x)
+        .y_desc(chart.y)
+        .label_style(("sans-serif", 14))
+        .draw()
+        .map_err(err)?;
+    for (i, series) in chart.series.iter().enumerate() {
+        add(&mut c, series, COLORS[i % COLORS.len()])?;
+    }
+    legend(&mut c)
 }
 
 fn add<'a, DB, X, Y>(

@@ -276,13 +276,15 @@ fn summarise(n: usize, connections: usize, rounds: &[Round], shape: &Shape) -> P
     }
 }
 
-/// Names the resource that limited a point: a part at ≥ 90 % of its budget, or
-/// the machine itself when everything shares its cores.
+/// Names the resource that limited a point: a part at ≥ 80 % of its CPU budget
+/// (a throttled group seldom shows more: its periods end in stalls), or the
+/// machine itself at ≥ 90 % when everything shares its cores.
 fn saturated(clones: f64, lb: f64, machine: f64, shape: &Shape) -> String {
+    const BUDGET_FULL: f64 = 0.8;
     const FULL: f64 = 0.9;
-    if shape.cpu_per_clone.is_some() && clones >= FULL {
+    if shape.cpu_per_clone.is_some() && clones >= BUDGET_FULL {
         "clone CPU".into()
-    } else if shape.cpu_lb.is_some() && lb >= FULL {
+    } else if shape.cpu_lb.is_some() && lb >= BUDGET_FULL {
         "load balancer CPU".into()
     } else if machine >= FULL {
         "the machine's cores (shared by every part)".into()

@@ -93,6 +93,13 @@ impl Topology {
         let mut clones = Vec::new();
         let mut launcher = lab.launcher.clone();
         launcher.env.extend(shape.clone_env.iter().cloned());
+        if let Some(cpus) = shape.cpu_per_clone {
+            // As many runtime threads as cores it may use: more only wake to wait.
+            launcher.env.push((
+                "BAKERY_RUNTIME_THREADS".into(),
+                (cpus.ceil() as usize).max(1).to_string(),
+            ));
+        }
         for i in 1..=shape.clones {
             let spec = ChildSpec {
                 role: Role::Web,

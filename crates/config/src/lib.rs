@@ -133,6 +133,11 @@ pub struct Config {
     #[serde(rename = "job_lease_secs", deserialize_with = "secs")]
     pub job_lease: Duration,
     pub lb: LbConfig,
+    /// Threads of each process's async runtime; 0 = one per core. A process given
+    /// a share of a core (a container's CPU limit, the bench's budgets) wastes it
+    /// waking threads that cannot run: one thread per core it may use fits.
+    #[serde(deserialize_with = "values::number")]
+    pub runtime_threads: usize,
     /// A `tracing` filter, e.g. `info` or `bakery_lb=debug`.
     pub log: String,
 }
@@ -167,6 +172,7 @@ impl Default for Config {
             broker_lease: Duration::from_secs(30),
             outbox_sweep_after: Duration::from_millis(3000),
             worker_concurrency: 4,
+            runtime_threads: 0,
             job_lease: Duration::from_secs(30),
             lb: LbConfig::default(),
             log: "info".to_string(),
@@ -204,6 +210,10 @@ pub struct LbConfig {
     /// In-flight requests beyond which new ones wait (up to `queue_timeout`) for a slot.
     #[serde(deserialize_with = "values::number")]
     pub max_inflight: usize,
+    /// Worker threads (each accepts and proxies on a runtime of its own, as nginx's
+    /// worker processes do); 0 = one per core.
+    #[serde(deserialize_with = "values::number")]
+    pub workers: usize,
     #[serde(rename = "queue_timeout_ms", deserialize_with = "millis")]
     pub queue_timeout: Duration,
     #[serde(rename = "connect_timeout_ms", deserialize_with = "millis")]
@@ -242,6 +252,7 @@ impl Default for LbConfig {
             trusted_proxies: Vec::new(),
             max_header_bytes: 64 << 10,
             max_inflight: 4096,
+            workers: 0,
             queue_timeout: Duration::from_millis(2000),
             connect_timeout: Duration::from_millis(1000),
             upstream_timeout: Duration::from_secs(60),

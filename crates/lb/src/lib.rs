@@ -192,9 +192,10 @@ pub async fn run(
     let listener = listener.into_std()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let admin_server = tokio::spawn(admin::serve(lb.clone(), admin_listener, stop_rx.clone()));
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let threads = match config.lb.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     let workers = (0..threads)
         .map(|n| {
             let (lb, listener, stop) = (lb.clone(), listener.try_clone()?, stop_rx.clone());

@@ -171,11 +171,15 @@ async fn forward(
         },
     };
 
-    let mut headers =
-        upstream_headers(&parts.headers, peer, request_id, &lb.config.trusted_proxies);
-    if edge_miss {
-        headers.insert(edge::MISS_HEADER, HeaderValue::from_static("1"));
-    }
+    // Made for each attempt (a retry is rare): no copy kept for one.
+    let headers_for_upstream = || {
+        let mut headers =
+            upstream_headers(&parts.headers, peer, request_id, &lb.config.trusted_proxies);
+        if edge_miss {
+            headers.insert(edge::MISS_HEADER, HeaderValue::from_static("1"));
+        }
+        headers
+    };
     let path_and_query = parts
         .uri
         .path_and_query()
@@ -211,7 +215,7 @@ async fn forward(
                 );
             }
         };
-        *upstream.headers_mut() = headers.clone();
+        *upstream.headers_mut() = headers_for_upstream();
 
         let inflight = backend.start_request();
         let outcome = tokio::time::timeout(
@@ -375,10 +379,19 @@ fn upstream_headers(
     // A trusted proxy's word on the client and the scheme is kept; anyone else's is
     // replaced (this edge itself speaks plain HTTP).
     let from_proxy = trusted.iter().any(|net| net.contains(&peer.ip()));
+    let peer_ip = HeaderValue::from_str(&client_ip(peer)).ok();
+    if !from_proxy {
+        // The common case: the peer is the client, named once for both headers.
+        if let Some(ip) = peer_ip {
+            out.insert("x-forwarded-for", ip.clone());
+            out.insert(CLIENT_IP, ip);
+        }
+        out.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+        return out;
+    }
     let forwarded_for = match incoming
         .get("x-forwarded-for")
         .and_then(|v| v.to_str().ok())
-        .filter(|_| from_proxy)
     {
         Some(earlier) => format!("{earlier}, {}", client_ip(peer)),
         None => client_ip(peer),
@@ -388,7 +401,7 @@ fn upstream_headers(
     }
     let proto = incoming
         .get("x-forwarded-proto")
-        .filter(|v| from_proxy && v.as_bytes().eq_ignore_ascii_case(b"https"))
+        .filter(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
         .map_or("http", |_| "https");
     out.insert("x-forwarded-proto", HeaderValue::from_static(proto));
     if let Ok(value) = HeaderValue::from_str(&client_address(incoming, peer, trusted).to_string()) {

@@ -130,3 +130,78 @@ async fn bench_scale_refuses_what_it_cannot_measure_in_one_line() {
         assert!(err.contains(variable), "{args:?} names {variable}: {err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_latency_measures_alone_then_each_rate() {
+    let data = harness::TempDir::new();
+    let (code, out, err) = bench(
+        &data,
+        &[
+            "latency",
+            "--scenario",
+            "ping",
+            "--clones",
+            "1",
+            "--rates",
+            "100,300",
+            "--connections",
+            "4",
+            "--duration",
+            "1.5",
+            "--warmup",
+            "0.3",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let (result, dir) = result_of(&out);
+    assert_eq!(result["scenario"], "ping");
+    assert!(result["alone"]["p99_ms"].as_f64().unwrap() > 0.0);
+    let points = result["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    for (point, rate) in points.iter().zip([100.0, 300.0]) {
+        assert_eq!(point["rate"].as_f64(), Some(rate));
+        let served = point["rps"].as_f64().unwrap();
+        // An open model serves what it offers when the system keeps up (a
+        // generous band: a shared, noisy machine).
+        assert!(served > rate * 0.7 && served < rate * 1.1, "{point}");
+        assert!(point["p99_ms"].as_f64().unwrap() >= point["p50_ms"].as_f64().unwrap());
+    }
+    assert!(is_png(&dir.join("latency.png")));
+    assert!(dir.join("index.html").is_file());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_lb_measures_ours_and_nginx_before_the_same_clones() {
+    let data = harness::TempDir::new();
+    let (code, out, err) = bench(
+        &data,
+        &[
+            "lb",
+            "--connections",
+            "4,8",
+            "--clones",
+            "1",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.3",
+            "--rounds",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let (result, dir) = result_of(&out);
+    assert_eq!(result["scenario"], "lb");
+    let points = result["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    for point in points {
+        for key in ["ours_rps", "nginx_rps", "ours_p99_ms", "nginx_p99_ms"] {
+            assert!(point[key].as_f64().unwrap() > 0.0, "{key} in {point}");
+        }
+        assert_eq!(point["ours_errors"], 0, "{point}");
+        assert_eq!(point["nginx_errors"], 0, "{point}");
+    }
+    assert!(is_png(&dir.join("throughput.png")));
+}

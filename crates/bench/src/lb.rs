@@ -1,0 +1,396 @@
+//! `bakery bench lb --connections 16,64,256 [--cpu-lb C]`: our load balancer
+//! against nginx (installed from Debian when missing), in front of the same
+//! clones, on the same scenario (`ping` by default: the cheapest proxied route,
+//! so the balancer's own cost shows). Rounds alternate which goes first; with
+//! `--cpu-lb` both get the same CPU budget and one worker per core of it.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use bakery_config::{Config, ConfigError};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use serde_json::json;
+use tokio::process::{Child, Command};
+
+use crate::load::{self, Model, Plan};
+use crate::plot::{self, Chart, Series, Style};
+use crate::scenarios::Scenario;
+use crate::topology::{Lab, Shape, Topology};
+use crate::{html, median};
+
+pub struct Options {
+    pub connections: Vec<usize>,
+    pub clones: usize,
+    pub cpu_lb: Option<f64>,
+    pub scenario: String,
+    pub duration: Duration,
+    pub warmup: Duration,
+    pub rounds: usize,
+    pub config_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+struct Side {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+}
+
+pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
+    let scenario = Scenario::parse(&options.scenario).ok_or_else(|| {
+        ConfigError::new("--scenario", format!("expected one of {}", Scenario::names()))
+    })?;
+    if options.connections.is_empty() || options.connections.contains(&0) {
+        return Err(ConfigError::new("--connections", "a list of connection counts, each at least 1").into());
+    }
+    if options.cpu_lb.is_some_and(|c| !(0.01..=64.0).contains(&c)) {
+        return Err(ConfigError::new("--cpu-lb", "a share of cores from 0.01 to 64").into());
+    }
+    if options.rounds == 0 || options.clones == 0 {
+        return Err(ConfigError::new("--rounds", "--rounds and --clones are at least 1").into());
+    }
+    let nginx = nginx_binary().await?;
+    let mut lab = Lab::open(
+        options.config_file.clone(),
+        config,
+        &format!("lb-{}", scenario.name()),
+        options.cpu_lb.is_some(),
+    )
+    .await?;
+    // Ours gets as many worker threads as nginx gets worker processes.
+    let workers = options
+        .cpu_lb
+        .map_or(crate::cpu::cores(), |c| c.ceil())
+        .max(1.0) as usize;
+    lab.launcher
+        .env
+        .push(("BAKERY_LB_WORKERS".into(), workers.to_string()));
+    let shape = Shape {
+        clones: options.clones,
+        cpu_per_clone: None,
+        cpu_lb: options.cpu_lb,
+        clone_env: scenario.clone_env(),
+    };
+    let ours = Topology::start(&lab, &shape).await?;
+    let mix = scenario.prepare(&lab, &ours.base()).await?;
+    let clone_addrs: Vec<String> = ours.clones.iter().map(|c| c.addr.to_string()).collect();
+    let theirs = Nginx::start(&nginx, &lab, &clone_addrs, workers, options.cpu_lb).await?;
+
+    let targets = [("bakery", ours.addr()), ("nginx", theirs.addr)];
+    let total = options.connections.len() * options.rounds * targets.len();
+    let bar = ProgressBar::new(total as u64).with_style(
+        ProgressStyle::with_template("{msg:>22} [{bar:30}] {pos}/{len} runs ({elapsed})")?
+            .progress_chars("=> "),
+    );
+    let mut runs: Vec<(usize, &str, Side)> = Vec::new();
+    for &c in &options.connections {
+        for round in 0..options.rounds {
+            let mut order = targets.to_vec();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for (name, addr) in order {
+                bar.set_message(format!("{name} at {c} conns"));
+                let plan = Plan {
+                    model: Model::Closed { connections: c },
+                    warmup: options.warmup,
+                    duration: options.duration,
+                };
+                let m = load::run(addr, &mix, plan).await?;
+                runs.push((
+                    c,
+                    name,
+                    Side {
+                        rps: m.rps(),
+                        p50_ms: m.ms(0.5),
+                        p99_ms: m.ms(0.99),
+                        errors: m.errors,
+                    },
+                ));
+                bar.inc(1);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    theirs.stop().await;
+    ours.stop().await;
+
+    let side = |c: usize, name: &str| {
+        let of = |f: fn(&Side) -> f64| {
+            median(
+                runs.iter()
+                    .filter(|(rc, n, _)| *rc == c && *n == name)
+                    .map(|(_, _, s)| f(s))
+                    .collect(),
+            )
+        };
+        Side {
+            rps: of(|s| s.rps),
+            p50_ms: of(|s| s.p50_ms),
+            p99_ms: of(|s| s.p99_ms),
+            errors: runs
+                .iter()
+                .filter(|(rc, n, _)| *rc == c && *n == name)
+                .map(|(_, _, s)| s.errors)
+                .sum(),
+        }
+    };
+    let points: Vec<_> = options
+        .connections
+        .iter()
+        .map(|&c| (c, side(c, "bakery"), side(c, "nginx")))
+        .collect();
+    let mut table = vec![
+        [
+            "connections", "ours req/s", "nginx req/s", "ours / nginx", "ours p50 / p99 ms",
+            "nginx p50 / p99 ms",
+        ]
+        .map(String::from)
+        .to_vec(),
+    ];
+    for (c, o, n) in &points {
+        table.push(vec![
+            c.to_string(),
+            format!("{:.0}", o.rps),
+            format!("{:.0}", n.rps),
+            format!("{:.3}", o.rps / n.rps.max(f64::MIN_POSITIVE)),
+            format!("{:.2} / {:.2}", o.p50_ms, o.p99_ms),
+            format!("{:.2} / {:.2}", n.p50_ms, n.p99_ms),
+        ]);
+    }
+    for row in &table {
+        eprintln!("{}", row.join(" | "));
+    }
+    let charts = draw(&lab.dir, scenario, &points)?;
+    std::fs::write(
+        lab.dir.join("runs.json"),
+        serde_json::to_string_pretty(&runs)?,
+    )?;
+    html::write(
+        &lab.dir,
+        &format!("bench lb — ours against nginx, {}", scenario.name()),
+        &html::Page {
+            summary: vec![format!(
+                "{} clone(s) behind each; closed model; {} round(s) of {:.0} s (after {:.0} s of warm-up) per side and connection count, alternating which side goes first; CPU for each balancer: {} ({} worker(s) each).",
+                options.clones,
+                options.rounds,
+                options.duration.as_secs_f64(),
+                options.warmup.as_secs_f64(),
+                options.cpu_lb.map_or("unlimited".into(), |c| format!("{c} core")),
+                workers
+            )],
+            table,
+            charts,
+            files: vec!["results.json".into(), "runs.json".into()],
+        },
+    )?;
+    let result = json!({
+        "scenario": "lb",
+        "requests": scenario.name(),
+        "clones": options.clones,
+        "cpu_lb": options.cpu_lb,
+        "workers": workers,
+        "points": points.iter().map(|(c, o, n)| json!({
+            "connections": c,
+            "ours_rps": o.rps.round(), "nginx_rps": n.rps.round(),
+            "ours_p99_ms": (o.p99_ms * 1000.0).round() / 1000.0,
+            "nginx_p99_ms": (n.p99_ms * 1000.0).round() / 1000.0,
+            "ratio": (o.rps / n.rps.max(f64::MIN_POSITIVE) * 1000.0).round() / 1000.0,
+            "ours_errors": o.errors, "nginx_errors": n.errors,
+        })).collect::<Vec<_>>(),
+    });
+    crate::write_result(&lab.dir, &result)
+}
+
+fn draw(dir: &Path, scenario: Scenario, points: &[(usize, Side, Side)]) -> anyhow::Result<Vec<String>> {
+    let series = |name: &str, f: &dyn Fn(&(usize, Side, Side)) -> f64| Series {
+        name: name.into(),
+        points: points.iter().map(|p| (p.0 as f64, f(p))).collect(),
+        style: Style::LineAndPoints,
+    };
+    plot::draw(
+        dir,
+        "throughput",
+        &Chart {
+            title: &format!("{}: requests/s through each balancer", scenario.name()),
+            x: "connections",
+            y: "requests/s",
+            series: vec![series("bakery lb", &|p| p.1.rps), series("nginx", &|p| p.2.rps)],
+            log_y: false,
+        },
+    )?;
+    plot::draw(
+        dir,
+        "p99",
+        &Chart {
+            title: &format!("{}: p99 latency through each balancer", scenario.name()),
+            x: "connections",
+            y: "ms",
+            series: vec![
+                series("bakery lb", &|p| p.1.p99_ms),
+                series("nginx", &|p| p.2.p99_ms),
+            ],
+            log_y: false,
+        },
+    )?;
+    Ok(vec!["throughput".into(), "p99".into()])
+}
+
+/// nginx's path, installing Debian's `nginx-light` (or `nginx`) when missing.
+async fn nginx_binary() -> anyhow::Result<PathBuf> {
+    let find = || {
+        ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+    };
+    if let Some(path) = find() {
+        return Ok(path);
+    }
+    eprintln!("installing nginx (Debian) for the comparison");
+    let _ = Command::new("apt-get")
+        .args(["update", "-qq"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .await;
+    for package in ["nginx-light", "nginx"] {
+        let _ = Command::new("apt-get")
+            .args(["install", "-y", "-qq", package])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .await;
+        if let Some(path) = find() {
+            return Ok(path);
+        }
+    }
+    Err(ConfigError::new("nginx", "not installed and apt-get could not install it").into())
+}
+
+/// nginx in front of the same clones, configured as a load balancer should be
+/// (keep-alive upstreams, least connections, no access log), in the foreground.
+struct Nginx {
+    child: Child,
+    addr: std::net::SocketAddr,
+    _group: Option<crate::cgroup::Group>,
+}
+
+impl Nginx {
+    async fn start(
+        binary: &Path,
+        lab: &Lab,
+        clones: &[String],
+        workers: usize,
+        cpus: Option<f64>,
+    ) -> anyhow::Result<Self> {
+        let dir = lab.dir.join("nginx");
+        std::fs::create_dir_all(&dir)?;
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let servers: String = clones
+            .iter()
+            .map(|a| format!("    server {a};\n"))
+            .collect();
+        let conf = format!(
+            "worker_processes {workers};\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
+             events {{ worker_connections 8192; }}\n\
+             http {{\n  access_log off;\n  upstream web {{\n    least_conn;\n{servers}    keepalive 256;\n  }}\n\
+             \x20 server {{\n    listen {addr};\n    location / {{\n      proxy_pass http://web;\n      proxy_http_version 1.1;\n\
+             \x20     proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n\
+             \x20     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      proxy_set_header X-Request-Id $request_id;\n\
+             \x20     proxy_next_upstream error timeout;\n    }}\n  }}\n}}\n",
+            dir = dir.display()
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf)?;
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()?;
+        let master = child.id().unwrap_or(0);
+        // Ready when it answers through to a clone.
+        let http = reqwest::Client::new();
+        let mut ready = false;
+        for _ in 0..100 {
+            if http
+                .get(format!("http://{addr}/api/ping"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                ready = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        anyhow::ensure!(ready, "nginx did not answer within 10 s (see {})", dir.display());
+        let group = match (&lab.budgets, cpus) {
+            (Some(budgets), Some(cpus)) => {
+                let group = budgets.group("nginx", cpus)?;
+                for pid in std::iter::once(master).chain(children(master)) {
+                    group.add(pid)?;
+                }
+                Some(group)
+            }
+            _ => None,
+        };
+        Ok(Self {
+            child,
+            addr,
+            _group: group,
+        })
+    }
+
+    async fn stop(mut self) {
+        if let Some(pid) = self.child.id() {
+            // QUIT: a graceful stop of nginx's master and workers.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGQUIT,
+            );
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+/// The processes whose parent is `pid` (nginx's workers).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|child| {
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')?
+                        .1
+                        .split_whitespace()
+                        .nth(1)?
+                        .parse::<u32>()
+                        .ok()
+                })
+                == Some(pid)
+        })
+        .collect()
+}
