@@ -50,7 +50,10 @@ const KNEE_FACTOR: f64 = 3.0;
 
 pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     let scenario = Scenario::parse(&options.scenario).ok_or_else(|| {
-        ConfigError::new("--scenario", format!("expected one of {}", Scenario::names()))
+        ConfigError::new(
+            "--scenario",
+            format!("expected one of {}", Scenario::names()),
+        )
     })?;
     if options.clones == 0 {
         return Err(ConfigError::new("--clones", "at least 1").into());
@@ -59,7 +62,9 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         return Err(ConfigError::new("--rates", "positive requests per second").into());
     }
     if options.rounds == 0 || options.connections == 0 {
-        return Err(ConfigError::new("--rounds", "--rounds and --connections are at least 1").into());
+        return Err(
+            ConfigError::new("--rounds", "--rounds and --connections are at least 1").into(),
+        );
     }
     let budgeted = options.cpu_per_clone.is_some() || options.cpu_lb.is_some();
     let lab = Lab::open(
@@ -131,9 +136,16 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     let knee = knee(&alone, &points);
     let charts = draw(&lab, scenario, &alone, &points)?;
     let mut table = vec![
-        ["offered req/s", "served req/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"]
-            .map(String::from)
-            .to_vec(),
+        [
+            "offered req/s",
+            "served req/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "errors",
+        ]
+        .map(String::from)
+        .to_vec(),
     ];
     for p in std::iter::once(&alone).chain(&points) {
         table.push(vec![

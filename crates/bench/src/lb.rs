@@ -41,10 +41,17 @@ struct Side {
 
 pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     let scenario = Scenario::parse(&options.scenario).ok_or_else(|| {
-        ConfigError::new("--scenario", format!("expected one of {}", Scenario::names()))
+        ConfigError::new(
+            "--scenario",
+            format!("expected one of {}", Scenario::names()),
+        )
     })?;
     if options.connections.is_empty() || options.connections.contains(&0) {
-        return Err(ConfigError::new("--connections", "a list of connection counts, each at least 1").into());
+        return Err(ConfigError::new(
+            "--connections",
+            "a list of connection counts, each at least 1",
+        )
+        .into());
     }
     if options.cpu_lb.is_some_and(|c| !(0.01..=64.0).contains(&c)) {
         return Err(ConfigError::new("--cpu-lb", "a share of cores from 0.01 to 64").into());
@@ -145,7 +152,11 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         .collect();
     let mut table = vec![
         [
-            "connections", "ours req/s", "nginx req/s", "ours / nginx", "ours p50 / p99 ms",
+            "connections",
+            "ours req/s",
+            "nginx req/s",
+            "ours / nginx",
+            "ours p50 / p99 ms",
             "nginx p50 / p99 ms",
         ]
         .map(String::from)
@@ -179,7 +190,9 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
                 options.rounds,
                 options.duration.as_secs_f64(),
                 options.warmup.as_secs_f64(),
-                options.cpu_lb.map_or("unlimited".into(), |c| format!("{c} core")),
+                options
+                    .cpu_lb
+                    .map_or("unlimited".into(), |c| format!("{c} core")),
                 workers
             )],
             table,
@@ -205,7 +218,11 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     crate::write_result(&lab.dir, &result)
 }
 
-fn draw(dir: &Path, scenario: Scenario, points: &[(usize, Side, Side)]) -> anyhow::Result<Vec<String>> {
+fn draw(
+    dir: &Path,
+    scenario: Scenario,
+    points: &[(usize, Side, Side)],
+) -> anyhow::Result<Vec<String>> {
     let series = |name: &str, f: &dyn Fn(&(usize, Side, Side)) -> f64| Series {
         name: name.into(),
         points: points.iter().map(|p| (p.0 as f64, f(p))).collect(),
@@ -218,7 +235,10 @@ fn draw(dir: &Path, scenario: Scenario, points: &[(usize, Side, Side)]) -> anyho
             title: &format!("{}: requests/s through each balancer", scenario.name()),
             x: "connections",
             y: "requests/s",
-            series: vec![series("bakery lb", &|p| p.1.rps), series("nginx", &|p| p.2.rps)],
+            series: vec![
+                series("bakery lb", &|p| p.1.rps),
+                series("nginx", &|p| p.2.rps),
+            ],
             log_y: false,
         },
     )?;
@@ -336,7 +356,11 @@ impl Nginx {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        anyhow::ensure!(ready, "nginx did not answer within 10 s (see {})", dir.display());
+        anyhow::ensure!(
+            ready,
+            "nginx did not answer within 10 s (see {})",
+            dir.display()
+        );
         let group = match (&lab.budgets, cpus) {
             (Some(budgets), Some(cpus)) => {
                 let group = budgets.group("nginx", cpus)?;

@@ -121,14 +121,15 @@ where
 }
 
 /// The mesh, every series and the legend, on either kind of y axis.
-fn fill<'a, DB, X, Y>(mut c: ChartContext<'a, DB, Cartesian2d<X, Y>>, chart: &Chart) -> anyhow::Result<()>
+fn fill<'a, DB, X, Y>(
+    mut c: ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    chart: &Chart,
+) -> anyhow::Result<()>
 where
     DB: DrawingBackend + 'a,
     DB::ErrorType: 'static,
-    X: Ranged<ValueType = f64, FormatOption = plotters::coord::ranged1d::DefaultFormatting>
-        + plotters::coord::ranged1d::ValueFormatter<f64>,
-    Y: Ranged<ValueType = f64, FormatOption = plotters::coord::ranged1d::DefaultFormatting>
-        + plotters::coord::ranged1d::ValueFormatter<f64>,
+    X: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
+    Y: Ranged<ValueType = f64> + plotters::coord::ranged1d::ValueFormatter<f64>,
 {
     c.configure_mesh()
         .x_desc(chart.x)
