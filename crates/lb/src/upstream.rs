@@ -1,0 +1,186 @@
+//! Connections to the backends, driven inside the request's own task.
+//!
+//! hyper's pooled client gives every upstream connection a task of its own: a
+//! request goes from the client connection's task to that task and its response
+//! comes back, two wake-ups per request on top of the proxying (`perf` showed the
+//! load balancer spending half its time in the scheduler and the kernel's
+//! wake-ups). Here a request takes an idle connection from its worker's pool and
+//! drives it itself — writes the request, reads the response head and body — on
+//! the one task, as nginx does on its event loop, then puts it back.
+//!
+//! Responses with a known length up to [`BUFFERED_MAX`] are read whole that way
+//! (nearly every answer of a clone). Others (server-sent events, large files) hand
+//! their connection to a task of its own and stream, and that connection is not
+//! reused.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, header};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use crate::reply::Body;
+
+/// Largest response read whole before it is answered.
+const BUFFERED_MAX: u64 = 1 << 20;
+
+/// Idle connections kept per backend, per worker.
+const IDLE_MAX: usize = 1024;
+
+type Sender = http1::SendRequest<Full<Bytes>>;
+type Driver = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
+/// One worker thread's connections to the backends.
+pub struct Upstream {
+    idle: Mutex<HashMap<SocketAddr, Vec<Conn>>>,
+    connect_timeout: Duration,
+}
+
+struct Conn {
+    sender: Sender,
+    driver: Driver,
+}
+
+#[derive(Debug)]
+pub enum UpstreamError {
+    /// No connection could be made: nothing was sent.
+    Connect(String),
+    /// The exchange failed after connecting (the request may have been sent).
+    Exchange(hyper::Error),
+}
+
+impl UpstreamError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, Self::Connect(_))
+    }
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Connect(cause) => write!(f, "cannot connect: {cause}"),
+            Self::Exchange(error) => write!(f, "{error}"),
+        }
+    }
+}
+
+impl Upstream {
+    pub fn new(connect_timeout: Duration) -> Self {
+        Self {
+            idle: Mutex::new(HashMap::new()),
+            connect_timeout,
+        }
+    }
+
+    /// Sends `request` (origin-form URI, `Host` set) to `addr`; its response.
+    pub async fn request(
+        &self,
+        addr: SocketAddr,
+        request: Request<Full<Bytes>>,
+    ) -> Result<Response<Body>, UpstreamError> {
+        let mut conn = match self.checkout(addr) {
+            Some(conn) => conn,
+            None => self.connect(addr).await?,
+        };
+        let Conn { sender, driver } = &mut conn;
+        // Nothing is sent until the connection is ready: failing here, the request
+        // may go to another backend whatever its method.
+        let (ready, alive) = driven(driver, sender.ready()).await;
+        if let Err(error) = ready {
+            return Err(UpstreamError::Connect(error.to_string()));
+        }
+        if !alive {
+            return Err(UpstreamError::Connect("the connection closed".into()));
+        }
+        let (response, alive) = driven(driver, sender.try_send_request(request)).await;
+        let response = response.map_err(|mut error| match error.take_message() {
+            // Handed back unsent (the connection closed first): as good as unsent.
+            Some(_) => UpstreamError::Connect(error.into_error().to_string()),
+            None => UpstreamError::Exchange(error.into_error()),
+        })?;
+        let length = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if !alive || length.is_none_or(|n| n > BUFFERED_MAX) {
+            // Streamed: the connection drives itself from now on, and ends with
+            // this response (its sender is dropped).
+            let Conn { driver, .. } = conn;
+            tokio::spawn(async move {
+                let _ = driver.await;
+            });
+            return Ok(response.map(|body| body.boxed()));
+        }
+        let (parts, body) = response.into_parts();
+        let (collected, alive) = driven(driver, body.collect()).await;
+        let bytes = collected.map_err(UpstreamError::Exchange)?.to_bytes();
+        if alive {
+            self.checkin(addr, conn);
+        }
+        Ok(Response::from_parts(
+            parts,
+            Full::new(bytes).map_err(|never| match never {}).boxed(),
+        ))
+    }
+
+    fn checkout(&self, addr: SocketAddr) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let conns = idle.get_mut(&addr)?;
+        while let Some(mut conn) = conns.pop() {
+            // Let it read what arrived while it was idle: a backend that closed it
+            // (keep-alive timeout, restart) shows here, before anything is sent.
+            let waker = std::task::Waker::noop();
+            let mut cx = std::task::Context::from_waker(waker);
+            if Pin::new(&mut conn.driver).poll(&mut cx).is_pending() && !conn.sender.is_closed() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, addr: SocketAddr, conn: Conn) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let conns = idle.entry(addr).or_default();
+        if conns.len() < IDLE_MAX {
+            conns.push(conn);
+        }
+    }
+
+    async fn connect(&self, addr: SocketAddr) -> Result<Conn, UpstreamError> {
+        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| UpstreamError::Connect("timed out".into()))?
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, driver) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        Ok(Conn { sender, driver })
+    }
+}
+
+/// Runs `work` while driving the connection; (its output, whether the connection
+/// is still open). A connection that ends meanwhile ends `work` too (its sender
+/// and body channels close), so this never waits on a dead connection.
+async fn driven<T>(driver: &mut Driver, work: impl Future<Output = T>) -> (T, bool) {
+    let mut work = std::pin::pin!(work);
+    let mut alive = true;
+    let out = std::future::poll_fn(|cx| {
+        if alive && Pin::new(&mut *driver).poll(cx).is_ready() {
+            alive = false;
+        }
+        work.as_mut().poll(cx)
+    })
+    .await;
+    (out, alive)
+}
