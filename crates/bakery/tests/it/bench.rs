@@ -205,3 +205,48 @@ async fn bench_lb_measures_ours_and_nginx_before_the_same_clones() {
     }
     assert!(is_png(&dir.join("throughput.png")));
 }
+
+/// Every scenario prepares its data and is served without errors (a second each,
+/// through `bench latency` on one clone: the cheapest command that runs one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_scenario_prepares_and_is_served_without_errors() {
+    for scenario in [
+        "ping",
+        "product",
+        "product-uncached",
+        "product-page",
+        "edge",
+        "rsvp",
+        "browse",
+    ] {
+        let data = harness::TempDir::new();
+        let (code, out, err) = bench(
+            &data,
+            &[
+                "latency",
+                "--scenario",
+                scenario,
+                "--clones",
+                "1",
+                "--rates",
+                "50",
+                "--connections",
+                "2",
+                "--duration",
+                "1",
+                "--warmup",
+                "0",
+            ],
+        )
+        .await;
+        assert_eq!(code, Some(0), "{scenario}: {err}");
+        let (result, _) = result_of(&out);
+        assert_eq!(result["scenario"], scenario);
+        assert_eq!(result["alone"]["errors"], 0, "{scenario}: {result}");
+        assert!(
+            result["alone"]["rps"].as_f64().unwrap() > 0.0,
+            "{scenario}: {result}"
+        );
+        assert_eq!(result["points"][0]["errors"], 0, "{scenario}: {result}");
+    }
+}
