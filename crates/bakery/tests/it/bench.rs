@@ -36,6 +36,21 @@ fn result_of(out: &str) -> (Value, PathBuf) {
     (serde_json::from_str(line).unwrap(), PathBuf::from(dir))
 }
 
+/// The bench's cgroups present now (`bakery-bench-<pid>` under the cpu controller).
+fn bench_groups() -> Vec<String> {
+    let mut groups: Vec<String> = Path::new("/sys/fs/cgroup/cpu")
+        .read_dir()
+        .map(|dir| {
+            dir.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with("bakery-bench-"))
+                .collect()
+        })
+        .unwrap_or_default();
+    groups.sort();
+    groups
+}
+
 fn is_png(path: &Path) -> bool {
     std::fs::read(path).is_ok_and(|bytes| bytes.starts_with(b"\x89PNG\r\n\x1a\n"))
 }
@@ -43,6 +58,7 @@ fn is_png(path: &Path) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_scale_measures_each_point_fits_the_usl_and_writes_its_report() {
     let data = harness::TempDir::new();
+    let groups_before = bench_groups();
     let (code, out, err) = bench(
         &data,
         &[
@@ -106,12 +122,9 @@ async fn bench_scale_measures_each_point_fits_the_usl_and_writes_its_report() {
     assert!(html.contains("throughput.svg") && html.contains("<table>"));
     let csv = std::fs::read_to_string(dir.join("points.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4, "a header and three points:\n{csv}");
-    assert!(
-        !Path::new("/sys/fs/cgroup/cpu")
-            .read_dir()
-            .unwrap()
-            .flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with("bakery-bench-")),
+    assert_eq!(
+        bench_groups(),
+        groups_before,
         "every cgroup the run made is gone"
     );
 }
