@@ -3,17 +3,13 @@
 //! (one transaction each), waits until all have ended, and reports jobs/s (first
 //! enqueue to last end) and the end-to-end latency of each job (enqueued → ended).
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bakery_app::App;
 use bakery_config::{Config, ConfigError};
+use bakery_supervisor::child::{ChildSpec, Launcher, Role};
 use indicatif::{ProgressBar, ProgressStyle};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 use crate::{percentile, report};
 
@@ -39,9 +35,24 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     app.broker().check(config).await?;
     let payload = payload(&app, &options.kind).await?;
     eprintln!("starting {} worker(s)", options.workers);
+    let launcher = Launcher {
+        exe: std::env::current_exe()?,
+        config_file: options.config_file.clone(),
+        // Workers' own logs would drown the progress bar; BAKERY_LOG still wins.
+        env: vec![(
+            "BAKERY_LOG".into(),
+            std::env::var("BAKERY_LOG").unwrap_or_else(|_| "warn".into()),
+        )],
+    };
     let mut workers = Vec::new();
     for i in 1..=options.workers {
-        workers.push(start_worker(&options, i).await?);
+        let spec = ChildSpec {
+            role: Role::Worker,
+            id: format!("bench-worker-{i}"),
+            listen: "127.0.0.1:0".into(),
+            args: vec![],
+        };
+        workers.push(launcher.start(&spec).await?);
     }
 
     let bar = ProgressBar::new(options.jobs as u64).with_style(
@@ -86,7 +97,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     bar.finish();
     let ends = app.db().job_ends(first, last).await?;
     for worker in &mut workers {
-        stop(worker).await;
+        worker.stop(Duration::from_secs(15)).await;
     }
     let failed = ends
         .iter()
@@ -139,54 +150,4 @@ async fn payload(app: &App, kind: &str) -> anyhow::Result<serde_json::Value> {
     let original = "originals/bench.png".to_string();
     bakery_app::media::write_file(&app.media_dir().join(&original), &bytes).await?;
     Ok(json!({ "product_id": product, "original": original }))
-}
-
-async fn start_worker(options: &Options, i: usize) -> anyhow::Result<Child> {
-    let mut command = Command::new(std::env::current_exe()?);
-    if let Some(file) = &options.config_file {
-        command.arg("--config").arg(file);
-    }
-    let mut child = command
-        .args([
-            "worker",
-            "--listen",
-            "127.0.0.1:0",
-            "--id",
-            &format!("bench-worker-{i}"),
-        ])
-        // Workers' own logs would drown the progress bar; BAKERY_LOG still wins.
-        .env(
-            "BAKERY_LOG",
-            std::env::var("BAKERY_LOG").unwrap_or_else(|_| "warn".into()),
-        )
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow::anyhow!("no stdout"))?;
-    let mut lines = BufReader::new(stdout).lines();
-    while let Some(line) = lines.next_line().await? {
-        if line.starts_with("listening ") {
-            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return Ok(child);
-        }
-    }
-    anyhow::bail!("a worker exited before it listened")
-}
-
-async fn stop(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-    }
-    if tokio::time::timeout(Duration::from_secs(15), child.wait())
-        .await
-        .is_err()
-    {
-        let _ = child.kill().await;
-    }
 }
