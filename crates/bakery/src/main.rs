@@ -126,74 +126,12 @@ enum BenchScenario {
     /// One scenario through a load balancer in front of 1, 2, 4, ... clones, each
     /// with the same CPU budget: throughput, latency, efficiency, the Universal
     /// Scalability Law fitted, the saturated resource named, plots.
-    Scale {
-        /// Clone counts to measure (must include 1).
-        #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
-        clones: Vec<usize>,
-        /// Cores each clone may use (a cgroup quota), e.g. 0.25.
-        #[arg(long)]
-        cpu_per_clone: Option<f64>,
-        /// Cores the load balancer may use.
-        #[arg(long)]
-        cpu_lb: Option<f64>,
-        /// ping, product, product-uncached, product-page, edge, rsvp or browse.
-        #[arg(long, default_value = "product-page")]
-        scenario: String,
-        /// Concurrent connections per clone (closed model).
-        #[arg(long, default_value_t = 8)]
-        connections_per_clone: usize,
-        /// Seconds measured per round.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
-        /// Seconds of load before each round's measurement.
-        #[arg(long, default_value_t = 3.0)]
-        warmup: f64,
-        /// Rounds per point (the median is reported, with the spread).
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-    },
+    Scale(bakery_bench::scale::Options),
     /// Latency of one request alone, then at rising arrival rates (open model,
     /// coordinated omission corrected): where the knee is.
-    Latency {
-        #[arg(long, default_value = "product")]
-        scenario: String,
-        #[arg(long, default_value_t = 2)]
-        clones: usize,
-        #[arg(long)]
-        cpu_per_clone: Option<f64>,
-        #[arg(long)]
-        cpu_lb: Option<f64>,
-        /// Arrival rates (req/s); default: 10 % to 110 % of the measured maximum.
-        #[arg(long, value_delimiter = ',')]
-        rates: Vec<f64>,
-        /// Connections the open model sends on.
-        #[arg(long, default_value_t = 64)]
-        connections: usize,
-        #[arg(long, default_value_t = 8.0)]
-        duration: f64,
-        #[arg(long, default_value_t = 2.0)]
-        warmup: f64,
-        #[arg(long, default_value_t = 1)]
-        rounds: usize,
-    },
+    Latency(bakery_bench::latency::Options),
     /// Our load balancer against nginx before the same clones, rounds alternating.
-    Lb {
-        #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
-        connections: Vec<usize>,
-        #[arg(long, default_value_t = 3)]
-        clones: usize,
-        /// Cores each balancer may use (and its workers: one per core of it).
-        #[arg(long)]
-        cpu_lb: Option<f64>,
-        #[arg(long, default_value = "ping")]
-        scenario: String,
-        #[arg(long, default_value_t = 8.0)]
-        duration: f64,
-        #[arg(long, default_value_t = 2.0)]
-        warmup: f64,
-        #[arg(long, default_value_t = 3)]
-        rounds: usize,
-    },
+    Lb(bakery_bench::lb::Options),
 }
 
 #[derive(Subcommand)]
@@ -380,81 +318,21 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             bakery_bench::jobs::run(&config, options).await
         }
         Command::Bench {
-            scenario:
-                BenchScenario::Scale {
-                    clones,
-                    cpu_per_clone,
-                    cpu_lb,
-                    scenario,
-                    connections_per_clone,
-                    duration,
-                    warmup,
-                    rounds,
-                },
+            scenario: BenchScenario::Scale(mut options),
         } => {
-            let options = bakery_bench::scale::Options {
-                clones,
-                cpu_per_clone,
-                cpu_lb,
-                scenario,
-                connections_per_clone,
-                duration: seconds("--duration", duration)?,
-                warmup: seconds("--warmup", warmup)?,
-                rounds,
-                config_file: cli.config.clone(),
-            };
+            options.config_file = cli.config.clone();
             bakery_bench::scale::run(&config, options).await
         }
         Command::Bench {
-            scenario:
-                BenchScenario::Latency {
-                    scenario,
-                    clones,
-                    cpu_per_clone,
-                    cpu_lb,
-                    rates,
-                    connections,
-                    duration,
-                    warmup,
-                    rounds,
-                },
+            scenario: BenchScenario::Latency(mut options),
         } => {
-            let options = bakery_bench::latency::Options {
-                scenario,
-                clones,
-                cpu_per_clone,
-                cpu_lb,
-                rates,
-                connections,
-                duration: seconds("--duration", duration)?,
-                warmup: seconds("--warmup", warmup)?,
-                rounds,
-                config_file: cli.config.clone(),
-            };
+            options.config_file = cli.config.clone();
             bakery_bench::latency::run(&config, options).await
         }
         Command::Bench {
-            scenario:
-                BenchScenario::Lb {
-                    connections,
-                    clones,
-                    cpu_lb,
-                    scenario,
-                    duration,
-                    warmup,
-                    rounds,
-                },
+            scenario: BenchScenario::Lb(mut options),
         } => {
-            let options = bakery_bench::lb::Options {
-                connections,
-                clones,
-                cpu_lb,
-                scenario,
-                duration: seconds("--duration", duration)?,
-                warmup: seconds("--warmup", warmup)?,
-                rounds,
-                config_file: cli.config.clone(),
-            };
+            options.config_file = cli.config.clone();
             bakery_bench::lb::run(&config, options).await
         }
         Command::Dead { command } => dead(&config, command).await,
@@ -580,14 +458,6 @@ fn report(done: &bakery_db::Bootstrapped) {
             "demo bakery loaded: 12 products with reviews, 3 baking classes (--no-demo skips this)"
         );
     }
-}
-
-/// A duration given in seconds on the command line; 0 to one hour.
-fn seconds(flag: &str, value: f64) -> Result<std::time::Duration, ConfigError> {
-    if !(0.0..=3600.0).contains(&value) {
-        return Err(ConfigError::new(flag, "seconds from 0 to 3600"));
-    }
-    Ok(std::time::Duration::from_secs_f64(value))
 }
 
 /// Binds the role's address and prints `listening role=.. id=.. addr=..`, the line

@@ -6,7 +6,6 @@
 //! 100 %) of the throughput a closed-model run first measures.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use bakery_config::{Config, ConfigError};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -19,17 +18,36 @@ use crate::scenarios::Scenario;
 use crate::topology::{Lab, Shape, Topology};
 use crate::{html, median};
 
+/// `bakery bench latency`'s flags.
+#[derive(clap::Args, Debug)]
 pub struct Options {
+    /// ping, product, product-uncached, product-page, edge, rsvp or browse.
+    #[arg(long, default_value = "product")]
     pub scenario: String,
+    #[arg(long, default_value_t = 2)]
     pub clones: usize,
+    /// Cores each clone may use (a cgroup quota).
+    #[arg(long)]
     pub cpu_per_clone: Option<f64>,
+    /// Cores the load balancer may use.
+    #[arg(long)]
     pub cpu_lb: Option<f64>,
-    /// Arrival rates to measure (requests/s); empty: found from a closed-model run.
+    /// Arrival rates (req/s); default: 10 % to 110 % of the measured maximum.
+    #[arg(long, value_delimiter = ',')]
     pub rates: Vec<f64>,
+    /// Connections the open model sends on.
+    #[arg(long, default_value_t = 64)]
     pub connections: usize,
-    pub duration: Duration,
-    pub warmup: Duration,
+    /// Seconds measured per rate.
+    #[arg(long, default_value_t = 8.0)]
+    pub duration: f64,
+    /// Seconds of load before each measurement.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    #[arg(long, default_value_t = 1)]
     pub rounds: usize,
+    /// The `--config` file the bench's processes are started with.
+    #[arg(skip)]
     pub config_file: Option<PathBuf>,
 }
 
@@ -66,6 +84,10 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
             ConfigError::new("--rounds", "--rounds and --connections are at least 1").into(),
         );
     }
+    let (duration, warmup) = (
+        crate::seconds("--duration", options.duration)?,
+        crate::seconds("--warmup", options.warmup)?,
+    );
     let budgeted = options.cpu_per_clone.is_some() || options.cpu_lb.is_some();
     let lab = Lab::open(
         options.config_file.clone(),
@@ -84,8 +106,8 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     let mix = scenario.prepare(&lab, &topology.base()).await?;
     let plan = |model| Plan {
         model,
-        warmup: options.warmup,
-        duration: options.duration,
+        warmup,
+        duration,
     };
 
     eprintln!("measuring one request at a time, then the most it serves");
@@ -171,8 +193,8 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
             options.clones,
             options.connections,
             options.rounds,
-            options.duration.as_secs_f64(),
-            options.warmup.as_secs_f64()
+            options.duration,
+            options.warmup
         ),
         format!(
             "Alone, a request takes {:.3} ms (p50), {:.3} ms (p99). {}",

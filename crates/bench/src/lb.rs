@@ -20,14 +20,29 @@ use crate::scenarios::Scenario;
 use crate::topology::{Lab, Shape, Topology};
 use crate::{html, median};
 
+/// `bakery bench lb`'s flags.
+#[derive(clap::Args, Debug)]
 pub struct Options {
+    #[arg(long, value_delimiter = ',', default_value = "16,64,256")]
     pub connections: Vec<usize>,
+    #[arg(long, default_value_t = 3)]
     pub clones: usize,
+    /// Cores each balancer may use (and its workers: one per core of it).
+    #[arg(long)]
     pub cpu_lb: Option<f64>,
+    /// ping, product, product-uncached, product-page, edge, rsvp or browse.
+    #[arg(long, default_value = "ping")]
     pub scenario: String,
-    pub duration: Duration,
-    pub warmup: Duration,
+    /// Seconds measured per round.
+    #[arg(long, default_value_t = 8.0)]
+    pub duration: f64,
+    /// Seconds of load before each round's measurement.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// The `--config` file the bench's processes are started with.
+    #[arg(skip)]
     pub config_file: Option<PathBuf>,
 }
 
@@ -59,6 +74,10 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     if options.rounds == 0 || options.clones == 0 {
         return Err(ConfigError::new("--rounds", "--rounds and --clones are at least 1").into());
     }
+    let (duration, warmup) = (
+        crate::seconds("--duration", options.duration)?,
+        crate::seconds("--warmup", options.warmup)?,
+    );
     let nginx = nginx_binary().await?;
     let mut lab = Lab::open(
         options.config_file.clone(),
@@ -103,8 +122,8 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
                 bar.set_message(format!("{name} at {c} conns"));
                 let plan = Plan {
                     model: Model::Closed { connections: c },
-                    warmup: options.warmup,
-                    duration: options.duration,
+                    warmup,
+                    duration,
                 };
                 let m = load::run(addr, &mix, plan).await?;
                 runs.push((
@@ -188,8 +207,8 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
                 "{} clone(s) behind each; closed model; {} round(s) of {:.0} s (after {:.0} s of warm-up) per side and connection count, alternating which side goes first; CPU for each balancer: {} ({} worker(s) each).",
                 options.clones,
                 options.rounds,
-                options.duration.as_secs_f64(),
-                options.warmup.as_secs_f64(),
+                options.duration,
+                options.warmup,
                 options
                     .cpu_lb
                     .map_or("unlimited".into(), |c| format!("{c} core")),

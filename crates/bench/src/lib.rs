@@ -55,6 +55,17 @@ fn report(config: &Config, scenario: &str, result: &serde_json::Value) -> anyhow
     Ok(dir)
 }
 
+/// A duration given in seconds on the command line: 0 to an hour.
+fn seconds(flag: &str, value: f64) -> Result<std::time::Duration, bakery_config::ConfigError> {
+    if !(0.0..=3600.0).contains(&value) {
+        return Err(bakery_config::ConfigError::new(
+            flag,
+            "seconds from 0 to 3600",
+        ));
+    }
+    Ok(std::time::Duration::from_secs_f64(value))
+}
+
 /// The `p`th percentile of sorted `values`.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

@@ -20,15 +20,35 @@ use crate::topology::{Lab, Shape, Topology};
 use crate::usl::{self, Fit};
 use crate::{cpu, html, median};
 
+/// `bakery bench scale`'s flags.
+#[derive(clap::Args, Debug)]
 pub struct Options {
+    /// Clone counts to measure (must include 1).
+    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
     pub clones: Vec<usize>,
+    /// Cores each clone may use (a cgroup quota), e.g. 0.25.
+    #[arg(long)]
     pub cpu_per_clone: Option<f64>,
+    /// Cores the load balancer may use.
+    #[arg(long)]
     pub cpu_lb: Option<f64>,
+    /// ping, product, product-uncached, product-page, edge, rsvp or browse.
+    #[arg(long, default_value = "product-page")]
     pub scenario: String,
+    /// Concurrent connections per clone (closed model).
+    #[arg(long, default_value_t = 8)]
     pub connections_per_clone: usize,
-    pub duration: Duration,
-    pub warmup: Duration,
+    /// Seconds measured per round.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Seconds of load before each round's measurement.
+    #[arg(long, default_value_t = 3.0)]
+    pub warmup: f64,
+    /// Rounds per point (the median is reported, with the spread).
+    #[arg(long, default_value_t = 3)]
     pub rounds: usize,
+    /// The `--config` file the bench's processes are started with.
+    #[arg(skip)]
     pub config_file: Option<PathBuf>,
 }
 
@@ -99,6 +119,10 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         )
         .into());
     }
+    let (duration, warmup) = (
+        crate::seconds("--duration", options.duration)?,
+        crate::seconds("--warmup", options.warmup)?,
+    );
     let budgeted = options.cpu_per_clone.is_some() || options.cpu_lb.is_some();
     let lab = Lab::open(
         options.config_file.clone(),
@@ -137,8 +161,8 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
             bar.set_message(format!("{n} clone(s): round {r}"));
             let plan = Plan {
                 model: Model::Closed { connections },
-                warmup: options.warmup,
-                duration: options.duration,
+                warmup,
+                duration,
             };
             let round = measure(&topology, mix, plan).await?;
             rounds.push(round);
@@ -185,7 +209,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         "cgroup": lab.budgets.as_ref().map(|b| b.version()),
         "connections_per_clone": options.connections_per_clone,
         "rounds": options.rounds,
-        "duration_s": options.duration.as_secs_f64(),
+        "duration_s": options.duration,
     });
     write_csv(&lab, &points)?;
     std::fs::write(
@@ -470,8 +494,8 @@ fn summary_lines(
         scenario.name(),
         options.connections_per_clone,
         options.rounds,
-        options.duration.as_secs_f64(),
-        options.warmup.as_secs_f64(),
+        options.duration,
+        options.warmup,
         options
             .cpu_per_clone
             .map_or("unlimited".into(), |c| format!("{c} core")),
