@@ -38,11 +38,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     let launcher = Launcher {
         exe: std::env::current_exe()?,
         config_file: options.config_file.clone(),
-        // Workers' own logs would drown the progress bar; BAKERY_LOG still wins.
-        env: vec![(
-            "BAKERY_LOG".into(),
-            std::env::var("BAKERY_LOG").unwrap_or_else(|_| "warn".into()),
-        )],
+        env: vec![crate::quiet_log()],
     };
     let mut workers = Vec::new();
     for i in 1..=options.workers {

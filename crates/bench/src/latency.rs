@@ -67,15 +67,12 @@ pub struct Point {
 const KNEE_FACTOR: f64 = 3.0;
 
 pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
-    let scenario = Scenario::parse(&options.scenario).ok_or_else(|| {
-        ConfigError::new(
-            "--scenario",
-            format!("expected one of {}", Scenario::names()),
-        )
-    })?;
+    let scenario = Scenario::from_flag(&options.scenario)?;
     if options.clones == 0 {
         return Err(ConfigError::new("--clones", "at least 1").into());
     }
+    crate::cpu_share("--cpu-per-clone", options.cpu_per_clone)?;
+    crate::cpu_share("--cpu-lb", options.cpu_lb)?;
     if options.rates.iter().any(|r| !(r.is_finite() && *r > 0.0)) {
         return Err(ConfigError::new("--rates", "positive requests per second").into());
     }
@@ -84,10 +81,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
             ConfigError::new("--rounds", "--rounds and --connections are at least 1").into(),
         );
     }
-    let (duration, warmup) = (
-        crate::seconds("--duration", options.duration)?,
-        crate::seconds("--warmup", options.warmup)?,
-    );
+    let (duration, warmup) = crate::timing(options.duration, options.warmup)?;
     let budgeted = options.cpu_per_clone.is_some() || options.cpu_lb.is_some();
     let lab = Lab::open(
         options.config_file.clone(),

@@ -55,12 +55,7 @@ struct Side {
 }
 
 pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
-    let scenario = Scenario::parse(&options.scenario).ok_or_else(|| {
-        ConfigError::new(
-            "--scenario",
-            format!("expected one of {}", Scenario::names()),
-        )
-    })?;
+    let scenario = Scenario::from_flag(&options.scenario)?;
     if options.connections.is_empty() || options.connections.contains(&0) {
         return Err(ConfigError::new(
             "--connections",
@@ -68,16 +63,11 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         )
         .into());
     }
-    if options.cpu_lb.is_some_and(|c| !(0.01..=64.0).contains(&c)) {
-        return Err(ConfigError::new("--cpu-lb", "a share of cores from 0.01 to 64").into());
-    }
+    crate::cpu_share("--cpu-lb", options.cpu_lb)?;
     if options.rounds == 0 || options.clones == 0 {
         return Err(ConfigError::new("--rounds", "--rounds and --clones are at least 1").into());
     }
-    let (duration, warmup) = (
-        crate::seconds("--duration", options.duration)?,
-        crate::seconds("--warmup", options.warmup)?,
-    );
+    let (duration, warmup) = crate::timing(options.duration, options.warmup)?;
     let nginx = nginx_binary().await?;
     let mut lab = Lab::open(
         options.config_file.clone(),

@@ -55,15 +55,44 @@ fn report(config: &Config, scenario: &str, result: &serde_json::Value) -> anyhow
     Ok(dir)
 }
 
-/// A duration given in seconds on the command line: 0 to an hour.
-fn seconds(flag: &str, value: f64) -> Result<std::time::Duration, bakery_config::ConfigError> {
-    if !(0.0..=3600.0).contains(&value) {
+/// `BAKERY_LOG` for the processes a bench starts: their own logs would drown the
+/// progress bar, so `warn` unless the operator set one.
+fn quiet_log() -> (String, String) {
+    (
+        "BAKERY_LOG".into(),
+        std::env::var("BAKERY_LOG").unwrap_or_else(|_| "warn".into()),
+    )
+}
+
+/// `--duration` and `--warmup`, given in seconds on the command line: 0 to an hour each.
+fn timing(
+    duration: f64,
+    warmup: f64,
+) -> Result<(std::time::Duration, std::time::Duration), bakery_config::ConfigError> {
+    let seconds = |flag: &str, value: f64| {
+        if !(0.0..=3600.0).contains(&value) {
+            return Err(bakery_config::ConfigError::new(
+                flag,
+                "seconds from 0 to 3600",
+            ));
+        }
+        Ok(std::time::Duration::from_secs_f64(value))
+    };
+    Ok((
+        seconds("--duration", duration)?,
+        seconds("--warmup", warmup)?,
+    ))
+}
+
+/// A CPU share given on the command line (`--cpu-per-clone`, `--cpu-lb`): 0.01 to 64 cores.
+fn cpu_share(flag: &str, cores: Option<f64>) -> Result<(), bakery_config::ConfigError> {
+    if cores.is_some_and(|c| !(0.01..=64.0).contains(&c)) {
         return Err(bakery_config::ConfigError::new(
             flag,
-            "seconds from 0 to 3600",
+            "a share of cores from 0.01 to 64",
         ));
     }
-    Ok(std::time::Duration::from_secs_f64(value))
+    Ok(())
 }
 
 /// The `p`th percentile of sorted `values`.

@@ -88,12 +88,7 @@ pub struct Point {
 }
 
 pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
-    let scenario = Scenario::parse(&options.scenario).ok_or_else(|| {
-        ConfigError::new(
-            "--scenario",
-            format!("expected one of {}", Scenario::names()),
-        )
-    })?;
+    let scenario = Scenario::from_flag(&options.scenario)?;
     if options.clones.is_empty() || options.clones.contains(&0) {
         return Err(ConfigError::new("--clones", "a list of clone counts, each at least 1").into());
     }
@@ -104,14 +99,8 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         )
         .into());
     }
-    for (flag, cpus) in [
-        ("--cpu-per-clone", options.cpu_per_clone),
-        ("--cpu-lb", options.cpu_lb),
-    ] {
-        if cpus.is_some_and(|c| !(0.01..=64.0).contains(&c)) {
-            return Err(ConfigError::new(flag, "a share of cores from 0.01 to 64").into());
-        }
-    }
+    crate::cpu_share("--cpu-per-clone", options.cpu_per_clone)?;
+    crate::cpu_share("--cpu-lb", options.cpu_lb)?;
     if options.rounds == 0 || options.connections_per_clone == 0 {
         return Err(ConfigError::new(
             "--rounds",
@@ -119,10 +108,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         )
         .into());
     }
-    let (duration, warmup) = (
-        crate::seconds("--duration", options.duration)?,
-        crate::seconds("--warmup", options.warmup)?,
-    );
+    let (duration, warmup) = crate::timing(options.duration, options.warmup)?;
     let budgeted = options.cpu_per_clone.is_some() || options.cpu_lb.is_some();
     let lab = Lab::open(
         options.config_file.clone(),

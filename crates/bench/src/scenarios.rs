@@ -57,6 +57,16 @@ impl Scenario {
         ALL.iter().copied().find(|s| s.name() == name)
     }
 
+    /// The scenario `--scenario` names; a clear error (exit 2) otherwise.
+    pub fn from_flag(name: &str) -> Result<Self, bakery_config::ConfigError> {
+        Self::parse(name).ok_or_else(|| {
+            bakery_config::ConfigError::new(
+                "--scenario",
+                format!("expected one of {}", Self::names()),
+            )
+        })
+    }
+
     pub fn names() -> String {
         ALL.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
     }

@@ -39,11 +39,7 @@ impl Lab {
         let env = vec![
             ("BAKERY_DATA_DIR".to_string(), data.display().to_string()),
             ("BAKERY_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
-            // The processes' own logs would drown the progress bar; BAKERY_LOG still wins.
-            (
-                "BAKERY_LOG".into(),
-                std::env::var("BAKERY_LOG").unwrap_or_else(|_| "warn".into()),
-            ),
+            crate::quiet_log(),
         ];
         let lab_config = Config::from_layers(
             config_file.as_deref(),

@@ -138,11 +138,6 @@ pub const NOT_FOUND_TTL: Duration = Duration::from_secs(10);
 /// The JSON of a "not found" entry.
 const NOT_FOUND: &[u8] = b"null";
 
-/// Whether a stored envelope says "not found".
-fn is_not_found(bytes: &Bytes) -> bool {
-    envelope::decode(bytes).is_some_and(|(_, json)| json[..] == *NOT_FOUND)
-}
-
 /// An envelope saying "not found" under `version`.
 fn seal_not_found(version: u64) -> Bytes {
     let header = envelope::Header {
@@ -364,12 +359,13 @@ impl Cache {
                 .clone()
         };
         match Finish(Some(shared)).await {
-            Ok(Some(bytes)) if is_not_found(&bytes) => Ok((None, outcome)),
             Ok(Some(bytes)) => {
-                let value = envelope::decode(&bytes)
-                    .and_then(|(_, json)| decode(&json))
-                    .ok_or_else(|| E::from(format!("the value built for {key} does not decode")))?;
-                Ok((Some(value), outcome))
+                let undecodable = || E::from(format!("the value built for {key} does not decode"));
+                let (_, json) = envelope::decode(&bytes).ok_or_else(undecodable)?;
+                if json[..] == *NOT_FOUND {
+                    return Ok((None, outcome));
+                }
+                Ok((Some(decode(&json).ok_or_else(undecodable)?), outcome))
             }
             Ok(None) => Ok((None, outcome)),
             Err(error) => Err(error

@@ -167,11 +167,6 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(routes::users::router())
 }
 
-/// The OpenAPI 3.1 document of the JSON API, as `GET /api/openapi.json` serves it.
-pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    openapi::document(api_routes().into_openapi())
-}
-
 /// `routes` behind the layers every bakery HTTP process shares (request id and
 /// correlation, metrics, timeout, CSRF, body limit, panics as 500 JSON), with the
 /// contract's JSON 404 and 405. The push and email services serve through this too.
