@@ -20,8 +20,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::reply::{self, Body};
-use crate::upstream::Upstream;
-use crate::{Lb, admin, client_ip, edge};
+use crate::{Lb, Upstream, admin, client_ip, edge};
 
 /// Headers that belong to one hop and are never forwarded (RFC 9110, 7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -206,19 +205,22 @@ async fn forward(
         tried.push(index);
         let mut upstream = Request::new(Full::new(body.clone()));
         *upstream.method_mut() = parts.method.clone();
-        // Origin form on a connection of our own to the backend.
-        *upstream.uri_mut() = http::Uri::from(path_and_query.clone());
+        *upstream.uri_mut() = match backend.uri(path_and_query.clone()) {
+            Ok(uri) => uri,
+            Err(_) => {
+                return own(
+                    StatusCode::BAD_REQUEST,
+                    "bad_uri",
+                    "the request target is not valid",
+                );
+            }
+        };
         *upstream.headers_mut() = headers_for_upstream();
-        if !upstream.headers().contains_key(header::HOST) {
-            upstream
-                .headers_mut()
-                .insert(header::HOST, backend.host.clone());
-        }
 
         let inflight = backend.start_request();
         let outcome = tokio::time::timeout(
             lb.config.upstream_timeout,
-            upstream_client.request(backend.addr, upstream),
+            upstream_client.request(upstream),
         )
         .await;
         drop(inflight);
@@ -408,13 +410,14 @@ fn upstream_headers(
     out
 }
 
-/// The backend's response without its hop-by-hop headers.
-fn downstream(mut response: Response<Body>) -> Response<Body> {
+/// The backend's response, streamed back without its hop-by-hop headers.
+fn downstream(response: Response<Incoming>) -> Response<Body> {
+    let (mut parts, body) = response.into_parts();
     for name in &HOP_BY_HOP {
         // Keep transfer-encoding's absence/presence to hyper: it frames the body itself.
-        response.headers_mut().remove(name);
+        parts.headers.remove(name);
     }
-    response
+    Response::from_parts(parts, body.boxed())
 }
 
 /// How long the health checker waits for one `/healthz`.
