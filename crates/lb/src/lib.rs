@@ -1,7 +1,6 @@
 //! `bakery lb`: the HTTP load balancer in front of the web clones, and the static
 //! edge that answers pre-rendered pages from its own copy ([`edge`]). Built on
-//! hyper 1: its server, and its connection-level client driven inside each
-//! request's task ([`upstream`]).
+//! hyper 1 (server) and hyper-util's pooled client (upstream).
 //!
 //! Pools of backends are reached by path prefix ([`topology`]); inside a pool a
 //! member is picked by least-request (power of two choices) or round robin
