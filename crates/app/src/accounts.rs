@@ -8,7 +8,7 @@ use bakery_db::accounts::{NewUser, RenamedUser, UserChange};
 use bakery_db::{DbError, Lsn};
 use serde::Deserialize;
 
-use crate::{App, Error, Written};
+use crate::{App, Error, Freshness, Written};
 
 /// The tables whose generations key lookups of users by name.
 const USERS: &[&str] = &["users"];
@@ -156,7 +156,14 @@ impl App {
         let (user, _) = self
             .0
             .cache
-            .object(&self.0.inflight, &user_key(id), self.0.object_ttl, build)
+            // A user reads their own account: never a near copy.
+            .object(
+                &self.0.inflight,
+                &user_key(id),
+                self.0.object_ttl,
+                Freshness::Current,
+                build,
+            )
             .await?;
         Ok(user)
     }

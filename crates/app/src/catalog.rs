@@ -15,7 +15,7 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
-use crate::{App, Error, Written};
+use crate::{App, Error, Freshness, Written};
 
 /// The tables a product's own writes change.
 const PRODUCT_TABLES: &[&str] = &["products", "product_prices", "product_descriptions"];
@@ -75,24 +75,47 @@ pub struct ReviewEdit {
 }
 
 impl App {
-    /// `Product:{id}`, assembled from its parts on a miss.
-    pub async fn product(&self, id: i64, reader: Option<Lsn>) -> Result<Option<Product>, Error> {
+    /// `Product:{id}`, assembled from its parts on a miss. `freshness`: `Near` only
+    /// for a reader without a session (see [`Freshness`]).
+    pub async fn product(
+        &self,
+        id: i64,
+        reader: Option<Lsn>,
+        freshness: Freshness,
+    ) -> Result<Option<Product>, Error> {
         let build = self.build_product(id, reader);
         let (product, _) = self
             .0
             .cache
-            .object(&self.0.inflight, &product_key(id), self.0.object_ttl, build)
+            .object(
+                &self.0.inflight,
+                &product_key(id),
+                self.0.object_ttl,
+                freshness,
+                build,
+            )
             .await?;
         Ok(product)
     }
 
     /// `Product:{id}` as JSON, straight from the cache on a hit (never decoded).
-    pub async fn product_json(&self, id: i64, reader: Option<Lsn>) -> Result<Option<Bytes>, Error> {
+    pub async fn product_json(
+        &self,
+        id: i64,
+        reader: Option<Lsn>,
+        freshness: Freshness,
+    ) -> Result<Option<Bytes>, Error> {
         let build = self.build_product(id, reader);
         let (json, _) = self
             .0
             .cache
-            .object_json(&self.0.inflight, &product_key(id), self.0.object_ttl, build)
+            .object_json(
+                &self.0.inflight,
+                &product_key(id),
+                self.0.object_ttl,
+                freshness,
+                build,
+            )
             .await?;
         Ok(json)
     }

@@ -32,6 +32,7 @@ pub mod media;
 pub mod notifications;
 pub mod pages;
 
+pub use bakery_cache::Freshness;
 pub use error::Error;
 
 /// A committed write: its value and the primary's WAL position after it (`None`
@@ -93,7 +94,8 @@ impl App {
             &namespace,
         )
         .await
-        .map_err(|e| ConfigError::new("BAKERY_CACHE_URL", format!("cannot use the cache: {e}")))?;
+        .map_err(|e| ConfigError::new("BAKERY_CACHE_URL", format!("cannot use the cache: {e}")))?
+        .with_near_cache(config.cache_near_max_entries);
         let broker = Broker::connect(config, &db).await?;
         Ok(Self::new(db, cache, broker, config, namespace))
     }

@@ -132,6 +132,9 @@ enum BenchScenario {
     Latency(bakery_bench::latency::Options),
     /// Our load balancer against nginx before the same clones, rounds alternating.
     Lb(bakery_bench::lb::Options),
+    /// One scenario against a baseline (`ping` by default) on the same topology,
+    /// rounds alternating: requests/s and latency side by side, and their ratio.
+    Compare(bakery_bench::compare::Options),
 }
 
 #[derive(Subcommand)]
@@ -322,6 +325,12 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         } => {
             options.config_file = cli.config.clone();
             bakery_bench::scale::run(&config, options).await
+        }
+        Command::Bench {
+            scenario: BenchScenario::Compare(mut options),
+        } => {
+            options.config_file = cli.config.clone();
+            bakery_bench::compare::run(&config, options).await
         }
         Command::Bench {
             scenario: BenchScenario::Latency(mut options),

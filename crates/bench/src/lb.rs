@@ -9,16 +9,14 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use bakery_config::{Config, ConfigError};
-use indicatif::{ProgressBar, ProgressStyle};
-use serde::Serialize;
 use serde_json::json;
 use tokio::process::{Child, Command};
 
-use crate::load::{self, Model, Plan};
+use crate::ab::{self, Contender, Side};
+use crate::html;
 use crate::plot::{self, Chart, Series, Style};
 use crate::scenarios::Scenario;
 use crate::topology::{Lab, Shape, Topology};
-use crate::{html, median};
 
 /// `bakery bench lb`'s flags.
 #[derive(clap::Args, Debug)]
@@ -44,14 +42,6 @@ pub struct Options {
     /// The `--config` file the bench's processes are started with.
     #[arg(skip)]
     pub config_file: Option<PathBuf>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-struct Side {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    errors: u64,
 }
 
 pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
@@ -95,69 +85,39 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     let clone_addrs: Vec<String> = ours.clones.iter().map(|c| c.addr.to_string()).collect();
     let theirs = Nginx::start(&nginx, &lab, &clone_addrs, workers, options.cpu_lb).await?;
 
-    let targets = [("bakery", ours.addr()), ("nginx", theirs.addr)];
-    let total = options.connections.len() * options.rounds * targets.len();
-    let bar = ProgressBar::new(total as u64).with_style(
-        ProgressStyle::with_template("{msg:>22} [{bar:30}] {pos}/{len} runs ({elapsed})")?
-            .progress_chars("=> "),
-    );
-    let mut runs: Vec<(usize, &str, Side)> = Vec::new();
-    for &c in &options.connections {
-        for round in 0..options.rounds {
-            let mut order = targets.to_vec();
-            if round % 2 == 1 {
-                order.reverse();
-            }
-            for (name, addr) in order {
-                bar.set_message(format!("{name} at {c} conns"));
-                let plan = Plan {
-                    model: Model::Closed { connections: c },
-                    warmup,
-                    duration,
-                };
-                let m = load::run(addr, &mix, plan).await?;
-                runs.push((
-                    c,
-                    name,
-                    Side {
-                        rps: m.rps(),
-                        p50_ms: m.ms(0.5),
-                        p99_ms: m.ms(0.99),
-                        errors: m.errors,
-                    },
-                ));
-                bar.inc(1);
-            }
-        }
-    }
-    bar.finish_and_clear();
+    let contenders = [
+        Contender {
+            name: "bakery",
+            addr: ours.addr(),
+            mix: &mix,
+        },
+        Contender {
+            name: "nginx",
+            addr: theirs.addr,
+            mix: &mix,
+        },
+    ];
+    let runs = ab::alternate(
+        &contenders,
+        &options.connections,
+        options.rounds,
+        warmup,
+        duration,
+    )
+    .await?;
     theirs.stop().await;
     ours.stop().await;
 
-    let side = |c: usize, name: &str| {
-        let of = |f: fn(&Side) -> f64| {
-            median(
-                runs.iter()
-                    .filter(|(rc, n, _)| *rc == c && *n == name)
-                    .map(|(_, _, s)| f(s))
-                    .collect(),
-            )
-        };
-        Side {
-            rps: of(|s| s.rps),
-            p50_ms: of(|s| s.p50_ms),
-            p99_ms: of(|s| s.p99_ms),
-            errors: runs
-                .iter()
-                .filter(|(rc, n, _)| *rc == c && *n == name)
-                .map(|(_, _, s)| s.errors)
-                .sum(),
-        }
-    };
     let points: Vec<_> = options
         .connections
         .iter()
-        .map(|&c| (c, side(c, "bakery"), side(c, "nginx")))
+        .map(|&c| {
+            (
+                c,
+                ab::median_side(&runs, c, "bakery"),
+                ab::median_side(&runs, c, "nginx"),
+            )
+        })
         .collect();
     let mut table = vec![
         [
@@ -176,7 +136,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
             c.to_string(),
             format!("{:.0}", o.rps),
             format!("{:.0}", n.rps),
-            format!("{:.3}", o.rps / n.rps.max(f64::MIN_POSITIVE)),
+            format!("{:.3}", ab::ratio(o.rps, n.rps)),
             format!("{:.2} / {:.2}", o.p50_ms, o.p99_ms),
             format!("{:.2} / {:.2}", n.p50_ms, n.p99_ms),
         ]);
@@ -220,7 +180,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
             "ours_rps": o.rps.round(), "nginx_rps": n.rps.round(),
             "ours_p99_ms": (o.p99_ms * 1000.0).round() / 1000.0,
             "nginx_p99_ms": (n.p99_ms * 1000.0).round() / 1000.0,
-            "ratio": (o.rps / n.rps.max(f64::MIN_POSITIVE) * 1000.0).round() / 1000.0,
+            "ratio": ab::ratio(o.rps, n.rps),
             "ours_errors": o.errors, "nginx_errors": n.errors,
         })).collect::<Vec<_>>(),
     });

@@ -8,13 +8,16 @@
 //! - [`cgroup`], [`cpu`]: CPU budgets per process, and what each part used
 //! - [`usl`]: the Universal Scalability Law fit
 //! - [`plot`], [`html`]: charts (PNG, SVG) and the report page
-//! - [`jobs`], [`scale`], [`latency`], [`lb`]: the commands
+//! - [`ab`]: two sides measured in alternating rounds
+//! - [`jobs`], [`scale`], [`latency`], [`lb`], [`compare`]: the commands
 
 use std::path::{Path, PathBuf};
 
 use bakery_config::Config;
 
+pub mod ab;
 pub mod cgroup;
+pub mod compare;
 pub mod cpu;
 pub mod html;
 pub mod jobs;

@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 mod embedded;
 mod memcached;
+mod near;
 pub mod objects;
 mod pending;
 pub mod queries;
@@ -24,6 +25,7 @@ mod redis_engine;
 mod ring;
 pub mod trace;
 
+pub use near::NearStats;
 pub use trace::{CacheResult, trace_cache};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +59,18 @@ enum Engine {
     Redis(redis_engine::Redis),
     Memcached(memcached::Memcached),
     None,
+}
+
+/// How current a read must be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Freshness {
+    /// The cache server's value now: it reflects every write acknowledged so far.
+    /// For anyone who may have written (a reader with a session).
+    Current,
+    /// May come from this process's near copy (Redis only, see `near`), which an
+    /// invalidation for a write made elsewhere may still be on its way to, for well
+    /// under a millisecond. For readers who cannot have written (no session).
+    Near,
 }
 
 /// Counters and versions never expire on their own (30 days is "never" for a cache).
@@ -137,9 +151,41 @@ impl Cache {
         })
     }
 
+    /// Keeps up to `max_entries` keys in this process's near cache, in front of
+    /// Redis (reads at [`Freshness::Near`]); other engines have none. 0: off.
+    pub fn with_near_cache(mut self, max_entries: usize) -> Self {
+        if let Engine::Redis(redis) = self.engine {
+            self.engine = Engine::Redis(redis.with_near(max_entries));
+        }
+        self
+    }
+
+    /// What the near cache holds and has done; `None` without one.
+    pub fn near_stats(&self) -> Option<NearStats> {
+        match &self.engine {
+            Engine::Redis(redis) => redis.near().map(near::Near::stats),
+            _ => None,
+        }
+    }
+
     /// The values of `keys`, in order (`None` where absent).
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, CacheError> {
+        self.get_many_at(keys, Freshness::Current).await
+    }
+
+    /// The values of `keys` as fresh as `freshness` asks.
+    pub async fn get_many_at(
+        &self,
+        keys: &[String],
+        freshness: Freshness,
+    ) -> Result<Vec<Option<Bytes>>, CacheError> {
         let keys: Vec<String> = keys.iter().map(|k| self.stored(k)).collect();
+        if let (Engine::Redis(redis), Freshness::Near) = (&self.engine, freshness) {
+            let (values, near) = self.limited(redis.get_many_near(&keys)).await?;
+            metrics::counter!("bakery_cache_near_reads_total", "result" => if near { "hit" } else { "miss" })
+                .increment(1);
+            return Ok(values);
+        }
         let values = self
             .limited(async {
                 match &self.engine {

@@ -37,7 +37,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::trace::{CacheResult, record, record_fill};
-use crate::{Cache, counter};
+use crate::{Cache, Freshness, counter};
 
 /// A stored object: a format byte, its version and the moment it expires (8 bytes
 /// each, big-endian, the moment in unix milliseconds), then its JSON. A fixed-size
@@ -218,6 +218,7 @@ impl Cache {
         inflight: &InFlight,
         key: &str,
         ttl: Duration,
+        freshness: Freshness,
         build: B,
     ) -> Result<(Option<T>, CacheResult), E>
     where
@@ -228,7 +229,7 @@ impl Cache {
     {
         // A value that no longer decodes (stored by a release with another shape of
         // `T`) is not a hit: it is rebuilt, and replaced for everyone.
-        self.lookup(inflight, key, ttl, build, |json| {
+        self.lookup(inflight, key, ttl, freshness, build, |json| {
             serde_json::from_slice::<T>(json).ok()
         })
         .await
@@ -241,6 +242,7 @@ impl Cache {
         inflight: &InFlight,
         key: &str,
         ttl: Duration,
+        freshness: Freshness,
         build: B,
     ) -> Result<(Option<Bytes>, CacheResult), E>
     where
@@ -249,8 +251,10 @@ impl Cache {
         B: Fn() -> F + Send + Sync + 'static,
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
-        self.lookup(inflight, key, ttl, build, |json| Some(json.clone()))
-            .await
+        self.lookup(inflight, key, ttl, freshness, build, |json| {
+            Some(json.clone())
+        })
+        .await
     }
 
     /// A hit if the current value decodes with `decode` (or says "not found"), else
@@ -261,6 +265,7 @@ impl Cache {
         inflight: &InFlight,
         key: &str,
         ttl: Duration,
+        freshness: Freshness,
         build: B,
         decode: impl Fn(&Bytes) -> Option<V>,
     ) -> Result<(Option<V>, CacheResult), E>
@@ -271,7 +276,10 @@ impl Cache {
         F: Future<Output = Result<Option<T>, E>> + Send + 'static,
     {
         let version_key = format!("ver:{key}");
-        let cached = self.get_many(&[version_key.clone(), key.to_string()]).await;
+        let cached = self
+            .get_many_at(&[version_key.clone(), key.to_string()], freshness)
+            .await;
+        let now = now_ms();
         // `Some(counter)`: the cache answered but had no current value (a miss; the
         // counter is `None` when the key has none yet); `None`: the cache is down or
         // slow (a bypass). Either way, build once.
@@ -280,14 +288,18 @@ impl Cache {
                 let version = counter(values[0].as_deref());
                 let current = version.unwrap_or(NO_COUNTER);
                 match values[1].as_ref().and_then(envelope::decode) {
-                    Some((stored, json)) if stored.version == current => {
+                    // Past its moment it is a miss, even if the engine (or a near
+                    // copy whose expiry push is late) still has it.
+                    Some((stored, json))
+                        if stored.version == current && stored.expires_at_ms > now =>
+                    {
                         if json[..] == *NOT_FOUND {
                             record("object", CacheResult::Hit);
                             return Ok((None, CacheResult::Hit));
                         }
                         if let Some(value) = decode(&json) {
                             record("object", CacheResult::Hit);
-                            if stored.expires_at_ms.saturating_sub(now_ms())
+                            if stored.expires_at_ms.saturating_sub(now)
                                 < (ttl / REFRESH_AHEAD_DIVISOR).as_millis() as u64
                             {
                                 self.refresh_ahead(inflight, key, current, ttl, build);

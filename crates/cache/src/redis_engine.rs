@@ -1,15 +1,20 @@
 //! The Redis engine, over redis-rs's `ConnectionManager` (it reconnects by itself).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::AsyncCommands;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::CacheError;
+use crate::near::Near;
 
 #[derive(Clone)]
 pub struct Redis {
     conn: ConnectionManager,
+    client: redis::Client,
+    /// The near cache, when switched on ([`Redis::with_near`]).
+    near: Option<Arc<Near>>,
 }
 
 fn unavailable(e: redis::RedisError) -> CacheError {
@@ -23,14 +28,58 @@ impl Redis {
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_response_timeout(Some(Duration::from_millis(500)))
             .set_number_of_retries(1);
-        let mut conn = ConnectionManager::new_with_config(client, config)
+        let mut conn = ConnectionManager::new_with_config(client.clone(), config)
             .await
             .map_err(unavailable)?;
         let _: () = redis::cmd("PING")
             .query_async(&mut conn)
             .await
             .map_err(unavailable)?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            client,
+            near: None,
+        })
+    }
+
+    /// Keeps up to `max_entries` keys read through [`Redis::get_many_near`] in this
+    /// process, coherent by Redis's invalidation pushes (see `near`).
+    pub fn with_near(mut self, max_entries: usize) -> Self {
+        self.near = (max_entries > 0).then(|| Arc::new(Near::new(&self.client, max_entries)));
+        self
+    }
+
+    pub fn near(&self) -> Option<&Near> {
+        self.near.as_deref()
+    }
+
+    /// Like [`Redis::get_many`], but from the near cache when it holds every key
+    /// (true with the values). A near cache that cannot be reached is skipped.
+    pub async fn get_many_near(
+        &self,
+        keys: &[String],
+    ) -> Result<(Vec<Option<bytes::Bytes>>, bool), CacheError> {
+        if let Some(near) = &self.near {
+            match near.get_many(keys).await {
+                Ok(answer) => return Ok(answer),
+                Err(error) => tracing::debug!(%error, "near cache skipped"),
+            }
+        }
+        let values = self.get_many(keys).await?;
+        Ok((
+            values
+                .into_iter()
+                .map(|v| v.map(bytes::Bytes::from))
+                .collect(),
+            false,
+        ))
+    }
+
+    /// This process wrote `key`: its near copy goes now, not when the push comes.
+    fn forget(&self, key: &str) {
+        if let Some(near) = &self.near {
+            near.forget(key);
+        }
     }
 
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {
@@ -46,11 +95,14 @@ impl Redis {
     }
 
     pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
-        self.conn
+        let stored = self
+            .conn
             .clone()
             .pset_ex(key, value, ttl.as_millis().max(1) as u64)
             .await
-            .map_err(unavailable)
+            .map_err(unavailable);
+        self.forget(key);
+        stored
     }
 
     pub async fn add(&self, key: &str, value: &[u8], ttl: Duration) -> Result<bool, CacheError> {
@@ -67,7 +119,9 @@ impl Redis {
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), CacheError> {
-        self.conn.clone().del(key).await.map_err(unavailable)
+        let deleted = self.conn.clone().del(key).await.map_err(unavailable);
+        self.forget(key);
+        deleted
     }
 
     pub async fn incr(&self, key: &str, start: u64) -> Result<u64, CacheError> {
@@ -76,13 +130,15 @@ impl Redis {
              else redis.call('INCR', KEYS[1]) redis.call('PEXPIRE', KEYS[1], ARGV[2]) end \
              return redis.call('GET', KEYS[1])",
         );
-        let value: String = script
+        let value: Result<String, CacheError> = script
             .key(key)
             .arg(start)
             .arg(crate::COUNTER_TTL.as_millis() as u64)
             .invoke_async(&mut self.conn.clone())
             .await
-            .map_err(unavailable)?;
+            .map_err(unavailable);
+        self.forget(key);
+        let value = value?;
         value
             .parse()
             .map_err(|_| CacheError::Unavailable(format!("counter {key} holds {value:?}")))

@@ -5,7 +5,7 @@ use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::StatusCode;
 use axum::http::request::Parts;
 use axum::response::{IntoResponseParts, ResponseParts};
-use bakery_app::Written;
+use bakery_app::{Freshness, Written};
 use serde::de::DeserializeOwned;
 
 use crate::AppState;
@@ -155,6 +155,18 @@ impl FromRequestParts<AppState> for CurrentUser {
         session_user(parts, state, false)
             .await?
             .ok_or_else(ApiError::unauthorized)
+    }
+}
+
+/// How fresh a request's cached reads must be. Without a session cookie a visitor
+/// cannot have written anything, so the clone's near cache may answer it (an
+/// invalidation for someone else's write may still be on its way, well under a
+/// millisecond); with one, reads see every write acknowledged so far.
+pub fn freshness(headers: &axum::http::HeaderMap) -> Freshness {
+    if session_cookie::read(headers).is_some() {
+        Freshness::Current
+    } else {
+        Freshness::Near
     }
 }
 

@@ -11,9 +11,10 @@ use minijinja::value::Serde;
 use minijinja::{Environment, context};
 
 use crate::error::ApiError;
-use crate::extract::{CurrentUser, Id, MaybeUser};
+use crate::extract::{CurrentUser, Id, MaybeUser, freshness};
 use crate::routes::accounts;
 use crate::{AppState, prerender, session_cookie};
+use bakery_app::Freshness;
 use bakery_app::accounts::{AccountChange, Credentials, SignUp};
 use bakery_app::calendar::Rsvped;
 use bakery_app::catalog::ReviewDraft;
@@ -267,9 +268,10 @@ async fn show_product(
     current: &Option<CurrentUser>,
     id: i64,
     error: Option<String>,
+    freshness: Freshness,
 ) -> Response {
     let after = current.as_ref().and_then(|c| c.lsn);
-    match state.app.product(id, after).await {
+    match state.app.product(id, after, freshness).await {
         Ok(Some(product)) => {
             let status = if error.is_some() {
                 StatusCode::BAD_REQUEST
@@ -290,7 +292,7 @@ async fn product_page(
     Id(id): Id,
     headers: HeaderMap,
 ) -> Response {
-    let response = show_product(&state, &current, id, None).await;
+    let response = show_product(&state, &current, id, None, freshness(&headers)).await;
     // The edge had no page for this anonymous view: have one rendered (Next.js's
     // incremental static regeneration), after answering this request live.
     if current.is_none() && response.status() == StatusCode::OK && headers.contains_key(MISS_HEADER)
@@ -347,7 +349,14 @@ async fn review_form(
     };
     let Ok(Form(draft)) = form else {
         let message = "Please choose a rating and write a review.".to_string();
-        return show_product(&state, &Some(current), id, Some(message)).await;
+        return show_product(
+            &state,
+            &Some(current),
+            id,
+            Some(message),
+            Freshness::Current,
+        )
+        .await;
     };
     match state.app.add_review(&current.user, id, draft).await {
         Ok(written) => {
@@ -355,7 +364,14 @@ async fn review_form(
             (remembered, Redirect::to(&format!("/products/{id}"))).into_response()
         }
         Err(bakery_app::Error::Invalid(invalid)) => {
-            show_product(&state, &Some(current), id, Some(invalid.message)).await
+            show_product(
+                &state,
+                &Some(current),
+                id,
+                Some(invalid.message),
+                Freshness::Current,
+            )
+            .await
         }
         Err(e) => ApiError::from(e).into_response(),
     }

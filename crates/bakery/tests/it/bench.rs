@@ -10,7 +10,17 @@ use crate::harness;
 
 /// Runs `bakery bench <args>` on embedded defaults in `data`; (exit code, stdout, stderr).
 async fn bench(data: &harness::TempDir, args: &[&str]) -> (Option<i32>, String, String) {
-    let env = harness::embedded_env(data);
+    bench_with(data, Vec::new(), args).await
+}
+
+/// The same with `extra` environment over the embedded defaults.
+async fn bench_with(
+    data: &harness::TempDir,
+    extra: Vec<(String, String)>,
+    args: &[&str],
+) -> (Option<i32>, String, String) {
+    let mut env = harness::embedded_env(data);
+    env.extend(extra);
     let args: Vec<String> = std::iter::once("bench".to_string())
         .chain(args.iter().map(|a| a.to_string()))
         .collect();
@@ -217,6 +227,86 @@ async fn bench_lb_measures_ours_and_nginx_before_the_same_clones() {
         assert_eq!(point["nginx_errors"], 0, "{point}");
     }
     assert!(is_png(&dir.join("throughput.png")));
+}
+
+/// A cached product read on Redis (the clones' near caches in front of it) against
+/// `ping` on the same topology, rounds alternating; and a pair that cannot share a
+/// topology is refused in one line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_compare_measures_a_scenario_against_its_baseline_side_by_side() {
+    let data = harness::TempDir::new();
+    let redis = vec![("BAKERY_CACHE_URL".to_string(), harness::redis_url())];
+    let (code, out, err) = bench_with(
+        &data,
+        redis,
+        &[
+            "compare",
+            "--scenario",
+            "product",
+            "--baseline",
+            "ping",
+            "--clones",
+            "1",
+            "--connections",
+            "2,4",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.3",
+            "--rounds",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let (result, dir) = result_of(&out);
+    assert_eq!(
+        (
+            &result["scenario"],
+            &result["measured"],
+            &result["baseline"],
+            &result["cache"]
+        ),
+        (
+            &"compare".into(),
+            &"product".into(),
+            &"ping".into(),
+            &"redis".into()
+        )
+    );
+    let points = result["points"].as_array().unwrap();
+    assert_eq!(points.len(), 2);
+    for point in points {
+        let (rps, baseline) = (
+            point["rps"].as_f64().unwrap(),
+            point["baseline_rps"].as_f64().unwrap(),
+        );
+        assert!(rps > 0.0 && baseline > 0.0, "{point}");
+        let ratio = point["ratio"].as_f64().unwrap();
+        assert!((ratio - rps / baseline).abs() < 0.01, "{point}");
+        assert_eq!(
+            (&point["errors"], &point["baseline_errors"]),
+            (&0.into(), &0.into()),
+            "{point}"
+        );
+    }
+    assert!(is_png(&dir.join("throughput.png")));
+    assert!(dir.join("runs.json").is_file());
+
+    let (code, out, err) = bench(
+        &data,
+        &[
+            "compare",
+            "--scenario",
+            "product-uncached",
+            "--baseline",
+            "ping",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(2), "{out}{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+    assert!(err.contains("--baseline"), "{err}");
 }
 
 /// Every scenario prepares its data and is served without errors (a second each,

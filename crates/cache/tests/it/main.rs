@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use bakery_cache::objects::InFlight;
-use bakery_cache::{Cache, CacheResult};
+use bakery_cache::{Cache, CacheResult, Freshness};
 use bakery_config::CacheUrl;
 
 const TTL: Duration = Duration::from_secs(60);
@@ -40,10 +40,16 @@ fn unique(name: &str) -> String {
 async fn read(cache: &Cache, key: &str, value: &str) -> (Option<String>, CacheResult) {
     let value = value.to_string();
     cache
-        .object::<String, String, _, _>(&InFlight::default(), key, TTL, move || {
-            let value = value.clone();
-            async move { Ok(Some(value)) }
-        })
+        .object::<String, String, _, _>(
+            &InFlight::default(),
+            key,
+            TTL,
+            Freshness::Current,
+            move || {
+                let value = value.clone();
+                async move { Ok(Some(value)) }
+            },
+        )
         .await
         .unwrap()
 }
@@ -113,7 +119,13 @@ async fn a_slow_fill_that_started_before_a_write_never_brings_old_data_back() {
                     }
                 };
                 cache
-                    .object::<String, String, _, _>(&InFlight::default(), &key, TTL, build)
+                    .object::<String, String, _, _>(
+                        &InFlight::default(),
+                        &key,
+                        TTL,
+                        Freshness::Current,
+                        build,
+                    )
                     .await
             })
         };
@@ -155,7 +167,7 @@ async fn concurrent_misses_in_one_process_build_once() {
                     }
                 };
                 cache
-                    .object::<String, String, _, _>(&inflight, &key, TTL, build)
+                    .object::<String, String, _, _>(&inflight, &key, TTL, Freshness::Current, build)
                     .await
                     .unwrap()
             }
@@ -358,7 +370,7 @@ async fn a_hot_object_is_refreshed_before_it_expires() {
                 }
             };
             let (value, outcome) = cache
-                .object::<String, String, _, _>(&inflight, &key, ttl, build)
+                .object::<String, String, _, _>(&inflight, &key, ttl, Freshness::Current, build)
                 .await
                 .unwrap();
             assert_eq!(value.as_deref(), Some("fresh"));
@@ -390,7 +402,9 @@ async fn a_value_of_another_shape_is_rebuilt_not_an_error() {
         );
         let inflight = InFlight::default();
         let now = cache
-            .object::<u64, String, _, _>(&inflight, &key, TTL, || async { Ok(Some(42)) })
+            .object::<u64, String, _, _>(&inflight, &key, TTL, Freshness::Current, || async {
+                Ok(Some(42))
+            })
             .await;
         assert_eq!(
             now,
@@ -399,7 +413,9 @@ async fn a_value_of_another_shape_is_rebuilt_not_an_error() {
             cache.engine()
         );
         let again = cache
-            .object::<u64, String, _, _>(&inflight, &key, TTL, || async { Ok(Some(0)) })
+            .object::<u64, String, _, _>(&inflight, &key, TTL, Freshness::Current, || async {
+                Ok(Some(0))
+            })
             .await;
         assert_eq!(
             again,
@@ -419,11 +435,17 @@ async fn read_counted(
 ) -> (Option<String>, CacheResult) {
     let (value, builds) = (value.map(str::to_string), builds.clone());
     cache
-        .object::<String, String, _, _>(&InFlight::default(), key, TTL, move || {
-            builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            let value = value.clone();
-            async move { Ok(value) }
-        })
+        .object::<String, String, _, _>(
+            &InFlight::default(),
+            key,
+            TTL,
+            Freshness::Current,
+            move || {
+                builds.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let value = value.clone();
+                async move { Ok(value) }
+            },
+        )
         .await
         .unwrap()
 }
@@ -555,7 +577,7 @@ async fn an_abandoned_fill_still_ends_releases_what_it_holds_and_stores_its_valu
         // Its only request gives up long before the fill ends (a request timeout).
         let abandoned = tokio::time::timeout(
             Duration::from_millis(50),
-            cache.object::<String, String, _, _>(&inflight, &key, TTL, build),
+            cache.object::<String, String, _, _>(&inflight, &key, TTL, Freshness::Current, build),
         )
         .await;
         assert!(abandoned.is_err(), "{engine}: the request gave up");
@@ -568,9 +590,13 @@ async fn an_abandoned_fill_still_ends_releases_what_it_holds_and_stores_its_valu
         );
         assert_eq!(
             cache
-                .object::<String, String, _, _>(&inflight, &key, TTL, || async {
-                    Ok(Some("not asked".to_string()))
-                })
+                .object::<String, String, _, _>(
+                    &inflight,
+                    &key,
+                    TTL,
+                    Freshness::Current,
+                    || async { Ok(Some("not asked".to_string())) }
+                )
                 .await
                 .unwrap(),
             (Some("slow".into()), CacheResult::Hit),
@@ -631,5 +657,196 @@ async fn failed_invalidations_are_owed_once_per_key_and_made_when_the_cache_is_b
         read(&direct, &key, "after").await,
         (Some("after".into()), CacheResult::Miss),
         "the value cached before the writes is not served again"
+    );
+}
+
+async fn read_near(cache: &Cache, key: &str, value: &str) -> (Option<String>, CacheResult) {
+    let value = value.to_string();
+    cache
+        .object::<String, String, _, _>(
+            &InFlight::default(),
+            key,
+            TTL,
+            Freshness::Near,
+            move || {
+                let value = value.clone();
+                async move { Ok(Some(value)) }
+            },
+        )
+        .await
+        .unwrap()
+}
+
+/// Near reads of `key` on `cache` until one answers `expected` (an invalidation push
+/// is on its way; a miss builds `built`); panics after two seconds.
+async fn until_near_reads(cache: &Cache, key: &str, expected: &str, built: &str) {
+    let answered = bakery_testkit::eventually(Duration::from_secs(2), async || {
+        read_near(cache, key, built).await.0.as_deref() == Some(expected)
+    })
+    .await;
+    assert!(answered, "the near copy never answered {expected:?}");
+}
+
+/// Two clones of one deployment on one Redis, each with its near cache.
+async fn two_near_clones() -> (Cache, Cache) {
+    let redis = bakery_testkit::redis_url();
+    let namespace = unique("near");
+    let connect = || async {
+        Cache::connect(
+            &CacheUrl::Redis(redis.clone()),
+            Duration::from_millis(500),
+            1000,
+            &namespace,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("Redis is needed at {redis}: {e}"))
+        .with_near_cache(100)
+    };
+    (connect().await, connect().await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_near_cache_answers_from_memory_and_drops_what_changes_anywhere() {
+    let (a, b) = two_near_clones().await;
+    let key = unique("Product");
+    assert_eq!(
+        read_near(&a, &key, "v1").await,
+        (Some("v1".into()), CacheResult::Miss)
+    );
+    assert_eq!(
+        read_near(&a, &key, "unused").await,
+        (Some("v1".into()), CacheResult::Hit),
+        "read from Redis into the near cache (the fill forgot what it wrote)"
+    );
+    let before = a.near_stats().unwrap();
+    assert_eq!(before.held, 2, "the version and the object: {before:?}");
+    assert_eq!(
+        read_near(&a, &key, "unused").await,
+        (Some("v1".into()), CacheResult::Hit)
+    );
+    assert_eq!(
+        a.near_stats().unwrap().hits,
+        before.hits + 1,
+        "answered from memory"
+    );
+
+    // Another clone writes: a current read sees it at once, a near one once the push came.
+    b.update_object(&key, &"v2".to_string(), TTL).await;
+    assert_eq!(read(&a, &key, "unused").await.0.as_deref(), Some("v2"));
+    until_near_reads(&a, &key, "v2", "rebuilt").await;
+    // This clone writes: its own near copy goes at once, without waiting for the push.
+    a.update_object(&key, &"v3".to_string(), TTL).await;
+    assert_eq!(read_near(&a, &key, "unused").await.0.as_deref(), Some("v3"));
+    // An invalidation elsewhere: rebuilt here.
+    b.invalidate_object(&key).await;
+    until_near_reads(&a, &key, "rebuilt", "rebuilt").await;
+    // Memcached and the embedded file have no invalidation pushes: no near cache.
+    let memcached = Cache::connect(
+        &CacheUrl::Memcached(bakery_testkit::memcached_nodes()),
+        Duration::from_millis(500),
+        1000,
+        "test",
+    )
+    .await
+    .unwrap()
+    .with_near_cache(100);
+    assert!(memcached.near_stats().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_near_copy_outlives_a_burst_of_writes_elsewhere() {
+    let (a, b) = two_near_clones().await;
+    let key = unique("Product");
+    // What the database holds: builds read it, the writer changes it before it
+    // updates the cache (a write commits, then does its cache work).
+    let database = std::sync::Arc::new(std::sync::Mutex::new("v0".to_string()));
+    let from_database =
+        |cache: Cache, key: String, database: std::sync::Arc<std::sync::Mutex<String>>| async move {
+            cache
+                .object::<String, String, _, _>(
+                    &InFlight::default(),
+                    &key,
+                    TTL,
+                    Freshness::Near,
+                    move || {
+                        let value = database.lock().unwrap().clone();
+                        async move { Ok(Some(value)) }
+                    },
+                )
+                .await
+                .unwrap()
+                .0
+        };
+    from_database(a.clone(), key.clone(), database.clone()).await;
+    // Readers on one clone while the other writes fifty versions: answers that cross
+    // invalidations on the wire must not be kept.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let readers: Vec<_> = (0..4)
+        .map(|_| {
+            let (a, key, stop, database) = (a.clone(), key.clone(), stop.clone(), database.clone());
+            tokio::spawn(async move {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    from_database(a.clone(), key.clone(), database.clone()).await;
+                    // A hit from memory never waits: let the writer run.
+                    tokio::task::yield_now().await;
+                }
+            })
+        })
+        .collect();
+    for i in 1..=50 {
+        let value = format!("v{i}");
+        *database.lock().unwrap() = value.clone();
+        b.update_object(&key, &value, TTL).await;
+        tokio::task::yield_now().await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    // A stale copy held from the burst would answer forever; a rebuild reads v50.
+    until_near_reads(&a, &key, "v50", "v50").await;
+    for _ in 0..20 {
+        assert_eq!(read_near(&a, &key, "v50").await.0.as_deref(), Some("v50"));
+    }
+    let (current, _) = read(&a, &key, "v50").await;
+    assert_eq!(
+        current.as_deref(),
+        Some("v50"),
+        "Redis holds the last write too"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_tracked_connection_empties_the_near_cache_and_is_opened_again() {
+    let (a, b) = two_near_clones().await;
+    let key = unique("Product");
+    read_near(&a, &key, "v1").await;
+    read_near(&a, &key, "unused").await;
+    let tracked = a
+        .near_stats()
+        .unwrap()
+        .connection
+        .expect("a tracked connection");
+    let mut admin = redis::Client::open(bakery_testkit::redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let killed: u64 = redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("ID")
+        .arg(tracked)
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(killed, 1);
+    // Written while that connection is gone: its push can never come.
+    b.update_object(&key, &"v2".to_string(), TTL).await;
+    until_near_reads(&a, &key, "v2", "rebuilt").await;
+    let now = a.near_stats().unwrap();
+    assert_ne!(
+        now.connection,
+        Some(tracked),
+        "a new tracked connection: {now:?}"
     );
 }

@@ -17,7 +17,7 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{CurrentUser, Id, Json, MaybeUser};
+use crate::extract::{CurrentUser, Id, Json, MaybeUser, freshness};
 use crate::openapi::{
     BadRequest, Conflict, JobAccepted, JsonBody, NeedsSession, NotFound, PageOf, Unavailable,
 };
@@ -112,11 +112,12 @@ async fn show(
     State(state): State<AppState>,
     MaybeUser(current): MaybeUser,
     Id(id): Id,
+    headers: HeaderMap,
 ) -> ApiResult<Response> {
     let after = current.and_then(|c| c.lsn);
     let json = state
         .app
-        .product_json(id, after)
+        .product_json(id, after, freshness(&headers))
         .await?
         .ok_or_else(ApiError::not_found)?;
     Ok((

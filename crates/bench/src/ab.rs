@@ -1,0 +1,141 @@
+//! Two (or more) sides measured fairly against each other: the same closed-model
+//! load, in rounds that alternate which side goes first (so a machine that warms
+//! up or slows down during the run favours neither), reported as medians.
+
+use std::net::SocketAddr;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::load::{self, Mix, Model, Plan};
+use crate::median;
+
+/// One side: a name, where its requests go, and what it sends.
+pub struct Contender<'a> {
+    pub name: &'a str,
+    pub addr: SocketAddr,
+    pub mix: &'a Mix,
+}
+
+/// What one round (or the median of a side's rounds) measured.
+#[derive(Clone, Debug, Serialize)]
+pub struct Side {
+    pub rps: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub errors: u64,
+}
+
+/// One round of one side at one connection count.
+#[derive(Clone, Debug, Serialize)]
+pub struct Run {
+    pub connections: usize,
+    pub side: String,
+    #[serde(flatten)]
+    pub measured: Side,
+}
+
+/// Every side, `rounds` times at each connection count, alternating the order.
+pub async fn alternate(
+    contenders: &[Contender<'_>],
+    connections: &[usize],
+    rounds: usize,
+    warmup: std::time::Duration,
+    duration: std::time::Duration,
+) -> anyhow::Result<Vec<Run>> {
+    let total = connections.len() * rounds * contenders.len();
+    let bar = ProgressBar::new(total as u64).with_style(
+        ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} runs ({elapsed})")?
+            .progress_chars("=> "),
+    );
+    let mut runs = Vec::with_capacity(total);
+    for &c in connections {
+        for round in 0..rounds {
+            let mut order: Vec<&Contender> = contenders.iter().collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for contender in order {
+                bar.set_message(format!("{} at {c} conns", contender.name));
+                let plan = Plan {
+                    model: Model::Closed { connections: c },
+                    warmup,
+                    duration,
+                };
+                let m = load::run(contender.addr, contender.mix, plan).await?;
+                runs.push(Run {
+                    connections: c,
+                    side: contender.name.to_string(),
+                    measured: Side {
+                        rps: m.rps(),
+                        p50_ms: m.ms(0.5),
+                        p99_ms: m.ms(0.99),
+                        errors: m.errors,
+                    },
+                });
+                bar.inc(1);
+            }
+        }
+    }
+    bar.finish_and_clear();
+    Ok(runs)
+}
+
+/// The median of a side's rounds at `connections` (errors summed).
+pub fn median_side(runs: &[Run], connections: usize, side: &str) -> Side {
+    let mine: Vec<&Side> = runs
+        .iter()
+        .filter(|r| r.connections == connections && r.side == side)
+        .map(|r| &r.measured)
+        .collect();
+    let of = |f: fn(&Side) -> f64| median(mine.iter().map(|s| f(s)).collect());
+    Side {
+        rps: of(|s| s.rps),
+        p50_ms: of(|s| s.p50_ms),
+        p99_ms: of(|s| s.p99_ms),
+        errors: mine.iter().map(|s| s.errors).sum(),
+    }
+}
+
+/// `a / b`, rounded to three places (0 when `b` served nothing).
+pub fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        (a / b * 1000.0).round() / 1000.0
+    } else {
+        0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(connections: usize, side: &str, rps: f64, errors: u64) -> Run {
+        Run {
+            connections,
+            side: side.into(),
+            measured: Side {
+                rps,
+                p50_ms: rps / 1000.0,
+                p99_ms: rps / 100.0,
+                errors,
+            },
+        }
+    }
+
+    #[test]
+    fn a_side_is_the_median_of_its_own_rounds() {
+        let runs = vec![
+            run(16, "a", 100.0, 1),
+            run(16, "b", 900.0, 0),
+            run(16, "a", 300.0, 0),
+            run(16, "a", 200.0, 2),
+            run(64, "a", 5000.0, 0),
+        ];
+        let a = median_side(&runs, 16, "a");
+        assert_eq!((a.rps, a.errors), (200.0, 3));
+        assert_eq!(median_side(&runs, 16, "b").rps, 900.0);
+        assert_eq!(ratio(a.rps, 900.0), 0.222);
+        assert_eq!(ratio(1.0, 0.0), 0.0);
+    }
+}
