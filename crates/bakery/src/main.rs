@@ -265,14 +265,12 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
                     format!("not an IP:port address: {admin_listen:?}"),
                 )
             })?;
-            let admin = tokio::net::TcpListener::bind(admin_addr)
-                .await
-                .map_err(|e| {
-                    ConfigError::new(
-                        "--admin-listen",
-                        format!("cannot listen on {admin_addr}: {e}"),
-                    )
-                })?;
+            let admin = listen_deep(admin_addr).map_err(|e| {
+                ConfigError::new(
+                    "--admin-listen",
+                    format!("cannot listen on {admin_addr}: {e}"),
+                )
+            })?;
             let extra = format!(" admin={}", admin.local_addr()?);
             let (id, listener) = bind_with("lb", &role, &extra).await?;
             bakery_lb::run(
@@ -487,8 +485,7 @@ async fn bind_with(
             format!("not an IP:port address: {:?}", args.listen),
         )
     })?;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
+    let listener = listen_deep(addr)
         .map_err(|e| ConfigError::new("--listen", format!("cannot listen on {addr}: {e}")))?;
     let bound = listener.local_addr()?;
     let id = args
@@ -498,4 +495,20 @@ async fn bind_with(
     bakery_db::name_connections(&id);
     println!("listening role={role} id={id} addr={bound}{extra}");
     Ok((id, listener))
+}
+
+/// Listens on `addr` with a deep accept queue (the kernel caps it at `somaxconn`).
+/// With tokio's default of 128, a burst of connections (300 logins at once through
+/// the load balancer) overflows it, the kernel drops the SYNs beyond, and each of
+/// those connections waits a second for its retry: the load balancer's connect
+/// timeout then takes a healthy clone for a dead one.
+fn listen_deep(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
 }

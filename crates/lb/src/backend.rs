@@ -14,8 +14,8 @@ pub struct Backend {
     pub addr: SocketAddr,
     /// `http://addr`, prebuilt for health checks.
     pub origin: String,
-    /// `addr` as a URI authority, prebuilt for proxied request URIs.
-    authority: http::uri::Authority,
+    /// `addr` as a `Host` header, for the rare request that came without one.
+    pub host: http::HeaderValue,
     inflight: AtomicUsize,
     served: AtomicU64,
     /// Attempts in a row that failed after connecting (resets, no answer).
@@ -46,10 +46,8 @@ impl Backend {
     pub fn new(id: String, addr: SocketAddr) -> Self {
         Self {
             origin: format!("http://{addr}"),
-            authority: addr
-                .to_string()
-                .parse()
-                .expect("an IP:port is a valid authority"),
+            host: http::HeaderValue::from_str(&addr.to_string())
+                .expect("an IP:port is a valid header value"),
             id,
             addr,
             inflight: AtomicUsize::new(0),
@@ -58,15 +56,6 @@ impl Backend {
             healthy: AtomicBool::new(false),
             counters: Mutex::new(HealthCounters::default()),
         }
-    }
-
-    /// The URI of `path_and_query` on this backend.
-    pub fn uri(&self, path_and_query: http::uri::PathAndQuery) -> Result<http::Uri, http::Error> {
-        http::Uri::builder()
-            .scheme("http")
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
     }
 
     pub fn is_healthy(&self) -> bool {

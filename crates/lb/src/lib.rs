@@ -19,14 +19,10 @@ use std::time::Duration;
 
 use bakery_config::{Config, LbConfig};
 use bakery_telemetry::Metrics;
-use bytes::Bytes;
 use http::HeaderValue;
-use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -39,6 +35,7 @@ mod proxy;
 mod reply;
 pub mod retry_budget;
 pub mod topology;
+mod upstream;
 
 use backend::Backend;
 use pool::Pool;
@@ -155,20 +152,6 @@ impl Lb {
 }
 
 /// The pooled upstream client of one worker thread.
-pub(crate) type Upstream = Client<HttpConnector, Full<Bytes>>;
-
-fn upstream_client(config: &LbConfig) -> Upstream {
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(config.connect_timeout));
-    connector.set_nodelay(true);
-    connector.set_keepalive(Some(Duration::from_secs(30)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(1024)
-        .pool_timer(TokioTimer::new())
-        .build(connector)
-}
-
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight
 /// requests finish (at most 10 s, so a long-lived stream cannot hold it forever).
 ///
@@ -235,7 +218,7 @@ fn worker(
         .build()?;
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
-        let upstream = upstream_client(&lb.config);
+        let upstream = Arc::new(upstream::Upstream::new(lb.config.connect_timeout));
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(10))

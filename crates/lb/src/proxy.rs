@@ -1,8 +1,9 @@
 //! Forwarding one request: route, queue, buffer the body, pick a backend, send,
 //! and retry on another backend only when that is safe.
 //!
-//! Retry rules: a connection that failed to open carried nothing, so any request
-//! may go elsewhere; a failure after sending is retried only for idempotent methods
+//! Retry rules: a connection that failed to open, or closed before the request was
+//! written, carried nothing, so any request may go elsewhere (only the first ejects
+//! the backend: the second means it is up); a failure after sending is retried only for idempotent methods
 //! (a POST may already have had its effect); every retry draws on the budget; a
 //! timeout is not retried (the backend may still be working on it).
 
@@ -20,7 +21,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 
 use crate::reply::{self, Body};
-use crate::{Lb, Upstream, admin, client_ip, edge};
+use crate::upstream::Upstream;
+use crate::{Lb, admin, client_ip, edge};
 
 /// Headers that belong to one hop and are never forwarded (RFC 9110, 7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -205,22 +207,19 @@ async fn forward(
         tried.push(index);
         let mut upstream = Request::new(Full::new(body.clone()));
         *upstream.method_mut() = parts.method.clone();
-        *upstream.uri_mut() = match backend.uri(path_and_query.clone()) {
-            Ok(uri) => uri,
-            Err(_) => {
-                return own(
-                    StatusCode::BAD_REQUEST,
-                    "bad_uri",
-                    "the request target is not valid",
-                );
-            }
-        };
+        // Origin form on a connection of our own to the backend.
+        *upstream.uri_mut() = http::Uri::from(path_and_query.clone());
         *upstream.headers_mut() = headers_for_upstream();
+        if !upstream.headers().contains_key(header::HOST) {
+            upstream
+                .headers_mut()
+                .insert(header::HOST, backend.host.clone());
+        }
 
         let inflight = backend.start_request();
         let outcome = tokio::time::timeout(
             lb.config.upstream_timeout,
-            upstream_client.request(upstream),
+            upstream_client.request(backend.addr, upstream),
         )
         .await;
         drop(inflight);
@@ -242,8 +241,14 @@ async fn forward(
             }
         };
         let connect_failed = error.is_connect();
-        metrics::counter!("bakery_lb_upstream_errors_total", "kind" => if connect_failed { "connect" } else { "reset" })
-            .increment(1);
+        let kind = if connect_failed {
+            "connect"
+        } else if error.is_unsent() {
+            "unsent"
+        } else {
+            "reset"
+        };
+        metrics::counter!("bakery_lb_upstream_errors_total", "kind" => kind).increment(1);
         tracing::warn!(backend = %backend.id, %error, connect_failed, "upstream attempt failed");
         // Outlier detection: a refused connection, or a streak of failures after
         // connecting, takes the member out until the checker sees it pass again.
@@ -257,7 +262,7 @@ async fn forward(
             metrics::counter!("bakery_lb_ejections_total", "reason" => reason).increment(1);
             tracing::warn!(backend = %backend.id, reason, "ejected");
         }
-        if !(connect_failed || idempotent) || !lb.budget.try_withdraw() {
+        if !(error.is_unsent() || idempotent) || !lb.budget.try_withdraw() {
             return own(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream_failed",
@@ -410,14 +415,13 @@ fn upstream_headers(
     out
 }
 
-/// The backend's response, streamed back without its hop-by-hop headers.
-fn downstream(response: Response<Incoming>) -> Response<Body> {
-    let (mut parts, body) = response.into_parts();
+/// The backend's response without its hop-by-hop headers.
+fn downstream(mut response: Response<Body>) -> Response<Body> {
     for name in &HOP_BY_HOP {
         // Keep transfer-encoding's absence/presence to hyper: it frames the body itself.
-        parts.headers.remove(name);
+        response.headers_mut().remove(name);
     }
-    Response::from_parts(parts, body.boxed())
+    response
 }
 
 /// How long the health checker waits for one `/healthz`.

@@ -19,26 +19,35 @@ enum Behaviour {
     /// Reads the whole request, then closes the connection without answering
     /// (as a process that crashed after receiving would).
     Vanish,
+    /// Answers 204 No Content (no body, no `content-length`).
+    NoContent,
+    /// Answers 200, then closes the connection it kept alive (as a server whose
+    /// keep-alive timeout ran out would, between two requests).
+    AnswerThenClose,
 }
 
 struct TestBackend {
     addr: SocketAddr,
     arrivals: Arc<AtomicUsize>,
+    /// Connections that carried at least one request other than `/healthz`.
+    connections: Arc<AtomicUsize>,
 }
 
 async fn test_backend(name: &'static str, behaviour: Behaviour) -> TestBackend {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let arrivals = Arc::new(AtomicUsize::new(0));
-    let counter = arrivals.clone();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (counter, connection_counter) = (arrivals.clone(), connections.clone());
     tokio::spawn(async move {
         loop {
             let Ok((mut socket, _)) = listener.accept().await else {
                 return;
             };
-            let counter = counter.clone();
+            let (counter, connection_counter) = (counter.clone(), connection_counter.clone());
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
+                let mut counted = false;
                 loop {
                     // Read one request: head, then content-length bytes of body.
                     let mut chunk = [0u8; 4096];
@@ -72,23 +81,39 @@ async fn test_backend(name: &'static str, behaviour: Behaviour) -> TestBackend {
                         "{\"status\":\"ok\"}".to_string()
                     } else {
                         counter.fetch_add(1, Ordering::SeqCst);
+                        if !counted {
+                            counted = true;
+                            connection_counter.fetch_add(1, Ordering::SeqCst);
+                        }
                         if let Behaviour::Vanish = behaviour {
                             return;
                         }
                         format!("{name}\n{head}")
                     };
-                    let response = format!(
-                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
-                        body.len()
-                    );
+                    let response = match behaviour {
+                        Behaviour::NoContent if !healthz => {
+                            "HTTP/1.1 204 No Content\r\n\r\n".to_string()
+                        }
+                        _ => format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                            body.len()
+                        ),
+                    };
                     if socket.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                    if matches!(behaviour, Behaviour::AnswerThenClose) && !healthz {
                         return;
                     }
                 }
             });
         }
     });
-    TestBackend { addr, arrivals }
+    TestBackend {
+        addr,
+        arrivals,
+        connections,
+    }
 }
 
 /// The admin token of the tests' load balancers (32 characters or more).
@@ -186,6 +211,51 @@ async fn a_get_is_retried_elsewhere_but_a_post_that_reached_a_backend_never_is()
         failed, bad_posts,
         "a POST lost by a backend is answered 503, not sent again"
     );
+}
+
+/// Upstream connections outlive their requests, also after answers without a body;
+/// an idle one that the backend closed is replaced without a word: even a POST,
+/// which is never sent twice, gets through (it was never sent on the closed one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_kept_and_one_the_backend_closed_costs_nothing() {
+    let quiet = test_backend("quiet", Behaviour::NoContent).await;
+    let closer = test_backend("closer", Behaviour::AnswerThenClose).await;
+    let lb = Role::start(
+        &["lb", "--backend", &format!("web=quiet@{}", quiet.addr)],
+        lb_env(),
+    );
+    wait_healthy(&lb, 1).await;
+    let http = client();
+    for _ in 0..10 {
+        let r = http.get(lb.url("/api/thing")).send().await.unwrap();
+        assert_eq!(r.status(), 204);
+    }
+    assert_eq!(quiet.arrivals.load(Ordering::SeqCst), 10);
+    assert_eq!(
+        quiet.connections.load(Ordering::SeqCst),
+        1,
+        "ten answers without a body on one upstream connection"
+    );
+
+    let lb = Role::start(
+        &["lb", "--backend", &format!("web=closer@{}", closer.addr)],
+        lb_env(),
+    );
+    wait_healthy(&lb, 1).await;
+    for i in 0..10 {
+        let r = http
+            .post(lb.url("/api/orders"))
+            .header("content-type", "application/json")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "POST {i}");
+        // The backend's close reaches the load balancer before the next request.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(closer.arrivals.load(Ordering::SeqCst), 10, "each POST once");
+    assert_eq!(closer.connections.load(Ordering::SeqCst), 10);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
