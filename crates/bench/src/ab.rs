@@ -9,6 +9,20 @@ use serde::Serialize;
 
 use crate::load::{self, Mix, Model, Plan};
 use crate::median;
+use crate::plot::{self, Chart, Series, Style};
+
+/// How long each side is measured, and how often: the flags of every A/B command.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Rounds {
+    /// Seconds measured per round.
+    #[arg(long, default_value_t = 8.0)]
+    pub duration: f64,
+    /// Seconds of load before each round's measurement.
+    #[arg(long, default_value_t = 2.0)]
+    pub warmup: f64,
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+}
 
 /// One side: a name, where its requests go, and what it sends.
 pub struct Contender<'a> {
@@ -97,6 +111,48 @@ pub fn median_side(runs: &[Run], connections: usize, side: &str) -> Side {
     }
 }
 
+/// Each connection count with the medians of both sides.
+pub fn points(runs: &[Run], connections: &[usize], sides: [&str; 2]) -> Vec<(usize, Side, Side)> {
+    connections
+        .iter()
+        .map(|&c| {
+            (
+                c,
+                median_side(runs, c, sides[0]),
+                median_side(runs, c, sides[1]),
+            )
+        })
+        .collect()
+}
+
+/// The two sides side by side, a header row then a row per connection count; also
+/// printed on stderr.
+pub fn table(points: &[(usize, Side, Side)], labels: [&str; 2]) -> Vec<Vec<String>> {
+    let [a, b] = labels;
+    let mut table = vec![vec![
+        "connections".to_string(),
+        format!("{a} req/s"),
+        format!("{b} req/s"),
+        format!("{a} / {b}"),
+        format!("{a} p50 / p99 ms"),
+        format!("{b} p50 / p99 ms"),
+    ]];
+    for (c, x, y) in points {
+        table.push(vec![
+            c.to_string(),
+            format!("{:.0}", x.rps),
+            format!("{:.0}", y.rps),
+            format!("{:.3}", ratio(x.rps, y.rps)),
+            format!("{:.2} / {:.2}", x.p50_ms, x.p99_ms),
+            format!("{:.2} / {:.2}", y.p50_ms, y.p99_ms),
+        ]);
+    }
+    for row in &table {
+        eprintln!("{}", row.join(" | "));
+    }
+    table
+}
+
 /// `a / b`, rounded to three places (0 when `b` served nothing).
 pub fn ratio(a: f64, b: f64) -> f64 {
     if b > 0.0 {
@@ -104,6 +160,46 @@ pub fn ratio(a: f64, b: f64) -> f64 {
     } else {
         0.0
     }
+}
+
+/// Requests/s and p99 of two sides over the connection counts (`throughput` and
+/// `p99` charts); the names of the charts drawn.
+pub fn draw(
+    dir: &std::path::Path,
+    what: &str,
+    names: [&str; 2],
+    points: &[(usize, Side, Side)],
+) -> anyhow::Result<Vec<String>> {
+    let series = |name: &str, f: &dyn Fn(&(usize, Side, Side)) -> f64| Series {
+        name: name.into(),
+        points: points.iter().map(|p| (p.0 as f64, f(p))).collect(),
+        style: Style::LineAndPoints,
+    };
+    for (stem, title, y, of) in [
+        (
+            "throughput",
+            "requests/s",
+            "requests/s",
+            (|s: &Side| s.rps) as fn(&Side) -> f64,
+        ),
+        ("p99", "p99 latency", "ms", |s: &Side| s.p99_ms),
+    ] {
+        plot::draw(
+            dir,
+            stem,
+            &Chart {
+                title: &format!("{what}: {title}"),
+                x: "connections",
+                y,
+                series: vec![
+                    series(names[0], &|p| of(&p.1)),
+                    series(names[1], &|p| of(&p.2)),
+                ],
+                log_y: false,
+            },
+        )?;
+    }
+    Ok(vec!["throughput".into(), "p99".into()])
 }
 
 #[cfg(test)]

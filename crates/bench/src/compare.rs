@@ -4,14 +4,13 @@
 //! baseline it says what a route costs beyond HTTP and the load balancer (a cached
 //! product read should cost little more than a ping).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use bakery_config::{Config, ConfigError};
 use serde_json::json;
 
-use crate::ab::{self, Contender, Side};
+use crate::ab::{self, Contender};
 use crate::html;
-use crate::plot::{self, Chart, Series, Style};
 use crate::scenarios::Scenario;
 use crate::topology::{Lab, Shape, Topology};
 
@@ -34,14 +33,8 @@ pub struct Options {
     pub cpu_lb: Option<f64>,
     #[arg(long, value_delimiter = ',', default_value = "16,64")]
     pub connections: Vec<usize>,
-    /// Seconds measured per round.
-    #[arg(long, default_value_t = 8.0)]
-    pub duration: f64,
-    /// Seconds of load before each round's measurement.
-    #[arg(long, default_value_t = 2.0)]
-    pub warmup: f64,
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
+    #[command(flatten)]
+    pub rounds: ab::Rounds,
     /// The `--config` file the bench's processes are started with.
     #[arg(skip)]
     pub config_file: Option<PathBuf>,
@@ -68,12 +61,12 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         )
         .into());
     }
-    if options.rounds == 0 || options.clones == 0 {
+    if options.rounds.rounds == 0 || options.clones == 0 {
         return Err(ConfigError::new("--rounds", "--rounds and --clones are at least 1").into());
     }
     crate::cpu_share("--cpu-per-clone", options.cpu_per_clone)?;
     crate::cpu_share("--cpu-lb", options.cpu_lb)?;
-    let (duration, warmup) = crate::timing(options.duration, options.warmup)?;
+    let (duration, warmup) = crate::timing(options.rounds.duration, options.rounds.warmup)?;
     let lab = Lab::open(
         options.config_file.clone(),
         config,
@@ -106,46 +99,16 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     let runs = ab::alternate(
         &contenders,
         &options.connections,
-        options.rounds,
+        options.rounds.rounds,
         warmup,
         duration,
     )
     .await?;
     topology.stop().await;
 
-    let points: Vec<(usize, Side, Side)> = options
-        .connections
-        .iter()
-        .map(|&c| {
-            (
-                c,
-                ab::median_side(&runs, c, a),
-                ab::median_side(&runs, c, b),
-            )
-        })
-        .collect();
-    let mut table = vec![vec![
-        "connections".to_string(),
-        format!("{a} req/s"),
-        format!("{b} req/s"),
-        format!("{a} / {b}"),
-        format!("{a} p50 / p99 ms"),
-        format!("{b} p50 / p99 ms"),
-    ]];
-    for (c, x, y) in &points {
-        table.push(vec![
-            c.to_string(),
-            format!("{:.0}", x.rps),
-            format!("{:.0}", y.rps),
-            format!("{:.3}", ab::ratio(x.rps, y.rps)),
-            format!("{:.2} / {:.2}", x.p50_ms, x.p99_ms),
-            format!("{:.2} / {:.2}", y.p50_ms, y.p99_ms),
-        ]);
-    }
-    for row in &table {
-        eprintln!("{}", row.join(" | "));
-    }
-    let charts = draw(&lab.dir, a, b, &points)?;
+    let points = ab::points(&runs, &options.connections, [a, b]);
+    let table = ab::table(&points, [a, b]);
+    let charts = ab::draw(&lab.dir, &format!("{a} against {b}"), [a, b], &points)?;
     std::fs::write(
         lab.dir.join("runs.json"),
         serde_json::to_string_pretty(&runs)?,
@@ -160,10 +123,10 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
                 options.clones,
                 budget(options.cpu_per_clone),
                 budget(options.cpu_lb),
-                options.rounds,
-                options.duration,
-                options.warmup,
-                cache_engine(&lab.config.cache_url),
+                options.rounds.rounds,
+                options.rounds.duration,
+                options.rounds.warmup,
+                lab.config.cache_url.engine(),
             )],
             table,
             charts,
@@ -175,7 +138,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         "measured": a,
         "baseline": b,
         "clones": options.clones,
-        "cache": cache_engine(&lab.config.cache_url),
+        "cache": lab.config.cache_url.engine(),
         "points": points.iter().map(|(c, x, y)| json!({
             "connections": c,
             "rps": x.rps.round(), "baseline_rps": y.rps.round(),
@@ -186,50 +149,4 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         })).collect::<Vec<_>>(),
     });
     crate::write_result(&lab.dir, &result)
-}
-
-fn draw(
-    dir: &Path,
-    a: &str,
-    b: &str,
-    points: &[(usize, Side, Side)],
-) -> anyhow::Result<Vec<String>> {
-    let series = |name: &str, f: &dyn Fn(&(usize, Side, Side)) -> f64| Series {
-        name: name.into(),
-        points: points.iter().map(|p| (p.0 as f64, f(p))).collect(),
-        style: Style::LineAndPoints,
-    };
-    plot::draw(
-        dir,
-        "throughput",
-        &Chart {
-            title: &format!("{a} against {b}: requests/s"),
-            x: "connections",
-            y: "requests/s",
-            series: vec![series(a, &|p| p.1.rps), series(b, &|p| p.2.rps)],
-            log_y: false,
-        },
-    )?;
-    plot::draw(
-        dir,
-        "p99",
-        &Chart {
-            title: &format!("{a} against {b}: p99 latency"),
-            x: "connections",
-            y: "ms",
-            series: vec![series(a, &|p| p.1.p99_ms), series(b, &|p| p.2.p99_ms)],
-            log_y: false,
-        },
-    )?;
-    Ok(vec!["throughput".into(), "p99".into()])
-}
-
-/// The cache engine's name as the report shows it.
-fn cache_engine(url: &bakery_config::CacheUrl) -> &'static str {
-    match url {
-        bakery_config::CacheUrl::Embedded(_) => "embedded",
-        bakery_config::CacheUrl::Redis(_) => "redis",
-        bakery_config::CacheUrl::Memcached(_) => "memcached",
-        bakery_config::CacheUrl::None => "none",
-    }
 }

@@ -12,9 +12,8 @@ use bakery_config::{Config, ConfigError};
 use serde_json::json;
 use tokio::process::{Child, Command};
 
-use crate::ab::{self, Contender, Side};
+use crate::ab::{self, Contender};
 use crate::html;
-use crate::plot::{self, Chart, Series, Style};
 use crate::scenarios::Scenario;
 use crate::topology::{Lab, Shape, Topology};
 
@@ -31,14 +30,8 @@ pub struct Options {
     /// ping, product, product-uncached, product-page, edge, rsvp or browse.
     #[arg(long, default_value = "ping")]
     pub scenario: String,
-    /// Seconds measured per round.
-    #[arg(long, default_value_t = 8.0)]
-    pub duration: f64,
-    /// Seconds of load before each round's measurement.
-    #[arg(long, default_value_t = 2.0)]
-    pub warmup: f64,
-    #[arg(long, default_value_t = 3)]
-    pub rounds: usize,
+    #[command(flatten)]
+    pub rounds: ab::Rounds,
     /// The `--config` file the bench's processes are started with.
     #[arg(skip)]
     pub config_file: Option<PathBuf>,
@@ -54,10 +47,10 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         .into());
     }
     crate::cpu_share("--cpu-lb", options.cpu_lb)?;
-    if options.rounds == 0 || options.clones == 0 {
+    if options.rounds.rounds == 0 || options.clones == 0 {
         return Err(ConfigError::new("--rounds", "--rounds and --clones are at least 1").into());
     }
-    let (duration, warmup) = crate::timing(options.duration, options.warmup)?;
+    let (duration, warmup) = crate::timing(options.rounds.duration, options.rounds.warmup)?;
     let nginx = nginx_binary().await?;
     let mut lab = Lab::open(
         options.config_file.clone(),
@@ -100,7 +93,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     let runs = ab::alternate(
         &contenders,
         &options.connections,
-        options.rounds,
+        options.rounds.rounds,
         warmup,
         duration,
     )
@@ -108,43 +101,14 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     theirs.stop().await;
     ours.stop().await;
 
-    let points: Vec<_> = options
-        .connections
-        .iter()
-        .map(|&c| {
-            (
-                c,
-                ab::median_side(&runs, c, "bakery"),
-                ab::median_side(&runs, c, "nginx"),
-            )
-        })
-        .collect();
-    let mut table = vec![
-        [
-            "connections",
-            "ours req/s",
-            "nginx req/s",
-            "ours / nginx",
-            "ours p50 / p99 ms",
-            "nginx p50 / p99 ms",
-        ]
-        .map(String::from)
-        .to_vec(),
-    ];
-    for (c, o, n) in &points {
-        table.push(vec![
-            c.to_string(),
-            format!("{:.0}", o.rps),
-            format!("{:.0}", n.rps),
-            format!("{:.3}", ab::ratio(o.rps, n.rps)),
-            format!("{:.2} / {:.2}", o.p50_ms, o.p99_ms),
-            format!("{:.2} / {:.2}", n.p50_ms, n.p99_ms),
-        ]);
-    }
-    for row in &table {
-        eprintln!("{}", row.join(" | "));
-    }
-    let charts = draw(&lab.dir, scenario, &points)?;
+    let points = ab::points(&runs, &options.connections, ["bakery", "nginx"]);
+    let table = ab::table(&points, ["ours", "nginx"]);
+    let charts = ab::draw(
+        &lab.dir,
+        &format!("{} through each balancer", scenario.name()),
+        ["bakery lb", "nginx"],
+        &points,
+    )?;
     std::fs::write(
         lab.dir.join("runs.json"),
         serde_json::to_string_pretty(&runs)?,
@@ -156,9 +120,9 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
             summary: vec![format!(
                 "{} clone(s) behind each; closed model; {} round(s) of {:.0} s (after {:.0} s of warm-up) per side and connection count, alternating which side goes first; CPU for each balancer: {} ({} worker(s) each).",
                 options.clones,
-                options.rounds,
-                options.duration,
-                options.warmup,
+                options.rounds.rounds,
+                options.rounds.duration,
+                options.rounds.warmup,
                 options
                     .cpu_lb
                     .map_or("unlimited".into(), |c| format!("{c} core")),
@@ -185,47 +149,6 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         })).collect::<Vec<_>>(),
     });
     crate::write_result(&lab.dir, &result)
-}
-
-fn draw(
-    dir: &Path,
-    scenario: Scenario,
-    points: &[(usize, Side, Side)],
-) -> anyhow::Result<Vec<String>> {
-    let series = |name: &str, f: &dyn Fn(&(usize, Side, Side)) -> f64| Series {
-        name: name.into(),
-        points: points.iter().map(|p| (p.0 as f64, f(p))).collect(),
-        style: Style::LineAndPoints,
-    };
-    plot::draw(
-        dir,
-        "throughput",
-        &Chart {
-            title: &format!("{}: requests/s through each balancer", scenario.name()),
-            x: "connections",
-            y: "requests/s",
-            series: vec![
-                series("bakery lb", &|p| p.1.rps),
-                series("nginx", &|p| p.2.rps),
-            ],
-            log_y: false,
-        },
-    )?;
-    plot::draw(
-        dir,
-        "p99",
-        &Chart {
-            title: &format!("{}: p99 latency through each balancer", scenario.name()),
-            x: "connections",
-            y: "ms",
-            series: vec![
-                series("bakery lb", &|p| p.1.p99_ms),
-                series("nginx", &|p| p.2.p99_ms),
-            ],
-            log_y: false,
-        },
-    )?;
-    Ok(vec!["throughput".into(), "p99".into()])
 }
 
 /// nginx's path, installing Debian's `nginx-light` (or `nginx`) when missing.

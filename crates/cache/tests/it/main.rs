@@ -38,18 +38,22 @@ fn unique(name: &str) -> String {
 }
 
 async fn read(cache: &Cache, key: &str, value: &str) -> (Option<String>, CacheResult) {
+    read_at(cache, key, value, Freshness::Current).await
+}
+
+/// Reads `key` as fresh as `freshness` asks; a miss builds `value`.
+async fn read_at(
+    cache: &Cache,
+    key: &str,
+    value: &str,
+    freshness: Freshness,
+) -> (Option<String>, CacheResult) {
     let value = value.to_string();
     cache
-        .object::<String, String, _, _>(
-            &InFlight::default(),
-            key,
-            TTL,
-            Freshness::Current,
-            move || {
-                let value = value.clone();
-                async move { Ok(Some(value)) }
-            },
-        )
+        .object::<String, String, _, _>(&InFlight::default(), key, TTL, freshness, move || {
+            let value = value.clone();
+            async move { Ok(Some(value)) }
+        })
         .await
         .unwrap()
 }
@@ -661,20 +665,7 @@ async fn failed_invalidations_are_owed_once_per_key_and_made_when_the_cache_is_b
 }
 
 async fn read_near(cache: &Cache, key: &str, value: &str) -> (Option<String>, CacheResult) {
-    let value = value.to_string();
-    cache
-        .object::<String, String, _, _>(
-            &InFlight::default(),
-            key,
-            TTL,
-            Freshness::Near,
-            move || {
-                let value = value.clone();
-                async move { Ok(Some(value)) }
-            },
-        )
-        .await
-        .unwrap()
+    read_at(cache, key, value, Freshness::Near).await
 }
 
 /// Near reads of `key` on `cache` until one answers `expected` (an invalidation push
