@@ -1,6 +1,9 @@
 //! Two (or more) sides measured fairly against each other: the same closed-model
 //! load, in rounds that alternate which side goes first (so a machine that warms
-//! up or slows down during the run favours neither), reported as medians.
+//! up or slows down during the run favours neither), reported as medians. Beside
+//! requests/s, the CPU each side's processes spent per request while measured: on a
+//! machine shared with other work, throughput says who got more of it, while CPU
+//! per request says who needed less.
 
 use std::net::SocketAddr;
 
@@ -8,8 +11,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use crate::load::{self, Mix, Model, Plan};
-use crate::median;
 use crate::plot::{self, Chart, Series, Style};
+use crate::{cpu, median};
 
 /// How long each side is measured, and how often: the flags of every A/B command.
 #[derive(clap::Args, Debug, Clone)]
@@ -24,11 +27,13 @@ pub struct Rounds {
     pub rounds: usize,
 }
 
-/// One side: a name, where its requests go, and what it sends.
+/// One side: a name, where its requests go, what it sends, and the processes whose
+/// CPU it is charged.
 pub struct Contender<'a> {
     pub name: &'a str,
     pub addr: SocketAddr,
     pub mix: &'a Mix,
+    pub pids: Vec<u32>,
 }
 
 /// What one round (or the median of a side's rounds) measured.
@@ -38,6 +43,8 @@ pub struct Side {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
+    /// CPU time of the side's processes per answered request, in microseconds.
+    pub cpu_us: f64,
 }
 
 /// One round of one side at one connection count.
@@ -76,7 +83,16 @@ pub async fn alternate(
                     warmup,
                     duration,
                 };
+                // The CPU of the measured window only, sampled beside the load.
+                let pids = contender.pids.clone();
+                let cpu = tokio::spawn(async move {
+                    tokio::time::sleep(warmup).await;
+                    let before = cpu::used_by(&pids);
+                    tokio::time::sleep(duration).await;
+                    cpu::used_by(&pids).saturating_sub(before)
+                });
                 let m = load::run(contender.addr, contender.mix, plan).await?;
+                let cpu = cpu.await?;
                 runs.push(Run {
                     connections: c,
                     side: contender.name.to_string(),
@@ -85,6 +101,7 @@ pub async fn alternate(
                         p50_ms: m.ms(0.5),
                         p99_ms: m.ms(0.99),
                         errors: m.errors,
+                        cpu_us: cpu.as_secs_f64() * 1e6 / m.ok.max(1) as f64,
                     },
                 });
                 bar.inc(1);
@@ -108,6 +125,7 @@ pub fn median_side(runs: &[Run], connections: usize, side: &str) -> Side {
         p50_ms: of(|s| s.p50_ms),
         p99_ms: of(|s| s.p99_ms),
         errors: mine.iter().map(|s| s.errors).sum(),
+        cpu_us: of(|s| s.cpu_us),
     }
 }
 
@@ -136,6 +154,7 @@ pub fn table(points: &[(usize, Side, Side)], labels: [&str; 2]) -> Vec<Vec<Strin
         format!("{a} / {b}"),
         format!("{a} p50 / p99 ms"),
         format!("{b} p50 / p99 ms"),
+        format!("{a} / {b} CPU µs per request"),
     ]];
     for (c, x, y) in points {
         table.push(vec![
@@ -145,6 +164,7 @@ pub fn table(points: &[(usize, Side, Side)], labels: [&str; 2]) -> Vec<Vec<Strin
             format!("{:.3}", ratio(x.rps, y.rps)),
             format!("{:.2} / {:.2}", x.p50_ms, x.p99_ms),
             format!("{:.2} / {:.2}", y.p50_ms, y.p99_ms),
+            format!("{:.1} / {:.1}", x.cpu_us, y.cpu_us),
         ]);
     }
     for row in &table {
@@ -215,6 +235,7 @@ mod tests {
                 p50_ms: rps / 1000.0,
                 p99_ms: rps / 100.0,
                 errors,
+                cpu_us: 1e6 / rps,
             },
         }
     }
@@ -229,7 +250,7 @@ mod tests {
             run(64, "a", 5000.0, 0),
         ];
         let a = median_side(&runs, 16, "a");
-        assert_eq!((a.rps, a.errors), (200.0, 3));
+        assert_eq!((a.rps, a.errors, a.cpu_us), (200.0, 3, 5000.0));
         assert_eq!(median_side(&runs, 16, "b").rps, 900.0);
         assert_eq!(ratio(a.rps, 900.0), 0.222);
         assert_eq!(ratio(1.0, 0.0), 0.0);

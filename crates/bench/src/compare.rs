@@ -84,16 +84,22 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     let measured_mix = scenario.prepare(&lab, &topology.base()).await?;
     let baseline_mix = baseline.prepare(&lab, &topology.base()).await?;
     let (a, b) = (scenario.name(), baseline.name());
+    // Both are charged the whole system under test: the load balancer and the clones.
+    let system: Vec<u32> = std::iter::once(topology.lb.pid)
+        .chain(topology.clone_pids())
+        .collect();
     let contenders = [
         Contender {
             name: a,
             addr: topology.addr(),
             mix: &measured_mix,
+            pids: system.clone(),
         },
         Contender {
             name: b,
             addr: topology.addr(),
             mix: &baseline_mix,
+            pids: system,
         },
     ];
     let runs = ab::alternate(
@@ -146,6 +152,8 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
             "baseline_p99_ms": (y.p99_ms * 1000.0).round() / 1000.0,
             "ratio": ab::ratio(x.rps, y.rps),
             "errors": x.errors, "baseline_errors": y.errors,
+            "cpu_us_per_request": (x.cpu_us * 10.0).round() / 10.0,
+            "baseline_cpu_us_per_request": (y.cpu_us * 10.0).round() / 10.0,
         })).collect::<Vec<_>>(),
     });
     crate::write_result(&lab.dir, &result)

@@ -83,11 +83,13 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
             name: "bakery",
             addr: ours.addr(),
             mix: &mix,
+            pids: vec![ours.lb.pid],
         },
         Contender {
             name: "nginx",
             addr: theirs.addr,
             mix: &mix,
+            pids: theirs.pids(),
         },
     ];
     let runs = ab::alternate(
@@ -146,6 +148,8 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
             "nginx_p99_ms": (n.p99_ms * 1000.0).round() / 1000.0,
             "ratio": ab::ratio(o.rps, n.rps),
             "ours_errors": o.errors, "nginx_errors": n.errors,
+            "ours_cpu_us_per_request": (o.cpu_us * 10.0).round() / 10.0,
+            "nginx_cpu_us_per_request": (n.cpu_us * 10.0).round() / 10.0,
         })).collect::<Vec<_>>(),
     });
     crate::write_result(&lab.dir, &result)
@@ -284,6 +288,14 @@ impl Nginx {
         {
             let _ = self.child.kill().await;
         }
+    }
+}
+
+impl Nginx {
+    /// The master and its workers.
+    fn pids(&self) -> Vec<u32> {
+        let master = self.child.id().unwrap_or(0);
+        std::iter::once(master).chain(children(master)).collect()
     }
 }
 

@@ -225,6 +225,11 @@ async fn bench_lb_measures_ours_and_nginx_before_the_same_clones() {
         }
         assert_eq!(point["ours_errors"], 0, "{point}");
         assert_eq!(point["nginx_errors"], 0, "{point}");
+        for key in ["ours_cpu_us_per_request", "nginx_cpu_us_per_request"] {
+            // Each balancer spent some CPU on each request, and not a whole second.
+            let cpu = point[key].as_f64().unwrap();
+            assert!(cpu > 0.0 && cpu < 1e6, "{key} in {point}");
+        }
     }
     assert!(is_png(&dir.join("throughput.png")));
 }
@@ -289,6 +294,10 @@ async fn bench_compare_measures_a_scenario_against_its_baseline_side_by_side() {
             (&0.into(), &0.into()),
             "{point}"
         );
+        for key in ["cpu_us_per_request", "baseline_cpu_us_per_request"] {
+            let cpu = point[key].as_f64().unwrap();
+            assert!(cpu > 0.0 && cpu < 1e6, "{key} in {point}");
+        }
     }
     assert!(is_png(&dir.join("throughput.png")));
     assert!(dir.join("runs.json").is_file());
