@@ -220,9 +220,13 @@ async fn a_get_is_retried_elsewhere_but_a_post_that_reached_a_backend_never_is()
 async fn upstream_connections_are_kept_and_one_the_backend_closed_costs_nothing() {
     let quiet = test_backend("quiet", Behaviour::NoContent).await;
     let closer = test_backend("closer", Behaviour::AnswerThenClose).await;
+    // One worker: its upstream connections are one pool, whichever client
+    // connection a request comes on.
+    let mut env = lb_env();
+    env.push(("BAKERY_LB_WORKERS".into(), "1".into()));
     let lb = Role::start(
         &["lb", "--backend", &format!("web=quiet@{}", quiet.addr)],
-        lb_env(),
+        env.clone(),
     );
     wait_healthy(&lb, 1).await;
     let http = client();
@@ -239,7 +243,7 @@ async fn upstream_connections_are_kept_and_one_the_backend_closed_costs_nothing(
 
     let lb = Role::start(
         &["lb", "--backend", &format!("web=closer@{}", closer.addr)],
-        lb_env(),
+        env,
     );
     wait_healthy(&lb, 1).await;
     for i in 0..10 {
