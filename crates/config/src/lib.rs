@@ -84,7 +84,8 @@ pub struct Config {
     #[serde(deserialize_with = "values::number")]
     pub cache_embedded_max_entries: u64,
     /// Keys each clone keeps in its near cache in front of Redis (kept coherent by
-    /// Redis's invalidation pushes, served only to readers without a session); 0: off.
+    /// Redis's invalidation pushes, served only to readers without a session); 0, the
+    /// default: off, so that every reader sees a write on the next request.
     #[serde(deserialize_with = "values::number")]
     pub cache_near_max_entries: usize,
     /// The password of user `admin` when first created; generated when absent.
@@ -160,7 +161,7 @@ impl Default for Config {
             cache_query_ttl: Duration::from_secs(60),
             cache_timeout: Duration::from_millis(100),
             cache_embedded_max_entries: 50_000,
-            cache_near_max_entries: 10_000,
+            cache_near_max_entries: 0,
             admin_password: None,
             debug_headers: true,
             cookie_secure: false,

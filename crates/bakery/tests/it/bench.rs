@@ -240,7 +240,14 @@ async fn bench_lb_measures_ours_and_nginx_before_the_same_clones() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_compare_measures_a_scenario_against_its_baseline_side_by_side() {
     let data = harness::TempDir::new();
-    let redis = vec![("BAKERY_CACHE_URL".to_string(), harness::redis_url())];
+    let redis = vec![
+        ("BAKERY_CACHE_URL".to_string(), harness::redis_url()),
+        // The visitors' product reads come from the clones' near caches.
+        (
+            "BAKERY_CACHE_NEAR_MAX_ENTRIES".to_string(),
+            "10000".to_string(),
+        ),
+    ];
     let (code, out, err) = bench_with(
         &data,
         redis,
