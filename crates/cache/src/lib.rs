@@ -67,9 +67,9 @@ pub enum Freshness {
     /// The cache server's value now: it reflects every write acknowledged so far.
     /// For anyone who may have written (a reader with a session).
     Current,
-    /// May come from this process's near copy (Redis only, see `near`), which an
-    /// invalidation for a write made elsewhere may still be on its way to, for well
-    /// under a millisecond. For readers who cannot have written (no session).
+    /// May come from this process's near copy (Redis only, when switched on, see
+    /// `near`), which an invalidation for a write made elsewhere may still be on its
+    /// way to for a moment. For readers who cannot have written (no session).
     Near,
 }
 

@@ -17,10 +17,11 @@
 //! empties the whole table, and the next read opens a new tracked connection.
 //!
 //! What the near cache cannot promise is that a push in flight has arrived: another
-//! clone may serve the old value for that long (well under a millisecond on a local
-//! network). So it only serves readers who cannot have written (no session); a
-//! reader with a session reads the server's current value ([`crate::Freshness`]),
-//! and this process's own writes forget their keys here at once.
+//! clone may serve the old value for that long (usually well under a millisecond, but
+//! a busy clone may handle a request before the push that came first). So it only
+//! serves readers who cannot have written (no session); a reader with a session reads
+//! the server's current value ([`crate::Freshness`]), and this process's own writes
+//! forget their keys here at once. It is off unless `cache_near_max_entries` is set.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
