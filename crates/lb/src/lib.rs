@@ -219,6 +219,16 @@ fn worker(
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
         let upstream = Arc::new(upstream::Upstream::new(lb.config.connect_timeout));
+        // Idle upstream connections are not watched between requests: close the
+        // stale and the dead now and then (the task ends with the runtime).
+        let pruned = upstream.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(upstream::IDLE_TIMEOUT / 4);
+            loop {
+                every.tick().await;
+                pruned.prune(std::time::Instant::now());
+            }
+        });
         let mut http = http1::Builder::new();
         http.timer(TokioTimer::new())
             .header_read_timeout(Duration::from_secs(10))

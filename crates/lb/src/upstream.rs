@@ -11,14 +11,16 @@
 //! Responses with a known length up to [`BUFFERED_MAX`] are read whole that way
 //! (nearly every answer of a clone). Others (server-sent events, large files) hand
 //! their connection to a task of its own and stream, and that connection is not
-//! reused.
+//! reused. Idle connections are not watched between requests, so [`Upstream::prune`]
+//! runs now and then: it closes those idle past [`IDLE_TIMEOUT`] or closed by their
+//! backend, and forgets backends left with none (a clone gone for good).
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -35,6 +37,9 @@ const BUFFERED_MAX: u64 = 1 << 20;
 /// Idle connections kept per backend, per worker.
 const IDLE_MAX: usize = 1024;
 
+/// An idle connection unused this long is closed (as hyper's pooled client does).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
 type Sender = http1::SendRequest<Full<Bytes>>;
 type Driver = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
 
@@ -47,6 +52,16 @@ pub struct Upstream {
 struct Conn {
     sender: Sender,
     driver: Driver,
+    idle_since: Instant,
+}
+
+impl Conn {
+    /// Lets it read what arrived while it was idle: a backend that closed it
+    /// (keep-alive timeout, restart) shows here, before anything is sent.
+    fn is_open(&mut self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        Pin::new(&mut self.driver).poll(&mut cx).is_pending() && !self.sender.is_closed()
+    }
 }
 
 #[derive(Debug)]
@@ -106,7 +121,7 @@ impl Upstream {
                 Some(conn) => (conn, false),
                 None => (self.connect(addr).await?, true),
             };
-            let Conn { sender, driver } = &mut conn;
+            let Conn { sender, driver, .. } = &mut conn;
             // Nothing is sent until the connection is ready.
             let (ready, alive) = driven(driver, sender.ready()).await;
             let closed = match ready {
@@ -174,18 +189,15 @@ impl Upstream {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let conns = idle.get_mut(&addr)?;
         while let Some(mut conn) = conns.pop() {
-            // Let it read what arrived while it was idle: a backend that closed it
-            // (keep-alive timeout, restart) shows here, before anything is sent.
-            let waker = std::task::Waker::noop();
-            let mut cx = std::task::Context::from_waker(waker);
-            if Pin::new(&mut conn.driver).poll(&mut cx).is_pending() && !conn.sender.is_closed() {
+            if conn.is_open() {
                 return Some(conn);
             }
         }
         None
     }
 
-    fn checkin(&self, addr: SocketAddr, conn: Conn) {
+    fn checkin(&self, addr: SocketAddr, mut conn: Conn) {
+        conn.idle_since = Instant::now();
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let conns = idle.entry(addr).or_default();
         if conns.len() < IDLE_MAX {
@@ -203,7 +215,30 @@ impl Upstream {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        Ok(Conn { sender, driver })
+        Ok(Conn {
+            sender,
+            driver,
+            idle_since: Instant::now(),
+        })
+    }
+
+    /// Closes idle connections unused since before `now - IDLE_TIMEOUT` or closed by
+    /// their backend, and forgets backends left with none.
+    pub fn prune(&self, now: Instant) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|_, conns| {
+            conns.retain_mut(|conn| {
+                now.saturating_duration_since(conn.idle_since) < IDLE_TIMEOUT && conn.is_open()
+            });
+            !conns.is_empty()
+        });
+    }
+
+    /// Idle connections held now, over every backend.
+    #[cfg(test)]
+    fn idle_count(&self) -> usize {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.values().map(Vec::len).sum()
     }
 }
 
@@ -221,4 +256,78 @@ async fn driven<T>(driver: &mut Driver, work: impl Future<Output = T>) -> (T, bo
     })
     .await;
     (out, alive)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A backend that answers every request `200 ok` on a kept-alive connection;
+    /// dropping the returned sender closes every connection it holds.
+    async fn backend() -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (close, closed) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let mut closed = closed.clone();
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 4096];
+                    loop {
+                        tokio::select! {
+                            read = socket.read(&mut buffer) => match read {
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => {
+                                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                                    if socket.write_all(answer).await.is_err() {
+                                        return;
+                                    }
+                                }
+                            },
+                            _ = closed.changed() => return,
+                        }
+                    }
+                });
+            }
+        });
+        (addr, close)
+    }
+
+    fn get() -> Request<Full<Bytes>> {
+        let mut request = Request::new(Full::new(Bytes::new()));
+        *request.uri_mut() = http::Uri::from_static("/");
+        request.headers_mut().insert(
+            http::header::HOST,
+            http::HeaderValue::from_static("backend"),
+        );
+        request
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_reused_then_pruned_when_stale_or_closed() {
+        let (addr, close) = backend().await;
+        let upstream = Upstream::new(Duration::from_secs(1));
+        for _ in 0..3 {
+            let response = upstream.request(addr, get()).await.unwrap();
+            assert_eq!(response.status(), 200);
+        }
+        assert_eq!(upstream.idle_count(), 1, "one connection served all three");
+        upstream.prune(Instant::now());
+        assert_eq!(upstream.idle_count(), 1, "fresh and open: kept");
+        upstream.prune(Instant::now() + IDLE_TIMEOUT);
+        assert_eq!(upstream.idle_count(), 0, "idle too long: closed");
+
+        upstream.request(addr, get()).await.unwrap();
+        assert_eq!(upstream.idle_count(), 1);
+        close.send(true).unwrap();
+        // The backend's close reaches this side.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        upstream.prune(Instant::now());
+        assert_eq!(upstream.idle_count(), 0, "closed by the backend: dropped");
+        assert!(
+            upstream.idle.lock().unwrap().is_empty(),
+            "and the backend forgotten"
+        );
+    }
 }
