@@ -27,6 +27,17 @@ pub struct Rounds {
     pub rounds: usize,
 }
 
+/// `--connections`: a non-empty list of counts, each at least 1.
+pub fn check_connections(connections: &[usize]) -> Result<(), bakery_config::ConfigError> {
+    if connections.is_empty() || connections.contains(&0) {
+        return Err(bakery_config::ConfigError::new(
+            "--connections",
+            "a list of connection counts, each at least 1",
+        ));
+    }
+    Ok(())
+}
+
 /// One side: a name, where its requests go, what it sends, and the processes whose
 /// CPU it is charged.
 pub struct Contender<'a> {

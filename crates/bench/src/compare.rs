@@ -54,13 +54,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         )
         .into());
     }
-    if options.connections.is_empty() || options.connections.contains(&0) {
-        return Err(ConfigError::new(
-            "--connections",
-            "a list of connection counts, each at least 1",
-        )
-        .into());
-    }
+    ab::check_connections(&options.connections)?;
     if options.rounds.rounds == 0 || options.clones == 0 {
         return Err(ConfigError::new("--rounds", "--rounds and --clones are at least 1").into());
     }

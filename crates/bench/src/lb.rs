@@ -39,13 +39,7 @@ pub struct Options {
 
 pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     let scenario = Scenario::from_flag(&options.scenario)?;
-    if options.connections.is_empty() || options.connections.contains(&0) {
-        return Err(ConfigError::new(
-            "--connections",
-            "a list of connection counts, each at least 1",
-        )
-        .into());
-    }
+    ab::check_connections(&options.connections)?;
     crate::cpu_share("--cpu-lb", options.cpu_lb)?;
     if options.rounds.rounds == 0 || options.clones == 0 {
         return Err(ConfigError::new("--rounds", "--rounds and --clones are at least 1").into());
@@ -89,7 +83,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
             name: "nginx",
             addr: theirs.addr,
             mix: &mix,
-            pids: theirs.pids(),
+            pids: family(theirs.child.id().unwrap_or(0)),
         },
     ];
     let runs = ab::alternate(
@@ -260,7 +254,7 @@ impl Nginx {
         let group = match (&lab.budgets, cpus) {
             (Some(budgets), Some(cpus)) => {
                 let group = budgets.group("nginx", cpus)?;
-                for pid in std::iter::once(master).chain(children(master)) {
+                for pid in family(master) {
                     group.add(pid)?;
                 }
                 Some(group)
@@ -291,12 +285,9 @@ impl Nginx {
     }
 }
 
-impl Nginx {
-    /// The master and its workers.
-    fn pids(&self) -> Vec<u32> {
-        let master = self.child.id().unwrap_or(0);
-        std::iter::once(master).chain(children(master)).collect()
-    }
+/// nginx's master and its workers.
+fn family(master: u32) -> Vec<u32> {
+    std::iter::once(master).chain(children(master)).collect()
 }
 
 /// The processes whose parent is `pid` (nginx's workers).

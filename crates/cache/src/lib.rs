@@ -180,11 +180,18 @@ impl Cache {
         freshness: Freshness,
     ) -> Result<Vec<Option<Bytes>>, CacheError> {
         let keys: Vec<String> = keys.iter().map(|k| self.stored(k)).collect();
-        if let (Engine::Redis(redis), Freshness::Near) = (&self.engine, freshness) {
-            let (values, near) = self.limited(redis.get_many_near(&keys)).await?;
-            metrics::counter!("bakery_cache_near_reads_total", "result" => if near { "hit" } else { "miss" })
-                .increment(1);
-            return Ok(values);
+        if let (Engine::Redis(redis), Freshness::Near) = (&self.engine, freshness)
+            && let Some(near) = redis.near()
+        {
+            // A near cache that cannot be reached is skipped: the read goes on below.
+            match self.limited(near.get_many(&keys)).await {
+                Ok((values, held)) => {
+                    metrics::counter!("bakery_cache_near_reads_total", "result" => if held { "hit" } else { "miss" })
+                        .increment(1);
+                    return Ok(values);
+                }
+                Err(error) => tracing::debug!(%error, "near cache skipped"),
+            }
         }
         let values = self
             .limited(async {

@@ -42,8 +42,8 @@ impl Redis {
         })
     }
 
-    /// Keeps up to `max_entries` keys read through [`Redis::get_many_near`] in this
-    /// process, coherent by Redis's invalidation pushes (see `near`).
+    /// Keeps up to `max_entries` keys read through the near cache in this process,
+    /// coherent by Redis's invalidation pushes (see `near`). 0: none.
     pub fn with_near(mut self, max_entries: usize) -> Self {
         self.near = (max_entries > 0).then(|| Arc::new(Near::new(&self.client, max_entries)));
         self
@@ -51,28 +51,6 @@ impl Redis {
 
     pub fn near(&self) -> Option<&Near> {
         self.near.as_deref()
-    }
-
-    /// Like [`Redis::get_many`], but from the near cache when it holds every key
-    /// (true with the values). A near cache that cannot be reached is skipped.
-    pub async fn get_many_near(
-        &self,
-        keys: &[String],
-    ) -> Result<(Vec<Option<bytes::Bytes>>, bool), CacheError> {
-        if let Some(near) = &self.near {
-            match near.get_many(keys).await {
-                Ok(answer) => return Ok(answer),
-                Err(error) => tracing::debug!(%error, "near cache skipped"),
-            }
-        }
-        let values = self.get_many(keys).await?;
-        Ok((
-            values
-                .into_iter()
-                .map(|v| v.map(bytes::Bytes::from))
-                .collect(),
-            false,
-        ))
     }
 
     /// This process wrote `key`: its near copy goes now, not when the push comes.

@@ -151,7 +151,6 @@ impl Lb {
     }
 }
 
-/// The pooled upstream client of one worker thread.
 /// Serves until `shutdown` resolves, then stops accepting and lets in-flight
 /// requests finish (at most 10 s, so a long-lived stream cannot hold it forever).
 ///

@@ -3,9 +3,10 @@
 //!
 //! Retry rules: a connection that failed to open, or closed before the request was
 //! written, carried nothing, so any request may go elsewhere (only the first ejects
-//! the backend: the second means it is up); a failure after sending is retried only for idempotent methods
-//! (a POST may already have had its effect); every retry draws on the budget; a
-//! timeout is not retried (the backend may still be working on it).
+//! the backend: the second means it is up); a failure after sending is retried only
+//! for idempotent methods (a POST may already have had its effect); every retry
+//! draws on the budget; a timeout is not retried (the backend may still be working
+//! on it).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -241,14 +242,7 @@ async fn forward(
             }
         };
         let connect_failed = error.is_connect();
-        let kind = if connect_failed {
-            "connect"
-        } else if error.is_unsent() {
-            "unsent"
-        } else {
-            "reset"
-        };
-        metrics::counter!("bakery_lb_upstream_errors_total", "kind" => kind).increment(1);
+        metrics::counter!("bakery_lb_upstream_errors_total", "kind" => error.kind()).increment(1);
         tracing::warn!(backend = %backend.id, %error, connect_failed, "upstream attempt failed");
         // Outlier detection: a refused connection, or a streak of failures after
         // connecting, takes the member out until the checker sees it pass again.

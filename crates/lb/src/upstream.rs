@@ -85,6 +85,15 @@ impl UpstreamError {
     pub fn is_unsent(&self) -> bool {
         matches!(self, Self::Connect(_) | Self::Unsent(_))
     }
+
+    /// Its label in `bakery_lb_upstream_errors_total{kind}`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Connect(_) => "connect",
+            Self::Unsent(_) => "unsent",
+            Self::Exchange(_) => "reset",
+        }
+    }
 }
 
 impl std::fmt::Display for UpstreamError {

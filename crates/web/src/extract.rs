@@ -159,9 +159,9 @@ impl FromRequestParts<AppState> for CurrentUser {
 }
 
 /// How fresh a request's cached reads must be. Without a session cookie a visitor
-/// cannot have written anything, so the clone's near cache may answer it (an
-/// invalidation for someone else's write may still be on its way, well under a
-/// millisecond); with one, reads see every write acknowledged so far.
+/// cannot have written anything, so the clone's near cache, when switched on, may
+/// answer it (an invalidation for someone else's write may still be on its way);
+/// with one, reads see every write acknowledged so far.
 pub fn freshness(headers: &axum::http::HeaderMap) -> Freshness {
     if session_cookie::read(headers).is_some() {
         Freshness::Current
