@@ -12,7 +12,6 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -256,15 +255,17 @@ fn worker(
             };
             let _ = stream.set_nodelay(true);
             let (lb, upstream) = (lb.clone(), upstream.clone());
+            let peer_addr = peer;
+            let peer = Arc::new(proxy::Peer::new(peer));
             let service = service_fn(move |req| {
-                let (lb, upstream) = (lb.clone(), upstream.clone());
-                async move { Ok::<_, Infallible>(proxy::handle(&lb, &upstream, peer, req).await) }
+                let (lb, upstream, peer) = (lb.clone(), upstream.clone(), peer.clone());
+                async move { Ok::<_, Infallible>(proxy::handle(&lb, &upstream, &peer, req).await) }
             });
             let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
             tokio::spawn(async move {
                 let _client_slot = client_slot;
                 if let Err(error) = connection.await {
-                    tracing::debug!(%error, %peer, "client connection ended with an error");
+                    tracing::debug!(%error, peer = %peer_addr, "client connection ended with an error");
                 }
             });
         }
@@ -277,9 +278,4 @@ fn worker(
         }
         Ok(())
     })
-}
-
-/// The client's address as `x-forwarded-for` shows it.
-fn client_ip(peer: SocketAddr) -> String {
-    peer.ip().to_string()
 }

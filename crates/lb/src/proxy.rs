@@ -18,15 +18,34 @@ use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::reply::{self, Body};
-use crate::upstream::Upstream;
-use crate::{Lb, admin, client_ip, edge};
+use crate::upstream::{Outgoing, Upstream};
+use crate::{Lb, admin, edge};
+
+/// A body up to this size goes out in one write with the head (a copy is cheaper
+/// than a second syscall).
+const INLINE_BODY_MAX: usize = 16 << 10;
+
+/// The client connection a request came on.
+pub struct Peer {
+    pub addr: SocketAddr,
+    /// Its address as `x-forwarded-for` names it, written once per connection.
+    pub ip: HeaderValue,
+}
+
+impl Peer {
+    pub fn new(addr: SocketAddr) -> Self {
+        let ip = HeaderValue::from_str(&addr.ip().to_string())
+            .expect("an IP address is a valid header value");
+        Self { addr, ip }
+    }
+}
 
 /// Headers that belong to one hop and are never forwarded (RFC 9110, 7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -44,7 +63,7 @@ const CONSECUTIVE_FAILURES_TO_EJECT: u32 = 3;
 pub async fn handle(
     lb: &Lb,
     upstream_client: &Upstream,
-    peer: SocketAddr,
+    peer: &Peer,
     req: Request<Incoming>,
 ) -> Response<Body> {
     let request_id =
@@ -92,7 +111,7 @@ impl Lb {
 async fn forward(
     lb: &Lb,
     upstream_client: &Upstream,
-    peer: SocketAddr,
+    peer: &Peer,
     req: Request<Incoming>,
     request_id: &HeaderValue,
     edge_miss: bool,
@@ -174,20 +193,14 @@ async fn forward(
         },
     };
 
-    // Made for each attempt (a retry is rare): no copy kept for one.
-    let headers_for_upstream = || {
-        let mut headers =
-            upstream_headers(&parts.headers, peer, request_id, &lb.config.trusted_proxies);
-        if edge_miss {
-            headers.insert(edge::MISS_HEADER, HeaderValue::from_static("1"));
-        }
-        headers
+    let head = Head {
+        method: &parts.method,
+        target: parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
+        incoming: &parts.headers,
+        request_id,
+        edge_miss,
+        body_length: body.len(),
     };
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .cloned()
-        .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let idempotent = is_idempotent(&parts.method);
 
     lb.budget.deposit();
@@ -206,21 +219,22 @@ async fn forward(
             );
         };
         tried.push(index);
-        let mut upstream = Request::new(Full::new(body.clone()));
-        *upstream.method_mut() = parts.method.clone();
-        // Origin form on a connection of our own to the backend.
-        *upstream.uri_mut() = http::Uri::from(path_and_query.clone());
-        *upstream.headers_mut() = headers_for_upstream();
-        if !upstream.headers().contains_key(header::HOST) {
-            upstream
-                .headers_mut()
-                .insert(header::HOST, backend.host.clone());
+        // Written for each attempt (a retry is rare): no copy kept for one.
+        let mut wire = head.write(peer, &lb.config.trusted_proxies, &backend.host);
+        let inline = body.len() <= INLINE_BODY_MAX;
+        if inline {
+            wire.extend_from_slice(&body);
         }
+        let upstream = Outgoing {
+            head: wire,
+            tail: if inline { Bytes::new() } else { body.clone() },
+            head_only: parts.method == Method::HEAD,
+        };
 
         let inflight = backend.start_request();
         let outcome = tokio::time::timeout(
             lb.config.upstream_timeout,
-            upstream_client.request(backend.addr, upstream),
+            upstream_client.request(backend.addr, &upstream),
         )
         .await;
         drop(inflight);
@@ -228,7 +242,7 @@ async fn forward(
             Ok(Ok(response)) => {
                 backend.record_success();
                 pool.count_response(response.status());
-                return downstream(response);
+                return response;
             }
             Ok(Err(error)) => error,
             Err(_) => {
@@ -283,8 +297,6 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// The client's headers without hop-by-hop ones, plus the request id and the
-/// `x-forwarded-*` pair. `Host` is kept, so clones see the name the client used.
 /// The body limit of `path`: uploads have their own, every other route the JSON one.
 fn body_limit(config: &bakery_config::LbConfig, path: &str) -> usize {
     let upload = path
@@ -351,72 +363,111 @@ fn client_address(incoming: &HeaderMap, peer: SocketAddr, trusted: &[ProxyNet]) 
     address
 }
 
-fn upstream_headers(
-    incoming: &HeaderMap,
-    peer: SocketAddr,
-    request_id: &HeaderValue,
-    trusted: &[ProxyNet],
-) -> HeaderMap {
-    let named_in_connection: Vec<String> = incoming
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|name| name.trim().to_ascii_lowercase())
-        .collect();
-    let mut out = HeaderMap::with_capacity(incoming.len() + 3);
-    for (name, value) in incoming {
-        let named = named_in_connection.iter().any(|n| n == name.as_str());
-        if HOP_BY_HOP.contains(name) || (named && !END_TO_END.contains(name)) {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    out.insert(REQUEST_ID, request_id.clone());
-    // Only the load balancer says a request missed its edge.
-    out.remove(edge::MISS_HEADER);
-    // A trusted proxy's word on the client and the scheme is kept; anyone else's is
-    // replaced (this edge itself speaks plain HTTP).
-    let from_proxy = trusted.iter().any(|net| net.contains(&peer.ip()));
-    let peer_ip = HeaderValue::from_str(&client_ip(peer)).ok();
-    if !from_proxy {
-        // The common case: the peer is the client, named once for both headers.
-        if let Some(ip) = peer_ip {
-            out.insert("x-forwarded-for", ip.clone());
-            out.insert(CLIENT_IP, ip);
-        }
-        out.insert("x-forwarded-proto", HeaderValue::from_static("http"));
-        return out;
-    }
-    let forwarded_for = match incoming
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(earlier) => format!("{earlier}, {}", client_ip(peer)),
-        None => client_ip(peer),
-    };
-    if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-        out.insert("x-forwarded-for", value);
-    }
-    let proto = incoming
-        .get("x-forwarded-proto")
-        .filter(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
-        .map_or("http", |_| "https");
-    out.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    if let Ok(value) = HeaderValue::from_str(&client_address(incoming, peer, trusted).to_string()) {
-        out.insert(CLIENT_IP, value);
-    }
-    out
+/// What every attempt at a request sends, whichever backend it goes to.
+struct Head<'a> {
+    method: &'a Method,
+    /// Origin form: path and query.
+    target: &'a str,
+    incoming: &'a HeaderMap,
+    request_id: &'a HeaderValue,
+    edge_miss: bool,
+    body_length: usize,
 }
 
-/// The backend's response without its hop-by-hop headers.
-fn downstream(mut response: Response<Body>) -> Response<Body> {
-    for name in &HOP_BY_HOP {
-        // Keep transfer-encoding's absence/presence to hyper: it frames the body itself.
-        response.headers_mut().remove(name);
+impl Head<'_> {
+    /// The request line and headers for a backend: the client's headers without
+    /// hop-by-hop ones (and without those the load balancer sets itself), plus the
+    /// request id, the `x-forwarded-*` pair and the client's address. `Host` is
+    /// kept, so clones see the name the client used (`host` when it sent none).
+    fn write(&self, peer: &Peer, trusted: &[ProxyNet], host: &HeaderValue) -> Vec<u8> {
+        let incoming = self.incoming;
+        let mut out =
+            Vec::with_capacity(256 + self.target.len() + 48 * incoming.len() + self.body_length);
+        out.extend_from_slice(self.method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        let mut line = |name: &[u8], value: &[u8]| {
+            out.extend_from_slice(name);
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value);
+            out.extend_from_slice(b"\r\n");
+        };
+        let named_in_connection = |name: &HeaderName| {
+            incoming
+                .get_all(header::CONNECTION)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+                .any(|n| {
+                    n.trim_ascii()
+                        .eq_ignore_ascii_case(name.as_str().as_bytes())
+                })
+        };
+        let has_connection = incoming.contains_key(header::CONNECTION);
+        for (name, value) in incoming {
+            let named = has_connection && named_in_connection(name);
+            if HOP_BY_HOP.contains(name)
+                || SET_HERE.contains(&name.as_str())
+                || (named && !END_TO_END.contains(name))
+            {
+                continue;
+            }
+            line(name.as_str().as_bytes(), value.as_bytes());
+        }
+        if !incoming.contains_key(header::HOST) {
+            line(b"host", host.as_bytes());
+        }
+        line(REQUEST_ID.as_bytes(), self.request_id.as_bytes());
+        // Only the load balancer says a request missed its edge.
+        if self.edge_miss {
+            line(edge::MISS_HEADER.as_bytes(), b"1");
+        }
+        // A trusted proxy's word on the client and the scheme is kept; anyone else's
+        // is replaced (this edge itself speaks plain HTTP).
+        let from_proxy = trusted.iter().any(|net| net.contains(&peer.addr.ip()));
+        if from_proxy {
+            let forwarded_for: Vec<&[u8]> = incoming
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(HeaderValue::as_bytes)
+                .chain([peer.ip.as_bytes()])
+                .collect();
+            line(b"x-forwarded-for", &forwarded_for.join(&b", "[..]));
+            let https = incoming
+                .get("x-forwarded-proto")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+            line(b"x-forwarded-proto", if https { b"https" } else { b"http" });
+            let client = client_address(incoming, peer.addr, trusted).to_string();
+            line(CLIENT_IP.as_bytes(), client.as_bytes());
+        } else {
+            // The common case: the peer is the client, named once for both headers.
+            line(b"x-forwarded-for", peer.ip.as_bytes());
+            line(b"x-forwarded-proto", b"http");
+            line(CLIENT_IP.as_bytes(), peer.ip.as_bytes());
+        }
+        // The body was read whole: its length, however the client framed it.
+        if self.body_length > 0
+            || matches!(*self.method, Method::POST | Method::PUT | Method::PATCH)
+        {
+            line(b"content-length", self.body_length.to_string().as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
+        out
     }
-    response
 }
+
+/// Headers the load balancer writes itself, whatever the client sent under them.
+/// (`expect`: the body is read whole before it is sent, so there is nothing to
+/// wait for.)
+const SET_HERE: [&str; 7] = [
+    REQUEST_ID,
+    edge::MISS_HEADER,
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    CLIENT_IP,
+    "content-length",
+    "expect",
+];
 
 /// How long the health checker waits for one `/healthz`.
 pub(crate) fn probe_timeout(interval: Duration) -> Duration {
@@ -435,36 +486,115 @@ mod tests {
         assert!(!is_idempotent(&Method::PATCH));
     }
 
+    /// The head `incoming` becomes for a backend, parsed back: (request line, headers).
+    fn sent(
+        incoming: &HeaderMap,
+        method: &Method,
+        body: usize,
+        trusted: &[ProxyNet],
+    ) -> (String, HeaderMap) {
+        let rid = HeaderValue::from_static("rid");
+        let head = Head {
+            method,
+            target: "/api/ping?x=1",
+            incoming,
+            request_id: &rid,
+            edge_miss: false,
+            body_length: body,
+        };
+        let peer = Peer::new("127.0.0.9:5000".parse().unwrap());
+        let wire = head.write(&peer, trusted, &HeaderValue::from_static("10.1.1.1:80"));
+        let mut lines = [httparse::EMPTY_HEADER; 32];
+        let mut parsed = httparse::Request::new(&mut lines);
+        assert_eq!(
+            parsed.parse(&wire).unwrap(),
+            httparse::Status::Complete(wire.len())
+        );
+        let line = format!("{} {}", parsed.method.unwrap(), parsed.path.unwrap());
+        let mut headers = HeaderMap::new();
+        for h in parsed.headers.iter() {
+            headers.append(
+                HeaderName::from_bytes(h.name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(h.value).unwrap(),
+            );
+        }
+        (line, headers)
+    }
+
     #[test]
     fn hop_by_hop_headers_stay_behind_and_forwarding_headers_are_added() {
         let mut incoming = HeaderMap::new();
         incoming.insert(
             header::CONNECTION,
-            HeaderValue::from_static("keep-alive, x-secret-hop"),
+            HeaderValue::from_static("keep-alive, x-secret-hop, Cookie"),
         );
         incoming.insert("x-secret-hop", HeaderValue::from_static("1"));
         incoming.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        incoming.insert(header::COOKIE, HeaderValue::from_static("s=1"));
         incoming.insert(header::HOST, HeaderValue::from_static("bakery.test"));
         incoming.insert("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
         incoming.insert("x-forwarded-proto", HeaderValue::from_static("https"));
-        let peer: SocketAddr = "127.0.0.9:5000".parse().unwrap();
-        let rid = HeaderValue::from_static("rid");
+        incoming.insert(REQUEST_ID, HeaderValue::from_static("from-client"));
+        incoming.insert(edge::MISS_HEADER, HeaderValue::from_static("1"));
+        incoming.insert(header::EXPECT, HeaderValue::from_static("100-continue"));
         // From an untrusted peer the client's claims are replaced.
-        let out = upstream_headers(&incoming, peer, &rid, &[]);
+        let (line, out) = sent(&incoming, &Method::GET, 0, &[]);
+        assert_eq!(line, "GET /api/ping?x=1");
         assert!(!out.contains_key(header::CONNECTION));
         assert!(!out.contains_key("x-secret-hop"));
         assert!(!out.contains_key("keep-alive"));
+        assert!(!out.contains_key(header::EXPECT));
+        assert!(
+            !out.contains_key(edge::MISS_HEADER),
+            "only the balancer says so"
+        );
+        assert!(
+            !out.contains_key(header::CONTENT_LENGTH),
+            "a GET without a body"
+        );
+        assert_eq!(
+            out[header::COOKIE],
+            "s=1",
+            "end-to-end, whatever Connection says"
+        );
         assert_eq!(out[header::HOST], "bakery.test");
         assert_eq!(out["x-forwarded-for"], "127.0.0.9");
         assert_eq!(out["x-forwarded-proto"], "http");
         assert_eq!(out[CLIENT_IP], "127.0.0.9");
+        assert_eq!(out.get_all(REQUEST_ID).iter().count(), 1);
         assert_eq!(out[REQUEST_ID], "rid");
         // From a trusted proxy they are kept, and the client is the one it names.
         let trusted: Vec<ProxyNet> = vec!["127.0.0.0/8".parse().unwrap()];
-        let out = upstream_headers(&incoming, peer, &rid, &trusted);
+        let (_, out) = sent(&incoming, &Method::GET, 0, &trusted);
         assert_eq!(out["x-forwarded-for"], "10.0.0.1, 127.0.0.9");
         assert_eq!(out["x-forwarded-proto"], "https");
         assert_eq!(out[CLIENT_IP], "10.0.0.1");
+    }
+
+    #[test]
+    fn the_body_length_is_the_buffered_one_and_host_is_filled_in() {
+        let mut incoming = HeaderMap::new();
+        incoming.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        incoming.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
+        let (line, out) = sent(&incoming, &Method::POST, 12, &[]);
+        assert_eq!(line, "POST /api/ping?x=1");
+        assert!(!out.contains_key(header::TRANSFER_ENCODING));
+        assert_eq!(out.get_all(header::CONTENT_LENGTH).iter().count(), 1);
+        assert_eq!(out[header::CONTENT_LENGTH], "12");
+        assert_eq!(
+            out[header::HOST],
+            "10.1.1.1:80",
+            "the backend's, when the client sent none"
+        );
+        let (_, out) = sent(&HeaderMap::new(), &Method::POST, 0, &[]);
+        assert_eq!(
+            out[header::CONTENT_LENGTH],
+            "0",
+            "a POST says it has no body"
+        );
     }
 
     #[test]

@@ -5,8 +5,11 @@ use http::{Response, StatusCode, header};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 
-/// Every response body the load balancer sends: its own, or a backend's streamed through.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// Why a streamed body broke off.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Every response body the load balancer sends: its own, or a backend's passed on.
+pub type Body = BoxBody<Bytes, BoxError>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())

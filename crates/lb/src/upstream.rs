@@ -1,38 +1,50 @@
 //! Connections to the backends, driven inside the request's own task.
 //!
-//! hyper's pooled client gives every upstream connection a task of its own: a
-//! request goes from the client connection's task to that task and its response
-//! comes back, two wake-ups per request on top of the proxying (`perf` showed the
-//! load balancer spending half its time in the scheduler and the kernel's
-//! wake-ups). Here a request takes an idle connection from its worker's pool and
-//! drives it itself — writes the request, reads the response head and body — on
-//! the one task, as nginx does on its event loop, then puts it back.
+//! The request's head arrives already written ([`crate::proxy`] writes it straight
+//! from the client's headers); a response head is parsed with `httparse`, the
+//! parser under hyper, into the response hyper's server sends on. Going through
+//! hyper's client instead cost a second header map per request, its dispatcher's
+//! channels and its encoder: `perf` put the load balancer's own (user) time per
+//! request near twice nginx's with it. A request takes an idle connection from its
+//! worker's pool, writes, reads the answer on the one task (as nginx does on its
+//! event loop), and puts the connection back.
 //!
-//! Responses with a known length up to [`BUFFERED_MAX`] are read whole that way
-//! (nearly every answer of a clone). Others (server-sent events, large files) hand
-//! their connection to a task of its own and stream, and that connection is not
-//! reused. Idle connections are not watched between requests, so [`Upstream::prune`]
-//! runs now and then: it closes those idle past [`IDLE_TIMEOUT`] or closed by their
-//! backend, and forgets backends left with none (a clone gone for good).
+//! Answers with a known length up to [`BUFFERED_MAX`] are read whole (nearly every
+//! answer of a clone). Others (server-sent events, large files) are streamed by a
+//! body that owns the connection, which ends with them. Idle connections are not
+//! watched between requests, so [`Upstream::prune`] runs now and then: it closes
+//! those idle past [`IDLE_TIMEOUT`] or closed by their backend, and forgets
+//! backends left with none (a clone gone for good).
 
 use std::collections::HashMap;
-use std::future::Future;
+use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Mutex;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::{BodyExt, StreamBody};
+use hyper::body::Frame;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::reply::Body;
+use crate::proxy::HOP_BY_HOP;
+use crate::reply::{self, Body, BoxError};
 
 /// Largest response read whole before it is answered.
 const BUFFERED_MAX: u64 = 1 << 20;
+
+/// Largest response head a backend may send.
+const HEAD_MAX: usize = 64 << 10;
+
+/// Most header lines in a response head.
+const HEADERS_MAX: usize = 128;
+
+/// What one read asks the socket for, at least.
+const READ_CHUNK: usize = 8 << 10;
 
 /// Idle connections kept per backend, per worker.
 const IDLE_MAX: usize = 1024;
@@ -40,28 +52,27 @@ const IDLE_MAX: usize = 1024;
 /// An idle connection unused this long is closed (as hyper's pooled client does).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-type Sender = http1::SendRequest<Full<Bytes>>;
-type Driver = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
-
 /// One worker thread's connections to the backends.
 pub struct Upstream {
     idle: Mutex<HashMap<SocketAddr, Vec<Conn>>>,
     connect_timeout: Duration,
 }
 
-struct Conn {
-    sender: Sender,
-    driver: Driver,
-    idle_since: Instant,
+/// A request as it goes on the wire.
+pub struct Outgoing {
+    /// Request line, headers, blank line, and the body when it is small.
+    pub head: Vec<u8>,
+    /// The body when it was too large to copy after the head.
+    pub tail: Bytes,
+    /// A `HEAD` request: the answer has a length but no body.
+    pub head_only: bool,
 }
 
-impl Conn {
-    /// Lets it read what arrived while it was idle: a backend that closed it
-    /// (keep-alive timeout, restart) shows here, before anything is sent.
-    fn is_open(&mut self) -> bool {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        Pin::new(&mut self.driver).poll(&mut cx).is_pending() && !self.sender.is_closed()
-    }
+struct Conn {
+    stream: TcpStream,
+    /// Bytes read and not yet consumed; its spare room takes the next read.
+    buffer: BytesMut,
+    idle_since: Instant,
 }
 
 #[derive(Debug)]
@@ -72,7 +83,7 @@ pub enum UpstreamError {
     /// but the backend is up (it accepted), so this says nothing about its health.
     Unsent(String),
     /// The exchange failed after the request was (or may have been) sent.
-    Exchange(hyper::Error),
+    Exchange(String),
 }
 
 impl UpstreamError {
@@ -101,9 +112,13 @@ impl std::fmt::Display for UpstreamError {
         match self {
             Self::Connect(cause) => write!(f, "cannot connect: {cause}"),
             Self::Unsent(cause) => write!(f, "closed before the request was sent: {cause}"),
-            Self::Exchange(error) => write!(f, "{error}"),
+            Self::Exchange(cause) => write!(f, "{cause}"),
         }
     }
+}
+
+fn exchange(error: impl std::fmt::Display) -> UpstreamError {
+    UpstreamError::Exchange(error.to_string())
 }
 
 impl Upstream {
@@ -114,90 +129,40 @@ impl Upstream {
         }
     }
 
-    /// Sends `request` (origin-form URI, `Host` set) to `addr`; its response.
+    /// Sends `request` to `addr`; its response.
     ///
     /// An idle connection the backend closed meanwhile (its keep-alive ran out, it
-    /// restarted) is no fault of the backend's and costs nothing: the request, still
-    /// unsent, goes on another connection, as hyper's pooled client does. Only a new
-    /// connection that fails is reported.
+    /// restarted) is no fault of the backend's and costs nothing: the request, not
+    /// written whole, goes on another connection. Only a new connection that fails
+    /// is reported.
     pub async fn request(
         &self,
         addr: SocketAddr,
-        mut request: Request<Full<Bytes>>,
+        request: &Outgoing,
     ) -> Result<Response<Body>, UpstreamError> {
         loop {
             let (mut conn, fresh) = match self.checkout(addr) {
                 Some(conn) => (conn, false),
                 None => (self.connect(addr).await?, true),
             };
-            let Conn { sender, driver, .. } = &mut conn;
-            // Nothing is sent until the connection is ready.
-            let (ready, alive) = driven(driver, sender.ready()).await;
-            let closed = match ready {
-                Err(error) => Some(error.to_string()),
-                Ok(()) if !alive => Some("the connection closed".to_string()),
-                Ok(()) => None,
-            };
-            if let Some(cause) = closed {
+            if let Err(error) = conn.send(request).await {
                 if fresh {
-                    return Err(UpstreamError::Unsent(cause));
+                    return Err(UpstreamError::Unsent(error.to_string()));
                 }
                 continue;
             }
-            let (response, alive) = driven(driver, sender.try_send_request(request)).await;
-            let response = match response {
-                Ok(response) => response,
-                Err(mut error) => match error.take_message() {
-                    // Handed back unsent (the connection closed first).
-                    Some(unsent) if !fresh => {
-                        request = unsent;
-                        continue;
-                    }
-                    Some(_) => return Err(UpstreamError::Unsent(error.into_error().to_string())),
-                    None => return Err(UpstreamError::Exchange(error.into_error())),
-                },
-            };
-            return self.read_response(addr, conn, response, alive).await;
+            let (response, reusable) = conn.read_response(request.head_only).await?;
+            if let Some(conn) = reusable {
+                self.checkin(addr, conn);
+            }
+            return Ok(response);
         }
-    }
-
-    /// The response whole when its length is known and small (the connection goes
-    /// back to the idle list), else streamed on a connection that ends with it.
-    async fn read_response(
-        &self,
-        addr: SocketAddr,
-        mut conn: Conn,
-        response: Response<hyper::body::Incoming>,
-        alive: bool,
-    ) -> Result<Response<Body>, UpstreamError> {
-        // Exact for a `Content-Length` body, and 0 for answers that have none (204,
-        // 304, a HEAD's): those keep their connection too.
-        let length = hyper::body::Body::size_hint(response.body()).exact();
-        if !alive || length.is_none_or(|n| n > BUFFERED_MAX) {
-            // Streamed: the connection drives itself from now on, and ends with
-            // this response (its sender is dropped).
-            let Conn { driver, .. } = conn;
-            tokio::spawn(async move {
-                let _ = driver.await;
-            });
-            return Ok(response.map(|body| body.boxed()));
-        }
-        let (parts, body) = response.into_parts();
-        let (collected, alive) = driven(&mut conn.driver, body.collect()).await;
-        let bytes = collected.map_err(UpstreamError::Exchange)?.to_bytes();
-        if alive {
-            self.checkin(addr, conn);
-        }
-        Ok(Response::from_parts(
-            parts,
-            Full::new(bytes).map_err(|never| match never {}).boxed(),
-        ))
     }
 
     fn checkout(&self, addr: SocketAddr) -> Option<Conn> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         let conns = idle.get_mut(&addr)?;
-        while let Some(mut conn) = conns.pop() {
+        while let Some(conn) = conns.pop() {
             if conn.is_open() {
                 return Some(conn);
             }
@@ -220,13 +185,9 @@ impl Upstream {
             .map_err(|_| UpstreamError::Connect("timed out".into()))?
             .map_err(|e| UpstreamError::Connect(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        let (sender, driver) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
         Ok(Conn {
-            sender,
-            driver,
+            stream,
+            buffer: BytesMut::new(),
             idle_since: Instant::now(),
         })
     }
@@ -236,7 +197,7 @@ impl Upstream {
     pub fn prune(&self, now: Instant) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|_, conns| {
-            conns.retain_mut(|conn| {
+            conns.retain(|conn| {
                 now.saturating_duration_since(conn.idle_since) < IDLE_TIMEOUT && conn.is_open()
             });
             !conns.is_empty()
@@ -251,30 +212,316 @@ impl Upstream {
     }
 }
 
-/// Runs `work` while driving the connection; (its output, whether the connection
-/// is still open). A connection that ends meanwhile ends `work` too (its sender
-/// and body channels close), so this never waits on a dead connection.
-async fn driven<T>(driver: &mut Driver, work: impl Future<Output = T>) -> (T, bool) {
-    let mut work = std::pin::pin!(work);
-    let mut alive = true;
-    let out = std::future::poll_fn(|cx| {
-        if alive && Pin::new(&mut *driver).poll(cx).is_ready() {
-            alive = false;
+/// How a response body ends (RFC 9112, 6.3).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+    /// Until the backend closes the connection.
+    Close,
+}
+
+impl Conn {
+    /// Whether an idle connection can carry a request: nothing arrived on it while
+    /// it was idle (a close, or stray bytes, show as readiness). Costs a syscall
+    /// only when the reactor saw something.
+    fn is_open(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.stream.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            Poll::Ready(Ok(())) => matches!(
+                self.stream.try_read(&mut [0u8; 1]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock
+            ),
         }
-        work.as_mut().poll(cx)
-    })
-    .await;
-    (out, alive)
+    }
+
+    async fn send(&mut self, request: &Outgoing) -> io::Result<()> {
+        self.stream.write_all(&request.head).await?;
+        if !request.tail.is_empty() {
+            self.stream.write_all(&request.tail).await?;
+        }
+        Ok(())
+    }
+
+    /// Reads into the buffer's spare room; an error when the backend closed.
+    async fn fill(&mut self) -> io::Result<()> {
+        if self.buffer.capacity() - self.buffer.len() < READ_CHUNK / 4 {
+            self.buffer.reserve(READ_CHUNK);
+        }
+        match self.stream.read_buf(&mut self.buffer).await? {
+            0 => Err(io::ErrorKind::UnexpectedEof.into()),
+            _ => Ok(()),
+        }
+    }
+
+    /// The response, and the connection when it can carry another request.
+    async fn read_response(
+        mut self,
+        head_only: bool,
+    ) -> Result<(Response<Body>, Option<Conn>), UpstreamError> {
+        let (response, framing, keep_alive) = loop {
+            let parsed = self.read_head(head_only).await?;
+            // 1xx answers (a 100 Continue) come before the real one.
+            if !parsed.0.status().is_informational() {
+                break parsed;
+            }
+            if parsed.0.status() == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(exchange("the backend switched protocols"));
+            }
+        };
+        match framing {
+            Framing::Length(length) if length <= BUFFERED_MAX => {
+                let length = length as usize;
+                while self.buffer.len() < length {
+                    self.fill().await.map_err(exchange)?;
+                }
+                let body = self.buffer.split_to(length).freeze();
+                let response = response.map(|()| reply::full(body));
+                // Bytes beyond the answer were never asked for: do not reuse.
+                let reusable = keep_alive && self.buffer.is_empty();
+                Ok((response, reusable.then_some(self)))
+            }
+            framing => Ok((response.map(|()| self.stream_body(framing)), None)),
+        }
+    }
+
+    /// Parses one response head (reading until it is whole): the response with an
+    /// empty body, how its body is framed, and whether the connection stays open.
+    async fn read_head(
+        &mut self,
+        head_only: bool,
+    ) -> Result<(Response<()>, Framing, bool), UpstreamError> {
+        loop {
+            if !self.buffer.is_empty()
+                && let Some(parsed) = self.parse_head(head_only)?
+            {
+                return Ok(parsed);
+            }
+            if self.buffer.len() >= HEAD_MAX {
+                return Err(exchange("the response head is too large"));
+            }
+            self.fill()
+                .await
+                .map_err(|e| exchange(format_args!("the backend closed before answering: {e}")))?;
+        }
+    }
+
+    /// `None` while the head is incomplete.
+    fn parse_head(
+        &mut self,
+        head_only: bool,
+    ) -> Result<Option<(Response<()>, Framing, bool)>, UpstreamError> {
+        let mut lines = [httparse::EMPTY_HEADER; HEADERS_MAX];
+        let mut parsed = httparse::Response::new(&mut lines);
+        let length = match parsed.parse(&self.buffer).map_err(exchange)? {
+            httparse::Status::Partial => return Ok(None),
+            httparse::Status::Complete(length) => length,
+        };
+        let status = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(exchange)?;
+        let http11 = parsed.version == Some(1);
+        // Where each header sits in the buffer, so values can share it once frozen.
+        let base = self.buffer.as_ptr() as usize;
+        let spans: Vec<(HeaderName, usize, usize)> = parsed
+            .headers
+            .iter()
+            .map(|h| {
+                let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(exchange)?;
+                let start = h.value.as_ptr() as usize - base;
+                Ok((name, start, start + h.value.len()))
+            })
+            .collect::<Result<_, UpstreamError>>()?;
+        let head = self.buffer.split_to(length).freeze();
+
+        let mut headers = HeaderMap::with_capacity(spans.len());
+        let mut content_length: Option<u64> = None;
+        let mut chunked = false;
+        let mut close = !http11;
+        for (name, start, end) in spans {
+            let value = HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(exchange)?;
+            if name == header::CONTENT_LENGTH {
+                let n = std::str::from_utf8(value.as_bytes())
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+                    .ok_or_else(|| exchange("a bad content-length"))?;
+                if content_length.is_some_and(|m| m != n) {
+                    return Err(exchange("conflicting content-lengths"));
+                }
+                content_length = Some(n);
+            } else if name == header::TRANSFER_ENCODING {
+                chunked = last_token_is(&value, "chunked");
+            } else if name == header::CONNECTION {
+                close |= has_token(&value, "close");
+                if !http11 && has_token(&value, "keep-alive") {
+                    close = false;
+                }
+            }
+            if !HOP_BY_HOP.contains(&name) {
+                headers.append(name, value);
+            }
+        }
+        let has_no_body = head_only
+            || status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        let framing = if has_no_body {
+            Framing::Length(0)
+        } else if chunked {
+            // A transfer coding wins over a length (RFC 9112, 6.3): the length goes.
+            headers.remove(header::CONTENT_LENGTH);
+            Framing::Chunked
+        } else {
+            content_length.map_or(Framing::Close, Framing::Length)
+        };
+        let mut response = Response::new(());
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        Ok(Some((
+            response,
+            framing,
+            !close && framing != Framing::Close,
+        )))
+    }
+
+    /// A body that reads the rest of the answer from the connection as it is sent
+    /// on; the connection ends with it.
+    fn stream_body(self, framing: Framing) -> Body {
+        let state = Streaming {
+            conn: self,
+            framing,
+            chunk_left: 0,
+            done: false,
+        };
+        let frames = futures::stream::unfold(state, |mut state| async move {
+            match state.next().await {
+                Ok(Some(data)) => Some((Ok(Frame::data(data)), state)),
+                Ok(None) => None,
+                Err(error) => {
+                    state.done = true;
+                    Some((Err(error), state))
+                }
+            }
+        });
+        StreamBody::new(frames).boxed()
+    }
+}
+
+/// The rest of a streamed answer, piece by piece.
+struct Streaming {
+    conn: Conn,
+    framing: Framing,
+    /// Bytes left in the current chunk (chunked framing).
+    chunk_left: u64,
+    done: bool,
+}
+
+impl Streaming {
+    /// The next piece of the body; `None` at its end.
+    async fn next(&mut self) -> Result<Option<Bytes>, BoxError> {
+        if self.done {
+            return Ok(None);
+        }
+        match self.framing {
+            Framing::Length(0) => Ok(None),
+            Framing::Length(left) => {
+                if self.conn.buffer.is_empty() {
+                    self.conn.fill().await?;
+                }
+                let take = self.conn.buffer.len().min(left as usize);
+                self.framing = Framing::Length(left - take as u64);
+                Ok(Some(self.conn.buffer.split_to(take).freeze()))
+            }
+            Framing::Close => {
+                if self.conn.buffer.is_empty() {
+                    match self.conn.fill().await {
+                        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+                        other => other?,
+                    }
+                }
+                Ok(Some(self.conn.buffer.split().freeze()))
+            }
+            Framing::Chunked => self.next_chunked().await,
+        }
+    }
+
+    async fn next_chunked(&mut self) -> Result<Option<Bytes>, BoxError> {
+        let conn = &mut self.conn;
+        if self.chunk_left == 0 {
+            // A chunk's size line (after the previous chunk's CRLF).
+            let size = loop {
+                if let Ok(httparse::Status::Complete((used, size))) =
+                    httparse::parse_chunk_size(&conn.buffer)
+                {
+                    conn.buffer.advance(used);
+                    break size;
+                }
+                if conn.buffer.len() > 1024 {
+                    return Err("a bad chunk size line".into());
+                }
+                conn.fill().await?;
+            };
+            if size == 0 {
+                // The last chunk: skip trailers up to the blank line that ends them.
+                loop {
+                    if conn.buffer.starts_with(b"\r\n") {
+                        self.done = true;
+                        return Ok(None);
+                    }
+                    if let Some(end) = conn.buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        conn.buffer.advance(end + 4);
+                        self.done = true;
+                        return Ok(None);
+                    }
+                    conn.fill().await?;
+                }
+            }
+            self.chunk_left = size;
+        }
+        if conn.buffer.is_empty() {
+            conn.fill().await?;
+        }
+        let take = conn.buffer.len().min(self.chunk_left as usize);
+        let data = conn.buffer.split_to(take).freeze();
+        self.chunk_left -= take as u64;
+        if self.chunk_left == 0 {
+            while conn.buffer.len() < 2 {
+                conn.fill().await?;
+            }
+            if &conn.buffer[..2] != b"\r\n" {
+                return Err("a chunk did not end with CRLF".into());
+            }
+            conn.buffer.advance(2);
+        }
+        Ok(Some(data))
+    }
+}
+
+/// Whether the comma-separated `value` names `token` (case-insensitively).
+fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
+/// Whether the last of the comma-separated `value` is `token`.
+fn last_token_is(value: &HeaderValue, token: &str) -> bool {
+    value
+        .as_bytes()
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
 
-    /// A backend that answers every request `200 ok` on a kept-alive connection;
-    /// dropping the returned sender closes every connection it holds.
-    async fn backend() -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    /// A backend that answers every request with `answer`, on a kept-alive
+    /// connection; sending `true` closes every connection it holds.
+    async fn backend(answer: &'static [u8]) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (close, closed) = tokio::sync::watch::channel(false);
@@ -288,7 +535,6 @@ mod tests {
                             read = socket.read(&mut buffer) => match read {
                                 Ok(0) | Err(_) => return,
                                 Ok(_) => {
-                                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
                                     if socket.write_all(answer).await.is_err() {
                                         return;
                                     }
@@ -303,23 +549,26 @@ mod tests {
         (addr, close)
     }
 
-    fn get() -> Request<Full<Bytes>> {
-        let mut request = Request::new(Full::new(Bytes::new()));
-        *request.uri_mut() = http::Uri::from_static("/");
-        request.headers_mut().insert(
-            http::header::HOST,
-            http::HeaderValue::from_static("backend"),
-        );
-        request
+    fn get() -> Outgoing {
+        Outgoing {
+            head: b"GET / HTTP/1.1\r\nhost: backend\r\n\r\n".to_vec(),
+            tail: Bytes::new(),
+            head_only: false,
+        }
+    }
+
+    async fn body_of(response: Response<Body>) -> Bytes {
+        response.into_body().collect().await.unwrap().to_bytes()
     }
 
     #[tokio::test]
     async fn idle_connections_are_reused_then_pruned_when_stale_or_closed() {
-        let (addr, close) = backend().await;
+        let (addr, close) = backend(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
         let upstream = Upstream::new(Duration::from_secs(1));
         for _ in 0..3 {
-            let response = upstream.request(addr, get()).await.unwrap();
+            let response = upstream.request(addr, &get()).await.unwrap();
             assert_eq!(response.status(), 200);
+            assert_eq!(body_of(response).await, "ok");
         }
         assert_eq!(upstream.idle_count(), 1, "one connection served all three");
         upstream.prune(Instant::now());
@@ -327,7 +576,7 @@ mod tests {
         upstream.prune(Instant::now() + IDLE_TIMEOUT);
         assert_eq!(upstream.idle_count(), 0, "idle too long: closed");
 
-        upstream.request(addr, get()).await.unwrap();
+        upstream.request(addr, &get()).await.unwrap();
         assert_eq!(upstream.idle_count(), 1);
         close.send(true).unwrap();
         // The backend's close reaches this side.
@@ -338,5 +587,64 @@ mod tests {
             upstream.idle.lock().unwrap().is_empty(),
             "and the backend forgotten"
         );
+    }
+
+    #[tokio::test]
+    async fn chunked_answers_stream_whole_and_hop_by_hop_headers_stay_behind() {
+        let (addr, _close) = backend(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nkeep-alive: timeout=5\r\nx-kept: yes\r\n\r\n\
+              5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n",
+        )
+        .await;
+        let upstream = Upstream::new(Duration::from_secs(1));
+        let response = upstream.request(addr, &get()).await.unwrap();
+        assert_eq!(response.headers()["x-kept"], "yes");
+        assert!(!response.headers().contains_key("keep-alive"));
+        assert!(!response.headers().contains_key(header::TRANSFER_ENCODING));
+        assert_eq!(body_of(response).await, "hello, world");
+        assert_eq!(
+            upstream.idle_count(),
+            0,
+            "a streamed answer ends its connection"
+        );
+    }
+
+    #[tokio::test]
+    async fn informational_answers_are_skipped_and_empty_answers_keep_the_connection() {
+        let (addr, _close) =
+            backend(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\nx-n: 1\r\n\r\n")
+                .await;
+        let upstream = Upstream::new(Duration::from_secs(1));
+        for _ in 0..2 {
+            let response = upstream.request(addr, &get()).await.unwrap();
+            assert_eq!(response.status(), 204);
+            assert_eq!(response.headers()["x-n"], "1");
+            assert!(body_of(response).await.is_empty());
+        }
+        assert_eq!(upstream.idle_count(), 1, "one connection served both");
+    }
+
+    #[tokio::test]
+    async fn an_answer_delimited_by_close_is_read_to_the_end_and_not_reused() {
+        let (addr, close) = backend(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
+        let upstream = Upstream::new(Duration::from_secs(1));
+        let response = upstream.request(addr, &get()).await.unwrap();
+        // The backend ends the answer by closing.
+        let closer = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            close.send(true).unwrap();
+        });
+        assert_eq!(body_of(response).await, "until the end");
+        closer.await.unwrap();
+        assert_eq!(upstream.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_garbled_answer_is_an_exchange_error() {
+        let (addr, _close) = backend(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").await;
+        let upstream = Upstream::new(Duration::from_secs(1));
+        let error = upstream.request(addr, &get()).await.unwrap_err();
+        assert!(!error.is_unsent(), "{error}");
+        assert_eq!(error.kind(), "reset");
     }
 }
