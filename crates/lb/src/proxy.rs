@@ -68,7 +68,8 @@ pub async fn handle(
 ) -> Response<Body> {
     let request_id =
         accept_request_id(req.headers().get(REQUEST_ID)).unwrap_or_else(new_request_id);
-    let request_id = HeaderValue::from_str(&request_id).expect("request ids are checked tokens");
+    let request_id = HeaderValue::from_maybe_shared(Bytes::from(request_id))
+        .expect("request ids are checked tokens");
     let path = req.uri().path();
     let at_edge = edge::eligible(req.method(), path, req.headers());
     let mut response = if admin::owns(path) {
