@@ -203,6 +203,11 @@ pub struct LbConfig {
     /// the request takes an in-flight slot.
     #[serde(rename = "body_timeout_ms", deserialize_with = "millis")]
     pub body_timeout: Duration,
+    /// Time a client has to send a request's head, counted from when the load
+    /// balancer starts waiting for it; an idle kept-alive connection is closed after
+    /// as long.
+    #[serde(rename = "header_timeout_ms", deserialize_with = "millis")]
+    pub header_timeout: Duration,
     /// Open connections one client address may hold; more are closed at once.
     #[serde(deserialize_with = "values::number")]
     pub max_connections_per_client: usize,
@@ -254,6 +259,7 @@ impl Default for LbConfig {
             max_body_bytes: 11 << 20,
             max_json_body_bytes: 1 << 20,
             body_timeout: Duration::from_millis(10_000),
+            header_timeout: Duration::from_millis(10_000),
             max_connections_per_client: 1024,
             trusted_proxies: Vec::new(),
             max_header_bytes: 64 << 10,
@@ -410,6 +416,12 @@ impl Config {
         if self.lb.body_timeout.is_zero() {
             return Err(ConfigError::new(
                 "BAKERY_LB_BODY_TIMEOUT_MS",
+                "must be more than 0",
+            ));
+        }
+        if self.lb.header_timeout.is_zero() {
+            return Err(ConfigError::new(
+                "BAKERY_LB_HEADER_TIMEOUT_MS",
                 "must be more than 0",
             ));
         }

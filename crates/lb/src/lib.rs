@@ -21,7 +21,7 @@ use bakery_telemetry::Metrics;
 use http::HeaderValue;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
@@ -33,6 +33,7 @@ pub mod pool;
 mod proxy;
 mod reply;
 pub mod retry_budget;
+mod timer;
 pub mod topology;
 mod upstream;
 
@@ -216,7 +217,13 @@ fn worker(
         .build()?;
     runtime.block_on(async move {
         let listener = TcpListener::from_std(listener)?;
-        let upstream = Arc::new(upstream::Upstream::new(lb.config.connect_timeout));
+        let timer = timer::Coarse::default();
+        timer.spawn_ticker();
+        let upstream = Arc::new(upstream::Upstream::new(
+            lb.config.connect_timeout,
+            lb.config.upstream_timeout,
+            timer.clone(),
+        ));
         // Idle upstream connections are not watched between requests: close the
         // stale and the dead now and then (the task ends with the runtime).
         let pruned = upstream.clone();
@@ -228,8 +235,8 @@ fn worker(
             }
         });
         let mut http = http1::Builder::new();
-        http.timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
+        http.timer(timer)
+            .header_read_timeout(lb.config.header_timeout)
             .max_buf_size(lb.config.max_header_bytes.max(8192))
             .keep_alive(true);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();

@@ -22,7 +22,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
 use crate::reply::{self, Body};
-use crate::upstream::{Outgoing, Upstream};
+use crate::upstream::{Outgoing, Upstream, UpstreamError};
 use crate::{Lb, admin, edge};
 
 /// A body up to this size goes out in one write with the head (a copy is cheaper
@@ -233,20 +233,15 @@ async fn forward(
         };
 
         let inflight = backend.start_request();
-        let outcome = tokio::time::timeout(
-            lb.config.upstream_timeout,
-            upstream_client.request(backend.addr, &upstream),
-        )
-        .await;
+        let outcome = upstream_client.request(backend.addr, &upstream).await;
         drop(inflight);
         let error = match outcome {
-            Ok(Ok(response)) => {
+            Ok(response) => {
                 backend.record_success();
                 pool.count_response(response.status());
                 return response;
             }
-            Ok(Err(error)) => error,
-            Err(_) => {
+            Err(UpstreamError::Timeout) => {
                 metrics::counter!("bakery_lb_upstream_errors_total", "kind" => "timeout")
                     .increment(1);
                 return own(
@@ -255,6 +250,7 @@ async fn forward(
                     "the backend took too long to answer",
                 );
             }
+            Err(error) => error,
         };
         let connect_failed = error.is_connect();
         metrics::counter!("bakery_lb_upstream_errors_total", "kind" => error.kind()).increment(1);

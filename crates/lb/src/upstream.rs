@@ -33,6 +33,7 @@ use tokio::net::TcpStream;
 
 use crate::proxy::HOP_BY_HOP;
 use crate::reply::{self, Body, BoxError};
+use crate::timer::Coarse;
 
 /// Largest response read whole before it is answered.
 const BUFFERED_MAX: u64 = 1 << 20;
@@ -56,6 +57,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct Upstream {
     idle: Mutex<HashMap<SocketAddr, Vec<Conn>>>,
     connect_timeout: Duration,
+    /// How long a backend has to answer (the head and a buffered body).
+    answer_timeout: Duration,
+    timer: Coarse,
 }
 
 /// A request as it goes on the wire.
@@ -84,6 +88,8 @@ pub enum UpstreamError {
     Unsent(String),
     /// The exchange failed after the request was (or may have been) sent.
     Exchange(String),
+    /// No answer in time (the backend may still be working on it).
+    Timeout,
 }
 
 impl UpstreamError {
@@ -103,6 +109,7 @@ impl UpstreamError {
             Self::Connect(_) => "connect",
             Self::Unsent(_) => "unsent",
             Self::Exchange(_) => "reset",
+            Self::Timeout => "timeout",
         }
     }
 }
@@ -113,6 +120,7 @@ impl std::fmt::Display for UpstreamError {
             Self::Connect(cause) => write!(f, "cannot connect: {cause}"),
             Self::Unsent(cause) => write!(f, "closed before the request was sent: {cause}"),
             Self::Exchange(cause) => write!(f, "{cause}"),
+            Self::Timeout => write!(f, "no answer in time"),
         }
     }
 }
@@ -122,20 +130,33 @@ fn exchange(error: impl std::fmt::Display) -> UpstreamError {
 }
 
 impl Upstream {
-    pub fn new(connect_timeout: Duration) -> Self {
+    pub fn new(connect_timeout: Duration, answer_timeout: Duration, timer: Coarse) -> Self {
         Self {
             idle: Mutex::new(HashMap::new()),
             connect_timeout,
+            answer_timeout,
+            timer,
         }
     }
 
-    /// Sends `request` to `addr`; its response.
-    ///
+    /// Sends `request` to `addr`; its response, or [`UpstreamError::Timeout`] when
+    /// it is not there within the answer timeout.
+    pub async fn request(
+        &self,
+        addr: SocketAddr,
+        request: &Outgoing,
+    ) -> Result<Response<Body>, UpstreamError> {
+        self.timer
+            .timeout(self.answer_timeout, self.exchange(addr, request))
+            .await
+            .unwrap_or(Err(UpstreamError::Timeout))
+    }
+
     /// An idle connection the backend closed meanwhile (its keep-alive ran out, it
     /// restarted) is no fault of the backend's and costs nothing: the request, not
     /// written whole, goes on another connection. Only a new connection that fails
     /// is reported.
-    pub async fn request(
+    async fn exchange(
         &self,
         addr: SocketAddr,
         request: &Outgoing,
@@ -180,7 +201,9 @@ impl Upstream {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<Conn, UpstreamError> {
-        let stream = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+        let stream = self
+            .timer
+            .timeout(self.connect_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| UpstreamError::Connect("timed out".into()))?
             .map_err(|e| UpstreamError::Connect(e.to_string()))?;
@@ -564,7 +587,11 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_are_reused_then_pruned_when_stale_or_closed() {
         let (addr, close) = backend(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-        let upstream = Upstream::new(Duration::from_secs(1));
+        let upstream = Upstream::new(
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Coarse::default(),
+        );
         for _ in 0..3 {
             let response = upstream.request(addr, &get()).await.unwrap();
             assert_eq!(response.status(), 200);
@@ -596,7 +623,11 @@ mod tests {
               5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n",
         )
         .await;
-        let upstream = Upstream::new(Duration::from_secs(1));
+        let upstream = Upstream::new(
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Coarse::default(),
+        );
         let response = upstream.request(addr, &get()).await.unwrap();
         assert_eq!(response.headers()["x-kept"], "yes");
         assert!(!response.headers().contains_key("keep-alive"));
@@ -614,7 +645,11 @@ mod tests {
         let (addr, _close) =
             backend(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\nx-n: 1\r\n\r\n")
                 .await;
-        let upstream = Upstream::new(Duration::from_secs(1));
+        let upstream = Upstream::new(
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Coarse::default(),
+        );
         for _ in 0..2 {
             let response = upstream.request(addr, &get()).await.unwrap();
             assert_eq!(response.status(), 204);
@@ -627,7 +662,11 @@ mod tests {
     #[tokio::test]
     async fn an_answer_delimited_by_close_is_read_to_the_end_and_not_reused() {
         let (addr, close) = backend(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
-        let upstream = Upstream::new(Duration::from_secs(1));
+        let upstream = Upstream::new(
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Coarse::default(),
+        );
         let response = upstream.request(addr, &get()).await.unwrap();
         // The backend ends the answer by closing.
         let closer = tokio::spawn(async move {
@@ -642,7 +681,11 @@ mod tests {
     #[tokio::test]
     async fn a_garbled_answer_is_an_exchange_error() {
         let (addr, _close) = backend(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").await;
-        let upstream = Upstream::new(Duration::from_secs(1));
+        let upstream = Upstream::new(
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Coarse::default(),
+        );
         let error = upstream.request(addr, &get()).await.unwrap_err();
         assert!(!error.is_unsent(), "{error}");
         assert_eq!(error.kind(), "reset");

@@ -24,6 +24,8 @@ enum Behaviour {
     /// Answers 200, then closes the connection it kept alive (as a server whose
     /// keep-alive timeout ran out would, between two requests).
     AnswerThenClose,
+    /// Reads the request and never answers, keeping the connection open.
+    Hang,
 }
 
 struct TestBackend {
@@ -87,6 +89,9 @@ async fn test_backend(name: &'static str, behaviour: Behaviour) -> TestBackend {
                         }
                         if let Behaviour::Vanish = behaviour {
                             return;
+                        }
+                        if let Behaviour::Hang = behaviour {
+                            std::future::pending::<()>().await;
                         }
                         format!("{name}\n{head}")
                     };
@@ -482,4 +487,55 @@ async fn with_no_backend_the_answer_is_a_503_json_error() {
     let r = client().get(lb.url("/anything")).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert_eq!(error_code(r).await, "backend_unavailable");
+}
+
+/// A backend that never answers costs a client the upstream timeout (a 503, not
+/// retried: the backend may still be working on it), and a client that never
+/// finishes its request head is closed after the header timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_backend_and_a_silent_client_are_both_timed_out() {
+    let silent = test_backend("silent", Behaviour::Hang).await;
+    let mut env = lb_env();
+    env.push(("BAKERY_LB_UPSTREAM_TIMEOUT_SECS".into(), "1".into()));
+    env.push(("BAKERY_LB_HEADER_TIMEOUT_MS".into(), "1000".into()));
+    let lb = Role::start(
+        &["lb", "--backend", &format!("web=silent@{}", silent.addr)],
+        env,
+    );
+    wait_healthy(&lb, 1).await;
+
+    let started = std::time::Instant::now();
+    let r = client().get(lb.url("/api/thing")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(error_code(r).await, "upstream_timeout");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_secs(1),
+        "answered after {waited:?}"
+    );
+    assert!(
+        waited < Duration::from_secs(30),
+        "answered after {waited:?}"
+    );
+    assert_eq!(silent.arrivals.load(Ordering::SeqCst), 1, "not retried");
+
+    // Half a head, then nothing: the load balancer closes the connection.
+    let mut slow = tokio::net::TcpStream::connect(lb.addr).await.unwrap();
+    slow.write_all(b"GET /api/thing HTTP/1.1\r\nHost: lb\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut rest = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), slow.read_to_end(&mut rest)).await;
+    assert!(read.is_ok(), "the connection was closed");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900),
+        "closed after {waited:?}"
+    );
+    assert_eq!(
+        silent.arrivals.load(Ordering::SeqCst),
+        1,
+        "half a head is never forwarded"
+    );
 }
