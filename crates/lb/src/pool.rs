@@ -55,11 +55,9 @@ impl Pool {
     /// Counts one backend response under `bakery_http_requests_total{route, status}`.
     pub fn count_response(&self, status: http::StatusCode) {
         let code = status.as_u16();
-        if let Some(counter) = self
-            .responses
-            .read()
-            .ok()
-            .and_then(|m| m.get(&code).cloned())
+        // Counted under the read lock: no handle cloned per response.
+        if let Ok(counters) = self.responses.read()
+            && let Some(counter) = counters.get(&code)
         {
             counter.increment(1);
             return;

@@ -205,7 +205,8 @@ async fn forward(
     let idempotent = is_idempotent(&parts.method);
 
     lb.budget.deposit();
-    let mut tried: Vec<usize> = Vec::with_capacity(2);
+    // Backends this request failed on; empty (no allocation) when the first answers.
+    let mut tried: Vec<usize> = Vec::new();
     loop {
         let Some((index, backend)) = pool.pick(&tried) else {
             let message = if tried.is_empty() {
@@ -219,7 +220,6 @@ async fn forward(
                 message,
             );
         };
-        tried.push(index);
         // Written for each attempt (a retry is rare): no copy kept for one.
         let mut wire = head.write(peer, &lb.config.trusted_proxies, &backend.host);
         let inline = body.len() <= INLINE_BODY_MAX;
@@ -252,6 +252,7 @@ async fn forward(
             }
             Err(error) => error,
         };
+        tried.push(index);
         let connect_failed = error.is_connect();
         metrics::counter!("bakery_lb_upstream_errors_total", "kind" => error.kind()).increment(1);
         tracing::warn!(backend = %backend.id, %error, connect_failed, "upstream attempt failed");
