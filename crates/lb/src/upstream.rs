@@ -473,16 +473,16 @@ impl Streaming {
         if self.chunk_left == 0 {
             // A chunk's size line (after the previous chunk's CRLF).
             let size = loop {
-                if let Ok(httparse::Status::Complete((used, size))) =
-                    httparse::parse_chunk_size(&conn.buffer)
-                {
-                    conn.buffer.advance(used);
-                    break size;
+                match httparse::parse_chunk_size(&conn.buffer) {
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        conn.buffer.advance(used);
+                        break size;
+                    }
+                    Ok(httparse::Status::Partial) if conn.buffer.len() <= 1024 => {
+                        conn.fill().await?
+                    }
+                    _ => return Err("a bad chunk size line".into()),
                 }
-                if conn.buffer.len() > 1024 {
-                    return Err("a bad chunk size line".into());
-                }
-                conn.fill().await?;
             };
             if size == 0 {
                 // The last chunk: skip trailers up to the blank line that ends them.
@@ -676,6 +676,27 @@ mod tests {
         assert_eq!(body_of(response).await, "until the end");
         closer.await.unwrap();
         assert_eq!(upstream.idle_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_garbled_chunk_breaks_the_body_off() {
+        let (addr, _close) =
+            backend(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\nrest")
+                .await;
+        let upstream = Upstream::new(
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Coarse::default(),
+        );
+        let response = upstream.request(addr, &get()).await.unwrap();
+        let mut body = response.into_body();
+        let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+        assert_eq!(first, "ok");
+        let broken = body.frame().await.unwrap();
+        assert!(
+            broken.is_err(),
+            "a bad size line is an error, not more waiting"
+        );
     }
 
     #[tokio::test]
