@@ -241,7 +241,7 @@ fn worker(
             .keep_alive(true);
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
-            let (stream, peer) = tokio::select! {
+            let (stream, addr) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(pair) => pair,
                     Err(error) => {
@@ -254,7 +254,7 @@ fn worker(
                 _ = stop.wait_for(|stopped| *stopped) => break,
             };
             // One address may not hold every connection: beyond its share, closed.
-            let Some(client_slot) = ClientSlot::take(&lb, peer.ip()) else {
+            let Some(client_slot) = ClientSlot::take(&lb, addr.ip()) else {
                 metrics::counter!("bakery_lb_refused_connections_total", "reason" => "per_client")
                     .increment(1);
                 drop(stream);
@@ -262,8 +262,7 @@ fn worker(
             };
             let _ = stream.set_nodelay(true);
             let (lb, upstream) = (lb.clone(), upstream.clone());
-            let peer_addr = peer;
-            let peer = Arc::new(proxy::Peer::new(peer));
+            let peer = Arc::new(proxy::Peer::new(addr));
             let service = service_fn(move |req| {
                 let (lb, upstream, peer) = (lb.clone(), upstream.clone(), peer.clone());
                 async move { Ok::<_, Infallible>(proxy::handle(&lb, &upstream, &peer, req).await) }
@@ -272,7 +271,7 @@ fn worker(
             tokio::spawn(async move {
                 let _client_slot = client_slot;
                 if let Err(error) = connection.await {
-                    tracing::debug!(%error, peer = %peer_addr, "client connection ended with an error");
+                    tracing::debug!(%error, peer = %addr, "client connection ended with an error");
                 }
             });
         }

@@ -56,6 +56,14 @@ pub(crate) const HOP_BY_HOP: [HeaderName; 8] = [
     header::TRANSFER_ENCODING,
 ];
 
+/// Whether the comma-separated `value` names `token` (case-insensitively).
+pub(crate) fn has_token(value: &HeaderValue, token: &str) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+}
+
 /// Failures in a row after connecting that eject a member (Envoy's
 /// `consecutive_gateway_failure`).
 const CONSECUTIVE_FAILURES_TO_EJECT: u32 = 3;
@@ -395,11 +403,7 @@ impl Head<'_> {
             incoming
                 .get_all(header::CONNECTION)
                 .iter()
-                .flat_map(|v| v.as_bytes().split(|&b| b == b','))
-                .any(|n| {
-                    n.trim_ascii()
-                        .eq_ignore_ascii_case(name.as_str().as_bytes())
-                })
+                .any(|v| has_token(v, name.as_str()))
         };
         let has_connection = incoming.contains_key(header::CONNECTION);
         for (name, value) in incoming {

@@ -31,7 +31,7 @@ use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::proxy::HOP_BY_HOP;
+use crate::proxy::{HOP_BY_HOP, has_token};
 use crate::reply::{self, Body, BoxError};
 use crate::timer::Coarse;
 
@@ -520,14 +520,6 @@ impl Streaming {
     }
 }
 
-/// Whether the comma-separated `value` names `token` (case-insensitively).
-fn has_token(value: &HeaderValue, token: &str) -> bool {
-    value
-        .as_bytes()
-        .split(|&b| b == b',')
-        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-}
-
 /// Whether the last of the comma-separated `value` is `token`.
 fn last_token_is(value: &HeaderValue, token: &str) -> bool {
     value
@@ -572,6 +564,14 @@ mod tests {
         (addr, close)
     }
 
+    fn upstream() -> Upstream {
+        Upstream::new(
+            Duration::from_secs(1),
+            Duration::from_secs(5),
+            Coarse::default(),
+        )
+    }
+
     fn get() -> Outgoing {
         Outgoing {
             head: b"GET / HTTP/1.1\r\nhost: backend\r\n\r\n".to_vec(),
@@ -587,11 +587,7 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_are_reused_then_pruned_when_stale_or_closed() {
         let (addr, close) = backend(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
-        let upstream = Upstream::new(
-            Duration::from_secs(1),
-            Duration::from_secs(5),
-            Coarse::default(),
-        );
+        let upstream = upstream();
         for _ in 0..3 {
             let response = upstream.request(addr, &get()).await.unwrap();
             assert_eq!(response.status(), 200);
@@ -623,11 +619,7 @@ mod tests {
               5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n",
         )
         .await;
-        let upstream = Upstream::new(
-            Duration::from_secs(1),
-            Duration::from_secs(5),
-            Coarse::default(),
-        );
+        let upstream = upstream();
         let response = upstream.request(addr, &get()).await.unwrap();
         assert_eq!(response.headers()["x-kept"], "yes");
         assert!(!response.headers().contains_key("keep-alive"));
@@ -645,11 +637,7 @@ mod tests {
         let (addr, _close) =
             backend(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 204 No Content\r\nx-n: 1\r\n\r\n")
                 .await;
-        let upstream = Upstream::new(
-            Duration::from_secs(1),
-            Duration::from_secs(5),
-            Coarse::default(),
-        );
+        let upstream = upstream();
         for _ in 0..2 {
             let response = upstream.request(addr, &get()).await.unwrap();
             assert_eq!(response.status(), 204);
@@ -662,11 +650,7 @@ mod tests {
     #[tokio::test]
     async fn an_answer_delimited_by_close_is_read_to_the_end_and_not_reused() {
         let (addr, close) = backend(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
-        let upstream = Upstream::new(
-            Duration::from_secs(1),
-            Duration::from_secs(5),
-            Coarse::default(),
-        );
+        let upstream = upstream();
         let response = upstream.request(addr, &get()).await.unwrap();
         // The backend ends the answer by closing.
         let closer = tokio::spawn(async move {
@@ -683,11 +667,7 @@ mod tests {
         let (addr, _close) =
             backend(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\nrest")
                 .await;
-        let upstream = Upstream::new(
-            Duration::from_secs(1),
-            Duration::from_secs(5),
-            Coarse::default(),
-        );
+        let upstream = upstream();
         let response = upstream.request(addr, &get()).await.unwrap();
         let mut body = response.into_body();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
@@ -702,11 +682,7 @@ mod tests {
     #[tokio::test]
     async fn a_garbled_answer_is_an_exchange_error() {
         let (addr, _close) = backend(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").await;
-        let upstream = Upstream::new(
-            Duration::from_secs(1),
-            Duration::from_secs(5),
-            Coarse::default(),
-        );
+        let upstream = upstream();
         let error = upstream.request(addr, &get()).await.unwrap_err();
         assert!(!error.is_unsent(), "{error}");
         assert_eq!(error.kind(), "reset");
