@@ -82,15 +82,20 @@ pub struct Edge {
 
 /// Whether a request may be answered at the edge.
 pub fn eligible(method: &Method, path: &str, headers: &HeaderMap) -> bool {
+    may_serve(method, path) && (!path.starts_with("/products/") || !has_session(headers))
+}
+
+/// Whether a request for `path` may be answered here, whoever sends it (a product
+/// page only to a visitor without a session).
+pub fn may_serve(method: &Method, path: &str) -> bool {
     if method != Method::GET && method != Method::HEAD {
         return false;
     }
-    if path.starts_with("/pages/") || path.starts_with("/assets/") {
-        return true;
-    }
-    path.strip_prefix("/products/")
-        .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
-        && !has_session(headers)
+    path.starts_with("/pages/")
+        || path.starts_with("/assets/")
+        || path
+            .strip_prefix("/products/")
+            .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn has_session(headers: &HeaderMap) -> bool {

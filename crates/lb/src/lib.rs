@@ -1,6 +1,7 @@
 //! `bakery lb`: the HTTP load balancer in front of the web clones, and the static
-//! edge that answers pre-rendered pages from its own copy ([`edge`]). Built on
-//! hyper 1 (server) and hyper-util's pooled client (upstream).
+//! edge that answers pre-rendered pages from its own copy ([`edge`]). Plain
+//! requests are read and answered by its own HTTP/1.1 code on `httparse`
+//! ([`front`], [`upstream`]); every other request is served by hyper's.
 //!
 //! Pools of backends are reached by path prefix ([`topology`]); inside a pool a
 //! member is picked by least-request (power of two choices) or round robin
@@ -10,7 +11,6 @@
 //! Knows nothing of what the clones do: it forwards bytes and reads `/healthz`.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,14 +20,13 @@ use bakery_config::{Config, LbConfig};
 use bakery_telemetry::Metrics;
 use http::HeaderValue;
 use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
 mod admin;
 pub mod backend;
 pub mod edge;
+mod front;
 mod health;
 pub mod pool;
 mod proxy;
@@ -219,27 +218,34 @@ fn worker(
         let listener = TcpListener::from_std(listener)?;
         let timer = timer::Coarse::default();
         timer.spawn_ticker();
-        let upstream = Arc::new(upstream::Upstream::new(
-            lb.config.connect_timeout,
-            lb.config.upstream_timeout,
-            timer.clone(),
-        ));
+        let mut http = http1::Builder::new();
+        http.timer(timer.clone())
+            .header_read_timeout(lb.config.header_timeout)
+            .max_buf_size(lb.config.max_header_bytes.max(8192))
+            .keep_alive(true);
+        let worker = Arc::new(front::Worker {
+            upstream: upstream::Upstream::new(
+                lb.config.connect_timeout,
+                lb.config.upstream_timeout,
+                timer.clone(),
+            ),
+            lb: lb.clone(),
+            timer,
+            http,
+        });
         // Idle upstream connections are not watched between requests: close the
         // stale and the dead now and then (the task ends with the runtime).
-        let pruned = upstream.clone();
+        let pruned = worker.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(upstream::IDLE_TIMEOUT / 4);
             loop {
                 every.tick().await;
-                pruned.prune(std::time::Instant::now());
+                pruned.upstream.prune(std::time::Instant::now());
             }
         });
-        let mut http = http1::Builder::new();
-        http.timer(timer)
-            .header_read_timeout(lb.config.header_timeout)
-            .max_buf_size(lb.config.max_header_bytes.max(8192))
-            .keep_alive(true);
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        // Each connection holds a receiver: `true` asks it to finish, and the last
+        // one dropped says all have.
+        let (drain, draining) = tokio::sync::watch::channel(false);
         loop {
             let (stream, addr) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -261,22 +267,21 @@ fn worker(
                 continue;
             };
             let _ = stream.set_nodelay(true);
-            let (lb, upstream) = (lb.clone(), upstream.clone());
-            let peer = Arc::new(proxy::Peer::new(addr));
-            let service = service_fn(move |req| {
-                let (lb, upstream, peer) = (lb.clone(), upstream.clone(), peer.clone());
-                async move { Ok::<_, Infallible>(proxy::handle(&lb, &upstream, &peer, req).await) }
-            });
-            let connection = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+            let connection = front::serve(
+                worker.clone(),
+                stream,
+                proxy::Peer::new(addr),
+                draining.clone(),
+            );
             tokio::spawn(async move {
                 let _client_slot = client_slot;
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, peer = %addr, "client connection ended with an error");
-                }
+                connection.await;
             });
         }
         drop(listener);
-        if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        drop(draining);
+        let _ = drain.send(true);
+        if tokio::time::timeout(Duration::from_secs(10), drain.closed())
             .await
             .is_err()
         {

@@ -15,14 +15,15 @@ use std::time::Duration;
 
 use bakery_telemetry::{REQUEST_ID, SERVED_BY, accept_request_id, new_request_id, record_request};
 use bytes::Bytes;
-use http::header::{self, HeaderName};
+use http::header;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 
+use crate::pool::Pool;
 use crate::reply::{self, Body};
-use crate::upstream::{Outgoing, Upstream, UpstreamError};
+use crate::upstream::{Answer, Outgoing, Upstream, UpstreamError};
 use crate::{Lb, admin, edge};
 
 /// A body up to this size goes out in one write with the head (a copy is cheaper
@@ -45,21 +46,29 @@ impl Peer {
 }
 
 /// Headers that belong to one hop and are never forwarded (RFC 9110, 7.6.1).
-pub(crate) const HOP_BY_HOP: [HeaderName; 8] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
 ];
 
+/// Whether the header `name` (any case) belongs to one hop.
+pub(crate) fn is_hop_by_hop(name: &str) -> bool {
+    is_one_of(name, &HOP_BY_HOP)
+}
+
+fn is_one_of(name: &str, names: &[&str]) -> bool {
+    names.iter().any(|n| n.eq_ignore_ascii_case(name))
+}
+
 /// Whether the comma-separated `value` names `token` (case-insensitively).
-pub(crate) fn has_token(value: &HeaderValue, token: &str) -> bool {
+pub(crate) fn has_token(value: &[u8], token: &str) -> bool {
     value
-        .as_bytes()
         .split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
 }
@@ -68,14 +77,15 @@ pub(crate) fn has_token(value: &HeaderValue, token: &str) -> bool {
 /// `consecutive_gateway_failure`).
 const CONSECUTIVE_FAILURES_TO_EJECT: u32 = 3;
 
+/// A request read by hyper (see [`crate::front`] for those that are not).
 pub async fn handle(
     lb: &Lb,
     upstream_client: &Upstream,
     peer: &Peer,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let request_id =
-        accept_request_id(req.headers().get(REQUEST_ID)).unwrap_or_else(new_request_id);
+    let request_id = accept_request_id(req.headers().get(REQUEST_ID).map(HeaderValue::as_bytes))
+        .unwrap_or_else(new_request_id);
     let request_id = HeaderValue::from_maybe_shared(Bytes::from(request_id))
         .expect("request ids are checked tokens");
     let path = req.uri().path();
@@ -115,8 +125,21 @@ impl Lb {
         }
         response
     }
+
+    /// The load balancer's own error for a request on `route`, counted.
+    pub(crate) fn refuse(
+        &self,
+        route: &str,
+        status: StatusCode,
+        code: &str,
+        message: &str,
+    ) -> Response<Body> {
+        record_request(route, status.as_u16());
+        self.stamp(reply::error(status, code, message))
+    }
 }
 
+/// Reads the body hyper parsed, then [`send`]s the request.
 async fn forward(
     lb: &Lb,
     upstream_client: &Upstream,
@@ -125,17 +148,12 @@ async fn forward(
     request_id: &HeaderValue,
     edge_miss: bool,
 ) -> Response<Body> {
-    let pool = lb.route(req.uri().path()).clone();
-    let route = pool.route_label();
-    let own = |status: StatusCode, code: &str, message: &str| {
-        record_request(route, status.as_u16());
-        lb.stamp(reply::error(status, code, message))
-    };
+    let pool = lb.route(req.uri().path());
     // Answered before the body was read whole: the connection cannot carry another
     // request (the unread rest would be taken for one), so the client is told it
     // closes rather than finding out on its next request.
     let refused = |status: StatusCode, code: &str, message: &str| {
-        let mut response = own(status, code, message);
+        let mut response = lb.refuse(pool.route_label(), status, code, message);
         response.headers_mut().insert(
             hyper::header::CONNECTION,
             hyper::header::HeaderValue::from_static("close"),
@@ -187,30 +205,56 @@ async fn forward(
         Bytes::new()
     };
 
+    let fields: Vec<httparse::Header<'_>> = parts
+        .headers
+        .iter()
+        .map(|(name, value)| httparse::Header {
+            name: name.as_str(),
+            value: value.as_bytes(),
+        })
+        .collect();
+    let head = Head {
+        method: &parts.method,
+        target: parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
+        incoming: &fields,
+        request_id: request_id.as_bytes(),
+        edge_miss,
+        body_length: body.len(),
+    };
+    match send(lb, upstream_client, pool, peer, &head, &body).await {
+        Ok(answer) => answer.into_response(),
+        Err(own) => own,
+    }
+}
+
+/// Sends a request to a member of `pool` (taking an in-flight slot first), and
+/// again to another when that is safe: the backend's answer, or the load
+/// balancer's own error.
+pub(crate) async fn send(
+    lb: &Lb,
+    upstream_client: &Upstream,
+    pool: &Pool,
+    peer: &Peer,
+    head: &Head<'_>,
+    body: &Bytes,
+) -> Result<Answer, Response<Body>> {
+    let route = pool.route_label();
     // The bounded queue: take a free slot at once, or wait a little, then shed load.
     let _slot = match lb.slots.try_acquire() {
         Ok(permit) => permit,
         Err(_) => match tokio::time::timeout(lb.config.queue_timeout, lb.slots.acquire()).await {
             Ok(Ok(permit)) => permit,
             _ => {
-                return own(
+                return Err(lb.refuse(
+                    route,
                     StatusCode::SERVICE_UNAVAILABLE,
                     "overloaded",
                     "the load balancer is at capacity; try again",
-                );
+                ));
             }
         },
     };
-
-    let head = Head {
-        method: &parts.method,
-        target: parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
-        incoming: &parts.headers,
-        request_id,
-        edge_miss,
-        body_length: body.len(),
-    };
-    let idempotent = is_idempotent(&parts.method);
+    let idempotent = is_idempotent(head.method);
 
     lb.budget.deposit();
     // Backends this request failed on; empty (no allocation) when the first answers.
@@ -222,41 +266,43 @@ async fn forward(
             } else {
                 "every backend tried failed"
             };
-            return own(
+            return Err(lb.refuse(
+                route,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "backend_unavailable",
                 message,
-            );
+            ));
         };
         // Written for each attempt (a retry is rare): no copy kept for one.
         let mut wire = head.write(peer, &lb.config.trusted_proxies, &backend.host);
         let inline = body.len() <= INLINE_BODY_MAX;
         if inline {
-            wire.extend_from_slice(&body);
+            wire.extend_from_slice(body);
         }
         let upstream = Outgoing {
             head: wire,
             tail: if inline { Bytes::new() } else { body.clone() },
-            head_only: parts.method == Method::HEAD,
+            head_only: *head.method == Method::HEAD,
         };
 
         let inflight = backend.start_request();
         let outcome = upstream_client.request(backend.addr, &upstream).await;
         drop(inflight);
         let error = match outcome {
-            Ok(response) => {
+            Ok(answer) => {
                 backend.record_success();
-                pool.count_response(response.status());
-                return response;
+                pool.count_response(answer.status);
+                return Ok(answer);
             }
             Err(UpstreamError::Timeout) => {
                 metrics::counter!("bakery_lb_upstream_errors_total", "kind" => "timeout")
                     .increment(1);
-                return own(
+                return Err(lb.refuse(
+                    route,
                     StatusCode::SERVICE_UNAVAILABLE,
                     "upstream_timeout",
                     "the backend took too long to answer",
-                );
+                ));
             }
             Err(error) => error,
         };
@@ -277,11 +323,12 @@ async fn forward(
             tracing::warn!(backend = %backend.id, reason, "ejected");
         }
         if !(error.is_unsent() || idempotent) || !lb.budget.try_withdraw() {
-            return own(
+            return Err(lb.refuse(
+                route,
                 StatusCode::SERVICE_UNAVAILABLE,
                 "upstream_failed",
                 "the backend failed to answer",
-            );
+            ));
         }
         metrics::counter!("bakery_lb_retries_total").increment(1);
     }
@@ -330,33 +377,46 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
 /// Headers a client may not have dropped by naming them in `Connection`: the clones
 /// rely on them (an `Origin` or `Sec-Fetch-Site` dropped would slip a cross-site
 /// request past the CSRF check).
-const END_TO_END: [HeaderName; 8] = [
-    header::HOST,
-    header::CONTENT_LENGTH,
-    header::CONTENT_TYPE,
-    header::COOKIE,
-    header::AUTHORIZATION,
-    header::ORIGIN,
-    HeaderName::from_static("sec-fetch-site"),
-    header::ACCEPT_ENCODING,
+const END_TO_END: [&str; 8] = [
+    "host",
+    "content-length",
+    "content-type",
+    "cookie",
+    "authorization",
+    "origin",
+    "sec-fetch-site",
+    "accept-encoding",
 ];
 
 /// Carries the client's address, as the load balancer determined it, to the clones
 /// (rate limits count by it); whatever a client sends under this name is replaced.
 pub const CLIENT_IP: &str = "x-bakery-client-ip";
 
+/// The values of the header `name` (any case) among `fields`.
+pub(crate) fn values<'a>(
+    fields: &'a [httparse::Header<'a>],
+    name: &'a str,
+) -> impl Iterator<Item = &'a [u8]> + 'a {
+    fields
+        .iter()
+        .filter(move |h| h.name.eq_ignore_ascii_case(name))
+        .map(|h| h.value)
+}
+
 /// The client's address: the peer, or — when the peer is a trusted proxy — the
 /// rightmost `x-forwarded-for` entry that is not itself a trusted proxy.
-fn client_address(incoming: &HeaderMap, peer: SocketAddr, trusted: &[ProxyNet]) -> IpAddr {
+fn client_address(
+    incoming: &[httparse::Header<'_>],
+    peer: SocketAddr,
+    trusted: &[ProxyNet],
+) -> IpAddr {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     let mut address = peer.ip();
     if !is_trusted(&address) {
         return address;
     }
-    let hops: Vec<IpAddr> = incoming
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+    let hops: Vec<IpAddr> = values(incoming, "x-forwarded-for")
+        .filter_map(|v| std::str::from_utf8(v).ok())
         .flat_map(|v| v.split(','))
         .filter_map(|hop| hop.trim().parse().ok())
         .collect();
@@ -370,14 +430,15 @@ fn client_address(incoming: &HeaderMap, peer: SocketAddr, trusted: &[ProxyNet]) 
 }
 
 /// What every attempt at a request sends, whichever backend it goes to.
-struct Head<'a> {
-    method: &'a Method,
+pub(crate) struct Head<'a> {
+    pub method: &'a Method,
     /// Origin form: path and query.
-    target: &'a str,
-    incoming: &'a HeaderMap,
-    request_id: &'a HeaderValue,
-    edge_miss: bool,
-    body_length: usize,
+    pub target: &'a str,
+    /// The client's headers, as hyper or [`crate::front`] read them.
+    pub incoming: &'a [httparse::Header<'a>],
+    pub request_id: &'a [u8],
+    pub edge_miss: bool,
+    pub body_length: usize,
 }
 
 impl Head<'_> {
@@ -393,33 +454,26 @@ impl Head<'_> {
         out.push(b' ');
         out.extend_from_slice(self.target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
-        let mut line = |name: &[u8], value: &[u8]| {
-            out.extend_from_slice(name);
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(value);
-            out.extend_from_slice(b"\r\n");
-        };
-        let named_in_connection = |name: &HeaderName| {
-            incoming
-                .get_all(header::CONNECTION)
-                .iter()
-                .any(|v| has_token(v, name.as_str()))
-        };
-        let has_connection = incoming.contains_key(header::CONNECTION);
-        for (name, value) in incoming {
-            let named = has_connection && named_in_connection(name);
-            if HOP_BY_HOP.contains(name)
-                || SET_HERE.contains(&name.as_str())
-                || (named && !END_TO_END.contains(name))
+        let mut line = |name: &[u8], value: &[u8]| reply::put_header(&mut out, name, value);
+        let has_connection = values(incoming, "connection").next().is_some();
+        let named_in_connection =
+            |name: &str| values(incoming, "connection").any(|v| has_token(v, name));
+        let mut has_host = false;
+        for h in incoming {
+            has_host |= h.name.eq_ignore_ascii_case("host");
+            let named = has_connection && named_in_connection(h.name);
+            if is_hop_by_hop(h.name)
+                || is_one_of(h.name, &SET_HERE)
+                || (named && !is_one_of(h.name, &END_TO_END))
             {
                 continue;
             }
-            line(name.as_str().as_bytes(), value.as_bytes());
+            line(h.name.as_bytes(), h.value);
         }
-        if !incoming.contains_key(header::HOST) {
+        if !has_host {
             line(b"host", host.as_bytes());
         }
-        line(REQUEST_ID.as_bytes(), self.request_id.as_bytes());
+        line(REQUEST_ID.as_bytes(), self.request_id);
         // Only the load balancer says a request missed its edge.
         if self.edge_miss {
             line(edge::MISS_HEADER.as_bytes(), b"1");
@@ -428,16 +482,13 @@ impl Head<'_> {
         // is replaced (this edge itself speaks plain HTTP).
         let from_proxy = trusted.iter().any(|net| net.contains(&peer.addr.ip()));
         if from_proxy {
-            let forwarded_for: Vec<&[u8]> = incoming
-                .get_all("x-forwarded-for")
-                .iter()
-                .map(HeaderValue::as_bytes)
+            let forwarded_for: Vec<&[u8]> = values(incoming, "x-forwarded-for")
                 .chain([peer.ip.as_bytes()])
                 .collect();
             line(b"x-forwarded-for", &forwarded_for.join(&b", "[..]));
-            let https = incoming
-                .get("x-forwarded-proto")
-                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+            let https = values(incoming, "x-forwarded-proto")
+                .next()
+                .is_some_and(|v| v.eq_ignore_ascii_case(b"https"));
             line(b"x-forwarded-proto", if https { b"https" } else { b"http" });
             let client = client_address(incoming, peer.addr, trusted).to_string();
             line(CLIENT_IP.as_bytes(), client.as_bytes());
@@ -479,6 +530,7 @@ pub(crate) fn probe_timeout(interval: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderName;
 
     #[test]
     fn only_idempotent_methods_are_retried_after_sending() {
@@ -495,12 +547,18 @@ mod tests {
         body: usize,
         trusted: &[ProxyNet],
     ) -> (String, HeaderMap) {
-        let rid = HeaderValue::from_static("rid");
+        let fields: Vec<httparse::Header<'_>> = incoming
+            .iter()
+            .map(|(name, value)| httparse::Header {
+                name: name.as_str(),
+                value: value.as_bytes(),
+            })
+            .collect();
         let head = Head {
             method,
             target: "/api/ping?x=1",
-            incoming,
-            request_id: &rid,
+            incoming: &fields,
+            request_id: b"rid",
             edge_miss: false,
             body_length: body,
         };

@@ -34,3 +34,30 @@ pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
         &serde_json::json!({"error": {"code": code, "message": message}}),
     )
 }
+
+/// Appends `date: <now>\r\n`, as hyper's server writes it (the text is made once a
+/// second per thread).
+pub fn put_date(out: &mut Vec<u8>) {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static NOW: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    NOW.with_borrow_mut(|(made, text)| {
+        if *made != second {
+            *made = second;
+            *text = httpdate::fmt_http_date(now);
+        }
+        put_header(out, b"date", text.as_bytes());
+    });
+}
+
+/// Appends the header line `name: value`.
+pub fn put_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}

@@ -24,14 +24,14 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderName};
+use http::header::HeaderName;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::proxy::{HOP_BY_HOP, has_token};
+use crate::proxy::{has_token, is_hop_by_hop};
 use crate::reply::{self, Body, BoxError};
 use crate::timer::Coarse;
 
@@ -70,6 +70,68 @@ pub struct Outgoing {
     pub tail: Bytes,
     /// A `HEAD` request: the answer has a length but no body.
     pub head_only: bool,
+}
+
+/// A backend's answer: its head as it came, and its body.
+pub struct Answer {
+    pub status: StatusCode,
+    /// The status line and headers, as the backend sent them.
+    head: Bytes,
+    /// No body by its nature (an answer to `HEAD`, a 204 or 304): the backend's
+    /// `content-length` still describes the resource and is passed on.
+    pub bodiless: bool,
+    pub body: AnswerBody,
+}
+
+pub enum AnswerBody {
+    /// Read whole (empty when bodiless).
+    Full(Bytes),
+    /// Still arriving; the connection ends with it.
+    Stream(Body),
+}
+
+impl Answer {
+    /// Calls `f` with each header the client gets, in order: all but the hop-by-hop
+    /// ones and the framing, which whoever sends the answer on writes for its own
+    /// connection. (The head was parsed whole once; parsing it again costs less
+    /// than keeping every header's place.)
+    pub fn each_header(&self, mut f: impl FnMut(&str, &[u8])) {
+        let mut lines = [httparse::EMPTY_HEADER; HEADERS_MAX];
+        let mut parsed = httparse::Response::new(&mut lines);
+        if parsed.parse(&self.head).is_err() {
+            return;
+        }
+        for h in parsed.headers.iter() {
+            let framing = h.name.eq_ignore_ascii_case("content-length") && !self.bodiless;
+            if !framing && !is_hop_by_hop(h.name) {
+                f(h.name, h.value);
+            }
+        }
+    }
+
+    /// As hyper's server sends it on (it writes the framing from the body).
+    pub fn into_response(self) -> Response<Body> {
+        let mut headers = HeaderMap::new();
+        let base = self.head.as_ptr() as usize;
+        self.each_header(|name, value| {
+            let start = value.as_ptr() as usize - base;
+            // Values share the head; both were checked by the parser.
+            if let (Ok(name), Ok(value)) = (
+                HeaderName::from_bytes(name.as_bytes()),
+                HeaderValue::from_maybe_shared(self.head.slice(start..start + value.len())),
+            ) {
+                headers.append(name, value);
+            }
+        });
+        let body = match self.body {
+            AnswerBody::Full(bytes) => reply::full(bytes),
+            AnswerBody::Stream(body) => body,
+        };
+        let mut response = Response::new(body);
+        *response.status_mut() = self.status;
+        *response.headers_mut() = headers;
+        response
+    }
 }
 
 struct Conn {
@@ -145,7 +207,7 @@ impl Upstream {
         &self,
         addr: SocketAddr,
         request: &Outgoing,
-    ) -> Result<Response<Body>, UpstreamError> {
+    ) -> Result<Answer, UpstreamError> {
         self.timer
             .timeout(self.answer_timeout, self.exchange(addr, request))
             .await
@@ -160,7 +222,7 @@ impl Upstream {
         &self,
         addr: SocketAddr,
         request: &Outgoing,
-    ) -> Result<Response<Body>, UpstreamError> {
+    ) -> Result<Answer, UpstreamError> {
         loop {
             let (mut conn, fresh) = match self.checkout(addr) {
                 Some(conn) => (conn, false),
@@ -238,6 +300,8 @@ impl Upstream {
 /// How a response body ends (RFC 9112, 6.3).
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Framing {
+    /// None by its nature: an answer to `HEAD`, a 1xx, 204 or 304.
+    None,
     Length(u64),
     Chunked,
     /// Until the backend closes the connection.
@@ -279,43 +343,70 @@ impl Conn {
         }
     }
 
-    /// The response, and the connection when it can carry another request.
+    /// The answer, and the connection when it can carry another request.
     async fn read_response(
         mut self,
         head_only: bool,
-    ) -> Result<(Response<Body>, Option<Conn>), UpstreamError> {
-        let (response, framing, keep_alive) = loop {
+    ) -> Result<(Answer, Option<Conn>), UpstreamError> {
+        let (status, head, framing, keep_alive) = loop {
             let parsed = self.read_head(head_only).await?;
             // 1xx answers (a 100 Continue) come before the real one.
-            if !parsed.0.status().is_informational() {
+            if !parsed.0.is_informational() {
                 break parsed;
             }
-            if parsed.0.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if parsed.0 == StatusCode::SWITCHING_PROTOCOLS {
                 return Err(exchange("the backend switched protocols"));
             }
         };
+        let bodiless = framing == Framing::None;
         match framing {
+            Framing::None => {
+                let answer = Answer {
+                    status,
+                    head,
+                    bodiless,
+                    body: AnswerBody::Full(Bytes::new()),
+                };
+                let reusable = keep_alive && self.buffer.is_empty();
+                Ok((answer, reusable.then_some(self)))
+            }
             Framing::Length(length) if length <= BUFFERED_MAX => {
                 let length = length as usize;
                 while self.buffer.len() < length {
                     self.fill().await.map_err(exchange)?;
                 }
                 let body = self.buffer.split_to(length).freeze();
-                let response = response.map(|()| reply::full(body));
+                let answer = Answer {
+                    status,
+                    head,
+                    bodiless,
+                    body: AnswerBody::Full(body),
+                };
                 // Bytes beyond the answer were never asked for: do not reuse.
                 let reusable = keep_alive && self.buffer.is_empty();
-                Ok((response, reusable.then_some(self)))
+                Ok((answer, reusable.then_some(self)))
             }
-            framing => Ok((response.map(|()| self.stream_body(framing)), None)),
+            framing => {
+                let body = AnswerBody::Stream(self.stream_body(framing));
+                Ok((
+                    Answer {
+                        status,
+                        head,
+                        bodiless,
+                        body,
+                    },
+                    None,
+                ))
+            }
         }
     }
 
-    /// Parses one response head (reading until it is whole): the response with an
-    /// empty body, how its body is framed, and whether the connection stays open.
+    /// Parses one response head (reading until it is whole): its status, the head
+    /// itself, how its body is framed, and whether the connection stays open.
     async fn read_head(
         &mut self,
         head_only: bool,
-    ) -> Result<(Response<()>, Framing, bool), UpstreamError> {
+    ) -> Result<(StatusCode, Bytes, Framing, bool), UpstreamError> {
         loop {
             if !self.buffer.is_empty()
                 && let Some(parsed) = self.parse_head(head_only)?
@@ -331,11 +422,12 @@ impl Conn {
         }
     }
 
-    /// `None` while the head is incomplete.
+    /// `None` while the head is incomplete. Only what framing needs is read here;
+    /// the headers are read again by whoever passes the answer on ([`Answer`]).
     fn parse_head(
         &mut self,
         head_only: bool,
-    ) -> Result<Option<(Response<()>, Framing, bool)>, UpstreamError> {
+    ) -> Result<Option<(StatusCode, Bytes, Framing, bool)>, UpstreamError> {
         let mut lines = [httparse::EMPTY_HEADER; HEADERS_MAX];
         let mut parsed = httparse::Response::new(&mut lines);
         let length = match parsed.parse(&self.buffer).map_err(exchange)? {
@@ -344,27 +436,12 @@ impl Conn {
         };
         let status = StatusCode::from_u16(parsed.code.unwrap_or(0)).map_err(exchange)?;
         let http11 = parsed.version == Some(1);
-        // Where each header sits in the buffer, so values can share it once frozen.
-        let base = self.buffer.as_ptr() as usize;
-        let spans: Vec<(HeaderName, usize, usize)> = parsed
-            .headers
-            .iter()
-            .map(|h| {
-                let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(exchange)?;
-                let start = h.value.as_ptr() as usize - base;
-                Ok((name, start, start + h.value.len()))
-            })
-            .collect::<Result<_, UpstreamError>>()?;
-        let head = self.buffer.split_to(length).freeze();
-
-        let mut headers = HeaderMap::with_capacity(spans.len());
         let mut content_length: Option<u64> = None;
         let mut chunked = false;
         let mut close = !http11;
-        for (name, start, end) in spans {
-            let value = HeaderValue::from_maybe_shared(head.slice(start..end)).map_err(exchange)?;
-            if name == header::CONTENT_LENGTH {
-                let n = std::str::from_utf8(value.as_bytes())
+        for h in parsed.headers.iter() {
+            if h.name.eq_ignore_ascii_case("content-length") {
+                let n = std::str::from_utf8(h.value)
                     .ok()
                     .and_then(|v| v.trim().parse::<u64>().ok())
                     .ok_or_else(|| exchange("a bad content-length"))?;
@@ -372,16 +449,13 @@ impl Conn {
                     return Err(exchange("conflicting content-lengths"));
                 }
                 content_length = Some(n);
-            } else if name == header::TRANSFER_ENCODING {
-                chunked = last_token_is(&value, "chunked");
-            } else if name == header::CONNECTION {
-                close |= has_token(&value, "close");
-                if !http11 && has_token(&value, "keep-alive") {
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked = last_token_is(h.value, "chunked");
+            } else if h.name.eq_ignore_ascii_case("connection") {
+                close |= has_token(h.value, "close");
+                if !http11 && has_token(h.value, "keep-alive") {
                     close = false;
                 }
-            }
-            if !HOP_BY_HOP.contains(&name) {
-                headers.append(name, value);
             }
         }
         let has_no_body = head_only
@@ -389,19 +463,17 @@ impl Conn {
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
         let framing = if has_no_body {
-            Framing::Length(0)
+            Framing::None
         } else if chunked {
-            // A transfer coding wins over a length (RFC 9112, 6.3): the length goes.
-            headers.remove(header::CONTENT_LENGTH);
+            // A transfer coding wins over a length (RFC 9112, 6.3).
             Framing::Chunked
         } else {
             content_length.map_or(Framing::Close, Framing::Length)
         };
-        let mut response = Response::new(());
-        *response.status_mut() = status;
-        *response.headers_mut() = headers;
+        let head = self.buffer.split_to(length).freeze();
         Ok(Some((
-            response,
+            status,
+            head,
             framing,
             !close && framing != Framing::Close,
         )))
@@ -446,7 +518,7 @@ impl Streaming {
             return Ok(None);
         }
         match self.framing {
-            Framing::Length(0) => Ok(None),
+            Framing::None | Framing::Length(0) => Ok(None),
             Framing::Length(left) => {
                 if self.conn.buffer.is_empty() {
                     self.conn.fill().await?;
@@ -521,9 +593,8 @@ impl Streaming {
 }
 
 /// Whether the last of the comma-separated `value` is `token`.
-fn last_token_is(value: &HeaderValue, token: &str) -> bool {
+fn last_token_is(value: &[u8], token: &str) -> bool {
     value
-        .as_bytes()
         .rsplit(|&b| b == b',')
         .next()
         .is_some_and(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
@@ -589,7 +660,11 @@ mod tests {
         let (addr, close) = backend(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
         let upstream = upstream();
         for _ in 0..3 {
-            let response = upstream.request(addr, &get()).await.unwrap();
+            let response = upstream
+                .request(addr, &get())
+                .await
+                .unwrap()
+                .into_response();
             assert_eq!(response.status(), 200);
             assert_eq!(body_of(response).await, "ok");
         }
@@ -620,10 +695,18 @@ mod tests {
         )
         .await;
         let upstream = upstream();
-        let response = upstream.request(addr, &get()).await.unwrap();
+        let response = upstream
+            .request(addr, &get())
+            .await
+            .unwrap()
+            .into_response();
         assert_eq!(response.headers()["x-kept"], "yes");
         assert!(!response.headers().contains_key("keep-alive"));
-        assert!(!response.headers().contains_key(header::TRANSFER_ENCODING));
+        assert!(
+            !response
+                .headers()
+                .contains_key(http::header::TRANSFER_ENCODING)
+        );
         assert_eq!(body_of(response).await, "hello, world");
         assert_eq!(
             upstream.idle_count(),
@@ -639,7 +722,11 @@ mod tests {
                 .await;
         let upstream = upstream();
         for _ in 0..2 {
-            let response = upstream.request(addr, &get()).await.unwrap();
+            let response = upstream
+                .request(addr, &get())
+                .await
+                .unwrap()
+                .into_response();
             assert_eq!(response.status(), 204);
             assert_eq!(response.headers()["x-n"], "1");
             assert!(body_of(response).await.is_empty());
@@ -651,7 +738,11 @@ mod tests {
     async fn an_answer_delimited_by_close_is_read_to_the_end_and_not_reused() {
         let (addr, close) = backend(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
         let upstream = upstream();
-        let response = upstream.request(addr, &get()).await.unwrap();
+        let response = upstream
+            .request(addr, &get())
+            .await
+            .unwrap()
+            .into_response();
         // The backend ends the answer by closing.
         let closer = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -668,7 +759,11 @@ mod tests {
             backend(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\nrest")
                 .await;
         let upstream = upstream();
-        let response = upstream.request(addr, &get()).await.unwrap();
+        let response = upstream
+            .request(addr, &get())
+            .await
+            .unwrap()
+            .into_response();
         let mut body = response.into_body();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first, "ok");
@@ -683,7 +778,9 @@ mod tests {
     async fn a_garbled_answer_is_an_exchange_error() {
         let (addr, _close) = backend(b"HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n").await;
         let upstream = upstream();
-        let error = upstream.request(addr, &get()).await.unwrap_err();
+        let Err(error) = upstream.request(addr, &get()).await else {
+            panic!("a garbled answer was taken");
+        };
         assert!(!error.is_unsent(), "{error}");
         assert_eq!(error.kind(), "reset");
     }

@@ -110,8 +110,8 @@ pub fn new_request_id() -> String {
 
 /// Keeps a client's request id only if it is a sane token, so logs and headers
 /// never carry what an attacker put there.
-pub fn accept_request_id(value: Option<&http::HeaderValue>) -> Option<String> {
-    let text = value?.to_str().ok()?;
+pub fn accept_request_id(value: Option<&[u8]>) -> Option<String> {
+    let text = std::str::from_utf8(value?).ok()?;
     let sane = !text.is_empty()
         && text.len() <= 128
         && text
@@ -163,9 +163,12 @@ mod tests {
     #[test]
     fn request_ids_from_clients_are_kept_only_when_sane() {
         let ok = http::HeaderValue::from_static("abc-123_x.y");
-        assert_eq!(accept_request_id(Some(&ok)).as_deref(), Some("abc-123_x.y"));
+        assert_eq!(
+            accept_request_id(Some(ok.as_bytes())).as_deref(),
+            Some("abc-123_x.y")
+        );
         let hostile = http::HeaderValue::from_static("<script>");
-        assert_eq!(accept_request_id(Some(&hostile)), None);
+        assert_eq!(accept_request_id(Some(hostile.as_bytes())), None);
         let id = new_request_id();
         assert_eq!(id.len(), 32);
         assert!(
@@ -173,9 +176,6 @@ mod tests {
                 .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
         );
         assert_ne!(id, new_request_id(), "random");
-        assert_eq!(
-            accept_request_id(Some(&http::HeaderValue::from_str(&id).unwrap())),
-            Some(id)
-        );
+        assert_eq!(accept_request_id(Some(id.as_bytes())), Some(id));
     }
 }

@@ -21,8 +21,9 @@ pub async fn request_context(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let request_id = bakery_telemetry::accept_request_id(req.headers().get(REQUEST_ID))
-        .unwrap_or_else(bakery_telemetry::new_request_id);
+    let request_id =
+        bakery_telemetry::accept_request_id(req.headers().get(REQUEST_ID).map(|v| v.as_bytes()))
+            .unwrap_or_else(bakery_telemetry::new_request_id);
     let id_header = HeaderValue::from_str(&request_id).expect("request ids are checked tokens");
     req.headers_mut().insert(REQUEST_ID, id_header.clone());
     let route = req
