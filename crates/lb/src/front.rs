@@ -13,6 +13,7 @@
 
 use std::future::Future;
 use std::io;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -70,9 +71,9 @@ pub async fn serve(
         .timer
         .sleep_until(Instant::now() + lb.config.header_timeout);
     loop {
-        let mut lines = [httparse::EMPTY_HEADER; HEADERS_MAX];
-        let mut request = httparse::Request::new(&mut lines);
-        let length = match request.parse(&buffer) {
+        let mut lines = [const { MaybeUninit::uninit() }; HEADERS_MAX];
+        let mut request = httparse::Request::new(&mut []);
+        let length = match request.parse_with_uninit_headers(&buffer, &mut lines) {
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) if buffer.len() < lb.config.max_header_bytes => {
                 if buffer.capacity() - buffer.len() < 1024 {

@@ -18,6 +18,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::task::{Context, Poll, Waker};
@@ -31,7 +32,7 @@ use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::proxy::{has_token, is_hop_by_hop};
+use crate::proxy::{has_token, is_hop_by_hop, values};
 use crate::reply::{self, Body, BoxError};
 use crate::timer::Coarse;
 
@@ -96,14 +97,23 @@ impl Answer {
     /// connection. (The head was parsed whole once; parsing it again costs less
     /// than keeping every header's place.)
     pub fn each_header(&self, mut f: impl FnMut(&str, &[u8])) {
-        let mut lines = [httparse::EMPTY_HEADER; HEADERS_MAX];
-        let mut parsed = httparse::Response::new(&mut lines);
-        if parsed.parse(&self.head).is_err() {
+        let mut lines = [const { MaybeUninit::uninit() }; HEADERS_MAX];
+        let mut parsed = httparse::Response::new(&mut []);
+        let config = httparse::ParserConfig::default();
+        if config
+            .parse_response_with_uninit_headers(&mut parsed, &self.head, &mut lines)
+            .is_err()
+        {
             return;
         }
-        for h in parsed.headers.iter() {
+        let headers = &*parsed.headers;
+        // Headers the backend named in `Connection` were for this hop alone.
+        let has_connection = values(headers, "connection").next().is_some();
+        for h in headers {
             let framing = h.name.eq_ignore_ascii_case("content-length") && !self.bodiless;
-            if !framing && !is_hop_by_hop(h.name) {
+            let named =
+                has_connection && values(headers, "connection").any(|v| has_token(v, h.name));
+            if !framing && !named && !is_hop_by_hop(h.name) {
                 f(h.name, h.value);
             }
         }
@@ -428,9 +438,12 @@ impl Conn {
         &mut self,
         head_only: bool,
     ) -> Result<Option<(StatusCode, Bytes, Framing, bool)>, UpstreamError> {
-        let mut lines = [httparse::EMPTY_HEADER; HEADERS_MAX];
-        let mut parsed = httparse::Response::new(&mut lines);
-        let length = match parsed.parse(&self.buffer).map_err(exchange)? {
+        let mut lines = [const { MaybeUninit::uninit() }; HEADERS_MAX];
+        let mut parsed = httparse::Response::new(&mut []);
+        let config = httparse::ParserConfig::default();
+        let parse =
+            config.parse_response_with_uninit_headers(&mut parsed, &self.buffer, &mut lines);
+        let length = match parse.map_err(exchange)? {
             httparse::Status::Partial => return Ok(None),
             httparse::Status::Complete(length) => length,
         };
@@ -690,7 +703,8 @@ mod tests {
     #[tokio::test]
     async fn chunked_answers_stream_whole_and_hop_by_hop_headers_stay_behind() {
         let (addr, _close) = backend(
-            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nkeep-alive: timeout=5\r\nx-kept: yes\r\n\r\n\
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\nkeep-alive: timeout=5\r\nx-kept: yes\r\n\
+              connection: x-hop\r\nx-hop: 1\r\n\r\n\
               5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nx-trailer: t\r\n\r\n",
         )
         .await;
@@ -702,6 +716,10 @@ mod tests {
             .into_response();
         assert_eq!(response.headers()["x-kept"], "yes");
         assert!(!response.headers().contains_key("keep-alive"));
+        assert!(
+            !response.headers().contains_key("x-hop"),
+            "named in the backend's Connection"
+        );
         assert!(
             !response
                 .headers()
