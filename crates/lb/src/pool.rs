@@ -12,6 +12,11 @@ use bakery_config::Selection;
 
 use crate::backend::Backend;
 
+/// Up to this many candidates, least-request looks at every one of them; beyond,
+/// at two chosen at random (the power of two choices: near the best balance at a
+/// constant cost).
+const SCAN_ALL_MAX: usize = 8;
+
 pub struct Pool {
     pub name: String,
     /// The `route` label of this pool's requests in `bakery_http_requests_total`.
@@ -135,6 +140,17 @@ impl Pool {
             (0, _) => return None,
             (1, _) => candidates[0],
             (n, Selection::RoundRobin) => candidates[self.next.fetch_add(1, Ordering::Relaxed) % n],
+            (n, Selection::LeastRequest) if n <= SCAN_ALL_MAX => {
+                // Few members: the least busy of all (as nginx's `least_conn`), the scan
+                // starting one further each time so that ties take turns. Two random
+                // choices would leave a member busier than it need be, and the tail
+                // latency shows it.
+                let start = self.next.fetch_add(1, Ordering::Relaxed);
+                (0..n)
+                    .map(|k| candidates[(start + k) % n])
+                    .min_by_key(|&i| members[i].inflight())
+                    .unwrap_or(candidates[0])
+            }
             (n, Selection::LeastRequest) => {
                 // Power of two choices: two distinct members at random, the less busy wins.
                 let a = rand::random_range(0..n);
@@ -197,6 +213,23 @@ mod tests {
         for _ in 0..50 {
             assert_eq!(pool.pick(&[]).unwrap().1.id, "web-1");
         }
+    }
+
+    #[test]
+    fn least_request_takes_the_least_busy_of_a_few_and_ties_take_turns() {
+        let pool = pool(Selection::LeastRequest, 3);
+        let members = pool.members();
+        let _busy = (members[0].start_request(), members[1].start_request());
+        let _busier = members[1].start_request();
+        for _ in 0..20 {
+            assert_eq!(pool.pick(&[]).unwrap().1.id, "web-2");
+        }
+        let _held = members[2].start_request();
+        // web-0 and web-2 now tie with one each; web-1 has two.
+        let ids: std::collections::HashSet<String> = (0..4)
+            .map(|_| pool.pick(&[]).unwrap().1.id.clone())
+            .collect();
+        assert_eq!(ids, ["web-0".to_string(), "web-2".to_string()].into());
     }
 
     #[test]
