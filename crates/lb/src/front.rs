@@ -97,6 +97,8 @@ pub async fn serve(
             return hand_over(&worker, stream, buffer.freeze(), &peer, drained).await;
         };
         let close = plain.close || lb.draining.load(Ordering::Relaxed);
+        // No wake-ups from it while a long answer (a stream) goes out.
+        deadline.disarm();
         let answered = plain
             .answer(
                 &worker,
@@ -107,7 +109,11 @@ pub async fn serve(
                 close,
             )
             .await;
-        if answered.is_err() || close {
+        if answered.is_err() {
+            return;
+        }
+        if close {
+            let _ = stream.shutdown().await;
             return;
         }
         buffer.advance(length);

@@ -110,7 +110,8 @@ pub struct Sleep {
 }
 
 impl Sleep {
-    fn disarm(&mut self) {
+    /// Forgets the deadline until polled again.
+    pub fn disarm(&mut self) {
         if let Some(key) = self.key.take() {
             let mut slots = self.timer.lock();
             slots.entries[key] = None;
