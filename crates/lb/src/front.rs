@@ -1,11 +1,12 @@
 //! The client's side of a connection.
 //!
-//! Plain requests — HTTP/1.1, no body, not for the edge or the load balancer's own
-//! pages, nearly every request a clone serves — are read here with `httparse` and
+//! Plain requests — HTTP/1.1, no body or one with a length that came with the head,
+//! not for the edge or the load balancer's own pages: nearly every request a clone
+//! serves — are read here with `httparse` and
 //! the backend's answer is passed on header line by header line: no header map is
 //! built either way (nginx works so; hyper's server cost a map per request, its
 //! dispatcher and encoder, about a fifth of the balancer's own time in `perf`).
-//! The first request that is anything else (a body, `Expect`, an upgrade,
+//! The first request that is anything else (a chunked or late body, `Expect`, an upgrade,
 //! HTTP/1.0, an absolute target, a head too large or malformed, the edge, the
 //! balancer's own pages) hands the connection, with what was read of it, to
 //! hyper's server for the rest of its life ([`crate::proxy::handle`]): it knows
@@ -20,6 +21,7 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bakery_config::LbConfig;
 use bakery_telemetry::{REQUEST_ID, accept_request_id, new_request_id};
 use bytes::{Buf, Bytes, BytesMut};
 use http::{Method, Response, StatusCode};
@@ -93,10 +95,16 @@ pub async fn serve(
             // Too large, malformed, or too many headers: hyper answers it.
             _ => return hand_over(&worker, stream, buffer.freeze(), &peer, drained).await,
         };
-        let Some(plain) = Plain::read(&request) else {
+        let Some(mut plain) = Plain::read(&request, &lb.config) else {
             return hand_over(&worker, stream, buffer.freeze(), &peer, drained).await;
         };
-        let close = plain.close || lb.draining.load(Ordering::Relaxed);
+        // A body still arriving is read by hyper, under its body timeout.
+        let end = length + plain.body_length;
+        if buffer.len() < end {
+            return hand_over(&worker, stream, buffer.freeze(), &peer, drained).await;
+        }
+        let body = Bytes::copy_from_slice(&buffer[length..end]);
+        plain.close |= lb.draining.load(Ordering::Relaxed);
         // No wake-ups from it while a long answer (a stream) goes out.
         deadline.disarm();
         let answered = plain
@@ -104,19 +112,19 @@ pub async fn serve(
                 &worker,
                 &peer,
                 request.headers,
+                &body,
                 &mut stream,
                 &mut out,
-                close,
             )
             .await;
         if answered.is_err() {
             return;
         }
-        if close {
+        if plain.close {
             let _ = stream.shutdown().await;
             return;
         }
-        buffer.advance(length);
+        buffer.advance(end);
         deadline = worker
             .timer
             .sleep_until(Instant::now() + lb.config.header_timeout);
@@ -128,13 +136,15 @@ struct Plain<'a> {
     method: Method,
     target: &'a str,
     path: &'a str,
-    /// The client asked to close after this request.
+    /// Its `content-length` (within the route's limit).
+    body_length: usize,
+    /// The connection closes after this request (the client asked, or draining).
     close: bool,
 }
 
 impl<'a> Plain<'a> {
     /// `None` when the request is one for hyper.
-    fn read(request: &httparse::Request<'_, 'a>) -> Option<Self> {
+    fn read(request: &httparse::Request<'_, 'a>, config: &LbConfig) -> Option<Self> {
         if request.version != Some(1) {
             return None;
         }
@@ -149,11 +159,20 @@ impl<'a> Plain<'a> {
             return None;
         }
         let mut close = false;
+        let mut body_length: Option<usize> = None;
         for h in request.headers.iter() {
             let name = h.name;
-            let bodied = name.eq_ignore_ascii_case("transfer-encoding")
-                || (name.eq_ignore_ascii_case("content-length") && h.value != b"0");
-            if bodied || name.eq_ignore_ascii_case("expect") || name.eq_ignore_ascii_case("upgrade")
+            if name.eq_ignore_ascii_case("content-length") {
+                // One plain decimal length; a list, a sign or a second header: hyper's.
+                let digits = !h.value.is_empty() && h.value.len() <= 12;
+                if body_length.is_some() || !digits || !h.value.iter().all(u8::is_ascii_digit) {
+                    return None;
+                }
+                body_length = std::str::from_utf8(h.value).ok()?.parse().ok();
+            }
+            if name.eq_ignore_ascii_case("transfer-encoding")
+                || name.eq_ignore_ascii_case("expect")
+                || name.eq_ignore_ascii_case("upgrade")
             {
                 return None;
             }
@@ -161,10 +180,16 @@ impl<'a> Plain<'a> {
                 close |= has_token(h.value, "close");
             }
         }
+        let body_length = body_length.unwrap_or(0);
+        // Too large: hyper's path refuses it (413) and closes.
+        if body_length > proxy::body_limit(config, path) {
+            return None;
+        }
         Some(Self {
             method,
             target,
             path,
+            body_length,
             close,
         })
     }
@@ -175,9 +200,9 @@ impl<'a> Plain<'a> {
         worker: &Worker,
         peer: &Peer,
         incoming: &[httparse::Header<'_>],
+        body: &Bytes,
         stream: &mut TcpStream,
         out: &mut Vec<u8>,
-        close: bool,
     ) -> io::Result<()> {
         let lb = &*worker.lb;
         let request_id =
@@ -188,16 +213,16 @@ impl<'a> Plain<'a> {
             incoming,
             request_id: request_id.as_bytes(),
             edge_miss: false,
-            body_length: 0,
+            body_length: body.len(),
         };
         let pool = lb.route(self.path);
-        let sent = proxy::send(lb, &worker.upstream, pool, peer, &head, &Bytes::new()).await;
+        let sent = proxy::send(lb, &worker.upstream, pool, peer, &head, body).await;
         out.clear();
         let rest = match sent {
-            Ok(answer) => write_answer(out, answer, request_id.as_bytes(), close),
+            Ok(answer) => write_answer(out, answer, request_id.as_bytes(), self.close),
             Err(own) => {
                 let head_only = self.method == Method::HEAD;
-                write_own(out, own, request_id.as_bytes(), close, head_only).await
+                write_own(out, own, request_id.as_bytes(), self.close, head_only).await
             }
         };
         send_out(stream, out, rest).await
@@ -608,30 +633,45 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_request_with_a_body_is_handed_to_hyper_and_the_connection_goes_on() {
+    async fn bodies_are_forwarded_here_or_by_hyper_and_the_connection_goes_on() {
         let (backend, seen) = backend(ok).await;
-        let mut client = TcpStream::connect(balancer(backend).await).await.unwrap();
+        let front = balancer(backend).await;
+        let mut client = TcpStream::connect(front).await.unwrap();
         let mut buffer = BytesMut::new();
-        // Pipelined: the GET after the POST is already read when hyper takes over.
+        // Pipelined: a length-framed body that came with its head is forwarded here;
+        // a chunked one hands the connection (and the GET after it, already read)
+        // to hyper.
         client
             .write_all(
                 b"GET /first HTTP/1.1\r\nHost: b\r\n\r\n\
                   POST /rsvp HTTP/1.1\r\nHost: b\r\nContent-Length: 5\r\n\r\nhello\
+                  POST /chunked HTTP/1.1\r\nHost: b\r\nTransfer-Encoding: chunked\r\n\r\n\
+                  3\r\nabc\r\n0\r\n\r\n\
                   GET /after HTTP/1.1\r\nHost: b\r\n\r\n",
             )
             .await
             .unwrap();
-        for _ in 0..3 {
+        for _ in 0..4 {
             let (head, body) = read_answer(&mut client, &mut buffer).await;
             assert!(head.starts_with("http/1.1 200 ok\r\n"), "{head}");
             assert_eq!(body, b"ok");
         }
+        // A body that comes after its head is read by hyper.
+        let mut late = TcpStream::connect(front).await.unwrap();
+        late.write_all(b"PUT /late HTTP/1.1\r\nHost: b\r\nContent-Length: 4\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        late.write_all(b"late").await.unwrap();
+        assert_eq!(read_answer(&mut late, &mut BytesMut::new()).await.1, b"ok");
         assert_eq!(
             *seen.lock().unwrap(),
             [
                 "GET /first  for=127.0.0.1",
                 "POST /rsvp hello for=127.0.0.1",
-                "GET /after  for=127.0.0.1"
+                "POST /chunked abc for=127.0.0.1",
+                "GET /after  for=127.0.0.1",
+                "PUT /late late for=127.0.0.1"
             ]
         );
     }

@@ -205,14 +205,7 @@ async fn forward(
         Bytes::new()
     };
 
-    let fields: Vec<httparse::Header<'_>> = parts
-        .headers
-        .iter()
-        .map(|(name, value)| httparse::Header {
-            name: name.as_str(),
-            value: value.as_bytes(),
-        })
-        .collect();
+    let fields = header_lines(&parts.headers);
     let head = Head {
         method: &parts.method,
         target: parts.uri.path_and_query().map_or("/", PathAndQuery::as_str),
@@ -351,7 +344,7 @@ fn is_idempotent(method: &Method) -> bool {
 }
 
 /// The body limit of `path`: uploads have their own, every other route the JSON one.
-fn body_limit(config: &bakery_config::LbConfig, path: &str) -> usize {
+pub(crate) fn body_limit(config: &bakery_config::LbConfig, path: &str) -> usize {
     let upload = path
         .strip_prefix("/api/products/")
         .and_then(|rest| rest.strip_suffix("/images"))
@@ -391,6 +384,17 @@ const END_TO_END: [&str; 8] = [
 /// Carries the client's address, as the load balancer determined it, to the clones
 /// (rate limits count by it); whatever a client sends under this name is replaced.
 pub const CLIENT_IP: &str = "x-bakery-client-ip";
+
+/// hyper's header map as the header lines [`Head`] reads.
+fn header_lines(headers: &HeaderMap) -> Vec<httparse::Header<'_>> {
+    headers
+        .iter()
+        .map(|(name, value)| httparse::Header {
+            name: name.as_str(),
+            value: value.as_bytes(),
+        })
+        .collect()
+}
 
 /// The values of the header `name` (any case) among `fields`.
 pub(crate) fn values<'a>(
@@ -547,13 +551,7 @@ mod tests {
         body: usize,
         trusted: &[ProxyNet],
     ) -> (String, HeaderMap) {
-        let fields: Vec<httparse::Header<'_>> = incoming
-            .iter()
-            .map(|(name, value)| httparse::Header {
-                name: name.as_str(),
-                value: value.as_bytes(),
-            })
-            .collect();
+        let fields = header_lines(incoming);
         let head = Head {
             method,
             target: "/api/ping?x=1",
