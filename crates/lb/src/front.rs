@@ -1,16 +1,16 @@
 //! The client's side of a connection.
 //!
-//! Plain requests — HTTP/1.1, no body or one with a length that came with the head,
-//! not for the edge or the load balancer's own pages: nearly every request a clone
-//! serves — are read here with `httparse` and
-//! the backend's answer is passed on header line by header line: no header map is
-//! built either way (nginx works so; hyper's server cost a map per request, its
-//! dispatcher and encoder, about a fifth of the balancer's own time in `perf`).
-//! The first request that is anything else (a chunked or late body, `Expect`, an upgrade,
+//! Plain requests — HTTP/1.1, with no body or a length-framed one that came with
+//! the head, not for the edge or the load balancer's own pages: nearly every
+//! request a clone serves — are read here with `httparse`, and the backend's answer
+//! is passed on header line by header line: no header map is built either way
+//! (nginx works so; hyper's server cost a map each way per request, its dispatcher
+//! and its encoder, about a third of the balancer's own time in `perf`). The first
+//! request that is anything else (a chunked or late body, `Expect`, an upgrade,
 //! HTTP/1.0, an absolute target, a head too large or malformed, the edge, the
-//! balancer's own pages) hands the connection, with what was read of it, to
-//! hyper's server for the rest of its life ([`crate::proxy::handle`]): it knows
-//! every corner of the protocol, and those requests are few.
+//! balancer's own pages) hands the connection, with what was read of it, to hyper's
+//! server for the rest of its life ([`crate::proxy::handle`]): it knows every
+//! corner of the protocol, and those requests are few.
 
 use std::future::Future;
 use std::io;
@@ -32,7 +32,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::proxy::{self, Head, Peer, has_token, values};
+use crate::proxy::{self, Head, INLINE_BODY_MAX, Peer, has_token, values};
 use crate::reply::{self, Body, put_header};
 use crate::timer::Coarse;
 use crate::upstream::{Answer, AnswerBody, Upstream};
@@ -41,9 +41,6 @@ use crate::{Lb, admin, edge};
 /// Most header lines in a request read here; a request with more goes to hyper
 /// (which allows 100).
 const HEADERS_MAX: usize = 64;
-
-/// A body up to this size is written with its head, in one write.
-const INLINE_BODY_MAX: usize = 16 << 10;
 
 /// What a worker thread's connections share.
 pub struct Worker {

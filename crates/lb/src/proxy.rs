@@ -28,7 +28,7 @@ use crate::{Lb, admin, edge};
 
 /// A body up to this size goes out in one write with the head (a copy is cheaper
 /// than a second syscall).
-const INLINE_BODY_MAX: usize = 16 << 10;
+pub(crate) const INLINE_BODY_MAX: usize = 16 << 10;
 
 /// The client connection a request came on.
 pub struct Peer {
