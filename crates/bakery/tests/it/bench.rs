@@ -361,11 +361,14 @@ async fn every_scenario_prepares_and_is_served_without_errors() {
         assert_eq!(code, Some(0), "{scenario}: {err}");
         let (result, _) = result_of(&out);
         assert_eq!(result["scenario"], scenario);
-        assert_eq!(result["alone"]["errors"], 0, "{scenario}: {result}");
+        assert_eq!(result["alone"]["errors"], 0, "{scenario}: {result} {err}");
         assert!(
             result["alone"]["rps"].as_f64().unwrap() > 0.0,
             "{scenario}: {result}"
         );
-        assert_eq!(result["points"][0]["errors"], 0, "{scenario}: {result}");
+        assert_eq!(
+            result["points"][0]["errors"], 0,
+            "{scenario}: {result} {err}"
+        );
     }
 }
