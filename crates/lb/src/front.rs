@@ -13,7 +13,7 @@
 //! corner of the protocol, and those requests are few.
 
 use std::future::Future;
-use std::io;
+use std::io::{self, Write};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,7 +32,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::proxy::{self, Head, INLINE_BODY_MAX, Peer, has_token, values};
+use crate::proxy::{self, Head, INLINE_BODY_MAX, Peer, has_token, itoa, values};
 use crate::reply::{self, Body, put_header};
 use crate::timer::Coarse;
 use crate::upstream::{Answer, AnswerBody, Upstream};
@@ -242,11 +242,11 @@ fn put_status(out: &mut Vec<u8>, status: StatusCode) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// The framing of a body of `length` bytes (or of one that streams), the
-/// connection's fate, the blank line, and the body when it is small.
+/// The length of `body` (none for an answer without one, or one that streams),
+/// the connection's fate, the blank line, and the body when it is small.
 fn put_body(out: &mut Vec<u8>, body: Option<Bytes>, close: bool) -> Rest {
     if let Some(body) = &body {
-        put_header(out, b"content-length", body.len().to_string().as_bytes());
+        put_header(out, b"content-length", itoa(&mut [0; 20], body.len()));
     }
     if close {
         put_header(out, b"connection", b"close");
@@ -307,7 +307,7 @@ async fn write_own(
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     if head_only {
-        put_header(out, b"content-length", body.len().to_string().as_bytes());
+        put_header(out, b"content-length", itoa(&mut [0; 20], body.len()));
         return put_body(out, None, close);
     }
     put_body(out, Some(body), close)
@@ -326,7 +326,8 @@ async fn send_out(stream: &mut TcpStream, out: &[u8], rest: Rest) -> io::Result<
                     && !data.is_empty()
                 {
                     chunk.clear();
-                    chunk.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+                    // The chunk's size line, in hex (no `format!` per chunk).
+                    let _ = write!(chunk, "{:x}\r\n", data.len());
                     chunk.extend_from_slice(&data);
                     chunk.extend_from_slice(b"\r\n");
                     stream.write_all(&chunk).await?;

@@ -4,7 +4,8 @@
 //! ([`front`], [`upstream`]); every other request is served by hyper's.
 //!
 //! Pools of backends are reached by path prefix ([`topology`]); inside a pool a
-//! member is picked by least-request (power of two choices) or round robin
+//! member is picked by least-request (the fewest in flight; power of two choices in
+//! large pools) or round robin
 //! ([`pool`]); members come and go at run time and are checked actively and
 //! passively ([`health`], [`backend`]); failed attempts are retried only when that
 //! is safe, under a budget ([`retry_budget`], [`proxy`]).

@@ -396,6 +396,28 @@ fn header_lines(headers: &HeaderMap) -> Vec<httparse::Header<'_>> {
         .collect()
 }
 
+/// Whether a header name is listed in the `Connection` header of `fields` (and so
+/// meant for one hop); checks nothing when there is none, the common case.
+pub(crate) fn named_in_connection<'a>(
+    fields: &'a [httparse::Header<'a>],
+) -> impl Fn(&str) -> bool + 'a {
+    let any = values(fields, "connection").next().is_some();
+    move |name| any && values(fields, "connection").any(|v| has_token(v, name))
+}
+
+/// `n` in decimal, written into `digits` (no allocation on the hot path).
+pub(crate) fn itoa(digits: &mut [u8; 20], mut n: usize) -> &[u8] {
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &digits[at..];
+        }
+    }
+}
+
 /// The values of the header `name` (any case) among `fields`.
 pub(crate) fn values<'a>(
     fields: &'a [httparse::Header<'a>],
@@ -459,16 +481,13 @@ impl Head<'_> {
         out.extend_from_slice(self.target.as_bytes());
         out.extend_from_slice(b" HTTP/1.1\r\n");
         let mut line = |name: &[u8], value: &[u8]| reply::put_header(&mut out, name, value);
-        let has_connection = values(incoming, "connection").next().is_some();
-        let named_in_connection =
-            |name: &str| values(incoming, "connection").any(|v| has_token(v, name));
+        let named = named_in_connection(incoming);
         let mut has_host = false;
         for h in incoming {
             has_host |= h.name.eq_ignore_ascii_case("host");
-            let named = has_connection && named_in_connection(h.name);
             if is_hop_by_hop(h.name)
                 || is_one_of(h.name, &SET_HERE)
-                || (named && !is_one_of(h.name, &END_TO_END))
+                || (named(h.name) && !is_one_of(h.name, &END_TO_END))
             {
                 continue;
             }
@@ -506,7 +525,7 @@ impl Head<'_> {
         if self.body_length > 0
             || matches!(*self.method, Method::POST | Method::PUT | Method::PATCH)
         {
-            line(b"content-length", self.body_length.to_string().as_bytes());
+            line(b"content-length", itoa(&mut [0; 20], self.body_length));
         }
         out.extend_from_slice(b"\r\n");
         out
@@ -653,6 +672,13 @@ mod tests {
             "0",
             "a POST says it has no body"
         );
+    }
+
+    #[test]
+    fn lengths_are_written_in_decimal() {
+        for n in [0, 7, 10, 16384, usize::MAX] {
+            assert_eq!(itoa(&mut [0; 20], n), n.to_string().as_bytes());
+        }
     }
 
     #[test]

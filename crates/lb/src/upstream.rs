@@ -32,7 +32,7 @@ use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::proxy::{has_token, is_hop_by_hop, values};
+use crate::proxy::{has_token, is_hop_by_hop, named_in_connection};
 use crate::reply::{self, Body, BoxError};
 use crate::timer::Coarse;
 
@@ -107,13 +107,10 @@ impl Answer {
             return;
         }
         let headers = &*parsed.headers;
-        // Headers the backend named in `Connection` were for this hop alone.
-        let has_connection = values(headers, "connection").next().is_some();
+        let named = named_in_connection(headers);
         for h in headers {
             let framing = h.name.eq_ignore_ascii_case("content-length") && !self.bodiless;
-            let named =
-                has_connection && values(headers, "connection").any(|v| has_token(v, h.name));
-            if !framing && !named && !is_hop_by_hop(h.name) {
+            if !framing && !named(h.name) && !is_hop_by_hop(h.name) {
                 f(h.name, h.value);
             }
         }
@@ -369,19 +366,13 @@ impl Conn {
             }
         };
         let bodiless = framing == Framing::None;
-        match framing {
-            Framing::None => {
-                let answer = Answer {
-                    status,
-                    head,
-                    bodiless,
-                    body: AnswerBody::Full(Bytes::new()),
-                };
-                let reusable = keep_alive && self.buffer.is_empty();
-                Ok((answer, reusable.then_some(self)))
-            }
-            Framing::Length(length) if length <= BUFFERED_MAX => {
-                let length = length as usize;
+        let whole = match framing {
+            Framing::None => Some(0),
+            Framing::Length(length) if length <= BUFFERED_MAX => Some(length as usize),
+            _ => None,
+        };
+        match whole {
+            Some(length) => {
                 while self.buffer.len() < length {
                     self.fill().await.map_err(exchange)?;
                 }
@@ -396,7 +387,7 @@ impl Conn {
                 let reusable = keep_alive && self.buffer.is_empty();
                 Ok((answer, reusable.then_some(self)))
             }
-            framing => {
+            None => {
                 let body = AnswerBody::Stream(self.stream_body(framing));
                 Ok((
                     Answer {
@@ -664,6 +655,15 @@ mod tests {
         }
     }
 
+    /// The answer to `get()` from `addr`, as hyper's server would send it on.
+    async fn answer(upstream: &Upstream, addr: SocketAddr) -> Response<Body> {
+        upstream
+            .request(addr, &get())
+            .await
+            .unwrap()
+            .into_response()
+    }
+
     async fn body_of(response: Response<Body>) -> Bytes {
         response.into_body().collect().await.unwrap().to_bytes()
     }
@@ -673,11 +673,7 @@ mod tests {
         let (addr, close) = backend(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok").await;
         let upstream = upstream();
         for _ in 0..3 {
-            let response = upstream
-                .request(addr, &get())
-                .await
-                .unwrap()
-                .into_response();
+            let response = answer(&upstream, addr).await;
             assert_eq!(response.status(), 200);
             assert_eq!(body_of(response).await, "ok");
         }
@@ -709,11 +705,7 @@ mod tests {
         )
         .await;
         let upstream = upstream();
-        let response = upstream
-            .request(addr, &get())
-            .await
-            .unwrap()
-            .into_response();
+        let response = answer(&upstream, addr).await;
         assert_eq!(response.headers()["x-kept"], "yes");
         assert!(!response.headers().contains_key("keep-alive"));
         assert!(
@@ -740,11 +732,7 @@ mod tests {
                 .await;
         let upstream = upstream();
         for _ in 0..2 {
-            let response = upstream
-                .request(addr, &get())
-                .await
-                .unwrap()
-                .into_response();
+            let response = answer(&upstream, addr).await;
             assert_eq!(response.status(), 204);
             assert_eq!(response.headers()["x-n"], "1");
             assert!(body_of(response).await.is_empty());
@@ -756,11 +744,7 @@ mod tests {
     async fn an_answer_delimited_by_close_is_read_to_the_end_and_not_reused() {
         let (addr, close) = backend(b"HTTP/1.1 200 OK\r\n\r\nuntil the end").await;
         let upstream = upstream();
-        let response = upstream
-            .request(addr, &get())
-            .await
-            .unwrap()
-            .into_response();
+        let response = answer(&upstream, addr).await;
         // The backend ends the answer by closing.
         let closer = tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -777,11 +761,7 @@ mod tests {
             backend(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\nzz\r\nrest")
                 .await;
         let upstream = upstream();
-        let response = upstream
-            .request(addr, &get())
-            .await
-            .unwrap()
-            .into_response();
+        let response = answer(&upstream, addr).await;
         let mut body = response.into_body();
         let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
         assert_eq!(first, "ok");
