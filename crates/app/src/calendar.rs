@@ -90,7 +90,6 @@ impl App {
             let (outcome, lsn) = app.db().rsvp(event_id, user_id, &correlation).await?;
             let value = match outcome {
                 RsvpOutcome::Created(rsvp) => {
-                    app.events_staged();
                     app.tables_changed(EVENTS).await;
                     Rsvped::Created(rsvp)
                 }
@@ -118,7 +117,6 @@ impl App {
                 .cancel_rsvp(event_id, user_id, &correlation)
                 .await?;
             if cancelled {
-                app.events_staged();
                 app.tables_changed(EVENTS).await;
             }
             Ok(Written {
@@ -132,14 +130,6 @@ impl App {
 
 /// The follow-up consumer's name in `handled_messages`.
 const FOLLOWUPS: &str = "calendar.followups";
-
-/// What `email.sent` says (the fields the follow-up needs).
-#[derive(Debug, Deserialize)]
-struct EmailSent {
-    about: String,
-    rsvp_id: i64,
-    sent_at: i64,
-}
 
 impl App {
     /// Consumes `calendar.followups`: an `email.sent` about an `rsvp.created` sets
@@ -156,11 +146,12 @@ impl App {
 
     async fn follow_up(&self, delivery: Delivery) -> Outcome {
         let message = &delivery.message;
-        let sent: EmailSent = match message.json() {
-            Ok(sent) => sent,
-            Err(e) => return Outcome::Dead(format!("malformed email.sent: {e}")),
+        let sent = match message.event() {
+            Ok(bakery_events::Incoming::EmailSent(sent)) => sent,
+            Ok(other) => return Outcome::Dead(format!("not an email.sent: {other:?}")),
+            Err(e) => return Outcome::Dead(e.to_string()),
         };
-        if sent.about != "rsvp.created" {
+        if !sent.confirms_a_seat() {
             return Outcome::Ack;
         }
         match self

@@ -8,7 +8,7 @@ use bakery_db::Lsn;
 use crate::{App, Error, Written};
 
 /// Kinds a worker knows.
-pub const KINDS: &[&str] = &["noop", "image", "render"];
+pub const KINDS: &[&str] = bakery_events::topology::job_kind::ALL;
 /// Attempts before a job fails for good.
 pub const MAX_ATTEMPTS: i64 = 5;
 
@@ -35,7 +35,6 @@ impl App {
                 .await?;
             metrics::counter!("bakery_jobs_total", "kind" => kind, "state" => "queued")
                 .increment(1);
-            app.events_staged();
             Ok(Written { value: id, lsn })
         })
         .await
@@ -83,11 +82,11 @@ impl App {
 
     /// Operators: queues a failed or cancelled job again; false when it is neither.
     pub async fn retry_job(&self, id: i64) -> Result<bool, Error> {
-        let correlation = bakery_telemetry::correlation_id();
-        let again = self.db().requeue_job(id, &correlation).await?;
-        if again {
-            self.events_staged();
-        }
-        Ok(again)
+        let app = self.clone();
+        self.unit(async move {
+            let correlation = bakery_telemetry::correlation_id();
+            Ok(app.db().requeue_job(id, &correlation).await?)
+        })
+        .await
     }
 }

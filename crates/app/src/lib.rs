@@ -159,7 +159,8 @@ impl App {
     /// Runs a write and the cache work it owes as one unit, in a task of its own:
     /// once started it runs to its end even if the caller is dropped (a client that
     /// hangs up, a request timeout), so a commit is never left without its
-    /// invalidation.
+    /// invalidation. Whatever the write staged in the outbox, the unit kicks the
+    /// relay for, after the commit: no write path places a kick by hand.
     async fn unit<T: Send + 'static>(
         &self,
         work: impl Future<Output = Result<T, Error>> + Send + 'static,
@@ -169,11 +170,15 @@ impl App {
         let correlation = bakery_telemetry::correlation_id();
         let work = bakery_telemetry::with_correlation(correlation, work)
             .instrument(tracing::Span::current());
-        let (result, role) = tokio::spawn(bakery_db::trace_roles(work))
+        let (result, trace) = tokio::spawn(bakery_db::trace(work))
             .await
             .map_err(|e| Error::Internal(format!("a write's task failed: {e}")))?;
+        // What the write staged in the outbox is published now, not at the next sweep.
+        if trace.staged {
+            self.0.relay.kick();
+        }
         // The request's `x-db` names the server that took the write.
-        if let Some(role) = role {
+        if let Some(role) = trace.role {
             bakery_db::replica::note(role);
         }
         result

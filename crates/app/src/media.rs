@@ -97,7 +97,12 @@ impl App {
             original: name,
         })
         .map_err(|e| Error::Internal(e.to_string()))?;
-        self.enqueue_job("image", Some(actor), payload).await
+        self.enqueue_job(
+            bakery_events::topology::job_kind::IMAGE,
+            Some(actor),
+            payload,
+        )
+        .await
     }
 
     /// Attaches a processed image (once per job) and refreshes `Product:{id}`.

@@ -7,6 +7,8 @@ use bakery_core::{Invalid, User};
 use serde::Deserialize;
 use serde_json::json;
 
+use bakery_events::topology::job_kind;
+
 use crate::{App, Error, Written};
 
 /// The longest page body accepted, in bytes of Markdown.
@@ -74,7 +76,9 @@ impl App {
                 .put_page(&slug, &title, &draft.body_markdown)
                 .await?;
             let target = json!(RenderTarget::Page(slug));
-            let job = app.enqueue_job("render", Some(&actor), target).await?;
+            let job = app
+                .enqueue_job(job_kind::RENDER, Some(&actor), target)
+                .await?;
             Ok(job)
         })
         .await
@@ -89,23 +93,26 @@ impl App {
         target: RenderTarget,
         delay_ms: i64,
     ) -> Result<Option<i64>, Error> {
-        let correlation = bakery_telemetry::correlation_id();
-        let id = self
-            .db()
-            .enqueue_keyed_job(
-                "render",
-                &target.key(),
-                &json!(target),
-                crate::jobs::MAX_ATTEMPTS,
-                delay_ms,
-                &correlation,
-            )
-            .await?;
-        if id.is_some() {
-            metrics::counter!("bakery_jobs_total", "kind" => "render", "state" => "queued")
-                .increment(1);
-            self.events_staged();
-        }
-        Ok(id)
+        let app = self.clone();
+        self.unit(async move {
+            let correlation = bakery_telemetry::correlation_id();
+            let id = app
+                .db()
+                .enqueue_keyed_job(
+                    job_kind::RENDER,
+                    &target.key(),
+                    &json!(target),
+                    crate::jobs::MAX_ATTEMPTS,
+                    delay_ms,
+                    &correlation,
+                )
+                .await?;
+            if id.is_some() {
+                metrics::counter!("bakery_jobs_total", "kind" => job_kind::RENDER, "state" => "queued")
+                    .increment(1);
+            }
+            Ok(id)
+        })
+        .await
     }
 }

@@ -117,7 +117,7 @@ enum BenchScenario {
         #[arg(long, default_value_t = 2)]
         workers: usize,
         /// noop (the machinery alone) or image (a 1600x1200 photo each).
-        #[arg(long, default_value = "noop")]
+        #[arg(long, default_value = bakery_broker::topology::job_kind::NOOP)]
         kind: String,
         /// Jobs enqueued per transaction.
         #[arg(long, default_value_t = 500)]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bakery_app::App;
 use bakery_config::{Config, ConfigError};
+use bakery_events::topology::job_kind;
 use bakery_supervisor::child::{ChildSpec, Launcher, Role};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
@@ -27,7 +28,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
             ConfigError::new("--jobs", "--jobs, --workers and --batch must be at least 1").into(),
         );
     }
-    if !["noop", "image"].contains(&options.kind.as_str()) {
+    if ![job_kind::NOOP, job_kind::IMAGE].contains(&options.kind.as_str()) {
         return Err(ConfigError::new("--kind", "expected noop or image").into());
     }
     bakery_db::bootstrap(config, false).await?;
@@ -124,7 +125,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
 /// What each job is given: nothing for `noop`; for `image`, one stored photo of a
 /// product made for the run.
 async fn payload(app: &App, kind: &str) -> anyhow::Result<serde_json::Value> {
-    if kind == "noop" {
+    if kind == job_kind::NOOP {
         return Ok(json!({}));
     }
     let (product, _) = app

@@ -85,7 +85,7 @@ async fn ours(broker: &Broker, n: usize, inflight: usize) -> f64 {
             let message = Message {
                 id: bakery_broker::new_message_id(),
                 correlation_id: "bench".into(),
-                kind: "image".into(),
+                kind: topology::job_kind::IMAGE.into(),
                 body: body.clone(),
             };
             async move {
@@ -138,7 +138,7 @@ async fn raw(uri: &str, n: usize, inflight: usize) -> f64 {
         .queue_bind(
             "bench.raw".into(),
             "bench.raw".into(),
-            "image".into(),
+            topology::job_kind::IMAGE.into(),
             QueueBindOptions::default(),
             FieldTable::default(),
         )
@@ -180,13 +180,13 @@ async fn raw(uri: &str, n: usize, inflight: usize) -> f64 {
                 .with_content_type("application/json".into())
                 .with_message_id(bakery_broker::new_message_id().as_str().into())
                 .with_correlation_id("bench".into())
-                .with_type("image".into());
+                .with_type(topology::job_kind::IMAGE.into());
             let (publisher, body) = (&publisher, body.as_bytes());
             async move {
                 let confirm = publisher
                     .basic_publish(
                         "bench.raw".into(),
-                        "image".into(),
+                        topology::job_kind::IMAGE.into(),
                         BasicPublishOptions {
                             mandatory: true,
                             ..Default::default()

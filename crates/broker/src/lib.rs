@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 mod embedded;
 mod rabbit;
 pub mod relay;
-pub mod topology;
+pub use bakery_events::topology;
 
 pub use relay::Relay;
 
@@ -57,6 +57,12 @@ impl Message {
     /// The body, read as `T`.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
         serde_json::from_str(&self.body)
+    }
+
+    /// The typed event this message carries; an error (the reason to dead-letter
+    /// it) when its type or version is unknown or its body malformed.
+    pub fn event(&self) -> Result<bakery_events::Incoming, bakery_events::DecodeError> {
+        bakery_events::decode(&self.kind, &self.body)
     }
 }
 

@@ -4,11 +4,10 @@
 
 use bakery_core::calendar::{Event, EventSummary, Rsvp};
 
+use bakery_events::{RsvpCancelled, RsvpCreated};
+
 use crate::messaging::stage;
 use crate::{CachedQuery, Database, DbError, Lsn, now_millis};
-
-/// The exchange of domain events (the contract's `bakery.events`).
-pub const EVENTS_EXCHANGE: &str = "bakery.events";
 
 pub struct NewEvent<'a> {
     pub title: &'a str,
@@ -159,14 +158,14 @@ impl Database {
                     .await?;
                 if let Some(row) = created {
                     let created = rsvp(row);
-                    let body = serde_json::json!({
-                        "rsvp_id": created.id,
-                        "event_id": event_id,
-                        "user_id": user_id,
-                        "status": created.status,
-                        "created_at": created.created_at,
-                    });
-                    stage(&mut tx, EVENTS_EXCHANGE, "rsvp.created", &correlation_id, &body).await?;
+                    let event = RsvpCreated {
+                        rsvp_id: created.id,
+                        event_id,
+                        user_id,
+                        status: created.status.clone(),
+                        created_at: created.created_at,
+                    };
+                    stage(&mut tx, &event, &correlation_id).await?;
                     tx.commit().await?;
                     return Ok(RsvpOutcome::Created(created));
                 }
@@ -203,19 +202,12 @@ impl Database {
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(rsvp_id) = removed {
-                let body = serde_json::json!({
-                    "rsvp_id": rsvp_id,
-                    "event_id": event_id,
-                    "user_id": user_id,
-                });
-                stage(
-                    &mut tx,
-                    EVENTS_EXCHANGE,
-                    "rsvp.cancelled",
-                    &correlation_id,
-                    &body,
-                )
-                .await?;
+                let event = RsvpCancelled {
+                    rsvp_id,
+                    event_id,
+                    user_id,
+                };
+                stage(&mut tx, &event, &correlation_id).await?;
                 sqlx::query(
                     "UPDATE events SET attendees = attendees - 1 WHERE id = $1 AND attendees > 0",
                 )

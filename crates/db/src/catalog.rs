@@ -500,13 +500,9 @@ async fn product_changed(
     id: i64,
     deleted: bool,
 ) -> Result<(), sqlx::Error> {
-    let body = serde_json::json!({ "product_id": id, "deleted": deleted });
-    crate::messaging::stage(
-        conn,
-        crate::calendar::EVENTS_EXCHANGE,
-        "product.changed",
-        &bakery_telemetry::correlation_id(),
-        &body,
-    )
-    .await
+    let event = bakery_events::ProductChanged {
+        product_id: id,
+        deleted,
+    };
+    crate::messaging::stage(conn, &event, &bakery_telemetry::correlation_id()).await
 }

@@ -12,11 +12,6 @@ use sqlx::AnyConnection;
 use crate::messaging::stage;
 use crate::{Database, DbError, Lsn, now_millis};
 
-/// The direct exchange of jobs (the contract's `bakery.jobs`); the routing key is the kind.
-pub const JOBS_EXCHANGE: &str = "bakery.jobs";
-/// Where `job.finished` goes.
-const EVENTS_EXCHANGE: &str = crate::calendar::EVENTS_EXCHANGE;
-
 /// A job a worker holds: its fencing token is `attempt`.
 #[derive(Debug, Clone)]
 pub struct Claimed {
@@ -155,11 +150,8 @@ async fn stage_dispatch(
     correlation_id: &str,
 ) -> Result<(), sqlx::Error> {
     for chunk in ids.chunks(DISPATCH_BATCH) {
-        let body = match chunk {
-            [id] => json!({ "job_id": id }),
-            many => json!({ "job_ids": many }),
-        };
-        stage(tx, JOBS_EXCHANGE, kind, correlation_id, &body).await?;
+        let ready = bakery_events::JobsReady::new(kind, chunk.to_vec());
+        stage(tx, &ready, correlation_id).await?;
     }
     Ok(())
 }
@@ -485,20 +477,13 @@ impl Database {
             let finished = !matches!(settle.ending, Ending::RetryAt { .. });
             // Nobody to tell about a job nobody owns (an operator's, a benchmark's).
             if *held && finished && settle.job.owner_id.is_some() {
-                let event = json!({
-                    "job_id": settle.job.id,
-                    "kind": settle.job.kind,
-                    "state": settle.ending.columns().0,
-                    "user_id": settle.job.owner_id,
-                });
-                stage(
-                    &mut tx,
-                    EVENTS_EXCHANGE,
-                    "job.finished",
-                    &settle.correlation_id,
-                    &event,
-                )
-                .await?;
+                let event = bakery_events::JobFinished {
+                    job_id: settle.job.id,
+                    kind: settle.job.kind.clone(),
+                    state: settle.ending.columns().0.to_string(),
+                    user_id: settle.job.owner_id,
+                };
+                stage(&mut tx, &event, &settle.correlation_id).await?;
             }
         }
         tx.commit().await?;

@@ -29,7 +29,7 @@ pub use bakery_core::now_millis;
 pub use bootstrap::{Bootstrapped, bootstrap};
 pub use cached_query::CachedQuery;
 use replica::Replicas;
-pub use replica::{Lsn, Role, trace_roles};
+pub use replica::{Lsn, Role, Trace, trace};
 /// sqlx's error, for callers that carry a [`DbError::Other`].
 pub use sqlx::Error as SqlxError;
 

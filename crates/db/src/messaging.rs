@@ -3,6 +3,7 @@
 //! handled (recorded in the same transaction as the handler's effect, so a
 //! redelivery changes nothing), and users' notifications.
 
+use bakery_events::Event;
 use serde::Serialize;
 use sqlx::{AnyConnection, AnyPool};
 
@@ -58,27 +59,27 @@ fn notification((id, user_id, kind, payload, created_at): NotificationTuple) -> 
 pub const NOTIFICATIONS_CHANNEL: &str = "bakery_notifications";
 
 /// Adds an event to the outbox inside the caller's transaction: it commits with the
-/// write or not at all.
+/// write or not at all. The unit of work that runs this learns it staged something
+/// ([`crate::Trace::staged`]) and kicks its relay after the commit.
 pub(crate) async fn stage(
     conn: &mut AnyConnection,
-    exchange: &str,
-    kind: &str,
+    event: &impl Event,
     correlation_id: &str,
-    body: &impl Serialize,
 ) -> Result<(), sqlx::Error> {
-    let body = serde_json::to_string(body).map_err(|e| sqlx::Error::Encode(Box::new(e)))?;
+    let message = bakery_events::encode(event);
     sqlx::query(
         "INSERT INTO outbox (exchange, message_id, correlation_id, kind, body, created_at)
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
-    .bind(exchange)
+    .bind(message.exchange)
     .bind(format!("{:032x}", rand::random::<u128>()))
     .bind(correlation_id)
-    .bind(kind)
-    .bind(body)
+    .bind(message.routing_key)
+    .bind(message.body)
     .bind(now_millis())
     .execute(conn)
     .await?;
+    crate::replica::note_staged();
     Ok(())
 }
 
@@ -191,23 +192,20 @@ impl Database {
         Ok(found.is_some())
     }
 
-    /// Marks `message_id` handled by `consumer` and stages `follow_up` (an event for
-    /// `exchange`) in one transaction; false (and nothing staged) when it was
-    /// handled before.
+    /// Marks `message_id` handled by `consumer` and stages `follow_up` in one
+    /// transaction; false (and nothing staged) when it was handled before.
     pub async fn handled_with_follow_up(
         &self,
         consumer: &str,
         message_id: &str,
-        exchange: &str,
-        kind: &str,
         correlation_id: &str,
-        follow_up: &impl Serialize,
+        follow_up: &impl Event,
     ) -> Result<bool, DbError> {
         let mut tx = self.primary().begin().await?;
         if !first_handling(&mut tx, consumer, message_id).await? {
             return Ok(false);
         }
-        stage(&mut tx, exchange, kind, correlation_id, follow_up).await?;
+        stage(&mut tx, follow_up, correlation_id).await?;
         tx.commit().await?;
         Ok(true)
     }

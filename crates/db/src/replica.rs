@@ -175,30 +175,54 @@ async fn position(pool: &AnyPool, sql: &'static str) -> Option<Lsn> {
 }
 
 tokio::task_local! {
-    /// The roles of the servers that answered queries in the current request.
-    static ROLES_SEEN: std::cell::Cell<u8>;
+    /// What the current unit of work did: the roles of the servers that answered
+    /// its queries, and whether it staged events in the outbox.
+    static SEEN: std::cell::Cell<u8>;
 }
 
-/// Runs `work` and tells which server answered its queries: the primary if any
-/// query went there, else a replica, else none (no query).
-pub async fn trace_roles<F: Future>(work: F) -> (F::Output, Option<Role>) {
-    ROLES_SEEN
-        .scope(std::cell::Cell::new(0), async move {
-            let output = work.await;
-            let seen = ROLES_SEEN.with(|cell| cell.get());
-            let role = if seen & 1 != 0 {
-                Some(Role::Primary)
-            } else if seen & 2 != 0 {
-                Some(Role::Replica)
-            } else {
-                None
-            };
-            (output, role)
-        })
-        .await
+const SEEN_PRIMARY: u8 = 1;
+const SEEN_REPLICA: u8 = 2;
+const SEEN_STAGED: u8 = 4;
+
+/// What a traced piece of work did (see [`trace`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trace {
+    /// The primary if any query went there, else a replica, else none (no query).
+    pub role: Option<Role>,
+    /// Whether it staged events in the outbox: whoever committed them then kicks
+    /// its relay, so they are published now rather than at the next sweep.
+    pub staged: bool,
 }
 
-/// Counts a query by role, and notes the role for [`trace_roles`].
+/// Runs `work` and tells which server answered its queries and whether it staged
+/// events.
+pub async fn trace<F: Future>(work: F) -> (F::Output, Trace) {
+    SEEN.scope(std::cell::Cell::new(0), async move {
+        let output = work.await;
+        let seen = SEEN.with(|cell| cell.get());
+        let role = if seen & SEEN_PRIMARY != 0 {
+            Some(Role::Primary)
+        } else if seen & SEEN_REPLICA != 0 {
+            Some(Role::Replica)
+        } else {
+            None
+        };
+        let staged = seen & SEEN_STAGED != 0;
+        (output, Trace { role, staged })
+    })
+    .await
+}
+
+fn seen(bit: u8) {
+    let _ = SEEN.try_with(|cell| cell.set(cell.get() | bit));
+}
+
+/// Notes that the current unit of work staged an event (see [`Trace::staged`]).
+pub(crate) fn note_staged() {
+    seen(SEEN_STAGED);
+}
+
+/// Counts a query by role, and notes the role for [`trace`].
 pub(crate) fn record(role: Role) {
     metrics::counter!("bakery_db_queries_total", "role" => role.as_str()).increment(1);
     note(role);
@@ -207,11 +231,10 @@ pub(crate) fn record(role: Role) {
 /// Notes, for the current request, a server that answered work done for it in
 /// another task (already counted there).
 pub fn note(role: Role) {
-    let bit = match role {
-        Role::Primary => 1,
-        Role::Replica => 2,
-    };
-    let _ = ROLES_SEEN.try_with(|cell| cell.set(cell.get() | bit));
+    seen(match role {
+        Role::Primary => SEEN_PRIMARY,
+        Role::Replica => SEEN_REPLICA,
+    });
 }
 
 #[cfg(test)]

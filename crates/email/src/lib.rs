@@ -18,9 +18,8 @@ use axum::Router;
 use bakery_app::App;
 use bakery_broker::{Delivery, Outcome, handler, topology};
 use bakery_config::Config;
-use bakery_db::calendar::EVENTS_EXCHANGE;
+use bakery_events::{EmailSent, Incoming};
 use bakery_web::AppState;
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -31,22 +30,12 @@ pub use mailer::{Mailer, SendError};
 /// This consumer's name in `handled_messages`.
 const CONSUMER: &str = "email";
 
-/// What an `rsvp.*` event says.
-#[derive(Debug, Deserialize)]
-struct RsvpEvent {
+/// What the mail is about: a seat taken or given back.
+struct About {
     rsvp_id: i64,
     event_id: i64,
     user_id: i64,
-}
-
-/// The `email.sent` follow-up.
-#[derive(Debug, Serialize)]
-struct EmailSent<'a> {
-    about: &'a str,
-    rsvp_id: i64,
-    event_id: i64,
-    user_id: i64,
-    sent_at: i64,
+    cancelled: bool,
 }
 
 /// Runs the email service on `listener` (health and metrics) until `shutdown`.
@@ -86,9 +75,21 @@ pub async fn run(
 /// Handles one `rsvp.*` event: at most one mail per message.
 async fn mail(app: &App, mailer: &Mailer, delivery: Delivery) -> Outcome {
     let message = &delivery.message;
-    let event: RsvpEvent = match message.json() {
-        Ok(event) => event,
-        Err(e) => return Outcome::Dead(format!("malformed {}: {e}", message.kind)),
+    let event = match message.event() {
+        Ok(Incoming::RsvpCreated(e)) => About {
+            rsvp_id: e.rsvp_id,
+            event_id: e.event_id,
+            user_id: e.user_id,
+            cancelled: false,
+        },
+        Ok(Incoming::RsvpCancelled(e)) => About {
+            rsvp_id: e.rsvp_id,
+            event_id: e.event_id,
+            user_id: e.user_id,
+            cancelled: true,
+        },
+        Ok(other) => return Outcome::Dead(format!("not an RSVP event: {other:?}")),
+        Err(e) => return Outcome::Dead(e.to_string()),
     };
     match app.db().handled(CONSUMER, &message.id).await {
         Ok(true) => return Outcome::Ack, // sent before: a redelivery
@@ -108,8 +109,8 @@ async fn mail(app: &App, mailer: &Mailer, delivery: Delivery) -> Outcome {
         message_id: &message.id,
         to_name: &username,
         to_address: &address,
-        subject: &subject(&message.kind, &title),
-        body: &body(&message.kind, &username, &title, starts_at),
+        subject: &subject(event.cancelled, &title),
+        body: &body(event.cancelled, &username, &title, starts_at),
     };
     match mailer.send(&letter).await {
         Ok(()) => {}
@@ -118,7 +119,7 @@ async fn mail(app: &App, mailer: &Mailer, delivery: Delivery) -> Outcome {
     }
     tracing::info!(kind = %message.kind, rsvp_id = event.rsvp_id, to = %address, "mail sent");
     let sent = EmailSent {
-        about: &message.kind,
+        about: message.kind.clone(),
         rsvp_id: event.rsvp_id,
         event_id: event.event_id,
         user_id: event.user_id,
@@ -130,14 +131,7 @@ async fn mail(app: &App, mailer: &Mailer, delivery: Delivery) -> Outcome {
     for _ in 0..12 {
         match app
             .db()
-            .handled_with_follow_up(
-                CONSUMER,
-                &message.id,
-                EVENTS_EXCHANGE,
-                "email.sent",
-                &message.correlation_id,
-                &sent,
-            )
+            .handled_with_follow_up(CONSUMER, &message.id, &message.correlation_id, &sent)
             .await
         {
             Ok(_) => {
@@ -154,21 +148,23 @@ async fn mail(app: &App, mailer: &Mailer, delivery: Delivery) -> Outcome {
     Outcome::Retry("the mail was sent but could not be recorded".to_string())
 }
 
-fn subject(kind: &str, title: &str) -> String {
-    match kind {
-        "rsvp.cancelled" => format!("Cancelled: {title}"),
-        _ => format!("You're in: {title}"),
+fn subject(cancelled: bool, title: &str) -> String {
+    if cancelled {
+        format!("Cancelled: {title}")
+    } else {
+        format!("You're in: {title}")
     }
 }
 
-fn body(kind: &str, username: &str, title: &str, starts_at: i64) -> String {
+fn body(cancelled: bool, username: &str, title: &str, starts_at: i64) -> String {
     let when = bakery_core::clock::to_rfc3339(starts_at);
-    match kind {
-        "rsvp.cancelled" => format!(
+    if cancelled {
+        format!(
             "Hello {username},\n\nyour seat in \"{title}\" ({when}) is given back. We hope to bake with you another time.\n\nThe bakery\n"
-        ),
-        _ => format!(
+        )
+    } else {
+        format!(
             "Hello {username},\n\nyou have a seat in \"{title}\", starting {when}. Bring an apron.\n\nThe bakery\n"
-        ),
+        )
     }
 }

@@ -26,14 +26,6 @@ mod stream;
 
 use feed::Feed;
 
-/// The event kinds that become notifications (others are acknowledged and dropped).
-const KINDS: &[&str] = &[
-    "rsvp.created",
-    "rsvp.cancelled",
-    "email.sent",
-    "job.finished",
-];
-
 /// Serves the push service on `listener` until `shutdown`.
 pub async fn run(
     config: Config,
@@ -86,22 +78,16 @@ pub async fn run(
 /// Stores one event as its user's notification (a redelivery stores nothing).
 async fn store(db: &bakery_db::Database, feed: &Feed, delivery: Delivery) -> Outcome {
     let message = &delivery.message;
-    if !KINDS.contains(&message.kind.as_str()) {
-        return Outcome::Ack;
-    }
-    let body: serde_json::Value = match serde_json::from_str(&message.body) {
-        Ok(body) => body,
-        Err(e) => return Outcome::Dead(format!("the body is not JSON: {e}")),
+    let event = match message.event() {
+        Ok(event) => event,
+        Err(e) => return Outcome::Dead(e.to_string()),
     };
-    let Some(user_id) = body.get("user_id").and_then(serde_json::Value::as_i64) else {
-        // A job nobody owns (an operator's, a benchmark's) has nobody to tell.
-        if message.kind == "job.finished" && body.get("user_id").is_some_and(|v| v.is_null()) {
-            return Outcome::Ack;
-        }
-        return Outcome::Dead("the body names no user_id".to_string());
+    // A job nobody owns (an operator's, a benchmark's) has nobody to tell.
+    let Some(user_id) = event.notified_user() else {
+        return Outcome::Ack;
     };
     match db
-        .store_notification(&message.id, user_id, &message.kind, &message.body)
+        .store_notification(&message.id, user_id, &message.kind, &event.payload_json())
         .await
     {
         Ok(stored) => {

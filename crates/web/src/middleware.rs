@@ -35,18 +35,19 @@ pub async fn request_context(
     // Every log line of the request, and every message its writes stage, carries
     // its id as the correlation id.
     let span = tracing::info_span!("request", correlation_id = %request_id);
-    let work = bakery_cache::trace_cache(bakery_db::trace_roles(
-        bakery_telemetry::with_correlation(request_id, next.run(req)),
-    ))
+    let work = bakery_cache::trace_cache(bakery_db::trace(bakery_telemetry::with_correlation(
+        request_id,
+        next.run(req),
+    )))
     .instrument(span);
-    let ((mut response, db_role), cache) = RunToEnd::new(work).await;
+    let ((mut response, db), cache) = RunToEnd::new(work).await;
 
     bakery_telemetry::record_request(&route, response.status().as_u16());
     let headers = response.headers_mut();
     headers.insert(REQUEST_ID, id_header);
     if state.config.debug_headers {
         headers.insert(SERVED_BY, state.served_by.clone());
-        if let Some(role) = db_role {
+        if let Some(role) = db.role {
             headers.insert("x-db", HeaderValue::from_static(role.as_str()));
         }
         if let Some(result) = cache {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use bakery_app::App;
 use bakery_db::jobs::Claimed;
+use bakery_events::topology::job_kind;
 use serde::Deserialize;
 
 /// Why a job did not succeed.
@@ -38,9 +39,9 @@ pub async fn run(
     progress: &Progress,
 ) -> Result<serde_json::Value, JobError> {
     match job.kind.as_str() {
-        "noop" => noop(job, progress).await,
-        "image" => crate::image::run(app, job, progress).await,
-        "render" => crate::render::run(app, job, progress).await,
+        job_kind::NOOP => noop(job, progress).await,
+        job_kind::IMAGE => crate::image::run(app, job, progress).await,
+        job_kind::RENDER => crate::render::run(app, job, progress).await,
         other => Err(JobError::Permanent(format!(
             "this worker cannot run {other} jobs"
         ))),

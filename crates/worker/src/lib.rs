@@ -25,8 +25,8 @@ use bakery_app::pages::RenderTarget;
 use bakery_broker::{Delivery, Outcome, Policy, handler, topology};
 use bakery_config::Config;
 use bakery_db::jobs::{Claimed, Ending};
+use bakery_events::Incoming;
 use bakery_web::AppState;
-use serde::Deserialize;
 use std::collections::HashSet;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -140,16 +140,6 @@ pub async fn run(
     Ok(())
 }
 
-#[derive(Deserialize)]
-struct Dispatch {
-    /// One job ...
-    #[serde(default)]
-    job_id: Option<i64>,
-    /// ... or a batch of them (a bulk enqueue sends one message for many jobs).
-    #[serde(default)]
-    job_ids: Vec<i64>,
-}
-
 impl Worker {
     fn lease_ms(&self) -> i64 {
         self.lease.as_millis() as i64
@@ -160,15 +150,11 @@ impl Worker {
     /// acknowledged once all have started. (Jobs of a batch already started are not
     /// claimed again if the message comes back: the claim is conditional.)
     async fn dispatch(self: Arc<Self>, delivery: Delivery) -> Outcome {
-        let dispatch: Dispatch = match delivery.message.json() {
-            Ok(d) => d,
-            Err(e) => return Outcome::Dead(format!("malformed job message: {e}")),
+        let ids = match delivery.message.event() {
+            Ok(Incoming::JobsReady(ready)) => ready.ids(),
+            Ok(other) => return Outcome::Dead(format!("not a job message: {other:?}")),
+            Err(e) => return Outcome::Dead(e.to_string()),
         };
-        let ids: Vec<i64> = dispatch
-            .job_id
-            .into_iter()
-            .chain(dispatch.job_ids)
-            .collect();
         if ids.is_empty() {
             return Outcome::Dead("a job message names no job".into());
         }
@@ -294,15 +280,10 @@ impl Worker {
     /// burst of changes renders once. Redelivery is harmless: the render is
     /// deduplicated while queued, and rendering again changes nothing.
     async fn product_changed(self: Arc<Self>, delivery: Delivery) -> Outcome {
-        #[derive(Deserialize)]
-        struct Changed {
-            product_id: i64,
-            #[serde(default)]
-            deleted: bool,
-        }
-        let changed: Changed = match delivery.message.json() {
-            Ok(c) => c,
-            Err(e) => return Outcome::Dead(format!("malformed product.changed: {e}")),
+        let changed = match delivery.message.event() {
+            Ok(Incoming::ProductChanged(changed)) => changed,
+            Ok(other) => return Outcome::Dead(format!("not a product.changed: {other:?}")),
+            Err(e) => return Outcome::Dead(e.to_string()),
         };
         let path = bakery_core::edge::product_path(changed.product_id);
         if let Err(e) = self

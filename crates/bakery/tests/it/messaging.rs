@@ -461,3 +461,90 @@ async fn a_rabbitmq_restart_and_clones_killed_between_commit_and_publish_lose_no
     );
     each_exactly_once(&up, &sink, &prefix, &cookies).await;
 }
+
+/// Stages a message in the deployment's outbox, as a write of another build would:
+/// the relay publishes it like any other.
+async fn stage_raw(up: &Up, kind: &str, body: &str) {
+    use sqlx::Connection;
+    let data = up
+        .env
+        .iter()
+        .find(|(k, _)| k == "BAKERY_DATA_DIR")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    let mut db = sqlx::SqliteConnection::connect(&format!("sqlite://{data}/bakery.db"))
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO outbox (exchange, message_id, correlation_id, kind, body, created_at)
+         VALUES ('bakery.events', $1, 'corr-unknown', $2, $3, 0)",
+    )
+    .bind(format!("{:032x}", rand::random::<u128>()))
+    .bind(kind)
+    .bind(body)
+    .execute(&mut db)
+    .await
+    .unwrap();
+}
+
+/// A message whose version or type no consumer of this build knows is not dropped
+/// and not retried for ever: it goes to its queue's dead letters with a reason that
+/// says so, and what follows it is delivered as usual.
+async fn unknown_messages_are_dead_with_their_reason(engine: Engine) {
+    let sink = SmtpSink::start();
+    let up = start(engine, &sink, 1).await;
+    // As from a newer build: version 2 of rsvp.created, and a type this build has
+    // never heard of that the bindings (rsvp.*) still route to email and push.
+    stage_raw(
+        &up,
+        "rsvp.created",
+        r#"{"v": 2, "rsvp_id": 1, "seat": "A1"}"#,
+    )
+    .await;
+    stage_raw(&up, "rsvp.teleported", r#"{"v": 1, "rsvp_id": 1}"#).await;
+    let list =
+        |queue: &str| harness::run_output(&["dead", "list", "--queue", queue], up.env.clone()).1;
+    let mut listed = String::new();
+    let dead = eventually(LIMIT, async || {
+        listed = list("email.rsvp");
+        listed.contains("2 dead letter(s)")
+    })
+    .await;
+    assert!(dead, "{engine:?}: listed:\n{listed}");
+    assert!(
+        listed.contains("unknown version 2") && listed.contains("unknown message type"),
+        "{listed}"
+    );
+    let mut pushed = String::new();
+    assert!(
+        eventually(LIMIT, async || {
+            pushed = list("push.notifications");
+            pushed.contains("2 dead letter(s)")
+        })
+        .await,
+        "{pushed}"
+    );
+    // Dead at once, on the first delivery, not after every retry.
+    let attempts: Vec<&str> = listed
+        .lines()
+        .filter(|l| l.starts_with("email.rsvp"))
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .collect();
+    assert_eq!(attempts, ["1", "1"], "{listed}");
+    // The consumers go on: a real RSVP is mailed and confirmed.
+    let http = harness::client();
+    let cookie = harness::sign_up_and_log_in(&http, &up.base, "newer").await;
+    let event = class(&up, 3).await;
+    rsvp(&up, &cookie, event, "corr-after-unknown").await;
+    assert!(eventually(LIMIT, async || confirmed(&up, &cookie).await == 1).await);
+}
+
+#[tokio::test]
+async fn messages_of_an_unknown_type_or_version_are_dead_with_their_reason_embedded() {
+    unknown_messages_are_dead_with_their_reason(Engine::Embedded).await;
+}
+
+#[tokio::test]
+async fn messages_of_an_unknown_type_or_version_are_dead_with_their_reason_rabbitmq() {
+    unknown_messages_are_dead_with_their_reason(Engine::RabbitMq).await;
+}

@@ -1,6 +1,7 @@
-//! The contract's names: exchanges, queues, and which routing keys reach which
-//! queue. RabbitMQ is told this at start (idempotently); the embedded broker routes
-//! by the same table, so both engines deliver a message to the same queues.
+//! The contract's names: exchanges, queues, routing keys, and which routing keys
+//! reach which queue. RabbitMQ is told this at start (idempotently); the embedded
+//! broker routes by the same table, so both engines deliver a message to the same
+//! queues. This module is the only place these names are written out.
 
 /// Topic exchange of domain events (`rsvp.created`, `email.sent`, ...).
 pub const EVENTS: &str = "bakery.events";
@@ -21,6 +22,27 @@ pub const JOBS_NOOP: &str = "jobs.noop";
 /// edge (an addition to the contract's table).
 pub const RENDER_PRODUCTS: &str = "render.products";
 
+/// Routing keys of `bakery.events`.
+pub mod key {
+    pub const RSVP_CREATED: &str = "rsvp.created";
+    pub const RSVP_CANCELLED: &str = "rsvp.cancelled";
+    pub const EMAIL_SENT: &str = "email.sent";
+    pub const JOB_FINISHED: &str = "job.finished";
+    pub const PRODUCT_CHANGED: &str = "product.changed";
+}
+
+/// Job kinds: the routing keys of `bakery.jobs` (one queue, `jobs.<kind>`, each).
+pub mod job_kind {
+    /// Resize a product photo.
+    pub const IMAGE: &str = "image";
+    /// Pre-render a page for the edge.
+    pub const RENDER: &str = "render";
+    /// Does nothing: measures the job machinery alone.
+    pub const NOOP: &str = "noop";
+    /// Every kind a worker runs.
+    pub const ALL: &[&str] = &[NOOP, IMAGE, RENDER];
+}
+
 /// Exchanges and their kinds.
 pub const EXCHANGES: &[(&str, ExchangeKind)] = &[
     (EVENTS, ExchangeKind::Topic),
@@ -38,14 +60,19 @@ pub enum ExchangeKind {
 pub const BINDINGS: &[(&str, &str, &str)] = &[
     (EVENTS, "rsvp.*", EMAIL_RSVP),
     (EVENTS, "rsvp.*", PUSH_NOTIFICATIONS),
-    (EVENTS, "job.finished", PUSH_NOTIFICATIONS),
-    (EVENTS, "email.sent", PUSH_NOTIFICATIONS),
-    (EVENTS, "email.sent", CALENDAR_FOLLOWUPS),
-    (EVENTS, "product.changed", RENDER_PRODUCTS),
-    (JOBS, "image", JOBS_IMAGE),
-    (JOBS, "render", JOBS_RENDER),
-    (JOBS, "noop", JOBS_NOOP),
+    (EVENTS, key::JOB_FINISHED, PUSH_NOTIFICATIONS),
+    (EVENTS, key::EMAIL_SENT, PUSH_NOTIFICATIONS),
+    (EVENTS, key::EMAIL_SENT, CALENDAR_FOLLOWUPS),
+    (EVENTS, key::PRODUCT_CHANGED, RENDER_PRODUCTS),
+    (JOBS, job_kind::IMAGE, JOBS_IMAGE),
+    (JOBS, job_kind::RENDER, JOBS_RENDER),
+    (JOBS, job_kind::NOOP, JOBS_NOOP),
 ];
+
+/// The queue of jobs of `kind`.
+pub fn job_queue(kind: &str) -> Option<&'static str> {
+    route(JOBS, kind).first().copied()
+}
 
 /// Every queue a consumer reads (each has its `dead.<queue>`).
 pub const QUEUES: &[&str] = &[
