@@ -58,3 +58,35 @@ impl From<String> for Error {
         Self::Internal(message)
     }
 }
+
+/// The application's answers, in the contract's words.
+impl bakery_core::problem::IntoProblem for Error {
+    fn into_problem(self) -> bakery_core::problem::Problem {
+        use bakery_core::problem::{Kind, Problem};
+        match self {
+            Error::Invalid(invalid) => invalid.into_problem(),
+            Error::NotFound => Problem::new(Kind::NotFound, "not_found", "there is nothing here"),
+            Error::Forbidden(message) => Problem::new(Kind::Forbidden, "forbidden", message),
+            Error::Conflict { code, message } => Problem::new(Kind::Conflict, code, message),
+            Error::Unprocessable { code, message } => {
+                Problem::new(Kind::Unprocessable, code, message)
+            }
+            Error::InvalidCredentials => Problem::new(
+                Kind::Unauthenticated,
+                "invalid_credentials",
+                "that username and password do not match",
+            ),
+            Error::WrongPassword => Problem::new(
+                Kind::Forbidden,
+                "wrong_password",
+                "the current password does not match",
+            ),
+            Error::Busy(message) => Problem::new(Kind::Unavailable, "busy", message).retry_after(1),
+            Error::NoSuchAccount => {
+                Problem::new(Kind::Unauthenticated, "not_logged_in", "log in first")
+            }
+            Error::Store(db) => (&*db).into_problem(),
+            Error::Internal(cause) => Problem::internal(cause),
+        }
+    }
+}

@@ -28,6 +28,7 @@ pub mod calendar;
 pub mod catalog;
 mod error;
 pub mod jobs;
+pub mod mail;
 pub mod media;
 pub mod notifications;
 pub mod pages;
@@ -80,15 +81,23 @@ impl App {
     /// starts the outbox relay. A store that cannot be used is a [`ConfigError`]
     /// naming its variable (the process exits 2).
     pub async fn connect(config: &Config) -> Result<Self, ConfigError> {
-        let db = Database::connect_configured(config).await?;
-        let unusable = |e: String| ConfigError::new("BAKERY_DATABASE_URL", e);
-        db.check_schema().await.map_err(unusable)?;
-        let namespace = db
-            .instance_id()
-            .await
-            .map_err(|e| unusable(e.to_string()))?;
+        Self::connect_with_cache(config, &config.cache_url).await
+    }
+
+    /// As [`App::connect`], for a role that never reads through the cache (the
+    /// email service): it does not open the cache, so it starts while the cache is
+    /// away, and it never writes an object other roles serve.
+    pub async fn connect_uncached(config: &Config) -> Result<Self, ConfigError> {
+        Self::connect_with_cache(config, &bakery_config::CacheUrl::None).await
+    }
+
+    async fn connect_with_cache(
+        config: &Config,
+        cache_url: &bakery_config::CacheUrl,
+    ) -> Result<Self, ConfigError> {
+        let (db, namespace) = Database::open(config).await?;
         let cache = Cache::connect(
-            &config.cache_url,
+            cache_url,
             config.cache_timeout,
             config.cache_embedded_max_entries,
             &namespace,
@@ -130,6 +139,17 @@ impl App {
 
     pub fn broker(&self) -> &Broker {
         &self.0.broker
+    }
+
+    /// Whether the database answers (for `/healthz`).
+    pub async fn database_up(&self) -> bool {
+        self.0.db.ping().await.is_ok()
+    }
+
+    /// Closes the broker's connection and the database's pools, once serving ended.
+    pub async fn close(&self) {
+        self.0.broker.close().await;
+        self.0.db.close().await;
     }
 
     /// A write staged events in the outbox: publish them now.

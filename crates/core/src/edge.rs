@@ -1,5 +1,9 @@
 //! Names the load balancer's edge and the web clones share.
 
+/// The session cookie's name: its presence makes a page personal (the edge sends
+/// such requests to a clone).
+pub const SESSION_COOKIE: &str = "bakery_session";
+
 /// Sent by the load balancer with a request its edge could have answered but had
 /// no page for: the clone serving it asks for the page to be rendered.
 pub const MISS_HEADER: &str = "x-bakery-edge-miss";

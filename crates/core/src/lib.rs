@@ -8,6 +8,7 @@ pub mod clock;
 pub mod edge;
 pub mod job;
 pub mod password_hash;
+pub mod problem;
 
 pub use account::{Email, Password, Profile, User, Username};
 pub use clock::now_millis;

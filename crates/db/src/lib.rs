@@ -231,6 +231,22 @@ impl Database {
         })
     }
 
+    /// Opens the deployment's database for a serving role: connects, checks the
+    /// schema is migrated, and reads the instance id (the namespace of this
+    /// deployment's keys in the shared stores). A failure names the variable.
+    pub async fn open(
+        config: &bakery_config::Config,
+    ) -> Result<(Self, String), bakery_config::ConfigError> {
+        let db = Self::connect_configured(config).await?;
+        let unusable = |e: String| bakery_config::ConfigError::new("BAKERY_DATABASE_URL", e);
+        db.check_schema().await.map_err(unusable)?;
+        let namespace = db
+            .instance_id()
+            .await
+            .map_err(|e| unusable(e.to_string()))?;
+        Ok((db, namespace))
+    }
+
     /// Connects to the primary named by `config`, creating the data directory first;
     /// a failure is a [`ConfigError`] naming the variable, so the process exits 2.
     pub async fn connect_configured(
@@ -447,5 +463,37 @@ impl Database {
     /// Whether replicas are configured (reads may then be answered by them).
     pub fn has_replicas(&self) -> bool {
         !self.replicas.is_empty()
+    }
+}
+
+/// What a database failure means to the one who asked.
+impl bakery_core::problem::IntoProblem for &DbError {
+    fn into_problem(self) -> bakery_core::problem::Problem {
+        use bakery_core::problem::{Kind, Problem};
+        match self {
+            DbError::Unavailable(cause) => Problem::new(
+                Kind::Unavailable,
+                "database_unavailable",
+                "the database is unavailable; try again shortly",
+            )
+            .because(cause),
+            DbError::PrimaryUnavailable => Problem::new(
+                Kind::Unavailable,
+                "primary_unavailable",
+                "the primary database is unavailable, so changes cannot be saved now; reading still works",
+            ),
+            DbError::Conflict(constraint) => Problem::new(
+                Kind::Conflict,
+                "conflict",
+                format!("that conflicts with {constraint}"),
+            ),
+            DbError::Other(cause) => Problem::internal(cause),
+        }
+    }
+}
+
+impl bakery_core::problem::IntoProblem for DbError {
+    fn into_problem(self) -> bakery_core::problem::Problem {
+        (&self).into_problem()
     }
 }

@@ -19,16 +19,13 @@ use bakery_app::App;
 use bakery_broker::{Delivery, Outcome, handler, topology};
 use bakery_config::Config;
 use bakery_events::{EmailSent, Incoming};
-use bakery_web::AppState;
+use bakery_service::{Check, Shell};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 mod mailer;
 
 pub use mailer::{Mailer, SendError};
-
-/// This consumer's name in `handled_messages`.
-const CONSUMER: &str = "email";
 
 /// What the mail is about: a seat taken or given back.
 struct About {
@@ -38,7 +35,8 @@ struct About {
     cancelled: bool,
 }
 
-/// Runs the email service on `listener` (health and metrics) until `shutdown`.
+/// Runs the email service on `listener` (health and metrics) until `shutdown`. It
+/// opens the database and the broker only: no session store, no cache.
 pub async fn run(
     config: Config,
     id: &str,
@@ -46,30 +44,40 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let mailer = Mailer::from_config(&config)?;
-    let state = AppState::connect(config.clone(), id).await?;
+    let app = App::connect_uncached(&config).await?;
     // Consuming is this role's whole job: without its broker it does not start.
-    state.app.broker().check(&config).await?;
-    state.require_broker();
+    app.broker().check(&config).await?;
+    let shell = Shell::new(id, &config, consumer_checks(&app))?;
     let stop = CancellationToken::new();
-    let consumer = {
-        let (app, mailer) = (state.app.clone(), mailer.clone());
-        let handler = handler(move |delivery: Delivery| {
+    let handler = {
+        let (app, mailer) = (app.clone(), mailer.clone());
+        handler(move |delivery: Delivery| {
             let (app, mailer) = (app.clone(), mailer.clone());
             async move { mail(&app, &mailer, delivery).await }
-        });
-        state
-            .app
-            .broker()
-            .consume(topology::EMAIL_RSVP, handler, stop.clone())
+        })
     };
-    let routes = Router::new().merge(bakery_web::routes::ops::router());
-    let router = bakery_web::layered(state.clone(), routes);
-    tracing::info!(id, addr = %listener.local_addr()?, mailer = mailer.describe(), broker = state.app.broker().engine(), "email service serving");
-    bakery_web::serve(state.clone(), router, listener, shutdown).await?;
+    let consumer = app
+        .broker()
+        .consume(topology::EMAIL_RSVP, handler, stop.clone());
+    let router = bakery_service::layered(&shell, Router::new());
+    tracing::info!(id, addr = %listener.local_addr()?, mailer = mailer.describe(), broker = app.broker().engine(), "email service serving");
+    bakery_service::serve(&shell, router, listener, shutdown).await?;
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(15), consumer).await;
-    state.app.broker().close().await;
+    app.close().await;
     Ok(())
+}
+
+/// A consuming role's health: it needs both the database and the broker.
+fn consumer_checks(app: &App) -> Vec<Check> {
+    vec![
+        Check::new("database", true, app.clone(), |app| async move {
+            app.database_up().await
+        }),
+        Check::new("broker", true, app.broker().clone(), |broker| async move {
+            broker.is_up().await
+        }),
+    ]
 }
 
 /// Handles one `rsvp.*` event: at most one mail per message.
@@ -91,12 +99,12 @@ async fn mail(app: &App, mailer: &Mailer, delivery: Delivery) -> Outcome {
         Ok(other) => return Outcome::Dead(format!("not an RSVP event: {other:?}")),
         Err(e) => return Outcome::Dead(e.to_string()),
     };
-    match app.db().handled(CONSUMER, &message.id).await {
+    match app.mail_already_sent(&message.id).await {
         Ok(true) => return Outcome::Ack, // sent before: a redelivery
         Ok(false) => {}
         Err(e) => return Outcome::Retry(e.to_string()),
     }
-    let details = match app.db().mail_details(event.user_id, event.event_id).await {
+    let details = match app.rsvp_mail(event.user_id, event.event_id).await {
         Ok(Some(details)) => details,
         Ok(None) => {
             tracing::info!(kind = %message.kind, "the member or the class is gone; nothing to send");
@@ -104,7 +112,12 @@ async fn mail(app: &App, mailer: &Mailer, delivery: Delivery) -> Outcome {
         }
         Err(e) => return Outcome::Retry(e.to_string()),
     };
-    let (username, address, title, starts_at) = details;
+    let bakery_app::mail::RsvpMail {
+        username,
+        address,
+        title,
+        starts_at,
+    } = details;
     let letter = mailer::Letter {
         message_id: &message.id,
         to_name: &username,
@@ -130,14 +143,10 @@ async fn mail(app: &App, mailer: &Mailer, delivery: Delivery) -> Outcome {
     let mut pause = Duration::from_millis(100);
     for _ in 0..12 {
         match app
-            .db()
-            .handled_with_follow_up(CONSUMER, &message.id, &message.correlation_id, &sent)
+            .mail_sent(&message.id, &message.correlation_id, sent.clone())
             .await
         {
-            Ok(_) => {
-                app.events_staged();
-                return Outcome::Ack;
-            }
+            Ok(_) => return Outcome::Ack,
             Err(error) => {
                 tracing::warn!(%error, "cannot record a sent mail yet; trying again");
                 tokio::time::sleep(pause).await;

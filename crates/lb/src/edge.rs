@@ -31,9 +31,8 @@ use crate::reply::{self, Body};
 const FOLLOW_EVERY: Duration = Duration::from_millis(250);
 /// How often the whole list of paths is compared, to drop rows deleted outright.
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
-/// The session cookie: its presence makes a product page personal.
-const SESSION_COOKIE: &str = "bakery_session";
 pub use bakery_core::edge::MISS_HEADER;
+use bakery_core::edge::SESSION_COOKIE;
 /// `x-edge: hit|stale|miss` on every eligible answer.
 pub const EDGE_HEADER: &str = "x-edge";
 

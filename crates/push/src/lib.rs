@@ -15,9 +15,11 @@ use std::time::Duration;
 use anyhow::Context;
 use axum::Router;
 use axum::routing::get;
-use bakery_broker::{Delivery, Outcome, handler, topology};
+use bakery_broker::{Broker, Delivery, Outcome, handler, topology};
 use bakery_config::Config;
-use bakery_web::AppState;
+use bakery_db::Database;
+use bakery_service::{Check, Shell};
+use bakery_session::SessionStore;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -26,52 +28,67 @@ mod stream;
 
 use feed::Feed;
 
-/// Serves the push service on `listener` until `shutdown`.
+/// Serves the push service on `listener` until `shutdown`. It opens the database
+/// (the notifications), the session store (who is asking for a stream) and the
+/// broker; no cache.
 pub async fn run(
     config: Config,
     id: &str,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = AppState::connect(config.clone(), id).await?;
+    let (db, namespace) = Database::open(&config).await?;
+    let broker = Broker::connect(&config, &db).await?;
     // Consuming is this role's whole job: without its broker it does not start.
-    state.app.broker().check(&config).await?;
-    state.require_broker();
-    let feed = Feed::start(state.app.db().clone())
+    broker.check(&config).await?;
+    let sessions = SessionStore::open(&config, &namespace).await?;
+    let checks = vec![
+        Check::new("database", true, db.clone(), |db| async move {
+            db.ping().await.is_ok()
+        }),
+        Check::new("sessions", true, sessions.clone(), |sessions| async move {
+            sessions.ping().await.is_ok()
+        }),
+        Check::new("broker", true, broker.clone(), |broker| async move {
+            broker.is_up().await
+        }),
+    ];
+    let shell = Shell::new(id, &config, checks)?;
+    let feed = Feed::start(db.clone())
         .await
         .context("cannot follow the notifications")?;
     let stop = CancellationToken::new();
-    let consumer = {
-        let (db, feed) = (state.app.db().clone(), feed.clone());
-        let handler = handler(move |delivery: Delivery| {
+    let handler = {
+        let (db, feed) = (db.clone(), feed.clone());
+        handler(move |delivery: Delivery| {
             let (db, feed) = (db.clone(), feed.clone());
             async move { store(&db, &feed, delivery).await }
-        });
-        state
-            .app
-            .broker()
-            .consume(topology::PUSH_NOTIFICATIONS, handler, stop.clone())
+        })
     };
+    let consumer = broker.consume(topology::PUSH_NOTIFICATIONS, handler, stop.clone());
     // Open streams end as soon as shutdown starts (they would hold the drain open
     // for ever); browsers reconnect, with Last-Event-ID, to another push process.
     let closing = CancellationToken::new();
+    let streams = stream::Streams {
+        db: db.clone(),
+        sessions,
+        feed,
+        closing: closing.clone(),
+    };
     let routes = Router::new()
-        .merge(bakery_web::routes::ops::router())
         .route("/api/notifications/stream", get(stream::open))
-        .layer(axum::Extension(stream::Streams {
-            feed,
-            closing: closing.clone(),
-        }));
-    let router = bakery_web::layered(state.clone(), routes);
-    tracing::info!(id, addr = %listener.local_addr()?, broker = state.app.broker().engine(), "push service serving");
+        .with_state(streams);
+    let router = bakery_service::layered(&shell, routes);
+    tracing::info!(id, addr = %listener.local_addr()?, broker = broker.engine(), "push service serving");
     let shutdown = async move {
         shutdown.await;
         closing.cancel();
     };
-    bakery_web::serve(state.clone(), router, listener, shutdown).await?;
+    bakery_service::serve(&shell, router, listener, shutdown).await?;
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(15), consumer).await;
-    state.app.broker().close().await;
+    broker.close().await;
+    db.close().await;
     Ok(())
 }
 

@@ -7,17 +7,14 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Extension;
-
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use bakery_db::Database;
 use bakery_db::messaging::Notification;
-use bakery_web::AppState;
-use bakery_web::error::ApiResult;
-use bakery_web::extract::CurrentUser;
+use bakery_service::{ApiError, ApiResult};
+use bakery_session::SessionStore;
 use futures::{Stream, StreamExt};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -28,21 +25,37 @@ use crate::feed::Feed;
 const BACKLOG_BATCH: i64 = 500;
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
 
-/// What the stream handler needs besides the app state.
+/// What the stream handler needs.
 #[derive(Clone)]
 pub struct Streams {
+    pub db: Database,
+    /// Who is asking: the session behind the request's cookie.
+    pub sessions: SessionStore,
     pub feed: Feed,
     /// Cancelled when the process starts shutting down: every stream ends.
     pub closing: CancellationToken,
 }
 
+/// The user behind the request's session cookie: 401 without one, 503 when the
+/// session store cannot answer.
+async fn session_user(sessions: &SessionStore, headers: &HeaderMap) -> ApiResult<i64> {
+    let id = bakery_session::cookie::read(headers).ok_or_else(ApiError::unauthorized)?;
+    let session = sessions.load(&id).await?;
+    session
+        .map(|session| session.user_id)
+        .ok_or_else(ApiError::unauthorized)
+}
+
 pub async fn open(
-    State(state): State<AppState>,
-    Extension(Streams { feed, closing }): Extension<Streams>,
-    current: CurrentUser,
+    State(Streams {
+        db,
+        sessions,
+        feed,
+        closing,
+    }): State<Streams>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let user_id = current.user.id;
+    let user_id = session_user(&sessions, &headers).await?;
     // Subscribe before reading what was missed: nothing falls between the two.
     let live = feed.subscribe();
     let resume = headers
@@ -51,7 +64,7 @@ pub async fn open(
         .and_then(|v| v.trim().parse::<i64>().ok())
         .filter(|id| *id >= 0);
     let follower = Follower {
-        db: state.app.db().clone(),
+        db,
         user_id,
         cursor: resume.unwrap_or_else(|| feed.position()),
         backlog: VecDeque::new(),

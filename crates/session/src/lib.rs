@@ -13,6 +13,7 @@ use std::time::Duration;
 use bakery_config::SessionUrl;
 use bakery_core::now_millis;
 
+pub mod cookie;
 mod rate;
 use base64::Engine;
 pub use rate::Limit;
@@ -120,6 +121,26 @@ pub enum SessionStore {
 }
 
 impl SessionStore {
+    /// Opens the session store `config` names, with its lifetimes; an error naming
+    /// `BAKERY_SESSION_URL` when it cannot be used (the process exits 2).
+    pub async fn open(
+        config: &bakery_config::Config,
+        namespace: &str,
+    ) -> Result<Self, bakery_config::ConfigError> {
+        let lifetimes = Lifetimes {
+            idle: config.session_idle_timeout,
+            absolute: config.session_absolute_timeout,
+        };
+        Self::connect(&config.session_url, lifetimes, namespace)
+            .await
+            .map_err(|e| {
+                bakery_config::ConfigError::new(
+                    "BAKERY_SESSION_URL",
+                    format!("cannot use the session store: {e}"),
+                )
+            })
+    }
+
     /// Connects (and for SQLite creates the file and table); fails if unreachable.
     /// `namespace` (the database's instance id) is part of every stored key, so a
     /// session made against one database is unknown to any other sharing the store.
@@ -438,5 +459,18 @@ impl SessionStore {
             }
         }
         Ok(())
+    }
+}
+
+/// What a session store failure means to the one who asked: try again shortly.
+impl bakery_core::problem::IntoProblem for SessionError {
+    fn into_problem(self) -> bakery_core::problem::Problem {
+        use bakery_core::problem::{Kind, Problem};
+        Problem::new(
+            Kind::Unavailable,
+            "session_store_unavailable",
+            "the session store is unavailable; try again shortly",
+        )
+        .because(self)
     }
 }

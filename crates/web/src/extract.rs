@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::AppState;
 use crate::error::ApiError;
-use crate::session_cookie;
+use bakery_session::cookie as session_cookie;
 
 /// `axum::Json`, with malformed bodies, wrong content types and oversize bodies
 /// answered as 400, 415 and 413 JSON errors. The body must be a JSON object (every

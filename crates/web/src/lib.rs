@@ -7,34 +7,24 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
-use anyhow::Context;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::extract::Request;
+use axum::http::{HeaderMap, HeaderValue};
+use axum::middleware::Next;
+use axum::response::Response;
 use bakery_app::App;
 use bakery_config::{Config, ConfigError};
-use bakery_session::{Lifetimes, SessionStore};
-use bakery_telemetry::Metrics;
+use bakery_service::{Check, Shell};
+use bakery_session::SessionStore;
 use tokio::net::TcpListener;
 use utoipa_axum::router::OpenApiRouter;
 
 pub mod error;
 pub mod extract;
-mod middleware;
 pub mod openapi;
 mod pages;
-pub use pages::templates;
-pub mod prerender;
 pub mod routes;
-mod session_cookie;
-
-use error::ApiError;
-
-/// JSON bodies beyond this are answered 413 (contract: 1 MiB).
-pub const JSON_BODY_LIMIT: usize = 1 << 20;
 
 /// What every handler can reach. One `Arc`: axum clones the state for every
 /// extractor and middleware of every request, so a clone must be one increment.
@@ -51,18 +41,13 @@ impl std::ops::Deref for AppState {
 
 /// The clone's handles to its stores and its own settings.
 pub struct Shared {
-    pub id: Arc<str>,
-    served_by: HeaderValue,
+    /// The process shell: id, draining, health, metrics.
+    pub shell: Shell,
     pub config: Arc<Config>,
-    /// The domain's operations over the database and the cache.
+    /// The domain's operations over the database, the cache and the broker.
     pub app: App,
     pub sessions: SessionStore,
-    pub metrics: Metrics,
     templates: Arc<minijinja::Environment<'static>>,
-    draining: Arc<AtomicBool>,
-    /// Whether `/healthz` fails while the broker is away (consumers need it; a web
-    /// clone does not: its writes wait in the outbox).
-    broker_required: AtomicBool,
 }
 
 impl AppState {
@@ -72,53 +57,37 @@ impl AppState {
         let app = App::connect(&config).await?;
         app.keep_cache_swept();
         // Keys in the shared stores are namespaced by the database they belong to.
-        let sessions = open_sessions(&config, app.namespace()).await?;
+        let sessions = SessionStore::open(&config, app.namespace()).await?;
+        // A clone needs the database and the session store; the broker it can do
+        // without (its writes wait in the outbox), so that one is only reported.
+        let checks = vec![
+            Check::new("database", true, app.clone(), |app| async move {
+                app.database_up().await
+            }),
+            Check::new("sessions", true, sessions.clone(), |sessions| async move {
+                sessions.ping().await.is_ok()
+            }),
+            Check::new("broker", false, app.broker().clone(), |broker| async move {
+                broker.is_up().await
+            }),
+        ];
         Ok(Self(Arc::new(Shared {
-            id: Arc::from(id),
-            served_by: HeaderValue::from_str(id).context("--id must be a valid header value")?,
+            shell: Shell::new(id, &config, checks)?,
             config: Arc::new(config),
             app,
             sessions,
-            metrics: Metrics::install(),
-            templates: Arc::new(pages::templates()),
-            draining: Arc::new(AtomicBool::new(false)),
-            broker_required: AtomicBool::new(false),
+            templates: Arc::new(bakery_site::templates()),
         })))
     }
 
-    /// From now on `/healthz` answers 503 while the broker is away.
-    pub fn require_broker(&self) {
-        self.broker_required.store(true, Ordering::Relaxed);
-    }
-
-    pub fn broker_required(&self) -> bool {
-        self.broker_required.load(Ordering::Relaxed)
-    }
-
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
+    pub fn id(&self) -> &str {
+        self.shell.id()
     }
 
     /// Whether the session cookie must be `Secure` for this request.
     pub(crate) fn cookie_secure(&self, headers: &HeaderMap) -> bool {
-        self.config.cookie_secure || session_cookie::is_tls(headers)
+        self.config.cookie_secure || bakery_service::is_tls(headers)
     }
-}
-
-/// Opens the session store named in `config`; a [`ConfigError`] when it cannot be used.
-pub async fn open_sessions(config: &Config, namespace: &str) -> Result<SessionStore, ConfigError> {
-    let lifetimes = Lifetimes {
-        idle: config.session_idle_timeout,
-        absolute: config.session_absolute_timeout,
-    };
-    SessionStore::connect(&config.session_url, lifetimes, namespace)
-        .await
-        .map_err(|e| {
-            ConfigError::new(
-                "BAKERY_SESSION_URL",
-                format!("cannot use the session store: {e}"),
-            )
-        })
 }
 
 /// Opens the session store and the cache once, before any clone starts: the
@@ -126,8 +95,8 @@ pub async fn open_sessions(config: &Config, namespace: &str) -> Result<SessionSt
 /// SQLite file at the same moment can trip over each other's locks.
 pub async fn prepare_stores(config: &Config) -> Result<(), ConfigError> {
     let app = App::connect(config).await?;
-    open_sessions(config, app.namespace()).await?;
-    app.db().close().await;
+    SessionStore::open(config, app.namespace()).await?;
+    app.close().await;
     Ok(())
 }
 
@@ -150,8 +119,34 @@ pub fn app(state: AppState) -> Router {
         .nest_service(
             "/media/products",
             tower_http::services::ServeDir::new(state.app.media_dir().join("products")),
-        );
-    layered(state, routes)
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            store_headers,
+        ))
+        .with_state(state.clone());
+    bakery_service::layered(&state.shell, routes)
+}
+
+/// Says which database server answered the request (`x-db`) and what the cache
+/// did (`x-cache`), unless debug headers are off.
+async fn store_headers(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let work = bakery_cache::trace_cache(bakery_db::trace(next.run(req)));
+    let ((mut response, db), cache) = work.await;
+    if state.config.debug_headers {
+        let headers = response.headers_mut();
+        if let Some(role) = db.role {
+            headers.insert("x-db", HeaderValue::from_static(role.as_str()));
+        }
+        if let Some(result) = cache {
+            headers.insert("x-cache", HeaderValue::from_static(result.as_str()));
+        }
+    }
+    response
 }
 
 /// The JSON API's routes, each with its part of the OpenAPI document.
@@ -167,39 +162,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .merge(routes::users::router())
 }
 
-/// `routes` behind the layers every bakery HTTP process shares (request id and
-/// correlation, metrics, timeout, CSRF, body limit, panics as 500 JSON), with the
-/// contract's JSON 404 and 405. The push and email services serve through this too.
-pub fn layered(state: AppState, routes: Router<AppState>) -> Router {
-    routes
-        .fallback(|| async { ApiError::not_found() })
-        .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method_not_allowed",
-                "that method is not allowed here",
-            )
-        })
-        .layer(axum::middleware::from_fn(middleware::csrf))
-        .layer(axum::middleware::from_fn(middleware::html_security))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::timeout,
-        ))
-        .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
-        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            |_| -> Response { ApiError::internal("a handler panicked").into_response() },
-        ))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            middleware::request_context,
-        ))
-        .with_state(state)
-}
-
-/// Serves the clone on `listener` until `shutdown` resolves, then drains: `/healthz`
-/// answers 503 for the configured grace (the load balancer stops sending new
-/// requests) while requests keep being served, then in-flight requests finish.
+/// Serves the clone on `listener` until `shutdown` resolves, then drains (see
+/// [`bakery_service::serve`]).
 pub async fn run(
     config: Config,
     id: &str,
@@ -212,31 +176,9 @@ pub async fn run(
     let consumers = tokio_util::sync::CancellationToken::new();
     let followups = state.app.follow_up_emails(consumers.clone());
     tracing::info!(id, addr = %listener.local_addr()?, sessions = state.sessions.engine(), broker = state.app.broker().engine(), "web clone serving");
-    serve(state.clone(), app(state.clone()), listener, shutdown).await?;
+    bakery_service::serve(&state.shell, app(state.clone()), listener, shutdown).await?;
     consumers.cancel();
     let _ = followups.await;
-    state.app.broker().close().await;
-    Ok(())
-}
-
-/// Serves `router` until `shutdown`, then drains (see [`run`]) and closes the stores.
-pub async fn serve(
-    state: AppState,
-    router: Router,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let grace = state.config.drain_grace;
-    let draining = state.draining.clone();
-    let db = state.app.db().clone();
-    axum::serve(listener, router)
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            draining.store(true, Ordering::Relaxed);
-            tracing::info!(?grace, "draining");
-            tokio::time::sleep(grace).await;
-        })
-        .await?;
-    db.close().await;
+    state.app.close().await;
     Ok(())
 }

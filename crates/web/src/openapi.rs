@@ -71,7 +71,7 @@ impl Modify for SessionCookie {
         components.add_security_scheme(
             SESSION,
             SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::with_description(
-                crate::session_cookie::NAME,
+                bakery_session::cookie::NAME,
                 "set by POST /api/session; HttpOnly, SameSite=Lax",
             ))),
         );

@@ -7,41 +7,22 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Form, Router};
+use minijinja::context;
 use minijinja::value::Serde;
-use minijinja::{Environment, context};
 
+use crate::AppState;
 use crate::error::ApiError;
 use crate::extract::{CurrentUser, Id, MaybeUser, freshness};
 use crate::routes::accounts;
-use crate::{AppState, prerender, session_cookie};
 use bakery_app::Freshness;
 use bakery_app::accounts::{AccountChange, Credentials, SignUp};
 use bakery_app::calendar::Rsvped;
 use bakery_app::catalog::ReviewDraft;
 use bakery_app::pages::RenderTarget;
 use bakery_core::edge::MISS_HEADER;
-
-/// The templates, parsed once per process.
-pub fn templates() -> Environment<'static> {
-    let mut env = Environment::new();
-    for (name, source) in [
-        ("base.html", include_str!("../templates/base.html")),
-        ("home.html", include_str!("../templates/home.html")),
-        ("signup.html", include_str!("../templates/signup.html")),
-        ("login.html", include_str!("../templates/login.html")),
-        ("account.html", include_str!("../templates/account.html")),
-        ("products.html", include_str!("../templates/products.html")),
-        ("product.html", include_str!("../templates/product.html")),
-        ("events.html", include_str!("../templates/events.html")),
-        ("event.html", include_str!("../templates/event.html")),
-        ("user.html", include_str!("../templates/user.html")),
-        ("page.html", include_str!("../templates/page.html")),
-    ] {
-        env.add_template(name, source)
-            .expect("the bundled templates parse");
-    }
-    env
-}
+use bakery_session::cookie as session_cookie;
+use bakery_site::format::price;
+use bakery_site::prerender;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -64,7 +45,7 @@ pub fn router() -> Router<AppState> {
 
 fn render(state: &AppState, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
     let page = state.templates.get_template(name).and_then(|t| {
-        t.render(context! { served_by => &*state.id, css => prerender::css_path(), account_js => prerender::account_js_path(), ..ctx })
+        t.render(context! { served_by => state.id(), css => prerender::css_path(), account_js => prerender::account_js_path(), ..ctx })
     });
     match page {
         Ok(html) => (status, Html(html)).into_response(),
@@ -231,11 +212,6 @@ async fn logout_form(State(state): State<AppState>, headers: HeaderMap) -> Respo
         Redirect::to("/"),
     )
         .into_response()
-}
-
-/// `$6.50` for 650 cents.
-pub(crate) fn price(cents: i64) -> String {
-    format!("${}.{:02}", cents / 100, cents % 100)
 }
 
 fn user_value(current: &Option<CurrentUser>) -> Option<minijinja::Value> {

@@ -26,7 +26,7 @@ use bakery_broker::{Delivery, Outcome, Policy, handler, topology};
 use bakery_config::Config;
 use bakery_db::jobs::{Claimed, Ending};
 use bakery_events::Incoming;
-use bakery_web::AppState;
+use bakery_service::{Check, Shell};
 use std::collections::HashSet;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -79,18 +79,28 @@ pub async fn run(
     // A worker takes from the broker only what it can start: messages it held while
     // busy would wait for its slots instead of going to an idle worker.
     config.broker_prefetch = config.worker_concurrency.min(u32::from(u16::MAX)) as u16;
-    let state = AppState::connect(config.clone(), id).await?;
-    state.app.broker().check(&config).await?;
-    state.require_broker();
+    // The database, the cache (image jobs refresh `Product:{id}`; renders read
+    // through it) and the broker; no session store.
+    let app = App::connect(&config).await?;
+    app.broker().check(&config).await?;
+    let checks = vec![
+        Check::new("database", true, app.clone(), |app| async move {
+            app.database_up().await
+        }),
+        Check::new("broker", true, app.broker().clone(), |broker| async move {
+            broker.is_up().await
+        }),
+    ];
+    let shell = Shell::new(id, &config, checks)?;
     let worker = Arc::new(Worker {
-        app: state.app.clone(),
+        app: app.clone(),
         id: id.to_string(),
         slots: Arc::new(Semaphore::new(config.worker_concurrency as usize)),
         lease: config.job_lease,
         retry: Policy::from_config(&config),
         running: TaskTracker::new(),
         held: Held::default(),
-        settler: Settler::start(state.app.clone()),
+        settler: Settler::start(app.clone()),
         claiming: tokio::sync::Mutex::new(()),
     });
     let stop = CancellationToken::new();
@@ -99,27 +109,22 @@ pub async fn run(
         .map(|queue| {
             let worker = worker.clone();
             let handler = handler(move |delivery: Delivery| worker.clone().dispatch(delivery));
-            state.app.broker().consume(queue, handler, stop.clone())
+            app.broker().consume(queue, handler, stop.clone())
         })
         .collect();
     consumers.push({
         let worker = worker.clone();
         let handler = handler(move |delivery: Delivery| worker.clone().product_changed(delivery));
-        state
-            .app
-            .broker()
+        app.broker()
             .consume(topology::RENDER_PRODUCTS, handler, stop.clone())
     });
     let reaper = tokio::spawn(worker.clone().reap(stop.clone()));
     // Heartbeats go on until the running jobs have finished, after the consumers stop.
     let beating = CancellationToken::new();
     let heartbeat = tokio::spawn(worker.clone().heartbeat(beating.clone()));
-    let router = bakery_web::layered(
-        state.clone(),
-        Router::new().merge(bakery_web::routes::ops::router()),
-    );
-    tracing::info!(id, addr = %listener.local_addr()?, concurrency = config.worker_concurrency, broker = state.app.broker().engine(), "worker serving");
-    bakery_web::serve(state.clone(), router, listener, shutdown).await?;
+    let router = bakery_service::layered(&shell, Router::new());
+    tracing::info!(id, addr = %listener.local_addr()?, concurrency = config.worker_concurrency, broker = app.broker().engine(), "worker serving");
+    bakery_service::serve(&shell, router, listener, shutdown).await?;
     stop.cancel();
     for consumer in consumers {
         let _ = consumer.await;
@@ -136,7 +141,7 @@ pub async fn run(
     }
     beating.cancel();
     let _ = heartbeat.await;
-    state.app.broker().close().await;
+    app.close().await;
     Ok(())
 }
 

@@ -10,12 +10,12 @@ use bakery_app::pages::RenderTarget;
 use bakery_core::edge::{page_path, product_path};
 use bakery_db::Lsn;
 use bakery_db::jobs::Claimed;
-use bakery_web::prerender;
+use bakery_site::prerender;
 use serde_json::json;
 
 use crate::kinds::{JobError, Progress};
 
-static TEMPLATES: LazyLock<minijinja::Environment<'static>> = LazyLock::new(bakery_web::templates);
+static TEMPLATES: LazyLock<minijinja::Environment<'static>> = LazyLock::new(bakery_site::templates);
 
 pub async fn run(
     app: &App,

@@ -24,5 +24,6 @@ mod messaging;
 mod openapi;
 mod overload;
 mod replicas;
+mod roles;
 mod sessions;
 mod writes;

@@ -15,12 +15,13 @@ use bakery_session::Limit;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{CurrentUser, Json, client_ip};
 use crate::openapi::{
     Conflict, CrossSite, JsonBody, NeedsSession, RateLimited, Unavailable, UserEnvelope,
 };
-use crate::{AppState, session_cookie};
+use bakery_session::cookie as session_cookie;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()

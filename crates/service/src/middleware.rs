@@ -1,7 +1,5 @@
-//! Layers every request goes through, outermost first: request id and
-//! `x-served-by`, metrics, the timeout, the CSRF check.
-
-use std::time::Duration;
+//! Layers every request goes through, outermost first: request id, correlation and
+//! `x-served-by`, metrics, the timeout, security headers on HTML, the CSRF check.
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
@@ -10,17 +8,13 @@ use axum::response::{IntoResponse, Response};
 use bakery_telemetry::{REQUEST_ID, SERVED_BY};
 use tracing::Instrument;
 
-use crate::AppState;
-use crate::error::ApiError;
-use crate::session_cookie;
+use crate::{ApiError, Shell};
 
-/// Keeps (or makes) the request id, echoes it on the response, names this clone in
-/// `x-served-by`, and counts the request by route and status.
-pub async fn request_context(
-    State(state): State<AppState>,
-    mut req: Request,
-    next: Next,
-) -> Response {
+/// Keeps (or makes) the request id, echoes it on the response, names this process
+/// in `x-served-by`, and counts the request by route and status. Every log line of
+/// the request, and every message its writes stage, carries its id as the
+/// correlation id.
+pub async fn request_context(State(shell): State<Shell>, mut req: Request, next: Next) -> Response {
     let request_id =
         bakery_telemetry::accept_request_id(req.headers().get(REQUEST_ID).map(|v| v.as_bytes()))
             .unwrap_or_else(bakery_telemetry::new_request_id);
@@ -32,27 +26,15 @@ pub async fn request_context(
         .map(|p| p.as_str().to_string())
         .unwrap_or_else(|| "unmatched".to_string());
 
-    // Every log line of the request, and every message its writes stage, carries
-    // its id as the correlation id.
     let span = tracing::info_span!("request", correlation_id = %request_id);
-    let work = bakery_cache::trace_cache(bakery_db::trace(bakery_telemetry::with_correlation(
-        request_id,
-        next.run(req),
-    )))
-    .instrument(span);
-    let ((mut response, db), cache) = RunToEnd::new(work).await;
+    let work = bakery_telemetry::with_correlation(request_id, next.run(req)).instrument(span);
+    let mut response = RunToEnd::new(work).await;
 
     bakery_telemetry::record_request(&route, response.status().as_u16());
     let headers = response.headers_mut();
     headers.insert(REQUEST_ID, id_header);
-    if state.config.debug_headers {
-        headers.insert(SERVED_BY, state.served_by.clone());
-        if let Some(role) = db.role {
-            headers.insert("x-db", HeaderValue::from_static(role.as_str()));
-        }
-        if let Some(result) = cache {
-            headers.insert("x-cache", HeaderValue::from_static(result.as_str()));
-        }
+    if shell.debug_headers() {
+        headers.insert(SERVED_BY, shell.0.served_by.clone());
     }
     response
 }
@@ -101,9 +83,8 @@ impl<F: Future + Send + 'static> Drop for RunToEnd<F> {
 }
 
 /// Answers 503 `timeout` when a handler takes longer than the configured bound.
-pub async fn timeout(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let limit: Duration = state.config.request_timeout;
-    match tokio::time::timeout(limit, next.run(req)).await {
+pub async fn timeout(State(shell): State<Shell>, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(shell.0.request_timeout, next.run(req)).await {
         Ok(response) => response,
         Err(_) => {
             ApiError::unavailable("timeout", "the request took too long; try again").into_response()
@@ -149,16 +130,19 @@ fn is_cross_site(method: &Method, headers: &HeaderMap) -> bool {
     let Some(theirs) = origin.to_str().ok().and_then(parse_origin) else {
         return true;
     };
-    let scheme = if session_cookie::is_tls(headers) {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = if is_tls(headers) { "https" } else { "http" };
     let ours = headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .and_then(|host| parse_origin(&format!("{scheme}://{host}")));
     ours != Some(theirs)
+}
+
+/// Whether the request came over TLS (as the load balancer says).
+pub fn is_tls(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-forwarded-proto")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
 /// `(scheme, host, port)` of an origin, the port made explicit (80 and 443 by

@@ -101,7 +101,7 @@ pub fn product_html(
 ) -> Result<String, minijinja::Error> {
     templates.get_template("product.html")?.render(context! {
         product => Serde(product),
-        price => crate::pages::price(product.price_cents),
+        price => crate::format::price(product.price_cents),
         css => css_path(),
         served_by => PRE_RENDERED,
     })

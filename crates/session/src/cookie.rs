@@ -1,24 +1,18 @@
 //! The `bakery_session` cookie: HttpOnly, SameSite=Lax, Secure over TLS or when
 //! configured, scoped to the whole site.
 
-use axum::http::{HeaderMap, HeaderValue, header};
-use bakery_session::SessionId;
 use cookie::{Cookie, SameSite};
+use http::{HeaderMap, HeaderValue, header};
 
-pub const NAME: &str = "bakery_session";
+use crate::SessionId;
+
+pub const NAME: &str = bakery_core::edge::SESSION_COOKIE;
 
 /// The session id the client sent, if it has the shape of one.
 pub fn read(headers: &HeaderMap) -> Option<SessionId> {
     cookies(headers)
         .find(|c| c.name() == NAME)
         .and_then(|c| SessionId::from_cookie(c.value()))
-}
-
-/// Whether the request came over TLS (directly, or as the edge says).
-pub fn is_tls(headers: &HeaderMap) -> bool {
-    headers
-        .get("x-forwarded-proto")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"))
 }
 
 /// `Set-Cookie` that hands the client a session.
