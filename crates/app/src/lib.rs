@@ -32,6 +32,7 @@ pub mod mail;
 pub mod media;
 pub mod notifications;
 pub mod pages;
+mod work;
 
 pub use bakery_cache::Freshness;
 pub use error::Error;
@@ -81,7 +82,7 @@ impl App {
     /// starts the outbox relay. A store that cannot be used is a [`ConfigError`]
     /// naming its variable (the process exits 2).
     pub async fn connect(config: &Config) -> Result<Self, ConfigError> {
-        Self::connect_with_cache(config, &config.cache_url).await
+        Self::connect_with_cache(config, &config.cache.url).await
     }
 
     /// As [`App::connect`], for a role that never reads through the cache (the
@@ -98,14 +99,14 @@ impl App {
         let (db, namespace) = Database::open(config).await?;
         let cache = Cache::connect(
             cache_url,
-            config.cache_timeout,
-            config.cache_embedded_max_entries,
+            config.cache.timeout,
+            config.cache.embedded_max_entries,
             &namespace,
         )
         .await
         .map_err(|e| ConfigError::new("BAKERY_CACHE_URL", format!("cannot use the cache: {e}")))?
-        .with_near_cache(config.cache_near_max_entries);
-        let broker = Broker::connect(config, &db).await?;
+        .with_near_cache(config.cache.near_max_entries);
+        let broker = Broker::connect(&config.broker, &db).await?;
         Ok(Self::new(db, cache, broker, config, namespace))
     }
 
@@ -120,15 +121,15 @@ impl App {
         let relay = Relay::start(
             db.clone(),
             broker.clone(),
-            config.outbox_sweep_after,
+            config.broker.outbox_sweep_after,
             stop.clone(),
         );
         Self(Arc::new(Inner {
             db,
             cache,
             inflight: InFlight::default(),
-            object_ttl: config.cache_object_ttl,
-            query_ttl: config.cache_query_ttl,
+            object_ttl: config.cache.object_ttl,
+            query_ttl: config.cache.query_ttl,
             namespace,
             broker,
             media_dir: config.data_dir.join("media"),
@@ -152,13 +153,9 @@ impl App {
         self.0.db.close().await;
     }
 
-    /// A write staged events in the outbox: publish them now.
-    pub fn events_staged(&self) {
-        self.0.relay.kick();
-    }
-
-    /// The database, for health checks and shutdown.
-    pub fn db(&self) -> &Database {
+    /// The database: the operations of this crate's modules only. Other crates ask
+    /// the application for what they need by name (no back door to the tables).
+    fn db(&self) -> &Database {
         &self.0.db
     }
 

@@ -2,8 +2,11 @@
 //! `render` job into what the load balancers serve; product pages are rendered
 //! the same way, when a product changes or when the edge missed one.
 
+use bakery_core::catalog::Product;
 use bakery_core::edge::valid_slug;
 use bakery_core::{Invalid, User};
+use bakery_db::Lsn;
+use bakery_db::pages::{EdgePage, Page};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -114,5 +117,35 @@ impl App {
             Ok(id)
         })
         .await
+    }
+}
+
+/// What a render job reads and writes: the pages and products it renders, and
+/// the edge's table.
+impl App {
+    /// The staff page `slug`, from the primary.
+    pub async fn page(&self, slug: &str) -> Result<Option<Page>, Error> {
+        Ok(self.db().page(slug).await?)
+    }
+
+    /// A product as it is now on the primary (a render must not see an older one).
+    pub async fn product_to_render(&self, id: i64) -> Result<Option<Product>, Error> {
+        Ok(self.db().product(id, Some(Lsn::LATEST)).await?)
+    }
+
+    /// Whether the edge has a page at `path`.
+    pub async fn edge_has(&self, path: &str) -> Result<bool, Error> {
+        Ok(self.db().has_edge_page(path).await?)
+    }
+
+    /// Stores a rendered page for every load balancer's edge.
+    pub async fn put_edge_page(&self, page: &EdgePage) -> Result<(), Error> {
+        Ok(self.db().put_edge_page(page).await?)
+    }
+
+    /// Marks the edge's page at `path` stale (served while re-rendered), or, `gone`,
+    /// drops it.
+    pub async fn invalidate_edge_page(&self, path: &str, gone: bool) -> Result<(), Error> {
+        Ok(self.db().invalidate_edge_page(path, gone).await?)
     }
 }

@@ -345,7 +345,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         Command::Dead { command } => dead(&config, command).await,
         Command::Migrate => {
             report(&bakery_db::bootstrap(&config, false).await?);
-            println!("migrated {}", config.database_url.redacted());
+            println!("migrated {}", config.database.url.redacted());
             Ok(())
         }
     }
@@ -417,8 +417,8 @@ async fn dead(config: &Config, command: DeadCommand) -> anyhow::Result<()> {
     db.check_schema()
         .await
         .map_err(|e| ConfigError::new("BAKERY_DATABASE_URL", e))?;
-    let broker = bakery_broker::Broker::connect(config, &db).await?;
-    broker.check(config).await?;
+    let broker = bakery_broker::Broker::connect(&config.broker, &db).await?;
+    broker.check(&config.broker).await?;
     match command {
         DeadCommand::List { queue } => {
             let letters = broker.dead_letters(queue_of(&queue)?).await?;

@@ -126,7 +126,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
                 options.rounds.rounds,
                 options.rounds.duration,
                 options.rounds.warmup,
-                lab.config.cache_url.engine(),
+                lab.config.cache.url.engine(),
             )],
             table,
             charts,
@@ -138,7 +138,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         "measured": a,
         "baseline": b,
         "clones": options.clones,
-        "cache": lab.config.cache_url.engine(),
+        "cache": lab.config.cache.url.engine(),
         "points": points.iter().map(|(c, x, y)| json!({
             "connections": c,
             "rps": x.rps.round(), "baseline_rps": y.rps.round(),

@@ -33,7 +33,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     }
     bakery_db::bootstrap(config, false).await?;
     let app = App::connect(config).await?;
-    app.broker().check(config).await?;
+    app.broker().check(&config.broker).await?;
     let payload = payload(&app, &options.kind).await?;
     eprintln!("starting {} worker(s)", options.workers);
     let launcher = Launcher {
@@ -64,15 +64,8 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     while left > 0 {
         let n = left.min(options.batch);
         let ids = app
-            .db()
-            .enqueue_jobs(
-                &options.kind,
-                &vec![payload.clone(); n],
-                bakery_app::jobs::MAX_ATTEMPTS,
-                "bench",
-            )
+            .enqueue_jobs(&options.kind, vec![payload.clone(); n], "bench")
             .await?;
-        app.events_staged();
         first.get_or_insert(ids[0]);
         last = *ids.last().unwrap_or(&last);
         left -= n;
@@ -83,7 +76,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     let first = first.unwrap_or(0);
     // Counting is cheap; the ends themselves are read once, after the last.
     loop {
-        let ended = app.db().jobs_ended(first, last).await?;
+        let ended = app.jobs_ended(first, last).await?;
         bar.set_position(ended as u64);
         if ended as usize >= options.jobs {
             break;
@@ -92,7 +85,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     }
     let elapsed = started.elapsed();
     bar.finish();
-    let ends = app.db().job_ends(first, last).await?;
+    let ends = app.job_ends(first, last).await?;
     for worker in &mut workers {
         worker.stop(Duration::from_secs(15)).await;
     }
@@ -110,7 +103,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         "kind": options.kind,
         "jobs": options.jobs,
         "workers": options.workers,
-        "concurrency": config.worker_concurrency,
+        "concurrency": config.worker.concurrency,
         "batch": options.batch,
         "broker": app.broker().engine(),
         "jobs_per_s": (options.jobs as f64 / elapsed.as_secs_f64() * 10.0).round() / 10.0,
@@ -128,14 +121,15 @@ async fn payload(app: &App, kind: &str) -> anyhow::Result<serde_json::Value> {
     if kind == job_kind::NOOP {
         return Ok(json!({}));
     }
-    let (product, _) = app
-        .db()
-        .create_product(bakery_db::catalog::NewProduct {
-            name: "Benchmark loaf",
-            description: "Photographed many times.",
+    let product = app
+        .create_product_as_operator(bakery_app::catalog::ProductDraft {
+            name: "Benchmark loaf".into(),
+            description: "Photographed many times.".into(),
             price_cents: 100,
         })
-        .await?;
+        .await?
+        .value
+        .id;
     let photo = image::RgbImage::from_fn(1600, 1200, |x, y| {
         image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 256) as u8])
     });

@@ -219,7 +219,7 @@ async fn layer(config: &Config) -> Broker {
     let db = bakery_db::Database::connect_configured(config)
         .await
         .unwrap();
-    Broker::connect(config, &db).await.unwrap()
+    Broker::connect(&config.broker, &db).await.unwrap()
 }
 
 fn config(data: &std::path::Path, env: &[(&str, &str)], inflight: usize) -> Config {

@@ -17,7 +17,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bakery_config::{BrokerUrl, Config, ConfigError};
+use bakery_config::{BrokerConfig, BrokerUrl, ConfigError};
 use bakery_db::Database;
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -145,13 +145,13 @@ pub struct Policy {
 }
 
 impl Policy {
-    pub fn from_config(config: &Config) -> Self {
+    pub fn from_config(config: &BrokerConfig) -> Self {
         Self {
-            prefetch: config.broker_prefetch,
-            max_attempts: config.broker_max_attempts,
-            retry_base: config.broker_retry_base,
-            retry_cap: config.broker_retry_cap,
-            lease: config.broker_lease,
+            prefetch: config.prefetch,
+            max_attempts: config.max_attempts,
+            retry_base: config.retry_base,
+            retry_cap: config.retry_cap,
+            lease: config.lease,
         }
     }
 
@@ -245,9 +245,9 @@ impl Broker {
     /// here: publishers keep their messages in the outbox until it can, so a web
     /// clone starts (and serves) through a broker outage. Roles that cannot work
     /// without it call [`Broker::check`].
-    pub async fn connect(config: &Config, db: &Database) -> Result<Self, ConfigError> {
+    pub async fn connect(config: &BrokerConfig, db: &Database) -> Result<Self, ConfigError> {
         let policy = Arc::new(Policy::from_config(config));
-        let engine = match &config.broker_url {
+        let engine = match &config.url {
             BrokerUrl::Embedded => Engine::Embedded(Arc::new(
                 embedded::Embedded::open(db, policy.clone())
                     .await
@@ -266,7 +266,7 @@ impl Broker {
 
     /// Fails with a [`ConfigError`] naming `BAKERY_BROKER_URL` unless the broker
     /// answers now: for roles that exist to consume, and for the CLI.
-    pub async fn check(&self, config: &Config) -> Result<(), ConfigError> {
+    pub async fn check(&self, config: &BrokerConfig) -> Result<(), ConfigError> {
         let result = match &self.engine {
             Engine::Embedded(e) => match e.is_up().await {
                 true => Ok(()),
@@ -275,7 +275,7 @@ impl Broker {
             Engine::Rabbit(r) => r.link().await.map(|_| ()).map_err(|e| e.to_string()),
         };
         result.map_err(|problem| {
-            let url = match &config.broker_url {
+            let url = match &config.url {
                 BrokerUrl::Amqp(uri) => bakery_config::redact(uri),
                 BrokerUrl::Embedded => "the embedded broker".to_string(),
             };

@@ -52,14 +52,62 @@ pub enum Selection {
     RoundRobin,
 }
 
-/// Everything a bakery process may need. Each role uses the part it needs.
+/// Everything a bakery process may need, in sections: each store and each role
+/// reads its own ([`DatabaseConfig`], [`SessionConfig`], [`CacheConfig`],
+/// [`BrokerConfig`], [`HttpConfig`], [`WebConfig`], [`WorkerConfig`],
+/// [`EmailConfig`], [`LbConfig`]) and is handed only that. Still one file and one
+/// set of `BAKERY_*` variables: [`key_path`] says which section a variable fills.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct Config {
     /// Where embedded stores keep their files.
     pub data_dir: PathBuf,
+    /// The password of user `admin` when first created; generated when absent.
+    pub admin_password: Option<SecretString>,
+    /// Threads of each process's async runtime; 0 = one per core. A process given
+    /// a share of a core (a container's CPU limit, the bench's budgets) wastes it
+    /// waking threads that cannot run: one thread per core it may use fits.
+    #[serde(deserialize_with = "values::number")]
+    pub runtime_threads: usize,
+    /// A `tracing` filter, e.g. `info` or `bakery_lb=debug`.
+    pub log: String,
+    pub database: DatabaseConfig,
+    pub sessions: SessionConfig,
+    pub cache: CacheConfig,
+    pub broker: BrokerConfig,
+    pub http: HttpConfig,
+    pub web: WebConfig,
+    pub worker: WorkerConfig,
+    pub email: EmailConfig,
+    pub lb: LbConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("./bakery-data"),
+            admin_password: None,
+            runtime_threads: 0,
+            log: "info".to_string(),
+            database: DatabaseConfig::default(),
+            sessions: SessionConfig::default(),
+            cache: CacheConfig::default(),
+            broker: BrokerConfig::default(),
+            http: HttpConfig::default(),
+            web: WebConfig::default(),
+            worker: WorkerConfig::default(),
+            email: EmailConfig::default(),
+            lb: LbConfig::default(),
+        }
+    }
+}
+
+/// The primary and its replicas (`BAKERY_DATABASE_URL`, `BAKERY_REPLICA_URLS`, ...).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct DatabaseConfig {
     /// The primary; by default a SQLite file in `data_dir`.
-    pub database_url: DatabaseUrl,
+    pub url: DatabaseUrl,
     /// Streaming replicas for reads (comma-separated in the environment).
     #[serde(deserialize_with = "values::list")]
     pub replica_urls: Vec<DatabaseUrl>,
@@ -68,122 +116,183 @@ pub struct Config {
     pub replica_max_lag_bytes: u64,
     /// Connections each process keeps at most to the primary and to each replica.
     #[serde(deserialize_with = "values::number")]
-    pub database_pool_size: u32,
-    pub session_url: SessionUrl,
-    pub cache_url: CacheUrl,
+    pub pool_size: u32,
+}
+
+impl Default for DatabaseConfig {
+    fn default() -> Self {
+        Self {
+            url: DatabaseUrl::in_data_dir(),
+            replica_urls: Vec::new(),
+            replica_max_lag_bytes: 16 << 20,
+            pool_size: 16,
+        }
+    }
+}
+
+/// The shared session store (`BAKERY_SESSION_*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct SessionConfig {
+    pub url: SessionUrl,
+    #[serde(rename = "idle_timeout_secs", deserialize_with = "secs")]
+    pub idle_timeout: Duration,
+    #[serde(rename = "absolute_timeout_secs", deserialize_with = "secs")]
+    pub absolute_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            url: SessionUrl::in_data_dir(),
+            idle_timeout: Duration::from_secs(2 * 3600),
+            absolute_timeout: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+/// The cache (`BAKERY_CACHE_*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct CacheConfig {
+    pub url: CacheUrl,
     /// How long a cached object (`Product:{id}`, `User:{id}`) lives.
-    #[serde(rename = "cache_object_ttl_secs", deserialize_with = "secs")]
-    pub cache_object_ttl: Duration,
+    #[serde(rename = "object_ttl_secs", deserialize_with = "secs")]
+    pub object_ttl: Duration,
     /// How long a cached query result lives.
-    #[serde(rename = "cache_query_ttl_secs", deserialize_with = "secs")]
-    pub cache_query_ttl: Duration,
+    #[serde(rename = "query_ttl_secs", deserialize_with = "secs")]
+    pub query_ttl: Duration,
     /// Longest a cache call may take before the request goes to the database.
-    #[serde(rename = "cache_timeout_ms", deserialize_with = "millis")]
-    pub cache_timeout: Duration,
+    #[serde(rename = "timeout_ms", deserialize_with = "millis")]
+    pub timeout: Duration,
     /// The embedded cache keeps at most this many entries (it has no server to bound it).
     #[serde(deserialize_with = "values::number")]
-    pub cache_embedded_max_entries: u64,
+    pub embedded_max_entries: u64,
     /// Keys each clone keeps in its near cache in front of Redis (kept coherent by
     /// Redis's invalidation pushes, served only to readers without a session); 0, the
     /// default: off, so that every reader sees a write on the next request.
     #[serde(deserialize_with = "values::number")]
-    pub cache_near_max_entries: usize,
-    /// The password of user `admin` when first created; generated when absent.
-    pub admin_password: Option<SecretString>,
-    #[serde(deserialize_with = "flag")]
-    pub debug_headers: bool,
-    /// Sets `Secure` on the session cookie even when the clone sees plain HTTP
-    /// (it does behind a TLS-terminating edge).
-    #[serde(deserialize_with = "flag")]
-    pub cookie_secure: bool,
-    #[serde(rename = "session_idle_timeout_secs", deserialize_with = "secs")]
-    pub session_idle_timeout: Duration,
-    #[serde(rename = "session_absolute_timeout_secs", deserialize_with = "secs")]
-    pub session_absolute_timeout: Duration,
-    /// Longest a web request may take before it is answered 503 `timeout`.
-    #[serde(rename = "request_timeout_secs", deserialize_with = "secs")]
-    pub request_timeout: Duration,
-    /// How long a draining clone keeps answering before it closes.
-    #[serde(rename = "drain_grace_ms", deserialize_with = "millis")]
-    pub drain_grace: Duration,
-    /// The message broker; embedded (tables in the database) by default.
-    pub broker_url: BrokerUrl,
-    /// Where the email service hands mail; without one it writes `.eml` files under
-    /// `data_dir/mail/`.
-    pub smtp_url: Option<SmtpUrl>,
+    pub near_max_entries: usize,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        Self {
+            url: CacheUrl::in_data_dir(),
+            object_ttl: Duration::from_secs(300),
+            query_ttl: Duration::from_secs(60),
+            timeout: Duration::from_millis(100),
+            embedded_max_entries: 50_000,
+            near_max_entries: 0,
+        }
+    }
+}
+
+/// The message broker and the outbox (`BAKERY_BROKER_*`, `BAKERY_OUTBOX_*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct BrokerConfig {
+    /// Embedded (tables in the database) by default.
+    pub url: BrokerUrl,
     /// Unacknowledged messages a consumer holds at most.
     #[serde(deserialize_with = "values::number")]
-    pub broker_prefetch: u16,
+    pub prefetch: u16,
     /// Deliveries of a message before it goes to its dead-letter queue.
     #[serde(deserialize_with = "values::number")]
-    pub broker_max_attempts: u32,
-    /// The first retry's delay; each next one doubles, up to `broker_retry_cap`.
-    #[serde(rename = "broker_retry_base_ms", deserialize_with = "millis")]
-    pub broker_retry_base: Duration,
-    #[serde(rename = "broker_retry_cap_ms", deserialize_with = "millis")]
-    pub broker_retry_cap: Duration,
+    pub max_attempts: u32,
+    /// The first retry's delay; each next one doubles, up to `retry_cap`.
+    #[serde(rename = "retry_base_ms", deserialize_with = "millis")]
+    pub retry_base: Duration,
+    #[serde(rename = "retry_cap_ms", deserialize_with = "millis")]
+    pub retry_cap: Duration,
     /// Embedded broker: a delivery not settled within this is given to another
     /// consumer (its consumer died). RabbitMQ sees the dead connection instead.
-    #[serde(rename = "broker_lease_secs", deserialize_with = "secs")]
-    pub broker_lease: Duration,
+    #[serde(rename = "lease_secs", deserialize_with = "secs")]
+    pub lease: Duration,
     /// Outbox rows still unsent this long after their commit are published by the
     /// sweeper (the process that wrote them died before publishing).
     #[serde(rename = "outbox_sweep_after_ms", deserialize_with = "millis")]
     pub outbox_sweep_after: Duration,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            url: BrokerUrl::Embedded,
+            prefetch: 32,
+            max_attempts: 5,
+            retry_base: Duration::from_millis(1000),
+            retry_cap: Duration::from_secs(60),
+            lease: Duration::from_secs(30),
+            outbox_sweep_after: Duration::from_millis(3000),
+        }
+    }
+}
+
+/// The HTTP shell every serving role stands on (`bakery_service`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct HttpConfig {
+    /// `x-served-by`, `x-cache`, `x-db` on answers.
+    #[serde(deserialize_with = "flag")]
+    pub debug_headers: bool,
+    /// Longest a request may take before it is answered 503 `timeout`.
+    #[serde(rename = "request_timeout_secs", deserialize_with = "secs")]
+    pub request_timeout: Duration,
+    /// How long a draining process keeps answering before it closes.
+    #[serde(rename = "drain_grace_ms", deserialize_with = "millis")]
+    pub drain_grace: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            debug_headers: true,
+            request_timeout: Duration::from_secs(30),
+            drain_grace: Duration::from_millis(2500),
+        }
+    }
+}
+
+/// The web clone's own settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct WebConfig {
+    /// Sets `Secure` on the session cookie even when the clone sees plain HTTP
+    /// (it does behind a TLS-terminating edge).
+    #[serde(deserialize_with = "flag")]
+    pub cookie_secure: bool,
+}
+
+/// The workers (`BAKERY_WORKER_CONCURRENCY`, `BAKERY_JOB_LEASE_SECS`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct WorkerConfig {
     /// Jobs one worker process runs at once.
     #[serde(deserialize_with = "values::number")]
-    pub worker_concurrency: u32,
+    pub concurrency: u32,
     /// A worker's hold on a running job, renewed by heartbeats; a job whose worker
     /// died is taken over once it runs out.
     #[serde(rename = "job_lease_secs", deserialize_with = "secs")]
     pub job_lease: Duration,
-    pub lb: LbConfig,
-    /// Threads of each process's async runtime; 0 = one per core. A process given
-    /// a share of a core (a container's CPU limit, the bench's budgets) wastes it
-    /// waking threads that cannot run: one thread per core it may use fits.
-    #[serde(deserialize_with = "values::number")]
-    pub runtime_threads: usize,
-    /// A `tracing` filter, e.g. `info` or `bakery_lb=debug`.
-    pub log: String,
 }
 
-impl Default for Config {
+impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
-            data_dir: PathBuf::from("./bakery-data"),
-            database_url: DatabaseUrl::in_data_dir(),
-            replica_urls: Vec::new(),
-            replica_max_lag_bytes: 16 << 20,
-            database_pool_size: 16,
-            session_url: SessionUrl::in_data_dir(),
-            cache_url: CacheUrl::in_data_dir(),
-            cache_object_ttl: Duration::from_secs(300),
-            cache_query_ttl: Duration::from_secs(60),
-            cache_timeout: Duration::from_millis(100),
-            cache_embedded_max_entries: 50_000,
-            cache_near_max_entries: 0,
-            admin_password: None,
-            debug_headers: true,
-            cookie_secure: false,
-            session_idle_timeout: Duration::from_secs(2 * 3600),
-            session_absolute_timeout: Duration::from_secs(7 * 24 * 3600),
-            request_timeout: Duration::from_secs(30),
-            drain_grace: Duration::from_millis(2500),
-            broker_url: BrokerUrl::Embedded,
-            smtp_url: None,
-            broker_prefetch: 32,
-            broker_max_attempts: 5,
-            broker_retry_base: Duration::from_millis(1000),
-            broker_retry_cap: Duration::from_secs(60),
-            broker_lease: Duration::from_secs(30),
-            outbox_sweep_after: Duration::from_millis(3000),
-            worker_concurrency: 4,
-            runtime_threads: 0,
+            concurrency: 4,
             job_lease: Duration::from_secs(30),
-            lb: LbConfig::default(),
-            log: "info".to_string(),
         }
     }
+}
+
+/// The email service (`BAKERY_SMTP_URL`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default)]
+pub struct EmailConfig {
+    /// Where mail is handed; without one it is written as `.eml` files under
+    /// `data_dir/mail/`.
+    pub smtp_url: Option<SmtpUrl>,
 }
 
 /// Settings of the load balancer role (`BAKERY_LB_*`).
@@ -279,19 +388,61 @@ impl Default for LbConfig {
     }
 }
 
-/// Where a key goes in the merged tree: `lb_*` keys are the `lb` section's.
+/// Keys whose variable is not `<section>_<field>`: (key, path in the tree).
+const PLACED: &[(&str, &str)] = &[
+    ("database_url", "database.url"),
+    ("database_pool_size", "database.pool_size"),
+    ("replica_urls", "database.replica_urls"),
+    ("replica_max_lag_bytes", "database.replica_max_lag_bytes"),
+    ("session_url", "sessions.url"),
+    ("session_idle_timeout_secs", "sessions.idle_timeout_secs"),
+    (
+        "session_absolute_timeout_secs",
+        "sessions.absolute_timeout_secs",
+    ),
+    ("outbox_sweep_after_ms", "broker.outbox_sweep_after_ms"),
+    ("debug_headers", "http.debug_headers"),
+    ("request_timeout_secs", "http.request_timeout_secs"),
+    ("drain_grace_ms", "http.drain_grace_ms"),
+    ("cookie_secure", "web.cookie_secure"),
+    ("worker_concurrency", "worker.concurrency"),
+    ("job_lease_secs", "worker.job_lease_secs"),
+    ("smtp_url", "email.smtp_url"),
+];
+
+/// Sections whose variables are the section's name and the field's (`lb_selection`
+/// is `lb.selection`).
+const PREFIXED: &[&str] = &["lb", "cache", "broker"];
+
+/// Where a key goes in the merged tree (`BAKERY_CACHE_URL` → `cache.url`,
+/// `BAKERY_REPLICA_URLS` → `database.replica_urls`, `BAKERY_LOG` → `log`).
 fn key_path(key: &str) -> String {
     let key = key.to_ascii_lowercase();
     let key = key.strip_prefix("bakery_").unwrap_or(&key);
-    match key.strip_prefix("lb_") {
-        Some(rest) => format!("lb.{rest}"),
-        None => key.to_string(),
+    if let Some((_, path)) = PLACED.iter().find(|(name, _)| *name == key) {
+        return path.to_string();
     }
+    for section in PREFIXED {
+        if let Some(field) = key
+            .strip_prefix(section)
+            .and_then(|rest| rest.strip_prefix('_'))
+        {
+            return format!("{section}.{field}");
+        }
+    }
+    key.to_string()
 }
 
-/// The environment name of a key path (`lb.selection` is `BAKERY_LB_SELECTION`).
+/// The environment name of a key path (`lb.selection` is `BAKERY_LB_SELECTION`,
+/// `database.url` is `BAKERY_DATABASE_URL`).
 fn variable_of(path: &[String]) -> String {
-    format!("BAKERY_{}", path.join("_").to_ascii_uppercase())
+    let dotted = path.join(".");
+    let key = PLACED
+        .iter()
+        .find(|(_, placed)| *placed == dotted)
+        .map(|(name, _)| name.to_string())
+        .unwrap_or_else(|| path.join("_"));
+    format!("BAKERY_{}", key.to_ascii_uppercase())
 }
 
 impl Config {
@@ -340,17 +491,22 @@ impl Config {
 
     /// Puts the embedded stores in `data_dir` and checks what no single key can.
     fn finish(mut self) -> Result<Self, ConfigError> {
-        self.database_url.settle_in(&self.data_dir);
-        self.session_url.settle_in(&self.data_dir);
-        self.cache_url.settle_in(&self.data_dir);
-        if let Some(replica) = self.replica_urls.iter().find(|url| !url.is_postgres()) {
+        self.database.url.settle_in(&self.data_dir);
+        self.sessions.url.settle_in(&self.data_dir);
+        self.cache.url.settle_in(&self.data_dir);
+        if let Some(replica) = self
+            .database
+            .replica_urls
+            .iter()
+            .find(|url| !url.is_postgres())
+        {
             let problem = format!(
                 "replicas must be postgres:// URLs, got {}",
                 replica.redacted()
             );
             return Err(ConfigError::new("BAKERY_REPLICA_URLS", problem));
         }
-        if !self.replica_urls.is_empty() && !self.database_url.is_postgres() {
+        if !self.database.replica_urls.is_empty() && !self.database.url.is_postgres() {
             return Err(ConfigError::new(
                 "BAKERY_REPLICA_URLS",
                 "replicas need a postgres:// BAKERY_DATABASE_URL (SQLite has no streaming replicas)",
@@ -366,31 +522,31 @@ impl Config {
                 "must be at least 8 characters",
             ));
         }
-        if !(1..=1024).contains(&self.database_pool_size) {
+        if !(1..=1024).contains(&self.database.pool_size) {
             return Err(ConfigError::new(
                 "BAKERY_DATABASE_POOL_SIZE",
                 "expected 1 to 1024",
             ));
         }
-        if self.cache_embedded_max_entries < 100 {
+        if self.cache.embedded_max_entries < 100 {
             return Err(ConfigError::new(
                 "BAKERY_CACHE_EMBEDDED_MAX_ENTRIES",
                 "expected at least 100",
             ));
         }
-        if self.broker_prefetch == 0 {
+        if self.broker.prefetch == 0 {
             return Err(ConfigError::new(
                 "BAKERY_BROKER_PREFETCH",
                 "must be at least 1",
             ));
         }
-        if !(1..=100).contains(&self.broker_max_attempts) {
+        if !(1..=100).contains(&self.broker.max_attempts) {
             return Err(ConfigError::new(
                 "BAKERY_BROKER_MAX_ATTEMPTS",
                 "expected 1 to 100",
             ));
         }
-        if self.broker_retry_base.is_zero() || self.broker_retry_cap < self.broker_retry_base {
+        if self.broker.retry_base.is_zero() || self.broker.retry_cap < self.broker.retry_base {
             return Err(ConfigError::new(
                 "BAKERY_BROKER_RETRY_BASE_MS",
                 "must be more than 0 and at most BAKERY_BROKER_RETRY_CAP_MS",
@@ -425,19 +581,19 @@ impl Config {
                 "must be more than 0",
             ));
         }
-        if !(1..=1024).contains(&self.worker_concurrency) {
+        if !(1..=1024).contains(&self.worker.concurrency) {
             return Err(ConfigError::new(
                 "BAKERY_WORKER_CONCURRENCY",
                 "expected 1 to 1024",
             ));
         }
-        if self.job_lease < Duration::from_secs(1) {
+        if self.worker.job_lease < Duration::from_secs(1) {
             return Err(ConfigError::new(
                 "BAKERY_JOB_LEASE_SECS",
                 "must be at least 1",
             ));
         }
-        if self.broker_lease < Duration::from_secs(1) {
+        if self.broker.lease < Duration::from_secs(1) {
             return Err(ConfigError::new(
                 "BAKERY_BROKER_LEASE_SECS",
                 "must be at least 1",
@@ -499,7 +655,9 @@ fn read_file(path: &Path) -> Result<toml::Table, ConfigError> {
             "--config",
             format!(
                 "unknown key {:?} in {}",
-                key.replace('.', "_"),
+                variable_of(&key.split('.').map(String::from).collect::<Vec<_>>())
+                    .trim_start_matches("BAKERY_")
+                    .to_ascii_lowercase(),
                 path.display()
             ),
         ));
@@ -550,11 +708,11 @@ mod tests {
     fn defaults_are_embedded_and_under_the_data_dir() {
         let config = Config::defaults();
         assert_eq!(
-            config.database_url.as_str(),
+            config.database.url.as_str(),
             "sqlite://./bakery-data/bakery.db?mode=rwc"
         );
-        assert!(matches!(config.session_url, SessionUrl::Sqlite(_)));
-        assert!(config.debug_headers);
+        assert!(matches!(config.sessions.url, SessionUrl::Sqlite(_)));
+        assert!(config.http.debug_headers);
         assert_eq!(config.lb.selection, Selection::LeastRequest);
     }
 
@@ -579,11 +737,11 @@ mod tests {
         .unwrap();
         assert_eq!(config.data_dir, PathBuf::from("/tmp/from-env"));
         assert_eq!(
-            config.database_url.as_str(),
+            config.database.url.as_str(),
             "sqlite:///tmp/from-env/bakery.db?mode=rwc",
             "follows the data dir"
         );
-        assert!(!config.debug_headers);
+        assert!(!config.http.debug_headers);
         assert_eq!(config.lb.selection, Selection::RoundRobin);
         assert_eq!(config.lb.max_inflight, 7);
         assert_eq!(config.lb.queue_timeout, Duration::from_millis(250));
@@ -604,6 +762,64 @@ mod tests {
             let err = Config::from_layers(None, env(&[(variable, value)])).unwrap_err();
             assert_eq!(err.variable, variable, "{variable}={value}: {err}");
         }
+    }
+
+    #[test]
+    fn each_variable_fills_its_section_and_errors_name_the_variable() {
+        let config = Config::from_layers(
+            None,
+            env(&[
+                ("BAKERY_REPLICA_URLS", "postgres://r1/db,postgres://r2/db"),
+                ("BAKERY_DATABASE_URL", "postgres://p/db"),
+                ("BAKERY_WORKER_CONCURRENCY", "64"),
+                ("BAKERY_JOB_LEASE_SECS", "7"),
+                ("BAKERY_OUTBOX_SWEEP_AFTER_MS", "900"),
+                ("BAKERY_BROKER_PREFETCH", "3"),
+                ("BAKERY_CACHE_URL", "none"),
+                ("BAKERY_SESSION_IDLE_TIMEOUT_SECS", "60"),
+                ("BAKERY_REQUEST_TIMEOUT_SECS", "9"),
+                ("BAKERY_COOKIE_SECURE", "1"),
+                ("BAKERY_SMTP_URL", "smtp://127.0.0.1:2525"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(config.database.replica_urls.len(), 2);
+        assert_eq!(config.worker.concurrency, 64);
+        assert_eq!(config.worker.job_lease, Duration::from_secs(7));
+        assert_eq!(config.broker.outbox_sweep_after, Duration::from_millis(900));
+        assert_eq!(config.broker.prefetch, 3);
+        assert!(matches!(config.cache.url, CacheUrl::None));
+        assert_eq!(config.sessions.idle_timeout, Duration::from_secs(60));
+        assert_eq!(config.http.request_timeout, Duration::from_secs(9));
+        assert!(config.web.cookie_secure);
+        assert!(config.email.smtp_url.is_some());
+        for variable in [
+            "BAKERY_WORKER_CONCURRENCY",
+            "BAKERY_JOB_LEASE_SECS",
+            "BAKERY_SESSION_IDLE_TIMEOUT_SECS",
+            "BAKERY_OUTBOX_SWEEP_AFTER_MS",
+            "BAKERY_CACHE_TIMEOUT_MS",
+            "BAKERY_DRAIN_GRACE_MS",
+        ] {
+            let err = Config::from_layers(None, env(&[(variable, "soon")])).unwrap_err();
+            assert_eq!(err.variable, variable, "{err}");
+        }
+        // A file's keys are the variables' names, in any case, without the prefix.
+        let dir =
+            std::env::temp_dir().join(format!("bakery-config-sections-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bakery.toml");
+        std::fs::write(&file, "worker_concurrency = 9\nBAKERY_SESSION_URL = \"redis://s:6379\"\nwroker_concurrency = 1\n").unwrap();
+        let err = Config::from_layers(Some(&file), Vec::new()).unwrap_err();
+        assert!(err.problem.contains("wroker_concurrency"), "{err}");
+        std::fs::write(
+            &file,
+            "worker_concurrency = 9\nBAKERY_SESSION_URL = \"redis://s:6379\"\n",
+        )
+        .unwrap();
+        let config = Config::from_layers(Some(&file), Vec::new()).unwrap();
+        assert_eq!(config.worker.concurrency, 9);
+        assert!(matches!(config.sessions.url, SessionUrl::Redis(_)));
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub async fn bootstrap(config: &Config, demo: bool) -> Result<Bootstrapped, Conf
     let failed = |what: &str, e: crate::DbError| {
         ConfigError::new(
             "BAKERY_DATABASE_URL",
-            format!("{what} on {}: {e}", config.database_url.redacted()),
+            format!("{what} on {}: {e}", config.database.url.redacted()),
         )
     };
     db.migrate()

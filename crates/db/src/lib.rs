@@ -269,23 +269,23 @@ impl Database {
                 tracing::warn!(%error, dir = %config.data_dir.display(), "cannot make the data directory private");
             }
         }
-        let pool_size = config.database_pool_size;
-        let db = Self::connect_with_replicas(&config.database_url, &[], 0, pool_size)
+        let pool_size = config.database.pool_size;
+        let db = Self::connect_with_replicas(&config.database.url, &[], 0, pool_size)
             .await
             .map_err(|e| {
                 ConfigError::new(
                     "BAKERY_DATABASE_URL",
-                    format!("cannot use {}: {e}", config.database_url.redacted()),
+                    format!("cannot use {}: {e}", config.database.url.redacted()),
                 )
             })?;
-        if config.replica_urls.is_empty() {
+        if config.database.replica_urls.is_empty() {
             return Ok(db);
         }
         db.close().await;
         Self::connect_with_replicas(
-            &config.database_url,
-            &config.replica_urls,
-            config.replica_max_lag_bytes,
+            &config.database.url,
+            &config.database.replica_urls,
+            config.database.replica_max_lag_bytes,
             pool_size,
         )
         .await

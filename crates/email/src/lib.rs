@@ -46,8 +46,8 @@ pub async fn run(
     let mailer = Mailer::from_config(&config)?;
     let app = App::connect_uncached(&config).await?;
     // Consuming is this role's whole job: without its broker it does not start.
-    app.broker().check(&config).await?;
-    let shell = Shell::new(id, &config, consumer_checks(&app))?;
+    app.broker().check(&config.broker).await?;
+    let shell = Shell::new(id, &config.http, consumer_checks(&app))?;
     let stop = CancellationToken::new();
     let handler = {
         let (app, mailer) = (app.clone(), mailer.clone());

@@ -41,7 +41,7 @@ pub enum SendError {
 
 impl Mailer {
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        Ok(match &config.smtp_url {
+        Ok(match &config.email.smtp_url {
             Some(url) => Self::Smtp {
                 transport: AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(
                     url.host.as_str(),

@@ -191,7 +191,7 @@ impl Edge {
     pub fn spawn_follower(self: Arc<Self>, config: Config) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let mut config = config;
-            config.database_pool_size = 1;
+            config.database.pool_size = 1;
             let db = loop {
                 match Database::connect_configured(&config).await {
                     Ok(db) => break db,

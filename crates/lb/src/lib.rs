@@ -121,6 +121,7 @@ impl Lb {
         Ok(Self {
             id: id.to_string(),
             served_by: config
+                .http
                 .debug_headers
                 .then(|| HeaderValue::from_str(id))
                 .transpose()?,

@@ -38,10 +38,10 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let (db, namespace) = Database::open(&config).await?;
-    let broker = Broker::connect(&config, &db).await?;
+    let broker = Broker::connect(&config.broker, &db).await?;
     // Consuming is this role's whole job: without its broker it does not start.
-    broker.check(&config).await?;
-    let sessions = SessionStore::open(&config, &namespace).await?;
+    broker.check(&config.broker).await?;
+    let sessions = SessionStore::open(&config.sessions, &namespace).await?;
     let checks = vec![
         Check::new("database", true, db.clone(), |db| async move {
             db.ping().await.is_ok()
@@ -53,7 +53,7 @@ pub async fn run(
             broker.is_up().await
         }),
     ];
-    let shell = Shell::new(id, &config, checks)?;
+    let shell = Shell::new(id, &config.http, checks)?;
     let feed = Feed::start(db.clone())
         .await
         .context("cannot follow the notifications")?;

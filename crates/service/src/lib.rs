@@ -14,7 +14,7 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
-use bakery_config::Config;
+use bakery_config::HttpConfig;
 use bakery_telemetry::Metrics;
 use tokio::net::TcpListener;
 
@@ -47,7 +47,7 @@ struct Inner {
 
 impl Shell {
     /// The shell of process `id`, whose `/healthz` asks `checks`.
-    pub fn new(id: &str, config: &Config, checks: Vec<Check>) -> anyhow::Result<Self> {
+    pub fn new(id: &str, config: &HttpConfig, checks: Vec<Check>) -> anyhow::Result<Self> {
         Ok(Self(Arc::new(Inner {
             id: Arc::from(id),
             served_by: HeaderValue::from_str(id).context("--id must be a valid header value")?,

@@ -124,14 +124,14 @@ impl SessionStore {
     /// Opens the session store `config` names, with its lifetimes; an error naming
     /// `BAKERY_SESSION_URL` when it cannot be used (the process exits 2).
     pub async fn open(
-        config: &bakery_config::Config,
+        config: &bakery_config::SessionConfig,
         namespace: &str,
     ) -> Result<Self, bakery_config::ConfigError> {
         let lifetimes = Lifetimes {
-            idle: config.session_idle_timeout,
-            absolute: config.session_absolute_timeout,
+            idle: config.idle_timeout,
+            absolute: config.absolute_timeout,
         };
-        Self::connect(&config.session_url, lifetimes, namespace)
+        Self::connect(&config.url, lifetimes, namespace)
             .await
             .map_err(|e| {
                 bakery_config::ConfigError::new(

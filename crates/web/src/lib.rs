@@ -57,7 +57,7 @@ impl AppState {
         let app = App::connect(&config).await?;
         app.keep_cache_swept();
         // Keys in the shared stores are namespaced by the database they belong to.
-        let sessions = SessionStore::open(&config, app.namespace()).await?;
+        let sessions = SessionStore::open(&config.sessions, app.namespace()).await?;
         // A clone needs the database and the session store; the broker it can do
         // without (its writes wait in the outbox), so that one is only reported.
         let checks = vec![
@@ -72,7 +72,7 @@ impl AppState {
             }),
         ];
         Ok(Self(Arc::new(Shared {
-            shell: Shell::new(id, &config, checks)?,
+            shell: Shell::new(id, &config.http, checks)?,
             config: Arc::new(config),
             app,
             sessions,
@@ -86,7 +86,7 @@ impl AppState {
 
     /// Whether the session cookie must be `Secure` for this request.
     pub(crate) fn cookie_secure(&self, headers: &HeaderMap) -> bool {
-        self.config.cookie_secure || bakery_service::is_tls(headers)
+        self.config.web.cookie_secure || bakery_service::is_tls(headers)
     }
 }
 
@@ -95,7 +95,7 @@ impl AppState {
 /// SQLite file at the same moment can trip over each other's locks.
 pub async fn prepare_stores(config: &Config) -> Result<(), ConfigError> {
     let app = App::connect(config).await?;
-    SessionStore::open(config, app.namespace()).await?;
+    SessionStore::open(&config.sessions, app.namespace()).await?;
     app.close().await;
     Ok(())
 }
@@ -137,7 +137,7 @@ async fn store_headers(
 ) -> Response {
     let work = bakery_cache::trace_cache(bakery_db::trace(next.run(req)));
     let ((mut response, db), cache) = work.await;
-    if state.config.debug_headers {
+    if state.config.http.debug_headers {
         let headers = response.headers_mut();
         if let Some(role) = db.role {
             headers.insert("x-db", HeaderValue::from_static(role.as_str()));

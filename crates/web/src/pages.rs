@@ -289,13 +289,13 @@ async fn staff_page(State(state): State<AppState>, Path(slug): Path<String>) -> 
     if !bakery_core::edge::valid_slug(&slug) {
         return ApiError::not_found().into_response();
     }
-    match state.app.db().page(&slug).await {
+    match state.app.page(&slug).await {
         Ok(Some(page)) => match prerender::page_html(&state.templates, &page) {
             Ok(html) => Html(html).into_response(),
             Err(e) => ApiError::internal(format!("template page.html: {e}")).into_response(),
         },
         Ok(None) => ApiError::not_found().into_response(),
-        Err(e) => ApiError::from(bakery_app::Error::from(e)).into_response(),
+        Err(e) => ApiError::from(e).into_response(),
     }
 }
 

@@ -78,11 +78,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // A worker takes from the broker only what it can start: messages it held while
     // busy would wait for its slots instead of going to an idle worker.
-    config.broker_prefetch = config.worker_concurrency.min(u32::from(u16::MAX)) as u16;
+    config.broker.prefetch = config.worker.concurrency.min(u32::from(u16::MAX)) as u16;
     // The database, the cache (image jobs refresh `Product:{id}`; renders read
     // through it) and the broker; no session store.
     let app = App::connect(&config).await?;
-    app.broker().check(&config).await?;
+    app.broker().check(&config.broker).await?;
     let checks = vec![
         Check::new("database", true, app.clone(), |app| async move {
             app.database_up().await
@@ -91,13 +91,13 @@ pub async fn run(
             broker.is_up().await
         }),
     ];
-    let shell = Shell::new(id, &config, checks)?;
+    let shell = Shell::new(id, &config.http, checks)?;
     let worker = Arc::new(Worker {
         app: app.clone(),
         id: id.to_string(),
-        slots: Arc::new(Semaphore::new(config.worker_concurrency as usize)),
-        lease: config.job_lease,
-        retry: Policy::from_config(&config),
+        slots: Arc::new(Semaphore::new(config.worker.concurrency as usize)),
+        lease: config.worker.job_lease,
+        retry: Policy::from_config(&config.broker),
         running: TaskTracker::new(),
         held: Held::default(),
         settler: Settler::start(app.clone()),
@@ -123,7 +123,7 @@ pub async fn run(
     let beating = CancellationToken::new();
     let heartbeat = tokio::spawn(worker.clone().heartbeat(beating.clone()));
     let router = bakery_service::layered(&shell, Router::new());
-    tracing::info!(id, addr = %listener.local_addr()?, concurrency = config.worker_concurrency, broker = app.broker().engine(), "worker serving");
+    tracing::info!(id, addr = %listener.local_addr()?, concurrency = config.worker.concurrency, broker = app.broker().engine(), "worker serving");
     bakery_service::serve(&shell, router, listener, shutdown).await?;
     stop.cancel();
     for consumer in consumers {
@@ -180,12 +180,7 @@ impl Worker {
             let (now, later) = waiting.split_at(slots.len());
             waiting = later;
             // Done, cancelled, not due or another worker's: not claimed, nothing to do.
-            let claimed = match self
-                .app
-                .db()
-                .claim_jobs(now, &self.id, self.lease_ms())
-                .await
-            {
+            let claimed = match self.app.claim_jobs(now, &self.id, self.lease_ms()).await {
                 Ok(claimed) => claimed,
                 Err(e) => return Outcome::Retry(e.to_string()),
             };
@@ -268,7 +263,7 @@ impl Worker {
                 .iter()
                 .map(|job| (job.id, job.attempt, job.progress.get()))
                 .collect();
-            match self.app.db().heartbeat_jobs(&beats, self.lease_ms()).await {
+            match self.app.heartbeat_jobs(&beats, self.lease_ms()).await {
                 Ok(still) => {
                     let still: HashSet<i64> = still.into_iter().collect();
                     for job in held.iter().filter(|job| !still.contains(&job.id)) {
@@ -291,12 +286,7 @@ impl Worker {
             Err(e) => return Outcome::Dead(e.to_string()),
         };
         let path = bakery_core::edge::product_path(changed.product_id);
-        if let Err(e) = self
-            .app
-            .db()
-            .invalidate_edge_page(&path, changed.deleted)
-            .await
-        {
+        if let Err(e) = self.app.invalidate_edge_page(&path, changed.deleted).await {
             return Outcome::Retry(e.to_string());
         }
         if changed.deleted {
@@ -313,15 +303,8 @@ impl Worker {
                 let worker = self.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(Duration::from_millis(delay as u64)).await;
-                    let correlation = bakery_telemetry::correlation_id();
-                    match worker
-                        .app
-                        .db()
-                        .dispatch_due_jobs(worker.lease_ms(), &correlation)
-                        .await
-                    {
-                        Ok(0) => {}
-                        Ok(_) => worker.app.events_staged(),
+                    match worker.app.dispatch_due_jobs(worker.lease_ms()).await {
+                        Ok(_) => {}
                         Err(error) => {
                             tracing::warn!(%error, "cannot dispatch due jobs; the reaper will")
                         }
@@ -343,12 +326,9 @@ impl Worker {
                 () = tokio::time::sleep(every) => {}
                 () = stop.cancelled() => return,
             }
-            match self.app.db().reap_jobs(self.lease_ms(), "reaper").await {
+            match self.app.reap_jobs(self.lease_ms()).await {
                 Ok(0) => {}
-                Ok(n) => {
-                    tracing::info!(dispatched = n, "jobs back on the queue");
-                    self.app.events_staged();
-                }
+                Ok(n) => tracing::info!(dispatched = n, "jobs back on the queue"),
                 Err(error) => tracing::warn!(%error, "the job reaper could not run"),
             }
         }

@@ -8,7 +8,6 @@ use std::sync::LazyLock;
 use bakery_app::App;
 use bakery_app::pages::RenderTarget;
 use bakery_core::edge::{page_path, product_path};
-use bakery_db::Lsn;
 use bakery_db::jobs::Claimed;
 use bakery_site::prerender;
 use serde_json::json;
@@ -27,10 +26,9 @@ pub async fn run(
             "a render payload is {{\"page\": slug}} or {{\"product\": id}}: {e}"
         ))
     })?;
-    let db = app.db();
     // The pages link the assets at their content-hashed paths: the edge needs them.
-    if !db
-        .has_edge_page(prerender::css_path())
+    if !app
+        .edge_has(prerender::css_path())
         .await
         .map_err(transient)?
     {
@@ -38,12 +36,12 @@ pub async fn run(
             .await
             .map_err(|e| JobError::Transient(format!("compression failed: {e}")))?;
         for asset in &assets {
-            db.put_edge_page(asset).await.map_err(transient)?;
+            app.put_edge_page(asset).await.map_err(transient)?;
         }
     }
     let (path, html) = match &target {
         RenderTarget::Page(slug) => {
-            let page = db
+            let page = app
                 .page(slug)
                 .await
                 .map_err(transient)?
@@ -54,13 +52,9 @@ pub async fn run(
         }
         RenderTarget::Product(id) => {
             let path = product_path(*id);
-            let Some(product) = db
-                .product(*id, Some(Lsn::LATEST))
-                .await
-                .map_err(transient)?
-            else {
+            let Some(product) = app.product_to_render(*id).await.map_err(transient)? else {
                 // Deleted since: the edge must not keep serving it.
-                db.invalidate_edge_page(&path, true)
+                app.invalidate_edge_page(&path, true)
                     .await
                     .map_err(transient)?;
                 return Ok(json!({ "path": path, "gone": true }));
@@ -75,7 +69,7 @@ pub async fn run(
         prerender::edge_page(path, "text/html; charset=utf-8", html.into_bytes(), false)
     })
     .await?;
-    db.put_edge_page(&page).await.map_err(transient)?;
+    app.put_edge_page(&page).await.map_err(transient)?;
     progress.set(100);
     Ok(json!({
         "path": page.path,

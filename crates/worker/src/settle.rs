@@ -42,15 +42,8 @@ async fn write_batches(app: App, mut receiver: mpsc::UnboundedReceiver<(Settle, 
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let (endings, replies): (Vec<Settle>, Vec<Reply>) = batch.drain(..).unzip();
-        match app.db().settle_jobs(&endings).await {
+        match app.settle_jobs(endings).await {
             Ok(held) => {
-                let told = endings
-                    .iter()
-                    .zip(&held)
-                    .any(|(settle, held)| *held && settle.job.owner_id.is_some());
-                if told {
-                    app.events_staged();
-                }
                 for (reply, held) in replies.into_iter().zip(held) {
                     let _ = reply.send(Ok(held));
                 }
