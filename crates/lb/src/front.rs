@@ -32,7 +32,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::proxy::{self, Head, INLINE_BODY_MAX, Peer, has_token, itoa, values};
+use crate::headers::{has_token, itoa, values};
+use crate::proxy::{self, Head, INLINE_BODY_MAX, Peer};
 use crate::reply::{self, Body, put_header};
 use crate::timer::Coarse;
 use crate::upstream::{Answer, AnswerBody, Upstream};

@@ -28,6 +28,7 @@ mod admin;
 pub mod backend;
 pub mod edge;
 mod front;
+mod headers;
 mod health;
 pub mod pool;
 mod proxy;

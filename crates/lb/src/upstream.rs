@@ -32,7 +32,7 @@ use hyper::body::Frame;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::proxy::{has_token, is_hop_by_hop, named_in_connection};
+use crate::headers::{has_token, is_hop_by_hop, named_in_connection};
 use crate::reply::{self, Body, BoxError};
 use crate::timer::Coarse;
 

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use bakery_db::jobs::Claimed;
 use tokio_util::sync::CancellationToken;
 
-use crate::kinds::Progress;
+use crate::job::Progress;
 
 /// One held job.
 #[derive(Clone)]

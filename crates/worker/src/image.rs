@@ -9,7 +9,7 @@ use bakery_app::media::{ImageJob, MAX_PIXELS, MAX_SIDE, write_file};
 use bakery_db::jobs::Claimed;
 use image::{DynamicImage, ImageReader, Limits};
 
-use crate::kinds::{JobError, Progress};
+use crate::job::{JobError, Progress};
 
 /// The sizes made, by longest side.
 const DISPLAY: u32 = 1024;

@@ -1,7 +1,5 @@
 //! What each kind of job does.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use bakery_app::App;
@@ -9,28 +7,7 @@ use bakery_db::jobs::Claimed;
 use bakery_events::topology::job_kind;
 use serde::Deserialize;
 
-/// Why a job did not succeed.
-#[derive(Debug)]
-pub enum JobError {
-    /// Worth another attempt (a store away, a timeout).
-    Transient(String),
-    /// Will never succeed as it is (bad input).
-    Permanent(String),
-}
-
-/// Progress a job reports, 0..100 (its heartbeat reads it).
-#[derive(Clone, Default)]
-pub struct Progress(Arc<AtomicI64>);
-
-impl Progress {
-    pub(crate) fn get(&self) -> i64 {
-        self.0.load(Ordering::Relaxed)
-    }
-
-    pub fn set(&self, percent: i64) {
-        self.0.store(percent.clamp(0, 100), Ordering::Relaxed);
-    }
-}
+use crate::job::{JobError, Progress};
 
 /// Runs one job of its kind; the value is the job's `result`.
 pub async fn run(

@@ -36,12 +36,13 @@ use tracing::Instrument;
 
 mod held;
 mod image;
+mod job;
 pub mod kinds;
 mod render;
 mod settle;
 
 use held::Held;
-use kinds::{JobError, Progress};
+use job::{JobError, Progress};
 use settle::Settler;
 
 /// The queues a worker consumes.

@@ -12,7 +12,7 @@ use bakery_db::jobs::Claimed;
 use bakery_site::prerender;
 use serde_json::json;
 
-use crate::kinds::{JobError, Progress};
+use crate::job::{JobError, Progress};
 
 static TEMPLATES: LazyLock<minijinja::Environment<'static>> = LazyLock::new(bakery_site::templates);
 
