@@ -23,6 +23,7 @@ pub mod demo;
 pub mod jobs;
 pub mod messaging;
 pub mod pages;
+pub mod queues;
 pub mod replica;
 
 pub use bakery_core::now_millis;

@@ -5,7 +5,7 @@
 
 use bakery_events::Event;
 use serde::Serialize;
-use sqlx::{AnyConnection, AnyPool};
+use sqlx::AnyConnection;
 
 use crate::{Database, DbError, now_millis};
 
@@ -103,11 +103,6 @@ async fn first_handling(
 }
 
 impl Database {
-    /// The primary's pool, for the embedded broker's own tables.
-    pub fn pool(&self) -> &AnyPool {
-        &self.primary
-    }
-
     /// Takes up to `limit` outbox rows for `lease_ms` (no other relay takes them
     /// meanwhile), the oldest first; only rows committed before `created_before`.
     pub async fn claim_outbox(
