@@ -26,6 +26,16 @@ impl App {
                 format!("no job kind {kind:?}; the kinds are {}", KINDS.join(", ")),
             )));
         }
+        // An image job reads a file: only ever one of the uploaded originals.
+        if kind == bakery_events::topology::job_kind::IMAGE {
+            let spec: Option<crate::media::ImageJob> = serde_json::from_value(payload.clone()).ok();
+            if spec.is_none_or(|spec| spec.original_in(self.media_dir()).is_none()) {
+                return Err(Error::Invalid(bakery_core::Invalid::new(
+                    "bad_payload",
+                    "an image job is {\"product_id\": id, \"original\": \"originals/<file>\"}",
+                )));
+            }
+        }
         let (app, kind, owner_id) = (self.clone(), kind.to_string(), owner.map(|u| u.id));
         self.unit(async move {
             let correlation = bakery_telemetry::correlation_id();
@@ -44,7 +54,9 @@ impl App {
     /// to know).
     pub async fn job(&self, viewer: &User, id: i64, reader: Option<Lsn>) -> Result<Job, Error> {
         let job = self.db().job(id, reader).await?.ok_or(Error::NotFound)?;
-        if viewer.is_admin || job.owner_id == Some(viewer.id) {
+        // Whether the viewer is an admin is asked of the primary, never taken from
+        // the cached user the request came with.
+        if job.owner_id == Some(viewer.id) || self.is_admin(viewer).await? {
             Ok(job)
         } else {
             Err(Error::NotFound)

@@ -241,11 +241,17 @@ impl App {
     /// the cached `User:{id}` the request came with: whoever can write to the cache
     /// cannot make themselves an admin.
     pub async fn require_admin(&self, actor: &bakery_core::User) -> Result<(), Error> {
-        let current = self.db().user_by_id(actor.id, Some(Lsn::LATEST)).await?;
-        if current.is_some_and(|user| user.is_admin) {
+        if self.is_admin(actor).await? {
             Ok(())
         } else {
             Err(Error::Forbidden("only an admin may do that"))
         }
+    }
+
+    /// Whether `actor` is an admin now, as the primary says (the one rule for every
+    /// admin decision; see [`App::require_admin`]).
+    pub async fn is_admin(&self, actor: &bakery_core::User) -> Result<bool, Error> {
+        let current = self.db().user_by_id(actor.id, Some(Lsn::LATEST)).await?;
+        Ok(current.is_some_and(|user| user.is_admin))
     }
 }

@@ -31,6 +31,20 @@ pub struct ImageJob {
     pub original: String,
 }
 
+impl ImageJob {
+    /// Where the original is: only ever a file directly in `originals/` under the
+    /// media directory (a payload naming `/etc/passwd` or `../..` names nothing).
+    pub fn original_in(&self, media_dir: &Path) -> Option<std::path::PathBuf> {
+        let name = self.original.strip_prefix("originals/")?;
+        let plain = !name.is_empty()
+            && !name.starts_with('.')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'));
+        plain.then(|| media_dir.join("originals").join(name))
+    }
+}
+
 /// The accepted types, by `content-type`.
 pub fn accepted(content_type: &str) -> Option<image::ImageFormat> {
     match content_type.split(';').next().unwrap_or("").trim() {

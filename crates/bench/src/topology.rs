@@ -154,7 +154,8 @@ impl Topology {
     /// Until the load balancer counts every clone healthy.
     async fn wait_healthy(&self) -> anyhow::Result<()> {
         let http = reqwest::Client::new();
-        let url = format!("{}/lb/backends", self.base());
+        let admin = self.lb.admin.unwrap_or(self.lb.addr);
+        let url = format!("http://{admin}/lb/backends");
         for _ in 0..150 {
             if let Ok(answer) = http.get(&url).send().await
                 && let Ok(body) = answer.json::<serde_json::Value>().await

@@ -120,7 +120,8 @@ impl Database {
 
     /// Applies a change in one transaction; `None` when the user no longer exists.
     /// With a new name, also the products this user has reviewed (their assembled
-    /// objects show the name), read in the same transaction.
+    /// objects show the name), read in the same transaction, with a
+    /// `product.changed` staged for each (their pre-rendered pages show it too).
     pub async fn update_user(
         &self,
         id: i64,
@@ -144,7 +145,7 @@ impl Database {
             .fetch_optional(&mut *tx)
             .await?;
             let Some(row) = row else { return Ok(None) };
-            let reviewed = if renamed {
+            let reviewed: Vec<i64> = if renamed {
                 sqlx::query_scalar("SELECT DISTINCT product_id FROM reviews WHERE user_id = $1")
                     .bind(id)
                     .fetch_all(&mut *tx)
@@ -152,6 +153,11 @@ impl Database {
             } else {
                 Vec::new()
             };
+            // Their pre-rendered pages show the old name (linked to a user page
+            // someone else could then claim): each is rendered again.
+            for product in &reviewed {
+                crate::catalog::product_changed(&mut tx, *product, false).await?;
+            }
             tx.commit().await?;
             Ok(Some(RenamedUser {
                 user: user(row),

@@ -495,7 +495,7 @@ impl Database {
 
 /// Stages `product.changed` in the write's transaction: the product's pre-rendered
 /// page is re-rendered (or, `deleted`, dropped from the edge).
-async fn product_changed(
+pub(crate) async fn product_changed(
     conn: &mut sqlx::AnyConnection,
     id: i64,
     deleted: bool,

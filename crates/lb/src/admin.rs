@@ -1,5 +1,7 @@
-//! The load balancer's own routes: `/healthz`, `/metrics`, and `/lb/backends`
-//! (read by anyone; changed only with the admin token, by the supervisor or an operator).
+//! The load balancer's own routes: `/healthz` on both addresses; `/metrics` and
+//! `/lb/backends` on the admin address only (they show internal addresses, health and
+//! traffic: nothing for the public); membership changes there too, with the admin
+//! token, by the supervisor or an operator.
 //!
 //! `PUT /lb/backends/{pool}/{id}` with `{"addr": "host:port"}` adds or replaces a
 //! member; `DELETE /lb/backends/{pool}/{id}` removes one.
@@ -16,9 +18,10 @@ use crate::Lb;
 use crate::backend::Backend;
 use crate::reply::{self, Body};
 
-/// Whether `path` is the load balancer's own on its public address: health,
-/// metrics and the read-only member list. Membership changes are only on the admin
-/// listener ([`handle`] there).
+/// Whether `path` is the load balancer's own on its public address: never
+/// forwarded to a backend (so no clone's `/metrics` is reachable from outside), and
+/// answered 404 there but for `/healthz`; [`handle`] on the admin listener answers
+/// them all.
 pub fn owns(path: &str) -> bool {
     path == "/healthz" || path == "/metrics" || path == "/lb/backends" || path.starts_with("/lb/")
 }
@@ -34,6 +37,14 @@ pub async fn handle(lb: &Lb, req: Request<Incoming>, on: Listener) -> Response<B
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::GET, "/healthz") => healthz(lb),
+        (_, "/healthz") => reply::error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "that method is not allowed here",
+        ),
+        _ if on == Listener::Public => {
+            reply::error(StatusCode::NOT_FOUND, "not_found", "there is nothing here")
+        }
         (&Method::GET, "/metrics") => {
             let mut response = Response::new(reply::full(lb.metrics.render()));
             response.headers_mut().insert(
@@ -44,13 +55,12 @@ pub async fn handle(lb: &Lb, req: Request<Incoming>, on: Listener) -> Response<B
         }
         (&Method::GET, "/lb/backends") => reply::json(StatusCode::OK, &backends(lb)),
         (method, path)
-            if on == Listener::Admin
-                && path.starts_with("/lb/backends/")
+            if path.starts_with("/lb/backends/")
                 && (method == Method::PUT || method == Method::DELETE) =>
         {
             change_membership(lb, req).await
         }
-        (_, "/healthz" | "/metrics" | "/lb/backends") => reply::error(
+        (_, "/metrics" | "/lb/backends") => reply::error(
             StatusCode::METHOD_NOT_ALLOWED,
             "method_not_allowed",
             "that method is not allowed here",

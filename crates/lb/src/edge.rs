@@ -174,6 +174,12 @@ impl Edge {
                 for (name, value) in bakery_core::edge::HTML_HEADERS {
                     headers.insert(name, HeaderValue::from_static(value));
                 }
+            } else {
+                // A stylesheet or a script is what its type says, too.
+                headers.insert(
+                    header::X_CONTENT_TYPE_OPTIONS,
+                    HeaderValue::from_static("nosniff"),
+                );
             }
             response
         };

@@ -33,6 +33,11 @@ pub async fn request_context(State(shell): State<Shell>, mut req: Request, next:
     bakery_telemetry::record_request(&route, response.status().as_u16());
     let headers = response.headers_mut();
     headers.insert(REQUEST_ID, id_header);
+    // Every answer is what its content type says, HTML or not.
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     if shell.debug_headers() {
         headers.insert(SERVED_BY, shell.0.served_by.clone());
     }

@@ -158,8 +158,13 @@ pub async fn run(options: UpOptions, shutdown: impl Future<Output = ()>) -> anyh
 }
 
 fn announce(spec: &ChildSpec, running: &Running) {
+    // The load balancer's admin address too: its metrics and members are there only.
+    let admin = running
+        .admin
+        .map(|admin| format!(" admin={admin}"))
+        .unwrap_or_default();
     println!(
-        "started role={} id={} pid={} addr={}",
+        "started role={} id={} pid={} addr={}{admin}",
         spec.role, spec.id, running.pid, running.addr
     );
 }
@@ -200,8 +205,9 @@ impl Supervisor {
                     (pool, members)
                 })
                 .collect();
+            let admin = running.admin.unwrap_or(running.addr);
             self.http
-                .wait_until(running.addr, "/lb/backends", READY_LIMIT, |status, body| {
+                .wait_until(admin, "/lb/backends", READY_LIMIT, |status, body| {
                     status.is_success()
                         && expected
                             .iter()

@@ -38,6 +38,8 @@ pub struct Started {
     pub id: String,
     pub pid: i32,
     pub addr: SocketAddr,
+    /// The load balancer's admin address (its metrics and members answer there only).
+    pub admin: Option<SocketAddr>,
 }
 
 fn parse_started(line: &str) -> Option<Started> {
@@ -51,6 +53,7 @@ fn parse_started(line: &str) -> Option<Started> {
         id: fields.get("id")?.to_string(),
         pid: fields.get("pid")?.parse().ok()?,
         addr: fields.get("addr")?.parse().ok()?,
+        admin: fields.get("admin").and_then(|a| a.parse().ok()),
     })
 }
 
@@ -162,6 +165,17 @@ impl Up {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
+    }
+
+    /// A URL on the load balancer's admin address (its `/metrics`, `/lb/backends`).
+    pub fn admin_url(&self, path: &str) -> String {
+        let admin = self
+            .processes
+            .iter()
+            .rev()
+            .find_map(|p| p.admin.filter(|_| p.role == "lb"))
+            .expect("up prints the load balancer's admin address");
+        format!("http://{admin}{path}")
     }
 
     /// The process `up` started with this id (the latest, after a restart).

@@ -124,6 +124,7 @@ pub fn app(state: AppState) -> Router {
             state.clone(),
             store_headers,
         ))
+        .layer(axum::middleware::from_fn(private_answers))
         .with_state(state.clone());
     bakery_service::layered(&state.shell, routes)
 }
@@ -145,6 +146,28 @@ async fn store_headers(
         if let Some(result) = cache {
             headers.insert("x-cache", HeaderValue::from_static(result.as_str()));
         }
+    }
+    response
+}
+
+/// An answer to a request with a session, or one that hands out a cookie, is that
+/// user's alone: no shared cache (a proxy, a CDN, the browser's back button on a
+/// shared machine) may keep it. Answers that say how they may be cached keep theirs.
+async fn private_answers(req: Request, next: Next) -> Response {
+    let personal = bakery_session::cookie::read(req.headers()).is_some();
+    let mut response = next.run(req).await;
+    let sets_cookie = response
+        .headers()
+        .contains_key(axum::http::header::SET_COOKIE);
+    if (personal || sets_cookie)
+        && !response
+            .headers()
+            .contains_key(axum::http::header::CACHE_CONTROL)
+    {
+        response.headers_mut().insert(
+            axum::http::header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-store"),
+        );
     }
     response
 }

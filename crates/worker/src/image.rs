@@ -24,12 +24,12 @@ pub async fn run(
 ) -> Result<serde_json::Value, JobError> {
     let spec: ImageJob = serde_json::from_str(&job.payload)
         .map_err(|e| JobError::Permanent(format!("malformed image job: {e}")))?;
-    if spec.original.contains("..") {
-        return Err(JobError::Permanent(
-            "the original's path is not a media path".into(),
-        ));
-    }
-    let original = app.media_dir().join(&spec.original);
+    let original = spec.original_in(app.media_dir()).ok_or_else(|| {
+        JobError::Permanent(format!(
+            "the original {:?} is not a file of the media directory's originals",
+            spec.original
+        ))
+    })?;
     let bytes = tokio::fs::read(&original).await.map_err(|e| {
         JobError::Permanent(format!(
             "cannot read the original {}: {e}",

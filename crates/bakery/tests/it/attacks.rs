@@ -591,6 +591,18 @@ async fn a_poisoned_cache_makes_nobody_an_admin() {
     let name = format!("mallory{:x}", rand::random::<u32>());
     let cookie = sign_up_and_log_in(&http, &up.base, &name).await;
     assert_eq!(me(&up, &cookie).await, 200, "User:{{id}} is cached now");
+    // Someone else's job, which only its owner or an admin may see or cancel.
+    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
+    let queued = http
+        .post(up.url("/api/jobs"))
+        .header("cookie", &admin)
+        .json(&json!({"kind": "noop", "payload": {"ms": 60000}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(queued.status(), 202);
+    let job: serde_json::Value = queued.json().await.unwrap();
+    let job_url = up.url(&format!("/api/jobs/{}", job["job_id"]));
     // Rewrite the cached user in Redis: `"is_admin":false` becomes true.
     let mut redis = redis::Client::open(harness::redis_url())
         .unwrap()
@@ -653,6 +665,25 @@ async fn a_poisoned_cache_makes_nobody_an_admin() {
         .await
         .unwrap();
     assert_eq!(attempt.status(), 403);
+    // The same rule for jobs (issue 25, 9): the forged flag shows no one's job and
+    // cancels none.
+    let seen = http
+        .get(&job_url)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(seen.status(), 404);
+    let cancelled = http
+        .delete(&job_url)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), 404);
+    let still: serde_json::Value = harness::get_json(&job_url, &admin).await;
+    assert_ne!(still["state"], "cancelled", "{still}");
+    let _ = http.delete(&job_url).header("cookie", &admin).send().await;
 }
 
 /// A statement stuck behind a lock is cancelled (503), not left holding a
@@ -830,4 +861,128 @@ async fn unknown_ids_are_answered_by_the_cache_and_mint_nothing() {
         .await
         .unwrap();
     assert_eq!(answer.status(), 200);
+}
+
+/// Issue 25, 2: the load balancer's metrics and member list (internal addresses,
+/// health, traffic by route) and every clone's metrics are not reachable from the
+/// public address; the admin address has them.
+#[tokio::test]
+async fn metrics_and_members_answer_on_the_admin_address_only() {
+    let up = Up::start(vec![], 2);
+    let http = harness::client();
+    for (method, path) in [
+        ("GET", "/metrics"),
+        ("GET", "/lb/backends"),
+        ("PUT", "/lb/backends/web/evil"),
+        ("GET", "/lb/anything"),
+    ] {
+        let answer = http
+            .request(method.parse().unwrap(), up.url(path))
+            .body(r#"{"addr": "10.0.0.1:80"}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            answer.status(),
+            404,
+            "{method} {path} on the public address"
+        );
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "not_found", "{path}");
+    }
+    // The balancer's own health stays public (load balancers in front of it ask).
+    let health = http.get(up.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    // A normal request still reaches a clone.
+    assert_eq!(ping(&up).await, 200);
+    // The operator's address has both.
+    let members: serde_json::Value = http
+        .get(up.admin_url("/lb/backends"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = members["pools"][0]["backends"]
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or(0);
+    assert!(listed > 0, "{members}");
+    let metrics = http.get(up.admin_url("/metrics")).send().await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(
+        metrics
+            .text()
+            .await
+            .unwrap()
+            .contains("bakery_http_requests_total")
+    );
+}
+
+/// Issue 25, 11: what is one user's is never kept by a shared cache, and every
+/// answer — JSON, CSS, HTML, the load balancer's own errors — is what its type says.
+#[tokio::test]
+async fn personal_answers_are_not_stored_and_no_answer_is_sniffed() {
+    let up = Up::start(vec![], 1);
+    let http = harness::client();
+    let login = log_in(&up, "admin", "admin-password").await;
+    assert_eq!(login.status(), 200);
+    assert_eq!(
+        header(&login, "cache-control"),
+        "private, no-store",
+        "the login answer sets a cookie"
+    );
+    let cookie = harness::log_in(&http, &up.base, "admin", "admin-password").await;
+    for path in ["/api/me", "/account", "/", "/api/me/rsvps"] {
+        let answer = http
+            .get(up.url(path))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200, "{path}");
+        assert_eq!(
+            header(&answer, "cache-control"),
+            "private, no-store",
+            "{path}"
+        );
+        assert_eq!(
+            header(&answer, "x-content-type-options"),
+            "nosniff",
+            "{path}"
+        );
+    }
+    // A visitor's answers are not personal: caches may keep what they say they may.
+    let list = http.get(up.url("/api/products")).send().await.unwrap();
+    assert_ne!(header(&list, "cache-control"), "private, no-store");
+    assert_eq!(header(&list, "x-content-type-options"), "nosniff");
+    // The load balancer's own answers, and the edge's stylesheet.
+    let missing = http.get(up.url("/lb/nothing")).send().await.unwrap();
+    assert_eq!(header(&missing, "x-content-type-options"), "nosniff");
+    let page = http
+        .get(up.url("/"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let css = page
+        .split('"')
+        .find(|s| s.starts_with("/assets/") && s.ends_with(".css"))
+        .expect("the page links its stylesheet")
+        .to_string();
+    let style = http.get(up.url(&css)).send().await.unwrap();
+    assert_eq!(style.status(), 200);
+    assert_eq!(header(&style, "x-content-type-options"), "nosniff", "{css}");
+}
+
+fn header(answer: &reqwest::Response, name: &str) -> String {
+    answer
+        .headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string()
 }

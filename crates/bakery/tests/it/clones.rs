@@ -48,7 +48,7 @@ fn load(
 }
 
 async fn backends(http: &reqwest::Client, up: &Up) -> serde_json::Value {
-    http.get(up.url("/lb/backends"))
+    http.get(up.admin_url("/lb/backends"))
         .send()
         .await
         .unwrap()
@@ -129,7 +129,7 @@ async fn up_prints_ready_and_sequential_requests_reach_every_clone() {
         "the load balancer counts what each member served: {list}"
     );
     let metrics = http
-        .get(up.url("/metrics"))
+        .get(up.admin_url("/metrics"))
         .send()
         .await
         .unwrap()

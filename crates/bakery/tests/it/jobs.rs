@@ -278,3 +278,46 @@ async fn bench_jobs_runs_its_workers_and_ends_with_a_result_line() {
     );
     assert_eq!(code, Some(2), "{err}");
 }
+
+/// Issue 25, 8: an image job reads only an uploaded original: a payload naming any
+/// other file (absolute, climbing out, hidden) is refused when it is queued.
+#[tokio::test]
+async fn an_image_job_cannot_name_a_file_outside_the_originals() {
+    let up = Up::start(vec![], 1);
+    let http = harness::client();
+    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
+    for original in [
+        "/etc/passwd",
+        "originals/../bakery.db",
+        "originals/../../etc/passwd",
+        "../bakery.db",
+        "originals/.hidden",
+        "originals/",
+        "products/1/x.jpg",
+    ] {
+        let answer = http
+            .post(up.url("/api/jobs"))
+            .header("cookie", &admin)
+            .json(&json!({"kind": "image", "payload": {"product_id": 1, "original": original}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 400, "{original}");
+        let body: Value = answer.json().await.unwrap();
+        assert_eq!(body["error"]["code"], "bad_payload", "{original}");
+    }
+    // A name in the originals is queued (and fails cleanly: there is no such file).
+    let answer = http
+        .post(up.url("/api/jobs"))
+        .header("cookie", &admin)
+        .json(&json!({"kind": "image", "payload": {"product_id": 1, "original": "originals/none.png"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    let id = answer.json::<Value>().await.unwrap()["job_id"]
+        .as_i64()
+        .unwrap();
+    let job = ended(&up, &admin, id).await;
+    assert_eq!(job["state"], "failed", "{job}");
+}

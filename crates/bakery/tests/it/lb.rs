@@ -136,7 +136,7 @@ async fn wait_healthy(lb: &Role, count: usize) {
     let http = client();
     let ok = eventually(Duration::from_secs(10), async || {
         let list: serde_json::Value = http
-            .get(lb.url("/lb/backends"))
+            .get(lb.admin_url("/lb/backends"))
             .send()
             .await
             .unwrap()
