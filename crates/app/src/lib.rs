@@ -73,6 +73,8 @@ struct Inner {
     media_dir: std::path::PathBuf,
     /// Publishes what this process's writes put in the outbox.
     relay: Relay,
+    /// Renders queued lately for pages the edge missed.
+    missed: pages::Missed,
     /// Stops the relay when the last handle goes.
     _relay_guard: tokio_util::sync::DropGuard,
 }
@@ -134,6 +136,7 @@ impl App {
             broker,
             media_dir: config.data_dir.join("media"),
             relay,
+            missed: pages::Missed::default(),
             _relay_guard: stop.drop_guard(),
         }))
     }

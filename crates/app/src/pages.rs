@@ -20,6 +20,31 @@ pub const MAX_MARKDOWN: usize = 200_000;
 /// that a burst of changes renders once.
 pub const PRODUCT_RENDER_DELAY_MS: i64 = 1_000;
 
+/// A page the edge missed is queued for rendering at most once per this, per
+/// process, whatever the rate of requests for it.
+pub const MISS_RENDER_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Which targets had a render queued for a miss lately (see [`App::render_missed`]).
+#[derive(Default)]
+pub(crate) struct Missed(std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>);
+
+impl Missed {
+    /// Whether `key` may have a render now (and, if so, it is taken).
+    fn admit(&self, key: String, now: std::time::Instant) -> bool {
+        let mut seen = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() > 10_000 {
+            seen.retain(|_, at| now.duration_since(*at) < MISS_RENDER_INTERVAL);
+        }
+        match seen.get(&key) {
+            Some(at) if now.duration_since(*at) < MISS_RENDER_INTERVAL => false,
+            _ => {
+                seen.insert(key, now);
+                true
+            }
+        }
+    }
+}
+
 /// A page as the staff send it.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct PageDraft {
@@ -87,6 +112,16 @@ impl App {
         .await
     }
 
+    /// The edge had no page for `target`: queues its render, at most once per
+    /// [`MISS_RENDER_INTERVAL`] in this process (a flood of requests for a page the
+    /// edge lacks costs one render, not one each).
+    pub async fn render_missed(&self, target: RenderTarget) -> Result<Option<i64>, Error> {
+        if !self.0.missed.admit(target.key(), std::time::Instant::now()) {
+            return Ok(None);
+        }
+        self.render_soon(target, 0).await
+    }
+
     /// Queues a render of `target` in `delay_ms`, unless one is queued already;
     /// answers the new job's id, if any. A delayed render is dispatched by
     /// whoever queued it, when due (`Database::dispatch_due_jobs`), or else by the
@@ -133,6 +168,21 @@ impl App {
         Ok(self.db().product(id, Some(Lsn::LATEST)).await?)
     }
 
+    /// Stores a product's rendered page, fenced by when its data was read (see
+    /// `Database::put_product_page`); false when a newer render or the product's
+    /// deletion got there first.
+    pub async fn put_product_page(
+        &self,
+        page: &EdgePage,
+        product_id: i64,
+        read_at: i64,
+    ) -> Result<bool, Error> {
+        Ok(self
+            .db()
+            .put_product_page(page, product_id, read_at)
+            .await?)
+    }
+
     /// Whether the edge has a page at `path`.
     pub async fn edge_has(&self, path: &str) -> Result<bool, Error> {
         Ok(self.db().has_edge_page(path).await?)
@@ -147,5 +197,21 @@ impl App {
     /// drops it.
     pub async fn invalidate_edge_page(&self, path: &str, gone: bool) -> Result<(), Error> {
         Ok(self.db().invalidate_edge_page(path, gone).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missed_page_is_admitted_once_per_interval() {
+        let missed = Missed::default();
+        let now = std::time::Instant::now();
+        let key = RenderTarget::Product(7).key();
+        assert!(missed.admit(key.clone(), now));
+        assert!(!missed.admit(key.clone(), now + std::time::Duration::from_secs(1)));
+        assert!(missed.admit(RenderTarget::Product(8).key(), now));
+        assert!(missed.admit(key, now + MISS_RENDER_INTERVAL));
     }
 }

@@ -493,7 +493,8 @@ async fn bind_with(
         .clone()
         .unwrap_or_else(|| format!("{role}-{}", bound.port()));
     bakery_db::name_connections(&id);
-    println!("listening role={role} id={id} addr={bound}{extra}");
+    let nofile = bakery_telemetry::raise_open_files_limit();
+    println!("listening role={role} id={id} addr={bound}{extra} nofile={nofile}");
     Ok((id, listener))
 }
 

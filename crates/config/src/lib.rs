@@ -55,7 +55,7 @@ pub enum Selection {
 /// Everything a bakery process may need, in sections: each store and each role
 /// reads its own ([`DatabaseConfig`], [`SessionConfig`], [`CacheConfig`],
 /// [`BrokerConfig`], [`HttpConfig`], [`WebConfig`], [`WorkerConfig`],
-/// [`EmailConfig`], [`LbConfig`]) and is handed only that. Still one file and one
+/// [`EmailConfig`], [`PushConfig`], [`LbConfig`]) and is handed only that. Still one file and one
 /// set of `BAKERY_*` variables: [`key_path`] says which section a variable fills.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -79,6 +79,7 @@ pub struct Config {
     pub web: WebConfig,
     pub worker: WorkerConfig,
     pub email: EmailConfig,
+    pub push: PushConfig,
     pub lb: LbConfig,
 }
 
@@ -97,6 +98,7 @@ impl Default for Config {
             web: WebConfig::default(),
             worker: WorkerConfig::default(),
             email: EmailConfig::default(),
+            push: PushConfig::default(),
             lb: LbConfig::default(),
         }
     }
@@ -286,6 +288,28 @@ impl Default for WorkerConfig {
     }
 }
 
+/// The push service's notification streams (`BAKERY_PUSH_*`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct PushConfig {
+    /// Open streams one user may hold on one push process; more are answered 429.
+    #[serde(deserialize_with = "values::number")]
+    pub max_streams_per_user: usize,
+    /// A stream ends after this long (the browser reconnects with `Last-Event-ID`):
+    /// no connection outlives every later check for ever.
+    #[serde(rename = "max_stream_secs", deserialize_with = "secs")]
+    pub max_stream: Duration,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        Self {
+            max_streams_per_user: 8,
+            max_stream: Duration::from_secs(3600),
+        }
+    }
+}
+
 /// The email service (`BAKERY_SMTP_URL`).
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
@@ -308,6 +332,11 @@ pub struct LbConfig {
     /// The body limit of every other route (JSON and forms).
     #[serde(deserialize_with = "values::number")]
     pub max_json_body_bytes: usize,
+    /// Bytes of request bodies the balancer holds at once, over all clients (a
+    /// body's declared length, or its route's limit, is reserved before it is read;
+    /// beyond: 503 with `Retry-After`).
+    #[serde(deserialize_with = "values::number")]
+    pub max_buffered_bytes: usize,
     /// Time a client has to send its whole body (408 beyond); the body is read before
     /// the request takes an in-flight slot.
     #[serde(rename = "body_timeout_ms", deserialize_with = "millis")]
@@ -367,6 +396,7 @@ impl Default for LbConfig {
             admin_token: None,
             max_body_bytes: 11 << 20,
             max_json_body_bytes: 1 << 20,
+            max_buffered_bytes: 128 << 20,
             body_timeout: Duration::from_millis(10_000),
             header_timeout: Duration::from_millis(10_000),
             max_connections_per_client: 1024,
@@ -412,7 +442,7 @@ const PLACED: &[(&str, &str)] = &[
 
 /// Sections whose variables are the section's name and the field's (`lb_selection`
 /// is `lb.selection`).
-const PREFIXED: &[&str] = &["lb", "cache", "broker"];
+const PREFIXED: &[&str] = &["lb", "cache", "broker", "push"];
 
 /// Where a key goes in the merged tree (`BAKERY_CACHE_URL` → `cache.url`,
 /// `BAKERY_REPLICA_URLS` → `database.replica_urls`, `BAKERY_LOG` → `log`).
@@ -563,6 +593,12 @@ impl Config {
                 "must be at least 32 characters",
             ));
         }
+        if self.lb.max_buffered_bytes < self.lb.max_body_bytes.max(self.lb.max_json_body_bytes) {
+            return Err(ConfigError::new(
+                "BAKERY_LB_MAX_BUFFERED_BYTES",
+                "must be at least the largest body limit (BAKERY_LB_MAX_BODY_BYTES)",
+            ));
+        }
         if self.lb.max_connections_per_client == 0 {
             return Err(ConfigError::new(
                 "BAKERY_LB_MAX_CONNECTIONS_PER_CLIENT",
@@ -579,6 +615,18 @@ impl Config {
             return Err(ConfigError::new(
                 "BAKERY_LB_HEADER_TIMEOUT_MS",
                 "must be more than 0",
+            ));
+        }
+        if self.push.max_streams_per_user == 0 {
+            return Err(ConfigError::new(
+                "BAKERY_PUSH_MAX_STREAMS_PER_USER",
+                "must be at least 1",
+            ));
+        }
+        if self.push.max_stream < Duration::from_secs(1) {
+            return Err(ConfigError::new(
+                "BAKERY_PUSH_MAX_STREAM_SECS",
+                "must be at least 1",
             ));
         }
         if !(1..=1024).contains(&self.worker.concurrency) {

@@ -149,6 +149,42 @@ impl Database {
         Ok(())
     }
 
+    /// Stores a product's rendered page, fenced: only while the product exists, and
+    /// only if its data was read (`read_at`) no earlier than that of the page stored
+    /// now (or of its tombstone). False when the fence refused it.
+    pub async fn put_product_page(
+        &self,
+        page: &EdgePage,
+        product_id: i64,
+        read_at: i64,
+    ) -> Result<bool, DbError> {
+        let stored = sqlx::query(
+            "INSERT INTO edge_pages (path, content_type, etag, body, gzip, br, immutable, stale, updated_at, source_read_at)
+             SELECT $1, $2, $3, $4, $5, $6, $7, 0, $8, $9
+             WHERE EXISTS (SELECT 1 FROM products WHERE id = $10)
+             ON CONFLICT (path) DO UPDATE
+             SET content_type = excluded.content_type, etag = excluded.etag, body = excluded.body,
+                 gzip = excluded.gzip, br = excluded.br, immutable = excluded.immutable,
+                 stale = 0, gone = 0, updated_at = excluded.updated_at,
+                 source_read_at = excluded.source_read_at
+             WHERE edge_pages.source_read_at <= excluded.source_read_at",
+        )
+        .bind(&page.path)
+        .bind(&page.content_type)
+        .bind(&page.etag)
+        .bind(&page.body)
+        .bind(&page.gzip)
+        .bind(&page.br)
+        .bind(i64::from(page.immutable))
+        .bind(now_millis())
+        .bind(read_at)
+        .bind(product_id)
+        .execute(self.primary())
+        .await?
+        .rows_affected();
+        Ok(stored > 0)
+    }
+
     /// Whether the edge has something at `path` already.
     pub async fn has_edge_page(&self, path: &str) -> Result<bool, DbError> {
         let found: Option<i64> =
@@ -164,7 +200,8 @@ impl Database {
     /// the followers to drop it.
     pub async fn invalidate_edge_page(&self, path: &str, gone: bool) -> Result<(), DbError> {
         let sql = if gone {
-            "UPDATE edge_pages SET gone = 1, body = $3, gzip = $3, br = $3, updated_at = $2
+            "UPDATE edge_pages SET gone = 1, body = $3, gzip = $3, br = $3, updated_at = $2,
+                    source_read_at = $2
              WHERE path = $1"
         } else {
             "UPDATE edge_pages SET stale = 1, updated_at = $2 WHERE path = $1"
@@ -228,5 +265,92 @@ impl Database {
                 .fetch_all(self.primary())
                 .await?,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(path: &str, body: &str) -> EdgePage {
+        EdgePage {
+            path: path.to_string(),
+            content_type: "text/html; charset=utf-8".into(),
+            etag: body.to_string(),
+            body: body.as_bytes().to_vec(),
+            gzip: Vec::new(),
+            br: Vec::new(),
+            immutable: false,
+            stale: false,
+            updated_at: 0,
+        }
+    }
+
+    async fn stored_body(db: &Database, path: &str) -> Option<Vec<u8>> {
+        db.edge_pages(&[path.to_string()])
+            .await
+            .unwrap()
+            .into_iter()
+            .next()
+            .map(|p| p.body)
+    }
+
+    /// Issue 25, 10: a slower render of older data, or one that read a product just
+    /// before its deletion, cannot overwrite the page or bring it back.
+    #[tokio::test]
+    async fn renders_are_fenced_by_when_they_read_their_product() {
+        let dir = std::env::temp_dir().join(format!("bakery-fence-{:x}", rand::random::<u64>()));
+        let config = bakery_config::Config::from_layers(
+            None,
+            [("BAKERY_DATA_DIR".to_string(), dir.display().to_string())],
+        )
+        .unwrap();
+        crate::bootstrap(&config, false).await.unwrap();
+        let (db, _) = Database::open(&config).await.unwrap();
+        let (id, _) = db
+            .create_product(crate::catalog::NewProduct {
+                name: "Fenced loaf",
+                description: "",
+                price_cents: 100,
+            })
+            .await
+            .unwrap();
+        let path = bakery_core::edge::product_path(id);
+        assert!(
+            db.put_product_page(&page(&path, "v2"), id, 2_000)
+                .await
+                .unwrap()
+        );
+        // A render that read before the stored one: refused.
+        assert!(
+            !db.put_product_page(&page(&path, "v1"), id, 1_000)
+                .await
+                .unwrap()
+        );
+        assert_eq!(stored_body(&db, &path).await, Some(b"v2".to_vec()));
+        assert!(
+            db.put_product_page(&page(&path, "v3"), id, 3_000)
+                .await
+                .unwrap()
+        );
+        // Deleted: the tombstone holds against a render that read before it...
+        db.delete_product(id).await.unwrap();
+        db.invalidate_edge_page(&path, true).await.unwrap();
+        let before = now_millis() - 1;
+        assert!(
+            !db.put_product_page(&page(&path, "v4"), id, before)
+                .await
+                .unwrap()
+        );
+        // ... and against any later one too: the product is gone.
+        let later = now_millis() + 1_000;
+        assert!(
+            !db.put_product_page(&page(&path, "v5"), id, later)
+                .await
+                .unwrap()
+        );
+        assert_eq!(stored_body(&db, &path).await, None, "the page stays gone");
+        db.close().await;
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -13,6 +13,13 @@
 //! `/products/{id}` without a session cookie (a logged-in view is personal: it goes
 //! to a clone). An eligible path the edge does not have goes to a clone, marked so
 //! the clone can ask for it to be rendered (`x-edge: miss`).
+//!
+//! Paths are canonical ([`respell`]): a product id written other than as its plain
+//! decimal number (`/products/01`, `/products/+1`, `/products/%31`) is redirected
+//! (301) to `/products/1`, a percent-encoded slug under `/pages/` to its plain
+//! spelling, and what cannot be one of ours (a sign, a zero, an overflow, a slug out
+//! of the alphabet) is 404 here — none reaches a clone as a miss, so no spelling of
+//! a path can bypass the edge and cost a render.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -95,6 +102,124 @@ pub fn may_serve(method: &Method, path: &str) -> bool {
         || path
             .strip_prefix("/products/")
             .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// How a request for an edge path is spelled.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Spelling {
+    /// As the edge keys it (or not an edge path at all).
+    Canonical,
+    /// Another spelling of this canonical path.
+    Respelled(String),
+    /// Names no page of ours in any spelling.
+    Nothing,
+}
+
+/// How `path` is spelled, for a `GET`/`HEAD`.
+pub fn spelling(method: &Method, path: &str) -> Spelling {
+    if method != Method::GET && method != Method::HEAD {
+        return Spelling::Canonical;
+    }
+    if let Some(id) = path.strip_prefix("/products/") {
+        return product_spelling(path, id);
+    }
+    if let Some(slug) = path.strip_prefix("/pages/") {
+        if !slug.contains('%') {
+            return if bakery_core::edge::valid_slug(slug) {
+                Spelling::Canonical
+            } else {
+                Spelling::Nothing
+            };
+        }
+        return match percent_decoded(slug) {
+            Some(plain) if bakery_core::edge::valid_slug(&plain) => {
+                Spelling::Respelled(bakery_core::edge::page_path(&plain))
+            }
+            _ => Spelling::Nothing,
+        };
+    }
+    Spelling::Canonical
+}
+
+fn product_spelling(path: &str, id: &str) -> Spelling {
+    // `/products/{id}/reviews` and the like are a clone's routes, not edge pages.
+    if id.is_empty() || id.contains('/') {
+        return Spelling::Canonical;
+    }
+    let Some(plain) = percent_decoded(id) else {
+        return Spelling::Nothing;
+    };
+    let unsigned = plain.strip_prefix('+').unwrap_or(&plain);
+    let numeric = !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit());
+    if !numeric {
+        // A name that is no number at all is the clone's to refuse (400), unless
+        // it hid behind percent-encoding or a sign.
+        return if plain == id && !plain.starts_with('-') {
+            Spelling::Canonical
+        } else {
+            Spelling::Nothing
+        };
+    }
+    match unsigned.parse::<i64>() {
+        Ok(n) if n > 0 => {
+            let canonical = bakery_core::edge::product_path(n);
+            if canonical == path {
+                Spelling::Canonical
+            } else {
+                Spelling::Respelled(canonical)
+            }
+        }
+        _ => Spelling::Nothing,
+    }
+}
+
+/// `text` with its `%XX` escapes decoded; `None` when one is malformed or the
+/// result is not UTF-8.
+fn percent_decoded(text: &str) -> Option<String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// The answer to a request for an edge path spelled otherwise: 301 to the
+/// canonical path (the query kept), or 404; `None` for a canonical path.
+pub fn respell(method: &Method, path: &str, query: Option<&str>) -> Option<Response<Body>> {
+    match spelling(method, path) {
+        Spelling::Canonical => None,
+        Spelling::Nothing => Some(reply::error(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "there is nothing here",
+        )),
+        Spelling::Respelled(canonical) => {
+            let location = match query {
+                Some(query) => format!("{canonical}?{query}"),
+                None => canonical,
+            };
+            let mut response = Response::new(reply::full(bytes::Bytes::new()));
+            *response.status_mut() = StatusCode::MOVED_PERMANENTLY;
+            let headers = response.headers_mut();
+            if let Ok(location) = HeaderValue::from_str(&location) {
+                headers.insert(header::LOCATION, location);
+            }
+            headers.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=3600"),
+            );
+            Some(response)
+        }
+    }
 }
 
 fn has_session(headers: &HeaderMap) -> bool {
@@ -279,4 +404,42 @@ fn poisoned() -> bakery_db::DbError {
     bakery_db::DbError::Other(bakery_db::SqlxError::Protocol(
         "the edge's page map was poisoned".into(),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn edge_paths_have_one_spelling() {
+        use super::Spelling::{Canonical, Nothing, Respelled};
+        let get = Method::GET;
+        let respelled = |p: &str| Respelled(p.to_string());
+        assert_eq!(spelling(&get, "/products/12"), Canonical);
+        assert_eq!(spelling(&get, "/products/012"), respelled("/products/12"));
+        assert_eq!(spelling(&get, "/products/+12"), respelled("/products/12"));
+        assert_eq!(
+            spelling(&get, "/products/%31%32"),
+            respelled("/products/12")
+        );
+        assert_eq!(spelling(&get, "/products/-12"), Nothing);
+        assert_eq!(spelling(&get, "/products/0"), Nothing);
+        assert_eq!(spelling(&get, "/products/000"), Nothing);
+        assert_eq!(spelling(&get, "/products/99999999999999999999"), Nothing);
+        assert_eq!(spelling(&get, "/products/%zz"), Nothing);
+        assert_eq!(spelling(&get, "/products/%61bc"), Nothing);
+        assert_eq!(
+            spelling(&get, "/products/abc"),
+            Canonical,
+            "the clone's 400"
+        );
+        assert_eq!(spelling(&get, "/products/12/reviews"), Canonical);
+        assert_eq!(spelling(&Method::POST, "/products/012"), Canonical);
+        assert_eq!(spelling(&get, "/pages/about"), Canonical);
+        assert_eq!(spelling(&get, "/pages/%61bout"), respelled("/pages/about"));
+        assert_eq!(spelling(&get, "/pages/About"), Nothing);
+        assert_eq!(spelling(&get, "/pages/%2e%2e"), Nothing);
+        assert_eq!(spelling(&get, "/pages/a%2Fb"), Nothing);
+        assert_eq!(spelling(&get, "/assets/site.css"), Canonical);
+    }
 }

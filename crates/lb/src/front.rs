@@ -153,7 +153,10 @@ impl<'a> Plain<'a> {
             return None;
         }
         let path = target.split('?').next().unwrap_or(target);
-        if admin::owns(path) || edge::may_serve(&method, path) {
+        if admin::owns(path)
+            || edge::may_serve(&method, path)
+            || edge::spelling(&method, path) != edge::Spelling::Canonical
+        {
             return None;
         }
         let mut close = false;

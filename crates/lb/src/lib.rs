@@ -55,11 +55,18 @@ pub struct Lb {
     budget: RetryBudget,
     /// The bounded queue: a request waits for one of these before it is proxied.
     slots: Semaphore,
+    /// Bytes of request bodies held at once, one permit a byte
+    /// (`max_buffered_bytes`).
+    buffered: Arc<Semaphore>,
     metrics: Metrics,
     draining: AtomicBool,
     edge: Arc<edge::Edge>,
     /// Open connections per client address (`max_connections_per_client`).
     clients: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
+    /// The most one address may hold: `max_connections_per_client`, but never more
+    /// than a quarter of the open-files limit (a proxied connection holds two
+    /// descriptors; the rest is headroom for every other client).
+    max_per_client: usize,
 }
 
 /// One client connection counted against its address while it is open.
@@ -73,7 +80,7 @@ impl ClientSlot {
     fn take(lb: &Arc<Lb>, ip: std::net::IpAddr) -> Option<Self> {
         let mut clients = lb.clients.lock().unwrap_or_else(|p| p.into_inner());
         let open = clients.entry(ip).or_default();
-        if *open >= lb.config.max_connections_per_client {
+        if *open >= lb.max_per_client {
             return None;
         }
         *open += 1;
@@ -131,10 +138,14 @@ impl Lb {
             routes,
             budget: RetryBudget::new(lb.retry_budget_percent, lb.retry_min_per_sec),
             slots: Semaphore::new(lb.max_inflight),
+            buffered: Arc::new(Semaphore::new(lb.max_buffered_bytes)),
             metrics: Metrics::install(),
             draining: AtomicBool::new(false),
             edge: Arc::default(),
             clients: std::sync::Mutex::default(),
+            max_per_client: lb
+                .max_connections_per_client
+                .min((bakery_telemetry::open_files_limit() / 4).max(1) as usize),
             config: lb,
         })
     }

@@ -63,7 +63,11 @@ pub async fn handle(
         .expect("request ids are checked tokens");
     let path = req.uri().path();
     let at_edge = edge::eligible(req.method(), path, req.headers());
-    let mut response = if admin::owns(path) {
+    let mut response = if let Some(response) = edge::respell(req.method(), path, req.uri().query())
+    {
+        record_request("edge", response.status().as_u16());
+        lb.stamp(response)
+    } else if admin::owns(path) {
         let response = admin::handle(lb, req, admin::Listener::Public).await;
         record_request("lb", response.status().as_u16());
         lb.stamp(response)
@@ -147,6 +151,32 @@ async fn forward(
             "the request body is too large",
         );
     }
+    // A share of the balancer's body budget first: what the body may take, held
+    // until the request is done; none left, the client comes back in a moment.
+    let _reserved = if has_body(&parts.headers) {
+        let size = content_length(&parts.headers).map_or(limit, |length| length as usize);
+        match lb
+            .buffered
+            .clone()
+            .try_acquire_many_owned(size.max(1) as u32)
+        {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                let mut response = refused(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "overloaded",
+                    "too many request bodies are on their way; try again shortly",
+                );
+                response.headers_mut().insert(
+                    hyper::header::RETRY_AFTER,
+                    hyper::header::HeaderValue::from_static("1"),
+                );
+                return response;
+            }
+        }
+    } else {
+        None
+    };
     let body = if has_body(&parts.headers) {
         let read =
             tokio::time::timeout(lb.config.body_timeout, Limited::new(body, limit).collect());

@@ -74,6 +74,8 @@ pub async fn run(
         sessions,
         feed,
         closing: closing.clone(),
+        open: std::sync::Arc::new(stream::OpenStreams::new(config.push.max_streams_per_user)),
+        max_lifetime: config.push.max_stream,
     };
     let routes = Router::new()
         .route("/api/notifications/stream", get(stream::open))

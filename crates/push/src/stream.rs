@@ -8,13 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use bakery_db::Database;
 use bakery_db::messaging::Notification;
 use bakery_service::{ApiError, ApiResult};
-use bakery_session::SessionStore;
+use bakery_session::{SessionId, SessionStore};
 use futures::{Stream, StreamExt};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
@@ -34,16 +34,90 @@ pub struct Streams {
     pub feed: Feed,
     /// Cancelled when the process starts shutting down: every stream ends.
     pub closing: CancellationToken,
+    /// Open streams per user on this process, and how many one user may hold.
+    pub open: Arc<OpenStreams>,
+    /// A stream ends after this long; the browser reconnects with `Last-Event-ID`.
+    pub max_lifetime: Duration,
 }
 
-/// The user behind the request's session cookie: 401 without one, 503 when the
-/// session store cannot answer.
-async fn session_user(sessions: &SessionStore, headers: &HeaderMap) -> ApiResult<i64> {
+/// How often an open stream asks whether its session still lives.
+const SESSION_CHECK: Duration = Duration::from_secs(1);
+
+/// Open streams per user on this process.
+pub struct OpenStreams {
+    per_user: std::sync::Mutex<std::collections::HashMap<i64, usize>>,
+    limit: usize,
+}
+
+impl OpenStreams {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            per_user: Default::default(),
+            limit,
+        }
+    }
+
+    /// A place for one more stream of `user_id`, held until the guard drops; `None`
+    /// when the user holds the most already.
+    fn take(self: &Arc<Self>, user_id: i64) -> Option<OpenStream> {
+        let mut per_user = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        let open = per_user.entry(user_id).or_default();
+        if *open >= self.limit {
+            return None;
+        }
+        *open += 1;
+        Some(OpenStream {
+            streams: self.clone(),
+            user_id,
+        })
+    }
+}
+
+/// One open stream's place; given back when the stream ends.
+struct OpenStream {
+    streams: Arc<OpenStreams>,
+    user_id: i64,
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let mut per_user = self
+            .streams
+            .per_user
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(open) = per_user.get_mut(&self.user_id) {
+            *open -= 1;
+            if *open == 0 {
+                per_user.remove(&self.user_id);
+            }
+        }
+    }
+}
+
+/// Resolves once the session `id` has ended (logout, password change, expiry):
+/// asked every [`SESSION_CHECK`], the first time after a random part of it so that
+/// many streams do not ask together. A store that cannot answer ends nothing.
+async fn session_ended(sessions: SessionStore, id: SessionId) {
+    let first = SESSION_CHECK.mul_f64(rand::random::<f64>());
+    tokio::time::sleep(first).await;
+    loop {
+        if let Ok(false) = sessions.is_live(&id).await {
+            return;
+        }
+        tokio::time::sleep(SESSION_CHECK).await;
+    }
+}
+
+/// The session behind the request's cookie and its user: 401 without one, 503 when
+/// the session store cannot answer.
+async fn session_user(sessions: &SessionStore, headers: &HeaderMap) -> ApiResult<(SessionId, i64)> {
     let id = bakery_session::cookie::read(headers).ok_or_else(ApiError::unauthorized)?;
     let session = sessions.load(&id).await?;
-    session
+    let user_id = session
         .map(|session| session.user_id)
-        .ok_or_else(ApiError::unauthorized)
+        .ok_or_else(ApiError::unauthorized)?;
+    Ok((id, user_id))
 }
 
 pub async fn open(
@@ -52,10 +126,20 @@ pub async fn open(
         sessions,
         feed,
         closing,
+        open,
+        max_lifetime,
     }): State<Streams>,
     headers: HeaderMap,
 ) -> ApiResult<Response> {
-    let user_id = session_user(&sessions, &headers).await?;
+    let (session, user_id) = session_user(&sessions, &headers).await?;
+    let Some(place) = open.take(user_id) else {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many notification streams open for this account; close one first",
+        )
+        .retry_after(5));
+    };
     // Subscribe before reading what was missed: nothing falls between the two.
     let live = feed.subscribe();
     let resume = headers
@@ -78,9 +162,19 @@ pub async fn open(
         "stream opened"
     );
     let opening = futures::stream::once(async { Ok(Event::default().comment("connected")) });
-    let events = opening
-        .chain(follower.into_stream())
-        .take_until(closing.cancelled_owned());
+    // A stream ends when the process starts closing, when its session ends, or at
+    // its maximum lifetime; its place is given back with it.
+    let ends = async move {
+        tokio::select! {
+            () = closing.cancelled_owned() => {}
+            () = session_ended(sessions, session) => {
+                tracing::debug!(user_id, "session ended; stream closed");
+            }
+            () = tokio::time::sleep(max_lifetime) => {}
+        }
+        drop(place);
+    };
+    let events = opening.chain(follower.into_stream()).take_until(ends);
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response())

@@ -271,12 +271,43 @@ impl SessionStore {
     /// The live session behind `id`, or `None` when unknown, ended or expired.
     pub async fn load(&self, id: &SessionId) -> Result<Option<Session>, SessionError> {
         let digest = self.stored_digest(id);
+        let Some(mut session) = self.read(&digest).await? else {
+            return Ok(None);
+        };
+        let now = now_millis();
+        if self.expired(&session, now) {
+            self.destroy(id).await?;
+            return Ok(None);
+        }
+        if now - session.last_seen > TOUCH_EVERY_MS {
+            session.last_seen = now;
+            self.save(&digest, &session).await?;
+        }
+        Ok(Some(session))
+    }
+
+    /// Whether the session behind `id` is still live, without counting this as its
+    /// use (an open event stream asks this every second; it must not keep an idle
+    /// session alive).
+    pub async fn is_live(&self, id: &SessionId) -> Result<bool, SessionError> {
+        let session = self.read(&self.stored_digest(id)).await?;
+        Ok(session.is_some_and(|session| !self.expired(&session, now_millis())))
+    }
+
+    fn expired(&self, session: &Session, now: i64) -> bool {
+        let lifetimes = self.lifetimes();
+        now - session.last_seen >= lifetimes.idle.as_millis() as i64
+            || now - session.created_at >= lifetimes.absolute.as_millis() as i64
+    }
+
+    /// The stored session under `digest`, expired or not.
+    async fn read(&self, digest: &str) -> Result<Option<Session>, SessionError> {
         let found = match self {
             Self::Sqlite { pool, .. } => {
                 sqlx::query_as::<_, (i64, i64, i64, i64)>(
                     "SELECT user_id, created_at, last_seen, write_lsn FROM sessions WHERE id_digest = $1",
                 )
-                .bind(&digest)
+                .bind(digest)
                 .fetch_optional(pool)
                 .await?
                 .map(|(user_id, created_at, last_seen, write_lsn)| Session {
@@ -301,22 +332,7 @@ impl SessionStore {
                 }
             }
         };
-        let Some(mut session) = found else {
-            return Ok(None);
-        };
-        let now = now_millis();
-        let lifetimes = self.lifetimes();
-        if now - session.last_seen >= lifetimes.idle.as_millis() as i64
-            || now - session.created_at >= lifetimes.absolute.as_millis() as i64
-        {
-            self.destroy(id).await?;
-            return Ok(None);
-        }
-        if now - session.last_seen > TOUCH_EVERY_MS {
-            session.last_seen = now;
-            self.save(&digest, &session).await?;
-        }
-        Ok(Some(session))
+        Ok(found)
     }
 
     /// Records that this session's user wrote up to `lsn` (keeps the maximum, also

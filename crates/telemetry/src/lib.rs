@@ -142,6 +142,27 @@ pub fn correlation_id() -> String {
 /// The handlers are installed when this is called, not when the future is first
 /// polled, so a signal that comes early (while a role is still starting) is not
 /// fatal. Call it inside the runtime.
+/// Raises this process's soft limit of open files to its hard limit (the common
+/// soft limit, 1,024, holds a few hundred proxied streams at two descriptors each)
+/// and answers the limit in force.
+pub fn raise_open_files_limit() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => hard,
+            Err(_) => soft,
+        },
+        Ok((soft, _)) => soft,
+        Err(_) => 1024,
+    }
+}
+
+/// The soft limit of open files in force.
+pub fn open_files_limit() -> u64 {
+    nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(1024, |(soft, _)| soft)
+}
+
 pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term =

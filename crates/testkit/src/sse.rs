@@ -72,6 +72,14 @@ impl SseStream {
             .flatten()
     }
 
+    /// Whether the server ends the stream within `limit` (events meanwhile are
+    /// passed over).
+    pub async fn ends_within(&mut self, limit: Duration) -> bool {
+        tokio::time::timeout(limit, async { while self.events.recv().await.is_some() {} })
+            .await
+            .is_ok()
+    }
+
     /// Events until `n` have come or `limit` passed.
     pub async fn take(&mut self, n: usize, limit: Duration) -> Vec<SseEvent> {
         let deadline = tokio::time::Instant::now() + limit;

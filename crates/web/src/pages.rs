@@ -275,7 +275,7 @@ async fn product_page(
     {
         let app = state.app.clone();
         tokio::spawn(async move {
-            if let Err(error) = app.render_soon(RenderTarget::Product(id), 0).await {
+            if let Err(error) = app.render_missed(RenderTarget::Product(id)).await {
                 tracing::warn!(%error, product = id, "cannot queue the product page's render");
             }
         });

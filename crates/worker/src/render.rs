@@ -39,6 +39,9 @@ pub async fn run(
             app.put_edge_page(asset).await.map_err(transient)?;
         }
     }
+    // When the source is read: a product's page is stored only if no render that
+    // read later (nor the product's deletion) got there first.
+    let read_at = bakery_core::now_millis();
     let (path, html) = match &target {
         RenderTarget::Page(slug) => {
             let page = app
@@ -69,9 +72,19 @@ pub async fn run(
         prerender::edge_page(path, "text/html; charset=utf-8", html.into_bytes(), false)
     })
     .await?;
-    app.put_edge_page(&page).await.map_err(transient)?;
+    let stored = match &target {
+        RenderTarget::Product(id) => app
+            .put_product_page(&page, *id, read_at)
+            .await
+            .map_err(transient)?,
+        RenderTarget::Page(_) => {
+            app.put_edge_page(&page).await.map_err(transient)?;
+            true
+        }
+    };
     progress.set(100);
     Ok(json!({
+        "stored": stored,
         "path": page.path,
         "etag": page.etag,
         "bytes": page.body.len(),

@@ -2,6 +2,8 @@
 //! stores"), each answered as the contract's "Accounts and abuse" says — and a
 //! normal user's requests still succeed meanwhile.
 
+use std::time::Duration;
+
 use serde_json::json;
 
 use crate::harness::{self, Up, client, error_code, session_cookie, sign_up_and_log_in};
@@ -985,4 +987,165 @@ fn header(answer: &reqwest::Response, name: &str) -> String {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string()
+}
+
+/// Issue 25, 3: an open notification stream ends with its session (logout, a
+/// password change elsewhere), lives at most its maximum lifetime, and one user
+/// holds a bounded number of them (beyond: 429).
+#[tokio::test]
+async fn a_stream_ends_with_its_session_and_streams_per_user_are_bounded() {
+    let up = Up::start(
+        vec![
+            ("BAKERY_PUSH_MAX_STREAMS_PER_USER".into(), "2".into()),
+            ("BAKERY_PUSH_MAX_STREAM_SECS".into(), "4".into()),
+        ],
+        1,
+    );
+    let http = client();
+    let stream_url = up.url("/api/notifications/stream");
+    let name = format!("streamer{:x}", rand::random::<u32>());
+    let first = sign_up_and_log_in(&http, &up.base, &name).await;
+    let second = harness::log_in(&http, &up.base, &name, "password-1").await;
+
+    // Logging out ends the stream of that session within a second or so.
+    let mut on_first = harness::sse::SseStream::open(&stream_url, &first, None).await;
+    let mut on_second = harness::sse::SseStream::open(&stream_url, &second, None).await;
+    // Two open: a third is one too many.
+    let third = http
+        .get(&stream_url)
+        .header("cookie", &second)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(third.status(), 429);
+    assert!(third.headers().contains_key("retry-after"));
+    let body: serde_json::Value = third.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    let out = http
+        .delete(up.url("/api/session"))
+        .header("cookie", &first)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    let started = std::time::Instant::now();
+    assert!(
+        on_first.ends_within(Duration::from_secs(3)).await,
+        "the logged-out stream stayed open"
+    );
+    eprintln!("the stream ended {:?} after its logout", started.elapsed());
+    // A place was given back: another stream opens.
+    let mut again = harness::sse::SseStream::open(&stream_url, &second, None).await;
+
+    // A password change from a third session ends the others' streams.
+    let third_session = harness::log_in(&http, &up.base, &name, "password-1").await;
+    let changed = http
+        .patch(up.url("/api/me"))
+        .header("cookie", &third_session)
+        .json(&json!({"password": "password-2", "current_password": "password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    assert!(
+        on_second.ends_within(Duration::from_secs(3)).await,
+        "a stream outlived a password change"
+    );
+    assert!(again.ends_within(Duration::from_secs(3)).await);
+
+    // The maximum lifetime: a stream of a live session ends after it.
+    let fresh = harness::log_in(&http, &up.base, &name, "password-2").await;
+    let mut lasting = harness::sse::SseStream::open(&stream_url, &fresh, None).await;
+    assert!(
+        !lasting.ends_within(Duration::from_secs(2)).await,
+        "ended early"
+    );
+    assert!(
+        lasting.ends_within(Duration::from_secs(6)).await,
+        "outlived its maximum lifetime"
+    );
+    assert_eq!(me(&up, &fresh).await, 200, "the session itself lives on");
+}
+
+/// Issue 25, 6: the bodies the load balancer holds at once are bounded over all
+/// clients (503 with Retry-After beyond, pings still served), and a clone decides
+/// who may upload before it reads a byte of the upload.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn buffered_bodies_are_bounded_and_uploads_are_authorized_before_they_are_read() {
+    let up = Up::start(
+        vec![(
+            "BAKERY_LB_MAX_BUFFERED_BYTES".into(),
+            (12u64 << 20).to_string(),
+        )],
+        1,
+    );
+    let upload = |length: u64| {
+        format!(
+            "POST /api/products/1/images HTTP/1.1\r\nHost: bakery\r\ncontent-type: image/png\r\ncontent-length: {length}\r\n\r\nPNG"
+        )
+    };
+    // Ten MiB declared and never sent: reserved while the client dawdles.
+    let hog = raw(&up, &upload(10 << 20));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut second = raw(&up, &upload(5 << 20));
+    let answer = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        let mut buffer = [0u8; 1024];
+        let n = second.read(&mut buffer).unwrap_or(0);
+        String::from_utf8_lossy(&buffer[..n]).to_string()
+    })
+    .await
+    .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert!(answer.contains("overloaded"), "{answer}");
+    assert_eq!(
+        ping(&up).await,
+        200,
+        "a request without a body is served meanwhile"
+    );
+    drop(hog);
+    let mut third = None;
+    assert!(
+        harness::eventually(Duration::from_secs(5), async || {
+            let answer = log_in(&up, "admin", "admin-password").await;
+            third = Some(answer.status().as_u16());
+            answer.status() == 200
+        })
+        .await,
+        "the budget comes back when the hog leaves: {third:?}"
+    );
+
+    // Straight to the clone: a user who may not upload is refused at once, before
+    // the ten MiB they announce arrive.
+    let http = client();
+    let user = sign_up_and_log_in(
+        &http,
+        &up.base,
+        &format!("uploader{:x}", rand::random::<u32>()),
+    )
+    .await;
+    let clone = up.clones()[0].addr;
+    let started = std::time::Instant::now();
+    let code = tokio::task::spawn_blocking(move || {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(clone).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = format!(
+            "POST /api/products/1/images HTTP/1.1\r\nHost: bakery\r\ncookie: {user}\r\ncontent-type: image/png\r\ncontent-length: {}\r\n\r\nPNG",
+            10 << 20
+        );
+        stream.write_all(head.as_bytes()).unwrap();
+        status_of(&mut stream)
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 403);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the clone waited for the body"
+    );
 }

@@ -330,3 +330,97 @@ async fn a_burst_of_changes_renders_once() {
         "five changes, at most one render ({before} -> {after}):\n{listed}"
     );
 }
+
+/// Renders queued anywhere (clones queue them on a miss, workers on a change).
+async fn renders_queued_anywhere(up: &Up) -> f64 {
+    let mut total = 0.0;
+    for process in up
+        .processes
+        .iter()
+        .filter(|p| p.role == "worker" || p.role == "web")
+    {
+        total += harness::metric(
+            process.addr,
+            "bakery_jobs_total",
+            &["kind=\"render\"", "state=\"queued\""],
+        )
+        .await;
+    }
+    total
+}
+
+/// Issue 25, 1: another spelling of an edge path (leading zeros, a sign, percent-
+/// encoding) is redirected to the canonical path or refused by the load balancer:
+/// none reaches a clone, and none queues a render.
+#[tokio::test]
+async fn other_spellings_of_an_edge_path_never_reach_a_clone() {
+    let up = start(Engine::Embedded).await;
+    let http = harness::client();
+    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
+    let id = harness::create_product(&up.base, &admin, "Spelled loaf", "One way only.", 300).await;
+    publish(&up, &admin, "about", "About us", "We bake.").await;
+    let canonical = format!("/products/{id}");
+    assert!(
+        eventually(LIMIT, async || {
+            let (_, headers, _) = get(&up.url(&canonical), &[]).await;
+            header(&headers, "x-edge") == "hit"
+        })
+        .await,
+        "the product's page never reached the edge"
+    );
+    let (clones_before, renders_before) = (
+        clone_requests(&up).await,
+        renders_queued_anywhere(&up).await,
+    );
+    let lb = lb_id(&up);
+    let no_redirects = harness::client(); // follows no redirect
+    let encoded: String = id
+        .to_string()
+        .bytes()
+        .map(|b| format!("%{b:02X}"))
+        .collect();
+    for (path, to) in [
+        (format!("/products/0{id}"), canonical.clone()),
+        (
+            format!("/products/00{id}?ref=x"),
+            format!("{canonical}?ref=x"),
+        ),
+        (format!("/products/+{id}"), canonical.clone()),
+        (format!("/products/{encoded}"), canonical.clone()),
+        ("/pages/%61bout".to_string(), "/pages/about".to_string()),
+    ] {
+        for _ in 0..6 {
+            let answer = no_redirects.get(up.url(&path)).send().await.unwrap();
+            assert_eq!(answer.status(), 301, "{path}");
+            assert_eq!(header(answer.headers(), "location"), to, "{path}");
+            assert_eq!(header(answer.headers(), "x-served-by"), lb, "{path}");
+        }
+    }
+    for path in [
+        format!("/products/-{id}"),
+        "/products/0".to_string(),
+        "/products/%zz".to_string(),
+        "/pages/About".to_string(),
+        "/pages/%41bout".to_string(),
+    ] {
+        let answer = no_redirects.get(up.url(&path)).send().await.unwrap();
+        assert_eq!(answer.status(), 404, "{path}");
+        assert_eq!(header(answer.headers(), "x-served-by"), lb, "{path}");
+    }
+    assert_eq!(
+        clone_requests(&up).await,
+        clones_before,
+        "no spelling reached a clone"
+    );
+    assert_eq!(
+        renders_queued_anywhere(&up).await,
+        renders_before,
+        "and none queued a render"
+    );
+    // Followed, the redirect lands on the edge's page.
+    let followed = reqwest::get(up.url(&format!("/products/0{id}")))
+        .await
+        .unwrap();
+    assert_eq!(followed.status(), 200);
+    assert_eq!(header(followed.headers(), "x-edge"), "hit");
+}

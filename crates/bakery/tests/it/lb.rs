@@ -539,3 +539,82 @@ async fn a_silent_backend_and_a_silent_client_are_both_timed_out() {
         "half a head is never forwarded"
     );
 }
+
+/// `bakery lb` started by a shell with the open-files limits `ulimit_flags` set,
+/// killed (by pid) on drop; `(its listening line, it)`.
+struct Limited(std::process::Child);
+
+impl Drop for Limited {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = self.0.wait();
+    }
+}
+
+fn lb_under_limit(ulimit_flags: &str, data: &crate::harness::TempDir) -> (String, Limited) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "ulimit {ulimit_flags} && exec \"$0\" lb --listen 127.0.0.1:0"
+        ))
+        .arg(crate::harness::bin())
+        .envs(lb_env())
+        .env("BAKERY_DATA_DIR", &data.0)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    (line, Limited(child))
+}
+
+fn field<'a>(line: &'a str, key: &str) -> &'a str {
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+}
+
+/// Issue 25, 5: a load balancer started under the common soft limit of 1,024 open
+/// files raises it to the hard limit (and says so), and where the limit is small it
+/// keeps one address to a quarter of it, so other clients still get in.
+#[test]
+fn the_open_files_limit_is_raised_and_bounds_one_address() {
+    let (_, hard) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE).unwrap();
+    let data = crate::harness::TempDir::new();
+    let (line, _lb) = lb_under_limit("-S -n 1024", &data);
+    assert_eq!(field(&line, "nofile="), hard.to_string(), "{line}");
+
+    // Soft and hard at 128: one address holds at most 32 connections.
+    let (line, _small) = lb_under_limit("-n 128", &data);
+    assert_eq!(field(&line, "nofile="), "128", "{line}");
+    let addr: SocketAddr = field(&line, "addr=").parse().unwrap();
+    let held: Vec<_> = (0..32)
+        .map(|_| std::net::TcpStream::connect(addr).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let answered = |stream: &mut std::net::TcpStream| -> bool {
+        use std::io::{Read, Write};
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let _ = stream.write_all(b"GET /healthz HTTP/1.1\r\nHost: lb\r\n\r\n");
+        let mut buf = [0u8; 64];
+        matches!(stream.read(&mut buf), Ok(n) if n > 0)
+    };
+    let mut extra = std::net::TcpStream::connect(addr).unwrap();
+    assert!(
+        !answered(&mut extra),
+        "a 33rd connection from one address was served"
+    );
+    drop(held);
+    std::thread::sleep(Duration::from_millis(300));
+    let mut later = std::net::TcpStream::connect(addr).unwrap();
+    assert!(answered(&mut later), "served again once the others closed");
+}
