@@ -3,7 +3,7 @@
 
 use std::sync::LazyLock;
 
-use bakery_core::{Email, Password, Profile, User, Username};
+use bakery_core::{Email, Invalid, Password, Profile, User, Username};
 use bakery_db::accounts::{NewUser, RenamedUser, UserChange};
 use bakery_db::{DbError, Lsn};
 use serde::Deserialize;
@@ -114,11 +114,13 @@ impl App {
         let password_hash = hash(Password::parse(&input.password)?).await?;
         let app = self.clone();
         self.unit(async move {
+            // Unverified: the verification mail is asked for in the same commit.
             let new = NewUser {
                 username: username.as_str(),
                 email: email.as_str(),
                 password_hash: &password_hash,
                 is_admin: false,
+                email_verified: false,
             };
             let (user, lsn) = app.db().create_user(new).await.map_err(username_taken)?;
             app.tables_changed(USERS).await;
@@ -221,6 +223,41 @@ impl App {
                 }
                 app.tables_changed(USERS).await;
             }
+            Ok(Written { value: user, lsn })
+        })
+        .await
+    }
+
+    /// Verifies the address a verification mail's `token` was sent for: once,
+    /// before it expires, and only while it is still the account's address; a bad,
+    /// used, expired or stale token is `invalid_token`. `User:{id}` is refreshed.
+    pub async fn verify_email(&self, token: &str) -> Result<Written<User>, Error> {
+        let invalid = || {
+            Error::Invalid(Invalid::new(
+                "invalid_token",
+                "that link is not valid (used, expired, or for an address changed since)",
+            ))
+        };
+        let plain = (16..=128).contains(&token.len())
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        if !plain {
+            return Err(invalid());
+        }
+        let (app, token) = (self.clone(), token.to_string());
+        self.unit(async move {
+            let (verified, lsn) = app.db().use_email_token(&token).await?;
+            let verified = verified.ok_or_else(invalid)?;
+            let user = app
+                .db()
+                .user_by_id(verified.user_id, Some(Lsn::LATEST))
+                .await?
+                .ok_or(Error::NoSuchAccount)?;
+            app.0
+                .cache
+                .update_object(&user_key(user.id), &user, app.0.object_ttl)
+                .await;
             Ok(Written { value: user, lsn })
         })
         .await

@@ -310,13 +310,48 @@ impl Default for PushConfig {
     }
 }
 
-/// The email service (`BAKERY_SMTP_URL`).
-#[derive(Debug, Clone, Default, Deserialize)]
+/// Whether addresses are verified before transactional mail goes to them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verification {
+    /// A verification mail at sign-up and at each new address; RSVP mail only to
+    /// verified addresses.
+    Required,
+    /// No verification mail; transactional mail to any address (local
+    /// development, and tests about delivery).
+    Off,
+}
+
+/// The email service (`BAKERY_SMTP_URL`, `BAKERY_EMAIL_*`, `BAKERY_PUBLIC_URL`).
+#[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct EmailConfig {
     /// Where mail is handed; without one it is written as `.eml` files under
     /// `data_dir/mail/`.
     pub smtp_url: Option<SmtpUrl>,
+    pub verification: Verification,
+    /// How long a verification link works.
+    #[serde(rename = "verification_ttl_secs", deserialize_with = "secs")]
+    pub verification_ttl: Duration,
+    /// Transactional mails (RSVP confirmations and cancellations) one user gets in
+    /// an hour at most; beyond, the RSVP still happens, without its mail.
+    #[serde(deserialize_with = "values::number")]
+    pub max_per_user_per_hour: u32,
+    /// Where the site is, for links in mail (`https://bakery.example`); without it
+    /// links are paths.
+    pub public_url: Option<String>,
+}
+
+impl Default for EmailConfig {
+    fn default() -> Self {
+        Self {
+            smtp_url: None,
+            verification: Verification::Required,
+            verification_ttl: Duration::from_secs(24 * 3600),
+            max_per_user_per_hour: 5,
+            public_url: None,
+        }
+    }
 }
 
 /// Settings of the load balancer role (`BAKERY_LB_*`).
@@ -438,11 +473,12 @@ const PLACED: &[(&str, &str)] = &[
     ("worker_concurrency", "worker.concurrency"),
     ("job_lease_secs", "worker.job_lease_secs"),
     ("smtp_url", "email.smtp_url"),
+    ("public_url", "email.public_url"),
 ];
 
 /// Sections whose variables are the section's name and the field's (`lb_selection`
 /// is `lb.selection`).
-const PREFIXED: &[&str] = &["lb", "cache", "broker", "push"];
+const PREFIXED: &[&str] = &["lb", "cache", "broker", "push", "email"];
 
 /// Where a key goes in the merged tree (`BAKERY_CACHE_URL` → `cache.url`,
 /// `BAKERY_REPLICA_URLS` → `database.replica_urls`, `BAKERY_LOG` → `log`).

@@ -97,6 +97,10 @@ pub struct User {
     pub username: String,
     pub email: String,
     pub is_admin: bool,
+    /// Whether the owner proved the address is theirs (a verification mail's
+    /// token); transactional mail goes only to verified addresses.
+    #[serde(default)]
+    pub email_verified: bool,
 }
 
 /// What anybody may see of a user: no email, no role.

@@ -2,17 +2,21 @@
 
 use bakery_core::{Profile, User};
 
+use crate::messaging::stage;
 use crate::{CachedQuery, Database, DbError, Lsn, now_millis};
 
-/// `is_admin` is stored as 0 or 1: sqlx's Any driver cannot decode SQLite booleans.
-type UserRow = (i64, String, String, i64);
+/// Booleans are stored as 0 or 1: sqlx's Any driver cannot decode SQLite booleans.
+type UserRow = (i64, String, String, i64, i64);
 
-fn user((id, username, email, is_admin): UserRow) -> User {
+const USER_COLUMNS: &str = "id, username, email, is_admin, email_verified";
+
+fn user((id, username, email, is_admin, email_verified): UserRow) -> User {
     User {
         id,
         username,
         email,
         is_admin: is_admin != 0,
+        email_verified: email_verified != 0,
     }
 }
 
@@ -22,6 +26,9 @@ pub struct NewUser<'a> {
     pub email: &'a str,
     pub password_hash: &'a str,
     pub is_admin: bool,
+    /// An operator's or the demo's account is verified; a sign-up's is not, and
+    /// its verification mail is asked for in the same transaction.
+    pub email_verified: bool,
 }
 
 /// A change to an account; `None` leaves a field as it is.
@@ -51,18 +58,30 @@ impl Database {
     pub async fn create_user(&self, new: NewUser<'_>) -> Result<(User, Option<Lsn>), DbError> {
         let (row, lsn) = self
             .write(async |pool| {
-                sqlx::query_as::<_, UserRow>(
-                    "INSERT INTO users (username, email, password_hash, is_admin, created_at)
-                     VALUES ($1, $2, $3, $4, $5)
-                     RETURNING id, username, email, is_admin",
-                )
-                .bind(new.username)
-                .bind(new.email)
-                .bind(new.password_hash)
-                .bind(i64::from(new.is_admin))
-                .bind(now_millis())
-                .fetch_one(&pool)
-                .await
+                let mut tx = pool.begin().await?;
+                let sql = format!(
+                    "INSERT INTO users (username, email, password_hash, is_admin, email_verified, created_at)
+                     VALUES ($1, $2, $3, $4, $5, $6)
+                     RETURNING {USER_COLUMNS}"
+                );
+                let row = sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(new.username)
+                    .bind(new.email)
+                    .bind(new.password_hash)
+                    .bind(i64::from(new.is_admin))
+                    .bind(i64::from(new.email_verified))
+                    .bind(now_millis())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if !new.email_verified {
+                    let event = bakery_events::EmailAdded {
+                        user_id: row.0,
+                        email: new.email.to_string(),
+                    };
+                    stage(&mut tx, &event, &bakery_telemetry::correlation_id()).await?;
+                }
+                tx.commit().await?;
+                Ok(row)
             })
             .await?;
         Ok((user(row), lsn))
@@ -71,14 +90,15 @@ impl Database {
     /// The user and their password hash, for logging in. Always from the primary:
     /// a password just changed must be the one that counts.
     pub async fn credentials(&self, username: &str) -> Result<Option<(User, String)>, DbError> {
-        let row: Option<(i64, String, String, i64, String)> = sqlx::query_as(
-            "SELECT id, username, email, is_admin, password_hash FROM users WHERE lower(username) = lower($1)",
+        let row: Option<(i64, String, String, i64, i64, String)> = sqlx::query_as(
+            "SELECT id, username, email, is_admin, email_verified, password_hash FROM users
+             WHERE lower(username) = lower($1)",
         )
         .bind(username)
         .fetch_optional(self.primary())
         .await?;
-        Ok(row.map(|(id, username, email, is_admin, hash)| {
-            (user((id, username, email, is_admin)), hash)
+        Ok(row.map(|(id, username, email, is_admin, verified, hash)| {
+            (user((id, username, email, is_admin, verified)), hash)
         }))
     }
 
@@ -86,12 +106,11 @@ impl Database {
     pub async fn user_by_id(&self, id: i64, after: Option<Lsn>) -> Result<Option<User>, DbError> {
         let row = self
             .read(after, async |pool| {
-                sqlx::query_as::<_, UserRow>(
-                    "SELECT id, username, email, is_admin FROM users WHERE id = $1",
-                )
-                .bind(id)
-                .fetch_optional(&pool)
-                .await
+                let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
+                sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_optional(&pool)
+                    .await
             })
             .await?;
         Ok(row.map(user))
@@ -130,21 +149,39 @@ impl Database {
         let renamed = change.username.is_some();
         self.write(async |pool| {
             let mut tx = pool.begin().await?;
-            let row = sqlx::query_as::<_, UserRow>(
+            // A new address is unverified until its owner proves it (the SET
+            // expressions read the row as it was).
+            let sql = format!(
                 "UPDATE users SET
                      username = COALESCE($2, username),
                      email = COALESCE($3, email),
-                     password_hash = COALESCE($4, password_hash)
+                     password_hash = COALESCE($4, password_hash),
+                     email_verified = CASE WHEN $3 IS NULL OR $3 = email THEN email_verified ELSE 0 END
                  WHERE id = $1
-                 RETURNING id, username, email, is_admin",
-            )
-            .bind(id)
-            .bind(change.username)
-            .bind(change.email)
-            .bind(change.password_hash)
-            .fetch_optional(&mut *tx)
-            .await?;
+                 RETURNING {USER_COLUMNS}"
+            );
+            let before: Option<String> =
+                sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let row = sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .bind(change.username)
+                .bind(change.email)
+                .bind(change.password_hash)
+                .fetch_optional(&mut *tx)
+                .await?;
             let Some(row) = row else { return Ok(None) };
+            if let Some(email) = change.email
+                && before.as_deref() != Some(email)
+            {
+                let event = bakery_events::EmailAdded {
+                    user_id: id,
+                    email: email.to_string(),
+                };
+                stage(&mut tx, &event, &bakery_telemetry::correlation_id()).await?;
+            }
             let reviewed: Vec<i64> = if renamed {
                 sqlx::query_scalar("SELECT DISTINCT product_id FROM reviews WHERE user_id = $1")
                     .bind(id)
@@ -209,6 +246,7 @@ impl Database {
             email: "admin@bakery.localhost",
             password_hash: &hash,
             is_admin: true,
+            email_verified: true,
         };
         match self.create_user(new).await.map(|(user, _)| user) {
             Ok(_) => Ok(generated.map_or(AdminBootstrap::Created, AdminBootstrap::Generated)),

@@ -117,6 +117,7 @@ impl Database {
                     email: &email,
                     password_hash: &hash,
                     is_admin: false,
+                    email_verified: true,
                 })
                 .await
             {

@@ -25,6 +25,7 @@ pub mod messaging;
 pub mod pages;
 pub mod queues;
 pub mod replica;
+pub mod verification;
 
 pub use bakery_core::now_millis;
 pub use bootstrap::{Bootstrapped, bootstrap};

@@ -187,6 +187,12 @@ impl Database {
         Ok(found.is_some())
     }
 
+    /// Marks `message_id` handled by `consumer`; false when it was before.
+    pub async fn mark_handled(&self, consumer: &str, message_id: &str) -> Result<bool, DbError> {
+        let mut conn = self.primary().acquire().await?;
+        Ok(first_handling(&mut conn, consumer, message_id).await?)
+    }
+
     /// Marks `message_id` handled by `consumer` and stages `follow_up` in one
     /// transaction; false (and nothing staged) when it was handled before.
     pub async fn handled_with_follow_up(
@@ -230,15 +236,15 @@ impl Database {
         Ok(true)
     }
 
-    /// What a mail about `event_id` to `user_id` needs: (username, email, event
-    /// title, event start); `None` when either is gone.
+    /// What a mail about `event_id` to `user_id` needs: (username, email, whether
+    /// it is verified, event title, event start); `None` when either is gone.
     pub async fn mail_details(
         &self,
         user_id: i64,
         event_id: i64,
-    ) -> Result<Option<(String, String, String, i64)>, DbError> {
+    ) -> Result<Option<(String, String, i64, String, i64)>, DbError> {
         Ok(sqlx::query_as(
-            "SELECT u.username, u.email, e.title, e.starts_at FROM users u, events e
+            "SELECT u.username, u.email, u.email_verified, e.title, e.starts_at FROM users u, events e
              WHERE u.id = $1 AND e.id = $2",
         )
         .bind(user_id)

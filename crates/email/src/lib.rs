@@ -12,12 +12,13 @@
 //! SMTP 4xx and unreachable servers are retried with backoff; 5xx is permanent and
 //! goes to `dead.email.rsvp`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use bakery_app::App;
 use bakery_broker::{Delivery, Outcome, handler, topology};
-use bakery_config::Config;
+use bakery_config::{Config, EmailConfig, Verification};
 use bakery_events::{EmailSent, Incoming};
 use bakery_service::{Check, Shell};
 use tokio::net::TcpListener;
@@ -49,21 +50,40 @@ pub async fn run(
     app.broker().check(&config.broker).await?;
     let shell = Shell::new(id, &config.http, consumer_checks(&app))?;
     let stop = CancellationToken::new();
-    let handler = {
-        let (app, mailer) = (app.clone(), mailer.clone());
+    let room = Arc::new(Mailroom {
+        app: app.clone(),
+        mailer: mailer.clone(),
+        settings: config.email.clone(),
+    });
+    let rsvps = {
+        let room = room.clone();
         handler(move |delivery: Delivery| {
-            let (app, mailer) = (app.clone(), mailer.clone());
-            async move { mail(&app, &mailer, delivery).await }
+            let room = room.clone();
+            async move { mail(&room, delivery).await }
         })
     };
-    let consumer = app
-        .broker()
-        .consume(topology::EMAIL_RSVP, handler, stop.clone());
+    let accounts = {
+        let room = room.clone();
+        handler(move |delivery: Delivery| {
+            let room = room.clone();
+            async move { verification_mail(&room, delivery).await }
+        })
+    };
+    let consumers = [
+        app.broker()
+            .consume(topology::EMAIL_RSVP, rsvps, stop.clone()),
+        app.broker()
+            .consume(topology::EMAIL_ACCOUNTS, accounts, stop.clone()),
+    ];
     let router = bakery_service::layered(&shell, Router::new());
     tracing::info!(id, addr = %listener.local_addr()?, mailer = mailer.describe(), broker = app.broker().engine(), "email service serving");
     bakery_service::serve(&shell, router, listener, shutdown).await?;
     stop.cancel();
-    let _ = tokio::time::timeout(Duration::from_secs(15), consumer).await;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(15),
+        futures::future::join_all(consumers),
+    )
+    .await;
     app.close().await;
     Ok(())
 }
@@ -80,8 +100,17 @@ fn consumer_checks(app: &App) -> Vec<Check> {
     ]
 }
 
-/// Handles one `rsvp.*` event: at most one mail per message.
-async fn mail(app: &App, mailer: &Mailer, delivery: Delivery) -> Outcome {
+/// What the handlers share.
+struct Mailroom {
+    app: App,
+    mailer: Mailer,
+    settings: EmailConfig,
+}
+
+/// Handles one `rsvp.*` event: at most one mail per message, only to a verified
+/// address (unless verification is off), and at most the user's hourly budget.
+async fn mail(room: &Mailroom, delivery: Delivery) -> Outcome {
+    let (app, mailer) = (&room.app, &room.mailer);
     let message = &delivery.message;
     let event = match message.event() {
         Ok(Incoming::RsvpCreated(e)) => About {
@@ -115,9 +144,37 @@ async fn mail(app: &App, mailer: &Mailer, delivery: Delivery) -> Outcome {
     let bakery_app::mail::RsvpMail {
         username,
         address,
+        verified,
         title,
         starts_at,
     } = details;
+    // Mail goes only where its owner asked for it, and not without end: the RSVP
+    // and its push notification happen either way.
+    let unverified = !verified && room.settings.verification == Verification::Required;
+    let within_budget = unverified
+        || match app
+            .reserve_mail(
+                &message.id,
+                event.user_id,
+                room.settings.max_per_user_per_hour,
+            )
+            .await
+        {
+            Ok(reserved) => reserved,
+            Err(e) => return Outcome::Retry(e.to_string()),
+        };
+    if unverified || !within_budget {
+        let why = if unverified {
+            "the address is not verified"
+        } else {
+            "the user's mail budget for the hour is spent"
+        };
+        tracing::info!(kind = %message.kind, rsvp_id = event.rsvp_id, why, "no mail");
+        return match app.mail_handled(&message.id).await {
+            Ok(_) => Outcome::Ack,
+            Err(e) => Outcome::Retry(e.to_string()),
+        };
+    }
     let letter = mailer::Letter {
         message_id: &message.id,
         to_name: &username,
@@ -155,6 +212,68 @@ async fn mail(app: &App, mailer: &Mailer, delivery: Delivery) -> Outcome {
         }
     }
     Outcome::Retry("the mail was sent but could not be recorded".to_string())
+}
+
+/// Handles one `account.email_added`: a mail with a link that proves the address
+/// (none when verification is off). A redelivery after the mail went sends none.
+async fn verification_mail(room: &Mailroom, delivery: Delivery) -> Outcome {
+    let (app, message) = (&room.app, &delivery.message);
+    let added = match message.event() {
+        Ok(Incoming::EmailAdded(added)) => added,
+        Ok(other) => return Outcome::Dead(format!("not an account.email_added: {other:?}")),
+        Err(e) => return Outcome::Dead(e.to_string()),
+    };
+    if room.settings.verification == Verification::Off {
+        return Outcome::Ack;
+    }
+    match app.mail_already_sent(&message.id).await {
+        Ok(true) => return Outcome::Ack,
+        Ok(false) => {}
+        Err(e) => return Outcome::Retry(e.to_string()),
+    }
+    let token = match app
+        .issue_email_token(added.user_id, &added.email, room.settings.verification_ttl)
+        .await
+    {
+        Ok(Some(token)) => token,
+        Ok(None) => {
+            tracing::info!(
+                user_id = added.user_id,
+                "the address changed since; nothing to verify"
+            );
+            return Outcome::Ack;
+        }
+        Err(e) => return Outcome::Retry(e.to_string()),
+    };
+    let link = format!(
+        "{}/verify-email?token={token}",
+        room.settings
+            .public_url
+            .as_deref()
+            .unwrap_or("")
+            .trim_end_matches('/')
+    );
+    let body = format!(
+        "Hello,\n\nplease confirm that this address is yours by opening this link:\n\n{link}\n\nIt works once, for {} hours. If you did not sign up at the bakery, ignore this mail.\n\nThe bakery\n",
+        room.settings.verification_ttl.as_secs() / 3600
+    );
+    let letter = mailer::Letter {
+        message_id: &message.id,
+        to_name: "",
+        to_address: &added.email,
+        subject: "Confirm your email address",
+        body: &body,
+    };
+    match room.mailer.send(&letter).await {
+        Ok(()) => {}
+        Err(SendError::Permanent(reason)) => return Outcome::Dead(reason),
+        Err(SendError::Transient(reason)) => return Outcome::Retry(reason),
+    }
+    tracing::info!(user_id = added.user_id, "verification mail sent");
+    match app.mail_handled(&message.id).await {
+        Ok(_) => Outcome::Ack,
+        Err(e) => Outcome::Retry(e.to_string()),
+    }
 }
 
 fn subject(cancelled: bool, title: &str) -> String {

@@ -98,11 +98,14 @@ impl Mailer {
 }
 
 fn build(letter: &Letter<'_>) -> Result<Message, SendError> {
-    let to: Mailbox = format!("{} <{}>", letter.to_name, letter.to_address)
-        .parse()
-        .map_err(|e| {
-            SendError::Permanent(format!("not a mail address ({e}): {}", letter.to_address))
-        })?;
+    let to = if letter.to_name.is_empty() {
+        letter.to_address.to_string()
+    } else {
+        format!("{} <{}>", letter.to_name, letter.to_address)
+    };
+    let to: Mailbox = to.parse().map_err(|e| {
+        SendError::Permanent(format!("not a mail address ({e}): {}", letter.to_address))
+    })?;
     Message::builder()
         .message_id(Some(format!("<{}@bakery.localhost>", letter.message_id)))
         .from(FROM.parse().expect("the sender is a valid mailbox"))

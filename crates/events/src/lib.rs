@@ -82,6 +82,14 @@ pub struct ProductChanged {
     pub deleted: bool,
 }
 
+/// An account has an address nobody verified yet (a sign-up, or a changed email):
+/// the email service sends it a verification mail (`account.email_added`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EmailAdded {
+    pub user_id: i64,
+    pub email: String,
+}
+
 /// Jobs of one kind are ready to be claimed: a wake-up on `bakery.jobs` (routing key
 /// = the kind). The rows carry everything else.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -130,6 +138,7 @@ domain_event!(RsvpCancelled, key::RSVP_CANCELLED, 1);
 domain_event!(EmailSent, key::EMAIL_SENT, 1);
 domain_event!(JobFinished, key::JOB_FINISHED, 1);
 domain_event!(ProductChanged, key::PRODUCT_CHANGED, 1);
+domain_event!(EmailAdded, key::ACCOUNT_EMAIL_ADDED, 1);
 
 impl Event for JobsReady {
     const EXCHANGE: &'static str = JOBS;
@@ -171,6 +180,7 @@ pub enum Incoming {
     EmailSent(EmailSent),
     JobFinished(JobFinished),
     ProductChanged(ProductChanged),
+    EmailAdded(EmailAdded),
     JobsReady(JobsReady),
 }
 
@@ -182,7 +192,7 @@ impl Incoming {
             Self::RsvpCancelled(e) => Some(e.user_id),
             Self::EmailSent(e) => Some(e.user_id),
             Self::JobFinished(e) => e.user_id,
-            Self::ProductChanged(_) | Self::JobsReady(_) => None,
+            Self::ProductChanged(_) | Self::EmailAdded(_) | Self::JobsReady(_) => None,
         }
     }
 
@@ -194,6 +204,7 @@ impl Incoming {
             Self::EmailSent(e) => serde_json::to_string(e),
             Self::JobFinished(e) => serde_json::to_string(e),
             Self::ProductChanged(e) => serde_json::to_string(e),
+            Self::EmailAdded(e) => serde_json::to_string(e),
             Self::JobsReady(e) => serde_json::to_string(e),
         };
         value.expect("event payloads serialise")
@@ -223,6 +234,7 @@ pub fn decode(kind: &str, body: &str) -> Result<Incoming, DecodeError> {
         key::EMAIL_SENT => payload(kind, body).map(Incoming::EmailSent),
         key::JOB_FINISHED => payload(kind, body).map(Incoming::JobFinished),
         key::PRODUCT_CHANGED => payload(kind, body).map(Incoming::ProductChanged),
+        key::ACCOUNT_EMAIL_ADDED => payload(kind, body).map(Incoming::EmailAdded),
         _ if job_kind::ALL.contains(&kind) => payload::<JobsReady>(kind, body).map(|mut ready| {
             ready.kind = kind.to_string();
             Incoming::JobsReady(ready)

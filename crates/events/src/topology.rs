@@ -11,6 +11,8 @@ pub const JOBS: &str = "bakery.jobs";
 pub const DEAD: &str = "bakery.dead";
 
 pub const EMAIL_RSVP: &str = "email.rsvp";
+/// Addresses to verify, for the email service (an addition to the contract's table).
+pub const EMAIL_ACCOUNTS: &str = "email.accounts";
 pub const PUSH_NOTIFICATIONS: &str = "push.notifications";
 pub const CALENDAR_FOLLOWUPS: &str = "calendar.followups";
 pub const JOBS_IMAGE: &str = "jobs.image";
@@ -29,6 +31,7 @@ pub mod key {
     pub const EMAIL_SENT: &str = "email.sent";
     pub const JOB_FINISHED: &str = "job.finished";
     pub const PRODUCT_CHANGED: &str = "product.changed";
+    pub const ACCOUNT_EMAIL_ADDED: &str = "account.email_added";
 }
 
 /// Job kinds: the routing keys of `bakery.jobs` (one queue, `jobs.<kind>`, each).
@@ -64,6 +67,7 @@ pub const BINDINGS: &[(&str, &str, &str)] = &[
     (EVENTS, key::EMAIL_SENT, PUSH_NOTIFICATIONS),
     (EVENTS, key::EMAIL_SENT, CALENDAR_FOLLOWUPS),
     (EVENTS, key::PRODUCT_CHANGED, RENDER_PRODUCTS),
+    (EVENTS, key::ACCOUNT_EMAIL_ADDED, EMAIL_ACCOUNTS),
     (JOBS, job_kind::IMAGE, JOBS_IMAGE),
     (JOBS, job_kind::RENDER, JOBS_RENDER),
     (JOBS, job_kind::NOOP, JOBS_NOOP),
@@ -77,6 +81,7 @@ pub fn job_queue(kind: &str) -> Option<&'static str> {
 /// Every queue a consumer reads (each has its `dead.<queue>`).
 pub const QUEUES: &[&str] = &[
     EMAIL_RSVP,
+    EMAIL_ACCOUNTS,
     PUSH_NOTIFICATIONS,
     CALENDAR_FOLLOWUPS,
     JOBS_IMAGE,

@@ -24,6 +24,7 @@ pub fn templates() -> Environment<'static> {
         ("event.html", include_str!("../templates/event.html")),
         ("user.html", include_str!("../templates/user.html")),
         ("page.html", include_str!("../templates/page.html")),
+        ("message.html", include_str!("../templates/message.html")),
     ] {
         env.add_template(name, source)
             .expect("the bundled templates parse");

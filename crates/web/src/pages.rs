@@ -41,6 +41,30 @@ pub fn router() -> Router<AppState> {
         .route("/users/{username}", get(user_page))
         .route("/pages/{slug}", get(staff_page))
         .route("/assets/{name}", get(asset))
+        .route("/verify-email", get(verify_email_page))
+}
+
+/// The link of a verification mail, opened in a browser (no session needed).
+async fn verify_email_page(
+    State(state): State<AppState>,
+    axum::extract::Query(query): axum::extract::Query<std::collections::HashMap<String, String>>,
+) -> Response {
+    let token = query.get("token").map(String::as_str).unwrap_or("");
+    match state.app.verify_email(token).await {
+        Ok(_) => render(
+            &state,
+            StatusCode::OK,
+            "message.html",
+            context! { title => "Address confirmed", message => "Thank you: your email address is confirmed, and class confirmations will reach it.", link => "/account", link_text => "Your account" },
+        ),
+        Err(bakery_app::Error::Invalid(_)) => render(
+            &state,
+            StatusCode::BAD_REQUEST,
+            "message.html",
+            context! { title => "This link does not work", message => "It was used already, has expired, or is for an address changed since. Your account page can send a new one when you change your address.", link => "/account", link_text => "Your account" },
+        ),
+        Err(e) => ApiError::from(e).into_response(),
+    }
 }
 
 fn render(state: &AppState, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {

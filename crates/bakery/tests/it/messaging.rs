@@ -23,6 +23,8 @@ const LIMIT: Duration = Duration::from_secs(30);
 async fn start(engine: Engine, sink: &SmtpSink, clones: usize) -> Up {
     let mut env = vec![
         ("BAKERY_SMTP_URL".to_string(), sink.url()),
+        // These tests are about delivery: every address gets its mail at once.
+        ("BAKERY_EMAIL_VERIFICATION".into(), "off".into()),
         ("BAKERY_BROKER_RETRY_BASE_MS".into(), "100".into()),
         ("BAKERY_BROKER_RETRY_CAP_MS".into(), "400".into()),
         ("BAKERY_BROKER_LEASE_SECS".into(), "5".into()),
@@ -547,4 +549,178 @@ async fn messages_of_an_unknown_type_or_version_are_dead_with_their_reason_embed
 #[tokio::test]
 async fn messages_of_an_unknown_type_or_version_are_dead_with_their_reason_rabbitmq() {
     unknown_messages_are_dead_with_their_reason(Engine::RabbitMq).await;
+}
+
+/// The mails in `sink` to `address`.
+fn mails_to(sink: &SmtpSink, address: &str) -> Vec<String> {
+    sink.messages()
+        .into_iter()
+        .filter(|m| header(m, "To").is_some_and(|to| to.contains(address)))
+        .collect()
+}
+
+/// A mail's text as a reader sees it (quoted-printable undone: soft line breaks
+/// joined, `=XX` decoded).
+fn readable(mail: &str) -> String {
+    let joined = mail.replace("=\r\n", "").replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'=', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// The token in a verification mail's link (`/verify-email?token=...`).
+fn token_in(mail: &str) -> String {
+    let mail = readable(mail);
+    let at = mail
+        .find("/verify-email?token=")
+        .expect("a verification link");
+    mail[at + "/verify-email?token=".len()..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect()
+}
+
+/// Issue 25, 4 (contract, third round): a new address gets one verification mail
+/// with a single-use link; RSVP mail goes only to verified addresses (the RSVP and
+/// its push event happen either way); a changed address is unverified again and
+/// gets a new mail; and a user who RSVPs and cancels over and over is not mailed
+/// each time.
+#[tokio::test]
+async fn addresses_are_verified_before_mail_goes_to_them() {
+    let sink = SmtpSink::start();
+    let mut env = vec![
+        ("BAKERY_SMTP_URL".to_string(), sink.url()),
+        ("BAKERY_PUBLIC_URL".into(), "https://bakery.example/".into()),
+        ("BAKERY_EMAIL_MAX_PER_USER_PER_HOUR".into(), "3".into()),
+    ];
+    env.extend(Engine::Embedded.env().await);
+    let up = Up::start(env, 1);
+    let http = harness::client();
+    let name = format!("verify{:x}", rand::random::<u32>());
+    let address = format!("{name}@example.com");
+    let cookie = harness::sign_up_and_log_in(&http, &up.base, &name).await;
+    let me: Value = harness::get_json(&up.url("/api/me"), &cookie).await;
+    assert_eq!(me["email_verified"], false, "{me}");
+
+    // One verification mail, its link absolute on the public URL.
+    assert!(eventually(LIMIT, async || mails_to(&sink, &address).len() == 1).await);
+    let mail = mails_to(&sink, &address).remove(0);
+    assert!(
+        readable(&mail).contains("https://bakery.example/verify-email?token="),
+        "{mail}"
+    );
+    let token = token_in(&mail);
+    assert!(token.len() >= 40, "{token}");
+
+    // Unverified: the RSVP and its push event happen, the mail does not.
+    let mut stream =
+        harness::sse::SseStream::open(&up.url("/api/notifications/stream"), &cookie, None).await;
+    let event = class(&up, 5).await;
+    rsvp(&up, &cookie, event, "corr-unverified").await;
+    let pushed = stream.take(1, LIMIT).await;
+    assert_eq!(pushed.len(), 1, "the push event arrives");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        mails_to(&sink, &address).len(),
+        1,
+        "no RSVP mail to an unverified address"
+    );
+    assert_eq!(confirmed(&up, &cookie).await, 0);
+
+    // The link, in a browser: verified, once.
+    let page = http
+        .get(up.url(&format!("/verify-email?token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("confirmed"));
+    let me: Value = harness::get_json(&up.url("/api/me"), &cookie).await;
+    assert_eq!(me["email_verified"], true, "{me}");
+    let again = http
+        .post(up.url("/api/users/verify-email"))
+        .json(&json!({"token": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 400);
+    assert_eq!(harness::error_code(again).await, "invalid_token");
+    let made_up = http
+        .post(up.url("/api/users/verify-email"))
+        .json(&json!({"token": "A".repeat(43)}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made_up.status(), 400);
+    let page = http
+        .get(up.url("/verify-email?token=nope"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 400);
+
+    // Verified: the next RSVP is mailed and confirmed.
+    let second = class(&up, 5).await;
+    rsvp(&up, &cookie, second, "corr-verified").await;
+    assert!(eventually(LIMIT, async || confirmed(&up, &cookie).await == 1).await);
+    assert_eq!(mails_to(&sink, &address).len(), 2);
+
+    // RSVP and cancel, again and again: at most the hourly budget of mails (3, of
+    // which the confirmation above was one).
+    for _ in 0..4 {
+        let cancelled = http
+            .delete(up.url(&format!("/api/events/{second}/rsvp")))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(cancelled.status(), 204);
+        rsvp(&up, &cookie, second, "corr-loop").await;
+    }
+    // The budget's last two mails arrive; no more come after them.
+    assert!(eventually(LIMIT, async || mails_to(&sink, &address).len() == 4).await);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rsvp_mails = mails_to(&sink, &address).len() - 1;
+    assert_eq!(rsvp_mails, 3, "the budget held: {rsvp_mails} RSVP mails");
+
+    // A new address is unverified again and gets its own mail, with the API's link.
+    let other = format!("{name}-new@example.com");
+    let changed = http
+        .patch(up.url("/api/me"))
+        .header("cookie", &cookie)
+        .json(&json!({"email": other, "current_password": "password-1"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status(), 200);
+    let me: Value = harness::get_json(&up.url("/api/me"), &cookie).await;
+    assert_eq!(me["email_verified"], false, "{me}");
+    assert!(eventually(LIMIT, async || mails_to(&sink, &other).len() == 1).await);
+    let token = token_in(&mails_to(&sink, &other)[0]);
+    let verified = http
+        .post(up.url("/api/users/verify-email"))
+        .json(&json!({"token": token}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(verified.status(), 200);
+    let body: Value = verified.json().await.unwrap();
+    assert_eq!(body["email_verified"], true);
 }

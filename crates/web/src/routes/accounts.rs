@@ -28,6 +28,37 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(sign_up))
         .routes(routes!(log_in, log_out))
         .routes(routes!(me, change_me))
+        .routes(routes!(verify_email))
+}
+
+/// The token of a verification mail.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+pub struct VerifyEmail {
+    #[schema(min_length = 16, max_length = 128, pattern = "^[A-Za-z0-9_-]+$")]
+    pub token: String,
+}
+
+/// The answer to a used verification token.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct EmailVerified {
+    pub email_verified: bool,
+}
+
+/// Proves an address with the token its verification mail carried: once, before it
+/// expires. No session needed (the link may be opened anywhere).
+#[utoipa::path(post, path = "/api/users/verify-email", operation_id = "verify_email", tag = "accounts", request_body = VerifyEmail,
+    responses((status = 200, body = EmailVerified, description = "the address is verified"),
+        JsonBody, CrossSite, Unavailable,
+        (status = 400, body = crate::openapi::ErrorBody, description = "invalid_token: unknown, used, expired, or for an address changed since")))]
+async fn verify_email(
+    State(state): State<AppState>,
+    Json(input): Json<VerifyEmail>,
+) -> ApiResult<Response> {
+    state.app.verify_email(&input.token).await?;
+    Ok(axum::Json(EmailVerified {
+        email_verified: true,
+    })
+    .into_response())
 }
 
 /// Failed logins from one address: 30 at once, then one every 2 s.
