@@ -359,6 +359,11 @@ impl Default for EmailConfig {
 #[serde(default)]
 pub struct LbConfig {
     pub selection: Selection,
+    /// The database as the edge reads it: on PostgreSQL, a login in the
+    /// `bakery_edge` role (`bakery migrate` makes it; it may read only the edge's
+    /// pages), so a balancer never holds the credentials that read users. Default:
+    /// `BAKERY_DATABASE_URL`.
+    pub database_url: Option<DatabaseUrl>,
     /// Bearer token for `PUT`/`DELETE /lb/backends/...`; without one they are refused.
     pub admin_token: Option<SecretString>,
     /// The body limit of upload routes (`/api/products/{id}/images`).
@@ -428,6 +433,7 @@ impl Default for LbConfig {
     fn default() -> Self {
         Self {
             selection: Selection::LeastRequest,
+            database_url: None,
             admin_token: None,
             max_body_bytes: 11 << 20,
             max_json_body_bytes: 1 << 20,
@@ -627,6 +633,17 @@ impl Config {
             return Err(ConfigError::new(
                 "BAKERY_LB_ADMIN_TOKEN",
                 "must be at least 32 characters",
+            ));
+        }
+        if self
+            .lb
+            .database_url
+            .as_ref()
+            .is_some_and(|url| !url.is_postgres())
+        {
+            return Err(ConfigError::new(
+                "BAKERY_LB_DATABASE_URL",
+                "a load balancer's own database login is a postgres:// URL (SQLite has no roles)",
             ));
         }
         if self.lb.max_buffered_bytes < self.lb.max_body_bytes.max(self.lb.max_json_body_bytes) {

@@ -323,6 +323,12 @@ impl Edge {
         tokio::spawn(async move {
             let mut config = config;
             config.database.pool_size = 1;
+            // The edge reads the primary's pages only, as its own login when it has
+            // one (least privilege: no access to users or anything else).
+            config.database.replica_urls.clear();
+            if let Some(url) = config.lb.database_url.clone() {
+                config.database.url = url;
+            }
             let db = loop {
                 match Database::connect_configured(&config).await {
                     Ok(db) => break db,

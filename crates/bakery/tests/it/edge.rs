@@ -244,6 +244,38 @@ async fn a_second_load_balancer_with_only_the_database_serves_the_same_page() {
     );
     let (_, headers, body) = get(&first, &[]).await;
 
+    // The far balancer logs in as a member of `bakery_edge` (least privilege,
+    // issue 25, 12): it reads the edge's pages and nothing else.
+    let database_url = up
+        .env
+        .iter()
+        .find(|(k, _)| k == "BAKERY_DATABASE_URL")
+        .map(|(_, v)| v.clone())
+        .expect("a PostgreSQL deployment");
+    let login = format!("edge_{:x}", rand::random::<u32>());
+    let edge_url = database_url.replacen("postgres@", &format!("{login}:edge-password@"), 1);
+    {
+        use sqlx::Connection;
+        let mut admin_db = sqlx::PgConnection::connect(&database_url).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "CREATE ROLE {login} LOGIN PASSWORD 'edge-password' IN ROLE bakery_edge"
+        )))
+        .execute(&mut admin_db)
+        .await
+        .unwrap();
+        let mut as_edge = sqlx::PgConnection::connect(&edge_url).await.unwrap();
+        let users = sqlx::query("SELECT username FROM users")
+            .fetch_all(&mut as_edge)
+            .await;
+        let denied = users.expect_err("the edge's login read users").to_string();
+        assert!(denied.contains("permission denied"), "{denied}");
+        let pages: (i64,) = sqlx::query_as("SELECT COUNT(*) FROM edge_pages")
+            .fetch_one(&mut as_edge)
+            .await
+            .unwrap();
+        assert!(pages.0 > 0);
+        as_edge.close().await.unwrap();
+    }
     let elsewhere = harness::TempDir::new();
     let mut env: Vec<(String, String)> = up
         .env
@@ -252,6 +284,7 @@ async fn a_second_load_balancer_with_only_the_database_serves_the_same_page() {
         .cloned()
         .collect();
     env.push(("BAKERY_DATA_DIR".into(), elsewhere.0.display().to_string()));
+    env.push(("BAKERY_LB_DATABASE_URL".into(), edge_url));
     let lb = harness::Role::start(&["lb", "--listen", "127.0.0.1:0", "--id", "lb-far"], env);
     let second = lb.url("/pages/hours");
     assert!(
@@ -263,6 +296,15 @@ async fn a_second_load_balancer_with_only_the_database_serves_the_same_page() {
     assert_eq!(header(&far_headers, "x-served-by"), "lb-far");
     assert_eq!(header(&far_headers, "etag"), header(&headers, "etag"));
     assert_eq!(far_body, body);
+    drop(lb);
+    // Roles belong to the whole cluster: this one goes with its test.
+    use sqlx::Connection;
+    let mut admin_db = sqlx::PgConnection::connect(&harness::postgres_admin_url())
+        .await
+        .unwrap();
+    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP ROLE IF EXISTS {login}")))
+        .execute(&mut admin_db)
+        .await;
 }
 
 /// Render jobs the workers queued (counted by their metrics).
