@@ -84,8 +84,8 @@ impl Shell {
 
 /// `routes` (state applied) with `/healthz` and `/metrics`, the contract's JSON 404
 /// and 405, and the layers every bakery HTTP process shares, outermost first:
-/// request id, correlation and metrics; panics as 500 JSON; the body limit; the
-/// timeout; security headers on HTML; the CSRF check.
+/// request id, correlation and metrics; errors as pages for browsers; panics as 500
+/// JSON; the body limit; the timeout; security headers on HTML; the CSRF check.
 pub fn layered(shell: &Shell, routes: Router) -> Router {
     routes
         .merge(health::router(shell))
@@ -101,6 +101,7 @@ pub fn layered(shell: &Shell, routes: Router) -> Router {
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
             |_| -> Response { ApiError::internal("a handler panicked").into_response() },
         ))
+        .layer(axum::middleware::from_fn(middleware::html_errors))
         .layer(axum::middleware::from_fn_with_state(
             shell.clone(),
             middleware::request_context,

@@ -177,6 +177,82 @@ fn parse_origin(origin: &str) -> Option<(String, String, u16)> {
     Some((scheme, host.to_ascii_lowercase(), port))
 }
 
+/// A browser asking for a page gets its error as a page: a request whose `Accept`
+/// prefers `text/html` and whose answer is the contract's JSON error gets the same
+/// status, headers and sentence as HTML. API clients keep the JSON.
+pub async fn html_errors(req: Request, next: Next) -> Response {
+    let wants_html = prefers_html(req.headers());
+    let response = next.run(req).await;
+    let json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !wants_html || !json || response.status().as_u16() < 400 {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, 64 << 10).await else {
+        return Response::from_parts(parts, axum::body::Body::empty());
+    };
+    let message = serde_json::from_slice::<serde_json::Value>(&bytes)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let page = error_page(parts.status, &message);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    for (name, value) in bakery_core::edge::HTML_HEADERS {
+        parts.headers.insert(name, HeaderValue::from_static(value));
+    }
+    Response::from_parts(parts, axum::body::Body::from(page))
+}
+
+/// Whether `Accept` ranks `text/html` above (or with) JSON, as browsers send it.
+fn prefers_html(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let quality = |wanted: &str| {
+        accept
+            .split(',')
+            .filter_map(|item| {
+                let mut parts = item.split(';');
+                let media = parts.next()?.trim();
+                (media.eq_ignore_ascii_case(wanted)).then(|| {
+                    parts
+                        .filter_map(|p| p.trim().strip_prefix("q="))
+                        .find_map(|q| q.trim().parse::<f32>().ok())
+                        .unwrap_or(1.0)
+                })
+            })
+            .fold(0.0f32, f32::max)
+    };
+    let html = quality("text/html");
+    html > 0.0 && html >= quality("application/json")
+}
+
+/// The page of an error: its status and sentence, and the way home.
+fn error_page(status: StatusCode, message: &str) -> String {
+    let title = format!(
+        "{} {}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("Error")
+    );
+    let escape = |text: &str| {
+        text.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{title} — bakery</title></head>\n<body><main><h1>{title}</h1><p>{}</p><p><a href=\"/\">Back to the bakery</a></p></main></body></html>\n",
+        escape(message)
+    )
+}
+
 /// What every HTML answer carries: no sniffing into another type, a content
 /// security policy (our own scripts, styles and images only; no framing), and the
 /// older frame header for browsers without `frame-ancestors`.
@@ -240,6 +316,21 @@ mod tests {
             ("origin", "http://bakery.test.evil.test"),
         ]);
         assert!(is_cross_site(&Method::POST, &prefix));
+    }
+
+    #[test]
+    fn browsers_prefer_pages_and_api_clients_json() {
+        let accept = |value: &'static str| headers(&[("accept", value)]);
+        let firefox = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+        assert!(prefers_html(&accept(firefox)));
+        assert!(prefers_html(&accept("text/html")));
+        assert!(!prefers_html(&accept("application/json")));
+        assert!(!prefers_html(&accept("*/*")));
+        assert!(!prefers_html(&accept("application/json, text/html;q=0.5")));
+        assert!(!prefers_html(&accept("text/html;q=0")));
+        assert!(!prefers_html(&headers(&[])));
+        let page = error_page(StatusCode::NOT_FOUND, "no <script> here");
+        assert!(page.contains("404 Not Found") && page.contains("no &lt;script&gt; here"));
     }
 
     #[test]

@@ -162,3 +162,60 @@ async fn bad_input_gets_the_contract_errors_and_never_a_5xx() {
         .unwrap();
     assert_eq!(not_json.status(), 415);
 }
+
+/// Contract, third round: a browser (its `Accept` prefers HTML) gets an error as an
+/// HTML page with the right status and the pages' security headers; an API client
+/// keeps the JSON error.
+#[tokio::test]
+async fn browsers_get_error_pages_and_api_clients_json() {
+    let up = crate::harness::Up::start(vec![], 1);
+    let http = crate::harness::client();
+    let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    for (method, path, status) in [
+        ("GET", "/nope", 404),
+        ("GET", "/products/99999", 404),
+        ("GET", "/api/me", 401),
+        ("DELETE", "/api/session/x", 404),
+    ] {
+        let page = http
+            .request(method.parse().unwrap(), up.url(path))
+            .header("accept", browser)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), status, "{method} {path}");
+        let headers = page.headers().clone();
+        let content_type = headers["content-type"].to_str().unwrap().to_string();
+        assert!(
+            content_type.starts_with("text/html"),
+            "{path}: {content_type}"
+        );
+        assert!(headers.contains_key("content-security-policy"), "{path}");
+        let body = page.text().await.unwrap();
+        assert!(
+            body.contains(&status.to_string()) && body.contains("<a href=\"/\">"),
+            "{body}"
+        );
+
+        let api = http
+            .request(method.parse().unwrap(), up.url(path))
+            .header("accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(api.status(), status);
+        let error: serde_json::Value = api.json().await.unwrap();
+        assert!(error["error"]["code"].is_string(), "{path}: {error}");
+    }
+    // A cross-site form post from a browser: 403, as a page.
+    let refused = http
+        .post(up.url("/api/products"))
+        .header("accept", browser)
+        .header("origin", "https://evil.example")
+        .json(&serde_json::json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    assert!(refused.text().await.unwrap().contains("403 Forbidden"));
+}
