@@ -29,5 +29,9 @@ pub fn templates() -> Environment<'static> {
         env.add_template(name, source)
             .expect("the bundled templates parse");
     }
+    // `{{ review.created_at|when }}`: a moment in words, in a `<time>` element.
+    env.add_filter("when", |moment: String| {
+        minijinja::Value::from_safe_string(format::when(&moment))
+    });
     env
 }

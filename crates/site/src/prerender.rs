@@ -37,6 +37,12 @@ pub fn assets() -> &'static [Asset] {
                 "text/javascript; charset=utf-8",
                 include_str!("../assets/account.js"),
             ),
+            (
+                "time",
+                "js",
+                "text/javascript; charset=utf-8",
+                include_str!("../assets/time.js"),
+            ),
         ]
         .into_iter()
         .map(|(stem, ext, content_type, body)| Asset {
@@ -62,6 +68,11 @@ pub fn css_path() -> &'static str {
 /// The account page's script's path.
 pub fn account_js_path() -> &'static str {
     &assets()[1].path
+}
+
+/// The script that writes dates in the reader's time zone, on every page.
+pub fn time_js_path() -> &'static str {
+    &assets()[2].path
 }
 
 /// Who the pages' footer names as having served a pre-rendered page.
@@ -90,6 +101,7 @@ pub fn page_html(templates: &Environment<'_>, page: &Page) -> Result<String, min
         title => &page.title,
         body_html => markdown_html(&page.body_markdown),
         css => css_path(),
+        time_js => time_js_path(),
         served_by => PRE_RENDERED,
     })
 }
@@ -103,6 +115,7 @@ pub fn product_html(
         product => Serde(product),
         price => crate::format::price(product.price_cents),
         css => css_path(),
+        time_js => time_js_path(),
         served_by => PRE_RENDERED,
     })
 }

@@ -26,12 +26,13 @@ pub async fn run(
             "a render payload is {{\"page\": slug}} or {{\"product\": id}}: {e}"
         ))
     })?;
-    // The pages link the assets at their content-hashed paths: the edge needs them.
-    if !app
-        .edge_has(prerender::css_path())
-        .await
-        .map_err(transient)?
-    {
+    // The pages link the assets at their content-hashed paths: the edge needs them
+    // (each new version of one, too).
+    let mut missing = false;
+    for asset in prerender::assets() {
+        missing |= !app.edge_has(&asset.path).await.map_err(transient)?;
+    }
+    if missing {
         let assets = tokio::task::spawn_blocking(prerender::asset_edge_pages)
             .await
             .map_err(|e| JobError::Transient(format!("compression failed: {e}")))?;

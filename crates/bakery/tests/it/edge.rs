@@ -115,9 +115,16 @@ async fn a_published_page_is_served_by_the_edge_alone_with_etags_and_brotli() {
     let html = String::from_utf8(identity.clone()).unwrap();
     assert!(html.contains("<strong>sourdough</strong>"), "{html}");
     assert!(html.contains("About us"));
-    for inert in ["<script", "onerror", "javascript:"] {
+    for inert in ["onerror", "javascript:"] {
         assert!(!html.contains(inert), "{inert} reached the page: {html}");
     }
+    // The only scripts are the site's own files (the content security policy
+    // forbids any other); the Markdown's did not get through.
+    assert_eq!(
+        html.matches("<script").count(),
+        html.matches("<script src=\"/assets/").count(),
+        "a script of the Markdown's reached the page: {html}"
+    );
 
     // Conditional requests and content coding.
     let (_, headers, _) = get(&url, &[]).await;
@@ -465,4 +472,47 @@ async fn other_spellings_of_an_edge_path_never_reach_a_clone() {
         .unwrap();
     assert_eq!(followed.status(), 200);
     assert_eq!(header(followed.headers(), "x-edge"), "hit");
+}
+
+/// Issue 26, 3 (a part): dates read as words, in a `<time>` element that keeps the
+/// exact moment and that the pages' script (an asset of the edge, like the
+/// stylesheet) rewrites in the reader's time zone — on pre-rendered pages too.
+#[tokio::test]
+async fn dates_are_words_in_time_elements_at_the_edge_too() {
+    let up = start(Engine::Embedded).await;
+    let http = harness::client();
+    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
+    let id = harness::create_product(&up.base, &admin, "Dated loaf", "Reviewed once.", 250).await;
+    let reviewed = http
+        .post(up.url(&format!("/api/products/{id}/reviews")))
+        .header("cookie", &admin)
+        .json(&json!({"rating": 5, "body": "Dated and delicious"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reviewed.status(), 201);
+    let page = up.url(&format!("/products/{id}"));
+    let mut body = String::new();
+    assert!(
+        eventually(LIMIT, async || {
+            let (_, headers, bytes) = get(&page, &[]).await;
+            body = String::from_utf8_lossy(&bytes).to_string();
+            header(&headers, "x-edge") == "hit" && body.contains("Dated and delicious")
+        })
+        .await,
+        "the reviewed page never reached the edge"
+    );
+    assert!(
+        body.contains("<time datetime=\"20") && body.contains(" UTC</time>"),
+        "{body}"
+    );
+    let script = body
+        .split('"')
+        .find(|s| s.starts_with("/assets/time.") && s.ends_with(".js"))
+        .expect("the page loads the dates' script")
+        .to_string();
+    let (status, headers, js) = get(&up.url(&script), &[]).await;
+    assert_eq!(status, 200);
+    assert!(header(&headers, "content-type").starts_with("text/javascript"));
+    assert!(String::from_utf8_lossy(&js).contains("toLocaleString"));
 }
