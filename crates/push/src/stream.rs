@@ -130,6 +130,7 @@ pub async fn open(
         max_lifetime,
     }): State<Streams>,
     headers: HeaderMap,
+    query: axum::extract::Query<std::collections::HashMap<String, String>>,
 ) -> ApiResult<Response> {
     let (session, user_id) = session_user(&sessions, &headers).await?;
     let Some(place) = open.take(user_id) else {
@@ -142,10 +143,18 @@ pub async fn open(
     };
     // Subscribe before reading what was missed: nothing falls between the two.
     let live = feed.subscribe();
+    // Where to resume: `Last-Event-ID` (a reconnecting browser), or `?after=` (a
+    // page that showed the notifications up to that id when it was rendered).
+    let after = query
+        .0
+        .get("after")
+        .map(String::as_str)
+        .and_then(|v| v.trim().parse::<i64>().ok());
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<i64>().ok())
+        .or(after)
         .filter(|id| *id >= 0);
     let follower = Follower {
         db,

@@ -170,12 +170,26 @@ async fn account(
     current: Result<CurrentUser, ApiError>,
 ) -> Response {
     match current {
-        Ok(current) => render(
-            &state,
-            StatusCode::OK,
-            "account.html",
-            context! { user => minijinja::Value::from(Serde(&current.user)) },
-        ),
+        Ok(current) => {
+            // What arrived before the page was opened is on it; the page's script
+            // follows the stream from the newest one shown (`?after=`).
+            let notifications = state
+                .app
+                .notifications(current.user.id)
+                .await
+                .unwrap_or_default();
+            let newest = notifications.iter().map(|n| n.id).max().unwrap_or(0);
+            render(
+                &state,
+                StatusCode::OK,
+                "account.html",
+                context! {
+                    user => minijinja::Value::from(Serde(&current.user)),
+                    notifications => Serde(&notifications),
+                    newest,
+                },
+            )
+        }
         Err(e) if e.status == StatusCode::UNAUTHORIZED => Redirect::to("/login").into_response(),
         Err(e) => e.into_response(),
     }

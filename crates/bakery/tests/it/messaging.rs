@@ -781,3 +781,62 @@ async fn addresses_are_verified_before_mail_goes_to_them() {
     let body: Value = verified.json().await.unwrap();
     assert_eq!(body["email_verified"], true);
 }
+
+/// Issue 26 (a part): what arrived before the account page was opened is on it, and
+/// its stream follows on from the newest one shown (`?after=`), missing nothing.
+#[tokio::test]
+async fn the_account_page_shows_what_came_before_and_follows_on() {
+    let sink = SmtpSink::start();
+    let up = start(Engine::Embedded, &sink, 1).await;
+    let http = harness::client();
+    let cookie =
+        harness::sign_up_and_log_in(&http, &up.base, &format!("acct{:x}", rand::random::<u32>()))
+            .await;
+    let event = class(&up, 4).await;
+    rsvp(&up, &cookie, event, "corr-before-page").await;
+    let stored = eventually(LIMIT, async || {
+        let list: Value = harness::get_json(&up.url("/api/notifications"), &cookie).await;
+        // `rsvp.created` and, the mail sent, `email.sent`: all there is to come.
+        list["items"]
+            .as_array()
+            .is_some_and(|items| items.len() >= 2)
+    })
+    .await;
+    assert!(stored, "the RSVP's notifications were not stored");
+    let list: Value = harness::get_json(&up.url("/api/notifications"), &cookie).await;
+    let newest = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|n| n["id"].as_i64())
+        .max()
+        .unwrap();
+    let page = http
+        .get(up.url("/account"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("You have a seat"), "{page}");
+    assert!(page.contains(&format!("data-after=\"{newest}\"")), "{page}");
+    // The page's stream, from the start: the backlog first, in order.
+    let mut stream =
+        harness::sse::SseStream::open(&up.url("/api/notifications/stream?after=0"), &cookie, None)
+            .await;
+    let first = stream.take(1, LIMIT).await;
+    assert_eq!(first.len(), 1, "the backlog was not replayed");
+    // From the newest shown: only what comes next.
+    let mut after = harness::sse::SseStream::open(
+        &up.url(&format!("/api/notifications/stream?after={newest}")),
+        &cookie,
+        None,
+    )
+    .await;
+    assert!(
+        after.next(Duration::from_millis(500)).await.is_none(),
+        "an old one came again"
+    );
+}
