@@ -45,8 +45,10 @@ impl ImageJob {
     }
 }
 
+pub use image::ImageFormat;
+
 /// The accepted types, by `content-type`.
-pub fn accepted(content_type: &str) -> Option<image::ImageFormat> {
+pub fn accepted(content_type: &str) -> Option<ImageFormat> {
     match content_type.split(';').next().unwrap_or("").trim() {
         "image/png" => Some(image::ImageFormat::Png),
         "image/jpeg" => Some(image::ImageFormat::Jpeg),

@@ -256,8 +256,42 @@ async fn upload_image(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> ApiResult<Response> {
-    // Who may upload is decided before a byte of the body is read: nobody else's
-    // upload costs the clone 10 MiB of memory.
+    let (format, body) = match receive_image(&state, &current, &headers, body).await {
+        Ok(received) => received,
+        // Refused before the body was read whole: this connection cannot carry
+        // another request (the unread rest would be taken for one), so the load
+        // balancer is told not to send one on it.
+        Err(refused) => {
+            let mut response = refused.into_response();
+            response.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            return Ok(response);
+        }
+    };
+    let written = state
+        .app
+        .upload_image(&current.user, id, format, body)
+        .await?;
+    let (remembered, job_id) = current.remember(&state, written).await;
+    Ok((
+        StatusCode::ACCEPTED,
+        remembered,
+        axum::Json(JobAccepted { job_id }),
+    )
+        .into_response())
+}
+
+/// Who may upload is decided before a byte of the body is read (nobody else's
+/// upload costs the clone 10 MiB of memory), then the declared type, then the body
+/// under its limit.
+async fn receive_image(
+    state: &AppState,
+    current: &CurrentUser,
+    headers: &HeaderMap,
+    body: axum::body::Body,
+) -> ApiResult<(bakery_app::media::ImageFormat, axum::body::Bytes)> {
     state.app.require_admin(&current.user).await?;
     let content_type = headers
         .get(axum::http::header::CONTENT_TYPE)
@@ -285,18 +319,5 @@ async fn upload_image(
                 ApiError::bad_request("invalid_body", "the body could not be read")
             }
         })?;
-    if body.is_empty() {
-        return Err(ApiError::bad_request("bad_image", "the body is empty"));
-    }
-    let written = state
-        .app
-        .upload_image(&current.user, id, format, body)
-        .await?;
-    let (remembered, job_id) = current.remember(&state, written).await;
-    Ok((
-        StatusCode::ACCEPTED,
-        remembered,
-        axum::Json(JobAccepted { job_id }),
-    )
-        .into_response())
+    Ok((format, body))
 }
