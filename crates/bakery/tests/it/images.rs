@@ -227,7 +227,10 @@ async fn hostile_uploads_fail_clearly_and_the_workers_keep_serving() {
         assert!(refused.status().is_client_error(), "{content_type}");
         if refused.status() != 401 {
             assert_eq!(
-                refused.headers().get("connection").map(|v| v.to_str().unwrap()),
+                refused
+                    .headers()
+                    .get("connection")
+                    .map(|v| v.to_str().unwrap()),
                 Some("close"),
                 "{content_type}: {:?}",
                 refused.headers()
