@@ -91,6 +91,9 @@ pub struct ProductSummary {
     pub name: String,
     pub price_cents: i64,
     pub rating: Rating,
+    /// The first photo's thumbnail, when the product has a photo.
+    #[serde(default)]
+    pub thumb_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -23,7 +23,7 @@ pub struct ProductChange<'a> {
     pub price_cents: Option<i64>,
 }
 
-type SummaryRow = (i64, String, i64, i64, i64);
+type SummaryRow = (i64, String, i64, i64, i64, Option<String>);
 type ReviewRow = (i64, i64, i64, String, i64, String, i64);
 
 fn review((id, product_id, user_id, username, rating, body, created_at): ReviewRow) -> Review {
@@ -44,7 +44,8 @@ fn review((id, product_id, user_id, username, rating, body, created_at): ReviewR
 pub static LIST_PRODUCTS: CachedQuery = CachedQuery::new(
     "products.list",
     "SELECT p.id, p.name, pr.price_cents,
-        CAST(COALESCE(SUM(r.rating), 0) AS BIGINT), CAST(COUNT(r.id) AS BIGINT)
+        CAST(COALESCE(SUM(r.rating), 0) AS BIGINT), CAST(COUNT(r.id) AS BIGINT),
+        (SELECT i.thumb_url FROM product_images i WHERE i.product_id = p.id ORDER BY i.id LIMIT 1)
     FROM products p
     JOIN product_prices pr ON pr.product_id = p.id
     LEFT JOIN reviews r ON r.product_id = p.id
@@ -52,7 +53,7 @@ pub static LIST_PRODUCTS: CachedQuery = CachedQuery::new(
     GROUP BY p.id, p.name, pr.price_cents
     ORDER BY p.id
     LIMIT $2",
-    &["products", "product_prices", "reviews"],
+    &["products", "product_prices", "reviews", "product_images"],
 );
 
 /// A page of one user's reviews, newest first (`$1` the user, `$2` the cursor: ids
@@ -93,12 +94,15 @@ impl Database {
             .await?;
         Ok(rows
             .into_iter()
-            .map(|(id, name, price_cents, sum, count)| ProductSummary {
-                id,
-                name,
-                price_cents,
-                rating: Rating::from_sum(sum, count),
-            })
+            .map(
+                |(id, name, price_cents, sum, count, thumb_url)| ProductSummary {
+                    id,
+                    name,
+                    price_cents,
+                    rating: Rating::from_sum(sum, count),
+                    thumb_url,
+                },
+            )
             .collect())
     }
 

@@ -264,7 +264,7 @@ async fn products_page(State(state): State<AppState>, MaybeUser(current): MaybeU
         Ok(products) => {
             let products: Vec<minijinja::Value> = products
                 .iter()
-                .map(|p| context! { id => p.id, name => &p.name, price => price(p.price_cents), rating => Serde(&p.rating) })
+                .map(|p| context! { id => p.id, name => &p.name, price => price(p.price_cents), rating => Serde(&p.rating), thumb_url => &p.thumb_url })
                 .collect();
             render(
                 &state,

@@ -169,6 +169,40 @@ async fn twelve_uploads(engine: Engine) {
         .unwrap();
     assert_eq!(image::load_from_memory(&display).unwrap().width(), 1024);
 
+    // The list shows the product's first photo as its thumbnail (issue 26, 3): the
+    // cached list query was invalidated by the photos' arrival.
+    let list: Value = http
+        .get(up.url("/api/products?limit=100"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == product)
+        .cloned()
+        .unwrap();
+    let thumb_url = listed["thumb_url"].as_str().unwrap_or_default().to_string();
+    assert!(thumb_url.starts_with("/media/products/"), "{listed}");
+    let page = http
+        .get(up.url("/products"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // (The template escapes the URL as HTML: `/` is written `&#x2f;`.)
+    let escaped = thumb_url.replace('/', "&#x2f;");
+    assert!(
+        page.contains(&format!("class=\"thumb\" src=\"{escaped}\"")),
+        "{page}"
+    );
+
     // One job.finished per upload for its owner.
     assert!(eventually(LIMIT, async || finished(&up, &admin).await.len() == 12).await);
     assert!(finished(&up, &admin).await.values().all(|n| *n == 1));
