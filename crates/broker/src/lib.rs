@@ -54,11 +54,6 @@ impl Message {
         }
     }
 
-    /// The body, read as `T`.
-    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
-        serde_json::from_str(&self.body)
-    }
-
     /// The typed event this message carries; an error (the reason to dead-letter
     /// it) when its type or version is unknown or its body malformed.
     pub fn event(&self) -> Result<bakery_events::Incoming, bakery_events::DecodeError> {

@@ -6,6 +6,7 @@ pub mod calendar;
 pub mod catalog;
 pub mod clock;
 pub mod edge;
+pub mod html;
 pub mod job;
 pub mod password_hash;
 pub mod problem;

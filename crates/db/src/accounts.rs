@@ -160,11 +160,6 @@ impl Database {
                  WHERE id = $1
                  RETURNING {USER_COLUMNS}"
             );
-            let before: Option<String> =
-                sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
             let row = sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
                 .bind(id)
                 .bind(change.username)
@@ -173,8 +168,11 @@ impl Database {
                 .fetch_optional(&mut *tx)
                 .await?;
             let Some(row) = row else { return Ok(None) };
+            // An address given and not verified after the change (a new one, or the
+            // same one still unverified: its link is sent again) asks for a mail.
+            let (_, _, _, _, verified) = &row;
             if let Some(email) = change.email
-                && before.as_deref() != Some(email)
+                && *verified == 0
             {
                 let event = bakery_events::EmailAdded {
                     user_id: id,

@@ -499,3 +499,20 @@ impl bakery_core::problem::IntoProblem for DbError {
         (&self).into_problem()
     }
 }
+
+/// A migrated SQLite database in a fresh directory, for this crate's tests: the
+/// database and the directory (removed by the test when it is done).
+#[cfg(test)]
+pub(crate) async fn test_database(name: &str) -> (Database, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!("bakery-{name}-{:x}", rand::random::<u64>()));
+    let config = bakery_config::Config::from_layers(
+        None,
+        [("BAKERY_DATA_DIR".to_string(), dir.display().to_string())],
+    )
+    .expect("a data directory is a valid configuration");
+    bootstrap(&config, false)
+        .await
+        .expect("the schema migrates");
+    let (db, _) = Database::open(&config).await.expect("the database opens");
+    (db, dir)
+}

@@ -299,14 +299,7 @@ mod tests {
     /// before its deletion, cannot overwrite the page or bring it back.
     #[tokio::test]
     async fn renders_are_fenced_by_when_they_read_their_product() {
-        let dir = std::env::temp_dir().join(format!("bakery-fence-{:x}", rand::random::<u64>()));
-        let config = bakery_config::Config::from_layers(
-            None,
-            [("BAKERY_DATA_DIR".to_string(), dir.display().to_string())],
-        )
-        .unwrap();
-        crate::bootstrap(&config, false).await.unwrap();
-        let (db, _) = Database::open(&config).await.unwrap();
+        let (db, dir) = crate::test_database("fence").await;
         let (id, _) = db
             .create_product(crate::catalog::NewProduct {
                 name: "Fenced loaf",

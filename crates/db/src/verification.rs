@@ -135,14 +135,7 @@ mod tests {
     /// the mail budget holds a user to its limit and lets a redelivery through.
     #[tokio::test]
     async fn tokens_are_single_use_and_expire_and_the_budget_holds() {
-        let dir = std::env::temp_dir().join(format!("bakery-verify-{:x}", rand::random::<u64>()));
-        let config = bakery_config::Config::from_layers(
-            None,
-            [("BAKERY_DATA_DIR".to_string(), dir.display().to_string())],
-        )
-        .unwrap();
-        crate::bootstrap(&config, false).await.unwrap();
-        let (db, _) = Database::open(&config).await.unwrap();
+        let (db, dir) = crate::test_database("verify").await;
         let (user, _) = db
             .create_user(crate::accounts::NewUser {
                 username: "verifier",

@@ -150,9 +150,10 @@ async fn mail(room: &Mailroom, delivery: Delivery) -> Outcome {
     } = details;
     // Mail goes only where its owner asked for it, and not without end: the RSVP
     // and its push notification happen either way.
-    let unverified = !verified && room.settings.verification == Verification::Required;
-    let within_budget = unverified
-        || match app
+    let why_not = if !verified && room.settings.verification == Verification::Required {
+        Some("the address is not verified")
+    } else {
+        match app
             .reserve_mail(
                 &message.id,
                 event.user_id,
@@ -160,15 +161,12 @@ async fn mail(room: &Mailroom, delivery: Delivery) -> Outcome {
             )
             .await
         {
-            Ok(reserved) => reserved,
+            Ok(true) => None,
+            Ok(false) => Some("the user's mail budget for the hour is spent"),
             Err(e) => return Outcome::Retry(e.to_string()),
-        };
-    if unverified || !within_budget {
-        let why = if unverified {
-            "the address is not verified"
-        } else {
-            "the user's mail budget for the hour is spent"
-        };
+        }
+    };
+    if let Some(why) = why_not {
         tracing::info!(kind = %message.kind, rsvp_id = event.rsvp_id, why, "no mail");
         return match app.mail_handled(&message.id).await {
             Ok(_) => Outcome::Ack,

@@ -172,8 +172,9 @@ pub fn encode<E: Event>(event: &E) -> Encoded {
     }
 }
 
-/// A message as its consumer reads it.
-#[derive(Debug, Clone, PartialEq)]
+/// A message as its consumer reads it (serialised as its payload alone).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged)]
 pub enum Incoming {
     RsvpCreated(RsvpCreated),
     RsvpCancelled(RsvpCancelled),
@@ -198,16 +199,7 @@ impl Incoming {
 
     /// The payload as a user sees it in a notification (no version field).
     pub fn payload_json(&self) -> String {
-        let value = match self {
-            Self::RsvpCreated(e) => serde_json::to_string(e),
-            Self::RsvpCancelled(e) => serde_json::to_string(e),
-            Self::EmailSent(e) => serde_json::to_string(e),
-            Self::JobFinished(e) => serde_json::to_string(e),
-            Self::ProductChanged(e) => serde_json::to_string(e),
-            Self::EmailAdded(e) => serde_json::to_string(e),
-            Self::JobsReady(e) => serde_json::to_string(e),
-        };
-        value.expect("event payloads serialise")
+        serde_json::to_string(self).expect("event payloads serialise")
     }
 }
 

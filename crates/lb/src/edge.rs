@@ -146,6 +146,10 @@ fn product_spelling(path: &str, id: &str) -> Spelling {
     if id.is_empty() || id.contains('/') {
         return Spelling::Canonical;
     }
+    // The common case, on every request for a product page: already canonical.
+    if !id.starts_with('0') && id.len() <= 18 && id.bytes().all(|b| b.is_ascii_digit()) {
+        return Spelling::Canonical;
+    }
     let Some(plain) = percent_decoded(id) else {
         return Spelling::Nothing;
     };

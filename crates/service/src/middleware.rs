@@ -241,15 +241,9 @@ fn error_page(status: StatusCode, message: &str) -> String {
         status.as_u16(),
         status.canonical_reason().unwrap_or("Error")
     );
-    let escape = |text: &str| {
-        text.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-    };
     format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{title} — bakery</title></head>\n<body><main><h1>{title}</h1><p>{}</p><p><a href=\"/\">Back to the bakery</a></p></main></body></html>\n",
-        escape(message)
+        bakery_core::html::escape(message)
     )
 }
 

@@ -21,16 +21,9 @@ pub fn when(moment: &str) -> String {
         .unwrap_or_else(|| moment.to_string());
     format!(
         "<time datetime=\"{}\">{}</time>",
-        escape(moment),
-        escape(&readable)
+        bakery_core::html::escape(moment),
+        bakery_core::html::escape(&readable)
     )
-}
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! the render must see the write that asked for it, not a cached or lagging copy.
 
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bakery_app::App;
 use bakery_app::pages::RenderTarget;
@@ -13,6 +14,9 @@ use bakery_site::prerender;
 use serde_json::json;
 
 use crate::job::{JobError, Progress};
+
+/// Whether this process has seen every asset at the edge (see [`run`]).
+static ASSETS_AT_EDGE: AtomicBool = AtomicBool::new(false);
 
 static TEMPLATES: LazyLock<minijinja::Environment<'static>> = LazyLock::new(bakery_site::templates);
 
@@ -27,18 +31,22 @@ pub async fn run(
         ))
     })?;
     // The pages link the assets at their content-hashed paths: the edge needs them
-    // (each new version of one, too).
-    let mut missing = false;
-    for asset in prerender::assets() {
-        missing |= !app.edge_has(&asset.path).await.map_err(transient)?;
-    }
-    if missing {
-        let assets = tokio::task::spawn_blocking(prerender::asset_edge_pages)
-            .await
-            .map_err(|e| JobError::Transient(format!("compression failed: {e}")))?;
-        for asset in &assets {
-            app.put_edge_page(asset).await.map_err(transient)?;
+    // (each new version of one, too). Once this process has seen them all there,
+    // it need not look again: an asset's path names its content, and none is removed.
+    if !ASSETS_AT_EDGE.load(Ordering::Relaxed) {
+        let mut missing = false;
+        for asset in prerender::assets() {
+            missing |= !app.edge_has(&asset.path).await.map_err(transient)?;
         }
+        if missing {
+            let assets = tokio::task::spawn_blocking(prerender::asset_edge_pages)
+                .await
+                .map_err(|e| JobError::Transient(format!("compression failed: {e}")))?;
+            for asset in &assets {
+                app.put_edge_page(asset).await.map_err(transient)?;
+            }
+        }
+        ASSETS_AT_EDGE.store(true, Ordering::Relaxed);
     }
     // When the source is read: a product's page is stored only if no render that
     // read later (nor the product's deletion) got there first.
