@@ -18,6 +18,7 @@ use bakery_broker::{Broker, Relay};
 use bakery_cache::Cache;
 use bakery_cache::objects::InFlight;
 use bakery_config::{Config, ConfigError};
+use bakery_db::processes::Announced;
 use bakery_db::{CachedQuery, Database, Lsn};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -31,6 +32,7 @@ pub mod jobs;
 pub mod mail;
 pub mod media;
 pub mod notifications;
+pub mod ops;
 pub mod pages;
 mod work;
 
@@ -143,6 +145,12 @@ impl App {
 
     pub fn broker(&self) -> &Broker {
         &self.0.broker
+    }
+
+    /// Registers this process (its role and where its `/metrics` answers) in the
+    /// process registry the operations view reads, and starts its journal.
+    pub fn announce(&self, role: &str, metrics_addr: std::net::SocketAddr) -> Announced {
+        bakery_db::processes::announce(self.0.db.clone(), role, metrics_addr, true)
     }
 
     /// Whether the database answers (for `/healthz`).

@@ -27,8 +27,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::topology::{self, dead_queue};
 use crate::{
-    BrokerError, DeadLetter, Delivery, Handler, Message, Policy, Routed, STOP_GRACE, Settlement,
-    record_consumed, run_handler,
+    BrokerError, DeadLetter, Delivery, Handler, Message, Policy, QueueDepth, Routed, STOP_GRACE,
+    Settlement, run_handler, settled,
 };
 
 /// How often an idle consumer looks for work without a wake-up (SQLite's only way;
@@ -160,6 +160,29 @@ impl Embedded {
             .await
     }
 
+    pub async fn depths(&self) -> Result<Vec<QueueDepth>, BrokerError> {
+        let rows = self.queues.depths().await.map_err(broker_error)?;
+        let count = |name: &str, pick: fn(&(String, i64, i64)) -> i64| {
+            rows.iter()
+                .filter(|row| row.0 == name)
+                .map(|row| pick(row).max(0) as u64)
+                .sum::<u64>()
+        };
+        Ok(topology::QUEUES
+            .iter()
+            .map(|&queue| {
+                let dead = dead_queue(queue);
+                QueueDepth {
+                    queue,
+                    ready: count(queue, |row| row.1),
+                    unacked: Some(count(queue, |row| row.2)),
+                    consumers: None,
+                    dead: count(&dead, |row| row.1) + count(&dead, |row| row.2),
+                }
+            })
+            .collect())
+    }
+
     pub async fn consume(
         self: Arc<Self>,
         queue: &'static str,
@@ -240,8 +263,7 @@ impl Embedded {
             }
         };
         let settlement = self.policy.settle(delivery.attempt, outcome);
-        record_consumed(delivery.queue, &settlement);
-        log_settlement(&delivery, &settlement);
+        settled(&delivery, &settlement);
         if let Err(error) = self.settle(row, &delivery, &settlement).await {
             tracing::warn!(queue = delivery.queue, message_id = %delivery.message.id, %error, "cannot settle; it will be delivered again when its lease ends");
         }
@@ -292,25 +314,5 @@ impl Embedded {
             self.queues.announce(queue).await;
         }
         Ok(replayed)
-    }
-}
-
-pub(crate) fn log_settlement(delivery: &Delivery, settlement: &Settlement) {
-    let (queue, id, correlation_id, attempt) = (
-        delivery.queue,
-        &delivery.message.id,
-        &delivery.message.correlation_id,
-        delivery.attempt,
-    );
-    match settlement {
-        Settlement::Ack => {
-            tracing::debug!(queue, message_id = %id, %correlation_id, attempt, "handled")
-        }
-        Settlement::RetryAfter(delay, reason) => {
-            tracing::warn!(queue, message_id = %id, %correlation_id, attempt, ?delay, reason, "will retry")
-        }
-        Settlement::Dead(reason) => {
-            tracing::error!(queue, message_id = %id, %correlation_id, attempt, reason, "dead-lettered")
-        }
     }
 }

@@ -109,6 +109,22 @@ pub struct DeadLetter {
     pub died_at: i64,
 }
 
+/// A queue as the broker sees it now.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub queue: &'static str,
+    /// Waiting to be delivered (embedded: retries waiting out their delay included;
+    /// RabbitMQ keeps those in its delay queues).
+    pub ready: u64,
+    /// Delivered and not yet settled (the embedded broker's leases; AMQP does not
+    /// tell a client).
+    pub unacked: Option<u64>,
+    /// Consumers attached (RabbitMQ's count; the embedded broker does not know).
+    pub consumers: Option<u64>,
+    /// In its dead-letter queue.
+    pub dead: u64,
+}
+
 /// Whether a published message reached any queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Routed {
@@ -206,14 +222,49 @@ async fn run_handler(handler: &Handler, delivery: Delivery) -> Outcome {
     }
 }
 
-fn record_consumed(queue: &str, settlement: &Settlement) {
-    let outcome = match settlement {
-        Settlement::Ack => "ack",
-        Settlement::RetryAfter(..) => "retry",
-        Settlement::Dead(_) => "dead",
+/// What every settlement leaves behind, whichever engine: the count, the log line,
+/// and the hop in the journey of the request that caused the message.
+fn settled(delivery: &Delivery, settlement: &Settlement) {
+    let (outcome, reason) = match settlement {
+        Settlement::Ack => ("ack", None),
+        Settlement::RetryAfter(_, reason) => ("retry", Some(reason.as_str())),
+        Settlement::Dead(reason) => ("dead", Some(reason.as_str())),
     };
-    metrics::counter!("bakery_broker_consumed_total", "queue" => queue.to_string(), "outcome" => outcome)
+    metrics::counter!("bakery_broker_consumed_total", "queue" => delivery.queue, "outcome" => outcome)
         .increment(1);
+    log_settlement(delivery, settlement);
+    let message = &delivery.message;
+    bakery_telemetry::journey::note(
+        &message.correlation_id,
+        format!(
+            "{} delivered from {}: {outcome}",
+            message.kind, delivery.queue
+        ),
+        serde_json::json!({
+            "message_id": message.id, "kind": message.kind, "queue": delivery.queue,
+            "attempt": delivery.attempt, "outcome": outcome, "reason": reason,
+        }),
+    );
+}
+
+fn log_settlement(delivery: &Delivery, settlement: &Settlement) {
+    let (queue, id, correlation_id, attempt) = (
+        delivery.queue,
+        &delivery.message.id,
+        &delivery.message.correlation_id,
+        delivery.attempt,
+    );
+    match settlement {
+        Settlement::Ack => {
+            tracing::debug!(queue, message_id = %id, %correlation_id, attempt, "handled")
+        }
+        Settlement::RetryAfter(delay, reason) => {
+            tracing::warn!(queue, message_id = %id, %correlation_id, attempt, ?delay, reason, "will retry")
+        }
+        Settlement::Dead(reason) => {
+            tracing::error!(queue, message_id = %id, %correlation_id, attempt, reason, "dead-lettered")
+        }
+    }
 }
 
 fn record_published(exchange: &str) {
@@ -321,6 +372,14 @@ impl Broker {
         match &self.engine {
             Engine::Embedded(e) => tokio::spawn(e.clone().consume(queue, handler, stop)),
             Engine::Rabbit(r) => tokio::spawn(r.clone().consume(queue, handler, stop)),
+        }
+    }
+
+    /// Every queue's depth, consumers and dead letters, in the topology's order.
+    pub async fn depths(&self) -> Result<Vec<QueueDepth>, BrokerError> {
+        match &self.engine {
+            Engine::Embedded(e) => e.depths().await,
+            Engine::Rabbit(r) => r.depths().await,
         }
     }
 

@@ -31,11 +31,10 @@ use tokio::sync::Mutex;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::embedded::log_settlement;
 use crate::topology::{self, ExchangeKind, dead_queue};
 use crate::{
-    BrokerError, DeadLetter, Delivery, Handler, Message, Policy, Routed, STOP_GRACE, Settlement,
-    record_consumed, run_handler,
+    BrokerError, DeadLetter, Delivery, Handler, Message, Policy, QueueDepth, Routed, STOP_GRACE,
+    Settlement, run_handler, settled,
 };
 
 /// Longest a connect, a declare or a confirm may take.
@@ -439,8 +438,7 @@ impl Rabbit {
         };
         let outcome = run_handler(handler, ours.clone()).await;
         let settlement = self.policy.settle(ours.attempt, outcome);
-        record_consumed(queue, &settlement);
-        log_settlement(&ours, &settlement);
+        settled(&ours, &settlement);
         // Retry and dead letters are published (and confirmed) before the ack: a crash
         // in between delivers the message again, it never loses it.
         let moved = match &settlement {
@@ -497,6 +495,43 @@ impl Rabbit {
 
     /// Reads a dead-letter queue without taking anything from it: messages are got
     /// unacknowledged and go back when the channel closes.
+    /// Each queue's depth and consumers, asked with passive declares (which change
+    /// nothing).
+    pub async fn depths(&self) -> Result<Vec<QueueDepth>, BrokerError> {
+        let link = self.link().await?;
+        let channel = limited("open a channel", link.connection.create_channel()).await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        let mut depths = Vec::with_capacity(topology::QUEUES.len());
+        for &queue in topology::QUEUES {
+            let live = limited(
+                "inspect a queue",
+                channel.queue_declare(queue.into(), passive, FieldTable::default()),
+            )
+            .await?;
+            let dead = limited(
+                "inspect a queue",
+                channel.queue_declare(
+                    dead_queue(queue).as_str().into(),
+                    passive,
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+            depths.push(QueueDepth {
+                queue,
+                ready: u64::from(live.message_count()),
+                unacked: None,
+                consumers: Some(u64::from(live.consumer_count())),
+                dead: u64::from(dead.message_count()),
+            });
+        }
+        let _ = channel.close(200, "done".into()).await;
+        Ok(depths)
+    }
+
     pub async fn dead_letters(
         &self,
         queues: &[&'static str],

@@ -133,8 +133,17 @@ async fn publish_one(db: &Database, broker: &Broker, row: OutboxRow) -> Result<i
         body: row.body,
     };
     match broker.publish(&row.exchange, &message).await {
-        Ok(_) => {
+        Ok(routed) => {
             tracing::debug!(message_id = %message.id, correlation_id = %message.correlation_id, kind = %message.kind, "published from the outbox");
+            let routed = match routed {
+                crate::Routed::Queued => "queued",
+                crate::Routed::Unroutable => "unroutable",
+            };
+            bakery_telemetry::journey::note(
+                &message.correlation_id,
+                format!("{} published to {} ({routed})", message.kind, row.exchange),
+                serde_json::json!({"message_id": message.id, "kind": message.kind, "exchange": row.exchange, "routed": routed}),
+            );
             Ok(row.id)
         }
         Err(error) => {

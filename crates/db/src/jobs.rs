@@ -240,6 +240,21 @@ impl Database {
     }
 
     /// How many jobs with ids in `first..=last` have ended.
+    /// Jobs by kind and state, and when the oldest queued one was created (Unix
+    /// milliseconds): what the operations view shows of the jobs.
+    pub async fn job_counts(&self) -> Result<(Vec<(String, String, i64)>, Option<i64>), DbError> {
+        let counts = sqlx::query_as(
+            "SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state ORDER BY kind, state",
+        )
+        .fetch_all(self.primary())
+        .await?;
+        let oldest: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(created_at) FROM jobs WHERE state = 'queued'")
+                .fetch_one(self.primary())
+                .await?;
+        Ok((counts, oldest))
+    }
+
     pub async fn jobs_ended(&self, first: i64, last: i64) -> Result<i64, DbError> {
         Ok(sqlx::query_scalar(
             "SELECT COUNT(*) FROM jobs WHERE id BETWEEN $1 AND $2 AND finished_at IS NOT NULL",

@@ -21,8 +21,10 @@ pub mod calendar;
 pub mod catalog;
 pub mod demo;
 pub mod jobs;
+pub mod journey;
 pub mod messaging;
 pub mod pages;
+pub mod processes;
 pub mod queues;
 pub mod replica;
 pub mod verification;
@@ -445,6 +447,10 @@ impl Database {
                 Err(error) if is_unreachable(&error) => self.replicas.mark_unreachable(replica),
                 Err(error) => return Err(error.into()),
             }
+        } else if after.is_some() && self.replicas.pick(None).is_some() {
+            // A replica could answer, but none has replayed the reader's own last
+            // write yet: read-your-writes sends this read to the primary.
+            metrics::counter!("bakery_db_fresh_reads_total").increment(1);
         }
         match query(self.primary.clone()).await {
             Ok(value) => Ok(answered(Role::Primary, value)),

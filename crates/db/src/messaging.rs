@@ -36,6 +36,9 @@ pub struct Notification {
     #[serde(serialize_with = "bakery_core::clock::serialize_millis")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
+    /// The request that caused it (its journey continues on the streams).
+    #[serde(skip)]
+    pub correlation_id: String,
 }
 
 fn raw_json<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
@@ -43,15 +46,18 @@ fn raw_json<S: serde::Serializer>(text: &str, s: S) -> Result<S::Ok, S::Error> {
     value.serialize(s)
 }
 
-type NotificationTuple = (i64, i64, String, String, i64);
+type NotificationTuple = (i64, i64, String, String, i64, String);
 
-fn notification((id, user_id, kind, payload, created_at): NotificationTuple) -> Notification {
+fn notification(
+    (id, user_id, kind, payload, created_at, correlation_id): NotificationTuple,
+) -> Notification {
     Notification {
         id,
         user_id,
         kind,
         payload,
         created_at,
+        correlation_id,
     }
 }
 
@@ -67,17 +73,25 @@ pub(crate) async fn stage(
     correlation_id: &str,
 ) -> Result<(), sqlx::Error> {
     let message = bakery_events::encode(event);
+    let message_id = format!("{:032x}", rand::random::<u128>());
     sqlx::query(
         "INSERT INTO outbox (exchange, message_id, correlation_id, kind, body, created_at)
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
     .bind(message.exchange)
-    .bind(format!("{:032x}", rand::random::<u128>()))
+    .bind(&message_id)
     .bind(correlation_id)
-    .bind(message.routing_key)
+    .bind(&message.routing_key)
     .bind(message.body)
     .bind(now_millis())
-    .execute(conn)
+    .execute(&mut *conn)
+    .await?;
+    crate::journey::note_in(
+        conn,
+        correlation_id,
+        format!("wrote on the primary; {} staged in the outbox", message.routing_key),
+        serde_json::json!({"message_id": message_id, "kind": message.routing_key, "exchange": message.exchange}),
+    )
     .await?;
     crate::replica::note_staged();
     Ok(())
@@ -260,6 +274,7 @@ impl Database {
     pub async fn store_notification(
         &self,
         message_id: &str,
+        correlation_id: &str,
         user_id: i64,
         kind: &str,
         payload: &str,
@@ -271,8 +286,8 @@ impl Database {
                 .await?;
         }
         let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO notifications (user_id, kind, payload, message_id, created_at)
-             SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM users WHERE id = $1)
+            "INSERT INTO notifications (user_id, kind, payload, message_id, created_at, correlation_id)
+             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM users WHERE id = $1)
              ON CONFLICT (message_id) DO NOTHING RETURNING id",
         )
         .bind(user_id)
@@ -280,6 +295,7 @@ impl Database {
         .bind(payload)
         .bind(message_id)
         .bind(now_millis())
+        .bind(correlation_id)
         .fetch_optional(&mut *tx)
         .await?;
         if let (Some(id), true) = (id, self.postgres) {
@@ -300,7 +316,7 @@ impl Database {
         limit: i64,
     ) -> Result<Vec<Notification>, DbError> {
         let rows: Vec<NotificationTuple> = sqlx::query_as(
-            "SELECT id, user_id, kind, payload, created_at FROM notifications
+            "SELECT id, user_id, kind, payload, created_at, correlation_id FROM notifications
              WHERE id > $1 ORDER BY id LIMIT $2",
         )
         .bind(after_id)
@@ -318,7 +334,7 @@ impl Database {
         limit: i64,
     ) -> Result<Vec<Notification>, DbError> {
         let rows: Vec<NotificationTuple> = sqlx::query_as(
-            "SELECT id, user_id, kind, payload, created_at FROM notifications
+            "SELECT id, user_id, kind, payload, created_at, correlation_id FROM notifications
              WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
         .bind(user_id)
@@ -336,7 +352,7 @@ impl Database {
         limit: i64,
     ) -> Result<Vec<Notification>, DbError> {
         let rows: Vec<NotificationTuple> = sqlx::query_as(
-            "SELECT id, user_id, kind, payload, created_at FROM notifications
+            "SELECT id, user_id, kind, payload, created_at, correlation_id FROM notifications
              WHERE user_id = $1 ORDER BY id DESC LIMIT $2",
         )
         .bind(user_id)

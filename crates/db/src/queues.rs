@@ -276,6 +276,20 @@ impl Queues {
     }
 
     /// The messages in the dead-letter queue `dead_queue`, oldest first.
+    /// Messages per queue (dead-letter queues included, by their own name): ready
+    /// (due now or later, not leased) and leased (being handled).
+    pub async fn depths(&self) -> Result<Vec<(String, i64, i64)>, DbError> {
+        Ok(sqlx::query_as(
+            "SELECT queue,
+                    CAST(SUM(CASE WHEN leased_until <= $1 THEN 1 ELSE 0 END) AS BIGINT),
+                    CAST(SUM(CASE WHEN leased_until > $1 THEN 1 ELSE 0 END) AS BIGINT)
+             FROM broker_messages GROUP BY queue",
+        )
+        .bind(now_millis())
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     pub async fn dead(&self, dead_queue: &str) -> Result<Vec<Dead>, DbError> {
         let rows: Vec<DeadRow> = sqlx::query_as(
             "SELECT message_id, kind, correlation_id, attempts, last_error, dead_at

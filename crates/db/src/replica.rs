@@ -133,6 +133,7 @@ impl Replicas {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut history = Positions::default();
             loop {
                 tick.tick().await;
                 let primary_lsn =
@@ -145,7 +146,9 @@ impl Replicas {
                 }
                 if let Some(lsn) = primary_lsn {
                     self.primary_lsn.fetch_max(lsn.0, Ordering::Relaxed);
+                    history.saw(lsn.0);
                 }
+                let primary_at = self.primary_lsn.load(Ordering::Relaxed);
                 for replica in &self.members {
                     let replay = position(
                         &replica.pool,
@@ -155,6 +158,14 @@ impl Replicas {
                     if let Some(lsn) = replay {
                         replica.replay.fetch_max(lsn.0, Ordering::Relaxed);
                     }
+                    let replayed = replica.replay.load(Ordering::Relaxed);
+                    let name = replica.name.clone();
+                    metrics::gauge!("bakery_db_replica_up", "replica" => name.clone())
+                        .set(if replay.is_some() { 1.0 } else { 0.0 });
+                    metrics::gauge!("bakery_db_replica_lag_bytes", "replica" => name.clone())
+                        .set(primary_at.saturating_sub(replayed) as f64);
+                    metrics::gauge!("bakery_db_replica_lag_seconds", "replica" => name)
+                        .set(history.behind(replayed).as_secs_f64());
                     let was = replica.reachable.swap(replay.is_some(), Ordering::Relaxed);
                     if was != replay.is_some() {
                         tracing::info!(replica = %replica.name, reachable = replay.is_some(), "replica availability changed");
@@ -162,6 +173,43 @@ impl Replicas {
                 }
             }
         })
+    }
+}
+
+/// When the primary's WAL reached each position lately: a replica's lag in time is
+/// how long ago the primary was where the replica is now (as PostgreSQL's own
+/// `replay_lag`, with no privilege needed and at the poller's resolution).
+#[derive(Default)]
+struct Positions {
+    /// (first seen at, position), oldest first, positions increasing.
+    seen: std::collections::VecDeque<(std::time::Instant, u64)>,
+}
+
+impl Positions {
+    /// Kept for this long: a replica further behind shows at least this.
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    fn saw(&mut self, lsn: u64) {
+        let now = std::time::Instant::now();
+        if self.seen.back().is_none_or(|&(_, last)| lsn > last) {
+            self.seen.push_back((now, lsn));
+        }
+        while self
+            .seen
+            .front()
+            .is_some_and(|&(at, _)| now.duration_since(at) > Self::WINDOW)
+            && self.seen.len() > 1
+        {
+            self.seen.pop_front();
+        }
+    }
+
+    /// How long ago the primary first went past `replayed`; zero when it has not.
+    fn behind(&self, replayed: u64) -> Duration {
+        self.seen
+            .iter()
+            .find(|&&(_, lsn)| lsn > replayed)
+            .map_or(Duration::ZERO, |&(at, _)| at.elapsed())
     }
 }
 

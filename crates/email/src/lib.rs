@@ -77,7 +77,9 @@ pub async fn run(
     ];
     let router = bakery_service::layered(&shell, Router::new());
     tracing::info!(id, addr = %listener.local_addr()?, mailer = mailer.describe(), broker = app.broker().engine(), "email service serving");
+    let announced = app.announce("email", listener.local_addr()?);
     bakery_service::serve(&shell, router, listener, shutdown).await?;
+    announced.end().await;
     stop.cancel();
     let _ = tokio::time::timeout(
         Duration::from_secs(15),

@@ -73,6 +73,22 @@ impl Mailer {
 
     pub async fn send(&self, letter: &Letter<'_>) -> Result<(), SendError> {
         let message = build(letter)?;
+        let sent = self.deliver(letter, message).await;
+        if sent.is_ok() {
+            let via = match self {
+                Self::Smtp { .. } => "SMTP",
+                Self::Files(_) => "an .eml file",
+            };
+            bakery_telemetry::journey::note(
+                &bakery_telemetry::correlation_id(),
+                format!("mailed {} through {via}", letter.to_address),
+                serde_json::json!({"message_id": letter.message_id, "to": letter.to_address, "subject": letter.subject}),
+            );
+        }
+        sent
+    }
+
+    async fn deliver(&self, letter: &Letter<'_>, message: Message) -> Result<(), SendError> {
         match self {
             Self::Smtp { transport, .. } => match transport.send(message).await {
                 Ok(_) => Ok(()),

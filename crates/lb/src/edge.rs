@@ -323,25 +323,10 @@ impl Edge {
     /// Keeps the copy following the database until the process ends. A database
     /// that is not there yet (or not migrated yet) is tried again; meanwhile every
     /// eligible request is a miss.
+    /// Follows the database's pages until aborted.
     pub fn spawn_follower(self: Arc<Self>, config: Config) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let mut config = config;
-            config.database.pool_size = 1;
-            // The edge reads the primary's pages only, as its own login when it has
-            // one (least privilege: no access to users or anything else).
-            config.database.replica_urls.clear();
-            if let Some(url) = config.lb.database_url.clone() {
-                config.database.url = url;
-            }
-            let db = loop {
-                match Database::connect_configured(&config).await {
-                    Ok(db) => break db,
-                    Err(error) => {
-                        tracing::warn!(%error, "the edge cannot reach the database yet");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            };
+            let db = database(&config).await;
             let mut seen = 0i64;
             let mut last_resync = tokio::time::Instant::now();
             loop {
@@ -414,6 +399,27 @@ fn poisoned() -> bakery_db::DbError {
     bakery_db::DbError::Other(bakery_db::SqlxError::Protocol(
         "the edge's page map was poisoned".into(),
     ))
+}
+
+/// The database as a load balancer sees it: the primary only, as its own login
+/// when it has one (least privilege: the edge's pages and its registry row), one
+/// connection; waits until it answers.
+pub async fn database(config: &Config) -> Database {
+    let mut config = config.clone();
+    config.database.pool_size = 1;
+    config.database.replica_urls.clear();
+    if let Some(url) = config.lb.database_url.clone() {
+        config.database.url = url;
+    }
+    loop {
+        match Database::connect_configured(&config).await {
+            Ok(db) => return db,
+            Err(error) => {
+                tracing::warn!(%error, "the load balancer cannot reach the database yet");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

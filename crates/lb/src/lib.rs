@@ -180,9 +180,18 @@ pub async fn run(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    bakery_telemetry::set_process_id(id);
     let lb = Arc::new(Lb::new(&config, id, &topology)?);
     let background = health::spawn(lb.clone());
     let follower = lb.edge.clone().spawn_follower(config.clone());
+    // In the process registry with its admin address, where its metrics answer.
+    let registry = tokio::spawn({
+        let (config, admin) = (config.clone(), admin_listener.local_addr()?);
+        async move {
+            let db = edge::database(&config).await;
+            bakery_db::processes::announce(db, "lb", admin, false)
+        }
+    });
     tracing::info!(id, addr = %listener.local_addr()?, "load balancer serving");
     let listener = listener.into_std()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -215,6 +224,13 @@ pub async fn run(
     .await?;
     background.abort();
     follower.abort();
+    if registry.is_finished() {
+        if let Ok(announced) = registry.await {
+            announced.end().await;
+        }
+    } else {
+        registry.abort();
+    }
     let _ = admin_server.await;
     Ok(())
 }

@@ -86,7 +86,10 @@ pub async fn run(
         shutdown.await;
         closing.cancel();
     };
+    let announced =
+        bakery_db::processes::announce(db.clone(), "push", listener.local_addr()?, true);
     bakery_service::serve(&shell, router, listener, shutdown).await?;
+    announced.end().await;
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(15), consumer).await;
     broker.close().await;
@@ -106,7 +109,13 @@ async fn store(db: &bakery_db::Database, feed: &Feed, delivery: Delivery) -> Out
         return Outcome::Ack;
     };
     match db
-        .store_notification(&message.id, user_id, &message.kind, &event.payload_json())
+        .store_notification(
+            &message.id,
+            &message.correlation_id,
+            user_id,
+            &message.kind,
+            &event.payload_json(),
+        )
         .await
     {
         Ok(stored) => {

@@ -66,6 +66,7 @@ impl OpenStreams {
             return None;
         }
         *open += 1;
+        metrics::gauge!("bakery_push_streams_open").increment(1.0);
         Some(OpenStream {
             streams: self.clone(),
             user_id,
@@ -87,6 +88,7 @@ impl Drop for OpenStream {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if let Some(open) = per_user.get_mut(&self.user_id) {
+            metrics::gauge!("bakery_push_streams_open").decrement(1.0);
             *open -= 1;
             if *open == 0 {
                 per_user.remove(&self.user_id);
@@ -206,6 +208,11 @@ impl Follower {
     fn into_stream(self) -> impl Stream<Item = Result<Event, Infallible>> {
         futures::stream::unfold(self, |mut me| async move {
             let next = me.next().await?;
+            bakery_telemetry::journey::note(
+                &next.correlation_id,
+                format!("{} pushed on a stream of user {}", next.kind, next.user_id),
+                serde_json::json!({"notification": next.id, "kind": next.kind, "user_id": next.user_id}),
+            );
             Some((Ok(event(&next)), me))
         })
     }

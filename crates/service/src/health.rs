@@ -84,6 +84,7 @@ async fn healthz(shell: Shell) -> Response {
 }
 
 async fn render_metrics(shell: Shell) -> Response {
+    metrics::gauge!("bakery_http_in_flight").set(shell.in_flight() as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         shell.metrics().render(),

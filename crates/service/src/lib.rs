@@ -6,7 +6,7 @@
 //! what it uses and says how to check it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -41,6 +41,8 @@ struct Inner {
     request_timeout: Duration,
     drain_grace: Duration,
     draining: AtomicBool,
+    /// Requests being answered now (a gauge, set when `/metrics` is rendered).
+    in_flight: AtomicUsize,
     metrics: Metrics,
     checks: Vec<Check>,
 }
@@ -48,6 +50,7 @@ struct Inner {
 impl Shell {
     /// The shell of process `id`, whose `/healthz` asks `checks`.
     pub fn new(id: &str, config: &HttpConfig, checks: Vec<Check>) -> anyhow::Result<Self> {
+        bakery_telemetry::set_process_id(id);
         Ok(Self(Arc::new(Inner {
             id: Arc::from(id),
             served_by: HeaderValue::from_str(id).context("--id must be a valid header value")?,
@@ -55,6 +58,7 @@ impl Shell {
             request_timeout: config.request_timeout,
             drain_grace: config.drain_grace,
             draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
             metrics: Metrics::install(),
             checks,
         })))
@@ -75,6 +79,11 @@ impl Shell {
 
     pub fn metrics(&self) -> &Metrics {
         &self.0.metrics
+    }
+
+    /// Requests being answered now.
+    pub fn in_flight(&self) -> usize {
+        self.0.in_flight.load(Ordering::Relaxed)
     }
 
     fn checks(&self) -> &[Check] {

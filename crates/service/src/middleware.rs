@@ -6,6 +6,8 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bakery_telemetry::{REQUEST_ID, SERVED_BY};
+use std::sync::atomic::Ordering;
+
 use tracing::Instrument;
 
 use crate::{ApiError, Shell};
@@ -28,7 +30,9 @@ pub async fn request_context(State(shell): State<Shell>, mut req: Request, next:
 
     let span = tracing::info_span!("request", correlation_id = %request_id);
     let work = bakery_telemetry::with_correlation(request_id, next.run(req)).instrument(span);
+    let answering = InFlight::count(&shell);
     let mut response = RunToEnd::new(work).await;
+    drop(answering);
 
     bakery_telemetry::record_request(&route, response.status().as_u16());
     let headers = response.headers_mut();
@@ -42,6 +46,22 @@ pub async fn request_context(State(shell): State<Shell>, mut req: Request, next:
         headers.insert(SERVED_BY, shell.0.served_by.clone());
     }
     response
+}
+
+/// One request counted in flight until dropped (also when the client went away).
+struct InFlight<'a>(&'a Shell);
+
+impl<'a> InFlight<'a> {
+    fn count(shell: &'a Shell) -> Self {
+        shell.0.in_flight.fetch_add(1, Ordering::Relaxed);
+        Self(shell)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Runs a request's work to its end even when the client goes away (hyper then drops

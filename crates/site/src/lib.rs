@@ -25,6 +25,8 @@ pub fn templates() -> Environment<'static> {
         ("user.html", include_str!("../templates/user.html")),
         ("page.html", include_str!("../templates/page.html")),
         ("message.html", include_str!("../templates/message.html")),
+        ("ops.html", include_str!("../templates/ops.html")),
+        ("ops_live.html", include_str!("../templates/ops_live.html")),
     ] {
         env.add_template(name, source)
             .expect("the bundled templates parse");

@@ -43,6 +43,12 @@ pub fn assets() -> &'static [Asset] {
                 "text/javascript; charset=utf-8",
                 include_str!("../assets/time.js"),
             ),
+            (
+                "ops",
+                "js",
+                "text/javascript; charset=utf-8",
+                include_str!("../assets/ops.js"),
+            ),
         ]
         .into_iter()
         .map(|(stem, ext, content_type, body)| Asset {
@@ -73,6 +79,11 @@ pub fn account_js_path() -> &'static str {
 /// The script that writes dates in the reader's time zone, on every page.
 pub fn time_js_path() -> &'static str {
     &assets()[2].path
+}
+
+/// The operations page's script's path.
+pub fn ops_js_path() -> &'static str {
+    &assets()[3].path
 }
 
 /// Who the pages' footer names as having served a pre-rendered page.

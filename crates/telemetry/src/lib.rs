@@ -6,6 +6,8 @@
 
 use std::sync::OnceLock;
 
+pub mod journey;
+
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// The header that carries a request's id across every hop.
@@ -120,6 +122,28 @@ pub fn accept_request_id(value: Option<&[u8]>) -> Option<String> {
     sane.then(|| text.to_string())
 }
 
+static PROCESS_ID: OnceLock<String> = OnceLock::new();
+
+/// Names this process (`web-2`, `worker-1`) for what it records beyond its own
+/// answers (the journey of a request, the process registry). The first name given
+/// stays: tests that run several roles in one process see the first.
+pub fn set_process_id(id: &str) {
+    let _ = PROCESS_ID.set(id.to_string());
+}
+
+/// This process's name, or `bakery-<pid>` before a role named it.
+pub fn process_id() -> &'static str {
+    PROCESS_ID.get_or_init(|| format!("bakery-{}", std::process::id()))
+}
+
+/// This machine's name, for telling hosts apart in the process registry.
+pub fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
 tokio::task_local! {
     /// The id of the request (or message) the current work serves.
     static CORRELATION: String;
@@ -138,10 +162,6 @@ pub fn correlation_id() -> String {
         .unwrap_or_else(|_| new_request_id())
 }
 
-/// Resolves on SIGINT or SIGTERM: the one shutdown signal every role listens to.
-/// The handlers are installed when this is called, not when the future is first
-/// polled, so a signal that comes early (while a role is still starting) is not
-/// fatal. Call it inside the runtime.
 /// Raises this process's soft limit of open files to its hard limit (the common
 /// soft limit, 1,024, holds a few hundred proxied streams at two descriptors each)
 /// and answers the limit in force.
@@ -163,6 +183,10 @@ pub fn open_files_limit() -> u64 {
         .map_or(1024, |(soft, _)| soft)
 }
 
+/// Resolves on SIGINT or SIGTERM: the one shutdown signal every role listens to.
+/// The handlers are installed when this is called, not when the future is first
+/// polled, so a signal that comes early (while a role is still starting) is not
+/// fatal. Call it inside the runtime.
 pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term =

@@ -23,6 +23,7 @@ use utoipa_axum::router::OpenApiRouter;
 pub mod error;
 pub mod extract;
 pub mod openapi;
+mod ops;
 mod pages;
 pub mod routes;
 
@@ -47,6 +48,8 @@ pub struct Shared {
     /// The domain's operations over the database, the cache and the broker.
     pub app: App,
     pub sessions: SessionStore,
+    /// Pictures of the whole system for `/ops`.
+    pub ops: bakery_ops::Ops,
     templates: Arc<minijinja::Environment<'static>>,
 }
 
@@ -74,6 +77,7 @@ impl AppState {
         Ok(Self(Arc::new(Shared {
             shell: Shell::new(id, &config.http, checks)?,
             config: Arc::new(config),
+            ops: bakery_ops::Ops::new(app.clone()),
             app,
             sessions,
             templates: Arc::new(bakery_site::templates()),
@@ -115,6 +119,7 @@ pub fn app(state: AppState) -> Router {
             }),
         )
         .merge(pages::router())
+        .merge(ops::router())
         // Processed product images (the originals stay private).
         .nest_service(
             "/media/products",
@@ -199,7 +204,9 @@ pub async fn run(
     let consumers = tokio_util::sync::CancellationToken::new();
     let followups = state.app.follow_up_emails(consumers.clone());
     tracing::info!(id, addr = %listener.local_addr()?, sessions = state.sessions.engine(), broker = state.app.broker().engine(), "web clone serving");
+    let announced = state.app.announce("web", listener.local_addr()?);
     bakery_service::serve(&state.shell, app(state.clone()), listener, shutdown).await?;
+    announced.end().await;
     consumers.cancel();
     let _ = followups.await;
     state.app.close().await;

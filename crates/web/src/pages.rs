@@ -67,7 +67,12 @@ async fn verify_email_page(
     }
 }
 
-fn render(state: &AppState, status: StatusCode, name: &str, ctx: minijinja::Value) -> Response {
+pub(crate) fn render(
+    state: &AppState,
+    status: StatusCode,
+    name: &str,
+    ctx: minijinja::Value,
+) -> Response {
     let page = state.templates.get_template(name).and_then(|t| {
         t.render(context! { served_by => state.id(), css => prerender::css_path(), account_js => prerender::account_js_path(), time_js => prerender::time_js_path(), ..ctx })
     });

@@ -125,7 +125,9 @@ pub async fn run(
     let heartbeat = tokio::spawn(worker.clone().heartbeat(beating.clone()));
     let router = bakery_service::layered(&shell, Router::new());
     tracing::info!(id, addr = %listener.local_addr()?, concurrency = config.worker.concurrency, broker = app.broker().engine(), "worker serving");
+    let announced = app.announce("worker", listener.local_addr()?);
     bakery_service::serve(&shell, router, listener, shutdown).await?;
+    announced.end().await;
     stop.cancel();
     for consumer in consumers {
         let _ = consumer.await;

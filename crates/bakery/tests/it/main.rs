@@ -22,6 +22,7 @@ mod jobs;
 mod lb;
 mod messaging;
 mod openapi;
+mod ops;
 mod overload;
 mod replicas;
 mod roles;

@@ -124,6 +124,21 @@ async fn read_your_writes_while_the_replica_is_paused() {
         (100, "replica"),
         "others may still be served by the replica"
     );
+    // The operations view shows it happening: the replica behind in bytes and in
+    // time, and the writer's reads sent to the primary for freshness.
+    let behind = eventually(Duration::from_secs(5), async || {
+        let picture = crate::ops::snapshot(&up, &admin).await;
+        let replica = &picture["database"]["replicas"][0];
+        replica["lag_bytes"].as_f64().unwrap_or(0.0) > 0.0
+            && replica["lag_seconds"].as_f64().unwrap_or(0.0) > 0.0
+            && picture["database"]["fresh_reads"].as_f64().unwrap_or(0.0) >= 100.0
+    })
+    .await;
+    assert!(
+        behind,
+        "/ops shows the paused replica's lag and the fresh reads: {}",
+        crate::ops::snapshot(&up, &admin).await["database"]
+    );
 
     drop(paused);
     let caught_up = eventually(Duration::from_secs(10), async || {
@@ -142,6 +157,15 @@ async fn read_your_writes_while_the_replica_is_paused() {
         writer_on_replica,
         "the writer's reads return to the replica once it has caught up"
     );
+    let caught_up_in_view = eventually(Duration::from_secs(5), async || {
+        let picture = crate::ops::snapshot(&up, &admin).await;
+        let database = &picture["database"];
+        database["replicas"][0]["lag_bytes"] == 0.0
+            && database["replicas"][0]["up"] == true
+            && database["replica_share"].as_f64().unwrap_or(0.0) > 0.0
+    })
+    .await;
+    assert!(caught_up_in_view, "/ops shows the replica caught up");
     let mut metrics = String::new();
     for clone in up.clones() {
         metrics += &http
