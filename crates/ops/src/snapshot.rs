@@ -19,7 +19,8 @@ pub struct Ops {
 /// The whole system at one moment.
 #[derive(Debug, Clone, Serialize)]
 pub struct Snapshot {
-    /// Unix milliseconds.
+    /// Unix milliseconds (RFC 3339 in JSON).
+    #[serde(serialize_with = "bakery_core::clock::serialize_millis")]
     pub at: i64,
     pub processes: Vec<ProcessView>,
     /// The load balancers' pools: each member's health, in-flight and requests
@@ -45,6 +46,7 @@ pub struct ProcessView {
     pub process: Process,
     /// Answered its metrics now and said it was alive lately.
     pub up: bool,
+    /// Requests answered (health checks and metrics scrapes left out).
     pub requests: f64,
     pub in_flight: f64,
 }
@@ -178,9 +180,15 @@ impl Ops {
             if let Some(members) = members {
                 pools.extend(tag_pools(&process.id, members));
             }
+            // What it served, less what watching it cost (health checks, scrapes).
+            let requests = metrics.sum("bakery_http_requests_total", &[])
+                - ["/healthz", "/metrics"]
+                    .iter()
+                    .map(|route| metrics.sum("bakery_http_requests_total", &[("route", route)]))
+                    .sum::<f64>();
             views.push(ProcessView {
                 up,
-                requests: metrics.sum("bakery_http_requests_total", &[]),
+                requests,
                 in_flight,
                 process,
             });

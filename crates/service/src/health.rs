@@ -84,7 +84,8 @@ async fn healthz(shell: Shell) -> Response {
 }
 
 async fn render_metrics(shell: Shell) -> Response {
-    metrics::gauge!("bakery_http_in_flight").set(shell.in_flight() as f64);
+    // Less this request itself.
+    metrics::gauge!("bakery_http_in_flight").set(shell.in_flight().saturating_sub(1) as f64);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         shell.metrics().render(),

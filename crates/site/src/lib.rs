@@ -35,5 +35,8 @@ pub fn templates() -> Environment<'static> {
     env.add_filter("when", |moment: String| {
         minijinja::Value::from_safe_string(format::when(&moment))
     });
+    // `{{ rate|decimal }}` and `{{ ratio|percent }}`: figures on the operations page.
+    env.add_filter("decimal", |value: f64| format::decimal(value));
+    env.add_filter("percent", |ratio: f64| format::percent(ratio));
     env
 }

@@ -95,9 +95,10 @@ async fn page(
     current: Result<CurrentUser, ApiError>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(answer) = admin(&state, current).await {
-        return answer;
-    }
+    let current = match admin(&state, current).await {
+        Ok(current) => current,
+        Err(answer) => return answer,
+    };
     let journey_id = query
         .get("journey")
         .map(|id| id.trim().to_string())
@@ -113,6 +114,7 @@ async fn page(
         StatusCode::OK,
         "ops.html",
         context! {
+            user => Serde(&current.user),
             s => Serde(&picture),
             journey_id,
             hops => Serde(drawn(&hops)),
