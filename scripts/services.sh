@@ -184,6 +184,22 @@ bench_tools() {
   log "nginx and fonts are ready"
 }
 
+# The browser tests: headless Chromium driven through chromedriver, and axe-core
+# (from npm, into the workspace's target directory) for the accessibility check.
+browser() {
+  { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || apt_install chromium chromium-driver
+  local here; here="$(cd "$(dirname "$0")/.." && pwd)"
+  local axe="$here/target/browser/node_modules/axe-core/axe.min.js"
+  if [ ! -f "$axe" ]; then
+    command -v npm >/dev/null || apt_install npm
+    mkdir -p "$here/target/browser"
+    npm install --silent --no-audit --no-fund --prefix "$here/target/browser" axe-core@4 >/dev/null 2>&1 \
+      || die "could not install axe-core from npm"
+  fi
+  [ -f "$axe" ] || die "axe-core is not at $axe"
+  log "chromium $(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}'), chromedriver and axe-core are ready"
+}
+
 postgres
 replica
 room_for_tests
@@ -193,3 +209,4 @@ rabbitmq
 smtp_server
 api_fuzzer
 bench_tools
+browser

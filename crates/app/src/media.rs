@@ -99,13 +99,25 @@ impl App {
         if self.db().product(product_id, None).await?.is_none() {
             return Err(Error::NotFound);
         }
+        self.queue_original(product_id, format, &body, Some(actor))
+            .await
+    }
+
+    /// Stores a checked original and queues its `image` job.
+    async fn queue_original(
+        &self,
+        product_id: i64,
+        format: image::ImageFormat,
+        body: &[u8],
+        owner: Option<&User>,
+    ) -> Result<Written<i64>, Error> {
         let name = format!(
             "originals/{:032x}.{}",
             rand::random::<u128>(),
             format.extensions_str()[0]
         );
         let path = self.media_dir().join(&name);
-        write_file(&path, &body)
+        write_file(&path, body)
             .await
             .map_err(|e| Error::Internal(format!("cannot store the upload: {e}")))?;
         let payload = serde_json::to_value(ImageJob {
@@ -113,12 +125,28 @@ impl App {
             original: name,
         })
         .map_err(|e| Error::Internal(e.to_string()))?;
-        self.enqueue_job(
-            bakery_events::topology::job_kind::IMAGE,
-            Some(actor),
-            payload,
-        )
-        .await
+        self.enqueue_job(bakery_events::topology::job_kind::IMAGE, owner, payload)
+            .await
+    }
+
+    /// Photos for the demo bakery: a loaf drawn for each product that has none,
+    /// queued as an `image` job like an upload (nobody's), so the workers make its
+    /// sizes as soon as they run. Answers how many were queued.
+    pub async fn queue_demo_photos(&self) -> Result<usize, Error> {
+        let products = self.db().list_products(None, 0, 100).await?;
+        let mut queued = 0;
+        for (n, product) in products.iter().enumerate() {
+            if product.thumb_url.is_some() {
+                continue;
+            }
+            let png = tokio::task::spawn_blocking(move || demo_photo(n))
+                .await
+                .map_err(|e| Error::Internal(e.to_string()))??;
+            self.queue_original(product.id, image::ImageFormat::Png, &png, None)
+                .await?;
+            queued += 1;
+        }
+        Ok(queued)
     }
 
     /// Attaches a processed image (once per job) and refreshes `Product:{id}`.
@@ -141,6 +169,46 @@ impl App {
         })
         .await
     }
+}
+
+/// A loaf on a linen cloth, drawn: a warm crust shaded towards its edges, a few
+/// lighter score marks, a soft shadow; the shape and colour vary with `seed`.
+fn demo_photo(seed: usize) -> Result<Vec<u8>, Error> {
+    const CRUSTS: [[f32; 3]; 4] = [
+        [196.0, 134.0, 72.0],
+        [150.0, 96.0, 52.0],
+        [214.0, 170.0, 96.0],
+        [176.0, 112.0, 60.0],
+    ];
+    let crust = CRUSTS[seed % CRUSTS.len()];
+    let (rx, ry) = (
+        250.0 + (seed % 3) as f32 * 25.0,
+        130.0 + (seed % 5) as f32 * 14.0,
+    );
+    let picture = image::RgbImage::from_fn(640, 480, |x, y| {
+        let (dx, dy) = (x as f32 - 320.0, y as f32 - 240.0);
+        let inside = (dx / rx).powi(2) + (dy / ry).powi(2);
+        let pixel = if inside <= 1.0 {
+            let scored = inside < 0.6 && ((dx * 0.8 + dy) / 44.0).rem_euclid(1.0) < 0.1;
+            let light = if scored {
+                1.3
+            } else {
+                1.05 - 0.4 * inside - 0.25 * (dy / ry).max(0.0)
+            };
+            crust.map(|c| c * light)
+        } else {
+            let shadow = (dx / (rx * 1.1)).powi(2) + ((dy - ry * 0.4) / (ry * 1.1)).powi(2);
+            let dim = 1.0 - 0.25 * (1.5 - shadow).clamp(0.0, 1.0);
+            let weave = if (x / 6 + y / 6) % 2 == 0 { 0.0 } else { 6.0 };
+            [236.0 - weave, 228.0 - weave, 214.0 - weave].map(|c| c * dim)
+        };
+        image::Rgb(pixel.map(|c| c.clamp(0.0, 255.0) as u8))
+    });
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(picture)
+        .write_to(&mut Cursor::new(&mut png), image::ImageFormat::Png)
+        .map_err(|e| Error::Internal(format!("cannot draw a demo photo: {e}")))?;
+    Ok(png)
 }
 
 /// Writes aside, then renames: nobody ever reads half a file.

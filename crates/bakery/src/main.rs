@@ -232,7 +232,15 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             listen.parse::<SocketAddr>().map_err(|_| {
                 ConfigError::new("--listen", format!("not an IP:port address: {listen:?}"))
             })?;
-            report(&bakery_db::bootstrap(&config, !no_demo).await?);
+            let bootstrapped = bakery_db::bootstrap(&config, !no_demo).await?;
+            report(&bootstrapped);
+            if bootstrapped.demo_loaded {
+                // Its photos are image jobs: the workers make them once they run.
+                let app = bakery_app::App::connect(&config).await?;
+                let queued = app.queue_demo_photos().await?;
+                app.close().await;
+                println!("demo photos: {queued} queued for the workers");
+            }
             bakery_web::prepare_stores(&config).await?;
             let options = bakery_supervisor::UpOptions {
                 listen,

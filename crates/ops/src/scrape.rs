@@ -27,6 +27,15 @@ impl Metrics {
         self.matching(name, labels).sum()
     }
 
+    /// The sum of `name` over the samples whose label `label` passes `keep`.
+    pub fn sum_where(&self, name: &str, label: &str, keep: impl Fn(&str) -> bool) -> f64 {
+        self.samples
+            .iter()
+            .filter(|s| s.metric == name && s.labels.get(label).is_some_and(&keep))
+            .filter_map(|s| value(&s.value))
+            .sum()
+    }
+
     /// The largest value of `name` with those labels, if any.
     pub fn max(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         self.matching(name, labels).reduce(f64::max)
@@ -54,12 +63,17 @@ impl Metrics {
             .iter()
             .filter(move |s| s.metric == name)
             .filter(move |s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .filter_map(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => Some(v),
-                _ => None,
-            })
+            .filter_map(|s| value(&s.value))
+    }
+}
+
+/// A counter's, gauge's or untyped sample's value (histograms have none).
+fn value(value: &prometheus_parse::Value) -> Option<f64> {
+    match *value {
+        prometheus_parse::Value::Counter(v)
+        | prometheus_parse::Value::Gauge(v)
+        | prometheus_parse::Value::Untyped(v) => Some(v),
+        _ => None,
     }
 }
 
@@ -101,6 +115,11 @@ mod tests {
         assert_eq!(
             metrics.sum("bakery_http_requests_total", &[("status", "200")]),
             12.0
+        );
+        assert_eq!(
+            metrics.sum_where("bakery_http_requests_total", "status", |s| s
+                .starts_with('5')),
+            2.0
         );
         assert_eq!(metrics.max("bakery_db_replica_lag_bytes", &[]), Some(120.0));
         assert_eq!(metrics.max("bakery_nothing", &[]), None);

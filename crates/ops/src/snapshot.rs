@@ -48,6 +48,8 @@ pub struct ProcessView {
     pub up: bool,
     /// Requests answered (health checks and metrics scrapes left out).
     pub requests: f64,
+    /// Of those, answered 5xx or 429 (failed, refused or shed).
+    pub errors: f64,
     pub in_flight: f64,
 }
 
@@ -186,9 +188,13 @@ impl Ops {
                     .iter()
                     .map(|route| metrics.sum("bakery_http_requests_total", &[("route", route)]))
                     .sum::<f64>();
+            let errors = metrics.sum_where("bakery_http_requests_total", "status", |status| {
+                status.starts_with('5') || status == "429"
+            });
             views.push(ProcessView {
                 up,
                 requests,
+                errors,
                 in_flight,
                 process,
             });
@@ -298,6 +304,7 @@ impl Ops {
         let mut totals = BTreeMap::new();
         for view in &views {
             totals.insert(format!("requests:{}", view.process.id), view.requests);
+            totals.insert(format!("errors:{}", view.process.id), view.errors);
         }
         for (name, value) in [
             ("published", broker.published),

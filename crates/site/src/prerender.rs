@@ -32,10 +32,10 @@ pub fn assets() -> &'static [Asset] {
                 include_str!("../assets/site.css"),
             ),
             (
-                "account",
+                "notes",
                 "js",
                 "text/javascript; charset=utf-8",
-                include_str!("../assets/account.js"),
+                include_str!("../assets/notes.js"),
             ),
             (
                 "time",
@@ -71,8 +71,8 @@ pub fn css_path() -> &'static str {
     &assets()[0].path
 }
 
-/// The account page's script's path.
-pub fn account_js_path() -> &'static str {
+/// The script that shows a logged-in user's notifications live, on every page.
+pub fn notes_js_path() -> &'static str {
     &assets()[1].path
 }
 

@@ -132,3 +132,49 @@ pub fn header(mail: &str, header: &str) -> Option<String> {
         .find(|l| l.to_ascii_lowercase().starts_with(&prefix))
         .map(|l| l[prefix.len()..].trim().to_string())
 }
+
+/// The mails the sink got for `address`.
+pub fn mails_to(sink: &SmtpSink, address: &str) -> Vec<String> {
+    sink.messages()
+        .into_iter()
+        .filter(|m| header(m, "To").is_some_and(|to| to.contains(address)))
+        .collect()
+}
+
+/// A mail's text as a reader sees it (quoted-printable undone: soft line breaks
+/// joined, `=XX` decoded).
+pub fn readable(mail: &str) -> String {
+    let joined = mail.replace("=\r\n", "").replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'=', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).to_string()
+}
+
+/// The token in a verification mail's link (`/verify-email?token=...`).
+pub fn token_in(mail: &str) -> String {
+    let mail = readable(mail);
+    let at = mail
+        .find("/verify-email?token=")
+        .expect("a verification link");
+    mail[at + "/verify-email?token=".len()..]
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+        .collect()
+}

@@ -74,7 +74,7 @@ pub(crate) fn render(
     ctx: minijinja::Value,
 ) -> Response {
     let page = state.templates.get_template(name).and_then(|t| {
-        t.render(context! { served_by => state.id(), css => prerender::css_path(), account_js => prerender::account_js_path(), time_js => prerender::time_js_path(), ..ctx })
+        t.render(context! { served_by => state.id(), css => prerender::css_path(), notes_js => prerender::notes_js_path(), time_js => prerender::time_js_path(), ..ctx })
     });
     match page {
         Ok(html) => (status, Html(html)).into_response(),

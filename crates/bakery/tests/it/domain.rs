@@ -519,11 +519,18 @@ async fn an_empty_bakery_gets_the_demo_and_the_flag_turns_it_off() {
         .text()
         .await
         .unwrap();
-    assert_eq!(
-        page.matches("<li><a href=\"/products/").count(),
-        12,
-        "{page}"
-    );
+    assert_eq!(page.matches("href=\"/products/").count(), 12, "{page}");
+    // Each demo product gets a photo: drawn, queued as an image job, made by a worker.
+    let photographed = crate::harness::eventually(std::time::Duration::from_secs(60), async || {
+        let (_, list) = send(http.get(up.url("/api/products?limit=100"))).await;
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|p| p["thumb_url"].is_string())
+    })
+    .await;
+    assert!(photographed, "every demo product has a thumbnail");
     let first = list["items"][0]["id"].as_i64().unwrap();
     let detail = http
         .get(up.url(&format!("/products/{first}")))
@@ -536,6 +543,10 @@ async fn an_empty_bakery_gets_the_demo_and_the_flag_turns_it_off() {
     assert!(
         detail.contains("<blockquote>") && detail.contains("flour_fan"),
         "reviews with their authors"
+    );
+    assert!(
+        detail.contains("<img class=\"photo\"") && detail.contains("-1024.jpg"),
+        "and its photo: {detail}"
     );
     let cookie = sign_up_and_log_in(&http, &up.base, "clicker").await;
     let event = events["items"][0]["id"].as_i64().unwrap();

@@ -14,7 +14,7 @@ use crate::jobs::{ended, finished};
 const LIMIT: Duration = Duration::from_secs(60);
 
 /// A `width` x `height` PNG with some colour in it.
-fn png(width: u32, height: u32) -> Vec<u8> {
+pub(crate) fn png(width: u32, height: u32) -> Vec<u8> {
     let image = image::RgbImage::from_fn(width, height, |x, y| {
         image::Rgb([(x % 256) as u8, (y % 256) as u8, ((x + y) % 256) as u8])
     });

@@ -12,6 +12,7 @@ mod accounts;
 mod attacks;
 mod bad_input;
 mod bench;
+mod browser;
 mod caches;
 mod cli;
 mod clones;

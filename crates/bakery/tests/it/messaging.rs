@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use bakery_testkit::mail::{SmtpSink, header};
+use bakery_testkit::mail::{SmtpSink, header, mails_to, readable, token_in};
 use bakery_testkit::sse::SseStream;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
@@ -609,51 +609,6 @@ async fn messages_of_an_unknown_type_or_version_are_dead_with_their_reason_rabbi
 }
 
 /// The mails in `sink` to `address`.
-fn mails_to(sink: &SmtpSink, address: &str) -> Vec<String> {
-    sink.messages()
-        .into_iter()
-        .filter(|m| header(m, "To").is_some_and(|to| to.contains(address)))
-        .collect()
-}
-
-/// A mail's text as a reader sees it (quoted-printable undone: soft line breaks
-/// joined, `=XX` decoded).
-fn readable(mail: &str) -> String {
-    let joined = mail.replace("=\r\n", "").replace("=\n", "");
-    let bytes = joined.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes
-            .get(i + 1..i + 3)
-            .and_then(|h| std::str::from_utf8(h).ok())
-            .and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'=', Some(byte)) => {
-                out.push(byte);
-                i += 3;
-            }
-            (byte, _) => {
-                out.push(byte);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).to_string()
-}
-
-/// The token in a verification mail's link (`/verify-email?token=...`).
-fn token_in(mail: &str) -> String {
-    let mail = readable(mail);
-    let at = mail
-        .find("/verify-email?token=")
-        .expect("a verification link");
-    mail[at + "/verify-email?token=".len()..]
-        .chars()
-        .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
-        .collect()
-}
-
 /// Issue 25, 4 (contract, third round): a new address gets one verification mail
 /// with a single-use link; RSVP mail goes only to verified addresses (the RSVP and
 /// its push event happen either way); a changed address is unverified again and
