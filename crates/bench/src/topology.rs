@@ -136,6 +136,11 @@ impl Topology {
             _groups: groups,
         };
         topology.wait_healthy().await?;
+        // A person can watch the run: the lab's clones serve /ops like any others.
+        eprintln!(
+            "watch it live: http://{}/ops (log in as admin, password {ADMIN_PASSWORD})",
+            topology.addr()
+        );
         Ok(topology)
     }
 

@@ -346,10 +346,12 @@ fn is_idempotent(method: &Method) -> bool {
     )
 }
 
-/// The body limit of `path`: uploads have their own, every other route the JSON one.
+/// The body limit of `path`: uploads (the API's and the product page's form) have
+/// their own, every other route the JSON one.
 pub(crate) fn body_limit(config: &bakery_config::LbConfig, path: &str) -> usize {
     let upload = path
         .strip_prefix("/api/products/")
+        .or_else(|| path.strip_prefix("/products/"))
         .and_then(|rest| rest.strip_suffix("/images"))
         .is_some_and(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()));
     if upload {

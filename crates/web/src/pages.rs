@@ -1,8 +1,9 @@
 //! Server-rendered HTML pages (minijinja templates compiled into the binary):
 //! home, sign up, log in, my account. They share the account logic of the API.
 
+use axum::extract::multipart::MultipartRejection;
 use axum::extract::rejection::FormRejection;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -18,6 +19,7 @@ use bakery_app::Freshness;
 use bakery_app::accounts::{AccountChange, Credentials, SignUp};
 use bakery_app::calendar::Rsvped;
 use bakery_app::catalog::ReviewDraft;
+use bakery_app::media::{UPLOAD_LIMIT, accepted};
 use bakery_app::pages::RenderTarget;
 use bakery_core::edge::MISS_HEADER;
 use bakery_session::cookie as session_cookie;
@@ -34,6 +36,11 @@ pub fn router() -> Router<AppState> {
         .route("/products", get(products_page))
         .route("/products/{id}", get(product_page))
         .route("/products/{id}/reviews", post(review_form))
+        .route(
+            "/products/{id}/images",
+            // The photo and the form's few other bytes.
+            post(photo_form).layer(DefaultBodyLimit::max(UPLOAD_LIMIT + (64 << 10))),
+        )
         .route("/events", get(events_page))
         .route("/events/{id}", get(event_page))
         .route("/events/{id}/rsvp", post(rsvp_form))
@@ -289,6 +296,19 @@ async fn show_product(
     error: Option<String>,
     freshness: Freshness,
 ) -> Response {
+    show_product_with(state, current, id, error, freshness, "").await
+}
+
+/// The product page with `typed` back in the review field (a refused review keeps
+/// what its author wrote).
+async fn show_product_with(
+    state: &AppState,
+    current: &Option<CurrentUser>,
+    id: i64,
+    error: Option<String>,
+    freshness: Freshness,
+    typed: &str,
+) -> Response {
     let after = current.as_ref().and_then(|c| c.lsn);
     match state.app.product(id, after, freshness).await {
         Ok(Some(product)) => {
@@ -297,7 +317,7 @@ async fn show_product(
             } else {
                 StatusCode::OK
             };
-            let ctx = context! { price => price(product.price_cents), product => Serde(&product), user => user_value(current), error };
+            let ctx = context! { price => price(product.price_cents), product => Serde(&product), user => user_value(current), error, typed };
             render(state, status, "product.html", ctx)
         }
         Ok(None) => ApiError::not_found().into_response(),
@@ -377,23 +397,102 @@ async fn review_form(
         )
         .await;
     };
+    let typed = draft.body.clone();
     match state.app.add_review(&current.user, id, draft).await {
         Ok(written) => {
             let (remembered, _) = current.remember(&state, written).await;
             (remembered, Redirect::to(&format!("/products/{id}"))).into_response()
         }
         Err(bakery_app::Error::Invalid(invalid)) => {
-            show_product(
+            show_product_with(
                 &state,
                 &Some(current),
                 id,
                 Some(invalid.message),
                 Freshness::Current,
+                &typed,
+            )
+            .await
+        }
+        // One review each: said on the page, with what was typed kept.
+        Err(bakery_app::Error::Conflict { message, .. }) => {
+            show_product_with(
+                &state,
+                &Some(current),
+                id,
+                Some(message.to_string()),
+                Freshness::Current,
+                &typed,
             )
             .await
         }
         Err(e) => ApiError::from(e).into_response(),
     }
+}
+
+/// The product page's photo form (admins): the same operation as
+/// `POST /api/products/{id}/images`, from a browser's multipart form. Who may upload
+/// is decided before the body is read.
+async fn photo_form(
+    State(state): State<AppState>,
+    current: Result<CurrentUser, ApiError>,
+    Id(id): Id,
+    form: Result<Multipart, MultipartRejection>,
+) -> Response {
+    let Ok(current) = current else {
+        return crate::error::before_the_body(Redirect::to("/login").into_response());
+    };
+    if let Err(e) = state.app.require_admin(&current.user).await {
+        return crate::error::before_the_body(ApiError::from(e).into_response());
+    }
+    let refused = match photo_of(form).await {
+        Ok((format, bytes)) => match state
+            .app
+            .upload_image(&current.user, id, format, bytes)
+            .await
+        {
+            Ok(written) => {
+                let (remembered, _) = current.remember(&state, written).await;
+                return (remembered, Redirect::to(&format!("/products/{id}"))).into_response();
+            }
+            Err(bakery_app::Error::Invalid(invalid)) => invalid.message,
+            Err(bakery_app::Error::Unprocessable { message, .. }) => message,
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+        Err(message) => message,
+    };
+    show_product(
+        &state,
+        &Some(current),
+        id,
+        Some(refused),
+        Freshness::Current,
+    )
+    .await
+}
+
+/// The `photo` part of a photo form: its type and bytes, or what to tell the user.
+async fn photo_of(
+    form: Result<Multipart, MultipartRejection>,
+) -> Result<(bakery_app::media::ImageFormat, axum::body::Bytes), String> {
+    const CHOOSE: &str = "Choose a PNG or JPEG photo to upload.";
+    let mut form = form.map_err(|_| CHOOSE.to_string())?;
+    while let Ok(Some(field)) = form.next_field().await {
+        if field.name() != Some("photo") {
+            continue;
+        }
+        let content_type = field.content_type().unwrap_or_default().to_string();
+        let bytes = field
+            .bytes()
+            .await
+            .map_err(|_| format!("A photo is at most {} MiB.", UPLOAD_LIMIT >> 20))?;
+        if bytes.is_empty() {
+            break;
+        }
+        let format = accepted(&content_type).ok_or("A photo is a PNG or a JPEG image.")?;
+        return Ok((format, bytes));
+    }
+    Err(CHOOSE.to_string())
 }
 
 /// A user's profile and their latest 100 reviews.

@@ -1,7 +1,8 @@
 //! The shop as its users meet it (issue 26): headless Chromium, driven over
 //! WebDriver, signs up, confirms the address from the mail, logs in, reviews, RSVPs
-//! and sees the confirmation arrive live on the page, sees a new photo's thumbnail
-//! in the list, and an admin watches `/ops` move under load with each clone serving.
+//! and sees the confirmation arrive live on the page; an admin adds a photo through
+//! the product page's form and sees its thumbnail in the list, then watches `/ops`
+//! move under load with each clone serving.
 //! A screenshot of each step is written under `target/browser/screenshots/`; axe-core
 //! finds no serious or critical accessibility violation on the main pages.
 
@@ -101,34 +102,6 @@ async fn a_visitor_signs_up_confirms_reviews_rsvps_live_and_an_admin_watches_ops
     );
     browser.screenshot("5-rsvp-confirmed-live").await;
 
-    // A photo uploaded by an admin: its thumbnail appears in the list.
-    let http = harness::client();
-    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
-    let product = harness::create_product(
-        &up.base,
-        &admin,
-        "Photogenic loaf",
-        "Shot in good light",
-        450,
-    )
-    .await;
-    let uploaded = http
-        .post(up.url(&format!("/api/products/{product}/images")))
-        .header("cookie", &admin)
-        .header("content-type", "image/png")
-        .body(crate::images::png(640, 480))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(uploaded.status(), 202);
-    let thumbnail = eventually(LIMIT, async || {
-        browser.goto(&up.url("/products")).await;
-        browser.has(&format!("img.thumb[src*='/{product}/']")).await
-    })
-    .await;
-    assert!(thumbnail, "the new photo's thumbnail shows in the list");
-    browser.screenshot("6-thumbnail").await;
-
     // Accessibility of the main pages, as this user sees them.
     let mut violations = Vec::new();
     for path in ["/", "/products", "/products/1", "/events", "/account"] {
@@ -141,13 +114,51 @@ async fn a_visitor_signs_up_confirms_reviews_rsvps_live_and_an_admin_watches_ops
         }
     }
 
-    // An admin watches /ops while load runs: the live picture moves, each clone serves.
+    // The admin's turn.
     browser.submit("form[action='/logout'] button").await;
     browser.goto(&up.url("/login")).await;
     browser.fill("input[name=username]", "admin").await;
     browser.fill("input[name=password]", "admin-password").await;
     browser.submit("form[action='/login'] button").await;
     assert!(browser.wait_text("header", "admin", LIMIT).await);
+    // The admin adds a photo through the product page's form: a worker makes its
+    // sizes, and its thumbnail appears in the list.
+    let admin = harness::log_in(&harness::client(), &up.base, "admin", "admin-password").await;
+    let product = harness::create_product(
+        &up.base,
+        &admin,
+        "Photogenic loaf",
+        "Shot in good light",
+        450,
+    )
+    .await;
+    let file = std::env::temp_dir().join(format!("bakery-photo-{:x}.png", rand::random::<u64>()));
+    std::fs::write(&file, crate::images::png(640, 480)).unwrap();
+    browser.goto(&up.url(&format!("/products/{product}"))).await;
+    browser
+        .fill("input[type=file][name=photo]", &file.display().to_string())
+        .await;
+    browser
+        .submit(&format!("form[action='/products/{product}/images'] button"))
+        .await;
+    let _ = std::fs::remove_file(&file);
+    let thumbnail = eventually(LIMIT, async || {
+        browser.goto(&up.url("/products")).await;
+        browser.has(&format!("img.thumb[src*='/{product}/']")).await
+    })
+    .await;
+    assert!(thumbnail, "the new photo's thumbnail shows in the list");
+    browser.screenshot("6-thumbnail").await;
+    browser.goto(&up.url(&format!("/products/{product}"))).await;
+    assert!(browser.has("img.photo").await, "and the photo on its page");
+    for v in browser.accessibility_violations().await {
+        violations.push(format!(
+            "the admin's product page: {} ({}) {} at {:?}",
+            v.id, v.impact, v.help, v.targets
+        ));
+    }
+
+    // The admin watches /ops while load runs: the live picture moves, each clone serves.
     let load = tokio::spawn({
         let base = up.base.clone();
         async move {

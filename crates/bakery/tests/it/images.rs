@@ -298,3 +298,71 @@ async fn hostile_uploads_fail_clearly_and_the_workers_keep_serving() {
     let refused = upload(&up, &others, product, "image/png", png(8, 8)).await;
     assert_eq!(refused.status(), 403);
 }
+
+/// A browser's multipart form with one file part `photo`.
+fn photo_form(content_type: &str, bytes: &[u8]) -> (String, Vec<u8>) {
+    let boundary = format!("bakery{:016x}", rand::random::<u64>());
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"photo\"; filename=\"loaf\"\r\nContent-Type: {content_type}\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(bytes);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// The product page's photo form (issue 26): the admin's photo becomes an image
+/// job like an API upload; a customer is refused before the body is read (and the
+/// connection closed); a file that is not a photo is said so on the page.
+#[tokio::test]
+async fn the_product_page_takes_an_admins_photo_and_refuses_others() {
+    let up = Up::start(vec![], 1);
+    let http = harness::client();
+    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
+    let customer = harness::sign_up_and_log_in(&http, &up.base, "photo_fan").await;
+    let product = product_with_images(&up, &admin).await;
+    let path = format!("/products/{product}/images");
+    let url = up.url(&path);
+    let send = async |url: &str, cookie: &str, (content_type, body): (String, Vec<u8>)| {
+        http.post(url)
+            .header("cookie", cookie)
+            .header("content-type", content_type)
+            .header("accept", "text/html")
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+    };
+
+    // Straight to the clone, to see what it tells the load balancer: refused before
+    // the body is read, so the connection is not used again.
+    let clone = format!("http://{}{path}", up.clones()[0].addr);
+    let refused = send(&clone, &customer, photo_form("image/png", &png(64, 64))).await;
+    assert_eq!(refused.status(), 403);
+    assert_eq!(refused.headers()["connection"], "close");
+    let not_a_photo = send(&url, &admin, photo_form("text/plain", b"hello")).await;
+    assert_eq!(not_a_photo.status(), 400);
+    assert!(
+        not_a_photo
+            .text()
+            .await
+            .unwrap()
+            .contains("A photo is a PNG or a JPEG image.")
+    );
+    let lying = send(&url, &admin, photo_form("image/png", b"not really a png")).await;
+    assert_eq!(lying.status(), 400);
+
+    let taken = send(&url, &admin, photo_form("image/png", &png(300, 200))).await;
+    assert_eq!(taken.status(), 303);
+    assert_eq!(
+        taken.headers()["location"],
+        format!("/products/{product}").as_str()
+    );
+    let shown = eventually(LIMIT, async || {
+        let product: Value =
+            harness::get_json(&up.url(&format!("/api/products/{product}")), &admin).await;
+        product["images"].as_array().is_some_and(|i| i.len() == 1)
+    })
+    .await;
+    assert!(shown, "the photo is made and attached by a worker");
+}

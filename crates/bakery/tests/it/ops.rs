@@ -21,6 +21,18 @@ pub async fn snapshot(up: &Up, cookie: &str) -> Value {
     harness::get_json(&up.url("/api/ops/snapshot"), cookie).await
 }
 
+/// An HTML page an admin opens: 200, its text.
+async fn admin_page(up: &Up, path: &str, cookie: &str) -> String {
+    let page = harness::client()
+        .get(up.url(path))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200, "{path}");
+    page.text().await.unwrap()
+}
+
 fn process<'a>(picture: &'a Value, id: &str) -> &'a Value {
     picture["processes"]
         .as_array()
@@ -162,14 +174,7 @@ async fn ops_shows_every_process_and_the_numbers_move_to_admins_only() {
     );
 
     // The page, and its live part: a picture a second, with rates from the second.
-    let page = http
-        .get(up.url("/ops"))
-        .header("cookie", &admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), 200);
-    let html = page.text().await.unwrap();
+    let html = admin_page(&up, "/ops", &admin).await;
     for id in ids {
         assert!(html.contains(id), "{id} on /ops");
     }
@@ -327,14 +332,7 @@ async fn one_rsvp_journey(engine: Engine) {
         .unwrap();
     assert!(mailed["to"].as_str().unwrap().ends_with("@example.com"));
     // The page draws the same.
-    let page = http
-        .get(up.url(&format!("/ops?journey={request_id}")))
-        .header("cookie", &admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(page.status(), 200);
-    let html = page.text().await.unwrap();
+    let html = admin_page(&up, &format!("/ops?journey={request_id}"), &admin).await;
     assert!(html.contains("pushed on a stream of user") && html.contains("email-1"));
     let unknown = http
         .get(up.url("/api/ops/journey/never-seen-id"))

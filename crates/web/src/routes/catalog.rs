@@ -259,16 +259,8 @@ async fn upload_image(
     let (format, body) = match receive_image(&state, &current, &headers, body).await {
         Ok(received) => received,
         // Refused before the body was read whole: this connection cannot carry
-        // another request (the unread rest would be taken for one), so the load
-        // balancer is told not to send one on it.
-        Err(refused) => {
-            let mut response = refused.into_response();
-            response.headers_mut().insert(
-                axum::http::header::CONNECTION,
-                axum::http::HeaderValue::from_static("close"),
-            );
-            return Ok(response);
-        }
+        // another request, so the load balancer is told not to send one on it.
+        Err(refused) => return Ok(crate::error::before_the_body(refused.into_response())),
     };
     let written = state
         .app
