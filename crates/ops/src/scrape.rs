@@ -1,5 +1,5 @@
-//! Reading a process's metrics (Prometheus text, parsed with `prometheus-parse`)
-//! and a load balancer's members.
+//! Reading a process's metrics (the Prometheus text format) and a load balancer's
+//! members.
 
 use std::time::Duration;
 
@@ -7,19 +7,35 @@ use std::time::Duration;
 /// rather than holding the picture back.
 const LIMIT: Duration = Duration::from_millis(800);
 
+/// One sample line: `name{label="value",...} value`.
+#[derive(Debug, Clone, PartialEq)]
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+impl Sample {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
 /// One process's metrics.
 #[derive(Debug, Default, Clone)]
 pub struct Metrics {
-    samples: Vec<prometheus_parse::Sample>,
+    samples: Vec<Sample>,
 }
 
 impl Metrics {
+    /// Reads the Prometheus text format; a line it cannot read is left out.
     pub fn parse(text: &str) -> Self {
-        let lines = text.lines().map(|line| Ok(line.to_string()));
-        let samples = prometheus_parse::Scrape::parse(lines)
-            .map(|scrape| scrape.samples)
-            .unwrap_or_default();
-        Self { samples }
+        Self {
+            samples: text.lines().filter_map(sample).collect(),
+        }
     }
 
     /// The sum of `name` over the samples whose labels match all of `labels`.
@@ -31,8 +47,8 @@ impl Metrics {
     pub fn sum_where(&self, name: &str, label: &str, keep: impl Fn(&str) -> bool) -> f64 {
         self.samples
             .iter()
-            .filter(|s| s.metric == name && s.labels.get(label).is_some_and(&keep))
-            .filter_map(|s| value(&s.value))
+            .filter(|s| s.name == name && s.label(label).is_some_and(&keep))
+            .map(|s| s.value)
             .sum()
     }
 
@@ -46,8 +62,8 @@ impl Metrics {
         let mut values: Vec<String> = self
             .samples
             .iter()
-            .filter(|s| s.metric == name)
-            .filter_map(|s| s.labels.get(label).map(str::to_string))
+            .filter(|s| s.name == name)
+            .filter_map(|s| s.label(label).map(str::to_string))
             .collect();
         values.sort();
         values.dedup();
@@ -61,20 +77,62 @@ impl Metrics {
     ) -> impl Iterator<Item = f64> + 'a {
         self.samples
             .iter()
-            .filter(move |s| s.metric == name)
-            .filter(move |s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-            .filter_map(|s| value(&s.value))
+            .filter(move |s| s.name == name)
+            .filter(move |s| labels.iter().all(|(k, v)| s.label(k) == Some(*v)))
+            .map(|s| s.value)
     }
 }
 
-/// A counter's, gauge's or untyped sample's value (histograms have none).
-fn value(value: &prometheus_parse::Value) -> Option<f64> {
-    match *value {
-        prometheus_parse::Value::Counter(v)
-        | prometheus_parse::Value::Gauge(v)
-        | prometheus_parse::Value::Untyped(v) => Some(v),
-        _ => None,
+/// One line of the text format as a sample; `None` for comments, blank lines and
+/// what does not parse. Label values may hold any character, `{` and `}` included
+/// (our routes do: `/api/products/{id}`), with `\\`, `\"` and `\n` escaped.
+fn sample(line: &str) -> Option<Sample> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return None;
     }
+    let name_end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
+    let name = &line[..name_end];
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(inner) = rest.strip_prefix('{') {
+        let mut chars = inner.char_indices();
+        let mut key = String::new();
+        loop {
+            let (at, c) = chars.next()?;
+            match c {
+                '}' => {
+                    rest = &inner[at + 1..];
+                    break;
+                }
+                ',' | ' ' => {}
+                '=' => {
+                    if chars.next()?.1 != '"' {
+                        return None;
+                    }
+                    let mut value = String::new();
+                    loop {
+                        match chars.next()?.1 {
+                            '"' => break,
+                            '\\' => match chars.next()?.1 {
+                                'n' => value.push('\n'),
+                                other => value.push(other),
+                            },
+                            other => value.push(other),
+                        }
+                    }
+                    labels.push((std::mem::take(&mut key), value));
+                }
+                other => key.push(other),
+            }
+        }
+    }
+    let value = rest.split_whitespace().next()?.parse().ok()?;
+    Some(Sample {
+        name: name.to_string(),
+        labels,
+        value,
+    })
 }
 
 /// `GET http://{addr}{path}` within the limit; `None` when it did not answer 200.
@@ -128,5 +186,30 @@ mod tests {
             vec!["r1", "r2"]
         );
         assert_eq!(Metrics::parse("not metrics at all {").sum("x", &[]), 0.0);
+    }
+
+    #[test]
+    fn label_values_may_hold_braces_quotes_and_commas() {
+        let text = "bakery_http_requests_total{route=\"/api/products/{id}\",status=\"200\"} 15734\n\
+            odd{a=\"x,y\",b=\"say \\\"hi\\\"\"} 2 1700000000000\n\
+            plain 3.5\n\
+            infinite{le=\"+Inf\"} +Inf\n";
+        let metrics = Metrics::parse(text);
+        assert_eq!(
+            metrics.sum(
+                "bakery_http_requests_total",
+                &[("route", "/api/products/{id}")]
+            ),
+            15734.0
+        );
+        assert_eq!(
+            metrics.sum("odd", &[("a", "x,y"), ("b", "say \"hi\"")]),
+            2.0
+        );
+        assert_eq!(metrics.sum("plain", &[]), 3.5);
+        assert_eq!(
+            metrics.max("infinite", &[("le", "+Inf")]),
+            Some(f64::INFINITY)
+        );
     }
 }
