@@ -153,6 +153,11 @@ impl App {
         bakery_db::processes::announce(self.0.db.clone(), role, metrics_addr, true)
     }
 
+    /// Whether the cache answers (for `/healthz`: reported, not required).
+    pub async fn cache_up(&self) -> bool {
+        self.0.cache.is_up().await
+    }
+
     /// Whether the database answers (for `/healthz`).
     pub async fn database_up(&self) -> bool {
         self.0.db.ping().await.is_ok()

@@ -77,8 +77,9 @@ pub enum Freshness {
 const COUNTER_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Cache {
-    /// Connects to the engine; an unreachable server is an error here (at start-up),
-    /// while later failures only bypass the cache. `embedded_max_entries` bounds the
+    /// Connects to the engine. A server that does not answer yet is not an error (a
+    /// process may start before its cache, after a reboot in any order): reads bypass
+    /// it until it answers, as they do when it goes away later. `embedded_max_entries` bounds the
     /// embedded file (servers bound themselves); `namespace` keeps this deployment's
     /// keys apart (the database's instance id).
     pub async fn connect(
@@ -103,6 +104,21 @@ impl Cache {
             namespace: Arc::from(namespace),
             pending: Arc::default(),
         })
+    }
+
+    /// Whether the cache answers now, within the cache's time limit (for `/healthz`:
+    /// reported, never required — without it reads go to the database).
+    pub async fn is_up(&self) -> bool {
+        let ping = async {
+            match &self.engine {
+                Engine::Redis(redis) => redis.ping().await.is_ok(),
+                Engine::Memcached(memcached) => memcached.ping().await.is_ok(),
+                Engine::Embedded(..) | Engine::None => true,
+            }
+        };
+        tokio::time::timeout(self.timeout.max(Duration::from_millis(500)), ping)
+            .await
+            .unwrap_or(false)
     }
 
     pub fn engine(&self) -> &'static str {

@@ -62,16 +62,41 @@ impl Memcached {
             nodes: Arc::new(nodes),
         };
         for node in this.nodes.iter() {
-            let mut client = Client::new(format!("tcp://{}", node.addr))
-                .await
-                .map_err(|e| unavailable(&node.addr, e))?;
-            client
-                .version()
-                .await
-                .map_err(|e| unavailable(&node.addr, e))?;
-            *node.slots[0].lock().await = Some(client);
+            let first = async {
+                let mut client = Client::new(format!("tcp://{}", node.addr))
+                    .await
+                    .map_err(|e| unavailable(&node.addr, e))?;
+                client
+                    .version()
+                    .await
+                    .map_err(|e| unavailable(&node.addr, e))?;
+                Ok::<_, CacheError>(client)
+            };
+            // A node that does not answer yet is connected on a later use (every
+            // checkout makes a missing connection); until then its keys bypass it.
+            match first.await {
+                Ok(client) => *node.slots[0].lock().await = Some(client),
+                Err(error) => {
+                    tracing::warn!(%error, node = %node.addr, "a cache node does not answer yet; its keys bypass it until it does")
+                }
+            }
         }
         Ok(this)
+    }
+
+    /// Whether every node answers (for `/healthz`).
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        for node in 0..self.nodes.len() {
+            let mut slot = self.checkout(node).await?;
+            let addr = &self.nodes[node].addr;
+            match slot.as_mut() {
+                Some(client) => {
+                    client.version().await.map_err(|e| unavailable(addr, e))?;
+                }
+                None => return Err(CacheError::Unavailable(format!("{addr}: no connection"))),
+            }
+        }
+        Ok(())
     }
 
     /// A connection to `node`, made if needed.

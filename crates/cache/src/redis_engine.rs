@@ -22,19 +22,31 @@ fn unavailable(e: redis::RedisError) -> CacheError {
 }
 
 impl Redis {
+    /// Connects; a server that does not answer yet is not an error (a process may
+    /// start before its cache): reads bypass it, and the connection is made on a
+    /// later use once it answers.
     pub async fn connect(url: &str) -> Result<Self, CacheError> {
         let client = redis::Client::open(url).map_err(unavailable)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_response_timeout(Some(Duration::from_millis(500)))
             .set_number_of_retries(1);
-        let mut conn = ConnectionManager::new_with_config(client.clone(), config)
-            .await
-            .map_err(unavailable)?;
-        let _: () = redis::cmd("PING")
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let now = async {
+            let mut conn =
+                ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
+            let _: () = redis::cmd("PING").query_async(&mut conn).await?;
+            Ok::<_, redis::RedisError>(conn)
+        };
+        let conn = match now.await {
+            Ok(conn) => conn,
+            // A lazy manager connects on a later use, once the server answers
+            // (redis-rs reconnects on I/O errors); until then reads bypass the cache.
+            Err(error) => {
+                tracing::warn!(%error, "the cache does not answer yet; reads bypass it until it does");
+                ConnectionManager::new_lazy_with_config(client.clone(), config)
+                    .map_err(unavailable)?
+            }
+        };
         Ok(Self {
             conn,
             client,
@@ -58,6 +70,14 @@ impl Redis {
         if let Some(near) = &self.near {
             near.forget(key);
         }
+    }
+
+    /// Whether the server answers (for `/healthz`).
+    pub async fn ping(&self) -> Result<(), CacheError> {
+        redis::cmd("PING")
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
     }
 
     pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Vec<u8>>>, CacheError> {

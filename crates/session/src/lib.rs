@@ -141,7 +141,8 @@ impl SessionStore {
             })
     }
 
-    /// Connects (and for SQLite creates the file and table); fails if unreachable.
+    /// Connects (and for SQLite creates the file and table). A Redis that does not
+    /// answer yet is not an error: the store connects once it answers.
     /// `namespace` (the database's instance id) is part of every stored key, so a
     /// session made against one database is unknown to any other sharing the store.
     pub async fn connect(
@@ -196,9 +197,26 @@ impl SessionStore {
                     .set_connection_timeout(Some(Duration::from_secs(1)))
                     .set_response_timeout(Some(Duration::from_secs(1)))
                     .set_number_of_retries(2);
-                let mut conn =
-                    redis::aio::ConnectionManager::new_with_config(client, config).await?;
-                let _: () = redis::cmd("PING").query_async(&mut conn).await?;
+                let now = async {
+                    let mut conn = redis::aio::ConnectionManager::new_with_config(
+                        client.clone(),
+                        config.clone(),
+                    )
+                    .await?;
+                    let _: () = redis::cmd("PING").query_async(&mut conn).await?;
+                    Ok::<_, redis::RedisError>(conn)
+                };
+                let conn = match now.await {
+                    Ok(conn) => conn,
+                    // Started before its session store (after a reboot, in any
+                    // order): public pages are served, what needs a session answers
+                    // 503 `session_store_unavailable`, and a lazy manager connects on
+                    // a later use once the server answers.
+                    Err(error) => {
+                        tracing::warn!(%error, "the session store does not answer yet; serving what needs no session until it does");
+                        redis::aio::ConnectionManager::new_lazy_with_config(client, config)?
+                    }
+                };
                 Ok(Self::Redis {
                     conn,
                     lifetimes,

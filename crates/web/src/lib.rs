@@ -61,14 +61,19 @@ impl AppState {
         app.keep_cache_swept();
         // Keys in the shared stores are namespaced by the database they belong to.
         let sessions = SessionStore::open(&config.sessions, app.namespace()).await?;
-        // A clone needs the database and the session store; the broker it can do
-        // without (its writes wait in the outbox), so that one is only reported.
+        // A clone needs the database. The rest it can do without, so they are only
+        // reported: without the session store it serves what needs no session (the
+        // rest answers 503), without the cache it reads the database, without the
+        // broker its writes wait in the outbox.
         let checks = vec![
             Check::new("database", true, app.clone(), |app| async move {
                 app.database_up().await
             }),
-            Check::new("sessions", true, sessions.clone(), |sessions| async move {
+            Check::new("sessions", false, sessions.clone(), |sessions| async move {
                 sessions.ping().await.is_ok()
+            }),
+            Check::new("cache", false, app.clone(), |app| async move {
+                app.cache_up().await
             }),
             Check::new("broker", false, app.broker().clone(), |broker| async move {
                 broker.is_up().await

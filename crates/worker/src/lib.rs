@@ -91,6 +91,10 @@ pub async fn run(
         Check::new("broker", true, app.broker().clone(), |broker| async move {
             broker.is_up().await
         }),
+        // Reported only: without it, renders read the database.
+        Check::new("cache", false, app.clone(), |app| async move {
+            app.cache_up().await
+        }),
     ];
     let shell = Shell::new(id, &config.http, checks)?;
     let worker = Arc::new(Worker {

@@ -49,19 +49,6 @@ fn an_unreachable_database_exits_2() {
 }
 
 #[test]
-fn an_unreachable_session_store_exits_2() {
-    let data = TempDir::new();
-    let (code, _) = run_to_end(&["migrate"], env(&data, &[]));
-    assert_eq!(code, Some(0));
-    let (code, stderr) = run_to_end(
-        &["web"],
-        env(&data, &[("BAKERY_SESSION_URL", "redis://127.0.0.1:1")]),
-    );
-    assert_eq!(code, Some(2), "stderr: {stderr}");
-    assert!(stderr.contains("BAKERY_SESSION_URL"), "{stderr}");
-}
-
-#[test]
 fn a_malformed_value_exits_2() {
     assert_exit_2_naming(
         &["web"],

@@ -1,11 +1,15 @@
 //! Each role opens only the stores it uses (issue "One front door for every role"):
 //! the email service and the workers start and report healthy while the session
 //! store is away (and the email service while the cache is away too), because they
-//! never use them; the roles that do use them still refuse to start without them.
+//! never use them. And after a reboot processes come up in any order (issue 27): a
+//! clone and the push service start while their session store and cache do not
+//! answer, serve what needs neither, say so in `/healthz`, and use them once they
+//! answer.
 
 use std::time::Duration;
 
-use crate::harness::{self, Role, TempDir, eventually, run_to_end};
+use crate::harness::{self, Role, TempDir, eventually, redis_url, run_to_end};
+use crate::proxy::CuttableProxy;
 
 /// Nothing listens here: a store on it is unreachable.
 const NOWHERE: &str = "redis://127.0.0.1:1";
@@ -59,16 +63,104 @@ async fn email_and_workers_start_without_the_session_store_they_never_use() {
     let health = healthy(&worker, &["database", "broker"]).await;
     assert!(health.get("sessions").is_none(), "{health}");
 
-    // The stores really are away: the roles that use them do not start.
-    for (role, variable) in [
-        ("web", "BAKERY_SESSION_URL"),
-        ("push", "BAKERY_SESSION_URL"),
-    ] {
-        let (code, err) = run_to_end(
-            &[role, "--listen", "127.0.0.1:0"],
-            env(&data, &[("BAKERY_SESSION_URL", NOWHERE)]),
-        );
-        assert_eq!(code, Some(2), "{role}: {err}");
-        assert!(err.contains(variable), "{role}: {err}");
+    // The stores really are away: a worker reports the cache it uses as down.
+    let worker_cache = Role::start(
+        &["worker", "--listen", "127.0.0.1:0", "--id", "worker-8"],
+        env(&data, &away),
+    );
+    let health = healthy(&worker_cache, &["database", "broker"]).await;
+    assert_eq!(health["cache"], "down", "{health}");
+}
+
+/// `/healthz` of `role`: its status code and body.
+async fn health(role: &Role) -> (u16, serde_json::Value) {
+    match harness::client().get(role.url("/healthz")).send().await {
+        Ok(answer) => (
+            answer.status().as_u16(),
+            answer.json().await.unwrap_or_default(),
+        ),
+        Err(_) => (0, serde_json::Value::Null),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_and_push_start_before_their_session_store_and_cache_and_use_them_once_they_answer()
+{
+    let data = TempDir::new();
+    let (code, err) = run_to_end(
+        &["migrate"],
+        env(&data, &[("BAKERY_ADMIN_PASSWORD", "admin-password")]),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    // Redis behind a proxy that refuses connections: down, as after a reboot.
+    let target = redis_url()
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .parse()
+        .expect("the test Redis's address");
+    let redis = CuttableProxy::start(target).await;
+    redis.cut();
+    let url = format!("redis://{}", redis.addr);
+    let stores = [
+        ("BAKERY_SESSION_URL", url.as_str()),
+        ("BAKERY_CACHE_URL", url.as_str()),
+    ];
+    let web = Role::start(
+        &["web", "--listen", "127.0.0.1:0", "--id", "web-9"],
+        env(&data, &stores),
+    );
+    let push = Role::start(
+        &["push", "--listen", "127.0.0.1:0", "--id", "push-9"],
+        env(&data, &stores),
+    );
+
+    // Degraded, and saying so: the clone is healthy for the balancer (it serves
+    // public pages) and names what is down; push cannot serve a stream without
+    // sessions, so it answers 503 naming them — but it runs.
+    let web_health = healthy(&web, &["database"]).await;
+    assert_eq!(web_health["sessions"], "down", "{web_health}");
+    assert_eq!(web_health["cache"], "down", "{web_health}");
+    let (status, push_health) = health(&push).await;
+    assert_eq!(status, 503, "{push_health}");
+    assert_eq!(push_health["failing"], serde_json::json!(["sessions"]));
+    let http = harness::client();
+    let public = http.get(web.url("/api/products")).send().await.unwrap();
+    assert_eq!(public.status(), 200, "a public read without the cache");
+    let login = http
+        .post(web.url("/api/session"))
+        .json(&serde_json::json!({"username": "admin", "password": "admin-password"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 503);
+    assert_eq!(
+        harness::error_code(login).await,
+        "session_store_unavailable"
+    );
+
+    // The stores answer: both roles use them without a restart.
+    redis.restore().await;
+    let recovered = eventually(Duration::from_secs(20), async || {
+        let (web_status, web_health) = health(&web).await;
+        let (push_status, _) = health(&push).await;
+        web_status == 200
+            && web_health["sessions"] == "up"
+            && web_health["cache"] == "up"
+            && push_status == 200
+    })
+    .await;
+    assert!(
+        recovered,
+        "web {:?} push {:?}",
+        health(&web).await,
+        health(&push).await
+    );
+    let cookie = harness::log_in(&http, &web.url(""), "admin", "admin-password").await;
+    let me = http
+        .get(web.url("/api/me"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
 }
