@@ -171,8 +171,13 @@ fn gzip(body: &[u8]) -> Vec<u8> {
 
 fn brotli(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
+    // The window no larger than the page (the default, 4 MiB, makes quality 11
+    // allocate tens of MiB per page: a worker rendering a few at once held ~225 MB).
+    let window = (usize::BITS - body.len().max(1).leading_zeros()).clamp(10, 22) as i32;
     let params = brotli::enc::BrotliEncoderParams {
         quality: 11,
+        lgwin: window,
+        size_hint: body.len(),
         ..Default::default()
     };
     // Reading from a slice and writing to a Vec cannot fail.
