@@ -23,6 +23,10 @@ pub struct Backend {
     /// Read on every request, so kept apart from the checker's counters.
     healthy: AtomicBool,
     counters: Mutex<HealthCounters>,
+    /// The checker found the member dead (it stopped answering, as opposed to
+    /// draining): requests stranded on it stop waiting for an answer that will not
+    /// come. Cleared when it is healthy again.
+    dead: AtomicBool,
 }
 
 #[derive(Default)]
@@ -55,7 +59,14 @@ impl Backend {
             consecutive_failures: AtomicU32::new(0),
             healthy: AtomicBool::new(false),
             counters: Mutex::new(HealthCounters::default()),
+            dead: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the checker found this member dead (a draining member is not: its
+    /// requests finish).
+    pub fn is_dead(&self) -> bool {
+        self.dead.load(Ordering::Relaxed)
     }
 
     pub fn is_healthy(&self) -> bool {
@@ -117,6 +128,11 @@ impl Backend {
             }
         };
         self.healthy.store(now, Ordering::Relaxed);
+        if now {
+            self.dead.store(false, Ordering::Relaxed);
+        } else if was && probe == Probe::Fail {
+            self.dead.store(true, Ordering::Relaxed);
+        }
         was != now
     }
 
@@ -166,6 +182,21 @@ mod tests {
         assert!(b.is_healthy(), "a pass in between resets the count");
         b.record_probe(Probe::Fail, 2, 3);
         assert!(!b.is_healthy());
+    }
+
+    #[test]
+    fn a_member_is_found_dead_by_failed_checks_not_by_draining() {
+        let b = backend();
+        b.record_probe(Probe::Pass, 1, 2);
+        b.record_probe(Probe::Draining, 1, 2);
+        assert!(!b.is_dead(), "draining is not dead");
+        b.record_probe(Probe::Pass, 1, 2);
+        b.record_probe(Probe::Fail, 1, 2);
+        assert!(!b.is_dead(), "one failure is not enough");
+        b.record_probe(Probe::Fail, 1, 2);
+        assert!(b.is_dead());
+        b.record_probe(Probe::Pass, 1, 2);
+        assert!(!b.is_dead(), "alive again");
     }
 
     #[test]

@@ -282,7 +282,12 @@ pub(crate) async fn send(
         };
 
         let inflight = backend.start_request();
-        let outcome = upstream_client.request(backend.addr, &upstream).await;
+        // Stranded on a member that dies (a host cut away answers nothing until the
+        // upstream timeout): once the checker finds it dead, an idempotent request
+        // is given up there and tried on another; any other waits for its answer.
+        let outcome = upstream_client
+            .request_unless(backend.addr, &upstream, || idempotent && backend.is_dead())
+            .await;
         drop(inflight);
         let error = match outcome {
             Ok(answer) => {

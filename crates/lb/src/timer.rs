@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 /// How often the ticker looks for passed deadlines; how late one may fire.
 pub const RESOLUTION: Duration = Duration::from_millis(100);
+/// How often every waiter is woken whatever its deadline, so that it can look again
+/// at what nothing else tells it about (a backend found dead while it waited).
+pub const NUDGE_EVERY: u32 = 10;
 
 /// One worker's deadlines. Cheap to clone (a handle).
 #[derive(Clone, Default)]
@@ -38,23 +41,26 @@ impl Coarse {
         tokio::spawn(async move {
             let mut every = tokio::time::interval(RESOLUTION);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut ticks = 0u32;
             loop {
                 every.tick().await;
-                timer.fire(Instant::now());
+                ticks = ticks.wrapping_add(1);
+                timer.fire(Instant::now(), ticks.is_multiple_of(NUDGE_EVERY));
             }
         });
     }
 
-    /// Wakes (without forgetting) every waiter whose deadline is at or before `now`:
-    /// each forgets itself when polled or dropped.
-    fn fire(&self, now: Instant) {
+    /// Wakes (without forgetting) every waiter whose deadline is at or before `now`,
+    /// or every waiter (`all`): each forgets itself when polled or dropped, and one
+    /// woken early looks at its condition and waits again.
+    fn fire(&self, now: Instant, all: bool) {
         let due: Vec<Waker> = {
             let slots = self.lock();
             slots
                 .entries
                 .iter()
                 .flatten()
-                .filter(|(deadline, _)| *deadline <= now)
+                .filter(|(deadline, _)| all || *deadline <= now)
                 .map(|(_, waker)| waker.clone())
                 .collect()
         };
@@ -76,13 +82,32 @@ impl Coarse {
         duration: Duration,
         work: F,
     ) -> Result<F::Output, Elapsed> {
+        self.timeout_unless(duration, work, || false)
+            .await
+            .map_err(|_| Elapsed)
+    }
+
+    /// `work`, or `Err(Stopped::Elapsed)` once `duration` has passed, or
+    /// `Err(Stopped::GaveUp)` when `give_up` holds — asked whenever the work is
+    /// polled, and at least once a second ([`NUDGE_EVERY`] ticks).
+    pub async fn timeout_unless<F: Future>(
+        &self,
+        duration: Duration,
+        work: F,
+        give_up: impl Fn() -> bool,
+    ) -> Result<F::Output, Stopped> {
         let mut work = std::pin::pin!(work);
         let mut sleep = self.sleep_until(Instant::now() + duration);
         std::future::poll_fn(|cx| {
             if let Poll::Ready(out) = work.as_mut().poll(cx) {
                 return Poll::Ready(Ok(out));
             }
-            Pin::new(&mut sleep).poll(cx).map(|()| Err(Elapsed))
+            if give_up() {
+                return Poll::Ready(Err(Stopped::GaveUp));
+            }
+            Pin::new(&mut sleep)
+                .poll(cx)
+                .map(|()| Err(Stopped::Elapsed))
         })
         .await
     }
@@ -101,6 +126,13 @@ impl Coarse {
 /// The deadline passed first.
 #[derive(Debug, PartialEq)]
 pub struct Elapsed;
+
+/// Why [`Coarse::timeout_unless`] stopped waiting.
+#[derive(Debug, PartialEq)]
+pub enum Stopped {
+    Elapsed,
+    GaveUp,
+}
 
 /// A deadline; armed in its worker's slab only while something waits on it.
 pub struct Sleep {
@@ -209,6 +241,30 @@ mod tests {
         };
         assert_eq!(timer.timeout(Duration::from_secs(60), quick).await, Ok(7));
         assert_eq!(timer.armed(), 0, "answered first: disarmed");
+    }
+
+    #[tokio::test]
+    async fn a_waiter_gives_up_within_a_nudge_of_its_condition_holding() {
+        let timer = Coarse::default();
+        timer.spawn_ticker();
+        let dead = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = dead.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+        let never = std::future::pending::<()>();
+        let stopped = timer
+            .timeout_unless(Duration::from_secs(60), never, || {
+                dead.load(std::sync::atomic::Ordering::Relaxed)
+            })
+            .await;
+        assert_eq!(
+            stopped,
+            Err(Stopped::GaveUp),
+            "nothing but the nudge woke it"
+        );
+        assert_eq!(timer.armed(), 0);
     }
 
     #[tokio::test]

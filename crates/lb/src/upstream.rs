@@ -159,6 +159,8 @@ pub enum UpstreamError {
     Exchange(String),
     /// No answer in time (the backend may still be working on it).
     Timeout,
+    /// Given up while waiting: the checker found the backend dead meanwhile.
+    FoundDead,
 }
 
 impl UpstreamError {
@@ -179,6 +181,7 @@ impl UpstreamError {
             Self::Unsent(_) => "unsent",
             Self::Exchange(_) => "reset",
             Self::Timeout => "timeout",
+            Self::FoundDead => "found_dead",
         }
     }
 }
@@ -190,6 +193,7 @@ impl std::fmt::Display for UpstreamError {
             Self::Unsent(cause) => write!(f, "closed before the request was sent: {cause}"),
             Self::Exchange(cause) => write!(f, "{cause}"),
             Self::Timeout => write!(f, "no answer in time"),
+            Self::FoundDead => write!(f, "the backend was found dead while this waited"),
         }
     }
 }
@@ -210,15 +214,32 @@ impl Upstream {
 
     /// Sends `request` to `addr`; its response, or [`UpstreamError::Timeout`] when
     /// it is not there within the answer timeout.
+    #[cfg(test)]
     pub async fn request(
         &self,
         addr: SocketAddr,
         request: &Outgoing,
     ) -> Result<Answer, UpstreamError> {
-        self.timer
-            .timeout(self.answer_timeout, self.exchange(addr, request))
+        self.request_unless(addr, request, || false).await
+    }
+
+    /// [`Upstream::request`], given up (`FoundDead`) as soon as `dead` holds: it is
+    /// asked while the answer is awaited, at least once a second.
+    pub async fn request_unless(
+        &self,
+        addr: SocketAddr,
+        request: &Outgoing,
+        dead: impl Fn() -> bool,
+    ) -> Result<Answer, UpstreamError> {
+        match self
+            .timer
+            .timeout_unless(self.answer_timeout, self.exchange(addr, request), dead)
             .await
-            .unwrap_or(Err(UpstreamError::Timeout))
+        {
+            Ok(outcome) => outcome,
+            Err(crate::timer::Stopped::Elapsed) => Err(UpstreamError::Timeout),
+            Err(crate::timer::Stopped::GaveUp) => Err(UpstreamError::FoundDead),
+        }
     }
 
     /// An idle connection the backend closed meanwhile (its keep-alive ran out, it
