@@ -69,11 +69,12 @@ pub fn announce(db: Database, role: &str, metrics_addr: SocketAddr, prunes: bool
     journey::start_journal(db.clone());
     let id = bakery_telemetry::process_id().to_string();
     let pid = i64::from(std::process::id());
+    let host = bakery_telemetry::host_name();
     let me = Process {
         id: id.clone(),
         role: role.to_string(),
-        addr: metrics_addr.to_string(),
-        host: bakery_telemetry::host_name(),
+        addr: reachable(metrics_addr, &host),
+        host,
         pid,
         started_at: now_millis(),
         seen_at: now_millis(),
@@ -112,6 +113,16 @@ pub fn announce(db: Database, role: &str, metrics_addr: SocketAddr, prunes: bool
         id,
         pid,
         beating,
+    }
+}
+
+/// Where other hosts reach `addr`: a process listening on every interface
+/// (`0.0.0.0`, `::`) is registered under its host's name, which the others resolve.
+fn reachable(addr: SocketAddr, host: &str) -> String {
+    if addr.ip().is_unspecified() {
+        format!("{host}:{}", addr.port())
+    } else {
+        addr.to_string()
     }
 }
 
@@ -187,5 +198,26 @@ impl Database {
                 },
             )
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reachable;
+
+    #[test]
+    fn a_process_on_every_interface_is_registered_under_its_host_name() {
+        assert_eq!(
+            reachable("0.0.0.0:9100".parse().unwrap(), "web-a"),
+            "web-a:9100"
+        );
+        assert_eq!(
+            reachable("[::]:9100".parse().unwrap(), "web-a"),
+            "web-a:9100"
+        );
+        assert_eq!(
+            reachable("10.0.0.5:9100".parse().unwrap(), "web-a"),
+            "10.0.0.5:9100"
+        );
     }
 }
