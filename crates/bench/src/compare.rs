@@ -104,6 +104,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         duration,
     )
     .await?;
+    let memory = topology.peak_memory();
     topology.stop().await;
 
     let points = ab::points(&runs, &options.connections, [a, b]);
@@ -118,16 +119,19 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         &lab.dir,
         &format!("bench compare — {a} against {b}"),
         &html::Page {
-            summary: vec![format!(
-                "{} clone(s) (CPU each: {}) behind the load balancer (CPU: {}); closed model; {} round(s) of {:.0} s (after {:.0} s of warm-up) per scenario and connection count, alternating which goes first. Cache: {}.",
-                options.clones,
-                budget(options.cpu_per_clone),
-                budget(options.cpu_lb),
-                options.rounds.rounds,
-                options.rounds.duration,
-                options.rounds.warmup,
-                lab.config.cache.url.engine(),
-            )],
+            summary: vec![
+                format!(
+                    "{} clone(s) (CPU each: {}) behind the load balancer (CPU: {}); closed model; {} round(s) of {:.0} s (after {:.0} s of warm-up) per scenario and connection count, alternating which goes first. Cache: {}.",
+                    options.clones,
+                    budget(options.cpu_per_clone),
+                    budget(options.cpu_lb),
+                    options.rounds.rounds,
+                    options.rounds.duration,
+                    options.rounds.warmup,
+                    lab.config.cache.url.engine(),
+                ),
+                format!("Peak memory: {}.", crate::megabytes(&memory)),
+            ],
             table,
             charts,
             files: vec!["results.json".into(), "runs.json".into()],
@@ -139,6 +143,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         "baseline": b,
         "clones": options.clones,
         "cache": lab.config.cache.url.engine(),
+        "peak_rss_bytes": memory,
         "points": points.iter().map(|(c, x, y)| json!({
             "connections": c,
             "rps": x.rps.round(), "baseline_rps": y.rps.round(),

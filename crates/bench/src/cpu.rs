@@ -1,6 +1,7 @@
-//! CPU time used by processes, read from `/proc/<pid>/stat` (user + system time
-//! of all their threads): how busy each part of a topology was during a run, to
-//! say which one was the limit.
+//! What processes used, read from `/proc`: CPU time from `/proc/<pid>/stat` (user
+//! + system time of all their threads) — how busy each part of a topology was
+//! during a run, to say which one was the limit — and peak memory from
+//! `/proc/<pid>/status`.
 
 use std::time::Duration;
 
@@ -31,6 +32,19 @@ const USER_HZ: f64 = 100.0;
 /// CPU time of several processes together.
 pub fn used_by(pids: &[u32]) -> Duration {
     pids.iter().map(|&pid| used(pid)).sum()
+}
+
+/// The most resident memory process `pid` has held (`VmHWM`), in bytes; zero once
+/// it is gone.
+pub fn peak_memory(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0)
 }
 
 /// The machine's cores.

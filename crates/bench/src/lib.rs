@@ -120,3 +120,15 @@ pub fn median(mut values: Vec<f64>) -> f64 {
         values[mid]
     }
 }
+
+/// Peak memory by process as people read it: `lb-1 28 MB, web-1 41 MB`.
+pub(crate) fn megabytes(memory: &serde_json::Map<String, serde_json::Value>) -> String {
+    memory
+        .iter()
+        .map(|(id, bytes)| {
+            let mb = bytes.as_u64().unwrap_or(0) as f64 / 1e6;
+            format!("{id} {mb:.0} MB")
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}

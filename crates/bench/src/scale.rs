@@ -128,6 +128,8 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     let mut mix = None;
     let mut points = Vec::new();
     let mut all_rounds = Vec::new();
+    // Each point's peak memory by process, in the order of `points`.
+    let mut memories = Vec::new();
     for &n in &clones {
         bar.set_message(format!("{n} clone(s): starting"));
         let shape = Shape {
@@ -154,8 +156,10 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
             rounds.push(round);
             bar.inc(1);
         }
+        let memory = topology.peak_memory();
         topology.stop().await;
-        all_rounds.push(json!({"clones": n, "rounds": rounds}));
+        all_rounds.push(json!({"clones": n, "rounds": rounds, "peak_rss_bytes": memory}));
+        memories.push(memory);
         points.push(summarise(n, connections, &rounds, &shape));
     }
     bar.finish_and_clear();
@@ -184,9 +188,10 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     });
     let result = json!({
         "scenario": scenario.name(),
-        "points": points.iter().map(|p| json!({
+        "points": points.iter().zip(&memories).map(|(p, memory)| json!({
             "clones": p.clones, "rps": round3(p.rps), "p99_ms": round3(p.p99_ms),
             "p50_ms": round3(p.p50_ms), "errors": p.errors, "saturated": p.saturated,
+            "peak_rss_bytes": memory,
         })).collect::<Vec<_>>(),
         "efficiency": efficiency,
         "usl": usl,

@@ -152,6 +152,19 @@ impl Topology {
         format!("http://{}", self.lb.addr)
     }
 
+    /// Each process's peak memory so far, in bytes, by id (`lb-1`, `web-1`, ...).
+    pub fn peak_memory(&self) -> serde_json::Map<String, serde_json::Value> {
+        std::iter::once(("lb-1".to_string(), self.lb.pid))
+            .chain(
+                self.clones
+                    .iter()
+                    .enumerate()
+                    .map(|(i, clone)| (format!("web-{}", i + 1), clone.pid)),
+            )
+            .map(|(id, pid)| (id, serde_json::json!(crate::cpu::peak_memory(pid))))
+            .collect()
+    }
+
     pub fn clone_pids(&self) -> Vec<u32> {
         self.clones.iter().map(|c| c.pid).collect()
     }

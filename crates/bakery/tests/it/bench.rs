@@ -106,6 +106,17 @@ async fn bench_scale_measures_each_point_fits_the_usl_and_writes_its_report() {
         assert!(point["p99_ms"].as_f64().unwrap() > 0.0, "{point}");
         assert_eq!(point["errors"], 0, "{point}");
         assert!(point["saturated"].is_string());
+        // Every process of the point's topology, with its peak memory.
+        let memory = point["peak_rss_bytes"].as_object().unwrap();
+        assert_eq!(
+            memory.len() as i64,
+            point["clones"].as_i64().unwrap() + 1,
+            "{point}"
+        );
+        assert!(
+            memory.values().all(|b| b.as_u64().unwrap_or(0) > 1_000_000),
+            "{point}"
+        );
     }
     assert!(result["efficiency"]["2"].as_f64().unwrap() > 0.0);
     assert!(result["efficiency"]["3"].as_f64().unwrap() > 0.0);
@@ -286,6 +297,11 @@ async fn bench_compare_measures_a_scenario_against_its_baseline_side_by_side() {
             &"redis".into()
         )
     );
+    // Each process's peak memory, beside the figures.
+    for id in ["lb-1", "web-1"] {
+        let bytes = result["peak_rss_bytes"][id].as_u64().unwrap_or(0);
+        assert!(bytes > 1_000_000, "{id}: {}", result["peak_rss_bytes"]);
+    }
     let points = result["points"].as_array().unwrap();
     assert_eq!(points.len(), 2);
     for point in points {
