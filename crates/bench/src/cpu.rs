@@ -1,6 +1,6 @@
-//! What processes used, read from `/proc`: CPU time from `/proc/<pid>/stat` (user
-//! + system time of all their threads) — how busy each part of a topology was
-//! during a run, to say which one was the limit — and peak memory from
+//! What processes used, read from `/proc`: CPU time from `/proc/<pid>/stat` (the
+//! user and system time of all their threads) — how busy each part of a topology
+//! was during a run, to say which one was the limit — and peak memory from
 //! `/proc/<pid>/status`.
 
 use std::time::Duration;
