@@ -13,7 +13,7 @@ use crate::{App, Error};
 pub const SHOWN_FOR_MS: i64 = 60_000;
 
 /// The jobs as the operations view shows them.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct JobCounts {
     /// (kind, state, count).
     pub counts: Vec<(String, String, i64)>,

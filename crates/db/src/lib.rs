@@ -447,7 +447,7 @@ impl Database {
                 Err(error) if is_unreachable(&error) => self.replicas.mark_unreachable(replica),
                 Err(error) => return Err(error.into()),
             }
-        } else if after.is_some() && self.replicas.pick(None).is_some() {
+        } else if after.is_some() && self.replicas.any_fit() {
             // A replica could answer, but none has replayed the reader's own last
             // write yet: read-your-writes sends this read to the primary.
             metrics::counter!("bakery_db_fresh_reads_total").increment(1);

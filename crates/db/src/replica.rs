@@ -91,27 +91,37 @@ impl Replicas {
         self.primary_up.load(Ordering::Relaxed)
     }
 
-    /// A replica fit to answer a reader whose last write is at `after`, if any.
+    /// A replica fit to answer a reader whose last write is at `after`, if any;
+    /// each pick starts from the next member (round robin).
     pub(crate) fn pick(&self, after: Option<Lsn>) -> Option<&Replica> {
         let n = self.members.len();
         if n == 0 {
             return None;
         }
-        let primary_up = self.primary_up();
-        let primary_lsn = self.primary_lsn.load(Ordering::Relaxed);
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n).map(|i| &self.members[(start + i) % n]).find(|r| {
-            if !r.reachable.load(Ordering::Relaxed) {
-                return false;
-            }
-            if !primary_up {
-                return true;
-            }
-            let replay = r.replay.load(Ordering::Relaxed);
-            let caught_up = after.is_none_or(|lsn| replay >= lsn.0);
-            let lag_ok = primary_lsn.saturating_sub(replay) <= self.max_lag_bytes;
-            caught_up && lag_ok
-        })
+        (0..n)
+            .map(|i| &self.members[(start + i) % n])
+            .find(|r| self.fits(r, after))
+    }
+
+    /// Whether a replica could answer a reader with no write of their own: the
+    /// rotation is left where it is.
+    pub(crate) fn any_fit(&self) -> bool {
+        self.members.iter().any(|r| self.fits(r, None))
+    }
+
+    fn fits(&self, r: &Replica, after: Option<Lsn>) -> bool {
+        if !r.reachable.load(Ordering::Relaxed) {
+            return false;
+        }
+        if !self.primary_up() {
+            return true;
+        }
+        let replay = r.replay.load(Ordering::Relaxed);
+        let primary_lsn = self.primary_lsn.load(Ordering::Relaxed);
+        let caught_up = after.is_none_or(|lsn| replay >= lsn.0);
+        let lag_ok = primary_lsn.saturating_sub(replay) <= self.max_lag_bytes;
+        caught_up && lag_ok
     }
 
     /// Any reachable replica, however far behind: for when the primary is gone.

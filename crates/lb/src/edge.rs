@@ -320,13 +320,10 @@ impl Edge {
         Some(response)
     }
 
-    /// Keeps the copy following the database until the process ends. A database
-    /// that is not there yet (or not migrated yet) is tried again; meanwhile every
-    /// eligible request is a miss.
-    /// Follows the database's pages until aborted.
-    pub fn spawn_follower(self: Arc<Self>, config: Config) -> tokio::task::JoinHandle<()> {
+    /// Keeps the copy following `db` until aborted. A database not migrated yet is
+    /// tried again; meanwhile every eligible request is a miss.
+    pub fn spawn_follower(self: Arc<Self>, db: Database) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
-            let db = database(&config).await;
             let mut seen = 0i64;
             let mut last_resync = tokio::time::Instant::now();
             loop {

@@ -183,13 +183,22 @@ pub async fn run(
     bakery_telemetry::set_process_id(id);
     let lb = Arc::new(Lb::new(&config, id, &topology)?);
     let background = health::spawn(lb.clone());
-    let follower = lb.edge.clone().spawn_follower(config.clone());
-    // In the process registry with its admin address, where its metrics answer.
-    let registry = tokio::spawn({
-        let (config, admin) = (config.clone(), admin_listener.local_addr()?);
+    // One connection to the database (as the edge's own login when it has one,
+    // waited for): the edge follows its pages through it, and the balancer keeps its
+    // row in the process registry — with its admin address, where its metrics answer.
+    let connected = tokio::spawn({
+        let (config, admin, edge) = (
+            config.clone(),
+            admin_listener.local_addr()?,
+            lb.edge.clone(),
+        );
         async move {
             let db = edge::database(&config).await;
-            bakery_db::processes::announce(db, "lb", admin, false)
+            let follower = edge.spawn_follower(db.clone());
+            (
+                follower,
+                bakery_db::processes::announce(db, "lb", admin, false),
+            )
         }
     });
     tracing::info!(id, addr = %listener.local_addr()?, "load balancer serving");
@@ -223,13 +232,13 @@ pub async fn run(
     })
     .await?;
     background.abort();
-    follower.abort();
-    if registry.is_finished() {
-        if let Ok(announced) = registry.await {
+    if connected.is_finished() {
+        if let Ok((follower, announced)) = connected.await {
+            follower.abort();
             announced.end().await;
         }
     } else {
-        registry.abort();
+        connected.abort();
     }
     let _ = admin_server.await;
     Ok(())

@@ -17,7 +17,7 @@ pub struct Ops {
 }
 
 /// The whole system at one moment.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Snapshot {
     /// Unix milliseconds (RFC 3339 in JSON).
     #[serde(serialize_with = "bakery_core::clock::serialize_millis")]
@@ -66,7 +66,7 @@ pub struct CacheView {
     pub fills: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct DatabaseView {
     pub engine: &'static str,
     pub reads_primary: f64,
@@ -90,7 +90,7 @@ pub struct ReplicaView {
     pub lag_seconds: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct BrokerView {
     pub engine: &'static str,
     pub queues: Vec<QueueDepth>,
@@ -100,7 +100,7 @@ pub struct BrokerView {
     pub dead: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct JobsView {
     pub counts: Vec<JobCount>,
     /// How long the oldest queued job has waited.
@@ -116,12 +116,12 @@ pub struct JobCount {
     pub count: i64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct PushView {
     pub streams_open: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct EdgeView {
     pub hits: f64,
     pub misses: f64,
@@ -159,10 +159,7 @@ impl Ops {
         });
         let jobs = jobs.unwrap_or_else(|error| {
             problems.push(format!("the jobs: {error}"));
-            bakery_app::ops::JobCounts {
-                counts: Vec::new(),
-                oldest_queued_at: None,
-            }
+            bakery_app::ops::JobCounts::default()
         });
 
         let mut views = Vec::with_capacity(processes.len());
@@ -209,13 +206,7 @@ impl Ops {
                 .fold(0.0, f64::max)
         };
 
-        let mut cache_names: Vec<String> = all
-            .iter()
-            .flat_map(|m| m.label_values("bakery_cache_requests_total", "cache"))
-            .collect();
-        cache_names.sort();
-        cache_names.dedup();
-        let caches: Vec<CacheView> = cache_names
+        let caches: Vec<CacheView> = label_values(&all, "bakery_cache_requests_total", "cache")
             .into_iter()
             .map(|cache| {
                 let of = |result: &str| {
@@ -236,13 +227,7 @@ impl Ops {
             })
             .collect();
 
-        let mut replica_names: Vec<String> = all
-            .iter()
-            .flat_map(|m| m.label_values("bakery_db_replica_lag_bytes", "replica"))
-            .collect();
-        replica_names.sort();
-        replica_names.dedup();
-        let replicas = replica_names
+        let replicas = label_values(&all, "bakery_db_replica_lag_bytes", "replica")
             .into_iter()
             .map(|name| {
                 let labels = [("replica", name.as_str())];
@@ -375,6 +360,13 @@ impl Snapshot {
     }
 }
 
+/// The values `label` takes in the samples of `name`, over every process, sorted.
+fn label_values(all: &[Metrics], name: &str, label: &str) -> std::collections::BTreeSet<String> {
+    all.iter()
+        .flat_map(|m| m.label_values(name, label))
+        .collect()
+}
+
 fn ratio(part: f64, whole: f64) -> f64 {
     if whole > 0.0 { part / whole } else { 0.0 }
 }
@@ -417,43 +409,8 @@ mod tests {
     fn picture(at: i64, totals: &[(&str, f64)]) -> Snapshot {
         Snapshot {
             at,
-            processes: vec![],
-            pools: vec![],
-            caches: vec![],
-            database: DatabaseView {
-                engine: "sqlite",
-                reads_primary: 0.0,
-                reads_replica: 0.0,
-                replica_share: 0.0,
-                fresh_reads: 0.0,
-                replicas: vec![],
-                near_hits: 0.0,
-                near_misses: 0.0,
-                near_invalidations: 0.0,
-            },
-            broker: BrokerView {
-                engine: "embedded",
-                queues: vec![],
-                published: 0.0,
-                acked: 0.0,
-                retried: 0.0,
-                dead: 0.0,
-            },
-            jobs: JobsView {
-                counts: vec![],
-                oldest_queued_secs: None,
-                ended: 0.0,
-            },
-            push: PushView { streams_open: 0.0 },
-            edge: EdgeView {
-                hits: 0.0,
-                misses: 0.0,
-                stale: 0.0,
-                pages: 0.0,
-            },
             totals: totals.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
-            per_second: BTreeMap::new(),
-            problems: vec![],
+            ..Snapshot::default()
         }
     }
 

@@ -28,12 +28,9 @@ pub struct Noted {
 impl Noted {
     /// A hop taken now by this process.
     pub fn now(correlation_id: &str, what: String, detail: serde_json::Value) -> Self {
-        let at = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64);
         Self {
             correlation_id: correlation_id.to_string(),
-            at,
+            at: bakery_core::now_millis(),
             process: crate::process_id().to_string(),
             what,
             detail,
