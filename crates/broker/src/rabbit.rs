@@ -47,11 +47,7 @@ const ERROR: &str = "x-error";
 const DIED_AT: &str = "x-died-at";
 
 pub struct Rabbit {
-    /// The nodes: one server, or the nodes of one cluster (then every queue is a
-    /// quorum queue, replicated on the nodes, and a link goes to whichever answers).
-    nodes: Vec<String>,
-    /// The node tried first on the next connect (the last that answered).
-    next_node: std::sync::atomic::AtomicUsize,
+    uri: String,
     policy: Arc<Policy>,
     link: Mutex<Option<Link>>,
     up: AtomicBool,
@@ -146,10 +142,9 @@ fn message_of(properties: &BasicProperties, routing_key: &str, data: &[u8]) -> M
 }
 
 impl Rabbit {
-    pub fn new(nodes: Vec<String>, policy: Arc<Policy>) -> Self {
+    pub fn new(uri: String, policy: Arc<Policy>) -> Self {
         Self {
-            nodes,
-            next_node: std::sync::atomic::AtomicUsize::new(0),
+            uri,
             policy,
             link: Mutex::new(None),
             up: AtomicBool::new(false),
@@ -173,7 +168,7 @@ impl Rabbit {
         self.up.store(false, Ordering::Relaxed);
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("bakery pid {}", std::process::id()).into());
-        let connection = self.connect_any(properties).await?;
+        let connection = limited("connect", Connection::connect(&self.uri, properties)).await?;
         let publisher = limited("open a channel", connection.create_channel()).await?;
         self.declare(&publisher).await?;
         limited(
@@ -196,47 +191,6 @@ impl Rabbit {
         tracing::warn!(%error, "the RabbitMQ connection is broken");
         self.up.store(false, Ordering::Relaxed);
         *self.link.lock().await = None;
-    }
-
-    /// A connection to the first node that answers, from the last that did.
-    async fn connect_any(
-        &self,
-        properties: ConnectionProperties,
-    ) -> Result<Connection, BrokerError> {
-        let first = self.next_node.load(Ordering::Relaxed);
-        let mut last_error = None;
-        for i in 0..self.nodes.len() {
-            let node = (first + i) % self.nodes.len();
-            match limited(
-                "connect",
-                Connection::connect(&self.nodes[node], properties.clone()),
-            )
-            .await
-            {
-                Ok(connection) => {
-                    if node != first {
-                        tracing::info!(node = %bakery_config::redact(&self.nodes[node]), "connected to another RabbitMQ node");
-                    }
-                    self.next_node.store(node, Ordering::Relaxed);
-                    return Ok(connection);
-                }
-                Err(error) => last_error = Some(error),
-            }
-        }
-        Err(last_error.unwrap_or_else(|| BrokerError::Unavailable("no RabbitMQ node given".into())))
-    }
-
-    /// Queue arguments for a cluster: quorum queues, replicated on its nodes, so a
-    /// node that goes away takes no message with it; what they dead-letter (a retry
-    /// whose delay ran out, a message given up) moves at least once.
-    fn replicated(&self, mut arguments: FieldTable) -> FieldTable {
-        if self.nodes.len() > 1 {
-            arguments.insert("x-queue-type".into(), text("quorum"));
-            arguments.insert("x-dead-letter-strategy".into(), text("at-least-once"));
-            // What at-least-once dead-lettering needs of a quorum queue.
-            arguments.insert("x-overflow".into(), text("reject-publish"));
-        }
-        arguments
     }
 
     /// The contract's exchanges, queues and bindings, plus retry and dead-letter queues.
@@ -267,17 +221,13 @@ impl Rabbit {
             ]);
             limited(
                 "declare a queue",
-                channel.queue_declare((*queue).into(), durable_queue, self.replicated(arguments)),
+                channel.queue_declare((*queue).into(), durable_queue, arguments),
             )
             .await?;
             let dead = dead_queue(queue);
             limited(
                 "declare a dead-letter queue",
-                channel.queue_declare(
-                    dead.as_str().into(),
-                    durable_queue,
-                    self.replicated(FieldTable::default()),
-                ),
+                channel.queue_declare(dead.as_str().into(), durable_queue, FieldTable::default()),
             )
             .await?;
             limited(
@@ -301,7 +251,7 @@ impl Rabbit {
                     channel.queue_declare(
                         retry_queue(queue, attempt).as_str().into(),
                         durable_queue,
-                        self.replicated(back),
+                        back,
                     ),
                 )
                 .await?;

@@ -47,10 +47,9 @@ pub(crate) fn router(shell: &Shell) -> Router {
         .route("/metrics", get(move || render_metrics(metrics.clone())))
 }
 
-/// 200 when this process can do its work — `"status": "ok"`, or `"degraded"` while
-/// something it can do without does not answer; 503 while draining (so the load
-/// balancer stops sending new requests at once) or when something it requires does
-/// not answer. Each check is named with `up` or `down`.
+/// 200 when this process can do its work; 503 while draining (so the load balancer
+/// stops sending new requests at once) or when something it requires does not
+/// answer. Each check is named with `up` or `down`.
 async fn healthz(shell: Shell) -> Response {
     let id = shell.id();
     if shell.is_draining() {
@@ -64,7 +63,6 @@ async fn healthz(shell: Shell) -> Response {
     let answers = futures::future::join_all(checks.iter().map(|check| (check.probe)())).await;
     let mut body = Map::new();
     let mut failing = Vec::new();
-    let mut degraded = false;
     for (check, up) in checks.iter().zip(answers) {
         body.insert(
             check.name.into(),
@@ -73,12 +71,10 @@ async fn healthz(shell: Shell) -> Response {
         if !up && check.required {
             failing.push(check.name);
         }
-        degraded |= !up && !check.required;
     }
     body.insert("id".into(), Value::from(id));
     if failing.is_empty() {
-        let status = if degraded { "degraded" } else { "ok" };
-        body.insert("status".into(), Value::from(status));
+        body.insert("status".into(), Value::from("ok"));
         Json(body).into_response()
     } else {
         body.insert("status".into(), Value::from("unavailable"));

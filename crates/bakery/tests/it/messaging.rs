@@ -466,50 +466,6 @@ async fn killing_the_email_service_mid_message_delivers_every_mail_under_one_mes
     killed_email_service_sends_each_mail_once(Engine::RabbitMq).await;
 }
 
-/// Contract, third round ("Several hosts"): `BAKERY_BROKER_URL` naming several nodes
-/// of one cluster. The first named does not answer: every process links to the next,
-/// every queue is a quorum queue, and an RSVP is mailed and confirmed as on one node.
-#[tokio::test]
-async fn several_broker_nodes_named_one_away_work_on_the_others_with_quorum_queues_rabbitmq() {
-    let sink = SmtpSink::start();
-    let node = harness::fresh_rabbitmq_url();
-    let vhost = node.rsplit('/').next().unwrap().to_string();
-    let nodes = format!("amqp://guest:guest@127.0.0.1:1/{vhost},{node}");
-    let up = Up::start(
-        vec![
-            ("BAKERY_SMTP_URL".to_string(), sink.url()),
-            ("BAKERY_EMAIL_VERIFICATION".into(), "off".into()),
-            ("BAKERY_BROKER_URL".into(), nodes),
-        ],
-        1,
-    );
-    let listed = std::process::Command::new("rabbitmqctl")
-        .args(["-q", "list_queues", "-p", &vhost, "name", "type"])
-        .output()
-        .expect("run rabbitmqctl");
-    let listed = String::from_utf8_lossy(&listed.stdout);
-    for queue in [
-        "email.rsvp",
-        "push.notifications",
-        "dead.email.rsvp",
-        "retry.email.rsvp.1",
-    ] {
-        let line = listed
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(queue))
-            .unwrap_or_else(|| panic!("{queue} is declared: {listed}"));
-        assert!(line.ends_with("quorum"), "{line}");
-    }
-    let cookie = harness::sign_up_and_log_in(&harness::client(), &up.base, "quorum_fan").await;
-    let event = class(&up, 5).await;
-    rsvp(&up, &cookie, event, "corr-quorum").await;
-    assert!(
-        eventually(LIMIT, async || confirmed(&up, &cookie).await == 1).await,
-        "the RSVP is mailed and confirmed through the node that answers"
-    );
-    assert_eq!(mails_to(&sink, "quorum_fan@example.com").len(), 1);
-}
-
 fn rabbitmqctl(command: &str) {
     let status = std::process::Command::new("rabbitmqctl")
         .args(["-q", command])
