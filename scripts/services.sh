@@ -10,6 +10,8 @@
 #   aiosmtpd       the Python SMTP server each mail test starts on a port of its own
 #   schemathesis   the OpenAPI fuzzer the API test runs against a live system
 #   nginx, fonts   the load balancer the bench compares with; a font for its plots
+#   chromium       headless, with chromedriver and axe-core, for the browser test
+#   ip, nft        the hosts of deploy/ as network namespaces (scripts/hosts.sh)
 #
 # Services are started as the machine's own daemons (detached, logging to files),
 # so nothing started here holds the caller's output open.
@@ -49,7 +51,7 @@ postgres() {
   wait_for "PostgreSQL (127.0.0.1:5432)" 150 psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -Atc 'SELECT 1'
   # Each test makes its own database; clear those of earlier runs.
   psql -h 127.0.0.1 -U postgres -d postgres -Atc "SELECT datname FROM pg_database WHERE datname LIKE 'bakery_test_%'" |
-    while read -r db; do psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 || true; done
+    while read -r db; do timeout 30 psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE)" >/dev/null 2>&1 || true; done
 }
 
 redis() {
@@ -151,10 +153,19 @@ rabbitmq() {
   fi
   wait_for "RabbitMQ (127.0.0.1:5672)" 300 rabbitmq-diagnostics -q check_running
   # A test that restarts the broker's app may have been interrupted half-way.
-  rabbitmqctl -q start_app >/dev/null 2>&1 || true
-  # Vhosts of earlier runs.
-  { rabbitmqctl -q list_vhosts 2>/dev/null | grep '^bakery-test-' || true; } |
-    while read -r vhost; do rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 || true; done
+  timeout 60 rabbitmqctl -q start_app >/dev/null 2>&1 || true
+  # Vhosts of earlier runs. Bounded: deleting a vhost can wait forever on a queue
+  # whose replicas are on nodes that are gone; tests make vhosts of their own, so a
+  # leftover one costs nothing but room.
+  local vhosts; vhosts=$(timeout 30 rabbitmqctl -q list_vhosts 2>/dev/null | grep '^bakery-test-' || true)
+  if [ -n "$vhosts" ]; then
+    log "removing $(wc -l <<< "$vhosts") vhosts of earlier runs"
+    while read -r vhost; do
+      timeout 10 rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 ||
+        log "left vhost $vhost (its deletion did not end within 10 s)"
+    done <<< "$vhosts"
+  fi
+  log "RabbitMQ is clean"
 }
 
 smtp_server() {
@@ -200,6 +211,16 @@ browser() {
   log "chromium $(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}'), chromedriver and axe-core are ready"
 }
 
+# The hosts of deploy/ as network namespaces (scripts/hosts.sh): iproute2 for the
+# namespaces and links, nftables for packet loss on a link, util-linux's unshare
+# for each host's own hostname.
+hosts_tools() {
+  command -v ip >/dev/null || apt_install iproute2
+  command -v nft >/dev/null || apt_install nftables
+  command -v unshare >/dev/null || apt_install util-linux
+  log "ip, nft and unshare are ready"
+}
+
 postgres
 replica
 room_for_tests
@@ -210,3 +231,4 @@ smtp_server
 api_fuzzer
 bench_tools
 browser
+hosts_tools

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A real SMTP server (aiosmtpd) for tests, whose answers a test controls.
 
-    smtp_sink.py PORT DIR
+    smtp_sink.py PORT DIR [ADDRESS]   (ADDRESS: 127.0.0.1 unless given)
 
 Each accepted message is saved as DIR/<n>.eml. Before accepting DATA it looks in DIR:
 - a file `reject` makes it answer 550 (permanent) while the file exists;
@@ -83,7 +83,8 @@ class Handler:
 def main() -> None:
     port, directory = int(sys.argv[1]), Path(sys.argv[2])
     directory.mkdir(parents=True, exist_ok=True)
-    controller = Controller(Handler(directory), hostname="127.0.0.1", port=port)
+    hostname = sys.argv[3] if len(sys.argv) > 3 else "127.0.0.1"
+    controller = Controller(Handler(directory), hostname=hostname, port=port)
     controller.start()
     print(f"listening {port}", flush=True)
     signal.sigwait({signal.SIGTERM, signal.SIGINT})

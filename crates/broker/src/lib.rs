@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 mod embedded;
+mod in_flight;
 mod rabbit;
 pub mod relay;
 pub use bakery_events::topology;
@@ -209,6 +210,9 @@ async fn run_handler(handler: &Handler, delivery: Delivery) -> Outcome {
     use tracing::Instrument;
     let queue = delivery.queue;
     let id = delivery.message.id.clone();
+    // A second copy of a message being handled here waits for the first to end,
+    // then finds it done (every handler checks that first).
+    let _turn = in_flight::turn(queue, &id).await;
     let correlation_id = delivery.message.correlation_id.clone();
     let span = tracing::info_span!("message", %correlation_id, queue, message_id = %id, attempt = delivery.attempt);
     let work =

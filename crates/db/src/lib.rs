@@ -442,10 +442,14 @@ impl Database {
         Fut: Future<Output = Result<T, sqlx::Error>>,
     {
         if let Some(replica) = self.replicas.pick(after) {
-            match query(replica.pool.clone()).await {
-                Ok(value) => return Ok(answered(Role::Replica, value)),
-                Err(error) if is_unreachable(&error) => self.replicas.mark_unreachable(replica),
-                Err(error) => return Err(error.into()),
+            match replica.unless_lost(query(replica.pool.clone())).await {
+                Some(Ok(value)) => return Ok(answered(Role::Replica, value)),
+                Some(Err(error)) if is_unreachable(&error) => {
+                    self.replicas.mark_unreachable(replica)
+                }
+                Some(Err(error)) => return Err(error.into()),
+                // Found unreachable while this read waited on it: the primary answers.
+                None => metrics::counter!("bakery_db_replica_reads_abandoned_total").increment(1),
             }
         } else if after.is_some() && self.replicas.any_fit() {
             // A replica could answer, but none has replayed the reader's own last
@@ -457,7 +461,10 @@ impl Database {
             // The primary went away before the poller noticed: a replica that may be
             // slightly behind is better than no answer.
             Err(error) if is_unreachable(&error) => match self.replicas.pick_any() {
-                Some(replica) => Ok(answered(Role::Replica, query(replica.pool.clone()).await?)),
+                Some(replica) => match replica.unless_lost(query(replica.pool.clone())).await {
+                    Some(value) => Ok(answered(Role::Replica, value?)),
+                    None => Err(error.into()),
+                },
                 None => Err(error.into()),
             },
             Err(error) => Err(error.into()),

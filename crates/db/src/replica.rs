@@ -53,6 +53,34 @@ pub(crate) struct Replica {
     name: String,
     reachable: AtomicBool,
     replay: AtomicU64,
+    /// Woken when the replica is found unreachable: a read waiting on it then gives
+    /// up and asks the primary (a host cut away answers nothing, not even an error).
+    lost: tokio::sync::Notify,
+}
+
+impl Replica {
+    /// Runs `query` on this replica unless it is found unreachable first (`None`).
+    pub(crate) async fn unless_lost<T>(&self, query: impl Future<Output = T>) -> Option<T> {
+        let lost = self.lost.notified();
+        tokio::pin!(lost);
+        lost.as_mut().enable();
+        if !self.reachable.load(Ordering::Relaxed) {
+            return None;
+        }
+        tokio::select! {
+            value = query => Some(value),
+            () = lost => None,
+        }
+    }
+
+    /// Sets what the last look saw; wakes the reads waiting on it when it went away.
+    fn set_reachable(&self, now: bool) -> bool {
+        let was = self.reachable.swap(now, Ordering::Relaxed);
+        if was && !now {
+            self.lost.notify_waiters();
+        }
+        was
+    }
 }
 
 /// The replicas and what the poller last saw of them and of the primary.
@@ -74,6 +102,7 @@ impl Replicas {
                     name,
                     reachable: AtomicBool::new(false),
                     replay: AtomicU64::new(0),
+                    lost: tokio::sync::Notify::new(),
                 })
                 .collect(),
             primary_up: AtomicBool::new(true),
@@ -133,7 +162,7 @@ impl Replicas {
 
     /// A query on this replica failed to reach it: out of rotation until the poller sees it again.
     pub(crate) fn mark_unreachable(&self, replica: &Replica) {
-        if replica.reachable.swap(false, Ordering::Relaxed) {
+        if replica.set_reachable(false) {
             tracing::warn!(replica = %replica.name, "replica unreachable; reads go elsewhere");
         }
     }
@@ -176,7 +205,7 @@ impl Replicas {
                         .set(primary_at.saturating_sub(replayed) as f64);
                     metrics::gauge!("bakery_db_replica_lag_seconds", "replica" => name)
                         .set(history.behind(replayed).as_secs_f64());
-                    let was = replica.reachable.swap(replay.is_some(), Ordering::Relaxed);
+                    let was = replica.set_reachable(replay.is_some());
                     if was != replay.is_some() {
                         tracing::info!(replica = %replica.name, reachable = replay.is_some(), "replica availability changed");
                     }

@@ -1,14 +1,15 @@
 //! What the load balancer fronts: named pools of backends, and the path prefixes
 //! that route to each. The `web` pool takes every path no other prefix claims.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 
 use bakery_config::ConfigError;
 
 /// The pool that serves every path without a more specific route.
 pub const DEFAULT_POOL: &str = "web";
 
-/// One backend as given on the command line: `POOL=ID@HOST:PORT` (or `POOL=HOST:PORT`).
+/// One backend as given on the command line: `POOL=ID@HOST:PORT` (or `POOL=HOST:PORT`),
+/// HOST an IP address or a name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendSpec {
     pub pool: String,
@@ -32,13 +33,34 @@ impl BackendSpec {
         if pool.is_empty() || id.is_empty() {
             return Err(bad("empty pool or id"));
         }
-        let addr = addr.parse().map_err(|_| bad("not an IP:port address"))?;
+        let addr = resolve(addr).map_err(|why| bad(&why))?;
         Ok(Self {
             pool: pool.to_string(),
             id,
             addr,
         })
     }
+}
+
+/// `IP:PORT` as it is, or `HOST:PORT` looked up once, at start (as /etc/hosts or DNS
+/// answer then): a member whose address changes needs the balancer restarted, or
+/// the membership API.
+fn resolve(addr: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = addr.parse() {
+        return Ok(addr);
+    }
+    if addr
+        .rsplit_once(':')
+        .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+    {
+        return Err("not a HOST:PORT address".into());
+    }
+    let mut found = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {addr:?} ({e})"))?;
+    found
+        .next()
+        .ok_or_else(|| format!("{addr:?} resolves to no address"))
 }
 
 /// A path prefix and the pool that serves it: `--route /api/notifications/=push`.
@@ -98,6 +120,11 @@ mod tests {
         assert_eq!(b.id, "push-3");
         assert!(BackendSpec::parse("127.0.0.1:9002", 0).is_err());
         assert!(BackendSpec::parse("web=x@localhost", 0).is_err());
+        // A host's name, as a deployment across machines writes it.
+        let b = BackendSpec::parse("web=web-a@localhost:8000", 0).unwrap();
+        assert!(b.addr.ip().is_loopback() && b.addr.port() == 8000);
+        let error = BackendSpec::parse("web=web-a@no-such-host.invalid:8000", 0).unwrap_err();
+        assert!(error.to_string().contains("cannot resolve"), "{error}");
     }
 
     #[test]

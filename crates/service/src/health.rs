@@ -47,9 +47,10 @@ pub(crate) fn router(shell: &Shell) -> Router {
         .route("/metrics", get(move || render_metrics(metrics.clone())))
 }
 
-/// 200 when this process can do its work; 503 while draining (so the load balancer
-/// stops sending new requests at once) or when something it requires does not
-/// answer. Each check is named with `up` or `down`.
+/// 200 when this process can do its work — `"status": "ok"`, or `"degraded"` naming
+/// what it does without (a cache bypassed, public pages only); 503 while draining
+/// (so the load balancer stops sending new requests at once) or when something it
+/// requires does not answer. Each check is named with `up` or `down`.
 async fn healthz(shell: Shell) -> Response {
     let id = shell.id();
     if shell.is_draining() {
@@ -62,19 +63,25 @@ async fn healthz(shell: Shell) -> Response {
     let checks = shell.checks();
     let answers = futures::future::join_all(checks.iter().map(|check| (check.probe)())).await;
     let mut body = Map::new();
-    let mut failing = Vec::new();
+    let (mut failing, mut degraded) = (Vec::new(), Vec::new());
     for (check, up) in checks.iter().zip(answers) {
         body.insert(
             check.name.into(),
             Value::from(if up { "up" } else { "down" }),
         );
-        if !up && check.required {
-            failing.push(check.name);
+        match (up, check.required) {
+            (true, _) => {}
+            (false, true) => failing.push(check.name),
+            (false, false) => degraded.push(check.name),
         }
     }
     body.insert("id".into(), Value::from(id));
-    if failing.is_empty() {
+    if failing.is_empty() && degraded.is_empty() {
         body.insert("status".into(), Value::from("ok"));
+        Json(body).into_response()
+    } else if failing.is_empty() {
+        body.insert("status".into(), Value::from("degraded"));
+        body.insert("degraded".into(), Value::from(degraded));
         Json(body).into_response()
     } else {
         body.insert("status".into(), Value::from("unavailable"));

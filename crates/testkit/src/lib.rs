@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub mod browser;
+pub mod hosts;
 pub mod http;
 pub mod mail;
 pub mod process;

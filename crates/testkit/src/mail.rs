@@ -23,15 +23,21 @@ impl SmtpSink {
     /// Starts the server; fails naming aiosmtpd when it cannot (`scripts/services.sh`
     /// installs it).
     pub fn start() -> Self {
-        let dir = TempDir::new();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
+        Self::start_at("127.0.0.1", port)
+    }
+
+    /// The same on a given address and port (the mail relay of several hosts).
+    pub fn start_at(ip: &str, port: u16) -> Self {
+        let dir = TempDir::new();
         let mut child = Command::new("python3")
             .arg(script())
             .arg(port.to_string())
             .arg(&dir.0)
+            .arg(ip)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -18,6 +18,7 @@ mod cli;
 mod clones;
 mod domain;
 mod edge;
+mod hosts;
 mod images;
 mod jobs;
 mod lb;

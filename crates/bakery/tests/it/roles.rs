@@ -70,6 +70,8 @@ async fn email_and_workers_start_without_the_session_store_they_never_use() {
     );
     let health = healthy(&worker_cache, &["database", "broker"]).await;
     assert_eq!(health["cache"], "down", "{health}");
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert_eq!(health["degraded"], serde_json::json!(["cache"]), "{health}");
 }
 
 /// `/healthz` of `role`: its status code and body.
@@ -120,6 +122,11 @@ async fn a_clone_and_push_start_before_their_session_store_and_cache_and_use_the
     let web_health = healthy(&web, &["database"]).await;
     assert_eq!(web_health["sessions"], "down", "{web_health}");
     assert_eq!(web_health["cache"], "down", "{web_health}");
+    assert_eq!(web_health["status"], "degraded", "{web_health}");
+    let mut degraded: Vec<String> =
+        serde_json::from_value(web_health["degraded"].clone()).unwrap_or_default();
+    degraded.sort();
+    assert_eq!(degraded, ["cache", "sessions"], "{web_health}");
     let (status, push_health) = health(&push).await;
     assert_eq!(status, 503, "{push_health}");
     assert_eq!(push_health["failing"], serde_json::json!(["sessions"]));
@@ -144,6 +151,7 @@ async fn a_clone_and_push_start_before_their_session_store_and_cache_and_use_the
         let (web_status, web_health) = health(&web).await;
         let (push_status, _) = health(&push).await;
         web_status == 200
+            && web_health["status"] == "ok"
             && web_health["sessions"] == "up"
             && web_health["cache"] == "up"
             && push_status == 200
