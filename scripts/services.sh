@@ -159,8 +159,9 @@ rabbitmq() {
   # leftover one costs nothing but room.
   local vhosts; vhosts=$(timeout 30 rabbitmqctl -q list_vhosts 2>/dev/null | grep '^bakery-test-' || true)
   if [ -n "$vhosts" ]; then
-    log "removing $(wc -l <<< "$vhosts") vhosts of earlier runs"
-    while read -r vhost; do
+    log "removing $(wc -l <<< "$vhosts") vhosts of earlier runs (for at most 60 s)"
+    local until=$((SECONDS + 60))
+    while read -r vhost && [ "$SECONDS" -lt "$until" ]; do
       timeout 10 rabbitmqctl -q delete_vhost "$vhost" >/dev/null 2>&1 ||
         log "left vhost $vhost (its deletion did not end within 10 s)"
     done <<< "$vhosts"
