@@ -19,10 +19,48 @@ const NO_REDIS_TLS: &str = "rediss:// (Redis over TLS) is not supported by this 
 pub struct DatabaseUrl {
     url: String,
     postgres: bool,
+    /// One URL per host the URL names (`postgres://u@h1:5432,h2:5432/db` names two,
+    /// of which one is the primary at any time); just `url` for one host or SQLite.
+    hosts: Vec<String>,
+}
+
+/// `postgres://USER@H1:P1,H2:P2/DB?Q` as one URL per host, or `None` for one host.
+fn split_hosts(raw: &str) -> Option<Vec<String>> {
+    let (scheme, rest) = raw.split_once("://")?;
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (format!("{userinfo}@"), hosts),
+        None => (String::new(), authority),
+    };
+    hosts.contains(',').then(|| {
+        hosts
+            .split(',')
+            .map(|host| format!("{scheme}://{userinfo}{host}{tail}"))
+            .collect()
+    })
 }
 
 impl DatabaseUrl {
     pub fn parse(raw: &str) -> Result<Self, String> {
+        if let Some(hosts) = split_hosts(raw) {
+            let mut parsed = Vec::new();
+            for host in &hosts {
+                let one = Self::parse(host)?;
+                if !one.postgres {
+                    return Err(format!(
+                        "several hosts are for postgres:// URLs: {}",
+                        redact(raw)
+                    ));
+                }
+                parsed.push(one.url);
+            }
+            return Ok(Self {
+                url: raw.to_string(),
+                postgres: true,
+                hosts: parsed,
+            });
+        }
         let parsed =
             url::Url::parse(raw).map_err(|e| format!("not a URL ({e}): {}", redact(raw)))?;
         match parsed.scheme() {
@@ -33,6 +71,7 @@ impl DatabaseUrl {
                 Ok(Self {
                     url: raw.to_string(),
                     postgres: true,
+                    hosts: vec![raw.to_string()],
                 })
             }
             "sqlite" => {
@@ -43,6 +82,7 @@ impl DatabaseUrl {
                     url.push_str("mode=rwc");
                 }
                 Ok(Self {
+                    hosts: vec![url.clone()],
                     url,
                     postgres: false,
                 })
@@ -58,6 +98,7 @@ impl DatabaseUrl {
         Self {
             url: String::new(),
             postgres: false,
+            hosts: Vec::new(),
         }
     }
 
@@ -69,14 +110,23 @@ impl DatabaseUrl {
 
     /// A SQLite file in the data directory.
     pub fn sqlite_in(data_dir: &Path) -> Self {
+        let url = format!("sqlite://{}/bakery.db?mode=rwc", data_dir.display());
         Self {
-            url: format!("sqlite://{}/bakery.db?mode=rwc", data_dir.display()),
+            hosts: vec![url.clone()],
+            url,
             postgres: false,
         }
     }
 
+    /// The URL as given (several hosts, if it names several: see [`Self::hosts`]).
     pub fn as_str(&self) -> &str {
         &self.url
+    }
+
+    /// One URL for each host the URL names, in its order: where to look for the
+    /// primary (the one not in recovery).
+    pub fn hosts(&self) -> &[String] {
+        &self.hosts
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -371,7 +421,25 @@ pub fn redact(raw: &str) -> String {
             let _ = url.set_password(Some("***"));
             url.to_string()
         }
-        _ => raw.to_string(),
+        Ok(_) => raw.to_string(),
+        // Not one URL (several hosts, or malformed): hide what sits between the
+        // user's name and the `@`, whatever the rest is.
+        Err(_) => match raw.split_once("://") {
+            Some((scheme, rest)) => {
+                let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
+                match authority
+                    .rsplit_once('@')
+                    .and_then(|(userinfo, _)| userinfo.split_once(':'))
+                {
+                    Some((user, _)) => {
+                        let at = authority.rfind('@').unwrap_or(0);
+                        format!("{scheme}://{user}:***{}", &rest[at..])
+                    }
+                    None => raw.to_string(),
+                }
+            }
+            None => raw.to_string(),
+        },
     }
 }
 
@@ -385,6 +453,24 @@ mod tests {
         assert!(!url.redacted().contains("secret"));
         assert!(!format!("{url:?}").contains("secret"));
         assert!(url.is_postgres());
+    }
+
+    #[test]
+    fn a_postgres_url_may_name_several_hosts() {
+        let url =
+            DatabaseUrl::parse("postgres://bob:secret@db-1:5432,db-2:5433/bakery?sslmode=disable")
+                .unwrap();
+        assert_eq!(
+            url.hosts(),
+            [
+                "postgres://bob:secret@db-1:5432/bakery?sslmode=disable",
+                "postgres://bob:secret@db-2:5433/bakery?sslmode=disable"
+            ]
+        );
+        assert!(!url.redacted().contains("secret"));
+        let one = DatabaseUrl::parse("postgres://db-1/bakery").unwrap();
+        assert_eq!(one.hosts(), ["postgres://db-1/bakery"]);
+        assert!(DatabaseUrl::parse("postgres://u@db-1:5432,:x/bakery").is_err());
     }
 
     #[test]

@@ -24,6 +24,7 @@ pub mod jobs;
 pub mod journey;
 pub mod messaging;
 pub mod pages;
+mod primary;
 pub mod processes;
 pub mod queues;
 pub mod replica;
@@ -32,6 +33,7 @@ pub mod verification;
 pub use bakery_core::now_millis;
 pub use bootstrap::{Bootstrapped, bootstrap};
 pub use cached_query::CachedQuery;
+use primary::Primary;
 use replica::Replicas;
 pub use replica::{Lsn, Role, Trace, trace};
 /// sqlx's error, for callers that carry a [`DbError::Other`].
@@ -115,10 +117,9 @@ impl DbError {
 /// A handle on the database; cheap to clone, shared by all requests of a process.
 #[derive(Clone)]
 pub struct Database {
-    primary: AnyPool,
+    /// Where writes go (and the URL `LISTEN` connections use).
+    primary: Arc<Primary>,
     postgres: bool,
-    /// The primary's URL, for `LISTEN` connections (PostgreSQL).
-    url: Arc<str>,
     replicas: Arc<Replicas>,
     /// Stops the replica poller when the last handle goes.
     _poller: Arc<AbortOnDrop>,
@@ -162,6 +163,16 @@ async fn open_pool(
     postgres: bool,
     max_connections: u32,
 ) -> Result<AnyPool, sqlx::Error> {
+    pool_options(postgres, max_connections)
+        .connect(&if postgres {
+            named(url)
+        } else {
+            url.to_string()
+        })
+        .await
+}
+
+fn pool_options(postgres: bool, max_connections: u32) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(3))
@@ -184,8 +195,6 @@ async fn open_pool(
                 Ok(())
             })
         })
-        .connect(&if postgres { named(url) } else { url.to_string() })
-        .await
 }
 
 impl Database {
@@ -200,21 +209,39 @@ impl Database {
     ) -> Result<Self, DbError> {
         install_default_drivers();
         let postgres = url.is_postgres();
-        let primary = open_pool(
-            url.as_str(),
-            postgres,
-            if postgres {
-                pool_size
-            } else {
-                pool_size.min(SQLITE_POOL_SIZE)
-            },
-        )
-        .await?;
+        let primary = if url.hosts().len() > 1 {
+            // Several hosts: connected on use (any of them may be down), and the
+            // primary is whichever answers as one.
+            let mut hosts = Vec::new();
+            for host in url.hosts() {
+                let pool = pool_options(true, pool_size).connect_lazy(&named(host))?;
+                hosts.push((host.clone(), bakery_config::redact(host), pool));
+            }
+            let primary = Primary::new(hosts);
+            if !primary.find().await {
+                return Err(DbError::Other(sqlx::Error::Configuration(
+                    "none of its hosts answers as a primary (each is down or in recovery)".into(),
+                )));
+            }
+            primary
+        } else {
+            let pool = open_pool(
+                url.as_str(),
+                postgres,
+                if postgres {
+                    pool_size
+                } else {
+                    pool_size.min(SQLITE_POOL_SIZE)
+                },
+            )
+            .await?;
+            Primary::new(vec![(url.as_str().to_string(), url.redacted(), pool)])
+        };
         if !postgres {
             // WAL lets readers in other processes go on while one process writes;
             // the mode is stored in the file, so once is enough.
             sqlx::query("PRAGMA journal_mode = WAL")
-                .execute(&primary)
+                .execute(primary.pool())
                 .await?;
         }
         let mut members = Vec::new();
@@ -225,11 +252,12 @@ impl Database {
             ));
         }
         let replicas = Arc::new(Replicas::new(members, max_lag_bytes));
-        let poller = (!replicas.is_empty()).then(|| replicas.clone().spawn_poller(primary.clone()));
+        let primary = Arc::new(primary);
+        let poller = (!replicas.is_empty() || primary.has_alternatives())
+            .then(|| replicas.clone().spawn_poller(primary.clone()));
         Ok(Self {
             primary,
             postgres,
-            url: Arc::from(url.as_str()),
             replicas,
             _poller: Arc::new(AbortOnDrop(poller)),
         })
@@ -304,10 +332,13 @@ impl Database {
         } else {
             &SQLITE_MIGRATIONS
         };
-        migrator.run(&self.primary).await.map_err(|e| match e {
-            sqlx::migrate::MigrateError::Execute(inner) => DbError::from(inner),
-            other => DbError::Other(sqlx::Error::Migrate(Box::new(other))),
-        })
+        migrator
+            .run(self.primary.pool())
+            .await
+            .map_err(|e| match e {
+                sqlx::migrate::MigrateError::Execute(inner) => DbError::from(inner),
+                other => DbError::Other(sqlx::Error::Migrate(Box::new(other))),
+            })
     }
 
     /// Fails with a sentence for operators when migrations are missing, so a role
@@ -320,7 +351,7 @@ impl Database {
         };
         let applied: Result<(i64,), _> =
             sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
-                .fetch_one(&self.primary)
+                .fetch_one(self.primary.pool())
                 .await;
         let expected = migrator
             .iter()
@@ -339,27 +370,56 @@ impl Database {
     /// in the cache and the session store.
     pub async fn instance_id(&self) -> Result<String, DbError> {
         Ok(sqlx::query_scalar("SELECT id FROM bakery_instance")
-            .fetch_one(&self.primary)
+            .fetch_one(self.primary.pool())
             .await?)
     }
 
     /// A cheap query, for health checks: the primary answers, or (with the primary
-    /// down) a replica does, since reads still work then.
+    /// down) a replica does, since reads still work then. Both are asked at once and
+    /// the first answer counts: a primary whose host answers nothing must not hold
+    /// the check past the balancer's probe timeout (then every clone would look dead
+    /// while they all still serve reads).
     pub async fn ping(&self) -> Result<(), DbError> {
         let limit = Duration::from_secs(1);
-        let primary = tokio::time::timeout(limit, self.primary.execute("SELECT 1")).await;
-        if matches!(primary, Ok(Ok(_))) {
-            return Ok(());
+        let primary = async {
+            match tokio::time::timeout(limit, self.primary.pool().execute("SELECT 1")).await {
+                Ok(result) => result.map(|_| ()).map_err(DbError::from),
+                Err(_) => Err(DbError::PrimaryUnavailable),
+            }
+        };
+        let replica = async {
+            let replica = self
+                .replicas
+                .pick(None)
+                .ok_or(DbError::PrimaryUnavailable)?;
+            match tokio::time::timeout(limit, replica.pool.execute("SELECT 1")).await {
+                Ok(Ok(_)) => Ok(()),
+                _ => Err(DbError::PrimaryUnavailable),
+            }
+        };
+        if self.replicas.is_empty() {
+            return primary.await;
         }
-        if let Some(replica) = self.replicas.pick(None)
-            && let Ok(Ok(_)) = tokio::time::timeout(limit, replica.pool.execute("SELECT 1")).await
-        {
-            return Ok(());
+        // The first success, or the primary's own error when neither answers.
+        tokio::pin!(primary, replica);
+        let (mut primary_said, mut replica_failed) = (None, false);
+        while primary_said.is_none() || !replica_failed {
+            tokio::select! {
+                said = &mut primary, if primary_said.is_none() => {
+                    if said.is_ok() {
+                        return Ok(());
+                    }
+                    primary_said = Some(said);
+                }
+                said = &mut replica, if !replica_failed => {
+                    if said.is_ok() {
+                        return Ok(());
+                    }
+                    replica_failed = true;
+                }
+            }
         }
-        match primary {
-            Ok(result) => result.map(|_| ()).map_err(DbError::from),
-            Err(_) => Err(DbError::PrimaryUnavailable),
-        }
+        primary_said.unwrap_or(Err(DbError::PrimaryUnavailable))
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -379,8 +439,13 @@ impl Database {
                 "SQLite has no LISTEN".into(),
             )));
         }
-        let mut listener = sqlx::postgres::PgListener::connect(&named(&self.url)).await?;
-        listener.listen(channel).await?;
+        let connect = async |url: &str| -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+            let mut listener = sqlx::postgres::PgListener::connect(&named(url)).await?;
+            listener.listen(channel).await?;
+            Ok(listener)
+        };
+        let mut listener = connect(self.primary.url()).await?;
+        let primary = self.primary.clone();
         tokio::spawn(async move {
             loop {
                 match listener.try_recv().await {
@@ -389,6 +454,11 @@ impl Database {
                     Err(error) => {
                         tracing::warn!(%error, channel, "lost a notification channel; retrying");
                         tokio::time::sleep(Duration::from_secs(1)).await;
+                        // On the primary as it is now (it may have moved).
+                        if let Ok(fresh) = connect(primary.url()).await {
+                            listener = fresh;
+                            on(None);
+                        }
                     }
                 }
             }
@@ -399,7 +469,7 @@ impl Database {
     /// The pool for writes and for reads that must see them; counts the query.
     fn primary(&self) -> &AnyPool {
         replica::record(Role::Primary);
-        &self.primary
+        self.primary.pool()
     }
 
     /// Runs a write on the primary (fails at once when the poller saw it down), and
@@ -419,7 +489,9 @@ impl Database {
         };
         let value = answered(
             Role::Primary,
-            query(self.primary.clone()).await.map_err(on_primary)?,
+            query(self.primary.pool().clone())
+                .await
+                .map_err(on_primary)?,
         );
         if self.replicas.is_empty() {
             return Ok((value, None));
@@ -456,7 +528,7 @@ impl Database {
             // write yet: read-your-writes sends this read to the primary.
             metrics::counter!("bakery_db_fresh_reads_total").increment(1);
         }
-        match query(self.primary.clone()).await {
+        match query(self.primary.pool().clone()).await {
             Ok(value) => Ok(answered(Role::Primary, value)),
             // The primary went away before the poller noticed: a replica that may be
             // slightly behind is better than no answer.

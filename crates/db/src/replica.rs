@@ -168,27 +168,37 @@ impl Replicas {
     }
 
     /// Polls every 100 ms until the returned task is aborted.
-    pub(crate) fn spawn_poller(self: Arc<Self>, primary: AnyPool) -> tokio::task::JoinHandle<()> {
+    /// The primary is looked at too: when it stops answering as one and the database
+    /// URL named other hosts, the one that answers as a primary is taken instead.
+    pub(crate) fn spawn_poller(
+        self: Arc<Self>,
+        primary: Arc<crate::Primary>,
+    ) -> tokio::task::JoinHandle<()> {
+        const PRIMARY_LSN: &str = "SELECT CAST(pg_current_wal_lsn() AS TEXT)";
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut history = Positions::default();
+            let mut primary_looks = Looks::up();
+            let mut replica_looks: Vec<Looks> =
+                self.members.iter().map(|_| Looks::down()).collect();
             loop {
                 tick.tick().await;
-                let primary_lsn =
-                    position(&primary, "SELECT CAST(pg_current_wal_lsn() AS TEXT)").await;
-                let was_up = self
-                    .primary_up
-                    .swap(primary_lsn.is_some(), Ordering::Relaxed);
-                if was_up != primary_lsn.is_some() {
-                    tracing::warn!(up = primary_lsn.is_some(), "primary availability changed");
+                let mut primary_lsn = position(primary.pool(), PRIMARY_LSN).await;
+                if primary_lsn.is_none() && primary.has_alternatives() && primary.find().await {
+                    primary_lsn = position(primary.pool(), PRIMARY_LSN).await;
+                }
+                let up = primary_looks.saw(primary_lsn.is_some());
+                let was_up = self.primary_up.swap(up, Ordering::Relaxed);
+                if was_up != up {
+                    tracing::warn!(up, "primary availability changed");
                 }
                 if let Some(lsn) = primary_lsn {
                     self.primary_lsn.fetch_max(lsn.0, Ordering::Relaxed);
                     history.saw(lsn.0);
                 }
                 let primary_at = self.primary_lsn.load(Ordering::Relaxed);
-                for replica in &self.members {
+                for (replica, looks) in self.members.iter().zip(&mut replica_looks) {
                     let replay = position(
                         &replica.pool,
                         "SELECT CAST(pg_last_wal_replay_lsn() AS TEXT)",
@@ -205,13 +215,42 @@ impl Replicas {
                         .set(primary_at.saturating_sub(replayed) as f64);
                     metrics::gauge!("bakery_db_replica_lag_seconds", "replica" => name)
                         .set(history.behind(replayed).as_secs_f64());
-                    let was = replica.set_reachable(replay.is_some());
-                    if was != replay.is_some() {
-                        tracing::info!(replica = %replica.name, reachable = replay.is_some(), "replica availability changed");
+                    let reachable = looks.saw(replay.is_some());
+                    let was = replica.set_reachable(reachable);
+                    if was != reachable {
+                        tracing::info!(replica = %replica.name, reachable, "replica availability changed");
                     }
                 }
             }
         })
+    }
+}
+
+/// What the last looks at a server saw: it is taken as away after
+/// [`Looks::MISSES`] looks in a row without an answer (not one: a look that misses its
+/// 500 ms on a starved machine is not a server gone), and as back at the first answer.
+struct Looks {
+    misses: u32,
+}
+
+impl Looks {
+    const MISSES: u32 = 2;
+
+    fn up() -> Self {
+        Self { misses: 0 }
+    }
+
+    /// Away until it answers a first time.
+    fn down() -> Self {
+        Self {
+            misses: Self::MISSES,
+        }
+    }
+
+    /// Counts one look (`answered` or not); whether the server is taken as there.
+    fn saw(&mut self, answered: bool) -> bool {
+        self.misses = if answered { 0 } else { self.misses + 1 };
+        self.misses < Self::MISSES
     }
 }
 

@@ -40,6 +40,12 @@ impl Check {
     }
 }
 
+/// How long one check may take before it counts as down: less than the balancer's
+/// probe timeout (1 s by default), so that a store that answers nothing (a host cut
+/// away) makes its check fail, not the whole `/healthz` — which would take a clone
+/// that still serves out of the rotation for a store it can do without.
+const CHECK_LIMIT: std::time::Duration = std::time::Duration::from_millis(700);
+
 pub(crate) fn router(shell: &Shell) -> Router {
     let (health, metrics) = (shell.clone(), shell.clone());
     Router::new()
@@ -61,7 +67,12 @@ async fn healthz(shell: Shell) -> Response {
             .into_response();
     }
     let checks = shell.checks();
-    let answers = futures::future::join_all(checks.iter().map(|check| (check.probe)())).await;
+    let answers = futures::future::join_all(checks.iter().map(|check| async {
+        tokio::time::timeout(CHECK_LIMIT, (check.probe)())
+            .await
+            .unwrap_or(false)
+    }))
+    .await;
     let mut body = Map::new();
     let (mut failing, mut degraded) = (Vec::new(), Vec::new());
     for (check, up) in checks.iter().zip(answers) {

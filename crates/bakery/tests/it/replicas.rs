@@ -29,7 +29,13 @@ async fn price_and_role(http: &reqwest::Client, url: &str, cookie: Option<&str>)
         request = request.header("cookie", cookie);
     }
     let response = request.send().await.unwrap();
-    assert_eq!(response.status(), 200, "read failed");
+    if response.status() != 200 {
+        let status = response.status();
+        panic!(
+            "read failed: {status} {}",
+            response.text().await.unwrap_or_default()
+        );
+    }
     let role = db_role(&response);
     let body: serde_json::Value = response.json().await.unwrap();
     (body["price_cents"].as_i64().unwrap(), role)
