@@ -1,9 +1,14 @@
 //! A TCP forwarder the tests can cut: the way to take a database or a store away
-//! from one topology without stopping the server other tests share.
+//! from one topology without stopping the server other tests share. It can also
+//! delay what the client sends (a slow link, as `tc netem delay` on the client's
+//! side would make it, which these kernels lack).
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -16,11 +21,18 @@ pub struct CuttableProxy {
     /// and cleared before a task looked at it would be missed).
     cuts: watch::Sender<u64>,
     listening: Mutex<Option<JoinHandle<()>>>,
+    /// How long each chunk the client sends waits before it goes on, in ms.
+    latency_ms: Arc<AtomicU64>,
 }
 
 impl CuttableProxy {
     pub async fn start(target: SocketAddr) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        Self::start_at("127.0.0.1:0", target).await
+    }
+
+    /// The same, listening on `listen` (an address other hosts reach).
+    pub async fn start_at(listen: &str, target: SocketAddr) -> Self {
+        let listener = TcpListener::bind(listen).await.expect("bind proxy");
         let addr = listener.local_addr().expect("a bound address");
         let (cuts, _) = watch::channel(0);
         let proxy = Self {
@@ -28,13 +40,21 @@ impl CuttableProxy {
             target,
             cuts,
             listening: Mutex::new(None),
+            latency_ms: Arc::new(AtomicU64::new(0)),
         };
         proxy.serve(listener);
         proxy
     }
 
+    /// Delays everything the clients send from now on by `latency` (zero: none).
+    pub fn set_latency(&self, latency: Duration) {
+        self.latency_ms
+            .store(latency.as_millis() as u64, Ordering::Relaxed);
+    }
+
     fn serve(&self, listener: TcpListener) {
         let target = self.target;
+        let latency_ms = self.latency_ms.clone();
         let mut cuts = self.cuts.subscribe();
         let epoch = *cuts.borrow();
         let task = tokio::spawn(async move {
@@ -47,12 +67,21 @@ impl CuttableProxy {
                     return;
                 };
                 let mut cuts = cuts.clone();
+                let latency_ms = latency_ms.clone();
                 tokio::spawn(async move {
-                    let Ok(mut outbound) = TcpStream::connect(target).await else {
+                    let Ok(outbound) = TcpStream::connect(target).await else {
                         return;
                     };
+                    let (from_client, to_client) = inbound.split();
+                    let (from_server, to_server) = outbound.into_split();
+                    let (mut from_server, mut to_client) = (from_server, to_client);
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = async {
+                            tokio::join!(
+                                delayed_copy(from_client, to_server, &latency_ms),
+                                tokio::io::copy(&mut from_server, &mut to_client),
+                            )
+                        } => {}
                         _ = cuts.wait_for(|now| *now != epoch) => {}
                     }
                 });
@@ -85,4 +114,35 @@ impl CuttableProxy {
         };
         self.serve(listener);
     }
+}
+
+/// Copies `from` to `to`, each chunk held back by the latency of the moment it was
+/// read (in order: a chunk never overtakes an earlier one).
+async fn delayed_copy(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    latency_ms: &AtomicU64,
+) {
+    let (chunks, mut due) =
+        tokio::sync::mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+    let reading = async move {
+        let mut buffer = vec![0; 16 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buffer).await {
+            let at = tokio::time::Instant::now()
+                + Duration::from_millis(latency_ms.load(Ordering::Relaxed));
+            if chunks.send((at, buffer[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    };
+    let writing = async move {
+        while let Some((at, chunk)) = due.recv().await {
+            tokio::time::sleep_until(at).await;
+            if to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(reading, writing);
 }

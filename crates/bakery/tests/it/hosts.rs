@@ -3,15 +3,19 @@
 //! streaming replica, the broker, the cache — each on a host of its own (network
 //! namespaces made by `scripts/hosts.sh`), every role started by its systemd unit's
 //! command line and environment files. Under a running load of reads, logins and
-//! RSVPs, links are cut and made lossy; the system must go on and lose nothing.
+//! RSVPs, hosts are cut away (a web host, the replica, the broker, the primary) and
+//! the link to the databases made lossy and slow; the system must go on and lose
+//! nothing.
 //! One test, in phases: building the hosts costs more than each fault.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bakery_testkit::hosts::{self, Hosts};
 use bakery_testkit::mail::{SmtpSink, header, mails_to};
+use bakery_testkit::proxy::CuttableProxy;
 use bakery_testkit::sse::SseStream;
 use serde_json::{Value, json};
 use tokio::sync::Mutex;
@@ -173,19 +177,42 @@ async fn class(base: &str, admin: &str, title: &str) -> i64 {
         .unwrap()
 }
 
-/// nftables on `host`: drops 1 % of the packets to and from the database hosts.
-fn lossy_database_link(hosts: &Hosts, host: &str, on: bool) {
+/// nftables on `host`: its connections to the databases go through `proxies` (on
+/// this machine, db-1's then db-2's), so that a test can slow that link.
+fn through_proxies(hosts: &Hosts, host: &str, proxies: &[&CuttableProxy; 2]) {
+    let rules = format!(
+        "table ip bakery_proxy {{
+           chain out {{ type nat hook output priority -100;
+             ip daddr {db1} tcp dport 5432 dnat to {p1};
+             ip daddr {db2} tcp dport 5432 dnat to {p2}; }}
+         }}",
+        db1 = hosts.address("db-1"),
+        db2 = hosts.address("db-2"),
+        p1 = proxies[0].addr,
+        p2 = proxies[1].addr,
+    );
+    let file = hosts.dir().join(format!("proxy-{host}.nft"));
+    std::fs::write(&file, rules).unwrap();
+    hosts.exec(host, &["nft", "-f", &file.display().to_string()]);
+}
+
+/// nftables on `host`: drops 1 % of the packets to and from the databases (their
+/// port, or the proxies' in front of them).
+fn lossy_database_link(hosts: &Hosts, host: &str, proxies: &[&CuttableProxy; 2], on: bool) {
     if !on {
         hosts.exec(host, &["nft", "delete", "table", "inet", "bakery_loss"]);
         return;
     }
+    let ports = format!(
+        "5432, {}, {}",
+        proxies[0].addr.port(),
+        proxies[1].addr.port()
+    );
     let rules = format!(
         "table inet bakery_loss {{
-           chain out {{ type filter hook output priority 0; ip daddr {{ {db1}, {db2} }} numgen random mod 100 < 1 drop; }}
-           chain in {{ type filter hook input priority 0; ip saddr {{ {db1}, {db2} }} numgen random mod 100 < 1 drop; }}
-         }}",
-        db1 = hosts.address("db-1"),
-        db2 = hosts.address("db-2"),
+           chain out {{ type filter hook output priority 0; tcp dport {{ {ports} }} numgen random mod 100 < 1 drop; }}
+           chain in {{ type filter hook input priority 0; tcp sport {{ {ports} }} numgen random mod 100 < 1 drop; }}
+         }}"
     );
     let file = hosts.dir().join(format!("loss-{host}.nft"));
     std::fs::write(&file, rules).unwrap();
@@ -193,8 +220,7 @@ fn lossy_database_link(hosts: &Hosts, host: &str, on: bool) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_deployment_on_eight_hosts_survives_cut_links_a_lost_broker_and_a_lossy_database_link()
-{
+async fn the_deployment_on_eight_hosts_survives_lost_hosts_and_bad_links() {
     let mut hosts = Hosts::create();
     // The site's mail relay is outside the hosts: this machine, on the bridge.
     let sink = SmtpSink::start_at("10.77.0.1", 2525);
@@ -204,6 +230,16 @@ async fn the_deployment_on_eight_hosts_survives_cut_links_a_lost_broker_and_a_lo
         ("BAKERY_EMAIL_VERIFICATION", "off"),
         ("BAKERY_LOG", "info"),
     ];
+    // Every database connection of the web hosts passes a proxy on this machine, so
+    // that a phase can slow that link; until then it adds one hop and nothing else.
+    let db_proxies = [
+        CuttableProxy::start_at("10.77.0.1:0", SocketAddr::new(hosts.address("db-1"), 5432)).await,
+        CuttableProxy::start_at("10.77.0.1:0", SocketAddr::new(hosts.address("db-2"), 5432)).await,
+    ];
+    let proxies = [&db_proxies[0], &db_proxies[1]];
+    for host in ["web-a", "web-b"] {
+        through_proxies(&hosts, host, &proxies);
+    }
     hosts.run_once("web-a", "bakery-migrate", &env);
     for (host, units) in hosts::roles() {
         for unit in units {
@@ -442,7 +478,7 @@ async fn the_deployment_on_eight_hosts_survives_cut_links_a_lost_broker_and_a_lo
     tokio::time::sleep(Duration::from_secs(5)).await;
     let clean = clean.finish().await;
     for host in ["web-a", "web-b"] {
-        lossy_database_link(&hosts, host, true);
+        lossy_database_link(&hosts, host, &proxies, true);
     }
     let lossy = Load::reads(&base, &reads, &alice, 4);
     let lossy_class = class(&base, &admin, "Rye in the fog").await;
@@ -451,7 +487,7 @@ async fn the_deployment_on_eight_hosts_survives_cut_links_a_lost_broker_and_a_lo
     tokio::time::sleep(Duration::from_secs(5)).await;
     let lossy = lossy.finish().await;
     for host in ["web-a", "web-b"] {
-        lossy_database_link(&hosts, host, false);
+        lossy_database_link(&hosts, host, &proxies, false);
     }
     clean.assert_no_failure("clean link").await;
     lossy.assert_no_failure("lossy link").await;
@@ -463,7 +499,28 @@ async fn the_deployment_on_eight_hosts_survives_cut_links_a_lost_broker_and_a_lo
         clean.ok.load(Ordering::Relaxed)
     );
 
-    // 6. The primary's host lost: writes are refused (503), reads go on from the
+    // 6. 100 ms more on every request from the web hosts to the databases: correct,
+    //    slower by about that much per query (a page makes several).
+    for proxy in proxies {
+        proxy.set_latency(Duration::from_millis(100));
+    }
+    let slow = Load::reads(&base, &reads, &alice, 4);
+    let slow_class = class(&base, &admin, "Rye far away").await;
+    let far = rsvp(&base, &alice, slow_class).await;
+    assert!(my_rsvps(&base, &alice).await.iter().any(|r| r["id"] == far));
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let slow = slow.finish().await;
+    for proxy in proxies {
+        proxy.set_latency(Duration::ZERO);
+    }
+    slow.assert_no_failure("slow link").await;
+    let (s50, s99) = slow.percentiles().await;
+    eprintln!(
+        "100 ms delay to the databases: p50 {s50:.1} ms, p99 {s99:.1} ms ({} reads, 0 failed); clean link: p50 {c50:.1} ms, p99 {c99:.1} ms",
+        slow.ok.load(Ordering::Relaxed)
+    );
+
+    // 7. The primary's host lost: writes are refused (503), reads go on from the
     //    replica; once the replica is promoted every clone writes there, without a
     //    restart, and no write that was acknowledged is missing. (Synchronous
     //    replication from here on, as an operator who fails over would run it: an
