@@ -1,18 +1,19 @@
-//! The Redis engine, over redis-rs's `ConnectionManager` (it reconnects by itself).
+//! The Redis engine, over a `bakery_redis::Link` (redis-rs's `ConnectionManager`,
+//! which reconnects by itself, following the primary under Sentinel).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use bakery_redis::Link;
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 
 use crate::CacheError;
 use crate::near::Near;
 
 #[derive(Clone)]
 pub struct Redis {
-    conn: ConnectionManager,
-    client: redis::Client,
+    conn: Link,
     /// The near cache, when switched on ([`Redis::with_near`]).
     near: Option<Arc<Near>>,
 }
@@ -26,38 +27,28 @@ impl Redis {
     /// start before its cache): reads bypass it, and the connection is made on a
     /// later use once it answers.
     pub async fn connect(url: &str) -> Result<Self, CacheError> {
-        let client = redis::Client::open(url).map_err(unavailable)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_millis(500)))
             .set_response_timeout(Some(Duration::from_millis(500)))
             .set_number_of_retries(1);
-        let now = async {
-            let mut conn =
-                ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
-            let _: () = redis::cmd("PING").query_async(&mut conn).await?;
-            Ok::<_, redis::RedisError>(conn)
-        };
-        let conn = match now.await {
-            Ok(conn) => conn,
-            // A lazy manager connects on a later use, once the server answers
-            // (redis-rs reconnects on I/O errors); until then reads bypass the cache.
-            Err(error) => {
-                tracing::warn!(%error, "the cache does not answer yet; reads bypass it until it does");
-                ConnectionManager::new_lazy_with_config(client.clone(), config)
-                    .map_err(unavailable)?
-            }
-        };
-        Ok(Self {
-            conn,
-            client,
-            near: None,
-        })
+        let (conn, pending) = Link::open(url, config).await.map_err(unavailable)?;
+        // The link connects on a later use, once the server answers (redis-rs
+        // reconnects on I/O errors); until then reads bypass the cache.
+        if let Some(error) = pending {
+            tracing::warn!(%error, "the cache does not answer yet; reads bypass it until it does");
+        }
+        Ok(Self { conn, near: None })
     }
 
     /// Keeps up to `max_entries` keys read through the near cache in this process,
     /// coherent by Redis's invalidation pushes (see `near`). 0: none.
     pub fn with_near(mut self, max_entries: usize) -> Self {
-        self.near = (max_entries > 0).then(|| Arc::new(Near::new(&self.client, max_entries)));
+        // The near cache needs one fixed server (its invalidation pushes come over a
+        // connection of its own): off under Sentinel, where the primary moves.
+        self.near = match (max_entries, self.conn.fixed_client()) {
+            (0, _) | (_, None) => None,
+            (_, Some(client)) => Some(Arc::new(Near::new(&client, max_entries))),
+        };
         self
     }
 
@@ -75,7 +66,7 @@ impl Redis {
     /// Whether the server answers (for `/healthz`).
     pub async fn ping(&self) -> Result<(), CacheError> {
         redis::cmd("PING")
-            .query_async::<()>(&mut self.conn.clone())
+            .query_async::<()>(&mut self.conn.primary().map_err(unavailable)?)
             .await
             .map_err(unavailable)
     }
@@ -87,7 +78,7 @@ impl Redis {
         // MGET always answers a list, also for a single key.
         redis::cmd("MGET")
             .arg(keys)
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn.primary().map_err(unavailable)?)
             .await
             .map_err(unavailable)
     }
@@ -95,7 +86,8 @@ impl Redis {
     pub async fn set(&self, key: &str, value: &[u8], ttl: Duration) -> Result<(), CacheError> {
         let stored = self
             .conn
-            .clone()
+            .primary()
+            .map_err(unavailable)?
             .pset_ex(key, value, ttl.as_millis().max(1) as u64)
             .await
             .map_err(unavailable);
@@ -110,14 +102,20 @@ impl Redis {
             .arg("NX")
             .arg("PX")
             .arg(ttl.as_millis().max(1) as u64)
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn.primary().map_err(unavailable)?)
             .await
             .map_err(unavailable)?;
         Ok(stored.is_some())
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), CacheError> {
-        let deleted = self.conn.clone().del(key).await.map_err(unavailable);
+        let deleted = self
+            .conn
+            .primary()
+            .map_err(unavailable)?
+            .del(key)
+            .await
+            .map_err(unavailable);
         self.forget(key);
         deleted
     }
@@ -132,7 +130,7 @@ impl Redis {
             .key(key)
             .arg(start)
             .arg(crate::COUNTER_TTL.as_millis() as u64)
-            .invoke_async(&mut self.conn.clone())
+            .invoke_async(&mut self.conn.primary().map_err(unavailable)?)
             .await
             .map_err(unavailable);
         self.forget(key);

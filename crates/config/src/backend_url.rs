@@ -161,6 +161,55 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
+const SENTINEL_SCHEME: &str = "redis+sentinel://";
+
+/// `redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB]`: Redis Sentinel's
+/// sentinels, the name of the service they watch, and the database number on its
+/// primary. The primary is whoever the sentinels say it is (asked again while
+/// running, so a promoted replica is followed).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sentinels {
+    /// `host:port` of each sentinel.
+    pub nodes: Vec<String>,
+    pub service: String,
+    pub db: i64,
+}
+
+impl Sentinels {
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let expected = || {
+            format!("expected redis+sentinel://HOST:PORT[,HOST:PORT...]/SERVICE[/DB], got {raw:?}")
+        };
+        let rest = raw.strip_prefix(SENTINEL_SCHEME).ok_or_else(expected)?;
+        let (nodes, path) = rest.split_once('/').ok_or_else(expected)?;
+        let nodes: Vec<String> = nodes.split(',').map(str::to_string).collect();
+        let valid_node = |n: &String| {
+            n.rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+        };
+        if nodes.is_empty() || !nodes.iter().all(valid_node) {
+            return Err(expected());
+        }
+        let mut parts = path.trim_end_matches('/').split('/');
+        let service = parts
+            .next()
+            .filter(|s| !s.is_empty())
+            .ok_or_else(expected)?;
+        let db = match parts.next() {
+            Some(db) => db.parse().map_err(|_| expected())?,
+            None => 0,
+        };
+        if parts.next().is_some() {
+            return Err(expected());
+        }
+        Ok(Self {
+            nodes,
+            service: service.to_string(),
+            db,
+        })
+    }
+}
+
 /// Where sessions live.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
@@ -187,6 +236,10 @@ impl SessionUrl {
         if raw == "embedded" {
             return Ok(Self::in_data_dir());
         }
+        if raw.starts_with(SENTINEL_SCHEME) {
+            Sentinels::parse(raw)?;
+            return Ok(Self::Redis(raw.to_string()));
+        }
         let parsed =
             url::Url::parse(raw).map_err(|e| format!("not a URL ({e}): {}", redact(raw)))?;
         match parsed.scheme() {
@@ -196,7 +249,7 @@ impl SessionUrl {
                 raw.trim_start_matches("sqlite://"),
             ))),
             other => Err(format!(
-                "unsupported scheme {other:?}: expected embedded, sqlite:// or redis://"
+                "unsupported scheme {other:?}: expected embedded, sqlite://, redis:// or redis+sentinel://"
             )),
         }
     }
@@ -277,13 +330,17 @@ impl CacheUrl {
             }
             return Ok(Self::Memcached(nodes));
         }
+        if raw.starts_with(SENTINEL_SCHEME) {
+            Sentinels::parse(raw)?;
+            return Ok(Self::Redis(raw.to_string()));
+        }
         let parsed =
             url::Url::parse(raw).map_err(|e| format!("not a URL ({e}): {}", redact(raw)))?;
         match parsed.scheme() {
             "redis" => Ok(Self::Redis(raw.to_string())),
             "rediss" => Err(NO_REDIS_TLS.to_string()),
             other => Err(format!(
-                "unsupported scheme {other:?}: expected embedded, none, redis:// or memcached://"
+                "unsupported scheme {other:?}: expected embedded, none, redis://, redis+sentinel:// or memcached://"
             )),
         }
     }
@@ -471,6 +528,32 @@ mod tests {
         let one = DatabaseUrl::parse("postgres://db-1/bakery").unwrap();
         assert_eq!(one.hosts(), ["postgres://db-1/bakery"]);
         assert!(DatabaseUrl::parse("postgres://u@db-1:5432,:x/bakery").is_err());
+    }
+
+    #[test]
+    fn sentinel_urls_name_the_sentinels_the_service_and_the_database() {
+        let parsed = Sentinels::parse("redis+sentinel://s1:26379,s2:26380/bakery/2").unwrap();
+        assert_eq!(parsed.nodes, ["s1:26379", "s2:26380"]);
+        assert_eq!((parsed.service.as_str(), parsed.db), ("bakery", 2));
+        assert_eq!(
+            Sentinels::parse("redis+sentinel://s1:26379/bakery")
+                .unwrap()
+                .db,
+            0
+        );
+        for bad in [
+            "redis+sentinel://s1:26379",
+            "redis+sentinel://s1/bakery",
+            "redis+sentinel://s1:26379/",
+            "redis+sentinel://s1:26379/bakery/x",
+        ] {
+            assert!(Sentinels::parse(bad).is_err(), "{bad}");
+            assert!(SessionUrl::parse(bad).is_err(), "{bad}");
+        }
+        assert!(matches!(
+            CacheUrl::parse("redis+sentinel://s1:26379/bakery/1").unwrap(),
+            CacheUrl::Redis(_)
+        ));
     }
 
     #[test]

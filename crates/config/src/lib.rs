@@ -20,7 +20,7 @@ use serde::Deserialize;
 mod backend_url;
 mod values;
 
-pub use backend_url::{BrokerUrl, CacheUrl, DatabaseUrl, SessionUrl, SmtpUrl, redact};
+pub use backend_url::{BrokerUrl, CacheUrl, DatabaseUrl, Sentinels, SessionUrl, SmtpUrl, redact};
 pub use secrecy::{ExposeSecret, SecretString};
 use values::{flag, millis, percent, secs};
 

@@ -114,7 +114,7 @@ pub enum SessionStore {
         namespace: Arc<str>,
     },
     Redis {
-        conn: redis::aio::ConnectionManager,
+        conn: bakery_redis::Link,
         lifetimes: Lifetimes,
         namespace: Arc<str>,
     },
@@ -192,31 +192,18 @@ impl SessionStore {
                 })
             }
             SessionUrl::Redis(url) => {
-                let client = redis::Client::open(url.as_str())?;
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(Duration::from_secs(1)))
                     .set_response_timeout(Some(Duration::from_secs(1)))
                     .set_number_of_retries(2);
-                let now = async {
-                    let mut conn = redis::aio::ConnectionManager::new_with_config(
-                        client.clone(),
-                        config.clone(),
-                    )
-                    .await?;
-                    let _: () = redis::cmd("PING").query_async(&mut conn).await?;
-                    Ok::<_, redis::RedisError>(conn)
-                };
-                let conn = match now.await {
-                    Ok(conn) => conn,
-                    // Started before its session store (after a reboot, in any
-                    // order): public pages are served, what needs a session answers
-                    // 503 `session_store_unavailable`, and a lazy manager connects on
-                    // a later use once the server answers.
-                    Err(error) => {
-                        tracing::warn!(%error, "the session store does not answer yet; serving what needs no session until it does");
-                        redis::aio::ConnectionManager::new_lazy_with_config(client, config)?
-                    }
-                };
+                let (conn, pending) = bakery_redis::Link::open(url, config).await?;
+                // Started before its session store (after a reboot, in any order):
+                // public pages are served, what needs a session answers 503
+                // `session_store_unavailable`, and the link connects on a later use
+                // once the server answers.
+                if let Some(error) = pending {
+                    tracing::warn!(%error, "the session store does not answer yet; serving what needs no session until it does");
+                }
                 Ok(Self::Redis {
                     conn,
                     lifetimes,
@@ -269,7 +256,7 @@ impl SessionStore {
                 .ignore()
                 .pexpire(&key, lifetimes.absolute.as_millis() as i64)
                 .ignore()
-                .query_async(&mut conn.clone())
+                .query_async(&mut conn.primary()?)
                 .await?;
         }
         if let Self::Sqlite { pool, .. } = self {
@@ -337,7 +324,7 @@ impl SessionStore {
             }
             Self::Redis { conn, .. } => {
                 let fields: std::collections::HashMap<String, String> =
-                    conn.clone().hgetall(format!("{REDIS_PREFIX}{digest}")).await?;
+                    conn.primary()?.hgetall(format!("{REDIS_PREFIX}{digest}")).await?;
                 let field = |name: &str| fields.get(name).and_then(|v| v.parse::<i64>().ok());
                 match (field("user_id"), field("created_at"), field("last_seen")) {
                     (Some(user_id), Some(created_at), Some(last_seen)) => Some(Session {
@@ -377,7 +364,7 @@ impl SessionStore {
                 let _: i64 = script
                     .key(format!("{REDIS_PREFIX}{digest}"))
                     .arg(lsn.to_string())
-                    .invoke_async(&mut conn.clone())
+                    .invoke_async(&mut conn.primary()?)
                     .await?;
             }
         }
@@ -395,7 +382,10 @@ impl SessionStore {
                     .await?;
             }
             Self::Redis { conn, .. } => {
-                let _: () = conn.clone().del(format!("{REDIS_PREFIX}{digest}")).await?;
+                let _: () = conn
+                    .primary()?
+                    .del(format!("{REDIS_PREFIX}{digest}"))
+                    .await?;
             }
         }
         Ok(())
@@ -418,14 +408,14 @@ impl SessionStore {
             }
             Self::Redis { conn, .. } => {
                 let key = self.user_sessions_key(user_id);
-                let digests: Vec<String> = conn.clone().smembers(&key).await?;
+                let digests: Vec<String> = conn.primary()?.smembers(&key).await?;
                 let mut pipe = redis::pipe();
                 pipe.atomic();
                 for digest in &digests {
                     pipe.del(format!("{REDIS_PREFIX}{digest}")).ignore();
                 }
                 pipe.del(&key).ignore();
-                let _: () = pipe.query_async(&mut conn.clone()).await?;
+                let _: () = pipe.query_async(&mut conn.primary()?).await?;
             }
         }
         Ok(())
@@ -444,7 +434,7 @@ impl SessionStore {
                 sqlx::query("SELECT 1").execute(pool).await?;
             }
             Self::Redis { conn, .. } => {
-                let _: () = redis::cmd("PING").query_async(&mut conn.clone()).await?;
+                let _: () = redis::cmd("PING").query_async(&mut conn.primary()?).await?;
             }
         }
         Ok(())
@@ -488,7 +478,7 @@ impl SessionStore {
                     .ignore()
                     .pexpire(&key, ttl as i64)
                     .ignore()
-                    .query_async(&mut conn.clone())
+                    .query_async(&mut conn.primary()?)
                     .await?;
             }
         }

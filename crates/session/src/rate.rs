@@ -50,7 +50,7 @@ impl SessionStore {
                     .fetch_optional(pool)
                     .await?
             }
-            Self::Redis { conn, .. } => conn.clone().get(&key).await?,
+            Self::Redis { conn, .. } => conn.primary()?.get(&key).await?,
         };
         Ok(tat.and_then(|tat| limit.wait(tat, now_millis())))
     }
@@ -89,7 +89,7 @@ impl SessionStore {
                     .key(&key)
                     .arg(now)
                     .arg(every)
-                    .invoke_async(&mut conn.clone())
+                    .invoke_async(&mut conn.primary()?)
                     .await?;
             }
         }

@@ -131,3 +131,18 @@ pub async fn create_product(
         .as_i64()
         .expect("its id")
 }
+
+/// Creates a baking class as `admin` (a cookie pair) with `capacity` seats; its id.
+pub async fn create_class(base: &str, admin: &str, title: &str, capacity: i64) -> i64 {
+    let created = client()
+        .post(format!("{base}/api/events"))
+        .header("cookie", admin)
+        .json(&serde_json::json!({"title": title, "starts_at": "2031-05-01T10:00:00Z", "capacity": capacity}))
+        .send()
+        .await
+        .expect("create a class");
+    assert_eq!(created.status(), 201, "create class {title}");
+    created.json::<serde_json::Value>().await.expect("a class")["id"]
+        .as_i64()
+        .expect("its id")
+}

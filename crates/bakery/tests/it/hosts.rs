@@ -123,14 +123,7 @@ impl Tally {
 async fn member(hosts: &Hosts, lb: &str, id: &str) -> (bool, u64) {
     let admin = hosts.addr(lb, "bakery-lb");
     let admin = format!("http://{}:9080/lb/backends", admin.ip());
-    let body: Value = harness::client()
-        .get(&admin)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = harness::get_json(&admin, "").await;
     body["pools"]
         .as_array()
         .unwrap()
@@ -164,17 +157,7 @@ async fn my_rsvps(base: &str, cookie: &str) -> Vec<Value> {
 }
 
 async fn class(base: &str, admin: &str, title: &str) -> i64 {
-    let created = harness::client()
-        .post(format!("{base}/api/events"))
-        .header("cookie", admin)
-        .json(&json!({"title": title, "starts_at": "2031-05-01T10:00:00Z", "capacity": 1000}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    created.json::<Value>().await.unwrap()["id"]
-        .as_i64()
-        .unwrap()
+    harness::create_class(base, admin, title, 1000).await
 }
 
 /// nftables on `host`: its connections to the databases go through `proxies` (on

@@ -36,19 +36,9 @@ async fn start(engine: Engine, sink: &SmtpSink, clones: usize) -> Up {
 
 /// Logs in as the admin and creates a class with `capacity` seats.
 async fn class(up: &Up, capacity: i64) -> i64 {
-    let http = harness::client();
-    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
-    let created = http
-        .post(up.url("/api/events"))
-        .header("cookie", &admin)
-        .json(&json!({"title": format!("Sourdough {}", rand::random::<u16>()), "starts_at": "2031-05-01T10:00:00Z", "capacity": capacity}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(created.status(), 201);
-    created.json::<Value>().await.unwrap()["id"]
-        .as_i64()
-        .unwrap()
+    let admin = harness::log_in(&harness::client(), &up.base, "admin", "admin-password").await;
+    let title = format!("Sourdough {}", rand::random::<u16>());
+    harness::create_class(&up.base, &admin, &title, capacity).await
 }
 
 async fn rsvp(up: &Up, cookie: &str, event: i64, request_id: &str) -> i64 {

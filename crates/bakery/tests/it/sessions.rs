@@ -211,3 +211,98 @@ async fn sessions_survive_a_restart_of_every_clone() {
         .unwrap();
     assert_eq!(r.status(), 200, "the session outlived the processes");
 }
+
+/// Redis with Sentinel (issue "Beyond one machine"): the primary killed under a
+/// logged-in user's requests; the sentinels promote the replica and every clone
+/// follows it without a restart. Meanwhile the user's requests are answered as that
+/// user, or refused (503 while no primary answers, 401 if the session had not reached
+/// the replica) — never as someone else, never with a 500; afterwards the session
+/// written before the failover works, new logins work, and the cache fills again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_the_cache_follow_a_sentinel_failover() {
+    use std::time::{Duration, Instant};
+
+    use bakery_testkit::sentinel::RedisSentinel;
+
+    let mut redis = RedisSentinel::start("bakery-test");
+    let up = Up::start(
+        vec![
+            ("BAKERY_SESSION_URL".into(), redis.url(0)),
+            ("BAKERY_CACHE_URL".into(), redis.url(1)),
+        ],
+        2,
+    );
+    let http = client();
+    let cookie = sign_up_and_log_in(&http, &up.base, "sentinel-sam").await;
+    let me = |cookie: String| {
+        let http = http.clone();
+        let url = up.url("/api/me");
+        async move {
+            let answer = http.get(url).header("cookie", cookie).send().await.unwrap();
+            let status = answer.status().as_u16();
+            let body: serde_json::Value = answer.json().await.unwrap_or_default();
+            (status, body)
+        }
+    };
+    assert_eq!(me(cookie.clone()).await.0, 200);
+    redis.wait_replicated();
+
+    let old_primary = redis.primary_port;
+    let killed = Instant::now();
+    redis.kill_primary();
+    let mut seen = Vec::new();
+    let mut followed = None;
+    while killed.elapsed() < Duration::from_secs(40) {
+        let (status, body) = me(cookie.clone()).await;
+        assert!(
+            matches!(status, 200 | 401 | 503),
+            "{status} {body} during the failover"
+        );
+        if status == 200 {
+            assert_eq!(body["username"], "sentinel-sam", "someone else's session");
+        }
+        seen.push(status);
+        let login = http
+            .post(up.url("/api/session"))
+            .json(&serde_json::json!({"username": "sentinel-sam", "password": "password-1"}))
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(login.status(), 500, "a login during the failover");
+        if login.status() == 200 && status == 200 {
+            followed = Some(killed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let followed = followed.unwrap_or_else(|| {
+        panic!("no login within 40 s of the primary's death; answers to /api/me: {seen:?}")
+    });
+    assert_ne!(
+        redis.primary_now(),
+        Some(old_primary),
+        "the sentinels promoted the replica"
+    );
+    let (status, body) = me(cookie.clone()).await;
+    assert_eq!(
+        (status, body["username"].as_str()),
+        (200, Some("sentinel-sam")),
+        "the session written before the failover is still there"
+    );
+    // The cache works again on the new primary: a product read is a hit the second time.
+    let admin = crate::harness::log_in(&http, &up.base, "admin", "admin-password").await;
+    let product = crate::harness::create_product(&up.base, &admin, "Sentinel rye", "", 500).await;
+    let url = up.url(&format!("/api/products/{product}"));
+    let hit = crate::harness::eventually(Duration::from_secs(10), async || {
+        let answer = http.get(&url).send().await.unwrap();
+        answer.headers().get("x-cache").is_some_and(|v| v == "hit")
+    })
+    .await;
+    assert!(hit, "the cache never answered again after the failover");
+    let refused = seen.iter().filter(|s| **s != 200).count();
+    eprintln!(
+        "sentinel failover: a login and the old session work {:.2} s after the primary was killed; {refused} of {} answers meanwhile refused (401/503), none wrong",
+        followed.as_secs_f64(),
+        seen.len()
+    );
+}
