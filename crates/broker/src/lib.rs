@@ -303,8 +303,8 @@ impl Broker {
                     .await
                     .map_err(|e| ConfigError::new("BAKERY_BROKER_URL", e.to_string()))?,
             )),
-            BrokerUrl::Amqp(uri) => {
-                let rabbit = rabbit::Rabbit::new(uri.clone(), policy.clone());
+            BrokerUrl::Amqp(nodes) => {
+                let rabbit = rabbit::Rabbit::new(nodes.clone(), policy.clone());
                 if let Err(error) = rabbit.link().await {
                     tracing::warn!(%error, "RabbitMQ is not reachable yet; events wait in the outbox");
                 }
@@ -326,7 +326,7 @@ impl Broker {
         };
         result.map_err(|problem| {
             let url = match &config.url {
-                BrokerUrl::Amqp(uri) => bakery_config::redact(uri),
+                BrokerUrl::Amqp(_) => config.url.redacted(),
                 BrokerUrl::Embedded => "the embedded broker".to_string(),
             };
             ConfigError::new("BAKERY_BROKER_URL", format!("cannot use {url}: {problem}"))

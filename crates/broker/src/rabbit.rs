@@ -47,7 +47,11 @@ const ERROR: &str = "x-error";
 const DIED_AT: &str = "x-died-at";
 
 pub struct Rabbit {
-    uri: String,
+    /// The nodes: one server, or the nodes of one cluster (then every queue is a
+    /// quorum queue, replicated on the nodes, and a link goes to whichever answers).
+    nodes: Vec<String>,
+    /// The node tried first on the next connect (the last that answered).
+    next_node: std::sync::atomic::AtomicUsize,
     policy: Arc<Policy>,
     link: Mutex<Option<Link>>,
     up: AtomicBool,
@@ -142,9 +146,10 @@ fn message_of(properties: &BasicProperties, routing_key: &str, data: &[u8]) -> M
 }
 
 impl Rabbit {
-    pub fn new(uri: String, policy: Arc<Policy>) -> Self {
+    pub fn new(nodes: Vec<String>, policy: Arc<Policy>) -> Self {
         Self {
-            uri,
+            nodes,
+            next_node: std::sync::atomic::AtomicUsize::new(0),
             policy,
             link: Mutex::new(None),
             up: AtomicBool::new(false),
@@ -168,7 +173,7 @@ impl Rabbit {
         self.up.store(false, Ordering::Relaxed);
         let properties = ConnectionProperties::default()
             .with_connection_name(format!("bakery pid {}", std::process::id()).into());
-        let connection = limited("connect", Connection::connect(&self.uri, properties)).await?;
+        let connection = self.connect_any(properties).await?;
         let publisher = limited("open a channel", connection.create_channel()).await?;
         self.declare(&publisher).await?;
         limited(
@@ -191,6 +196,54 @@ impl Rabbit {
         tracing::warn!(%error, "the RabbitMQ connection is broken");
         self.up.store(false, Ordering::Relaxed);
         *self.link.lock().await = None;
+    }
+
+    /// A connection to the first node that answers, from the last that did.
+    async fn connect_any(
+        &self,
+        properties: ConnectionProperties,
+    ) -> Result<Connection, BrokerError> {
+        let first = self.next_node.load(Ordering::Relaxed);
+        let mut last_error = None;
+        for i in 0..self.nodes.len() {
+            let node = (first + i) % self.nodes.len();
+            if self.nodes.len() > 1 && !answers(&self.nodes[node]).await {
+                last_error = Some(BrokerError::Unavailable(format!(
+                    "{} does not accept connections",
+                    bakery_config::redact(&self.nodes[node])
+                )));
+                continue;
+            }
+            match limited(
+                "connect",
+                Connection::connect(&self.nodes[node], properties.clone()),
+            )
+            .await
+            {
+                Ok(connection) => {
+                    if node != first {
+                        tracing::info!(node = %bakery_config::redact(&self.nodes[node]), "connected to another RabbitMQ node");
+                    }
+                    self.next_node.store(node, Ordering::Relaxed);
+                    return Ok(connection);
+                }
+                Err(error) => last_error = Some(error),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| BrokerError::Unavailable("no RabbitMQ node given".into())))
+    }
+
+    /// Queue arguments for a cluster: quorum queues, replicated on its nodes, so a
+    /// node that goes away takes no message with it; what they dead-letter (a retry
+    /// whose delay ran out, a message given up) moves at least once.
+    fn replicated(&self, mut arguments: FieldTable) -> FieldTable {
+        if self.nodes.len() > 1 {
+            arguments.insert("x-queue-type".into(), text("quorum"));
+            arguments.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+            // What at-least-once dead-lettering needs of a quorum queue.
+            arguments.insert("x-overflow".into(), text("reject-publish"));
+        }
+        arguments
     }
 
     /// The contract's exchanges, queues and bindings, plus retry and dead-letter queues.
@@ -221,13 +274,17 @@ impl Rabbit {
             ]);
             limited(
                 "declare a queue",
-                channel.queue_declare((*queue).into(), durable_queue, arguments),
+                channel.queue_declare((*queue).into(), durable_queue, self.replicated(arguments)),
             )
             .await?;
             let dead = dead_queue(queue);
             limited(
                 "declare a dead-letter queue",
-                channel.queue_declare(dead.as_str().into(), durable_queue, FieldTable::default()),
+                channel.queue_declare(
+                    dead.as_str().into(),
+                    durable_queue,
+                    self.replicated(FieldTable::default()),
+                ),
             )
             .await?;
             limited(
@@ -251,7 +308,7 @@ impl Rabbit {
                     channel.queue_declare(
                         retry_queue(queue, attempt).as_str().into(),
                         durable_queue,
-                        back,
+                        self.replicated(back),
                     ),
                 )
                 .await?;
@@ -609,4 +666,18 @@ impl Rabbit {
             let _ = link.connection.close(200, "bye".into()).await;
         }
     }
+}
+
+/// Whether a node's port takes a TCP connection within a second. Asked before
+/// lapin's own connect, which does not give up on a node that refuses or is gone
+/// within its time limit — and then holds up the connect to the next node.
+async fn answers(node: &str) -> bool {
+    let Ok(uri) = node.parse::<lapin::uri::AMQPUri>() else {
+        return true;
+    };
+    let addr = (uri.authority.host.as_str(), uri.authority.port);
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await,
+        Ok(Ok(_))
+    )
 }

@@ -382,8 +382,9 @@ pub enum BrokerUrl {
     /// Tables in the configured database (SQLite or PostgreSQL): durable, and shared
     /// by every process that shares the database.
     Embedded,
-    /// A RabbitMQ server (`amqp://user:password@host:port/vhost`).
-    Amqp(String),
+    /// A RabbitMQ server (`amqp://user:password@host:port/vhost`), or the nodes of
+    /// one RabbitMQ cluster (several such URLs separated by commas).
+    Amqp(Vec<String>),
 }
 
 impl BrokerUrl {
@@ -391,14 +392,35 @@ impl BrokerUrl {
         if raw == "embedded" {
             return Ok(Self::Embedded);
         }
-        let parsed =
-            url::Url::parse(raw).map_err(|e| format!("not a URL ({e}): {}", redact(raw)))?;
-        match parsed.scheme() {
-            "amqp" if parsed.host_str().is_some() => Ok(Self::Amqp(raw.to_string())),
-            "amqps" => Err("amqps:// is not supported: this build has no TLS for AMQP".to_string()),
-            other => Err(format!(
-                "unsupported scheme {other:?}: expected embedded or amqp://host:port"
-            )),
+        let nodes = raw
+            .split(',')
+            .map(|node| {
+                let node = node.trim();
+                let parsed = url::Url::parse(node)
+                    .map_err(|e| format!("not a URL ({e}): {}", redact(node)))?;
+                match parsed.scheme() {
+                    "amqp" if parsed.host_str().is_some() => Ok(node.to_string()),
+                    "amqps" => {
+                        Err("amqps:// is not supported: this build has no TLS for AMQP".to_string())
+                    }
+                    other => Err(format!(
+                        "unsupported scheme {other:?}: expected embedded or amqp://host:port"
+                    )),
+                }
+            })
+            .collect::<Result<Vec<String>, String>>()?;
+        Ok(Self::Amqp(nodes))
+    }
+
+    /// The URL with its passwords hidden, for logs and errors.
+    pub fn redacted(&self) -> String {
+        match self {
+            Self::Embedded => "embedded".to_string(),
+            Self::Amqp(nodes) => nodes
+                .iter()
+                .map(|n| redact(n))
+                .collect::<Vec<_>>()
+                .join(","),
         }
     }
 
@@ -423,7 +445,7 @@ impl fmt::Debug for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Embedded => f.write_str("Embedded"),
-            Self::Amqp(url) => write!(f, "Amqp({})", redact(url)),
+            Self::Amqp(_) => write!(f, "Amqp({})", self.redacted()),
         }
     }
 }
@@ -570,6 +592,18 @@ mod tests {
         assert_eq!(BrokerUrl::parse("embedded").unwrap(), BrokerUrl::Embedded);
         assert!(BrokerUrl::parse("amqps://h/").unwrap_err().contains("TLS"));
         assert!(BrokerUrl::parse("kafka://h:1").is_err());
+        let cluster =
+            BrokerUrl::parse("amqp://g:secret@10.0.0.1:5672/v, amqp://g:secret@10.0.0.2:5672/v")
+                .unwrap();
+        assert_eq!(
+            cluster,
+            BrokerUrl::Amqp(vec![
+                "amqp://g:secret@10.0.0.1:5672/v".into(),
+                "amqp://g:secret@10.0.0.2:5672/v".into()
+            ])
+        );
+        assert!(!cluster.redacted().contains("secret"));
+        assert!(BrokerUrl::parse("amqp://h:1/v,kafka://h:2").is_err());
         let smtp = SmtpUrl::parse("smtp://mail.example:2525").unwrap();
         assert_eq!((smtp.host.as_str(), smtp.port), ("mail.example", 2525));
         assert_eq!(SmtpUrl::parse("smtp://mail.example").unwrap().port, 25);

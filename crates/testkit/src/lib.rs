@@ -12,6 +12,7 @@ pub mod http;
 pub mod mail;
 pub mod process;
 pub mod proxy;
+pub mod rabbit_cluster;
 pub mod sentinel;
 pub mod services;
 pub mod sse;
