@@ -80,9 +80,18 @@ pub fn draw(dir: &Path, stem: &str, chart: &Chart) -> anyhow::Result<Vec<PathBuf
     let png = dir.join(format!("{stem}.png"));
     let svg = dir.join(format!("{stem}.svg"));
     {
-        let root = BitMapBackend::new(&png, (960, 560)).into_drawing_area();
-        render(&root, chart)?;
-        root.present()?;
+        // Drawn into memory and encoded by the `image` crate the photos already use
+        // (plotters' own encoder would build a second, older `image`).
+        let (width, height) = (960, 560);
+        let mut pixels = vec![0u8; (width * height * 3) as usize];
+        {
+            let root = BitMapBackend::with_buffer(&mut pixels, (width, height)).into_drawing_area();
+            render(&root, chart)?;
+            root.present()?;
+        }
+        image::RgbImage::from_raw(width, height, pixels)
+            .ok_or_else(|| anyhow::anyhow!("a {width}x{height} picture"))?
+            .save(&png)?;
     }
     {
         let root = SVGBackend::new(&svg, (960, 560)).into_drawing_area();

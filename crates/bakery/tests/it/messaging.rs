@@ -788,11 +788,12 @@ async fn the_account_page_shows_what_came_before_and_follows_on() {
 
 /// RabbitMQ as a cluster (issue "Beyond one machine"; contract, third round:
 /// `BAKERY_BROKER_URL` naming several nodes): three nodes, every queue a quorum queue;
-/// the node every process is linked to is killed under a stream of RSVPs. Every
+/// the node every process is linked to is killed under a stream of RSVPs and jobs. Every
 /// process moves to a surviving node by itself, and every RSVP is mailed exactly once
-/// and confirmed — nothing lost, nothing twice.
+/// and confirmed, and every job succeeds — nothing lost, nothing twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cluster_node_killed_under_rsvps_loses_nothing_and_mails_nothing_twice_rabbitmq() {
+async fn a_cluster_node_killed_under_rsvps_and_jobs_loses_nothing_and_mails_nothing_twice_rabbitmq()
+{
     use bakery_testkit::rabbit_cluster::RabbitCluster;
 
     let mut cluster = RabbitCluster::start();
@@ -834,12 +835,26 @@ async fn a_cluster_node_killed_under_rsvps_loses_nothing_and_mails_nothing_twice
     }
     let event = class(&up, 100).await;
     let http = harness::client();
+    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
     let mut cookies = Vec::new();
+    let mut jobs = Vec::new();
     let mut killed_at = None;
     for i in 0..12 {
         let cookie = harness::sign_up_and_log_in(&http, &up.base, &format!("quorum{i}")).await;
         rsvp(&up, &cookie, event, &format!("corr-quorum-{i}")).await;
         cookies.push(cookie);
+        // And a job each time: a page for the workers to render.
+        let page = http
+            .put(up.url(&format!("/api/pages/quorum-{i}")))
+            .header("cookie", &admin)
+            .json(
+                &json!({"title": format!("Quorum {i}"), "body_markdown": "Baked on three nodes."}),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), 202);
+        jobs.push(page.json::<Value>().await.unwrap()["job_id"].clone());
         if i == 3 {
             // The first node named: the one every process linked to.
             cluster.kill(0);
@@ -855,8 +870,20 @@ async fn a_cluster_node_killed_under_rsvps_loses_nothing_and_mails_nothing_twice
         }
     }
     each_exactly_once(&up, &sink, "quorum", &cookies).await;
+    for job in &jobs {
+        let url = up.url(&format!("/api/jobs/{job}"));
+        assert!(
+            eventually(
+                LIMIT,
+                async || harness::get_json(&url, &admin).await["state"] == "succeeded"
+            )
+            .await,
+            "job {job} did not succeed after the node was killed: {}",
+            harness::get_json(&url, &admin).await
+        );
+    }
     eprintln!(
-        "a cluster node killed under RSVPs: 12 RSVPs (8 after the kill), 12 mails, none twice, all confirmed {:.2} s after the kill",
+        "a cluster node killed under RSVPs and jobs: 12 RSVPs and 12 render jobs (8 of each after the kill), 12 mails, none twice, every job succeeded; all confirmed {:.2} s after the kill",
         killed_at.map_or(0.0, |at| at.elapsed().as_secs_f64())
     );
 }
