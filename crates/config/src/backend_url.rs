@@ -19,16 +19,27 @@ const NO_REDIS_TLS: &str = "rediss:// (Redis over TLS) is not supported by this 
 pub struct DatabaseUrl {
     url: String,
     postgres: bool,
-    /// One URL per host the URL names (`postgres://u@h1:5432,h2:5432/db` names two,
-    /// of which one is the primary at any time); just `url` for one host or SQLite.
+    /// One URL per host when the URL names several (`postgres://u@h1:5432,h2:5432/db`
+    /// names two, of which one is the primary at any time); empty for one host.
     hosts: Vec<String>,
+}
+
+/// `host:port` with a host and a numeric port.
+fn is_host_port(node: &str) -> bool {
+    node.rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
+}
+
+/// A URL's scheme, its authority (`user:password@hosts`) and the rest (path, query).
+fn authority_of(raw: &str) -> Option<(&str, &str, &str)> {
+    let (scheme, rest) = raw.split_once("://")?;
+    let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+    Some((scheme, authority, tail))
 }
 
 /// `postgres://USER@H1:P1,H2:P2/DB?Q` as one URL per host, or `None` for one host.
 fn split_hosts(raw: &str) -> Option<Vec<String>> {
-    let (scheme, rest) = raw.split_once("://")?;
-    let end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(end);
+    let (scheme, authority, tail) = authority_of(raw)?;
     let (userinfo, hosts) = match authority.rsplit_once('@') {
         Some((userinfo, hosts)) => (format!("{userinfo}@"), hosts),
         None => (String::new(), authority),
@@ -71,7 +82,7 @@ impl DatabaseUrl {
                 Ok(Self {
                     url: raw.to_string(),
                     postgres: true,
-                    hosts: vec![raw.to_string()],
+                    hosts: Vec::new(),
                 })
             }
             "sqlite" => {
@@ -82,9 +93,9 @@ impl DatabaseUrl {
                     url.push_str("mode=rwc");
                 }
                 Ok(Self {
-                    hosts: vec![url.clone()],
                     url,
                     postgres: false,
+                    hosts: Vec::new(),
                 })
             }
             other => Err(format!(
@@ -110,11 +121,10 @@ impl DatabaseUrl {
 
     /// A SQLite file in the data directory.
     pub fn sqlite_in(data_dir: &Path) -> Self {
-        let url = format!("sqlite://{}/bakery.db?mode=rwc", data_dir.display());
         Self {
-            hosts: vec![url.clone()],
-            url,
+            url: format!("sqlite://{}/bakery.db?mode=rwc", data_dir.display()),
             postgres: false,
+            hosts: Vec::new(),
         }
     }
 
@@ -126,7 +136,11 @@ impl DatabaseUrl {
     /// One URL for each host the URL names, in its order: where to look for the
     /// primary (the one not in recovery).
     pub fn hosts(&self) -> &[String] {
-        &self.hosts
+        if self.hosts.is_empty() {
+            std::slice::from_ref(&self.url)
+        } else {
+            &self.hosts
+        }
     }
 
     pub fn is_postgres(&self) -> bool {
@@ -183,11 +197,7 @@ impl Sentinels {
         let rest = raw.strip_prefix(SENTINEL_SCHEME).ok_or_else(expected)?;
         let (nodes, path) = rest.split_once('/').ok_or_else(expected)?;
         let nodes: Vec<String> = nodes.split(',').map(str::to_string).collect();
-        let valid_node = |n: &String| {
-            n.rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-        };
-        if nodes.is_empty() || !nodes.iter().all(valid_node) {
+        if !nodes.iter().all(|n| is_host_port(n)) {
             return Err(expected());
         }
         let mut parts = path.trim_end_matches('/').split('/');
@@ -318,11 +328,7 @@ impl CacheUrl {
                 .map(|n| n.trim().trim_end_matches('/').to_string())
                 .filter(|n| !n.is_empty())
                 .collect();
-            let valid = !nodes.is_empty()
-                && nodes.iter().all(|n| {
-                    n.rsplit_once(':')
-                        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok())
-                });
+            let valid = !nodes.is_empty() && nodes.iter().all(|n| is_host_port(n));
             if !valid {
                 return Err(format!(
                     "expected memcached://host:port[,host:port...], got {raw:?}"
@@ -503,20 +509,14 @@ pub fn redact(raw: &str) -> String {
         Ok(_) => raw.to_string(),
         // Not one URL (several hosts, or malformed): hide what sits between the
         // user's name and the `@`, whatever the rest is.
-        Err(_) => match raw.split_once("://") {
-            Some((scheme, rest)) => {
-                let authority = &rest[..rest.find(['/', '?']).unwrap_or(rest.len())];
-                match authority
-                    .rsplit_once('@')
-                    .and_then(|(userinfo, _)| userinfo.split_once(':'))
-                {
-                    Some((user, _)) => {
-                        let at = authority.rfind('@').unwrap_or(0);
-                        format!("{scheme}://{user}:***{}", &rest[at..])
-                    }
-                    None => raw.to_string(),
+        Err(_) => match authority_of(raw) {
+            Some((scheme, authority, tail)) => match authority.rsplit_once('@') {
+                Some((userinfo, hosts)) if userinfo.contains(':') => {
+                    let user = userinfo.split(':').next().unwrap_or_default();
+                    format!("{scheme}://{user}:***@{hosts}{tail}")
                 }
-            }
+                _ => raw.to_string(),
+            },
             None => raw.to_string(),
         },
     }

@@ -376,7 +376,7 @@ impl Database {
 
     /// A cheap query, for health checks: the primary answers, or (with the primary
     /// down) a replica does, since reads still work then. Both are asked at once and
-    /// the first answer counts: a primary whose host answers nothing must not hold
+    /// the first success counts: a primary whose host answers nothing must not hold
     /// the check past the balancer's probe timeout (then every clone would look dead
     /// while they all still serve reads).
     pub async fn ping(&self) -> Result<(), DbError> {
@@ -400,26 +400,13 @@ impl Database {
         if self.replicas.is_empty() {
             return primary.await;
         }
-        // The first success, or the primary's own error when neither answers.
+        // The first success; a branch that fails drops out of the race.
         tokio::pin!(primary, replica);
-        let (mut primary_said, mut replica_failed) = (None, false);
-        while primary_said.is_none() || !replica_failed {
-            tokio::select! {
-                said = &mut primary, if primary_said.is_none() => {
-                    if said.is_ok() {
-                        return Ok(());
-                    }
-                    primary_said = Some(said);
-                }
-                said = &mut replica, if !replica_failed => {
-                    if said.is_ok() {
-                        return Ok(());
-                    }
-                    replica_failed = true;
-                }
-            }
+        tokio::select! {
+            Ok(()) = &mut primary => Ok(()),
+            Ok(()) = &mut replica => Ok(()),
+            else => Err(DbError::PrimaryUnavailable),
         }
-        primary_said.unwrap_or(Err(DbError::PrimaryUnavailable))
     }
 
     pub fn is_postgres(&self) -> bool {

@@ -22,12 +22,21 @@ fn script() -> PathBuf {
     workspace().join("scripts/hosts.sh")
 }
 
-/// The hosts of `deploy/hosts`: name → address.
-pub fn layout() -> HashMap<String, IpAddr> {
-    let text = std::fs::read_to_string(workspace().join("deploy/hosts")).expect("deploy/hosts");
+/// The lines of a file of `deploy/` that say something (no blank line, no comment).
+fn deploy_lines(name: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(workspace().join("deploy").join(name))
+        .unwrap_or_else(|e| panic!("deploy/{name}: {e}"));
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect()
+}
+
+/// The hosts of `deploy/hosts`: name → address.
+pub fn layout() -> HashMap<String, IpAddr> {
+    deploy_lines("hosts")
+        .iter()
         .filter_map(|l| {
             let mut words = l.split_whitespace();
             let addr = words.next()?.parse().ok()?;
@@ -39,10 +48,8 @@ pub fn layout() -> HashMap<String, IpAddr> {
 /// The bakery units each host runs (`deploy/roles`), in the file's order; hosts
 /// that run only stores are left out.
 pub fn roles() -> Vec<(String, Vec<String>)> {
-    let text = std::fs::read_to_string(workspace().join("deploy/roles")).expect("deploy/roles");
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    deploy_lines("roles")
+        .iter()
         .filter_map(|l| {
             let mut words = l.split_whitespace();
             let host = words.next()?.to_string();
@@ -71,17 +78,11 @@ fn unit_port(unit: &str) -> u16 {
         .unwrap_or_else(|| panic!("{unit}: no --listen IP:PORT in ExecStart"))
 }
 
-/// A role started on a host by `scripts/hosts.sh run`.
-struct Running {
-    host: String,
-    unit: String,
-    child: Child,
-}
-
 pub struct Hosts {
     dir: TempDir,
     addresses: HashMap<String, IpAddr>,
-    running: Vec<Running>,
+    /// The roles started by `scripts/hosts.sh run`, stopped on drop.
+    running: Vec<Child>,
 }
 
 fn sh(args: &[&str]) -> Result<String, String> {
@@ -133,7 +134,7 @@ impl Hosts {
     }
 
     /// This host's own directory (its `BAKERY_DATA_DIR`).
-    pub fn data_dir(&self, host: &str) -> PathBuf {
+    fn data_dir(&self, host: &str) -> PathBuf {
         self.dir.0.join("data").join(host)
     }
 
@@ -192,11 +193,7 @@ impl Hosts {
                 let _ = writeln!(log, "{line}");
             }
         });
-        self.running.push(Running {
-            host: host.into(),
-            unit: unit.into(),
-            child,
-        });
+        self.running.push(child);
         match rx.recv_timeout(Duration::from_secs(60)) {
             Ok(line) if line.starts_with("listening") => self.addr(host, unit),
             other => panic!(
@@ -214,18 +211,14 @@ impl Hosts {
     /// Every log of the stores and the roles, for a failure's message.
     pub fn logs(&self) -> String {
         let mut all = String::new();
-        for dir in [self.dir.0.join("logs")] {
-            let Ok(entries) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for entry in entries.flatten() {
-                let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                let tail: Vec<&str> = text.lines().rev().take(15).collect();
-                all.push_str(&format!("--- {}\n", entry.path().display()));
-                for line in tail.into_iter().rev() {
-                    all.push_str(line);
-                    all.push('\n');
-                }
+        let entries = std::fs::read_dir(self.dir.0.join("logs"));
+        for entry in entries.into_iter().flatten().flatten() {
+            let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(15).collect();
+            all.push_str(&format!("--- {}\n", entry.path().display()));
+            for line in tail.into_iter().rev() {
+                all.push_str(line);
+                all.push('\n');
             }
         }
         all
@@ -254,16 +247,11 @@ impl Hosts {
         );
     }
 
-    /// Stops one role (SIGTERM, as systemd would, then SIGKILL after `limit`).
-    pub fn stop(&mut self, host: &str, unit: &str, limit: Duration) {
-        if let Some(i) = self
-            .running
-            .iter()
-            .position(|r| r.host == host && r.unit == unit)
-        {
-            let mut running = self.running.remove(i);
-            stop_child(&mut running.child, limit);
-        }
+    /// Loads nftables `rules` (a whole table) inside a host.
+    pub fn nft(&self, host: &str, name: &str, rules: &str) {
+        let file = self.dir.0.join(format!("{name}-{host}.nft"));
+        std::fs::write(&file, rules).expect("write the rules");
+        self.exec(host, &["nft", "-f", &file.display().to_string()]);
     }
 
     pub fn dir(&self) -> &Path {
@@ -286,8 +274,8 @@ fn stop_child(child: &mut Child, limit: Duration) {
 
 impl Drop for Hosts {
     fn drop(&mut self) {
-        for running in &mut self.running {
-            stop_child(&mut running.child, Duration::from_secs(5));
+        for child in &mut self.running {
+            stop_child(child, Duration::from_secs(5));
         }
         // Whatever is left in the hosts (the stores, epmd), by pid, then the hosts.
         if let Err(why) = sh(&["destroy"]) {

@@ -72,9 +72,8 @@ impl CuttableProxy {
                     let Ok(outbound) = TcpStream::connect(target).await else {
                         return;
                     };
-                    let (from_client, to_client) = inbound.split();
-                    let (from_server, to_server) = outbound.into_split();
-                    let (mut from_server, mut to_client) = (from_server, to_client);
+                    let (from_client, mut to_client) = inbound.split();
+                    let (mut from_server, to_server) = outbound.into_split();
                     tokio::select! {
                         _ = async {
                             tokio::join!(

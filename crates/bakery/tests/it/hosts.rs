@@ -174,9 +174,7 @@ fn through_proxies(hosts: &Hosts, host: &str, proxies: &[&CuttableProxy; 2]) {
         p1 = proxies[0].addr,
         p2 = proxies[1].addr,
     );
-    let file = hosts.dir().join(format!("proxy-{host}.nft"));
-    std::fs::write(&file, rules).unwrap();
-    hosts.exec(host, &["nft", "-f", &file.display().to_string()]);
+    hosts.nft(host, "proxy", &rules);
 }
 
 /// nftables on `host`: drops 1 % of the packets to and from the databases (their
@@ -197,9 +195,7 @@ fn lossy_database_link(hosts: &Hosts, host: &str, proxies: &[&CuttableProxy; 2],
            chain in {{ type filter hook input priority 0; tcp sport {{ {ports} }} numgen random mod 100 < 1 drop; }}
          }}"
     );
-    let file = hosts.dir().join(format!("loss-{host}.nft"));
-    std::fs::write(&file, rules).unwrap();
-    hosts.exec(host, &["nft", "-f", &file.display().to_string()]);
+    hosts.nft(host, "loss", &rules);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
