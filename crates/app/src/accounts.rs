@@ -106,6 +106,18 @@ static DECOY_HASH: LazyLock<String> = LazyLock::new(|| {
 });
 
 impl App {
+    /// After a write to a user: `User:{id}` is read again from the primary and
+    /// stored in place (see `Cache::update_object` for why it is read, not taken
+    /// from the write). Answers the user as read.
+    async fn refresh_user(&self, id: i64) -> Result<Option<User>, Error> {
+        let read = self.db().user_by_id(id, Some(Lsn::LATEST));
+        Ok(self
+            .0
+            .cache
+            .update_object(&user_key(id), self.0.object_ttl, read)
+            .await?)
+    }
+
     /// Creates an account (not an admin). Lookups of the name, which found nobody
     /// until now, are invalidated.
     pub async fn sign_up(&self, input: SignUp) -> Result<Written<User>, Error> {
@@ -210,10 +222,8 @@ impl App {
                 .await
                 .map_err(username_taken)?;
             let RenamedUser { user, reviewed } = changed.ok_or(Error::NoSuchAccount)?;
-            app.0
-                .cache
-                .update_object(&user_key(user.id), &user, app.0.object_ttl)
-                .await;
+            // Committed: a failed read only leaves `User:{id}` invalidated.
+            let _ = app.refresh_user(user.id).await;
             if username.is_some() {
                 for product_id in reviewed {
                     app.0
@@ -250,14 +260,9 @@ impl App {
             let (verified, lsn) = app.db().use_email_token(&token).await?;
             let verified = verified.ok_or_else(invalid)?;
             let user = app
-                .db()
-                .user_by_id(verified.user_id, Some(Lsn::LATEST))
+                .refresh_user(verified.user_id)
                 .await?
                 .ok_or(Error::NoSuchAccount)?;
-            app.0
-                .cache
-                .update_object(&user_key(user.id), &user, app.0.object_ttl)
-                .await;
             Ok(Written { value: user, lsn })
         })
         .await

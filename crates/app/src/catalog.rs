@@ -337,21 +337,16 @@ impl App {
     }
 
     /// A simple field of a product changed: its object is rebuilt from the primary
-    /// and stored in place (or invalidated when it is gone); the list is stale.
+    /// and stored in place (invalidated when it is gone or the rebuild failed); the
+    /// list is stale.
     async fn product_changed(&self, id: i64) -> Result<Option<Product>, Error> {
         self.tables_changed(PRODUCT_TABLES).await;
-        let rebuilt = self.db().product(id, Some(Lsn::LATEST)).await;
-        match &rebuilt {
-            Ok(Some(product)) => {
-                self.0
-                    .cache
-                    .update_object(&product_key(id), product, self.0.object_ttl)
-                    .await
-            }
-            // Gone, or the rebuild failed after the commit: the old value must not stay.
-            Ok(None) | Err(_) => self.0.cache.invalidate_object(&product_key(id)).await,
-        }
-        Ok(rebuilt?)
+        let rebuilt = self.db().product(id, Some(Lsn::LATEST));
+        Ok(self
+            .0
+            .cache
+            .update_object(&product_key(id), self.0.object_ttl, rebuilt)
+            .await?)
     }
 
     /// A product's structure changed (`tables` were written): its object is invalidated.

@@ -7,7 +7,8 @@
 //! *before* reading the database ([`envelope`]). A read fetches both in one round trip
 //! and only takes the value if its `v` is the current version. A late, stale fill
 //! thus writes a value nobody will ever accept. A simple field write bumps the
-//! version and stores the new object under it at once (updated in place); a
+//! version, then reads the new object and stores it under that version (updated in
+//! place); a
 //! structural change only bumps it (invalidated).
 //!
 //! No stampede: concurrent misses in one process share one build, and across
@@ -549,21 +550,36 @@ impl Cache {
         }
     }
 
-    /// A simple field write: a new version, and the new object stored under it.
-    pub async fn update_object<T: Serialize>(&self, key: &str, value: &T, ttl: Duration) {
+    /// A simple field write: a new version, and the object `read` (from the primary,
+    /// after the write's commit) stored under it. The version is taken *before* the
+    /// read: of two concurrent writers, the one that read the older row holds the
+    /// older version, so its value — however late it arrives — is never current
+    /// (bumping after the read let a slow writer store its older row under the newest
+    /// version, to be served until the TTL). Answers what `read` answered; a failed or
+    /// empty read leaves the object invalidated by the bump.
+    pub async fn update_object<T: Serialize, E>(
+        &self,
+        key: &str,
+        ttl: Duration,
+        read: impl Future<Output = Result<Option<T>, E>>,
+    ) -> Result<Option<T>, E> {
         if self.is_none() {
-            return;
+            return read.await;
         }
-        match self.incr(&format!("ver:{key}")).await {
-            Ok(version) => {
-                if let Ok(bytes) = seal(version, ttl, value) {
-                    let _ = self.set(key, &bytes, ttl).await;
-                }
-            }
+        let version = match self.incr(&format!("ver:{key}")).await {
+            Ok(version) => Some(version),
             Err(error) => {
                 tracing::warn!(%error, key, "could not bump a version; retrying until the cache is back");
                 self.bump_later(format!("ver:{key}"));
+                None
             }
+        };
+        let value = read.await;
+        if let (Some(version), Ok(Some(object))) = (version, &value)
+            && let Ok(bytes) = seal(version, ttl, object)
+        {
+            let _ = self.set(key, &bytes, ttl).await;
         }
+        value
     }
 }

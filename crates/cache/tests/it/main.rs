@@ -58,6 +58,12 @@ async fn read_at(
         .unwrap()
 }
 
+/// A write's cache work: `key` updated in place to `value` (as read after the commit).
+async fn update(cache: &Cache, key: &str, value: &str) {
+    let read = async { Ok::<_, String>(Some(value.to_string())) };
+    cache.update_object(key, TTL, read).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_miss_fills_and_the_next_read_hits() {
     for cache in engines().await {
@@ -82,7 +88,7 @@ async fn an_update_in_place_is_read_back_and_an_invalidation_rebuilds() {
     for cache in engines().await {
         let key = unique("Product");
         read(&cache, &key, "v1").await;
-        cache.update_object(&key, &"v2".to_string(), TTL).await;
+        update(&cache, &key, "v2").await;
         assert_eq!(
             read(&cache, &key, "not asked").await,
             (Some("v2".into()), CacheResult::Hit),
@@ -96,6 +102,40 @@ async fn an_update_in_place_is_read_back_and_an_invalidation_rebuilds() {
             "{}",
             cache.engine()
         );
+    }
+}
+
+/// Two writers of one object, as two admins' concurrent price changes: the first
+/// reads its row back before the second commits, and stores it after the second
+/// stored its newer row. The older row must not be what readers get (it was, until
+/// the version was taken before the read: `edge::a_burst_of_changes_renders_once`
+/// once saw the API answer an older price than the database held).
+#[tokio::test]
+async fn of_two_concurrent_writers_the_older_read_never_wins() {
+    for cache in engines().await {
+        let key = unique("Product");
+        read(&cache, &key, "v0").await;
+        let (read_done, first_read) = tokio::sync::oneshot::channel::<()>();
+        let (let_store, stored_later) = tokio::sync::oneshot::channel::<()>();
+        // The first writer reads "older" back, and is held up before storing it...
+        let first = {
+            let (cache, key) = (cache.clone(), key.clone());
+            tokio::spawn(async move {
+                let read = async move {
+                    let _ = read_done.send(());
+                    let _ = stored_later.await;
+                    Ok::<_, String>(Some("older".to_string()))
+                };
+                cache.update_object(&key, TTL, read).await.unwrap()
+            })
+        };
+        first_read.await.expect("the first writer read its row");
+        // ...while the second commits, reads "newer" back and stores it.
+        update(&cache, &key, "newer").await;
+        let_store.send(()).unwrap();
+        assert_eq!(first.await.unwrap().as_deref(), Some("older"));
+        let (value, _) = read(&cache, &key, "newer").await;
+        assert_eq!(value.as_deref(), Some("newer"), "{}", cache.engine());
     }
 }
 
@@ -135,7 +175,7 @@ async fn a_slow_fill_that_started_before_a_write_never_brings_old_data_back() {
         };
         building.await.expect("the fill started");
         // ...while a write lands and updates the cache in place.
-        cache.update_object(&key, &"new".to_string(), TTL).await;
+        update(&cache, &key, "new").await;
         release.send(()).unwrap();
         let _ = slow.await.unwrap();
         for _ in 0..3 {
@@ -482,7 +522,7 @@ async fn an_unknown_id_is_cached_briefly_as_not_found_and_mints_no_counter() {
         assert_eq!(counter[0], None, "{engine}: no counter minted");
 
         // The object is created: its write ends the "not found" at once.
-        cache.update_object(&key, &"made".to_string(), TTL).await;
+        update(&cache, &key, "made").await;
         assert_eq!(
             read_counted(&cache, &key, None, &builds).await,
             (Some("made".into()), CacheResult::Hit),
@@ -727,11 +767,11 @@ async fn the_near_cache_answers_from_memory_and_drops_what_changes_anywhere() {
     );
 
     // Another clone writes: a current read sees it at once, a near one once the push came.
-    b.update_object(&key, &"v2".to_string(), TTL).await;
+    update(&b, &key, "v2").await;
     assert_eq!(read(&a, &key, "unused").await.0.as_deref(), Some("v2"));
     until_near_reads(&a, &key, "v2", "rebuilt").await;
     // This clone writes: its own near copy goes at once, without waiting for the push.
-    a.update_object(&key, &"v3".to_string(), TTL).await;
+    update(&a, &key, "v3").await;
     assert_eq!(read_near(&a, &key, "unused").await.0.as_deref(), Some("v3"));
     // An invalidation elsewhere: rebuilt here.
     b.invalidate_object(&key).await;
@@ -792,7 +832,7 @@ async fn no_near_copy_outlives_a_burst_of_writes_elsewhere() {
     for i in 1..=50 {
         let value = format!("v{i}");
         *database.lock().unwrap() = value.clone();
-        b.update_object(&key, &value, TTL).await;
+        update(&b, &key, &value).await;
         tokio::task::yield_now().await;
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
@@ -837,7 +877,7 @@ async fn a_lost_tracked_connection_empties_the_near_cache_and_is_opened_again() 
         .unwrap();
     assert_eq!(killed, 1);
     // Written while that connection is gone: its push can never come.
-    b.update_object(&key, &"v2".to_string(), TTL).await;
+    update(&b, &key, "v2").await;
     until_near_reads(&a, &key, "v2", "rebuilt").await;
     let now = a.near_stats().unwrap();
     assert_ne!(
