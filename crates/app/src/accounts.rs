@@ -226,10 +226,7 @@ impl App {
             let _ = app.refresh_user(user.id).await;
             if username.is_some() {
                 for product_id in reviewed {
-                    app.0
-                        .cache
-                        .invalidate_object(&crate::catalog::product_key(product_id))
-                        .await;
+                    app.product_restructured(product_id, &[]).await;
                 }
                 app.tables_changed(USERS).await;
             }

@@ -6,6 +6,7 @@
 //! structure (a review added or removed, a product deleted) invalidates it; both
 //! make the product list stale.
 
+use bakery_config::ReadModel;
 use bakery_core::User;
 use bakery_core::catalog::{self, Product, ProductSummary, Review, UserReview};
 use bakery_db::Lsn;
@@ -120,7 +121,8 @@ impl App {
         Ok(json)
     }
 
-    /// Makes builds of `Product:{id}` (one per call) from its parts.
+    /// Makes builds of `Product:{id}` (one per call): from its parts joined by SQL,
+    /// or, with the documents read model, from its document (see `documents`).
     fn build_product(
         &self,
         id: i64,
@@ -129,9 +131,17 @@ impl App {
     {
         let db = self.db().clone();
         let at = self.fill_position(reader);
+        let documents = self.0.read_model == ReadModel::Documents;
         move || {
             let db = db.clone();
-            async move { db.product(id, at).await.map_err(Error::from) }.boxed()
+            async move {
+                if documents {
+                    crate::documents::read_product(&db, id, at).await
+                } else {
+                    db.product(id, at).await.map_err(Error::from)
+                }
+            }
+            .boxed()
         }
     }
 
@@ -339,18 +349,36 @@ impl App {
     /// A simple field of a product changed: its object is rebuilt from the primary
     /// and stored in place (invalidated when it is gone or the rebuild failed); the
     /// list is stale.
+    ///
+    /// With the documents read model the rebuild is the product's document, made
+    /// and stored now (the consumer of `product.changed` would make it a moment
+    /// later): the writer's next read, cached or not, shows the write.
     async fn product_changed(&self, id: i64) -> Result<Option<Product>, Error> {
         self.tables_changed(PRODUCT_TABLES).await;
-        let rebuilt = self.db().product(id, Some(Lsn::LATEST));
-        Ok(self
-            .0
-            .cache
-            .update_object(&product_key(id), self.0.object_ttl, rebuilt)
-            .await?)
+        let key = product_key(id);
+        let ttl = self.0.object_ttl;
+        match self.0.read_model {
+            ReadModel::Tables => {
+                let rebuilt = self.db().product(id, Some(Lsn::LATEST));
+                Ok(self.0.cache.update_object(&key, ttl, rebuilt).await?)
+            }
+            ReadModel::Documents => {
+                let rebuilt = self.refresh_document(id);
+                self.0.cache.update_object(&key, ttl, rebuilt).await
+            }
+        }
     }
 
-    /// A product's structure changed (`tables` were written): its object is invalidated.
+    /// A product's structure changed (`tables` were written): its object is
+    /// invalidated. With the documents read model its document is made again first
+    /// (so that the writer's next read, which misses, finds the write in it).
     pub(crate) async fn product_restructured(&self, id: i64, tables: &[&str]) {
+        if self.0.read_model == ReadModel::Documents
+            && let Err(error) = self.refresh_document(id).await
+        {
+            // The consumer of `product.changed` makes it a moment later.
+            tracing::warn!(%error, product = id, "could not make the product's document now");
+        }
         self.0.cache.invalidate_object(&product_key(id)).await;
         self.tables_changed(tables).await;
     }

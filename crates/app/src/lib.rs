@@ -27,6 +27,7 @@ use tracing::Instrument;
 pub mod accounts;
 pub mod calendar;
 pub mod catalog;
+pub mod documents;
 mod error;
 pub mod jobs;
 pub mod mail;
@@ -67,6 +68,8 @@ struct Inner {
     inflight: InFlight,
     object_ttl: Duration,
     query_ttl: Duration,
+    /// Where product reads come from: the tables, or their documents.
+    read_model: bakery_config::ReadModel,
     /// The database's instance id: the namespace of this deployment's keys in the
     /// shared stores.
     namespace: String,
@@ -134,6 +137,7 @@ impl App {
             inflight: InFlight::default(),
             object_ttl: config.cache.object_ttl,
             query_ttl: config.cache.query_ttl,
+            read_model: config.database.read_model,
             namespace,
             broker,
             media_dir: config.data_dir.join("media"),

@@ -52,6 +52,14 @@ impl App {
     }
 
     /// `postgres` or `sqlite`.
+    /// Where product reads come from: `tables` or `documents`.
+    pub fn read_model(&self) -> &'static str {
+        match self.0.read_model {
+            bakery_config::ReadModel::Tables => "tables",
+            bakery_config::ReadModel::Documents => "documents",
+        }
+    }
+
     pub fn database_engine(&self) -> &'static str {
         if self.db().is_postgres() {
             "postgres"

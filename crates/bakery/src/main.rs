@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use bakery_config::{Config, ConfigError};
 use clap::{Args, Parser, Subcommand};
 
+mod documents;
 mod shutdown;
 
 /// mimalloc instead of glibc's allocator: the proxy and the clones allocate small
@@ -105,6 +106,11 @@ enum Command {
     Dead {
         #[command(subcommand)]
         command: DeadCommand,
+    },
+    /// Rebuild the de-normalised product documents, or check them against the tables.
+    Documents {
+        #[command(subcommand)]
+        command: documents::DocumentsCommand,
     },
 }
 
@@ -351,6 +357,7 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
             bakery_bench::lb::run(&config, options).await
         }
         Command::Dead { command } => dead(&config, command).await,
+        Command::Documents { command } => documents::run(&config, command).await,
         Command::Migrate => {
             report(&bakery_db::bootstrap(&config, false).await?);
             println!("migrated {}", config.database.url.redacted());

@@ -119,6 +119,20 @@ pub struct DatabaseConfig {
     /// Connections each process keeps at most to the primary and to each replica.
     #[serde(deserialize_with = "values::number")]
     pub pool_size: u32,
+    /// Where product reads come from (`BAKERY_READ_MODEL`).
+    pub read_model: ReadModel,
+}
+
+/// Where product reads come from: the lesson's two database paths.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReadModel {
+    /// Path 1: the normalised tables, joined by SQL at each read (cached in front).
+    #[default]
+    Tables,
+    /// Path 2: one de-normalised document per product, kept by a consumer of
+    /// `product.changed` that does the joins in its own code; a read is one row.
+    Documents,
 }
 
 impl Default for DatabaseConfig {
@@ -128,6 +142,7 @@ impl Default for DatabaseConfig {
             replica_urls: Vec::new(),
             replica_max_lag_bytes: 16 << 20,
             pool_size: 16,
+            read_model: ReadModel::Tables,
         }
     }
 }
@@ -465,6 +480,7 @@ const PLACED: &[(&str, &str)] = &[
     ("database_pool_size", "database.pool_size"),
     ("replica_urls", "database.replica_urls"),
     ("replica_max_lag_bytes", "database.replica_max_lag_bytes"),
+    ("read_model", "database.read_model"),
     ("session_url", "sessions.url"),
     ("session_idle_timeout_secs", "sessions.idle_timeout_secs"),
     (
@@ -859,6 +875,7 @@ mod tests {
             ("BAKERY_CACHE_TIMEOUT_MS", "-1"),
             ("BAKERY_LB_RETRY_BUDGET_PERCENT", "120"),
             ("BAKERY_LB_SELECTION", "random"),
+            ("BAKERY_READ_MODEL", "mongo"),
         ] {
             let err = Config::from_layers(None, env(&[(variable, value)])).unwrap_err();
             assert_eq!(err.variable, variable, "{variable}={value}: {err}");
@@ -873,6 +890,7 @@ mod tests {
                 ("BAKERY_REPLICA_URLS", "postgres://r1/db,postgres://r2/db"),
                 ("BAKERY_DATABASE_URL", "postgres://p/db"),
                 ("BAKERY_WORKER_CONCURRENCY", "64"),
+                ("BAKERY_READ_MODEL", "documents"),
                 ("BAKERY_JOB_LEASE_SECS", "7"),
                 ("BAKERY_OUTBOX_SWEEP_AFTER_MS", "900"),
                 ("BAKERY_BROKER_PREFETCH", "3"),
@@ -886,6 +904,7 @@ mod tests {
         .unwrap();
         assert_eq!(config.database.replica_urls.len(), 2);
         assert_eq!(config.worker.concurrency, 64);
+        assert_eq!(config.database.read_model, ReadModel::Documents);
         assert_eq!(config.worker.job_lease, Duration::from_secs(7));
         assert_eq!(config.broker.outbox_sweep_after, Duration::from_millis(900));
         assert_eq!(config.broker.prefetch, 3);

@@ -403,28 +403,41 @@ impl Database {
 
     /// Whether any product exists (first start loads a demo bakery when none does).
     pub async fn has_products(&self) -> Result<bool, DbError> {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM products")
+        Ok(self.product_count().await? > 0)
+    }
+
+    /// How many products there are (on the primary).
+    pub async fn product_count(&self) -> Result<i64, DbError> {
+        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM products")
             .fetch_one(self.primary())
-            .await?;
-        Ok(n > 0)
+            .await?)
     }
 }
 
-async fn fetch_price(pool: &AnyPool, id: i64) -> Result<Option<i64>, sqlx::Error> {
+pub(crate) async fn fetch_price<'e>(
+    pool: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    id: i64,
+) -> Result<Option<i64>, sqlx::Error> {
     sqlx::query_scalar("SELECT price_cents FROM product_prices WHERE product_id = $1")
         .bind(id)
         .fetch_optional(pool)
         .await
 }
 
-async fn fetch_description(pool: &AnyPool, id: i64) -> Result<Option<String>, sqlx::Error> {
+pub(crate) async fn fetch_description<'e>(
+    pool: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    id: i64,
+) -> Result<Option<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT description FROM product_descriptions WHERE product_id = $1")
         .bind(id)
         .fetch_optional(pool)
         .await
 }
 
-async fn fetch_images(pool: &AnyPool, id: i64) -> Result<Vec<Image>, sqlx::Error> {
+pub(crate) async fn fetch_images<'e>(
+    pool: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    id: i64,
+) -> Result<Vec<Image>, sqlx::Error> {
     let rows: Vec<(i64, String, String)> = sqlx::query_as(
         "SELECT id, url, thumb_url FROM product_images WHERE product_id = $1 ORDER BY id",
     )
@@ -498,12 +511,21 @@ impl Database {
 }
 
 /// Stages `product.changed` in the write's transaction: the product's pre-rendered
-/// page is re-rendered (or, `deleted`, dropped from the edge).
+/// page is re-rendered (or, `deleted`, dropped from the edge) and its document
+/// rebuilt. The product's `version` moves on in the same transaction: a document
+/// reflects one version, and an older one never replaces a newer (`documents`).
 pub(crate) async fn product_changed(
     conn: &mut sqlx::AnyConnection,
     id: i64,
     deleted: bool,
 ) -> Result<(), sqlx::Error> {
+    if !deleted {
+        sqlx::query("UPDATE products SET version = version + 1, changed_at = $2 WHERE id = $1")
+            .bind(id)
+            .bind(now_millis())
+            .execute(&mut *conn)
+            .await?;
+    }
     let event = bakery_events::ProductChanged {
         product_id: id,
         deleted,

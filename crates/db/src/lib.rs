@@ -20,6 +20,7 @@ mod cached_query;
 pub mod calendar;
 pub mod catalog;
 pub mod demo;
+pub mod documents;
 pub mod jobs;
 pub mod journey;
 pub mod messaging;

@@ -23,6 +23,9 @@ pub const JOBS_NOOP: &str = "jobs.noop";
 /// `product.changed` for the workers, which re-render the product's page for the
 /// edge (an addition to the contract's table).
 pub const RENDER_PRODUCTS: &str = "render.products";
+/// `product.changed` for the workers, which make the product's document again
+/// (Path 2 of the lesson; an addition to the contract's table).
+pub const DOCUMENTS_PRODUCTS: &str = "documents.products";
 
 /// Routing keys of `bakery.events`.
 pub mod key {
@@ -67,6 +70,7 @@ pub const BINDINGS: &[(&str, &str, &str)] = &[
     (EVENTS, key::EMAIL_SENT, PUSH_NOTIFICATIONS),
     (EVENTS, key::EMAIL_SENT, CALENDAR_FOLLOWUPS),
     (EVENTS, key::PRODUCT_CHANGED, RENDER_PRODUCTS),
+    (EVENTS, key::PRODUCT_CHANGED, DOCUMENTS_PRODUCTS),
     (EVENTS, key::ACCOUNT_EMAIL_ADDED, EMAIL_ACCOUNTS),
     (JOBS, job_kind::IMAGE, JOBS_IMAGE),
     (JOBS, job_kind::RENDER, JOBS_RENDER),
@@ -88,6 +92,7 @@ pub const QUEUES: &[&str] = &[
     JOBS_RENDER,
     JOBS_NOOP,
     RENDER_PRODUCTS,
+    DOCUMENTS_PRODUCTS,
 ];
 
 /// The dead-letter queue of `queue`.
@@ -158,7 +163,10 @@ mod tests {
             route(EVENTS, "email.sent"),
             [PUSH_NOTIFICATIONS, CALENDAR_FOLLOWUPS]
         );
-        assert_eq!(route(EVENTS, "product.changed"), [RENDER_PRODUCTS]);
+        assert_eq!(
+            route(EVENTS, "product.changed"),
+            [RENDER_PRODUCTS, DOCUMENTS_PRODUCTS]
+        );
         assert_eq!(route(EVENTS, "page.unknown"), Vec::<&str>::new());
         assert_eq!(route(JOBS, "image"), [JOBS_IMAGE]);
         assert_eq!(route(JOBS, "rsvp.created"), Vec::<&str>::new());

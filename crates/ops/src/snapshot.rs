@@ -32,6 +32,7 @@ pub struct Snapshot {
     pub jobs: JobsView,
     pub push: PushView,
     pub edge: EdgeView,
+    pub documents: DocumentsView,
     /// Counters by name, what the rates are computed from.
     pub totals: BTreeMap<String, f64>,
     /// Per second since the previous picture (empty in the first).
@@ -129,6 +130,23 @@ pub struct EdgeView {
     pub pages: f64,
 }
 
+/// The product documents (Path 2): which read model serves, and how far behind.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct DocumentsView {
+    /// `tables` or `documents`.
+    pub read_model: &'static str,
+    /// Products whose document is missing or older than the tables.
+    pub behind: i64,
+    /// How long the oldest change not yet in a document has waited.
+    pub oldest_behind_secs: Option<f64>,
+    /// Product reads answered from a document, and from the tables (a document
+    /// not made yet) under the documents read model.
+    pub reads_document: f64,
+    pub reads_tables: f64,
+    /// Documents stored by the consumer, the writers and rebuilds.
+    pub stored: f64,
+}
+
 /// A process is shown up when it answered and its last heartbeat is this recent.
 const ALIVE_WITHIN_MS: i64 = 3 * HEARTBEAT.as_millis() as i64;
 
@@ -148,11 +166,16 @@ impl Ops {
             problems.push(format!("the process registry: {error}"));
             Vec::new()
         });
-        let (scraped, queues, jobs) = tokio::join!(
+        let (scraped, queues, jobs, behind) = tokio::join!(
             futures::future::join_all(processes.iter().map(|p| self.scrape(p))),
             self.app.queue_depths(),
             self.app.job_counts(),
+            self.app.documents_behind(),
         );
+        let behind = behind.unwrap_or_else(|error| {
+            problems.push(format!("the documents: {error}"));
+            Default::default()
+        });
         let queues = queues.unwrap_or_else(|error| {
             problems.push(format!("the broker: {error}"));
             Vec::new()
@@ -285,6 +308,16 @@ impl Ops {
             stale: total("bakery_edge_requests_total", &[("result", "stale")]),
             pages: greatest("bakery_edge_pages", &[]),
         };
+        let documents = DocumentsView {
+            read_model: self.app.read_model(),
+            behind: behind.products,
+            oldest_behind_secs: behind
+                .oldest_change_at
+                .map(|changed| (at - changed).max(0) as f64 / 1000.0),
+            reads_document: total("bakery_documents_reads_total", &[("source", "document")]),
+            reads_tables: total("bakery_documents_reads_total", &[("source", "tables")]),
+            stored: total("bakery_documents_stored_total", &[("outcome", "stored")]),
+        };
 
         let mut totals = BTreeMap::new();
         for view in &views {
@@ -316,6 +349,7 @@ impl Ops {
             jobs,
             push,
             edge,
+            documents,
             totals,
             per_second: BTreeMap::new(),
             problems,

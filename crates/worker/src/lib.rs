@@ -123,6 +123,12 @@ pub async fn run(
         app.broker()
             .consume(topology::RENDER_PRODUCTS, handler, stop.clone())
     });
+    consumers.push({
+        let worker = worker.clone();
+        let handler = handler(move |delivery: Delivery| worker.clone().document_changed(delivery));
+        app.broker()
+            .consume(topology::DOCUMENTS_PRODUCTS, handler, stop.clone())
+    });
     let reaper = tokio::spawn(worker.clone().reap(stop.clone()));
     // Heartbeats go on until the running jobs have finished, after the consumers stop.
     let beating = CancellationToken::new();
@@ -321,6 +327,22 @@ impl Worker {
             }
             // A render of it is queued already: that one will see this change.
             Ok(None) => Outcome::Ack,
+            Err(e) => Outcome::Retry(e.to_string()),
+        }
+    }
+
+    /// `product.changed` on `documents.products`: the product's document is made
+    /// again from the tables (the joins in this code's `assemble_product_document`).
+    /// Idempotent and order-proof: a redelivered or late event rebuilds from what the
+    /// tables hold now, and the store is fenced by the product's version.
+    async fn document_changed(self: Arc<Self>, delivery: Delivery) -> Outcome {
+        let changed = match delivery.message.event() {
+            Ok(Incoming::ProductChanged(changed)) => changed,
+            Ok(other) => return Outcome::Dead(format!("not a product.changed: {other:?}")),
+            Err(e) => return Outcome::Dead(e.to_string()),
+        };
+        match self.app.document_changed(changed.product_id).await {
+            Ok(()) => Outcome::Ack,
             Err(e) => Outcome::Retry(e.to_string()),
         }
     }

@@ -490,6 +490,32 @@ async fn the_domain_on_postgres_with_a_replica() {
     domain_suite(&up).await;
 }
 
+/// Path 2 (issue 28): the same suite with product reads from the de-normalised
+/// documents (with a replica: documents are read there too), and the documents equal
+/// to the tables afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_domain_on_postgres_from_documents_with_a_replica() {
+    let url = fresh_replicated_database().await;
+    let replica = replica_url_for(&url);
+    let up = Up::start(
+        vec![
+            ("BAKERY_DATABASE_URL".into(), url),
+            ("BAKERY_REPLICA_URLS".into(), replica),
+            ("BAKERY_READ_MODEL".into(), "documents".into()),
+        ],
+        3,
+    );
+    domain_suite(&up).await;
+    let mut last = String::new();
+    let equal = crate::harness::eventually(std::time::Duration::from_secs(30), async || {
+        let (code, out, err) = crate::harness::run_output(&["documents", "check"], up.env.clone());
+        last = format!("{out}{err}");
+        code == Some(0)
+    })
+    .await;
+    assert!(equal, "{last}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_empty_bakery_gets_the_demo_and_the_flag_turns_it_off() {
     let http = client();

@@ -16,6 +16,7 @@ mod browser;
 mod caches;
 mod cli;
 mod clones;
+mod documents;
 mod domain;
 mod edge;
 mod hosts;

@@ -76,7 +76,7 @@ fn wait_restarted(up: &mut Up, id: &str) {
 }
 
 /// Waits for `up` to print a `started` line for each of `ids`, in any order.
-fn wait_all_restarted(up: &mut Up, ids: &[&str]) {
+pub(crate) fn wait_all_restarted(up: &mut Up, ids: &[&str]) {
     let mut missing: HashSet<String> = ids.iter().map(|id| format!(" id={id} ")).collect();
     while !missing.is_empty() {
         let line = up.wait_line(LIMIT, |l| {
@@ -456,7 +456,7 @@ async fn killing_the_email_service_mid_message_delivers_every_mail_under_one_mes
     killed_email_service_sends_each_mail_once(Engine::RabbitMq).await;
 }
 
-fn rabbitmqctl(command: &str) {
+pub(crate) fn rabbitmqctl(command: &str) {
     let status = std::process::Command::new("rabbitmqctl")
         .args(["-q", command])
         .stdout(std::process::Stdio::null())
