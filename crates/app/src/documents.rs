@@ -8,8 +8,10 @@
 
 use bakery_config::ReadModel;
 use bakery_core::catalog::Product;
+use bakery_db::dataset::Dataset;
 use bakery_db::documents::{Behind, Stored};
 use bakery_db::{Database, Lsn};
+use futures::StreamExt;
 
 use crate::catalog::product_key;
 use crate::{App, Error};
@@ -105,11 +107,6 @@ impl App {
         Ok(self.db().product_count().await?)
     }
 
-    /// Product ids after `cursor`, at most `limit`, in order.
-    pub async fn product_ids(&self, cursor: i64, limit: i64) -> Result<Vec<i64>, Error> {
-        Ok(self.db().product_ids(cursor, limit).await?)
-    }
-
     /// Compares product `id`'s document with what the tables say (read by the SQL
     /// join of Path 1: the two paths checked against each other).
     pub async fn check_document(&self, id: i64) -> Result<Option<Difference>, Error> {
@@ -136,6 +133,83 @@ impl App {
             product_id: id,
             what,
         }))
+    }
+}
+
+/// Products asked for at a time by rebuilds and checks, and documents made at once.
+const PAGE: i64 = 1_000;
+const AT_ONCE: usize = 8;
+
+impl App {
+    /// Makes every product's document again ([`App::rebuild_document`]); `done` is
+    /// told of each product. Answers how many there were.
+    pub async fn rebuild_documents(&self, done: impl Fn()) -> Result<u64, Error> {
+        let (walked, _) = self
+            .each_product(done, async |app: App, id| {
+                app.rebuild_document(id).await.map(|()| None::<()>)
+            })
+            .await?;
+        Ok(walked)
+    }
+
+    /// Compares every product's document with the tables ([`App::check_document`]);
+    /// `done` is told of each product. Answers how many were checked, and the
+    /// differences in id order.
+    pub async fn check_documents(&self, done: impl Fn()) -> Result<(u64, Vec<Difference>), Error> {
+        let (walked, differences) = self
+            .each_product(done, async |app: App, id| app.check_document(id).await)
+            .await?;
+        Ok((walked, differences))
+    }
+
+    /// Runs `each` on every product, [`AT_ONCE`] at a time, page by page in id
+    /// order; answers how many products, and what `each` reported, in id order.
+    async fn each_product<T>(
+        &self,
+        done: impl Fn(),
+        each: impl AsyncFn(App, i64) -> Result<Option<T>, Error>,
+    ) -> Result<(u64, Vec<T>), Error> {
+        let (mut walked, mut reports, mut cursor) = (0, Vec::new(), 0);
+        loop {
+            let ids = self.db().product_ids(cursor, PAGE).await?;
+            let Some(&last) = ids.last() else {
+                return Ok((walked, reports));
+            };
+            let mut page: Vec<(i64, Option<T>)> = futures::stream::iter(ids)
+                .map(|id| {
+                    let (app, each) = (self.clone(), &each);
+                    async move { each(app, id).await.map(|report| (id, report)) }
+                })
+                .buffer_unordered(AT_ONCE)
+                .inspect(|_| done())
+                .collect::<Vec<_>>()
+                .await
+                .into_iter()
+                .collect::<Result<_, _>>()?;
+            walked += page.len() as u64;
+            page.sort_by_key(|(id, _)| *id);
+            reports.extend(page.into_iter().filter_map(|(_, report)| report));
+            cursor = last;
+        }
+    }
+
+    /// The benchmark's large catalog (`bakery_db::dataset`), made up to `products`
+    /// with `reviews_per_product` reviews each; `progress` is told the products done.
+    pub async fn load_bench_catalog(
+        &self,
+        products: i64,
+        reviews_per_product: i64,
+        progress: impl Fn(i64),
+    ) -> Result<Dataset, Error> {
+        Ok(self
+            .db()
+            .load_bench_catalog(products, reviews_per_product, progress)
+            .await?)
+    }
+
+    /// The ids of the benchmark's products.
+    pub async fn bench_product_ids(&self) -> Result<Vec<i64>, Error> {
+        Ok(self.db().bench_product_ids().await?)
     }
 }
 

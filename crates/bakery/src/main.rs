@@ -141,6 +141,9 @@ enum BenchScenario {
     /// One scenario against a baseline (`ping` by default) on the same topology,
     /// rounds alternating: requests/s and latency side by side, and their ratio.
     Compare(bakery_bench::compare::Options),
+    /// A product read on a large catalog, four ways side by side: from the normalised
+    /// tables, from the de-normalised documents, and each with the cache in front.
+    ReadModels(bakery_bench::read_models::Options),
 }
 
 #[derive(Subcommand)]
@@ -343,6 +346,12 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         } => {
             options.config_file = cli.config.clone();
             bakery_bench::compare::run(&config, options).await
+        }
+        Command::Bench {
+            scenario: BenchScenario::ReadModels(mut options),
+        } => {
+            options.config_file = cli.config.clone();
+            bakery_bench::read_models::run(&config, options).await
         }
         Command::Bench {
             scenario: BenchScenario::Latency(mut options),

@@ -19,6 +19,7 @@ mod bootstrap;
 mod cached_query;
 pub mod calendar;
 pub mod catalog;
+pub mod dataset;
 pub mod demo;
 pub mod documents;
 pub mod jobs;

@@ -388,3 +388,75 @@ async fn every_scenario_prepares_and_is_served_without_errors() {
         );
     }
 }
+
+/// Issue 28, 3: a catalog made in bulk, its documents built, and one product read
+/// four ways side by side — tables, documents, each with the cache — on SQLite and
+/// on PostgreSQL; figures for every path, a plot, and a second run on the same
+/// database reuses the catalog.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_read_models_reads_a_bulk_catalog_four_ways() {
+    let postgres = harness::fresh_postgres_database().await;
+    for database in [None, Some(postgres)] {
+        let data = harness::TempDir::new();
+        let env: Vec<(String, String)> = database
+            .iter()
+            .map(|url| ("BAKERY_DATABASE_URL".to_string(), url.clone()))
+            .collect();
+        let args = [
+            "read-models",
+            "--products",
+            "300",
+            "--reviews",
+            "1500",
+            "--hot",
+            "50",
+            "--connections",
+            "4",
+            "--duration",
+            "0.5",
+            "--warmup",
+            "0.3",
+            "--rounds",
+            "1",
+        ];
+        let (code, out, err) = bench_with(&data, env.clone(), &args).await;
+        assert_eq!(code, Some(0), "{out}{err}");
+        let (result, dir) = result_of(&out);
+        let engine = if database.is_some() {
+            "postgres"
+        } else {
+            "sqlite"
+        };
+        assert_eq!(result["database"], engine, "{result}");
+        assert_eq!(
+            (result["products"].as_i64(), result["reviews"].as_i64()),
+            (Some(300), Some(1500))
+        );
+        assert!(
+            result["documents_made"].as_i64().unwrap() >= 300,
+            "{result}"
+        );
+        let point = &result["points"][0];
+        for path in ["tables", "documents", "tables_cache", "documents_cache"] {
+            assert!(
+                point[format!("{path}_rps")].as_f64().unwrap() > 0.0,
+                "{path}: {point}"
+            );
+            assert_eq!(point[format!("{path}_errors")], 0, "{path}: {point}");
+        }
+        assert!(is_png(&dir.join("throughput.png")) && is_png(&dir.join("p99.png")));
+        assert!(
+            std::fs::read_to_string(dir.join("index.html"))
+                .unwrap()
+                .contains("documents+cache")
+        );
+        if database.is_some() {
+            // The same database again: the catalog and its documents are there.
+            let (code, out, err) = bench_with(&data, env, &args).await;
+            assert_eq!(code, Some(0), "{out}{err}");
+            let (again, _) = result_of(&out);
+            assert_eq!(again["products"], 300);
+            assert_eq!(again["documents_made"], 0, "{again}");
+        }
+    }
+}
