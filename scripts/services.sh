@@ -4,6 +4,8 @@
 #
 #   PostgreSQL 15 on 127.0.0.1:5432   (accounts on PostgreSQL)
 #   PostgreSQL 15 streaming replica on 127.0.0.1:5433 (reads from replicas)
+#   MariaDB        127.0.0.1:3307 primary (binary log, GTID) and 127.0.0.1:3308 its
+#                  replica, user bakery/bakery (the domain on MariaDB, Path 2)
 #   Redis          127.0.0.1:6379     (sessions and cache on Redis)
 #   Memcached      127.0.0.1:11211 and 127.0.0.1:11212 (the cache on two nodes)
 #   RabbitMQ       127.0.0.1:5672, guest/guest (the broker on RabbitMQ)
@@ -127,6 +129,63 @@ room_for_tests() {
     "psql -h 127.0.0.1 -p 5432 -U postgres -Atc \"SELECT 1 FROM pg_stat_replication WHERE state = 'streaming'\" | grep -q 1"
 }
 
+# MariaDB for the tests: a primary and a replica of their own (the machine's server on
+# 3306 logs no binary log, and a replica needs one), each a mariadbd daemon with its
+# data under /var/lib/bakery-mariadb/. The replica follows the primary by GTID.
+MARIADB_ROOT=/var/lib/bakery-mariadb
+mariadb_node() { # name, port, server id, extra options...
+  local name=$1 port=$2 id=$3; shift 3
+  local dir=$MARIADB_ROOT/$name
+  if [ ! -d "$dir/data/mysql" ]; then
+    log "creating MariaDB $name ($port)"
+    mkdir -p "$dir"
+    chown mysql:mysql "$dir"
+    mariadb-install-db --user=mysql --datadir="$dir/data" --auth-root-authentication-method=socket \
+      --skip-test-db >"$dir/install.log" 2>&1 || die "mariadb-install-db ($name) failed: see $dir/install.log"
+  fi
+  if ! mariadb-admin --socket="$dir/mysqld.sock" ping >/dev/null 2>&1; then
+    log "starting MariaDB $name"
+    # Detached, its output to its own log: nothing here holds the caller's output.
+    setsid mariadbd --user=mysql --datadir="$dir/data" --socket="$dir/mysqld.sock" \
+      --pid-file="$dir/mysqld.pid" --port="$port" --bind-address=127.0.0.1 \
+      --server-id="$id" --log-bin="$dir/data/binlog" --gtid-strict-mode=1 \
+      --max-connections=2000 --innodb-buffer-pool-size=256M --innodb-flush-log-at-trx-commit=2 \
+      --skip-name-resolve --log-error="$dir/error.log" "$@" </dev/null >/dev/null 2>&1 &
+  fi
+  wait_for "MariaDB $name (127.0.0.1:$port)" 150 mariadb-admin --socket="$dir/mysqld.sock" ping
+}
+
+mariadb_pair() {
+  command -v mariadbd >/dev/null || apt_install mariadb-server
+  mariadb_node primary 3307 1
+  mariadb_node replica 3308 2 --read-only=1
+  local primary="mariadb --socket=$MARIADB_ROOT/primary/mysqld.sock -N -B"
+  local replica="mariadb --socket=$MARIADB_ROOT/replica/mysqld.sock -N -B"
+  $primary -e "CREATE USER IF NOT EXISTS 'bakery'@'127.0.0.1' IDENTIFIED BY 'bakery';
+               GRANT ALL PRIVILEGES ON *.* TO 'bakery'@'127.0.0.1' WITH GRANT OPTION;" ||
+    die "could not make the MariaDB user"
+  local status="mariadb --socket=$MARIADB_ROOT/replica/mysqld.sock -e 'SHOW SLAVE STATUS\\G'"
+  if [ -z "$(sh -c "$status" 2>/dev/null)" ]; then
+    log "making the MariaDB replica follow the primary (GTID)"
+    # The replica starts from the primary's position now: the user made above comes
+    # along through the binary log only from here on, so it is made there too.
+    $replica -e "SET GLOBAL read_only = 0;
+                 CREATE USER IF NOT EXISTS 'bakery'@'127.0.0.1' IDENTIFIED BY 'bakery';
+                 GRANT ALL PRIVILEGES ON *.* TO 'bakery'@'127.0.0.1' WITH GRANT OPTION;
+                 SET GLOBAL read_only = 1;
+                 SET GLOBAL gtid_slave_pos = '$($primary -e 'SELECT @@gtid_binlog_pos')';
+                 CHANGE MASTER TO MASTER_HOST='127.0.0.1', MASTER_PORT=3307, MASTER_USER='bakery',
+                   MASTER_PASSWORD='bakery', MASTER_USE_GTID=slave_pos;
+                 START SLAVE;" || die "could not start MariaDB replication"
+  fi
+  $replica -e "START SLAVE" >/dev/null 2>&1 || true
+  wait_for "MariaDB replica (127.0.0.1:3308) replicating" 150 sh -c \
+    "$status | grep -q 'Slave_SQL_Running: Yes'"
+  # Each test makes its own database; clear those of earlier runs.
+  $primary -e "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'bakery\\_test\\_%'" |
+    while read -r db; do timeout 30 $primary -e "DROP DATABASE IF EXISTS \`$db\`" >/dev/null 2>&1 || true; done
+}
+
 # Two Memcached nodes, each a daemon with its own pid file.
 memcached_nodes() {
   command -v memcached >/dev/null || apt_install memcached
@@ -225,6 +284,7 @@ hosts_tools() {
 postgres
 replica
 room_for_tests
+mariadb_pair
 redis
 memcached_nodes
 rabbitmq

@@ -61,10 +61,10 @@ impl App {
     }
 
     pub fn database_engine(&self) -> &'static str {
-        if self.db().is_postgres() {
-            "postgres"
-        } else {
-            "sqlite"
+        match self.db().dialect() {
+            bakery_db::Dialect::Sqlite => "sqlite",
+            bakery_db::Dialect::Postgres => "postgres",
+            bakery_db::Dialect::MariaDb => "mariadb",
         }
     }
 }

@@ -72,11 +72,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         )
         .into());
     }
-    let database = if lab.config.database.url.is_postgres() {
-        "postgres"
-    } else {
-        "sqlite"
-    };
+    let database = lab.config.database.url.engine().name();
     let app = App::connect(&lab.config).await?;
 
     // The dataset, then its documents.

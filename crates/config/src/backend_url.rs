@@ -7,8 +7,8 @@ use std::str::FromStr;
 
 use serde::Deserialize;
 
-/// A database URL we know how to talk to: SQLite or PostgreSQL. Empty until
-/// settled means "a SQLite file in the data directory".
+/// A database URL we know how to talk to: SQLite, PostgreSQL or MariaDB
+/// (`mysql://`). Empty until settled means "a SQLite file in the data directory".
 /// `rediss://` is refused at start rather than accepted and spoken in clear: this
 /// build's Redis client has no TLS.
 const NO_REDIS_TLS: &str = "rediss:// (Redis over TLS) is not supported by this build; \
@@ -18,10 +18,30 @@ const NO_REDIS_TLS: &str = "rediss:// (Redis over TLS) is not supported by this 
 #[serde(try_from = "String")]
 pub struct DatabaseUrl {
     url: String,
-    postgres: bool,
+    engine: DatabaseEngine,
     /// One URL per host when the URL names several (`postgres://u@h1:5432,h2:5432/db`
     /// names two, of which one is the primary at any time); empty for one host.
     hosts: Vec<String>,
+}
+
+/// The engine behind a database URL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatabaseEngine {
+    Sqlite,
+    Postgres,
+    /// MariaDB (or MySQL), from a `mysql://` URL.
+    MariaDb,
+}
+
+impl DatabaseEngine {
+    /// Its name, as logs, `/ops` and the bench show it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Sqlite => "sqlite",
+            Self::Postgres => "postgres",
+            Self::MariaDb => "mariadb",
+        }
+    }
 }
 
 /// `host:port` with a host and a numeric port.
@@ -58,7 +78,7 @@ impl DatabaseUrl {
             let mut parsed = Vec::new();
             for host in &hosts {
                 let one = Self::parse(host)?;
-                if !one.postgres {
+                if one.engine != DatabaseEngine::Postgres {
                     return Err(format!(
                         "several hosts are for postgres:// URLs: {}",
                         redact(raw)
@@ -68,7 +88,7 @@ impl DatabaseUrl {
             }
             return Ok(Self {
                 url: raw.to_string(),
-                postgres: true,
+                engine: DatabaseEngine::Postgres,
                 hosts: parsed,
             });
         }
@@ -81,7 +101,19 @@ impl DatabaseUrl {
                 }
                 Ok(Self {
                     url: raw.to_string(),
-                    postgres: true,
+                    engine: DatabaseEngine::Postgres,
+                    hosts: Vec::new(),
+                })
+            }
+            "mysql" | "mariadb" => {
+                if parsed.host_str().is_none_or(str::is_empty) {
+                    return Err(format!("no host in {}", redact(raw)));
+                }
+                // sqlx knows the protocol by its first name.
+                let url = raw.replacen("mariadb://", "mysql://", 1);
+                Ok(Self {
+                    url,
+                    engine: DatabaseEngine::MariaDb,
                     hosts: Vec::new(),
                 })
             }
@@ -94,12 +126,12 @@ impl DatabaseUrl {
                 }
                 Ok(Self {
                     url,
-                    postgres: false,
+                    engine: DatabaseEngine::Sqlite,
                     hosts: Vec::new(),
                 })
             }
             other => Err(format!(
-                "unsupported scheme {other:?}: expected sqlite:// or postgres://"
+                "unsupported scheme {other:?}: expected sqlite://, postgres:// or mysql://"
             )),
         }
     }
@@ -108,7 +140,7 @@ impl DatabaseUrl {
     pub(crate) fn in_data_dir() -> Self {
         Self {
             url: String::new(),
-            postgres: false,
+            engine: DatabaseEngine::Sqlite,
             hosts: Vec::new(),
         }
     }
@@ -123,7 +155,7 @@ impl DatabaseUrl {
     pub fn sqlite_in(data_dir: &Path) -> Self {
         Self {
             url: format!("sqlite://{}/bakery.db?mode=rwc", data_dir.display()),
-            postgres: false,
+            engine: DatabaseEngine::Sqlite,
             hosts: Vec::new(),
         }
     }
@@ -143,8 +175,12 @@ impl DatabaseUrl {
         }
     }
 
+    pub fn engine(&self) -> DatabaseEngine {
+        self.engine
+    }
+
     pub fn is_postgres(&self) -> bool {
-        self.postgres
+        self.engine == DatabaseEngine::Postgres
     }
 
     /// The URL with any password replaced, fit for logs and error lines.

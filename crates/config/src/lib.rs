@@ -20,7 +20,9 @@ use serde::Deserialize;
 mod backend_url;
 mod values;
 
-pub use backend_url::{BrokerUrl, CacheUrl, DatabaseUrl, Sentinels, SessionUrl, SmtpUrl, redact};
+pub use backend_url::{
+    BrokerUrl, CacheUrl, DatabaseEngine, DatabaseUrl, Sentinels, SessionUrl, SmtpUrl, redact,
+};
 pub use secrecy::{ExposeSecret, SecretString};
 use values::{flag, millis, percent, secs};
 
@@ -582,22 +584,24 @@ impl Config {
         self.database.url.settle_in(&self.data_dir);
         self.sessions.url.settle_in(&self.data_dir);
         self.cache.url.settle_in(&self.data_dir);
+        let engine = self.database.url.engine();
         if let Some(replica) = self
             .database
             .replica_urls
             .iter()
-            .find(|url| !url.is_postgres())
+            .find(|url| url.engine() != engine)
         {
             let problem = format!(
-                "replicas must be postgres:// URLs, got {}",
+                "replicas are of the primary's engine ({}), got {}",
+                engine.name(),
                 replica.redacted()
             );
             return Err(ConfigError::new("BAKERY_REPLICA_URLS", problem));
         }
-        if !self.database.replica_urls.is_empty() && !self.database.url.is_postgres() {
+        if !self.database.replica_urls.is_empty() && engine == DatabaseEngine::Sqlite {
             return Err(ConfigError::new(
                 "BAKERY_REPLICA_URLS",
-                "replicas need a postgres:// BAKERY_DATABASE_URL (SQLite has no streaming replicas)",
+                "replicas need a postgres:// or mysql:// BAKERY_DATABASE_URL (SQLite has no streaming replicas)",
             ));
         }
         if self
@@ -867,7 +871,7 @@ mod tests {
     #[test]
     fn a_bad_value_names_its_variable() {
         for (variable, value) in [
-            ("BAKERY_DATABASE_URL", "mysql://x"),
+            ("BAKERY_DATABASE_URL", "oracle://x"),
             ("BAKERY_DEBUG_HEADERS", "maybe"),
             ("BAKERY_SESSION_URL", "memcached://x"),
             ("BAKERY_REPLICA_URLS", "postgres://r/db"),

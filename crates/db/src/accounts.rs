@@ -64,7 +64,7 @@ impl Database {
                      VALUES ($1, $2, $3, $4, $5, $6)
                      RETURNING {USER_COLUMNS}"
                 );
-                let row = sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
+                let row = crate::sql::query_as::<UserRow>(sqlx::AssertSqlSafe(sql))
                     .bind(new.username)
                     .bind(new.email)
                     .bind(new.password_hash)
@@ -90,7 +90,7 @@ impl Database {
     /// The user and their password hash, for logging in. Always from the primary:
     /// a password just changed must be the one that counts.
     pub async fn credentials(&self, username: &str) -> Result<Option<(User, String)>, DbError> {
-        let row: Option<(i64, String, String, i64, i64, String)> = sqlx::query_as(
+        let row: Option<(i64, String, String, i64, i64, String)> = crate::sql::query_as(
             "SELECT id, username, email, is_admin, email_verified, password_hash FROM users
              WHERE lower(username) = lower($1)",
         )
@@ -107,7 +107,7 @@ impl Database {
         let row = self
             .read(after, async |pool| {
                 let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
-                sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
+                crate::sql::query_as::<UserRow>(sqlx::AssertSqlSafe(sql))
                     .bind(id)
                     .fetch_optional(&pool)
                     .await
@@ -124,7 +124,7 @@ impl Database {
     ) -> Result<Option<Profile>, DbError> {
         let row = self
             .read(after, async |pool| {
-                sqlx::query_as::<_, (i64, String, i64)>(PROFILE_BY_NAME.sql())
+                crate::sql::query_as::<(i64, String, i64)>(PROFILE_BY_NAME.sql())
                     .bind(username)
                     .fetch_optional(&pool)
                     .await
@@ -149,24 +149,31 @@ impl Database {
         let renamed = change.username.is_some();
         self.write(async |pool| {
             let mut tx = pool.begin().await?;
-            // A new address is unverified until its owner proves it (the SET
-            // expressions read the row as it was).
-            let sql = format!(
+            // A new address is unverified until its owner proves it. The flag is
+            // set first: MariaDB's later assignments see the earlier ones' values.
+            // Then the row is read back (MariaDB has no UPDATE ... RETURNING).
+            let done = crate::sql::query(
                 "UPDATE users SET
+                     email_verified = CASE WHEN $3 IS NULL OR $3 = email THEN email_verified ELSE 0 END,
                      username = COALESCE($2, username),
                      email = COALESCE($3, email),
-                     password_hash = COALESCE($4, password_hash),
-                     email_verified = CASE WHEN $3 IS NULL OR $3 = email THEN email_verified ELSE 0 END
-                 WHERE id = $1
-                 RETURNING {USER_COLUMNS}"
-            );
-            let row = sqlx::query_as::<_, UserRow>(sqlx::AssertSqlSafe(sql))
-                .bind(id)
-                .bind(change.username)
-                .bind(change.email)
-                .bind(change.password_hash)
-                .fetch_optional(&mut *tx)
-                .await?;
+                     password_hash = COALESCE($4, password_hash)
+                 WHERE id = $1",
+            )
+            .bind(id)
+            .bind(change.username)
+            .bind(change.email)
+            .bind(change.password_hash)
+            .execute(&mut *tx)
+            .await?;
+            let row = if done.rows_affected() == 0 {
+                None
+            } else {
+                crate::sql::query_as::<UserRow>(format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1"))
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?
+            };
             let Some(row) = row else { return Ok(None) };
             // An address given and not verified after the change (a new one, or the
             // same one still unverified: its link is sent again) asks for a mail.
@@ -181,7 +188,7 @@ impl Database {
                 stage(&mut tx, &event, &bakery_telemetry::correlation_id()).await?;
             }
             let reviewed: Vec<i64> = if renamed {
-                sqlx::query_scalar("SELECT DISTINCT product_id FROM reviews WHERE user_id = $1")
+                crate::sql::query_scalar("SELECT DISTINCT product_id FROM reviews WHERE user_id = $1")
                     .bind(id)
                     .fetch_all(&mut *tx)
                     .await?
@@ -204,7 +211,7 @@ impl Database {
 
     /// Whether any admin exists yet (first start creates one).
     pub async fn has_admin(&self) -> Result<bool, DbError> {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM users WHERE is_admin = 1")
+        let (n,): (i64,) = crate::sql::query_as("SELECT COUNT(*) FROM users WHERE is_admin = 1")
             .fetch_one(self.primary())
             .await?;
         Ok(n > 0)

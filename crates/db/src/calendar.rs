@@ -52,7 +52,7 @@ impl Database {
     pub async fn list_events(&self, after: Option<Lsn>) -> Result<Vec<EventSummary>, DbError> {
         let rows = self
             .read(after, async |pool| {
-                sqlx::query_as::<_, (i64, String, i64, i64, i64)>(LIST_EVENTS.sql())
+                crate::sql::query_as::<(i64, String, i64, i64, i64)>(LIST_EVENTS.sql())
                     .fetch_all(&pool)
                     .await
             })
@@ -78,7 +78,7 @@ impl Database {
     ) -> Result<Option<Event>, DbError> {
         let row = self
             .read(after, async |pool| {
-                sqlx::query_as::<_, EventRow>(
+                crate::sql::query_as::<EventRow>(
                     "SELECT id, title, description, starts_at, capacity, attendees FROM events WHERE id = $1",
                 )
                 .bind(id)
@@ -111,7 +111,7 @@ impl Database {
 
     pub async fn create_event(&self, new: NewEvent<'_>) -> Result<(i64, Option<Lsn>), DbError> {
         self.write(move |pool| async move {
-            sqlx::query_scalar(
+            crate::sql::query_scalar(
                 "INSERT INTO events (title, description, starts_at, capacity, attendees, created_at)
                  VALUES ($1, $2, $3, $4, 0, $5) RETURNING id",
             )
@@ -139,7 +139,7 @@ impl Database {
             let mut tx = pool.begin().await?;
             // Writing first: SQLite takes its write lock here (waiting its turn) rather
             // than failing to upgrade a read lock later.
-            let seated = sqlx::query("UPDATE events SET attendees = attendees + 1 WHERE id = $1 AND attendees < capacity")
+            let seated = crate::sql::query("UPDATE events SET attendees = attendees + 1 WHERE id = $1 AND attendees < capacity")
                 .bind(event_id)
                 .execute(&mut *tx)
                 .await?
@@ -150,7 +150,7 @@ impl Database {
                     "INSERT INTO rsvps (event_id, user_id, status, created_at) VALUES ($1, $2, 'confirmed', $3)
                      ON CONFLICT (event_id, user_id) DO NOTHING RETURNING {RSVP_COLUMNS}"
                 );
-                let created: Option<RsvpRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                let created: Option<RsvpRow> = crate::sql::query_as(sqlx::AssertSqlSafe(sql))
                     .bind(event_id)
                     .bind(user_id)
                     .bind(now_millis())
@@ -177,7 +177,7 @@ impl Database {
                 return Ok(RsvpOutcome::Existing(existing));
             }
             let exists: Option<i64> =
-                sqlx::query_scalar("SELECT id FROM events WHERE id = $1").bind(event_id).fetch_optional(&pool).await?;
+                crate::sql::query_scalar("SELECT id FROM events WHERE id = $1").bind(event_id).fetch_optional(&pool).await?;
             Ok(if exists.is_some() { RsvpOutcome::Full } else { RsvpOutcome::NoSuchEvent })
         })
         .await
@@ -194,7 +194,7 @@ impl Database {
         let correlation_id = correlation_id.to_string();
         self.write(move |pool| async move {
             let mut tx = pool.begin().await?;
-            let removed: Option<i64> = sqlx::query_scalar(
+            let removed: Option<i64> = crate::sql::query_scalar(
                 "DELETE FROM rsvps WHERE event_id = $1 AND user_id = $2 RETURNING id",
             )
             .bind(event_id)
@@ -208,7 +208,7 @@ impl Database {
                     user_id,
                 };
                 stage(&mut tx, &event, &correlation_id).await?;
-                sqlx::query(
+                crate::sql::query(
                     "UPDATE events SET attendees = attendees - 1 WHERE id = $1 AND attendees > 0",
                 )
                 .bind(event_id)
@@ -227,7 +227,7 @@ impl Database {
             .read(after, async |pool| {
                 let sql =
                     format!("SELECT {RSVP_COLUMNS} FROM rsvps WHERE user_id = $1 ORDER BY id DESC");
-                sqlx::query_as::<_, RsvpRow>(sqlx::AssertSqlSafe(sql))
+                crate::sql::query_as::<RsvpRow>(sqlx::AssertSqlSafe(sql))
                     .bind(user_id)
                     .fetch_all(&pool)
                     .await
@@ -243,7 +243,7 @@ async fn find_rsvp(
     user_id: i64,
 ) -> Result<Option<Rsvp>, sqlx::Error> {
     let sql = format!("SELECT {RSVP_COLUMNS} FROM rsvps WHERE event_id = $1 AND user_id = $2");
-    let row: Option<RsvpRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let row: Option<RsvpRow> = crate::sql::query_as(sqlx::AssertSqlSafe(sql))
         .bind(event_id)
         .bind(user_id)
         .fetch_optional(pool)

@@ -85,7 +85,7 @@ impl Database {
     ) -> Result<Vec<ProductSummary>, DbError> {
         let rows = self
             .read(after, async |pool| {
-                sqlx::query_as::<_, SummaryRow>(LIST_PRODUCTS.sql())
+                crate::sql::query_as::<SummaryRow>(LIST_PRODUCTS.sql())
                     .bind(cursor)
                     .bind(limit)
                     .fetch_all(&pool)
@@ -110,7 +110,7 @@ impl Database {
     pub async fn product(&self, id: i64, after: Option<Lsn>) -> Result<Option<Product>, DbError> {
         let (base, price, description, images, reviews, (total, sum)) = tokio::try_join!(
             self.read(after, move |pool| async move {
-                sqlx::query_as::<_, (String, i64)>(
+                crate::sql::query_as::<(String, i64)>(
                     "SELECT name, updated_at FROM products WHERE id = $1",
                 )
                 .bind(id)
@@ -133,7 +133,7 @@ impl Database {
             }),
             self.read(after, move |pool| async move {
                 // SUM of a BIGINT is NUMERIC on PostgreSQL, which `Any` cannot decode.
-                sqlx::query_as::<_, (i64, i64)>(
+                crate::sql::query_as::<(i64, i64)>(
                     "SELECT COUNT(*), CAST(COALESCE(SUM(rating), 0) AS BIGINT)
                      FROM reviews WHERE product_id = $1",
                 )
@@ -164,18 +164,18 @@ impl Database {
         self.write(move |pool| async move {
             let now = now_millis();
             let mut tx = pool.begin().await?;
-            let id: i64 = sqlx::query_scalar("INSERT INTO products (name, created_at, updated_at) VALUES ($1, $2, $2) RETURNING id")
+            let id: i64 = crate::sql::query_scalar("INSERT INTO products (name, created_at, updated_at) VALUES ($1, $2, $2) RETURNING id")
                 .bind(new.name)
                 .bind(now)
                 .fetch_one(&mut *tx)
                 .await?;
-            sqlx::query("INSERT INTO product_prices (product_id, price_cents, updated_at) VALUES ($1, $2, $3)")
+            crate::sql::query("INSERT INTO product_prices (product_id, price_cents, updated_at) VALUES ($1, $2, $3)")
                 .bind(id)
                 .bind(new.price_cents)
                 .bind(now)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("INSERT INTO product_descriptions (product_id, description, updated_at) VALUES ($1, $2, $3)")
+            crate::sql::query("INSERT INTO product_descriptions (product_id, description, updated_at) VALUES ($1, $2, $3)")
                 .bind(id)
                 .bind(new.description)
                 .bind(now)
@@ -198,7 +198,7 @@ impl Database {
             let now = now_millis();
             let mut tx = pool.begin().await?;
             // The first statement writes, so SQLite takes its write lock at once.
-            let found = sqlx::query("UPDATE products SET name = COALESCE($2, name), updated_at = $3 WHERE id = $1")
+            let found = crate::sql::query("UPDATE products SET name = COALESCE($2, name), updated_at = $3 WHERE id = $1")
                 .bind(id)
                 .bind(change.name)
                 .bind(now)
@@ -210,7 +210,7 @@ impl Database {
                 return Ok(false);
             }
             if let Some(price) = change.price_cents {
-                sqlx::query("UPDATE product_prices SET price_cents = $2, updated_at = $3 WHERE product_id = $1")
+                crate::sql::query("UPDATE product_prices SET price_cents = $2, updated_at = $3 WHERE product_id = $1")
                     .bind(id)
                     .bind(price)
                     .bind(now)
@@ -218,7 +218,7 @@ impl Database {
                     .await?;
             }
             if let Some(description) = change.description {
-                sqlx::query("UPDATE product_descriptions SET description = $2, updated_at = $3 WHERE product_id = $1")
+                crate::sql::query("UPDATE product_descriptions SET description = $2, updated_at = $3 WHERE product_id = $1")
                     .bind(id)
                     .bind(description)
                     .bind(now)
@@ -236,7 +236,7 @@ impl Database {
     pub async fn delete_product(&self, id: i64) -> Result<(bool, Option<Lsn>), DbError> {
         self.write(move |pool| async move {
             let mut tx = pool.begin().await?;
-            let found = sqlx::query("DELETE FROM products WHERE id = $1")
+            let found = crate::sql::query("DELETE FROM products WHERE id = $1")
                 .bind(id)
                 .execute(&mut *tx)
                 .await?
@@ -261,7 +261,7 @@ impl Database {
     ) -> Result<(Option<Review>, Option<Lsn>), DbError> {
         self.write(move |pool| async move {
             let mut tx = pool.begin().await?;
-            let inserted: Option<i64> = sqlx::query_scalar(
+            let inserted: Option<i64> = crate::sql::query_scalar(
                 "INSERT INTO reviews (product_id, user_id, rating, body, created_at)
                  SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM products WHERE id = $1)
                  RETURNING id",
@@ -275,7 +275,7 @@ impl Database {
             .await?;
             let Some(id) = inserted else { return Ok(None) };
             let sql = format!("SELECT {REVIEW_COLUMNS} FROM reviews r JOIN users u ON u.id = r.user_id WHERE r.id = $1");
-            let row: ReviewRow = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(&mut *tx).await?;
+            let row: ReviewRow = crate::sql::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(&mut *tx).await?;
             product_changed(&mut tx, product_id, false).await?;
             tx.commit().await?;
             Ok(Some(review(row)))
@@ -293,10 +293,11 @@ impl Database {
         limit: i64,
     ) -> Result<Option<Vec<Review>>, DbError> {
         self.read(after, move |pool| async move {
-            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM products WHERE id = $1")
-                .bind(product_id)
-                .fetch_optional(&pool)
-                .await?;
+            let exists: Option<i64> =
+                crate::sql::query_scalar("SELECT id FROM products WHERE id = $1")
+                    .bind(product_id)
+                    .fetch_optional(&pool)
+                    .await?;
             if exists.is_none() {
                 return Ok(None);
             }
@@ -316,20 +317,25 @@ impl Database {
     ) -> Result<(Option<Review>, Option<Lsn>), DbError> {
         self.write(move |pool| async move {
             let mut tx = pool.begin().await?;
-            let product: Option<i64> = sqlx::query_scalar(
+            // Then read back: MariaDB has no UPDATE ... RETURNING.
+            let done = crate::sql::query(
                 "UPDATE reviews SET rating = COALESCE($2, rating), body = COALESCE($3, body)
-                 WHERE id = $1 RETURNING product_id",
+                 WHERE id = $1",
             )
             .bind(id)
             .bind(rating)
             .bind(body)
-            .fetch_optional(&mut *tx)
+            .execute(&mut *tx)
             .await?;
-            let Some(product) = product else {
+            if done.rows_affected() == 0 {
                 return Ok(None);
-            };
+            }
+            let product: i64 = crate::sql::query_scalar("SELECT product_id FROM reviews WHERE id = $1")
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
             let sql = format!("SELECT {REVIEW_COLUMNS} FROM reviews r JOIN users u ON u.id = r.user_id WHERE r.id = $1");
-            let row: ReviewRow = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(&mut *tx).await?;
+            let row: ReviewRow = crate::sql::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(&mut *tx).await?;
             product_changed(&mut tx, product, false).await?;
             tx.commit().await?;
             Ok(Some(review(row)))
@@ -339,21 +345,19 @@ impl Database {
 
     /// The review's product and author, for permission checks (from the primary).
     pub async fn review_owner(&self, id: i64) -> Result<Option<(i64, i64)>, DbError> {
-        Ok(
-            sqlx::query_as::<_, (i64, i64)>(
-                "SELECT product_id, user_id FROM reviews WHERE id = $1",
-            )
-            .bind(id)
-            .fetch_optional(self.primary())
-            .await?,
+        Ok(crate::sql::query_as::<(i64, i64)>(
+            "SELECT product_id, user_id FROM reviews WHERE id = $1",
         )
+        .bind(id)
+        .fetch_optional(self.primary())
+        .await?)
     }
 
     pub async fn delete_review(&self, id: i64) -> Result<(bool, Option<Lsn>), DbError> {
         self.write(move |pool| async move {
             let mut tx = pool.begin().await?;
             let product: Option<i64> =
-                sqlx::query_scalar("DELETE FROM reviews WHERE id = $1 RETURNING product_id")
+                crate::sql::query_scalar("DELETE FROM reviews WHERE id = $1 RETURNING product_id")
                     .bind(id)
                     .fetch_optional(&mut *tx)
                     .await?;
@@ -376,7 +380,7 @@ impl Database {
     ) -> Result<Vec<UserReview>, DbError> {
         let rows = self
             .read(after, async |pool| {
-                sqlx::query_as::<_, (i64, i64, String, i64, String, i64)>(REVIEWS_BY_USER.sql())
+                crate::sql::query_as::<(i64, i64, String, i64, String, i64)>(REVIEWS_BY_USER.sql())
                     .bind(user_id)
                     .bind(before)
                     .bind(limit)
@@ -408,37 +412,37 @@ impl Database {
 
     /// How many products there are (on the primary).
     pub async fn product_count(&self) -> Result<i64, DbError> {
-        Ok(sqlx::query_scalar("SELECT COUNT(*) FROM products")
+        Ok(crate::sql::query_scalar("SELECT COUNT(*) FROM products")
             .fetch_one(self.primary())
             .await?)
     }
 }
 
 pub(crate) async fn fetch_price<'e>(
-    pool: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    pool: impl crate::sql::Target<'e>,
     id: i64,
 ) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT price_cents FROM product_prices WHERE product_id = $1")
+    crate::sql::query_scalar("SELECT price_cents FROM product_prices WHERE product_id = $1")
         .bind(id)
         .fetch_optional(pool)
         .await
 }
 
 pub(crate) async fn fetch_description<'e>(
-    pool: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    pool: impl crate::sql::Target<'e>,
     id: i64,
 ) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT description FROM product_descriptions WHERE product_id = $1")
+    crate::sql::query_scalar("SELECT description FROM product_descriptions WHERE product_id = $1")
         .bind(id)
         .fetch_optional(pool)
         .await
 }
 
 pub(crate) async fn fetch_images<'e>(
-    pool: impl sqlx::Executor<'e, Database = sqlx::Any>,
+    pool: impl crate::sql::Target<'e>,
     id: i64,
 ) -> Result<Vec<Image>, sqlx::Error> {
-    let rows: Vec<(i64, String, String)> = sqlx::query_as(
+    let rows: Vec<(i64, String, String)> = crate::sql::query_as(
         "SELECT id, url, thumb_url FROM product_images WHERE product_id = $1 ORDER BY id",
     )
     .bind(id)
@@ -460,7 +464,7 @@ async fn fetch_reviews(
         "SELECT {REVIEW_COLUMNS} FROM reviews r JOIN users u ON u.id = r.user_id
          WHERE r.product_id = $1 AND r.id < $2 ORDER BY r.id DESC LIMIT $3"
     );
-    let rows: Vec<ReviewRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+    let rows: Vec<ReviewRow> = crate::sql::query_as(sqlx::AssertSqlSafe(sql))
         .bind(id)
         .bind(before)
         .bind(limit)
@@ -482,7 +486,7 @@ impl Database {
         let (url, thumb_url) = (url.to_string(), thumb_url.to_string());
         self.write(move |pool| async move {
             let mut tx = pool.begin().await?;
-            let attached = sqlx::query(
+            let attached = crate::sql::query(
                 "INSERT INTO product_images (product_id, url, thumb_url, created_at, job_id)
                  SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM products WHERE id = $1)
                  ON CONFLICT (job_id) DO NOTHING",
@@ -499,10 +503,11 @@ impl Database {
             if attached {
                 product_changed(&mut tx, product_id, false).await?;
             }
-            let exists: Option<i64> = sqlx::query_scalar("SELECT id FROM products WHERE id = $1")
-                .bind(product_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+            let exists: Option<i64> =
+                crate::sql::query_scalar("SELECT id FROM products WHERE id = $1")
+                    .bind(product_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
             tx.commit().await?;
             Ok(exists.is_some())
         })
@@ -520,11 +525,13 @@ pub(crate) async fn product_changed(
     deleted: bool,
 ) -> Result<(), sqlx::Error> {
     if !deleted {
-        sqlx::query("UPDATE products SET version = version + 1, changed_at = $2 WHERE id = $1")
-            .bind(id)
-            .bind(now_millis())
-            .execute(&mut *conn)
-            .await?;
+        crate::sql::query(
+            "UPDATE products SET version = version + 1, changed_at = $2 WHERE id = $1",
+        )
+        .bind(id)
+        .bind(now_millis())
+        .execute(&mut *conn)
+        .await?;
     }
     let event = bakery_events::ProductChanged {
         product_id: id,

@@ -50,7 +50,7 @@ impl Database {
             )
             .await?;
         }
-        let (first, last): (i64, i64) = sqlx::query_as(
+        let (first, last): (i64, i64) = crate::sql::query_as(
             "SELECT COALESCE(MIN(id), 0), COALESCE(MAX(id), -1) FROM products WHERE name LIKE 'Bench loaf %'",
         )
         .fetch_one(self.primary())
@@ -73,7 +73,7 @@ impl Database {
                  WHERE p.id BETWEEN $1 AND $2 AND p.name LIKE 'Bench loaf %'
                    AND NOT EXISTS (SELECT 1 FROM reviews x WHERE x.product_id = p.id)",
             ] {
-                sqlx::query(sql)
+                crate::sql::query(sql)
                     .bind(from)
                     .bind(to)
                     .bind(now)
@@ -83,7 +83,7 @@ impl Database {
             progress((to.min(last) - first + 1).max(0));
             from = to + 1;
         }
-        let reviews: i64 = sqlx::query_scalar(
+        let reviews: i64 = crate::sql::query_scalar(
             "SELECT COUNT(*) FROM reviews r JOIN products p ON p.id = r.product_id
              WHERE p.name LIKE 'Bench loaf %'",
         )
@@ -98,21 +98,21 @@ impl Database {
     /// How many of the bench's products there are.
     pub async fn bench_products(&self) -> Result<i64, DbError> {
         Ok(
-            sqlx::query_scalar("SELECT COUNT(*) FROM products WHERE name LIKE 'Bench loaf %'")
-                .fetch_one(self.primary())
-                .await?,
+            crate::sql::query_scalar(
+                "SELECT COUNT(*) FROM products WHERE name LIKE 'Bench loaf %'",
+            )
+            .fetch_one(self.primary())
+            .await?,
         )
     }
 
     /// The ids of the bench's products.
     pub async fn bench_product_ids(&self) -> Result<Vec<i64>, DbError> {
-        Ok(
-            sqlx::query_scalar(
-                "SELECT id FROM products WHERE name LIKE 'Bench loaf %' ORDER BY id",
-            )
-            .fetch_all(self.primary())
-            .await?,
+        Ok(crate::sql::query_scalar(
+            "SELECT id FROM products WHERE name LIKE 'Bench loaf %' ORDER BY id",
         )
+        .fetch_all(self.primary())
+        .await?)
     }
 
     /// Runs `insert` (which selects from a series `g(x)`, `$1` to `$2`, with `$3`
@@ -127,10 +127,15 @@ impl Database {
         let mut start = from;
         while start <= to {
             let end = (start + SLICE - 1).min(to);
-            let sql = format!(
-                "WITH RECURSIVE g(x) AS (SELECT CAST($1 AS BIGINT) UNION ALL SELECT x + 1 FROM g WHERE x < $2) {insert}"
-            );
-            sqlx::query(sqlx::AssertSqlSafe(sql))
+            let series = "WITH RECURSIVE g(x) AS (SELECT CAST($1 AS BIGINT) UNION ALL SELECT x + 1 FROM g WHERE x < $2)";
+            // MariaDB puts the series after `INSERT INTO t (...)`, the others before it.
+            let sql = match (self.dialect(), insert.split_once(" SELECT ")) {
+                (crate::Dialect::MariaDb, Some((into, select))) => {
+                    format!("{into} {series} SELECT {select}")
+                }
+                _ => format!("{series} {insert}"),
+            };
+            crate::sql::query(sqlx::AssertSqlSafe(sql))
                 .bind(start)
                 .bind(end)
                 .bind(now)

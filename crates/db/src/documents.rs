@@ -16,7 +16,7 @@ use bakery_core::catalog::{Author, Product, Rating, Review};
 use sqlx::Acquire;
 
 use crate::catalog::{EMBEDDED_REVIEWS, fetch_description, fetch_images, fetch_price};
-use crate::{Database, DbError, Lsn, now_millis};
+use crate::{Database, DbError, Dialect, Lsn, now_millis};
 
 /// A product as the tables say now, and which version of them that is.
 #[derive(Debug, Clone)]
@@ -51,19 +51,22 @@ impl Database {
     /// one snapshot); `None` when there is no such product. No SQL join: each table
     /// is read on its own and the parts are put together here.
     pub async fn assemble_product_document(&self, id: i64) -> Result<Option<Assembled>, DbError> {
-        let postgres = self.is_postgres();
+        let dialect = self.dialect();
         let assembled = self
             .read(Some(Lsn::LATEST), move |pool| async move {
+                // Every read below sees the same committed state: MariaDB is told
+                // before the transaction begins, PostgreSQL as it begins.
+                let snapshot = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ";
                 let mut conn = pool.acquire().await?;
+                if dialect == Dialect::MariaDb {
+                    crate::sql::query(snapshot).execute(&mut *conn).await?;
+                }
                 let mut tx = conn.begin().await?;
-                if postgres {
-                    // Every read below sees the same committed state.
-                    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-                        .execute(&mut *tx)
-                        .await?;
+                if dialect == Dialect::Postgres {
+                    crate::sql::query(snapshot).execute(&mut *tx).await?;
                 }
                 let Some((name, updated_at, version, changed_at)) =
-                    sqlx::query_as::<_, (String, i64, i64, i64)>(
+                    crate::sql::query_as::<(String, i64, i64, i64)>(
                         "SELECT name, updated_at, version, changed_at FROM products WHERE id = $1",
                     )
                     .bind(id)
@@ -76,14 +79,14 @@ impl Database {
                 let description = fetch_description(&mut *tx, id).await?.unwrap_or_default();
                 let images = fetch_images(&mut *tx, id).await?;
                 // SUM of a BIGINT is NUMERIC on PostgreSQL, which `Any` cannot decode.
-                let (total, sum): (i64, i64) = sqlx::query_as(
+                let (total, sum): (i64, i64) = crate::sql::query_as(
                     "SELECT COUNT(*), CAST(COALESCE(SUM(rating), 0) AS BIGINT)
                      FROM reviews WHERE product_id = $1",
                 )
                 .bind(id)
                 .fetch_one(&mut *tx)
                 .await?;
-                let newest: Vec<(i64, i64, i64, String, i64)> = sqlx::query_as(
+                let newest: Vec<(i64, i64, i64, String, i64)> = crate::sql::query_as(
                     "SELECT id, user_id, rating, body, created_at FROM reviews
                      WHERE product_id = $1 ORDER BY id DESC LIMIT $2",
                 )
@@ -140,6 +143,12 @@ impl Database {
     ) -> Result<Stored, DbError> {
         let body = serde_json::to_string(&assembled.product)
             .map_err(|e| DbError::Other(sqlx::Error::Encode(e.into())))?;
+        let (id, version) = (assembled.product.id, assembled.version);
+        if self.dialect() == Dialect::MariaDb {
+            return self
+                .store_product_document_locked(id, version, body, rebuild)
+                .await;
+        }
         let sql = if self.is_postgres() {
             "INSERT INTO product_documents (product_id, version, body, stored_at)
              VALUES ($1, $2, CAST($3 AS JSONB), $4)
@@ -153,10 +162,9 @@ impl Database {
              SET version = excluded.version, body = excluded.body, stored_at = excluded.stored_at
              WHERE product_documents.version < excluded.version + $5"
         };
-        let (id, version) = (assembled.product.id, assembled.version);
         let stored = self
             .write(async move |pool| {
-                sqlx::query(sql)
+                crate::sql::query(sql)
                     .bind(id)
                     .bind(version)
                     .bind(body)
@@ -169,9 +177,52 @@ impl Database {
         match stored {
             Ok((done, _)) if done.rows_affected() > 0 => Ok(Stored::Stored),
             Ok(_) => Ok(Stored::NotNewer),
-            Err(DbError::Other(sqlx::Error::Database(e))) if e.is_foreign_key_violation() => {
-                Ok(Stored::Gone)
-            }
+            Err(e) if is_gone(&e) => Ok(Stored::Gone),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// MariaDB's form of the fenced upsert (its `ON DUPLICATE KEY UPDATE` has no
+    /// condition): the stored version is read under a lock, then the document is
+    /// written or left.
+    async fn store_product_document_locked(
+        &self,
+        id: i64,
+        version: i64,
+        body: String,
+        rebuild: bool,
+    ) -> Result<Stored, DbError> {
+        let stored = self
+            .write(async move |pool| {
+                let mut tx = pool.begin().await?;
+                let current: Option<i64> = crate::sql::query_scalar(
+                    "SELECT version FROM product_documents WHERE product_id = $1 FOR UPDATE",
+                )
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if current.is_some_and(|current| current >= version + i64::from(rebuild)) {
+                    return Ok(Stored::NotNewer);
+                }
+                crate::sql::query(
+                    "INSERT INTO product_documents (product_id, version, body, stored_at)
+                     VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (product_id) DO UPDATE
+                     SET version = excluded.version, body = excluded.body, stored_at = excluded.stored_at",
+                )
+                .bind(id)
+                .bind(version)
+                .bind(body)
+                .bind(now_millis())
+                .execute(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                Ok(Stored::Stored)
+            })
+            .await;
+        match stored {
+            Ok((stored, _)) => Ok(stored),
+            Err(e) if is_gone(&e) => Ok(Stored::Gone),
             Err(e) => Err(e),
         }
     }
@@ -185,7 +236,7 @@ impl Database {
     ) -> Result<Option<(Product, i64)>, DbError> {
         let row = self
             .read(after, move |pool| async move {
-                sqlx::query_as::<_, (String, i64)>(
+                crate::sql::query_as::<(String, i64)>(
                     "SELECT CAST(body AS TEXT), version FROM product_documents WHERE product_id = $1",
                 )
                 .bind(id)
@@ -205,7 +256,7 @@ impl Database {
     /// walk the catalog with it).
     pub async fn product_ids(&self, cursor: i64, limit: i64) -> Result<Vec<i64>, DbError> {
         self.read(Some(Lsn::LATEST), move |pool| async move {
-            sqlx::query_scalar("SELECT id FROM products WHERE id > $1 ORDER BY id LIMIT $2")
+            crate::sql::query_scalar("SELECT id FROM products WHERE id > $1 ORDER BY id LIMIT $2")
                 .bind(cursor)
                 .bind(limit)
                 .fetch_all(&pool)
@@ -219,7 +270,7 @@ impl Database {
     pub async fn documents_behind(&self) -> Result<Behind, DbError> {
         let (products, oldest) = self
             .read(Some(Lsn::LATEST), async |pool| {
-                sqlx::query_as::<_, (i64, i64)>(
+                crate::sql::query_as::<(i64, i64)>(
                     "SELECT COUNT(*), COALESCE(MIN(p.changed_at), 0) FROM products p
                      LEFT JOIN product_documents d ON d.product_id = p.id
                      WHERE d.version IS NULL OR d.version < p.version",
@@ -233,6 +284,11 @@ impl Database {
             oldest_change_at: (products > 0 && oldest > 0).then_some(oldest),
         })
     }
+}
+
+/// The product is gone: the document's foreign key refused it.
+fn is_gone(error: &DbError) -> bool {
+    matches!(error, DbError::Other(sqlx::Error::Database(e)) if e.is_foreign_key_violation())
 }
 
 /// The names of the users `ids` (each asked once), by id.
@@ -251,7 +307,7 @@ async fn usernames(
         "SELECT id, username FROM users WHERE id IN ({})",
         placeholders.join(", ")
     );
-    let mut query = sqlx::query_as::<_, (i64, String)>(sqlx::AssertSqlSafe(sql));
+    let mut query = crate::sql::query_as::<(i64, String)>(sqlx::AssertSqlSafe(sql));
     for id in ids {
         query = query.bind(id);
     }

@@ -10,7 +10,7 @@ use serde_json::json;
 use sqlx::AnyConnection;
 
 use crate::messaging::stage;
-use crate::{Database, DbError, Lsn, now_millis};
+use crate::{Database, DbError, Dialect, Lsn, now_millis};
 
 /// A job a worker holds: its fencing token is `attempt`.
 #[derive(Debug, Clone)]
@@ -128,7 +128,7 @@ async fn insert_jobs(
              VALUES {} RETURNING id",
             rows.join(", ")
         );
-        let mut query = sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+        let mut query = crate::sql::query_scalar::<i64>(sqlx::AssertSqlSafe(sql))
             .bind(kind)
             .bind(owner_id)
             .bind(max_attempts)
@@ -197,7 +197,7 @@ impl Database {
         let mut tx = self.primary().begin().await?;
         let now = now_millis();
         let run_at = now + delay_ms.max(0);
-        let id: Option<i64> = sqlx::query_scalar(
+        let id: Option<i64> = crate::sql::query_scalar(
             "INSERT INTO jobs (kind, payload, max_attempts, run_at, dispatched_at, created_at, dedupe_key)
              VALUES ($1, $2, $3, $4, CASE WHEN $4 > $5 THEN NULL ELSE $5 END, $5, $6)
              ON CONFLICT (dedupe_key) WHERE state = 'queued' DO NOTHING
@@ -243,20 +243,20 @@ impl Database {
     /// Jobs by kind and state, and when the oldest queued one was created (Unix
     /// milliseconds): what the operations view shows of the jobs.
     pub async fn job_counts(&self) -> Result<(Vec<(String, String, i64)>, Option<i64>), DbError> {
-        let counts = sqlx::query_as(
+        let counts = crate::sql::query_as(
             "SELECT kind, state, COUNT(*) FROM jobs GROUP BY kind, state ORDER BY kind, state",
         )
         .fetch_all(self.primary())
         .await?;
         let oldest: Option<i64> =
-            sqlx::query_scalar("SELECT MIN(created_at) FROM jobs WHERE state = 'queued'")
+            crate::sql::query_scalar("SELECT MIN(created_at) FROM jobs WHERE state = 'queued'")
                 .fetch_one(self.primary())
                 .await?;
         Ok((counts, oldest))
     }
 
     pub async fn jobs_ended(&self, first: i64, last: i64) -> Result<i64, DbError> {
-        Ok(sqlx::query_scalar(
+        Ok(crate::sql::query_scalar(
             "SELECT COUNT(*) FROM jobs WHERE id BETWEEN $1 AND $2 AND finished_at IS NOT NULL",
         )
         .bind(first)
@@ -271,7 +271,7 @@ impl Database {
         first: i64,
         last: i64,
     ) -> Result<Vec<(i64, i64, String)>, DbError> {
-        Ok(sqlx::query_as(
+        Ok(crate::sql::query_as(
             "SELECT created_at, finished_at, state FROM jobs
              WHERE id BETWEEN $1 AND $2 AND finished_at IS NOT NULL",
         )
@@ -285,7 +285,7 @@ impl Database {
         let row: Option<JobRow> = self
             .read(after, async |pool| {
                 let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = $1");
-                sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                crate::sql::query_as(sqlx::AssertSqlSafe(sql))
                     .bind(id)
                     .fetch_optional(&pool)
                     .await
@@ -300,7 +300,7 @@ impl Database {
         let sql = format!(
             "SELECT {COLUMNS} FROM jobs WHERE ($1 = '' OR state = $1) ORDER BY id DESC LIMIT $2"
         );
-        let rows: Vec<JobRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<JobRow> = crate::sql::query_as(sqlx::AssertSqlSafe(sql))
             .bind(state)
             .bind(limit)
             .fetch_all(self.primary())
@@ -317,14 +317,14 @@ impl Database {
             .iter()
             .enumerate()
             .map(|(i, (column, sql_type))| {
-                if self.postgres {
+                if self.is_postgres() {
                     format!("CAST(e->>{i} AS {sql_type}) AS {column}")
                 } else {
                     format!("CAST(json_extract(value, '$[{i}]') AS {sql_type}) AS {column}")
                 }
             })
             .collect();
-        let source = if self.postgres {
+        let source = if self.is_postgres() {
             format!("jsonb_array_elements(CAST({param} AS jsonb)) AS e")
         } else {
             format!("json_each({param})")
@@ -338,7 +338,7 @@ impl Database {
     /// unary `+` (a no-op) hides the column from the planner; PostgreSQL plans this
     /// well by itself (and has no unary `+` on text).
     fn unindexed(&self, column: &str) -> String {
-        if self.postgres {
+        if self.is_postgres() {
             column.to_string()
         } else {
             format!("+{column}")
@@ -358,6 +358,9 @@ impl Database {
             return Ok(Vec::new());
         }
         let now = now_millis();
+        if self.dialect() == Dialect::MariaDb {
+            return self.claim_jobs_locked(ids, worker, now, lease_ms).await;
+        }
         let wanted = self.json_rows("$4", "wanted", &[("id", "BIGINT")]);
         let (state, run_at) = (self.unindexed("state"), self.unindexed("run_at"));
         let sql = format!(
@@ -368,7 +371,7 @@ impl Database {
              RETURNING id, kind, payload, attempts, max_attempts, owner_id"
         );
         let rows: Vec<(i64, String, String, i64, i64, Option<i64>)> =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            crate::sql::query_as(sqlx::AssertSqlSafe(sql))
                 .bind(now + lease_ms)
                 .bind(worker)
                 .bind(now)
@@ -402,6 +405,9 @@ impl Database {
         if held.is_empty() {
             return Ok(Vec::new());
         }
+        if self.dialect() == Dialect::MariaDb {
+            return self.heartbeat_jobs_one_by_one(held, lease_ms).await;
+        }
         let rows = self.json_rows(
             "$2",
             "held",
@@ -422,7 +428,7 @@ impl Database {
             .iter()
             .map(|(id, attempt, progress)| [*id, *attempt, (*progress).clamp(0, 100)])
             .collect();
-        Ok(sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+        Ok(crate::sql::query_scalar(sqlx::AssertSqlSafe(sql))
             .bind(now_millis() + lease_ms)
             .bind(json!(batch).to_string())
             .fetch_all(self.primary())
@@ -476,14 +482,17 @@ impl Database {
             })
             .collect();
         let mut tx = self.primary().begin().await?;
-        let settled: std::collections::HashSet<i64> =
-            sqlx::query_scalar::<_, i64>(sqlx::AssertSqlSafe(sql))
+        let settled: std::collections::HashSet<i64> = if self.dialect() == Dialect::MariaDb {
+            settle_one_by_one(&mut tx, endings).await?
+        } else {
+            crate::sql::query_scalar::<i64>(sqlx::AssertSqlSafe(sql))
                 .bind(now_millis())
                 .bind(serde_json::Value::Array(batch).to_string())
                 .fetch_all(&mut *tx)
                 .await?
                 .into_iter()
-                .collect();
+                .collect()
+        };
         let held: Vec<bool> = endings
             .iter()
             .map(|settle| settled.contains(&settle.job.id))
@@ -508,7 +517,7 @@ impl Database {
     /// Cancels a queued or running job; answers its state afterwards (`None`: no
     /// such job). A running job's worker sees it at its next heartbeat and stops.
     pub async fn cancel_job(&self, id: i64) -> Result<Option<JobState>, DbError> {
-        sqlx::query(
+        crate::sql::query(
             "UPDATE jobs SET state = 'cancelled', finished_at = $2, lease_until = 0
              WHERE id = $1 AND state IN ('queued', 'running')",
         )
@@ -524,15 +533,24 @@ impl Database {
     pub async fn requeue_job(&self, id: i64, correlation_id: &str) -> Result<bool, DbError> {
         let mut tx = self.primary().begin().await?;
         let now = now_millis();
-        let kind: Option<String> = sqlx::query_scalar(
+        // Then read back (MariaDB has no UPDATE ... RETURNING).
+        let done = crate::sql::query(
             "UPDATE jobs SET state = 'queued', attempts = 0, progress = 0, error = NULL, result = NULL,
                     run_at = $2, dispatched_at = $2, finished_at = NULL
-             WHERE id = $1 AND state IN ('failed', 'cancelled') RETURNING kind",
+             WHERE id = $1 AND state IN ('failed', 'cancelled')",
         )
         .bind(id)
         .bind(now)
-        .fetch_optional(&mut *tx)
+        .execute(&mut *tx)
         .await?;
+        let kind: Option<String> = if done.rows_affected() == 0 {
+            None
+        } else {
+            crate::sql::query_scalar("SELECT kind FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+        };
         let Some(kind) = kind else {
             return Ok(false);
         };
@@ -552,7 +570,7 @@ impl Database {
         correlation_id: &str,
     ) -> Result<usize, DbError> {
         let now = now_millis();
-        sqlx::query(
+        crate::sql::query(
             "UPDATE jobs SET state = 'queued', run_at = $1, dispatched_at = NULL, lease_until = 0
              WHERE state = 'running' AND lease_until < $1",
         )
@@ -572,15 +590,38 @@ impl Database {
     ) -> Result<usize, DbError> {
         let now = now_millis();
         let mut tx = self.primary().begin().await?;
-        let due: Vec<(i64, String)> = sqlx::query_as(
-            "UPDATE jobs SET dispatched_at = $1
-             WHERE state = 'queued' AND run_at <= $1 AND (dispatched_at IS NULL OR dispatched_at < $2)
-             RETURNING id, kind",
-        )
-        .bind(now)
-        .bind(now - redispatch_after_ms)
-        .fetch_all(&mut *tx)
-        .await?;
+        let due: Vec<(i64, String)> = if self.dialect() == Dialect::MariaDb {
+            let due: Vec<(i64, String)> = crate::sql::query_as(
+                "SELECT id, kind FROM jobs
+                 WHERE state = 'queued' AND run_at <= $1 AND (dispatched_at IS NULL OR dispatched_at < $2)
+                 FOR UPDATE SKIP LOCKED",
+            )
+            .bind(now)
+            .bind(now - redispatch_after_ms)
+            .fetch_all(&mut *tx)
+            .await?;
+            if !due.is_empty() {
+                let ids: Vec<i64> = due.iter().map(|(id, _)| *id).collect();
+                crate::sql::query(format!(
+                    "UPDATE jobs SET dispatched_at = $1 WHERE id IN ({})",
+                    crate::sql::id_list(&ids)
+                ))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            }
+            due
+        } else {
+            crate::sql::query_as(
+                "UPDATE jobs SET dispatched_at = $1
+                 WHERE state = 'queued' AND run_at <= $1 AND (dispatched_at IS NULL OR dispatched_at < $2)
+                 RETURNING id, kind",
+            )
+            .bind(now)
+            .bind(now - redispatch_after_ms)
+            .fetch_all(&mut *tx)
+            .await?
+        };
         let mut by_kind: std::collections::BTreeMap<&str, Vec<i64>> = Default::default();
         for (id, kind) in &due {
             by_kind.entry(kind).or_default().push(*id);
@@ -591,4 +632,121 @@ impl Database {
         tx.commit().await?;
         Ok(due.len())
     }
+}
+
+/// MariaDB has neither `UPDATE ... RETURNING` nor `UPDATE ... FROM` a set of rows:
+/// its forms of the batched statements above lock the rows first, or take the
+/// batch one row at a time in one transaction.
+impl Database {
+    async fn claim_jobs_locked(
+        &self,
+        ids: &[i64],
+        worker: &str,
+        now: i64,
+        lease_ms: i64,
+    ) -> Result<Vec<Claimed>, DbError> {
+        let mut tx = self.primary().begin().await?;
+        let picked: Vec<i64> = crate::sql::query_scalar(format!(
+            "SELECT id FROM jobs WHERE id IN ({}) AND state = 'queued' AND run_at <= $1
+             FOR UPDATE SKIP LOCKED",
+            crate::sql::id_list(ids)
+        ))
+        .bind(now)
+        .fetch_all(&mut *tx)
+        .await?;
+        if picked.is_empty() {
+            return Ok(Vec::new());
+        }
+        let picked = crate::sql::id_list(&picked);
+        crate::sql::query(format!(
+            "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1,
+                    worker = $2, started_at = COALESCE(started_at, $3)
+             WHERE id IN ({picked})"
+        ))
+        .bind(now + lease_ms)
+        .bind(worker)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let rows: Vec<(i64, String, String, i64, i64, Option<i64>)> = crate::sql::query_as(format!(
+            "SELECT id, kind, payload, attempts, max_attempts, owner_id FROM jobs WHERE id IN ({picked})"
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, kind, payload, attempt, max_attempts, owner_id)| Claimed {
+                    id,
+                    kind,
+                    payload,
+                    attempt,
+                    max_attempts,
+                    owner_id,
+                },
+            )
+            .collect())
+    }
+
+    async fn heartbeat_jobs_one_by_one(
+        &self,
+        held: &[(i64, i64, i64)],
+        lease_ms: i64,
+    ) -> Result<Vec<i64>, DbError> {
+        let lease_until = now_millis() + lease_ms;
+        let mut tx = self.primary().begin().await?;
+        let mut still = Vec::with_capacity(held.len());
+        for &(id, attempt, progress) in held {
+            let done = crate::sql::query(
+                "UPDATE jobs SET lease_until = $1, progress = $2
+                 WHERE id = $3 AND attempts = $4 AND state = 'running'",
+            )
+            .bind(lease_until)
+            .bind(progress.clamp(0, 100))
+            .bind(id)
+            .bind(attempt)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() > 0 {
+                still.push(id);
+            }
+        }
+        tx.commit().await?;
+        Ok(still)
+    }
+}
+
+/// [`Database::settle_jobs`]' fenced updates, one row at a time (MariaDB): the ids
+/// whose attempt still held the job.
+async fn settle_one_by_one(
+    tx: &mut AnyConnection,
+    endings: &[Settle],
+) -> Result<std::collections::HashSet<i64>, sqlx::Error> {
+    let now = now_millis();
+    let mut settled = std::collections::HashSet::new();
+    for settle in endings {
+        let (state, result, error, run_at) = settle.ending.columns();
+        let done = crate::sql::query(
+            "UPDATE jobs SET state = $1, result = $2, error = $3,
+                    run_at = COALESCE($4, run_at), lease_until = 0,
+                    finished_at = CASE WHEN $1 = 'queued' THEN NULL ELSE $5 END,
+                    dispatched_at = CASE WHEN $1 = 'queued' THEN NULL ELSE dispatched_at END,
+                    progress = CASE WHEN $1 = 'succeeded' THEN 100 ELSE progress END
+             WHERE id = $6 AND attempts = $7 AND state = 'running'",
+        )
+        .bind(state)
+        .bind(result)
+        .bind(error)
+        .bind(run_at)
+        .bind(now)
+        .bind(settle.job.id)
+        .bind(settle.job.attempt)
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() > 0 {
+            settled.insert(settle.job.id);
+        }
+    }
+    Ok(settled)
 }

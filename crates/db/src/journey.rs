@@ -60,7 +60,7 @@ pub(crate) async fn note_in(
     detail: serde_json::Value,
 ) -> Result<(), sqlx::Error> {
     let hop = Noted::now(correlation_id, what, detail);
-    sqlx::query(
+    crate::sql::query(
         "INSERT INTO journey (correlation_id, at, process, what, detail) VALUES ($1, $2, $3, $4, $5)",
     )
     .bind(correlation_id)
@@ -97,7 +97,7 @@ impl Database {
             "INSERT INTO journey (correlation_id, at, process, what, detail) VALUES {}",
             rows.join(", ")
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = crate::sql::query(sqlx::AssertSqlSafe(sql));
         for noted in hops {
             query = query
                 .bind(noted.correlation_id.clone())
@@ -112,7 +112,7 @@ impl Database {
 
     /// The hops recorded for `correlation_id`, in time order.
     pub async fn journey(&self, correlation_id: &str) -> Result<Vec<Hop>, DbError> {
-        let rows: Vec<HopTuple> = sqlx::query_as(
+        let rows: Vec<HopTuple> = crate::sql::query_as(
             "SELECT at, process, what, detail FROM journey
              WHERE correlation_id = $1 ORDER BY at, id",
         )
@@ -132,7 +132,7 @@ impl Database {
 
     /// Deletes the hops older than `before` (Unix milliseconds).
     pub async fn prune_journey(&self, before: i64) -> Result<u64, DbError> {
-        Ok(sqlx::query("DELETE FROM journey WHERE at < $1")
+        Ok(crate::sql::query("DELETE FROM journey WHERE at < $1")
             .bind(before)
             .execute(self.primary())
             .await?

@@ -30,6 +30,7 @@ mod primary;
 pub mod processes;
 pub mod queues;
 pub mod replica;
+pub mod sql;
 pub mod verification;
 
 pub use bakery_core::now_millis;
@@ -38,11 +39,22 @@ pub use cached_query::CachedQuery;
 use primary::Primary;
 use replica::Replicas;
 pub use replica::{Lsn, Role, Trace, trace};
+pub use sql::Dialect;
 /// sqlx's error, for callers that carry a [`DbError::Other`].
 pub use sqlx::Error as SqlxError;
 
+/// The dialect a database URL speaks.
+fn dialect_of(url: &DatabaseUrl) -> Dialect {
+    match url.engine() {
+        bakery_config::DatabaseEngine::Sqlite => Dialect::Sqlite,
+        bakery_config::DatabaseEngine::Postgres => Dialect::Postgres,
+        bakery_config::DatabaseEngine::MariaDb => Dialect::MariaDb,
+    }
+}
+
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+static MARIADB_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/mariadb");
 
 /// Why a database call failed, by cause.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +133,7 @@ impl DbError {
 pub struct Database {
     /// Where writes go (and the URL `LISTEN` connections use).
     primary: Arc<Primary>,
-    postgres: bool,
+    dialect: Dialect,
     replicas: Arc<Replicas>,
     /// Stops the replica poller when the last handle goes.
     _poller: Arc<AbortOnDrop>,
@@ -162,11 +174,11 @@ pub const SQLITE_POOL_SIZE: u32 = 8;
 
 async fn open_pool(
     url: &str,
-    postgres: bool,
+    dialect: Dialect,
     max_connections: u32,
 ) -> Result<AnyPool, sqlx::Error> {
-    pool_options(postgres, max_connections)
-        .connect(&if postgres {
+    pool_options(dialect, max_connections)
+        .connect(&if dialect == Dialect::Postgres {
             named(url)
         } else {
             url.to_string()
@@ -174,25 +186,44 @@ async fn open_pool(
         .await
 }
 
-fn pool_options(postgres: bool, max_connections: u32) -> AnyPoolOptions {
+fn pool_options(dialect: Dialect, max_connections: u32) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(3))
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
-                if postgres {
-                    // No statement may hold a connection (and the locks it waits on)
-                    // longer than a request may take: a stuck one is cancelled (503).
-                    conn.execute(sqlx::AssertSqlSafe(format!(
-                        "SET statement_timeout = {}",
-                        STATEMENT_TIMEOUT.as_millis()
-                    )))
-                    .await?;
-                } else {
-                    // Several processes share the file: wait for the write lock rather
-                    // than fail, and enforce the foreign keys the schema declares.
-                    conn.execute("PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
+                match dialect {
+                    Dialect::Postgres => {
+                        // No statement may hold a connection (and the locks it waits
+                        // on) longer than a request may take: a stuck one is
+                        // cancelled (503).
+                        conn.execute(sqlx::AssertSqlSafe(format!(
+                            "SET statement_timeout = {}",
+                            STATEMENT_TIMEOUT.as_millis()
+                        )))
                         .await?;
+                    }
+                    Dialect::MariaDb => {
+                        // The texts' `||` concatenates and `"` quotes names, as in
+                        // standard SQL; strict, so a bad value is an error rather than
+                        // a warning; reads see what committed before each statement,
+                        // as on PostgreSQL; and no statement runs longer than a request.
+                        conn.execute(sqlx::AssertSqlSafe(format!(
+                            "SET SESSION sql_mode = 'PIPES_AS_CONCAT,ANSI_QUOTES,STRICT_ALL_TABLES,NO_ENGINE_SUBSTITUTION',
+                                 SESSION max_statement_time = {}",
+                            STATEMENT_TIMEOUT.as_secs()
+                        )))
+                        .await?;
+                        conn.execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+                            .await?;
+                    }
+                    Dialect::Sqlite => {
+                        // Several processes share the file: wait for the write lock
+                        // rather than fail, and enforce the foreign keys the schema
+                        // declares.
+                        conn.execute("PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON; PRAGMA synchronous = NORMAL;")
+                            .await?;
+                    }
                 }
                 Ok(())
             })
@@ -210,13 +241,13 @@ impl Database {
         pool_size: u32,
     ) -> Result<Self, DbError> {
         install_default_drivers();
-        let postgres = url.is_postgres();
+        let dialect = dialect_of(url);
         let primary = if url.hosts().len() > 1 {
             // Several hosts: connected on use (any of them may be down), and the
             // primary is whichever answers as one.
             let mut hosts = Vec::new();
             for host in url.hosts() {
-                let pool = pool_options(true, pool_size).connect_lazy(&named(host))?;
+                let pool = pool_options(dialect, pool_size).connect_lazy(&named(host))?;
                 hosts.push((host.clone(), bakery_config::redact(host), pool));
             }
             let primary = Primary::new(hosts);
@@ -229,20 +260,20 @@ impl Database {
         } else {
             let pool = open_pool(
                 url.as_str(),
-                postgres,
-                if postgres {
-                    pool_size
-                } else {
+                dialect,
+                if dialect == Dialect::Sqlite {
                     pool_size.min(SQLITE_POOL_SIZE)
+                } else {
+                    pool_size
                 },
             )
             .await?;
             Primary::new(vec![(url.as_str().to_string(), url.redacted(), pool)])
         };
-        if !postgres {
+        if dialect == Dialect::Sqlite {
             // WAL lets readers in other processes go on while one process writes;
             // the mode is stored in the file, so once is enough.
-            sqlx::query("PRAGMA journal_mode = WAL")
+            crate::sql::query("PRAGMA journal_mode = WAL")
                 .execute(primary.pool())
                 .await?;
         }
@@ -250,16 +281,19 @@ impl Database {
         for replica in replica_urls {
             members.push((
                 replica.redacted(),
-                open_pool(replica.as_str(), true, pool_size).await?,
+                open_pool(replica.as_str(), dialect, pool_size).await?,
             ));
         }
         let replicas = Arc::new(Replicas::new(members, max_lag_bytes));
         let primary = Arc::new(primary);
-        let poller = (!replicas.is_empty() || primary.has_alternatives())
-            .then(|| replicas.clone().spawn_poller(primary.clone()));
+        let poller = (!replicas.is_empty() || primary.has_alternatives()).then(|| {
+            replicas
+                .clone()
+                .spawn_poller(primary.clone(), replica::Positions::of(dialect))
+        });
         Ok(Self {
             primary,
-            postgres,
+            dialect,
             replicas,
             _poller: Arc::new(AbortOnDrop(poller)),
         })
@@ -327,13 +361,10 @@ impl Database {
     }
 
     /// Applies the migrations of this engine. Safe to run from several processes:
-    /// sqlx takes a lock (an advisory lock on PostgreSQL, the file lock on SQLite).
+    /// sqlx takes a lock (an advisory lock on PostgreSQL, `GET_LOCK` on MariaDB, the
+    /// file lock on SQLite).
     pub async fn migrate(&self) -> Result<(), DbError> {
-        let migrator = if self.postgres {
-            &POSTGRES_MIGRATIONS
-        } else {
-            &SQLITE_MIGRATIONS
-        };
+        let migrator = self.migrator();
         migrator
             .run(self.primary.pool())
             .await
@@ -346,13 +377,9 @@ impl Database {
     /// Fails with a sentence for operators when migrations are missing, so a role
     /// started before `bakery migrate` says so instead of failing request by request.
     pub async fn check_schema(&self) -> Result<(), String> {
-        let migrator = if self.postgres {
-            &POSTGRES_MIGRATIONS
-        } else {
-            &SQLITE_MIGRATIONS
-        };
+        let migrator = self.migrator();
         let applied: Result<(i64,), _> =
-            sqlx::query_as("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+            crate::sql::query_as("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
                 .fetch_one(self.primary.pool())
                 .await;
         let expected = migrator
@@ -371,7 +398,7 @@ impl Database {
     /// This database's instance id (made by the migrations): the namespace of its keys
     /// in the cache and the session store.
     pub async fn instance_id(&self) -> Result<String, DbError> {
-        Ok(sqlx::query_scalar("SELECT id FROM bakery_instance")
+        Ok(crate::sql::query_scalar("SELECT id FROM bakery_instance")
             .fetch_one(self.primary.pool())
             .await?)
     }
@@ -411,8 +438,20 @@ impl Database {
         }
     }
 
+    fn migrator(&self) -> &'static Migrator {
+        match self.dialect {
+            Dialect::Sqlite => &SQLITE_MIGRATIONS,
+            Dialect::Postgres => &POSTGRES_MIGRATIONS,
+            Dialect::MariaDb => &MARIADB_MIGRATIONS,
+        }
+    }
+
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
     pub fn is_postgres(&self) -> bool {
-        self.postgres
+        self.dialect == Dialect::Postgres
     }
 
     /// Follows a PostgreSQL `NOTIFY` channel: `on` gets each payload, and `None` when
@@ -423,9 +462,9 @@ impl Database {
         channel: &'static str,
         on: impl Fn(Option<&str>) + Send + 'static,
     ) -> Result<(), DbError> {
-        if !self.postgres {
+        if !self.is_postgres() {
             return Err(DbError::Other(sqlx::Error::Configuration(
-                "SQLite has no LISTEN".into(),
+                "only PostgreSQL has LISTEN".into(),
             )));
         }
         let connect = async |url: &str| -> Result<sqlx::postgres::PgListener, sqlx::Error> {
@@ -485,11 +524,12 @@ impl Database {
         if self.replicas.is_empty() {
             return Ok((value, None));
         }
-        let position: String = sqlx::query_scalar("SELECT CAST(pg_current_wal_lsn() AS TEXT)")
+        let positions = replica::Positions::of(self.dialect);
+        let position: String = crate::sql::query_scalar(positions.primary)
             .fetch_one(self.primary())
             .await
             .map_err(on_primary)?;
-        Ok((value, Lsn::parse(&position)))
+        Ok((value, (positions.parse)(&position)))
     }
 
     /// Runs a read on a replica that has replayed `after` (the reader's own last

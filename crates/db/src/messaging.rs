@@ -7,7 +7,7 @@ use bakery_events::Event;
 use serde::Serialize;
 use sqlx::AnyConnection;
 
-use crate::{Database, DbError, now_millis};
+use crate::{Database, DbError, Dialect, now_millis};
 
 /// An event waiting in the outbox.
 #[derive(Debug, Clone)]
@@ -74,7 +74,7 @@ pub(crate) async fn stage(
 ) -> Result<(), sqlx::Error> {
     let message = bakery_events::encode(event);
     let message_id = format!("{:032x}", rand::random::<u128>());
-    sqlx::query(
+    crate::sql::query(
         "INSERT INTO outbox (exchange, message_id, correlation_id, kind, body, created_at)
          VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -103,7 +103,7 @@ async fn first_handling(
     consumer: &str,
     message_id: &str,
 ) -> Result<bool, sqlx::Error> {
-    Ok(sqlx::query(
+    Ok(crate::sql::query(
         "INSERT INTO handled_messages (consumer, message_id, handled_at) VALUES ($1, $2, $3)
          ON CONFLICT (consumer, message_id) DO NOTHING",
     )
@@ -126,25 +126,60 @@ impl Database {
         lease_ms: i64,
     ) -> Result<Vec<OutboxRow>, DbError> {
         let now = now_millis();
-        let skip_locked = if self.postgres {
-            " FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
+        let mut rows: Vec<OutboxTuple> = match self.dialect() {
+            Dialect::MariaDb => {
+                // No UPDATE ... RETURNING: the rows are locked, changed and read back.
+                let mut tx = self.primary().begin().await?;
+                let ids: Vec<i64> = crate::sql::query_scalar(
+                    "SELECT id FROM outbox WHERE claimed_until <= $1 AND created_at <= $2
+                     ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
+                )
+                .bind(now)
+                .bind(created_before)
+                .bind(limit)
+                .fetch_all(&mut *tx)
+                .await?;
+                let rows = if ids.is_empty() {
+                    Vec::new()
+                } else {
+                    let ids = crate::sql::id_list(&ids);
+                    crate::sql::query(format!(
+                        "UPDATE outbox SET claimed_until = $1 WHERE id IN ({ids})"
+                    ))
+                    .bind(now + lease_ms)
+                    .execute(&mut *tx)
+                    .await?;
+                    crate::sql::query_as(format!(
+                        "SELECT id, exchange, message_id, correlation_id, kind, body FROM outbox WHERE id IN ({ids})"
+                    ))
+                    .fetch_all(&mut *tx)
+                    .await?
+                };
+                tx.commit().await?;
+                rows
+            }
+            dialect => {
+                let skip_locked = if dialect == Dialect::Postgres {
+                    " FOR UPDATE SKIP LOCKED"
+                } else {
+                    ""
+                };
+                let sql = format!(
+                    "UPDATE outbox SET claimed_until = $1
+                     WHERE id IN (SELECT id FROM outbox WHERE claimed_until <= $2 AND created_at <= $3
+                                  ORDER BY id LIMIT $4{skip_locked})
+                       AND claimed_until <= $2
+                     RETURNING id, exchange, message_id, correlation_id, kind, body"
+                );
+                crate::sql::query_as(sql)
+                    .bind(now + lease_ms)
+                    .bind(now)
+                    .bind(created_before)
+                    .bind(limit)
+                    .fetch_all(self.primary())
+                    .await?
+            }
         };
-        let sql = format!(
-            "UPDATE outbox SET claimed_until = $1
-             WHERE id IN (SELECT id FROM outbox WHERE claimed_until <= $2 AND created_at <= $3
-                          ORDER BY id LIMIT $4{skip_locked})
-               AND claimed_until <= $2
-             RETURNING id, exchange, message_id, correlation_id, kind, body"
-        );
-        let mut rows: Vec<OutboxTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(now + lease_ms)
-            .bind(now)
-            .bind(created_before)
-            .bind(limit)
-            .fetch_all(self.primary())
-            .await?;
         rows.sort_by_key(|row| row.0);
         Ok(rows
             .into_iter()
@@ -172,7 +207,7 @@ impl Database {
             "DELETE FROM outbox WHERE id IN ({})",
             placeholders.join(", ")
         );
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = crate::sql::query(sqlx::AssertSqlSafe(sql));
         for id in ids {
             query = query.bind(*id);
         }
@@ -182,7 +217,7 @@ impl Database {
 
     /// Gives a claimed row back (its publish failed) for the next relay pass.
     pub async fn release_outbox(&self, id: i64) -> Result<(), DbError> {
-        sqlx::query("UPDATE outbox SET claimed_until = 0 WHERE id = $1")
+        crate::sql::query("UPDATE outbox SET claimed_until = 0 WHERE id = $1")
             .bind(id)
             .execute(self.primary())
             .await?;
@@ -191,7 +226,7 @@ impl Database {
 
     /// Whether `consumer` has handled `message_id` already.
     pub async fn handled(&self, consumer: &str, message_id: &str) -> Result<bool, DbError> {
-        let found: Option<i64> = sqlx::query_scalar(
+        let found: Option<i64> = crate::sql::query_scalar(
             "SELECT 1 FROM handled_messages WHERE consumer = $1 AND message_id = $2",
         )
         .bind(consumer)
@@ -239,7 +274,7 @@ impl Database {
         if !first_handling(&mut tx, consumer, message_id).await? {
             return Ok(false);
         }
-        sqlx::query(
+        crate::sql::query(
             "UPDATE rsvps SET confirmation_sent_at = $1 WHERE id = $2 AND confirmation_sent_at IS NULL",
         )
         .bind(sent_at)
@@ -257,7 +292,7 @@ impl Database {
         user_id: i64,
         event_id: i64,
     ) -> Result<Option<(String, String, i64, String, i64)>, DbError> {
-        Ok(sqlx::query_as(
+        Ok(crate::sql::query_as(
             "SELECT u.username, u.email, u.email_verified, e.title, e.starts_at FROM users u, events e
              WHERE u.id = $1 AND e.id = $2",
         )
@@ -279,34 +314,51 @@ impl Database {
         kind: &str,
         payload: &str,
     ) -> Result<Option<i64>, DbError> {
-        let mut tx = self.primary().begin().await?;
-        if self.postgres {
-            sqlx::query("LOCK TABLE notifications IN SHARE ROW EXCLUSIVE MODE")
-                .execute(&mut *tx)
+        let mut conn = self.primary().acquire().await?;
+        if self.dialect() == Dialect::MariaDb {
+            // Held past the commit (released below), as PostgreSQL's table lock is.
+            crate::sql::query("SELECT GET_LOCK('bakery.notifications', 10)")
+                .execute(&mut *conn)
                 .await?;
         }
-        let id: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO notifications (user_id, kind, payload, message_id, created_at, correlation_id)
-             SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM users WHERE id = $1)
-             ON CONFLICT (message_id) DO NOTHING RETURNING id",
-        )
-        .bind(user_id)
-        .bind(kind)
-        .bind(payload)
-        .bind(message_id)
-        .bind(now_millis())
-        .bind(correlation_id)
-        .fetch_optional(&mut *tx)
-        .await?;
-        if let (Some(id), true) = (id, self.postgres) {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(NOTIFICATIONS_CHANNEL)
-                .bind(id.to_string())
-                .execute(&mut *tx)
+        let stored: Result<Option<i64>, DbError> = async {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            if self.is_postgres() {
+                crate::sql::query("LOCK TABLE notifications IN SHARE ROW EXCLUSIVE MODE")
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            let id: Option<i64> = crate::sql::query_scalar(
+                "INSERT INTO notifications (user_id, kind, payload, message_id, created_at, correlation_id)
+                 SELECT $1, $2, $3, $4, $5, $6 WHERE EXISTS (SELECT 1 FROM users WHERE id = $1)
+                 ON CONFLICT (message_id) DO NOTHING RETURNING id",
+            )
+            .bind(user_id)
+            .bind(kind)
+            .bind(payload)
+            .bind(message_id)
+            .bind(now_millis())
+            .bind(correlation_id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let (Some(id), true) = (id, self.is_postgres()) {
+                crate::sql::query("SELECT pg_notify($1, $2)")
+                    .bind(NOTIFICATIONS_CHANNEL)
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(id)
+        }
+        .await;
+        if self.dialect() == Dialect::MariaDb {
+            // Whatever happened: the connection goes back to the pool without it.
+            crate::sql::query("SELECT RELEASE_LOCK('bakery.notifications')")
+                .execute(&mut *conn)
                 .await?;
         }
-        tx.commit().await?;
-        Ok(id)
+        stored
     }
 
     /// Notifications stored after `after_id`, of every user, oldest first.
@@ -315,7 +367,7 @@ impl Database {
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<Notification>, DbError> {
-        let rows: Vec<NotificationTuple> = sqlx::query_as(
+        let rows: Vec<NotificationTuple> = crate::sql::query_as(
             "SELECT id, user_id, kind, payload, created_at, correlation_id FROM notifications
              WHERE id > $1 ORDER BY id LIMIT $2",
         )
@@ -333,7 +385,7 @@ impl Database {
         after_id: i64,
         limit: i64,
     ) -> Result<Vec<Notification>, DbError> {
-        let rows: Vec<NotificationTuple> = sqlx::query_as(
+        let rows: Vec<NotificationTuple> = crate::sql::query_as(
             "SELECT id, user_id, kind, payload, created_at, correlation_id FROM notifications
              WHERE user_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
@@ -351,7 +403,7 @@ impl Database {
         user_id: i64,
         limit: i64,
     ) -> Result<Vec<Notification>, DbError> {
-        let rows: Vec<NotificationTuple> = sqlx::query_as(
+        let rows: Vec<NotificationTuple> = crate::sql::query_as(
             "SELECT id, user_id, kind, payload, created_at, correlation_id FROM notifications
              WHERE user_id = $1 ORDER BY id DESC LIMIT $2",
         )
@@ -364,7 +416,7 @@ impl Database {
 
     /// The newest notification id (0 when none): where a fresh follower starts.
     pub async fn last_notification_id(&self) -> Result<i64, DbError> {
-        let id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM notifications")
+        let id: Option<i64> = crate::sql::query_scalar("SELECT MAX(id) FROM notifications")
             .fetch_one(self.primary())
             .await?;
         Ok(id.unwrap_or(0))

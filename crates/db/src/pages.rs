@@ -91,7 +91,7 @@ impl Database {
         );
         let ((), lsn) = self
             .write(move |pool| async move {
-                sqlx::query(
+                crate::sql::query(
                     "INSERT INTO pages (slug, title, body_markdown, updated_at) VALUES ($1, $2, $3, $4)
                      ON CONFLICT (slug) DO UPDATE
                      SET title = excluded.title, body_markdown = excluded.body_markdown,
@@ -112,7 +112,7 @@ impl Database {
     /// The page `slug` as last written (from the primary: a render must see the
     /// write that asked for it).
     pub async fn page(&self, slug: &str) -> Result<Option<Page>, DbError> {
-        let row: Option<(String, String, String, i64)> = sqlx::query_as(
+        let row: Option<(String, String, String, i64)> = crate::sql::query_as(
             "SELECT slug, title, body_markdown, updated_at FROM pages WHERE slug = $1",
         )
         .bind(slug)
@@ -128,7 +128,7 @@ impl Database {
 
     /// Stores what the edge serves at `page.path` (fresh: not stale).
     pub async fn put_edge_page(&self, page: &EdgePage) -> Result<(), DbError> {
-        sqlx::query(
+        crate::sql::query(
             "INSERT INTO edge_pages (path, content_type, etag, body, gzip, br, immutable, stale, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)
              ON CONFLICT (path) DO UPDATE
@@ -158,7 +158,12 @@ impl Database {
         product_id: i64,
         read_at: i64,
     ) -> Result<bool, DbError> {
-        let stored = sqlx::query(
+        if self.dialect() == crate::Dialect::MariaDb {
+            return self
+                .put_product_page_locked(page, product_id, read_at)
+                .await;
+        }
+        let stored = crate::sql::query(
             "INSERT INTO edge_pages (path, content_type, etag, body, gzip, br, immutable, stale, updated_at, source_read_at)
              SELECT $1, $2, $3, $4, $5, $6, $7, 0, $8, $9
              WHERE EXISTS (SELECT 1 FROM products WHERE id = $10)
@@ -185,10 +190,58 @@ impl Database {
         Ok(stored > 0)
     }
 
+    /// MariaDB's form of [`Database::put_product_page`] (its upsert has no
+    /// condition): the product is locked against deletion and the stored page's
+    /// fence read under a lock, then the page is written or left.
+    async fn put_product_page_locked(
+        &self,
+        page: &EdgePage,
+        product_id: i64,
+        read_at: i64,
+    ) -> Result<bool, DbError> {
+        let mut tx = self.primary().begin().await?;
+        let exists: Option<i64> =
+            crate::sql::query_scalar("SELECT 1 FROM products WHERE id = $1 LOCK IN SHARE MODE")
+                .bind(product_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let fence: Option<i64> = crate::sql::query_scalar(
+            "SELECT source_read_at FROM edge_pages WHERE path = $1 FOR UPDATE",
+        )
+        .bind(&page.path)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if exists.is_none() || fence.is_some_and(|fence| fence > read_at) {
+            return Ok(false);
+        }
+        crate::sql::query(
+            "INSERT INTO edge_pages (path, content_type, etag, body, gzip, br, immutable, stale, updated_at, source_read_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9)
+             ON CONFLICT (path) DO UPDATE
+             SET content_type = excluded.content_type, etag = excluded.etag, body = excluded.body,
+                 gzip = excluded.gzip, br = excluded.br, immutable = excluded.immutable,
+                 stale = 0, gone = 0, updated_at = excluded.updated_at,
+                 source_read_at = excluded.source_read_at",
+        )
+        .bind(&page.path)
+        .bind(&page.content_type)
+        .bind(&page.etag)
+        .bind(&page.body)
+        .bind(&page.gzip)
+        .bind(&page.br)
+        .bind(i64::from(page.immutable))
+        .bind(now_millis())
+        .bind(read_at)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Whether the edge has something at `path` already.
     pub async fn has_edge_page(&self, path: &str) -> Result<bool, DbError> {
         let found: Option<i64> =
-            sqlx::query_scalar("SELECT 1 FROM edge_pages WHERE path = $1 AND gone = 0")
+            crate::sql::query_scalar("SELECT 1 FROM edge_pages WHERE path = $1 AND gone = 0")
                 .bind(path)
                 .fetch_optional(self.primary())
                 .await?;
@@ -206,7 +259,7 @@ impl Database {
         } else {
             "UPDATE edge_pages SET stale = 1, updated_at = $2 WHERE path = $1"
         };
-        let mut query = sqlx::query(sql).bind(path).bind(now_millis());
+        let mut query = crate::sql::query(sql).bind(path).bind(now_millis());
         if gone {
             query = query.bind(Vec::<u8>::new());
         }
@@ -216,7 +269,7 @@ impl Database {
 
     /// What changed at the edge since `since` (unix ms, inclusive), without bodies.
     pub async fn edge_versions_since(&self, since: i64) -> Result<Vec<EdgeVersion>, DbError> {
-        let rows: Vec<(String, String, i64, i64, i64)> = sqlx::query_as(
+        let rows: Vec<(String, String, i64, i64, i64)> = crate::sql::query_as(
             "SELECT path, etag, stale, gone, updated_at FROM edge_pages WHERE updated_at >= $1",
         )
         .bind(since)
@@ -243,7 +296,7 @@ impl Database {
                 "SELECT {EDGE_COLUMNS} FROM edge_pages WHERE gone = 0 AND path IN ({})",
                 list.join(", ")
             );
-            let mut query = sqlx::query_as::<_, EdgeRow>(sqlx::AssertSqlSafe(sql));
+            let mut query = crate::sql::query_as::<EdgeRow>(sqlx::AssertSqlSafe(sql));
             for path in chunk {
                 query = query.bind(path);
             }
@@ -261,7 +314,7 @@ impl Database {
     /// Every path the edge serves, for a follower to drop rows deleted outright.
     pub async fn edge_paths(&self) -> Result<Vec<String>, DbError> {
         Ok(
-            sqlx::query_scalar("SELECT path FROM edge_pages WHERE gone = 0")
+            crate::sql::query_scalar("SELECT path FROM edge_pages WHERE gone = 0")
                 .fetch_all(self.primary())
                 .await?,
         )

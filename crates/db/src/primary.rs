@@ -79,7 +79,7 @@ impl Primary {
 
 /// Whether the server answers and is not a standby (a promoted one is not).
 async fn takes_writes(pool: &AnyPool) -> bool {
-    let query = sqlx::query_scalar::<_, bool>("SELECT NOT pg_is_in_recovery()").fetch_one(pool);
+    let query = crate::sql::query_scalar::<bool>("SELECT NOT pg_is_in_recovery()").fetch_one(pool);
     matches!(
         tokio::time::timeout(Duration::from_millis(500), query).await,
         Ok(Ok(true))

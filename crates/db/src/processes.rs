@@ -128,17 +128,18 @@ fn reachable(addr: SocketAddr, host: &str) -> String {
 
 impl Database {
     /// Adds or replaces this process's row; a replacement soon after the last sign
-    /// of life under the same id counts a restart.
+    /// of life under the same id counts a restart. (`starts` is assigned first: on
+    /// MariaDB later assignments see the earlier ones' new values.)
     pub async fn register_process(&self, me: &Process) -> Result<(), DbError> {
-        sqlx::query(
+        crate::sql::query(
             "INSERT INTO processes (id, role, addr, host, pid, started_at, seen_at, starts)
              VALUES ($1, $2, $3, $4, $5, $6, $6, 1)
              ON CONFLICT (id) DO UPDATE SET
-                role = excluded.role, addr = excluded.addr, host = excluded.host,
-                pid = excluded.pid, started_at = excluded.started_at, seen_at = excluded.seen_at,
                 starts = CASE WHEN processes.pid = excluded.pid THEN processes.starts
                               WHEN processes.seen_at > excluded.seen_at - $7 THEN processes.starts + 1
-                              ELSE 1 END",
+                              ELSE 1 END,
+                role = excluded.role, addr = excluded.addr, host = excluded.host,
+                pid = excluded.pid, started_at = excluded.started_at, seen_at = excluded.seen_at",
         )
         .bind(&me.id)
         .bind(&me.role)
@@ -155,18 +156,19 @@ impl Database {
     /// Marks this process alive; false when its row is gone or another process took
     /// the id (then it registers again).
     pub async fn process_seen(&self, id: &str, pid: i64) -> Result<bool, DbError> {
-        let updated = sqlx::query("UPDATE processes SET seen_at = $1 WHERE id = $2 AND pid = $3")
-            .bind(now_millis())
-            .bind(id)
-            .bind(pid)
-            .execute(self.primary())
-            .await?
-            .rows_affected();
+        let updated =
+            crate::sql::query("UPDATE processes SET seen_at = $1 WHERE id = $2 AND pid = $3")
+                .bind(now_millis())
+                .bind(id)
+                .bind(pid)
+                .execute(self.primary())
+                .await?
+                .rows_affected();
         Ok(updated > 0)
     }
 
     async fn forget_process(&self, id: &str, pid: i64) -> Result<(), DbError> {
-        sqlx::query("DELETE FROM processes WHERE id = $1 AND pid = $2")
+        crate::sql::query("DELETE FROM processes WHERE id = $1 AND pid = $2")
             .bind(id)
             .bind(pid)
             .execute(self.primary())
@@ -176,7 +178,7 @@ impl Database {
 
     /// The processes seen since `since` (Unix milliseconds), by role and id.
     pub async fn processes(&self, since: i64) -> Result<Vec<Process>, DbError> {
-        let rows: Vec<ProcessTuple> = sqlx::query_as(
+        let rows: Vec<ProcessTuple> = crate::sql::query_as(
             "SELECT id, role, addr, host, pid, started_at, seen_at, CAST(starts AS BIGINT)
              FROM processes WHERE seen_at >= $1 ORDER BY role, id",
         )

@@ -9,7 +9,7 @@
 use sqlx::AnyPool;
 use tokio::sync::{Mutex, MutexGuard};
 
-use crate::{Database, DbError, now_millis};
+use crate::{Database, DbError, Dialect, now_millis};
 
 /// The PostgreSQL channel a queue's name is announced on when it gets a message.
 pub const QUEUES_CHANNEL: &str = "bakery_broker";
@@ -62,7 +62,7 @@ pub enum Settle<'a> {
 /// The queues' rows, for one process.
 pub struct Queues {
     pool: AnyPool,
-    postgres: bool,
+    dialect: Dialect,
     /// SQLite: this process's queue writes take turns here rather than in SQLite's
     /// busy handler, which sleeps between tries and wastes most of the time under
     /// contention. (Other processes still contend, much less.)
@@ -77,7 +77,7 @@ impl Database {
     pub fn queues(&self) -> Queues {
         Queues {
             pool: self.primary().clone(),
-            postgres: self.is_postgres(),
+            dialect: self.dialect(),
             sqlite_writer: Mutex::new(()),
         }
     }
@@ -86,10 +86,10 @@ impl Database {
 impl Queues {
     /// SQLite: this process's turn to write (see `sqlite_writer`); PostgreSQL needs none.
     async fn writer_turn(&self) -> Option<MutexGuard<'_, ()>> {
-        if self.postgres {
-            None
-        } else {
+        if self.dialect == Dialect::Sqlite {
             Some(self.sqlite_writer.lock().await)
+        } else {
+            None
         }
     }
 
@@ -108,8 +108,8 @@ impl Queues {
     > {
         let turn = self.writer_turn().await;
         let mut tx = self.pool.begin().await?;
-        if self.postgres {
-            sqlx::query("SET LOCAL synchronous_commit = off")
+        if self.dialect == Dialect::Postgres {
+            crate::sql::query("SET LOCAL synchronous_commit = off")
                 .execute(&mut *tx)
                 .await?;
         }
@@ -118,7 +118,7 @@ impl Queues {
 
     /// Whether the database answers within a second.
     pub async fn is_up(&self) -> bool {
-        let ping = sqlx::query("SELECT 1").execute(&self.pool);
+        let ping = crate::sql::query("SELECT 1").execute(&self.pool);
         matches!(
             tokio::time::timeout(std::time::Duration::from_secs(1), ping).await,
             Ok(Ok(_))
@@ -132,7 +132,7 @@ impl Queues {
         let _turn = self.writer_turn().await;
         let mut tx = self.pool.begin().await?;
         for queue in queues {
-            sqlx::query(
+            crate::sql::query(
                 "INSERT INTO broker_messages (queue, message_id, correlation_id, kind, body, due_at, created_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $6) ON CONFLICT (queue, message_id) DO NOTHING",
             )
@@ -154,8 +154,8 @@ impl Queues {
     /// transaction would serialise every publisher's commit on PostgreSQL's
     /// notification lock. Lost in a crash, it costs a poll. SQLite: nothing.
     pub async fn announce(&self, queue: &str) {
-        if self.postgres {
-            let _ = sqlx::query("SELECT pg_notify($1, $2)")
+        if self.dialect == Dialect::Postgres {
+            let _ = crate::sql::query("SELECT pg_notify($1, $2)")
                 .bind(QUEUES_CHANNEL)
                 .bind(queue)
                 .execute(&self.pool)
@@ -173,7 +173,7 @@ impl Queues {
     ) -> Result<Vec<Claimed>, DbError> {
         let now = now_millis();
         // A read first: idle polling must not take SQLite's write lock.
-        let ready: Option<i64> = sqlx::query_scalar(
+        let ready: Option<i64> = crate::sql::query_scalar(
             "SELECT id FROM broker_messages WHERE queue = $1 AND due_at <= $2 AND leased_until <= $2 LIMIT 1",
         )
         .bind(queue)
@@ -183,27 +183,56 @@ impl Queues {
         if ready.is_none() {
             return Ok(Vec::new());
         }
-        let skip_locked = if self.postgres {
-            " FOR UPDATE SKIP LOCKED"
-        } else {
-            ""
-        };
-        let sql = format!(
-            "UPDATE broker_messages SET leased_until = $1, attempts = attempts + 1
-             WHERE id IN (SELECT id FROM broker_messages
-                          WHERE queue = $2 AND due_at <= $3 AND leased_until <= $3
-                          ORDER BY id LIMIT $4{skip_locked})
-               AND leased_until <= $3
-             RETURNING id, message_id, correlation_id, kind, body, attempts"
-        );
         let (mut tx, _turn) = self.bookkeeping().await?;
-        let mut rows: Vec<ClaimedRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(leased_until)
+        let mut rows: Vec<ClaimedRow> = if self.dialect == Dialect::MariaDb {
+            // No UPDATE ... RETURNING: the rows are locked, changed and read back.
+            let ids: Vec<i64> = crate::sql::query_scalar(
+                "SELECT id FROM broker_messages WHERE queue = $1 AND due_at <= $2 AND leased_until <= $2
+                 ORDER BY id LIMIT $3 FOR UPDATE SKIP LOCKED",
+            )
             .bind(queue)
             .bind(now)
             .bind(limit as i64)
             .fetch_all(&mut *tx)
             .await?;
+            if ids.is_empty() {
+                Vec::new()
+            } else {
+                let ids = crate::sql::id_list(&ids);
+                crate::sql::query(format!(
+                    "UPDATE broker_messages SET leased_until = $1, attempts = attempts + 1 WHERE id IN ({ids})"
+                ))
+                .bind(leased_until)
+                .execute(&mut *tx)
+                .await?;
+                crate::sql::query_as(format!(
+                    "SELECT id, message_id, correlation_id, kind, body, attempts FROM broker_messages WHERE id IN ({ids})"
+                ))
+                .fetch_all(&mut *tx)
+                .await?
+            }
+        } else {
+            let skip_locked = if self.dialect == Dialect::Postgres {
+                " FOR UPDATE SKIP LOCKED"
+            } else {
+                ""
+            };
+            let sql = format!(
+                "UPDATE broker_messages SET leased_until = $1, attempts = attempts + 1
+                 WHERE id IN (SELECT id FROM broker_messages
+                              WHERE queue = $2 AND due_at <= $3 AND leased_until <= $3
+                              ORDER BY id LIMIT $4{skip_locked})
+                   AND leased_until <= $3
+                 RETURNING id, message_id, correlation_id, kind, body, attempts"
+            );
+            crate::sql::query_as(sql)
+                .bind(leased_until)
+                .bind(queue)
+                .bind(now)
+                .bind(limit as i64)
+                .fetch_all(&mut *tx)
+                .await?
+        };
         tx.commit().await?;
         rows.sort_by_key(|row| row.0);
         Ok(rows
@@ -226,14 +255,14 @@ impl Queues {
         let (mut tx, _turn) = self.bookkeeping().await?;
         match how {
             Settle::Ack => {
-                sqlx::query("DELETE FROM broker_messages WHERE id = $1 AND attempts = $2")
+                crate::sql::query("DELETE FROM broker_messages WHERE id = $1 AND attempts = $2")
                     .bind(row)
                     .bind(attempt)
                     .execute(&mut *tx)
                     .await?;
             }
             Settle::RetryAt { due_at, reason } => {
-                sqlx::query(
+                crate::sql::query(
                     "UPDATE broker_messages SET due_at = $3, leased_until = 0, last_error = $4
                      WHERE id = $1 AND attempts = $2",
                 )
@@ -245,7 +274,7 @@ impl Queues {
                 .await?;
             }
             Settle::Dead { dead_queue, reason } => {
-                sqlx::query(
+                crate::sql::query(
                     "UPDATE broker_messages SET queue = $3, leased_until = 0, last_error = $4, dead_at = $5
                      WHERE id = $1 AND attempts = $2",
                 )
@@ -265,12 +294,14 @@ impl Queues {
     /// Extends the lease of `row` claimed as `attempt` to `leased_until`.
     pub async fn renew(&self, row: i64, attempt: i64, leased_until: i64) -> Result<(), DbError> {
         let (mut tx, _turn) = self.bookkeeping().await?;
-        sqlx::query("UPDATE broker_messages SET leased_until = $3 WHERE id = $1 AND attempts = $2")
-            .bind(row)
-            .bind(attempt)
-            .bind(leased_until)
-            .execute(&mut *tx)
-            .await?;
+        crate::sql::query(
+            "UPDATE broker_messages SET leased_until = $3 WHERE id = $1 AND attempts = $2",
+        )
+        .bind(row)
+        .bind(attempt)
+        .bind(leased_until)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -279,7 +310,7 @@ impl Queues {
     /// Messages per queue (dead-letter queues included, by their own name): ready
     /// (due now or later, not leased) and leased (being handled).
     pub async fn depths(&self) -> Result<Vec<(String, i64, i64)>, DbError> {
-        Ok(sqlx::query_as(
+        Ok(crate::sql::query_as(
             "SELECT queue,
                     CAST(SUM(CASE WHEN leased_until <= $1 THEN 1 ELSE 0 END) AS BIGINT),
                     CAST(SUM(CASE WHEN leased_until > $1 THEN 1 ELSE 0 END) AS BIGINT)
@@ -291,7 +322,7 @@ impl Queues {
     }
 
     pub async fn dead(&self, dead_queue: &str) -> Result<Vec<Dead>, DbError> {
-        let rows: Vec<DeadRow> = sqlx::query_as(
+        let rows: Vec<DeadRow> = crate::sql::query_as(
             "SELECT message_id, kind, correlation_id, attempts, last_error, dead_at
              FROM broker_messages WHERE queue = $1 ORDER BY id",
         )
@@ -321,7 +352,7 @@ impl Queues {
         dead_queue: &str,
         message_id: Option<&str>,
     ) -> Result<usize, DbError> {
-        let done = sqlx::query(
+        let done = crate::sql::query(
             "UPDATE broker_messages SET queue = $1, attempts = 0, due_at = $3, leased_until = 0, dead_at = NULL
              WHERE queue = $2 AND ($4 = '' OR message_id = $4)",
         )

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use sqlx::AnyPool;
 
-/// A position in the primary's write-ahead log (PostgreSQL's `pg_lsn`).
+/// A position in the primary's log of writes: PostgreSQL's WAL position (`pg_lsn`,
+/// in bytes), or MariaDB's GTID sequence number (in transactions, of replication
+/// domain 0: one primary writes them all).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Lsn(pub u64);
 
@@ -29,6 +31,49 @@ impl Lsn {
         let high = u64::from_str_radix(high, 16).ok()?;
         let low = u64::from_str_radix(low, 16).ok()?;
         Some(Self((high << 32) | low))
+    }
+
+    /// Parses MariaDB's GTID position, `0-1-123` (domain-server-sequence; several
+    /// domains comma-separated): the sequence number of domain 0. An empty position
+    /// (no transaction logged yet) is 0.
+    pub fn parse_gtid(text: &str) -> Option<Self> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Some(Self(0));
+        }
+        text.split(',').find_map(|gtid| {
+            let mut parts = gtid.trim().splitn(3, '-');
+            let (domain, _server, seq) = (parts.next()?, parts.next()?, parts.next()?);
+            (domain == "0")
+                .then(|| seq.parse().ok().map(Self))
+                .flatten()
+        })
+    }
+}
+
+/// How an engine tells where its log is: the primary's position now, a replica's
+/// position applied, and the text's form.
+#[derive(Clone, Copy)]
+pub(crate) struct Positions {
+    pub(crate) primary: &'static str,
+    replica: &'static str,
+    pub(crate) parse: fn(&str) -> Option<Lsn>,
+}
+
+impl Positions {
+    pub(crate) fn of(dialect: crate::Dialect) -> Self {
+        match dialect {
+            crate::Dialect::MariaDb => Self {
+                primary: "SELECT CAST(@@gtid_binlog_pos AS CHAR)",
+                replica: "SELECT CAST(@@gtid_slave_pos AS CHAR)",
+                parse: Lsn::parse_gtid,
+            },
+            _ => Self {
+                primary: "SELECT CAST(pg_current_wal_lsn() AS TEXT)",
+                replica: "SELECT CAST(pg_last_wal_replay_lsn() AS TEXT)",
+                parse: Lsn::parse,
+            },
+        }
     }
 }
 
@@ -173,20 +218,20 @@ impl Replicas {
     pub(crate) fn spawn_poller(
         self: Arc<Self>,
         primary: Arc<crate::Primary>,
+        positions: Positions,
     ) -> tokio::task::JoinHandle<()> {
-        const PRIMARY_LSN: &str = "SELECT CAST(pg_current_wal_lsn() AS TEXT)";
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_millis(100));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut history = Positions::default();
+            let mut history = History::default();
             let mut primary_looks = Looks::up();
             let mut replica_looks: Vec<Looks> =
                 self.members.iter().map(|_| Looks::down()).collect();
             loop {
                 tick.tick().await;
-                let mut primary_lsn = position(primary.pool(), PRIMARY_LSN).await;
+                let mut primary_lsn = position(primary.pool(), positions.primary, positions).await;
                 if primary_lsn.is_none() && primary.has_alternatives() && primary.find().await {
-                    primary_lsn = position(primary.pool(), PRIMARY_LSN).await;
+                    primary_lsn = position(primary.pool(), positions.primary, positions).await;
                 }
                 let up = primary_looks.saw(primary_lsn.is_some());
                 let was_up = self.primary_up.swap(up, Ordering::Relaxed);
@@ -199,11 +244,7 @@ impl Replicas {
                 }
                 let primary_at = self.primary_lsn.load(Ordering::Relaxed);
                 for (replica, looks) in self.members.iter().zip(&mut replica_looks) {
-                    let replay = position(
-                        &replica.pool,
-                        "SELECT CAST(pg_last_wal_replay_lsn() AS TEXT)",
-                    )
-                    .await;
+                    let replay = position(&replica.pool, positions.replica, positions).await;
                     if let Some(lsn) = replay {
                         replica.replay.fetch_max(lsn.0, Ordering::Relaxed);
                     }
@@ -258,12 +299,12 @@ impl Looks {
 /// how long ago the primary was where the replica is now (as PostgreSQL's own
 /// `replay_lag`, with no privilege needed and at the poller's resolution).
 #[derive(Default)]
-struct Positions {
+struct History {
     /// (first seen at, position), oldest first, positions increasing.
     seen: std::collections::VecDeque<(std::time::Instant, u64)>,
 }
 
-impl Positions {
+impl History {
     /// Kept for this long: a replica further behind shows at least this.
     const WINDOW: Duration = Duration::from_secs(60);
 
@@ -291,11 +332,11 @@ impl Positions {
     }
 }
 
-/// One WAL position query with a short limit; `None` when the server does not answer.
-async fn position(pool: &AnyPool, sql: &'static str) -> Option<Lsn> {
-    let query = sqlx::query_scalar::<_, String>(sql).fetch_one(pool);
+/// One position query with a short limit; `None` when the server does not answer.
+async fn position(pool: &AnyPool, sql: &'static str, positions: Positions) -> Option<Lsn> {
+    let query = crate::sql::query_scalar::<String>(sql).fetch_one(pool);
     match tokio::time::timeout(Duration::from_millis(500), query).await {
-        Ok(Ok(text)) => Lsn::parse(&text),
+        Ok(Ok(text)) => (positions.parse)(&text),
         _ => None,
     }
 }
@@ -372,5 +413,14 @@ mod tests {
         assert_eq!(Lsn::parse("0/4000000"), Some(Lsn(0x4000000)));
         assert!(Lsn::parse("1/0").unwrap() > Lsn::parse("0/FFFFFFFF").unwrap());
         assert_eq!(Lsn::parse("nonsense"), None);
+    }
+
+    #[test]
+    fn gtid_positions_parse_as_domain_zero_sequence_numbers() {
+        assert_eq!(Lsn::parse_gtid("0-1-123"), Some(Lsn(123)));
+        assert_eq!(Lsn::parse_gtid("1-2-9,0-1-77"), Some(Lsn(77)));
+        assert_eq!(Lsn::parse_gtid(""), Some(Lsn(0)), "nothing logged yet");
+        assert_eq!(Lsn::parse_gtid("0-1-x"), None);
+        assert!(Lsn::parse_gtid("0-1-10").unwrap() > Lsn::parse_gtid("0-2-9").unwrap());
     }
 }

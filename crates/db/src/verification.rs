@@ -30,7 +30,7 @@ impl Database {
         email: &str,
         expires_at: i64,
     ) -> Result<bool, DbError> {
-        let stored = sqlx::query(
+        let stored = crate::sql::query(
             "INSERT INTO email_tokens (token_digest, user_id, email, expires_at)
              SELECT $1, $2, $3, $4 WHERE EXISTS (SELECT 1 FROM users WHERE id = $2 AND email = $3)",
         )
@@ -54,26 +54,37 @@ impl Database {
         let now = now_millis();
         self.write(async |pool| {
             let mut tx = pool.begin().await?;
-            let claimed: Option<(i64, String)> = sqlx::query_as(
+            // Then read back once it is ours (MariaDB has no UPDATE ... RETURNING).
+            let done = crate::sql::query(
                 "UPDATE email_tokens SET used_at = $2
-                     WHERE token_digest = $1 AND used_at IS NULL AND expires_at > $2
-                     RETURNING user_id, email",
+                 WHERE token_digest = $1 AND used_at IS NULL AND expires_at > $2",
             )
             .bind(digest(token))
             .bind(now)
-            .fetch_optional(&mut *tx)
+            .execute(&mut *tx)
             .await?;
+            let claimed: Option<(i64, String)> = if done.rows_affected() == 0 {
+                None
+            } else {
+                crate::sql::query_as(
+                    "SELECT user_id, email FROM email_tokens WHERE token_digest = $1",
+                )
+                .bind(digest(token))
+                .fetch_optional(&mut *tx)
+                .await?
+            };
             let Some((user_id, email)) = claimed else {
                 return Ok(None);
             };
-            let verified =
-                sqlx::query("UPDATE users SET email_verified = 1 WHERE id = $1 AND email = $2")
-                    .bind(user_id)
-                    .bind(&email)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected()
-                    > 0;
+            let verified = crate::sql::query(
+                "UPDATE users SET email_verified = 1 WHERE id = $1 AND email = $2",
+            )
+            .bind(user_id)
+            .bind(&email)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0;
             tx.commit().await?;
             Ok(verified.then_some(Verified { user_id, email }))
         })
@@ -83,7 +94,8 @@ impl Database {
     /// Takes a place in `user_id`'s mail budget for the message `message_id`: at
     /// most `limit` messages since `since` (unix ms). True when the message has
     /// its place (also when it had one before: a redelivery of the same mail).
-    /// Atomic across processes: SQLite's one writer, PostgreSQL's lock on the user.
+    /// Atomic across processes: SQLite's one writer, PostgreSQL's advisory lock on the
+    /// user, MariaDB's lock on the user's row.
     pub async fn reserve_mail(
         &self,
         message_id: &str,
@@ -91,17 +103,19 @@ impl Database {
         since: i64,
         limit: i64,
     ) -> Result<bool, DbError> {
-        let postgres = self.is_postgres();
+        let dialect = self.dialect();
         let (reserved, _) = self
             .write(async |pool| {
                 let mut tx = pool.begin().await?;
-                if postgres {
-                    sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                        .bind(user_id)
-                        .execute(&mut *tx)
-                        .await?;
+                let lock = match dialect {
+                    crate::Dialect::Postgres => Some("SELECT pg_advisory_xact_lock($1)"),
+                    crate::Dialect::MariaDb => Some("SELECT id FROM users WHERE id = $1 FOR UPDATE"),
+                    crate::Dialect::Sqlite => None,
+                };
+                if let Some(lock) = lock {
+                    crate::sql::query(lock).bind(user_id).execute(&mut *tx).await?;
                 }
-                sqlx::query(
+                crate::sql::query(
                     "INSERT INTO mail_sent (message_id, user_id, sent_at)
                      SELECT $1, $2, $3
                      WHERE (SELECT COUNT(*) FROM mail_sent WHERE user_id = $2 AND sent_at >= $4) < $5
@@ -115,7 +129,7 @@ impl Database {
                 .execute(&mut *tx)
                 .await?;
                 let reserved: Option<i64> =
-                    sqlx::query_scalar("SELECT 1 FROM mail_sent WHERE message_id = $1")
+                    crate::sql::query_scalar("SELECT 1 FROM mail_sent WHERE message_id = $1")
                         .bind(message_id)
                         .fetch_optional(&mut *tx)
                         .await?;

@@ -70,6 +70,62 @@ pub async fn fresh_postgres_database() -> String {
     format!("{base}/{name}")
 }
 
+/// The MariaDB primary the tests use (`scripts/services.sh` starts it, with a replica).
+pub fn mariadb_admin_url() -> String {
+    std::env::var("BAKERY_TEST_MARIADB_URL")
+        .unwrap_or_else(|_| "mysql://bakery:bakery@127.0.0.1:3307/mysql".into())
+}
+
+/// The MariaDB replica of the tests' primary.
+pub fn mariadb_replica_admin_url() -> String {
+    std::env::var("BAKERY_TEST_MARIADB_REPLICA_URL")
+        .unwrap_or_else(|_| "mysql://bakery:bakery@127.0.0.1:3308/mysql".into())
+}
+
+/// A fresh, empty MariaDB database for one test, there on the replica too; its
+/// primary's URL. Fails naming the server if it is down.
+pub async fn fresh_mariadb_database() -> String {
+    use sqlx::Connection;
+    let admin = mariadb_admin_url();
+    let mut conn = sqlx::MySqlConnection::connect(&admin)
+        .await
+        .unwrap_or_else(|e| {
+            panic!("MariaDB is needed at {admin} (set BAKERY_TEST_MARIADB_URL): {e}")
+        });
+    let name = format!("bakery_test_{:016x}", rand::random::<u64>());
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    let _ = conn.close().await;
+    let url = format!("{}/{name}", base_of(&admin));
+    let replica = mariadb_replica_url_for(&url);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match sqlx::MySqlConnection::connect(&replica).await {
+            Ok(conn) => {
+                let _ = conn.close().await;
+                return url;
+            }
+            Err(e) if Instant::now() > deadline => panic!(
+                "the MariaDB replica is needed at {replica} (set BAKERY_TEST_MARIADB_REPLICA_URL): {e}"
+            ),
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// The MariaDB replica's URL for the database at `primary_url`.
+pub fn mariadb_replica_url_for(primary_url: &str) -> String {
+    let name = primary_url.rsplit('/').next().unwrap_or_default();
+    format!("{}/{name}", base_of(&mariadb_replica_admin_url()))
+}
+
+/// A URL without its database name.
+fn base_of(url: &str) -> &str {
+    url.rsplit_once('/').map(|(b, _)| b).unwrap_or(url)
+}
+
 /// The two Memcached nodes `scripts/services.sh` starts.
 pub fn memcached_nodes() -> Vec<String> {
     vec!["127.0.0.1:11211".to_string(), "127.0.0.1:11212".to_string()]
@@ -114,6 +170,8 @@ pub enum Engine {
     /// The embedded broker in PostgreSQL (`SKIP LOCKED`, `LISTEN/NOTIFY`), on a
     /// fresh database.
     EmbeddedPostgres,
+    /// The embedded broker in MariaDB (`SKIP LOCKED`, polling), on a fresh database.
+    EmbeddedMariaDb,
     /// RabbitMQ on a vhost of its own (the database stays the default SQLite).
     RabbitMq,
 }
@@ -127,6 +185,9 @@ impl Engine {
                 "BAKERY_DATABASE_URL".into(),
                 fresh_postgres_database().await,
             )],
+            Self::EmbeddedMariaDb => {
+                vec![("BAKERY_DATABASE_URL".into(), fresh_mariadb_database().await)]
+            }
             Self::RabbitMq => vec![("BAKERY_BROKER_URL".into(), fresh_rabbitmq_url())],
         }
     }

@@ -190,23 +190,35 @@ async fn documents_survive_faults(engine: Engine) {
     // same version); and a product written straight into the tables, as a bulk load
     // would, which no event announced: it has no document.
     use sqlx::Connection;
-    let mut db = sqlx::PgConnection::connect(&database_url).await.unwrap();
-    sqlx::query(
-        "UPDATE product_documents SET body = jsonb_set(body, '{price_cents}', '1') WHERE product_id = $1",
-    )
-    .bind(ids[1])
-    .execute(&mut db)
-    .await
-    .unwrap();
-    let loaded: i64 = sqlx::query_scalar(
-        "INSERT INTO products (name, created_at, updated_at) VALUES ('Loaded loaf', 1, 1) RETURNING id",
-    )
-    .fetch_one(&mut db)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO product_prices (product_id, price_cents, updated_at) VALUES ($1, 90, 1)",
-    )
+    sqlx::any::install_default_drivers();
+    let mut db = sqlx::AnyConnection::connect(&database_url).await.unwrap();
+    let (spoil, placeholder) = if database_url.starts_with("mysql:") {
+        (
+            "UPDATE product_documents SET body = JSON_SET(body, '$.price_cents', 1) WHERE product_id = ?",
+            "?",
+        )
+    } else {
+        (
+            "UPDATE product_documents SET body = jsonb_set(body, '{price_cents}', '1') WHERE product_id = $1",
+            "$1",
+        )
+    };
+    sqlx::query(spoil)
+        .bind(ids[1])
+        .execute(&mut db)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO products (name, created_at, updated_at) VALUES ('Loaded loaf', 1, 1)")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let loaded: i64 = sqlx::query_scalar("SELECT MAX(id) FROM products WHERE name = 'Loaded loaf'")
+        .fetch_one(&mut db)
+        .await
+        .unwrap();
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO product_prices (product_id, price_cents, updated_at) VALUES ({placeholder}, 90, 1)"
+    )))
     .bind(loaded)
     .execute(&mut db)
     .await
@@ -246,6 +258,11 @@ async fn documents_survive_faults(engine: Engine) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn documents_equal_the_tables_after_workers_are_killed_mid_burst_embedded_postgres() {
     documents_survive_faults(Engine::EmbeddedPostgres).await;
+}
+
+#[tokio::test]
+async fn documents_equal_the_tables_after_workers_are_killed_mid_burst_embedded_mariadb() {
+    documents_survive_faults(Engine::EmbeddedMariaDb).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

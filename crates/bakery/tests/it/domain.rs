@@ -490,6 +490,22 @@ async fn the_domain_on_postgres_with_a_replica() {
     domain_suite(&up).await;
 }
 
+/// Path 2 (issue 28), "you can still use MySQL": the same suite on MariaDB with a
+/// replica following it by GTID.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_domain_on_mariadb_with_a_replica() {
+    let url = crate::harness::fresh_mariadb_database().await;
+    let replica = crate::harness::mariadb_replica_url_for(&url);
+    let up = Up::start(
+        vec![
+            ("BAKERY_DATABASE_URL".into(), url),
+            ("BAKERY_REPLICA_URLS".into(), replica),
+        ],
+        3,
+    );
+    domain_suite(&up).await;
+}
+
 /// Path 2 (issue 28): the same suite with product reads from the de-normalised
 /// documents (with a replica: documents are read there too), and the documents equal
 /// to the tables afterwards.

@@ -85,6 +85,12 @@ async fn twelve_uploads_with_a_worker_killed_mid_job_give_twelve_images_once_eac
 }
 
 #[tokio::test]
+async fn twelve_uploads_with_a_worker_killed_mid_job_give_twelve_images_once_each_embedded_on_mariadb()
+ {
+    twelve_uploads(Engine::EmbeddedMariaDb).await;
+}
+
+#[tokio::test]
 async fn twelve_uploads_with_a_worker_killed_mid_job_give_twelve_images_once_each_rabbitmq() {
     twelve_uploads(Engine::RabbitMq).await;
 }

@@ -90,6 +90,11 @@ async fn jobs_succeed_retry_fail_cancel_and_are_queued_again_on_postgres() {
     lifecycle(Engine::EmbeddedPostgres).await;
 }
 
+#[tokio::test]
+async fn jobs_succeed_retry_fail_cancel_and_are_queued_again_on_mariadb() {
+    lifecycle(Engine::EmbeddedMariaDb).await;
+}
+
 async fn lifecycle(engine: Engine) {
     let up = start(engine).await;
     let http = harness::client();
@@ -226,6 +231,11 @@ async fn a_worker_killed_mid_job_loses_it_to_another_and_each_job_ends_once_embe
 #[tokio::test]
 async fn a_worker_killed_mid_job_loses_it_to_another_and_each_job_ends_once_embedded_on_postgres() {
     killed_worker_loses_its_job_to_another(Engine::EmbeddedPostgres).await;
+}
+
+#[tokio::test]
+async fn a_worker_killed_mid_job_loses_it_to_another_and_each_job_ends_once_embedded_on_mariadb() {
+    killed_worker_loses_its_job_to_another(Engine::EmbeddedMariaDb).await;
 }
 
 #[tokio::test]

@@ -155,6 +155,11 @@ async fn one_rsvp_reaches_one_mail_two_push_processes_and_its_follow_up_embedded
 }
 
 #[tokio::test]
+async fn one_rsvp_reaches_one_mail_two_push_processes_and_its_follow_up_embedded_on_mariadb() {
+    one_rsvp_reaches_everyone(Engine::EmbeddedMariaDb).await;
+}
+
+#[tokio::test]
 async fn one_rsvp_reaches_one_mail_two_push_processes_and_its_follow_up_rabbitmq() {
     one_rsvp_reaches_everyone(Engine::RabbitMq).await;
 }
@@ -449,6 +454,12 @@ async fn killing_the_email_service_mid_message_delivers_every_mail_under_one_mes
 async fn killing_the_email_service_mid_message_delivers_every_mail_under_one_message_id_embedded_on_postgres()
  {
     killed_email_service_sends_each_mail_once(Engine::EmbeddedPostgres).await;
+}
+
+#[tokio::test]
+async fn killing_the_email_service_mid_message_delivers_every_mail_under_one_message_id_embedded_on_mariadb()
+ {
+    killed_email_service_sends_each_mail_once(Engine::EmbeddedMariaDb).await;
 }
 
 #[tokio::test]
