@@ -571,6 +571,21 @@ mod tests {
     }
 
     #[test]
+    fn mysql_and_mariadb_urls_are_mariadb() {
+        let url = DatabaseUrl::parse("mysql://bob:secret@db:3306/bakery").unwrap();
+        assert_eq!(url.engine(), DatabaseEngine::MariaDb);
+        assert!(!url.is_postgres());
+        assert_eq!(url.redacted(), "mysql://bob:***@db:3306/bakery");
+        let url = DatabaseUrl::parse("mariadb://bob@db/bakery").unwrap();
+        assert_eq!(
+            (url.engine(), url.as_str()),
+            (DatabaseEngine::MariaDb, "mysql://bob@db/bakery")
+        );
+        assert!(DatabaseUrl::parse("mysql:///bakery").is_err(), "no host");
+        assert!(DatabaseUrl::parse("mysql://u@h1:3306,h2:3306/bakery").is_err());
+    }
+
+    #[test]
     fn a_postgres_url_may_name_several_hosts() {
         let url =
             DatabaseUrl::parse("postgres://bob:secret@db-1:5432,db-2:5433/bakery?sslmode=disable")

@@ -917,6 +917,25 @@ mod tests {
         assert_eq!(config.http.request_timeout, Duration::from_secs(9));
         assert!(config.web.cookie_secure);
         assert!(config.email.smtp_url.is_some());
+        // Replicas are of the primary's engine.
+        let mixed = Config::from_layers(
+            None,
+            env(&[
+                ("BAKERY_DATABASE_URL", "mysql://p/db"),
+                ("BAKERY_REPLICA_URLS", "postgres://r/db"),
+            ]),
+        )
+        .unwrap_err();
+        assert_eq!(mixed.variable, "BAKERY_REPLICA_URLS");
+        let mariadb = Config::from_layers(
+            None,
+            env(&[
+                ("BAKERY_DATABASE_URL", "mysql://p/db"),
+                ("BAKERY_REPLICA_URLS", "mysql://r1/db,mysql://r2/db"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(mariadb.database.replica_urls.len(), 2);
         for variable in [
             "BAKERY_WORKER_CONCURRENCY",
             "BAKERY_JOB_LEASE_SECS",

@@ -1,10 +1,11 @@
-//! The database: one pool on the primary (SQLite or PostgreSQL, chosen by the URL),
-//! migrations, and the queries of each part of the domain (`accounts`, ...).
+//! The database: one pool on the primary (SQLite, PostgreSQL or MariaDB, chosen by
+//! the URL), migrations, and the queries of each part of the domain (`accounts`, ...).
 //!
-//! One code path serves both engines through sqlx's `Any` driver: queries use `$n`
-//! placeholders, which SQLite and PostgreSQL both accept, and portable SQL
-//! (`RETURNING`, `ON CONFLICT`). Times are stored as unix milliseconds (`BIGINT`).
-//! This crate knows nothing of HTTP; it answers with [`DbError`].
+//! One code path serves the three engines through sqlx's `Any` driver: queries are
+//! written once with `$n` placeholders and portable SQL (`RETURNING` on inserts,
+//! `ON CONFLICT`), which SQLite and PostgreSQL read as they are and [`sql`] rewrites
+//! for MariaDB. Times are stored as unix milliseconds (`BIGINT`). This crate knows
+//! nothing of HTTP; it answers with [`DbError`].
 
 use std::sync::Arc;
 use std::time::Duration;

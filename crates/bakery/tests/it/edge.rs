@@ -224,6 +224,11 @@ async fn a_price_change_reaches_the_anonymous_product_page_within_2_s_embedded()
 }
 
 #[tokio::test]
+async fn a_price_change_reaches_the_anonymous_product_page_within_2_s_embedded_on_mariadb() {
+    price_change_reaches_the_edge(Engine::EmbeddedMariaDb).await;
+}
+
+#[tokio::test]
 async fn a_price_change_reaches_the_anonymous_product_page_within_2_s_rabbitmq() {
     price_change_reaches_the_edge(Engine::RabbitMq).await;
 }
@@ -332,7 +337,17 @@ async fn renders_queued(up: &Up) -> f64 {
 /// moment, and while one is queued no other is added (the burst joins it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_changes_renders_once() {
-    let up = start(Engine::Embedded).await;
+    burst_renders_once(Engine::Embedded).await;
+}
+
+/// The same on MariaDB, whose render fence and job dedupe have forms of their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_changes_renders_once_on_mariadb() {
+    burst_renders_once(Engine::EmbeddedMariaDb).await;
+}
+
+async fn burst_renders_once(engine: Engine) {
+    let up = start(engine).await;
     let http = harness::client();
     let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
     let id = harness::create_product(&up.base, &admin, "Burst loaf", "Changed often.", 100).await;

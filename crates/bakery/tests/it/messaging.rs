@@ -617,13 +617,23 @@ async fn messages_of_an_unknown_type_or_version_are_dead_with_their_reason_rabbi
 /// each time.
 #[tokio::test]
 async fn addresses_are_verified_before_mail_goes_to_them() {
+    addresses_are_verified(Engine::Embedded).await;
+}
+
+/// The same on MariaDB (a token used once, the mail budget under a row lock).
+#[tokio::test]
+async fn addresses_are_verified_before_mail_goes_to_them_on_mariadb() {
+    addresses_are_verified(Engine::EmbeddedMariaDb).await;
+}
+
+async fn addresses_are_verified(engine: Engine) {
     let sink = SmtpSink::start();
     let mut env = vec![
         ("BAKERY_SMTP_URL".to_string(), sink.url()),
         ("BAKERY_PUBLIC_URL".into(), "https://bakery.example/".into()),
         ("BAKERY_EMAIL_MAX_PER_USER_PER_HOUR".into(), "3".into()),
     ];
-    env.extend(Engine::Embedded.env().await);
+    env.extend(engine.env().await);
     let up = Up::start(env, 1);
     let http = harness::client();
     let name = format!("verify{:x}", rand::random::<u32>());

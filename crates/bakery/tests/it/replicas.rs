@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::harness::{
-    Up, client, error_code, eventually, fresh_replicated_database, log_in, replica_admin_url,
+    self, Up, client, error_code, eventually, fresh_replicated_database, log_in, replica_admin_url,
     replica_url_for,
 };
 use crate::proxy::CuttableProxy;
@@ -41,19 +41,51 @@ async fn price_and_role(http: &reqwest::Client, url: &str, cookie: Option<&str>)
     (body["price_cents"].as_i64().unwrap(), role)
 }
 
-/// Pauses WAL replay on the shared replica until dropped (also when a test fails).
-struct ReplayPaused;
+/// The database engines with replicas: a fresh database on each's shared primary
+/// and the URL of the same database on its replica.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Engine {
+    Postgres,
+    MariaDb,
+}
+
+impl Engine {
+    async fn fresh(self) -> (String, String) {
+        match self {
+            Self::Postgres => {
+                let url = fresh_replicated_database().await;
+                let replica = replica_url_for(&url);
+                (url, replica)
+            }
+            Self::MariaDb => {
+                let url = harness::fresh_mariadb_database().await;
+                let replica = harness::mariadb_replica_url_for(&url);
+                (url, replica)
+            }
+        }
+    }
+}
+
+/// Stops the shared replica applying what it receives until dropped (also when a
+/// test fails): PostgreSQL's WAL replay paused, MariaDB's SQL thread stopped.
+struct ReplayPaused(Engine);
 
 impl ReplayPaused {
-    fn start() -> Self {
-        psql_on_replica("SELECT pg_wal_replay_pause()");
-        Self
+    fn start(engine: Engine) -> Self {
+        match engine {
+            Engine::Postgres => psql_on_replica("SELECT pg_wal_replay_pause()"),
+            Engine::MariaDb => mariadb_on_replica("STOP SLAVE SQL_THREAD"),
+        }
+        Self(engine)
     }
 }
 
 impl Drop for ReplayPaused {
     fn drop(&mut self) {
-        psql_on_replica("SELECT pg_wal_replay_resume()");
+        match self.0 {
+            Engine::Postgres => psql_on_replica("SELECT pg_wal_replay_resume()"),
+            Engine::MariaDb => mariadb_on_replica("START SLAVE SQL_THREAD"),
+        }
     }
 }
 
@@ -64,6 +96,26 @@ fn psql_on_replica(sql: &str) {
         .status()
         .expect("psql is needed");
     assert!(status.success(), "{sql} on the replica");
+}
+
+fn mariadb_on_replica(sql: &str) {
+    let replica = harness::mariadb_replica_admin_url();
+    let addr = addr_of(&replica);
+    let status = std::process::Command::new("mariadb")
+        .args([
+            "-h",
+            &addr.ip().to_string(),
+            "-P",
+            &addr.port().to_string(),
+            "-ubakery",
+            "-pbakery",
+            "-e",
+            sql,
+        ])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("the mariadb client is needed");
+    assert!(status.success(), "{sql} on the MariaDB replica");
 }
 
 fn addr_of(url: &str) -> SocketAddr {
@@ -88,12 +140,23 @@ async fn new_product(http: &reqwest::Client, up: &Up, admin: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_your_writes_while_the_replica_is_paused() {
-    let url = fresh_replicated_database().await;
+    read_your_writes(Engine::Postgres).await;
+}
+
+/// MariaDB: the writer's reads wait for the replica to have applied the write's
+/// GTID; with the replica's SQL thread stopped, none of them is stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_your_writes_while_the_replica_is_paused_mariadb() {
+    read_your_writes(Engine::MariaDb).await;
+}
+
+async fn read_your_writes(engine: Engine) {
+    let (url, replica) = engine.fresh().await;
     let up = Up::start(
         vec![
             ("BAKERY_CACHE_URL".into(), "none".into()),
             ("BAKERY_DATABASE_URL".into(), url.clone()),
-            ("BAKERY_REPLICA_URLS".into(), replica_url_for(&url)),
+            ("BAKERY_REPLICA_URLS".into(), replica),
         ],
         2,
     );
@@ -109,7 +172,7 @@ async fn read_your_writes_while_the_replica_is_paused() {
         "anonymous reads go to the replica once it has replayed the product"
     );
 
-    let paused = ReplayPaused::start();
+    let paused = ReplayPaused::start(engine);
     let changed = http
         .patch(&product)
         .header("cookie", &admin)
@@ -192,8 +255,16 @@ async fn read_your_writes_while_the_replica_is_paused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_replica_costs_no_failed_read() {
-    let url = fresh_replicated_database().await;
-    let replica = replica_url_for(&url);
+    stopped_replica(Engine::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_replica_costs_no_failed_read_mariadb() {
+    stopped_replica(Engine::MariaDb).await;
+}
+
+async fn stopped_replica(engine: Engine) {
+    let (url, replica) = engine.fresh().await;
     let proxy = CuttableProxy::start(addr_of(&replica)).await;
     let via_proxy = replica.replace(&addr_of(&replica).to_string(), &proxy.addr.to_string());
     let up = Up::start(
@@ -241,8 +312,16 @@ async fn a_stopped_replica_costs_no_failed_read() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_primary_stopped_reads_use_the_replica_and_writes_get_503() {
-    let url = fresh_replicated_database().await;
-    let replica = replica_url_for(&url);
+    stopped_primary(Engine::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_primary_stopped_reads_use_the_replica_and_writes_get_503_mariadb() {
+    stopped_primary(Engine::MariaDb).await;
+}
+
+async fn stopped_primary(engine: Engine) {
+    let (url, replica) = engine.fresh().await;
     let proxy = CuttableProxy::start(addr_of(&url)).await;
     let via_proxy = url.replace(&addr_of(&url).to_string(), &proxy.addr.to_string());
     let up = Up::start(
@@ -307,12 +386,22 @@ async fn with_the_primary_stopped_reads_use_the_replica_and_writes_get_503() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_lagging_beyond_the_bound_leaves_the_rotation_for_everyone() {
-    let url = fresh_replicated_database().await;
+    lagging(Engine::Postgres).await;
+}
+
+/// MariaDB's lag is counted in transactions (GTID sequence numbers): a bound of 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_lagging_beyond_the_bound_leaves_the_rotation_for_everyone_mariadb() {
+    lagging(Engine::MariaDb).await;
+}
+
+async fn lagging(engine: Engine) {
+    let (url, replica) = engine.fresh().await;
     let up = Up::start(
         vec![
             ("BAKERY_CACHE_URL".into(), "none".into()),
             ("BAKERY_DATABASE_URL".into(), url.clone()),
-            ("BAKERY_REPLICA_URLS".into(), replica_url_for(&url)),
+            ("BAKERY_REPLICA_URLS".into(), replica),
             ("BAKERY_REPLICA_MAX_LAG_BYTES".into(), "1".into()),
         ],
         1,
@@ -329,7 +418,7 @@ async fn a_replica_lagging_beyond_the_bound_leaves_the_rotation_for_everyone() {
         .await
     );
 
-    let paused = ReplayPaused::start();
+    let paused = ReplayPaused::start(engine);
     let changed = http
         .patch(&product)
         .header("cookie", &admin)
