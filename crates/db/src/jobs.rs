@@ -370,27 +370,14 @@ impl Database {
              WHERE id IN (SELECT id FROM wanted) AND {state} = 'queued' AND {run_at} <= $3
              RETURNING id, kind, payload, attempts, max_attempts, owner_id"
         );
-        let rows: Vec<(i64, String, String, i64, i64, Option<i64>)> =
-            crate::sql::query_as(sqlx::AssertSqlSafe(sql))
-                .bind(now + lease_ms)
-                .bind(worker)
-                .bind(now)
-                .bind(json!(ids.iter().map(|id| [id]).collect::<Vec<_>>()).to_string())
-                .fetch_all(self.primary())
-                .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(id, kind, payload, attempt, max_attempts, owner_id)| Claimed {
-                    id,
-                    kind,
-                    payload,
-                    attempt,
-                    max_attempts,
-                    owner_id,
-                },
-            )
-            .collect())
+        let rows: Vec<ClaimedRow> = crate::sql::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(now + lease_ms)
+            .bind(worker)
+            .bind(now)
+            .bind(json!(ids.iter().map(|id| [id]).collect::<Vec<_>>()).to_string())
+            .fetch_all(self.primary())
+            .await?;
+        Ok(rows.into_iter().map(claimed).collect())
     }
 
     /// Renews the leases of held jobs (id, attempt, progress) for `lease_ms` and
@@ -634,6 +621,20 @@ impl Database {
     }
 }
 
+/// A claimed row: id, kind, payload, attempt, max attempts, owner.
+type ClaimedRow = (i64, String, String, i64, i64, Option<i64>);
+
+fn claimed((id, kind, payload, attempt, max_attempts, owner_id): ClaimedRow) -> Claimed {
+    Claimed {
+        id,
+        kind,
+        payload,
+        attempt,
+        max_attempts,
+        owner_id,
+    }
+}
+
 /// MariaDB has neither `UPDATE ... RETURNING` nor `UPDATE ... FROM` a set of rows:
 /// its forms of the batched statements above lock the rows first, or take the
 /// batch one row at a time in one transaction.
@@ -668,25 +669,13 @@ impl Database {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        let rows: Vec<(i64, String, String, i64, i64, Option<i64>)> = crate::sql::query_as(format!(
+        let rows: Vec<ClaimedRow> = crate::sql::query_as(format!(
             "SELECT id, kind, payload, attempts, max_attempts, owner_id FROM jobs WHERE id IN ({picked})"
         ))
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(id, kind, payload, attempt, max_attempts, owner_id)| Claimed {
-                    id,
-                    kind,
-                    payload,
-                    attempt,
-                    max_attempts,
-                    owner_id,
-                },
-            )
-            .collect())
+        Ok(rows.into_iter().map(claimed).collect())
     }
 
     async fn heartbeat_jobs_one_by_one(

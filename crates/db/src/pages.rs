@@ -128,24 +128,16 @@ impl Database {
 
     /// Stores what the edge serves at `page.path` (fresh: not stale).
     pub async fn put_edge_page(&self, page: &EdgePage) -> Result<(), DbError> {
-        crate::sql::query(
-            "INSERT INTO edge_pages (path, content_type, etag, body, gzip, br, immutable, stale, updated_at)
+        let sql = "INSERT INTO edge_pages (path, content_type, etag, body, gzip, br, immutable, stale, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8)
              ON CONFLICT (path) DO UPDATE
              SET content_type = excluded.content_type, etag = excluded.etag, body = excluded.body,
                  gzip = excluded.gzip, br = excluded.br, immutable = excluded.immutable,
-                 stale = 0, gone = 0, updated_at = excluded.updated_at",
-        )
-        .bind(&page.path)
-        .bind(&page.content_type)
-        .bind(&page.etag)
-        .bind(&page.body)
-        .bind(&page.gzip)
-        .bind(&page.br)
-        .bind(i64::from(page.immutable))
-        .bind(now_millis())
-        .execute(self.primary())
-        .await?;
+                 stale = 0, gone = 0, updated_at = excluded.updated_at";
+        with_page(crate::sql::query(sql), page)
+            .bind(now_millis())
+            .execute(self.primary())
+            .await?;
         Ok(())
     }
 
@@ -163,8 +155,7 @@ impl Database {
                 .put_product_page_locked(page, product_id, read_at)
                 .await;
         }
-        let stored = crate::sql::query(
-            "INSERT INTO edge_pages (path, content_type, etag, body, gzip, br, immutable, stale, updated_at, source_read_at)
+        let sql = "INSERT INTO edge_pages (path, content_type, etag, body, gzip, br, immutable, stale, updated_at, source_read_at)
              SELECT $1, $2, $3, $4, $5, $6, $7, 0, $8, $9
              WHERE EXISTS (SELECT 1 FROM products WHERE id = $10)
              ON CONFLICT (path) DO UPDATE
@@ -172,21 +163,14 @@ impl Database {
                  gzip = excluded.gzip, br = excluded.br, immutable = excluded.immutable,
                  stale = 0, gone = 0, updated_at = excluded.updated_at,
                  source_read_at = excluded.source_read_at
-             WHERE edge_pages.source_read_at <= excluded.source_read_at",
-        )
-        .bind(&page.path)
-        .bind(&page.content_type)
-        .bind(&page.etag)
-        .bind(&page.body)
-        .bind(&page.gzip)
-        .bind(&page.br)
-        .bind(i64::from(page.immutable))
-        .bind(now_millis())
-        .bind(read_at)
-        .bind(product_id)
-        .execute(self.primary())
-        .await?
-        .rows_affected();
+             WHERE edge_pages.source_read_at <= excluded.source_read_at";
+        let stored = with_page(crate::sql::query(sql), page)
+            .bind(now_millis())
+            .bind(read_at)
+            .bind(product_id)
+            .execute(self.primary())
+            .await?
+            .rows_affected();
         Ok(stored > 0)
     }
 
@@ -214,26 +198,18 @@ impl Database {
         if exists.is_none() || fence.is_some_and(|fence| fence > read_at) {
             return Ok(false);
         }
-        crate::sql::query(
-            "INSERT INTO edge_pages (path, content_type, etag, body, gzip, br, immutable, stale, updated_at, source_read_at)
+        let sql = "INSERT INTO edge_pages (path, content_type, etag, body, gzip, br, immutable, stale, updated_at, source_read_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, 0, $8, $9)
              ON CONFLICT (path) DO UPDATE
              SET content_type = excluded.content_type, etag = excluded.etag, body = excluded.body,
                  gzip = excluded.gzip, br = excluded.br, immutable = excluded.immutable,
                  stale = 0, gone = 0, updated_at = excluded.updated_at,
-                 source_read_at = excluded.source_read_at",
-        )
-        .bind(&page.path)
-        .bind(&page.content_type)
-        .bind(&page.etag)
-        .bind(&page.body)
-        .bind(&page.gzip)
-        .bind(&page.br)
-        .bind(i64::from(page.immutable))
-        .bind(now_millis())
-        .bind(read_at)
-        .execute(&mut *tx)
-        .await?;
+                 source_read_at = excluded.source_read_at";
+        with_page(crate::sql::query(sql), page)
+            .bind(now_millis())
+            .bind(read_at)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -319,6 +295,19 @@ impl Database {
                 .await?,
         )
     }
+}
+
+/// `query` with a page's columns bound as `$1` to `$7`: path, content type, etag,
+/// body, gzip, br, immutable.
+fn with_page(query: crate::sql::Query, page: &EdgePage) -> crate::sql::Query {
+    query
+        .bind(&page.path)
+        .bind(&page.content_type)
+        .bind(&page.etag)
+        .bind(&page.body)
+        .bind(&page.gzip)
+        .bind(&page.br)
+        .bind(i64::from(page.immutable))
 }
 
 #[cfg(test)]
