@@ -83,6 +83,14 @@ impl Database {
             progress((to.min(last) - first + 1).max(0));
             from = to + 1;
         }
+        // Fresh statistics for the planner: rows made in bulk are not yet counted.
+        let analyze = match self.dialect() {
+            crate::Dialect::MariaDb => {
+                "ANALYZE TABLE users, products, product_prices, product_descriptions, reviews"
+            }
+            _ => "ANALYZE",
+        };
+        crate::sql::query(analyze).execute(self.primary()).await?;
         let reviews: i64 = crate::sql::query_scalar(
             "SELECT COUNT(*) FROM reviews r JOIN products p ON p.id = r.product_id
              WHERE p.name LIKE 'Bench loaf %'",
