@@ -124,7 +124,7 @@ impl Database {
     }
 
     /// Runs `insert` (which selects from a series `g(x)`, `$1` to `$2`, with `$3`
-    /// the time) in slices of [`SLICE`], each statement short.
+    /// the time) in slices of [`SLICE`] (fewer on MariaDB), each statement short.
     async fn series_insert(
         &self,
         insert: &str,
@@ -132,9 +132,14 @@ impl Database {
         to: i64,
         now: i64,
     ) -> Result<(), DbError> {
+        // MariaDB stops a recursive query at 1,000 iterations (`max_recursive_iterations`).
+        let slice = match self.dialect() {
+            crate::Dialect::MariaDb => 1_000,
+            _ => SLICE,
+        };
         let mut start = from;
         while start <= to {
-            let end = (start + SLICE - 1).min(to);
+            let end = (start + slice - 1).min(to);
             let series = "WITH RECURSIVE g(x) AS (SELECT CAST($1 AS BIGINT) UNION ALL SELECT x + 1 FROM g WHERE x < $2)";
             // MariaDB puts the series after `INSERT INTO t (...)`, the others before it.
             let sql = match (self.dialect(), insert.split_once(" SELECT ")) {
