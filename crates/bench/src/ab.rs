@@ -201,11 +201,30 @@ pub fn draw(
     names: [&str; 2],
     points: &[(usize, Side, Side)],
 ) -> anyhow::Result<Vec<String>> {
-    let series = |name: &str, f: &dyn Fn(&(usize, Side, Side)) -> f64| Series {
-        name: name.into(),
-        points: points.iter().map(|p| (p.0 as f64, f(p))).collect(),
-        style: Style::LineAndPoints,
-    };
+    let medians: Vec<(usize, Vec<Side>)> = points
+        .iter()
+        .map(|(c, a, b)| (*c, vec![a.clone(), b.clone()]))
+        .collect();
+    let sides = names.map(|name| (name, Style::LineAndPoints));
+    draw_sides(dir, what, &sides, &medians)
+}
+
+/// The medians of each of `sides` at each connection count.
+pub fn medians(runs: &[Run], connections: &[usize], sides: &[&str]) -> Vec<(usize, Vec<Side>)> {
+    connections
+        .iter()
+        .map(|&c| (c, sides.iter().map(|s| median_side(runs, c, s)).collect()))
+        .collect()
+}
+
+/// Requests/s and p99 of any number of sides (a name and a line style each) over
+/// the connection counts, each point's sides in that order.
+pub fn draw_sides(
+    dir: &std::path::Path,
+    what: &str,
+    sides: &[(&str, Style)],
+    medians: &[(usize, Vec<Side>)],
+) -> anyhow::Result<Vec<String>> {
     for (stem, title, y, of) in [
         (
             "throughput",
@@ -215,6 +234,18 @@ pub fn draw(
         ),
         ("p99", "p99 latency", "ms", |s: &Side| s.p99_ms),
     ] {
+        let series = sides
+            .iter()
+            .enumerate()
+            .map(|(i, (name, style))| Series {
+                name: name.to_string(),
+                points: medians
+                    .iter()
+                    .map(|(c, measured)| (*c as f64, of(&measured[i])))
+                    .collect(),
+                style: *style,
+            })
+            .collect();
         plot::draw(
             dir,
             stem,
@@ -222,10 +253,7 @@ pub fn draw(
                 title: &format!("{what}: {title}"),
                 x: "connections",
                 y,
-                series: vec![
-                    series(names[0], &|p| of(&p.1)),
-                    series(names[1], &|p| of(&p.2)),
-                ],
+                series,
                 log_y: false,
             },
         )?;

@@ -17,7 +17,7 @@ use serde_json::json;
 use crate::ab::{self, Contender, Side};
 use crate::html;
 use crate::load::{Call, Mix};
-use crate::plot::{self, Chart, Series, Style};
+use crate::plot::Style;
 use crate::topology::{Lab, Shape, Topology};
 
 /// `bakery bench read-models`' flags.
@@ -155,19 +155,30 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         topology.stop().await;
     }
 
-    let medians: Vec<(usize, Vec<Side>)> = options
-        .connections
+    let names: Vec<&str> = PATHS.iter().map(|(name, _, _)| *name).collect();
+    let medians = ab::medians(&runs, &options.connections, &names);
+    let table = table(&medians);
+    // The cached paths dashed: the lesson's "introduce a cache", drawn over the two.
+    let sides: Vec<(&str, Style)> = names
         .iter()
-        .map(|&c| {
-            let sides = PATHS
-                .iter()
-                .map(|(name, _, _)| ab::median_side(&runs, c, name))
-                .collect();
-            (c, sides)
+        .map(|name| {
+            let style = if name.ends_with("+cache") {
+                Style::Dashed
+            } else {
+                Style::LineAndPoints
+            };
+            (*name, style)
         })
         .collect();
-    let table = table(&medians);
-    let charts = draw(&lab.dir, database, dataset.products, &medians)?;
+    let charts = ab::draw_sides(
+        &lab.dir,
+        &format!(
+            "a product read on {database}, {} products",
+            dataset.products
+        ),
+        &sides,
+        &medians,
+    )?;
     std::fs::write(
         lab.dir.join("runs.json"),
         serde_json::to_string_pretty(&runs)?,
@@ -264,51 +275,4 @@ fn table(medians: &[(usize, Vec<Side>)]) -> Vec<Vec<String>> {
         eprintln!("{}", row.join(" | "));
     }
     rows
-}
-
-/// Requests/s and p99 of the four paths over the connection counts.
-fn draw(
-    dir: &std::path::Path,
-    database: &str,
-    products: i64,
-    medians: &[(usize, Vec<Side>)],
-) -> anyhow::Result<Vec<String>> {
-    for (stem, title, y, of) in [
-        (
-            "throughput",
-            "requests/s",
-            "requests/s",
-            (|s: &Side| s.rps) as fn(&Side) -> f64,
-        ),
-        ("p99", "p99 latency", "ms", |s: &Side| s.p99_ms),
-    ] {
-        let series = PATHS
-            .iter()
-            .enumerate()
-            .map(|(i, (name, _, _))| Series {
-                name: name.to_string(),
-                points: medians
-                    .iter()
-                    .map(|(c, sides)| (*c as f64, of(&sides[i])))
-                    .collect(),
-                style: if name.ends_with("+cache") {
-                    Style::Dashed
-                } else {
-                    Style::LineAndPoints
-                },
-            })
-            .collect();
-        plot::draw(
-            dir,
-            stem,
-            &Chart {
-                title: &format!("a product read on {database}, {products} products: {title}"),
-                x: "connections",
-                y,
-                series,
-                log_y: false,
-            },
-        )?;
-    }
-    Ok(vec!["throughput".into(), "p99".into()])
 }

@@ -64,7 +64,7 @@ impl Database {
                      VALUES ($1, $2, $3, $4, $5, $6)
                      RETURNING {USER_COLUMNS}"
                 );
-                let row = crate::sql::query_as::<UserRow>(sqlx::AssertSqlSafe(sql))
+                let row = crate::sql::query_as::<UserRow>(sql)
                     .bind(new.username)
                     .bind(new.email)
                     .bind(new.password_hash)
@@ -107,7 +107,7 @@ impl Database {
         let row = self
             .read(after, async |pool| {
                 let sql = format!("SELECT {USER_COLUMNS} FROM users WHERE id = $1");
-                crate::sql::query_as::<UserRow>(sqlx::AssertSqlSafe(sql))
+                crate::sql::query_as::<UserRow>(sql)
                     .bind(id)
                     .fetch_optional(&pool)
                     .await

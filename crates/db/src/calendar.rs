@@ -150,7 +150,7 @@ impl Database {
                     "INSERT INTO rsvps (event_id, user_id, status, created_at) VALUES ($1, $2, 'confirmed', $3)
                      ON CONFLICT (event_id, user_id) DO NOTHING RETURNING {RSVP_COLUMNS}"
                 );
-                let created: Option<RsvpRow> = crate::sql::query_as(sqlx::AssertSqlSafe(sql))
+                let created: Option<RsvpRow> = crate::sql::query_as(sql)
                     .bind(event_id)
                     .bind(user_id)
                     .bind(now_millis())
@@ -227,7 +227,7 @@ impl Database {
             .read(after, async |pool| {
                 let sql =
                     format!("SELECT {RSVP_COLUMNS} FROM rsvps WHERE user_id = $1 ORDER BY id DESC");
-                crate::sql::query_as::<RsvpRow>(sqlx::AssertSqlSafe(sql))
+                crate::sql::query_as::<RsvpRow>(sql)
                     .bind(user_id)
                     .fetch_all(&pool)
                     .await
@@ -243,7 +243,7 @@ async fn find_rsvp(
     user_id: i64,
 ) -> Result<Option<Rsvp>, sqlx::Error> {
     let sql = format!("SELECT {RSVP_COLUMNS} FROM rsvps WHERE event_id = $1 AND user_id = $2");
-    let row: Option<RsvpRow> = crate::sql::query_as(sqlx::AssertSqlSafe(sql))
+    let row: Option<RsvpRow> = crate::sql::query_as(sql)
         .bind(event_id)
         .bind(user_id)
         .fetch_optional(pool)

@@ -275,7 +275,7 @@ impl Database {
             .await?;
             let Some(id) = inserted else { return Ok(None) };
             let sql = format!("SELECT {REVIEW_COLUMNS} FROM reviews r JOIN users u ON u.id = r.user_id WHERE r.id = $1");
-            let row: ReviewRow = crate::sql::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(&mut *tx).await?;
+            let row: ReviewRow = crate::sql::query_as(sql).bind(id).fetch_one(&mut *tx).await?;
             product_changed(&mut tx, product_id, false).await?;
             tx.commit().await?;
             Ok(Some(review(row)))
@@ -335,7 +335,7 @@ impl Database {
                 .fetch_one(&mut *tx)
                 .await?;
             let sql = format!("SELECT {REVIEW_COLUMNS} FROM reviews r JOIN users u ON u.id = r.user_id WHERE r.id = $1");
-            let row: ReviewRow = crate::sql::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_one(&mut *tx).await?;
+            let row: ReviewRow = crate::sql::query_as(sql).bind(id).fetch_one(&mut *tx).await?;
             product_changed(&mut tx, product, false).await?;
             tx.commit().await?;
             Ok(Some(review(row)))
@@ -464,7 +464,7 @@ async fn fetch_reviews(
         "SELECT {REVIEW_COLUMNS} FROM reviews r JOIN users u ON u.id = r.user_id
          WHERE r.product_id = $1 AND r.id < $2 ORDER BY r.id DESC LIMIT $3"
     );
-    let rows: Vec<ReviewRow> = crate::sql::query_as(sqlx::AssertSqlSafe(sql))
+    let rows: Vec<ReviewRow> = crate::sql::query_as(sql)
         .bind(id)
         .bind(before)
         .bind(limit)

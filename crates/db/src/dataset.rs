@@ -148,7 +148,7 @@ impl Database {
                 }
                 _ => format!("{series} {insert}"),
             };
-            crate::sql::query(sqlx::AssertSqlSafe(sql))
+            crate::sql::query(sql)
                 .bind(start)
                 .bind(end)
                 .bind(now)

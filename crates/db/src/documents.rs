@@ -149,19 +149,16 @@ impl Database {
                 .store_product_document_locked(id, version, body, rebuild)
                 .await;
         }
-        let sql = if self.is_postgres() {
-            "INSERT INTO product_documents (product_id, version, body, stored_at)
-             VALUES ($1, $2, CAST($3 AS JSONB), $4)
-             ON CONFLICT (product_id) DO UPDATE
-             SET version = excluded.version, body = excluded.body, stored_at = excluded.stored_at
-             WHERE product_documents.version < excluded.version + $5"
+        // PostgreSQL stores JSONB; the fence is the upsert's condition.
+        let body_value = if self.is_postgres() {
+            "CAST($3 AS JSONB)"
         } else {
-            "INSERT INTO product_documents (product_id, version, body, stored_at)
-             VALUES ($1, $2, $3, $4)
-             ON CONFLICT (product_id) DO UPDATE
-             SET version = excluded.version, body = excluded.body, stored_at = excluded.stored_at
-             WHERE product_documents.version < excluded.version + $5"
+            "$3"
         };
+        let sql = format!(
+            "{} WHERE product_documents.version < excluded.version + $5",
+            upsert_document(body_value)
+        );
         let stored = self
             .write(async move |pool| {
                 crate::sql::query(sql)
@@ -204,18 +201,13 @@ impl Database {
                 if current.is_some_and(|current| current >= version + i64::from(rebuild)) {
                     return Ok(Stored::NotNewer);
                 }
-                crate::sql::query(
-                    "INSERT INTO product_documents (product_id, version, body, stored_at)
-                     VALUES ($1, $2, $3, $4)
-                     ON CONFLICT (product_id) DO UPDATE
-                     SET version = excluded.version, body = excluded.body, stored_at = excluded.stored_at",
-                )
-                .bind(id)
-                .bind(version)
-                .bind(body)
-                .bind(now_millis())
-                .execute(&mut *tx)
-                .await?;
+                crate::sql::query(upsert_document("$3"))
+                    .bind(id)
+                    .bind(version)
+                    .bind(body)
+                    .bind(now_millis())
+                    .execute(&mut *tx)
+                    .await?;
                 tx.commit().await?;
                 Ok(Stored::Stored)
             })
@@ -286,6 +278,17 @@ impl Database {
     }
 }
 
+/// The statement that writes a document (`$1` product, `$2` version, `body_value`,
+/// `$4` when), replacing the one there.
+fn upsert_document(body_value: &str) -> String {
+    format!(
+        "INSERT INTO product_documents (product_id, version, body, stored_at)
+         VALUES ($1, $2, {body_value}, $4)
+         ON CONFLICT (product_id) DO UPDATE
+         SET version = excluded.version, body = excluded.body, stored_at = excluded.stored_at"
+    )
+}
+
 /// The product is gone: the document's foreign key refused it.
 fn is_gone(error: &DbError) -> bool {
     matches!(error, DbError::Other(sqlx::Error::Database(e)) if e.is_foreign_key_violation())
@@ -302,16 +305,16 @@ async fn usernames(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let placeholders: Vec<String> = (1..=ids.len()).map(|n| format!("${n}")).collect();
     let sql = format!(
         "SELECT id, username FROM users WHERE id IN ({})",
-        placeholders.join(", ")
+        crate::sql::placeholders(1, ids.len())
     );
-    let mut query = crate::sql::query_as::<(i64, String)>(sqlx::AssertSqlSafe(sql));
-    for id in ids {
-        query = query.bind(id);
-    }
-    Ok(query.fetch_all(&mut *conn).await?.into_iter().collect())
+    Ok(crate::sql::query_as::<(i64, String)>(sql)
+        .bind_all(&ids)
+        .fetch_all(&mut *conn)
+        .await?
+        .into_iter()
+        .collect())
 }
 
 #[cfg(test)]

@@ -128,7 +128,7 @@ async fn insert_jobs(
              VALUES {} RETURNING id",
             rows.join(", ")
         );
-        let mut query = crate::sql::query_scalar::<i64>(sqlx::AssertSqlSafe(sql))
+        let mut query = crate::sql::query_scalar::<i64>(sql)
             .bind(kind)
             .bind(owner_id)
             .bind(max_attempts)
@@ -285,7 +285,7 @@ impl Database {
         let row: Option<JobRow> = self
             .read(after, async |pool| {
                 let sql = format!("SELECT {COLUMNS} FROM jobs WHERE id = $1");
-                crate::sql::query_as(sqlx::AssertSqlSafe(sql))
+                crate::sql::query_as(sql)
                     .bind(id)
                     .fetch_optional(&pool)
                     .await
@@ -300,7 +300,7 @@ impl Database {
         let sql = format!(
             "SELECT {COLUMNS} FROM jobs WHERE ($1 = '' OR state = $1) ORDER BY id DESC LIMIT $2"
         );
-        let rows: Vec<JobRow> = crate::sql::query_as(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<JobRow> = crate::sql::query_as(sql)
             .bind(state)
             .bind(limit)
             .fetch_all(self.primary())
@@ -370,7 +370,7 @@ impl Database {
              WHERE id IN (SELECT id FROM wanted) AND {state} = 'queued' AND {run_at} <= $3
              RETURNING id, kind, payload, attempts, max_attempts, owner_id"
         );
-        let rows: Vec<ClaimedRow> = crate::sql::query_as(sqlx::AssertSqlSafe(sql))
+        let rows: Vec<ClaimedRow> = crate::sql::query_as(sql)
             .bind(now + lease_ms)
             .bind(worker)
             .bind(now)
@@ -415,7 +415,7 @@ impl Database {
             .iter()
             .map(|(id, attempt, progress)| [*id, *attempt, (*progress).clamp(0, 100)])
             .collect();
-        Ok(crate::sql::query_scalar(sqlx::AssertSqlSafe(sql))
+        Ok(crate::sql::query_scalar(sql)
             .bind(now_millis() + lease_ms)
             .bind(json!(batch).to_string())
             .fetch_all(self.primary())
@@ -472,7 +472,7 @@ impl Database {
         let settled: std::collections::HashSet<i64> = if self.dialect() == Dialect::MariaDb {
             settle_one_by_one(&mut tx, endings).await?
         } else {
-            crate::sql::query_scalar::<i64>(sqlx::AssertSqlSafe(sql))
+            crate::sql::query_scalar::<i64>(sql)
                 .bind(now_millis())
                 .bind(serde_json::Value::Array(batch).to_string())
                 .fetch_all(&mut *tx)
@@ -591,9 +591,10 @@ impl Database {
                 let ids: Vec<i64> = due.iter().map(|(id, _)| *id).collect();
                 crate::sql::query(format!(
                     "UPDATE jobs SET dispatched_at = $1 WHERE id IN ({})",
-                    crate::sql::id_list(&ids)
+                    crate::sql::placeholders(2, ids.len())
                 ))
                 .bind(now)
+                .bind_all(&ids)
                 .execute(&mut *tx)
                 .await?;
             }
@@ -650,28 +651,32 @@ impl Database {
         let picked: Vec<i64> = crate::sql::query_scalar(format!(
             "SELECT id FROM jobs WHERE id IN ({}) AND state = 'queued' AND run_at <= $1
              FOR UPDATE SKIP LOCKED",
-            crate::sql::id_list(ids)
+            crate::sql::placeholders(2, ids.len())
         ))
         .bind(now)
+        .bind_all(ids)
         .fetch_all(&mut *tx)
         .await?;
         if picked.is_empty() {
             return Ok(Vec::new());
         }
-        let picked = crate::sql::id_list(&picked);
         crate::sql::query(format!(
             "UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1,
                     worker = $2, started_at = COALESCE(started_at, $3)
-             WHERE id IN ({picked})"
+             WHERE id IN ({})",
+            crate::sql::placeholders(4, picked.len())
         ))
         .bind(now + lease_ms)
         .bind(worker)
         .bind(now)
+        .bind_all(&picked)
         .execute(&mut *tx)
         .await?;
         let rows: Vec<ClaimedRow> = crate::sql::query_as(format!(
-            "SELECT id, kind, payload, attempts, max_attempts, owner_id FROM jobs WHERE id IN ({picked})"
+            "SELECT id, kind, payload, attempts, max_attempts, owner_id FROM jobs WHERE id IN ({})",
+            crate::sql::placeholders(1, picked.len())
         ))
+        .bind_all(&picked)
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;

@@ -97,7 +97,7 @@ impl Database {
             "INSERT INTO journey (correlation_id, at, process, what, detail) VALUES {}",
             rows.join(", ")
         );
-        let mut query = crate::sql::query(sqlx::AssertSqlSafe(sql));
+        let mut query = crate::sql::query(sql);
         for noted in hops {
             query = query
                 .bind(noted.correlation_id.clone())

@@ -142,16 +142,19 @@ impl Database {
                 let rows = if ids.is_empty() {
                     Vec::new()
                 } else {
-                    let ids = crate::sql::id_list(&ids);
                     crate::sql::query(format!(
-                        "UPDATE outbox SET claimed_until = $1 WHERE id IN ({ids})"
+                        "UPDATE outbox SET claimed_until = $1 WHERE id IN ({})",
+                        crate::sql::placeholders(2, ids.len())
                     ))
                     .bind(now + lease_ms)
+                    .bind_all(&ids)
                     .execute(&mut *tx)
                     .await?;
                     crate::sql::query_as(format!(
-                        "SELECT id, exchange, message_id, correlation_id, kind, body FROM outbox WHERE id IN ({ids})"
+                        "SELECT id, exchange, message_id, correlation_id, kind, body FROM outbox WHERE id IN ({})",
+                        crate::sql::placeholders(1, ids.len())
                     ))
+                    .bind_all(&ids)
                     .fetch_all(&mut *tx)
                     .await?
                 };
@@ -202,16 +205,14 @@ impl Database {
         if ids.is_empty() {
             return Ok(());
         }
-        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "DELETE FROM outbox WHERE id IN ({})",
-            placeholders.join(", ")
+            crate::sql::placeholders(1, ids.len())
         );
-        let mut query = crate::sql::query(sqlx::AssertSqlSafe(sql));
-        for id in ids {
-            query = query.bind(*id);
-        }
-        query.execute(self.primary()).await?;
+        crate::sql::query(sql)
+            .bind_all(ids)
+            .execute(self.primary())
+            .await?;
         Ok(())
     }
 

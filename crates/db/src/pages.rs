@@ -267,15 +267,11 @@ impl Database {
     pub async fn edge_pages(&self, paths: &[String]) -> Result<Vec<EdgePage>, DbError> {
         let mut pages = Vec::with_capacity(paths.len());
         for chunk in paths.chunks(500) {
-            let list: Vec<String> = (1..=chunk.len()).map(|p| format!("${p}")).collect();
             let sql = format!(
                 "SELECT {EDGE_COLUMNS} FROM edge_pages WHERE gone = 0 AND path IN ({})",
-                list.join(", ")
+                crate::sql::placeholders(1, chunk.len())
             );
-            let mut query = crate::sql::query_as::<EdgeRow>(sqlx::AssertSqlSafe(sql));
-            for path in chunk {
-                query = query.bind(path);
-            }
+            let query = crate::sql::query_as::<EdgeRow>(sql).bind_all(chunk);
             pages.extend(
                 query
                     .fetch_all(self.primary())

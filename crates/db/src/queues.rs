@@ -198,16 +198,19 @@ impl Queues {
             if ids.is_empty() {
                 Vec::new()
             } else {
-                let ids = crate::sql::id_list(&ids);
                 crate::sql::query(format!(
-                    "UPDATE broker_messages SET leased_until = $1, attempts = attempts + 1 WHERE id IN ({ids})"
+                    "UPDATE broker_messages SET leased_until = $1, attempts = attempts + 1 WHERE id IN ({})",
+                    crate::sql::placeholders(2, ids.len())
                 ))
                 .bind(leased_until)
+                .bind_all(&ids)
                 .execute(&mut *tx)
                 .await?;
                 crate::sql::query_as(format!(
-                    "SELECT id, message_id, correlation_id, kind, body, attempts FROM broker_messages WHERE id IN ({ids})"
+                    "SELECT id, message_id, correlation_id, kind, body, attempts FROM broker_messages WHERE id IN ({})",
+                    crate::sql::placeholders(1, ids.len())
                 ))
+                .bind_all(&ids)
                 .fetch_all(&mut *tx)
                 .await?
             }

@@ -22,7 +22,10 @@ use std::marker::PhantomData;
 use std::sync::{Arc, LazyLock, RwLock};
 
 use sqlx::any::{AnyArguments, AnyQueryResult, AnyRow};
-use sqlx::{Any, AnyConnection, AnyPool, Arguments, AssertSqlSafe, Encode, FromRow, Type};
+use sqlx::{
+    Any, AnyConnection, AnyPool, Arguments, AssertSqlSafe, Encode, FromRow, SqlSafeStr, SqlStr,
+    Type,
+};
 
 /// The engine on the other end of a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,12 +88,6 @@ impl From<String> for Text {
     }
 }
 
-impl From<AssertSqlSafe<String>> for Text {
-    fn from(text: AssertSqlSafe<String>) -> Self {
-        Self(Cow::Owned(text.0))
-    }
-}
-
 /// A statement and its bound values.
 pub struct Query {
     text: Text,
@@ -124,16 +121,21 @@ impl Query {
         self
     }
 
-    /// The text and values as `dialect` needs them.
-    fn prepare(
+    /// Binds each of `values` in turn, after the values bound so far.
+    pub fn bind_all<'t, T: Encode<'t, Any> + Type<Any>>(
         self,
-        dialect: Dialect,
-    ) -> Result<(AssertSqlSafe<Cow<'static, str>>, AnyArguments), sqlx::Error> {
+        values: impl IntoIterator<Item = T>,
+    ) -> Self {
+        values.into_iter().fold(self, Query::bind)
+    }
+
+    /// The text and values as `dialect` needs them.
+    fn prepare(self, dialect: Dialect) -> Result<(SqlStr, AnyArguments), sqlx::Error> {
         if let Some(error) = self.error {
             return Err(sqlx::Error::Encode(error));
         }
         if dialect != Dialect::MariaDb {
-            return Ok((AssertSqlSafe(self.text.0), self.args));
+            return Ok((AssertSqlSafe(self.text.0).into_sql_str(), self.args));
         }
         let rewritten = to_mariadb_cached(&self.text.0).map_err(sqlx::Error::Protocol)?;
         let mut args = AnyArguments::default();
@@ -147,7 +149,7 @@ impl Query {
             })?;
             args.values.0.push(value);
         }
-        Ok((AssertSqlSafe(Cow::Owned(rewritten.text.clone())), args))
+        Ok((AssertSqlSafe(rewritten.text.clone()).into_sql_str(), args))
     }
 
     pub async fn execute<'c>(self, target: impl Target<'c>) -> Result<AnyQueryResult, sqlx::Error> {
@@ -165,6 +167,13 @@ where
 {
     pub fn bind<'t, T: Encode<'t, Any> + Type<Any>>(self, value: T) -> Self {
         Self(self.0.bind(value), PhantomData)
+    }
+
+    pub fn bind_all<'t, T: Encode<'t, Any> + Type<Any>>(
+        self,
+        values: impl IntoIterator<Item = T>,
+    ) -> Self {
+        Self(self.0.bind_all(values), PhantomData)
     }
 
     pub async fn fetch_one<'c>(self, target: impl Target<'c>) -> Result<O, sqlx::Error> {
@@ -198,6 +207,13 @@ where
         Self(self.0.bind(value), PhantomData)
     }
 
+    pub fn bind_all<'t, T: Encode<'t, Any> + Type<Any>>(
+        self,
+        values: impl IntoIterator<Item = T>,
+    ) -> Self {
+        Self(self.0.bind_all(values), PhantomData)
+    }
+
     pub async fn fetch_one<'c>(self, target: impl Target<'c>) -> Result<O, sqlx::Error> {
         let (text, args) = self.0.prepare(target.dialect())?;
         sqlx::query_scalar_with(text, args).fetch_one(target).await
@@ -219,11 +235,12 @@ where
     }
 }
 
-/// `ids` as the list inside `IN (...)`: integers read from the database, written
-/// into the text (MariaDB's statements that stand in for `UPDATE ... RETURNING`).
-pub fn id_list(ids: &[i64]) -> String {
-    ids.iter()
-        .map(i64::to_string)
+/// `$first, $first + 1, ...` for `count` values: the list inside `IN (...)`, its
+/// values bound with [`Query::bind_all`]. (Values are never written into a text: a
+/// text per batch would be rewritten, and remembered, once per batch on MariaDB.)
+pub fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -231,7 +248,8 @@ pub fn id_list(ids: &[i64]) -> String {
 /// A text as MariaDB takes it, and which bound value each `?` takes (0-based).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rewritten {
-    pub text: String,
+    /// Shared, so a statement run again takes the remembered text without a copy.
+    pub text: Arc<str>,
     pub order: Vec<usize>,
 }
 
@@ -293,7 +311,10 @@ pub fn to_mariadb(text: &str) -> Result<Rewritten, String> {
         .replace(" AS BIGINT)", " AS SIGNED)")
         .replace(" AS TEXT)", " AS CHAR)");
     text = upsert(&text)?;
-    Ok(Rewritten { text, order })
+    Ok(Rewritten {
+        text: text.into(),
+        order,
+    })
 }
 
 /// `ON CONFLICT` in MariaDB's words.
@@ -356,15 +377,12 @@ mod tests {
         let done =
             to_mariadb("INSERT INTO t (a, b, c) VALUES ($1, $2, $2) WHERE x = '$3'").unwrap();
         assert_eq!(
-            done.text,
+            &*done.text,
             "INSERT INTO t (a, b, c) VALUES (?, ?, ?) WHERE x = '$3'"
         );
         assert_eq!(done.order, vec![0, 1, 1]);
         let done = to_mariadb("SELECT $10, $2").unwrap();
-        assert_eq!(
-            (done.text.as_str(), done.order),
-            ("SELECT ?, ?", vec![9, 1])
-        );
+        assert_eq!((&*done.text, done.order), ("SELECT ?, ?", vec![9, 1]));
         assert!(to_mariadb("SELECT $0").is_err());
     }
 
@@ -373,13 +391,15 @@ mod tests {
         assert_eq!(
             to_mariadb("SELECT CAST(SUM(x) AS BIGINT), CAST(b AS TEXT), '$1 AS BIGINT' FROM t")
                 .unwrap()
-                .text,
+                .text
+                .as_ref(),
             "SELECT CAST(SUM(x) AS SIGNED), CAST(b AS CHAR), '$1 AS BIGINT' FROM t"
         );
         assert_eq!(
             to_mariadb("INSERT INTO t (a) VALUES ($1) ON CONFLICT (a) DO NOTHING")
                 .unwrap()
-                .text,
+                .text
+                .as_ref(),
             "INSERT IGNORE INTO t (a) VALUES (?)"
         );
         assert_eq!(
@@ -387,15 +407,15 @@ mod tests {
                 "INSERT INTO t (a, b) VALUES ($1, $2) ON CONFLICT (a) DO NOTHING RETURNING id"
             )
             .unwrap()
-            .text,
+            .text
+            .as_ref(),
             "INSERT IGNORE INTO t (a, b) VALUES (?, ?) RETURNING id"
         );
         assert_eq!(
             to_mariadb(
                 "INSERT INTO t (a, b) VALUES ($1, $2) ON CONFLICT (a) DO UPDATE SET b = excluded.b, c = excluded.c_2"
             )
-            .unwrap()
-            .text,
+            .unwrap().text.as_ref(),
             "INSERT INTO t (a, b) VALUES (?, ?) ON DUPLICATE KEY UPDATE b = VALUES(b), c = VALUES(c_2)"
         );
         assert_eq!(
@@ -403,7 +423,8 @@ mod tests {
                 "INSERT INTO t (a) VALUES ($1)\n ON CONFLICT (a) DO UPDATE\n SET b = excluded.b"
             )
             .unwrap()
-            .text,
+            .text
+            .as_ref(),
             "INSERT INTO t (a) VALUES (?)\n ON DUPLICATE KEY UPDATE b = VALUES(b)"
         );
         assert!(

@@ -21,7 +21,7 @@ fn check(up: &Up) -> (Option<i32>, String) {
 }
 
 /// Until `bakery documents check` passes (the consumer catches up), or `LIMIT`.
-async fn documents_equal_the_tables(up: &Up) -> String {
+pub(crate) async fn documents_equal_the_tables(up: &Up) -> String {
     let mut last = String::new();
     let equal = eventually(LIMIT, async || {
         let (code, output) = check(up);
@@ -134,8 +134,9 @@ async fn documents_survive_faults(engine: Engine) {
 
     // A burst of changes; the workers (the documents' consumers) are killed in the
     // middle of it, and the broker restarted.
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let burst = {
-        let (base, admin, ids) = (up.base.clone(), admin.clone(), ids.clone());
+        let (base, admin, ids, done) = (up.base.clone(), admin.clone(), ids.clone(), done.clone());
         tokio::spawn(async move {
             let http = harness::client();
             let mut statuses = Vec::new();
@@ -150,12 +151,20 @@ async fn documents_survive_faults(engine: Engine) {
                         .map(|r| r.status().as_u16())
                         .unwrap_or(0);
                     statuses.push(status);
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
             statuses
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A dozen of the 60 changes made: the workers die in the middle of the burst.
+    assert!(
+        eventually(LIMIT, async || done
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 12)
+        .await,
+        "the burst of changes did not start"
+    );
     let workers: Vec<(String, i32)> = up
         .processes
         .iter()
@@ -167,6 +176,7 @@ async fn documents_survive_faults(engine: Engine) {
     }
     if engine == Engine::RabbitMq {
         crate::messaging::rabbitmqctl("stop_app");
+        // Away for a while, as a restarted broker is.
         tokio::time::sleep(Duration::from_secs(2)).await;
         crate::messaging::rabbitmqctl("start_app");
     }
