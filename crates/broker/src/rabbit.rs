@@ -191,6 +191,41 @@ impl Rabbit {
         Ok(link)
     }
 
+    /// Gives `link`'s connection a new publishing channel (unless another caller
+    /// already did); the old one closes when its last publish is done with it.
+    async fn renew_publisher(&self, link: &Link) {
+        let mut guard = self.link.lock().await;
+        let Some(current) = guard.as_mut() else {
+            return;
+        };
+        if current.publisher.id() != link.publisher.id()
+            || !Arc::ptr_eq(&current.connection, &link.connection)
+        {
+            return;
+        }
+        let renewed = async {
+            let channel = limited("open a channel", current.connection.create_channel()).await?;
+            limited(
+                "enable confirms",
+                channel.confirm_select(ConfirmSelectOptions::default()),
+            )
+            .await?;
+            Ok::<_, BrokerError>(channel)
+        }
+        .await;
+        match renewed {
+            Ok(channel) => {
+                tracing::info!("a publish was refused; publishing on a new channel");
+                current.publisher = channel;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot open a new publishing channel; connecting again");
+                self.up.store(false, Ordering::Relaxed);
+                *guard = None;
+            }
+        }
+    }
+
     /// Forgets a link that failed, so the next call connects again.
     async fn broken(&self, error: &BrokerError) {
         tracing::warn!(%error, "the RabbitMQ connection is broken");
@@ -330,8 +365,14 @@ impl Rabbit {
         Ok(())
     }
 
-    /// Publishes on `link` and waits for the confirm.
+    /// Publishes on `link` and waits for the confirm. A refusal also replaces the
+    /// link's publishing channel: RabbitMQ 3.10 sets up a channel's client of a
+    /// quorum queue at its first publish there, from the leader the queue's record
+    /// names; if that node is down, the publish is refused and that client keeps
+    /// asking the dead node — every later publish on the channel would be refused
+    /// too, although another node has long been elected. A fresh channel asks again.
     async fn publish_on(
+        &self,
         link: &Link,
         exchange: &str,
         routing_key: &str,
@@ -356,10 +397,13 @@ impl Rabbit {
         match limited("confirm", confirm).await? {
             Confirmation::Ack(None) => Ok(Routed::Queued),
             Confirmation::Ack(Some(_)) => Ok(Routed::Unroutable),
-            Confirmation::Nack(_) => Err(BrokerError::Refused(format!(
-                "RabbitMQ did not take message {}",
-                message.id
-            ))),
+            Confirmation::Nack(_) => {
+                self.renew_publisher(link).await;
+                Err(BrokerError::Refused(format!(
+                    "RabbitMQ did not take message {}",
+                    message.id
+                )))
+            }
             Confirmation::NotRequested => Err(BrokerError::Other(
                 "the channel is not in confirm mode".into(),
             )),
@@ -368,14 +412,15 @@ impl Rabbit {
 
     pub async fn publish(&self, exchange: &str, message: &Message) -> Result<Routed, BrokerError> {
         let link = self.link().await?;
-        let result = Self::publish_on(
-            &link,
-            exchange,
-            &message.kind,
-            message,
-            properties(message, FieldTable::default()),
-        )
-        .await;
+        let result = self
+            .publish_on(
+                &link,
+                exchange,
+                &message.kind,
+                message,
+                properties(message, FieldTable::default()),
+            )
+            .await;
         if let Err(error @ BrokerError::Unavailable(_)) = &result {
             self.broken(error).await;
         }
@@ -507,7 +552,7 @@ impl Rabbit {
                 ]);
                 let properties = properties(&ours.message, headers)
                     .with_expiration(delay.as_millis().to_string().as_str().into());
-                Self::publish_on(
+                self.publish_on(
                     &link,
                     "",
                     &retry_queue(queue, ours.attempt),
@@ -522,7 +567,7 @@ impl Rabbit {
                     (ERROR, text(reason)),
                     (DIED_AT, AMQPValue::LongLongInt(now_millis())),
                 ]);
-                Self::publish_on(
+                self.publish_on(
                     &link,
                     topology::DEAD,
                     queue,
@@ -646,7 +691,10 @@ impl Rabbit {
                     continue; // stays unacked: back in the queue when the channel closes
                 }
                 let properties = properties(&message, FieldTable::default());
-                match Self::publish_on(&link, "", queue, &message, properties).await? {
+                match self
+                    .publish_on(&link, "", queue, &message, properties)
+                    .await?
+                {
                     Routed::Queued => {
                         limited("ack", got.delivery.acker.ack(BasicAckOptions::default())).await?;
                         replayed += 1;

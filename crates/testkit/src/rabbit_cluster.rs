@@ -19,6 +19,7 @@ pub struct RabbitCluster {
 struct Node {
     name: String,
     port: u16,
+    dist_port: u16,
     child: Option<Child>,
 }
 
@@ -62,6 +63,7 @@ impl RabbitCluster {
             nodes.push(Node {
                 name: name.clone(),
                 port,
+                dist_port: free_port(),
                 child: None,
             });
         }
@@ -78,39 +80,10 @@ impl RabbitCluster {
             status.is_ok_and(|s| s.success()),
             "chown the cluster's directory to rabbitmq"
         );
-        for node in &mut nodes {
-            let home = dir.0.join(node.name.split('@').next().unwrap_or_default());
-            let log = std::fs::File::create(home.join("out.log")).expect("log");
-            let child = Command::new("runuser")
-                .args(["-u", "rabbitmq", "--", "env", "HOME=/var/lib/rabbitmq"])
-                .arg(format!("RABBITMQ_NODENAME={}", node.name))
-                .arg(format!("RABBITMQ_NODE_PORT={}", node.port))
-                .arg(format!("RABBITMQ_DIST_PORT={}", free_port()))
-                .arg(format!(
-                    "RABBITMQ_MNESIA_BASE={}",
-                    home.join("mnesia").display()
-                ))
-                .arg(format!("RABBITMQ_LOG_BASE={}", home.join("log").display()))
-                .arg(format!(
-                    "RABBITMQ_CONFIG_FILE={}",
-                    home.join("rabbitmq.conf").display()
-                ))
-                .arg(format!("RABBITMQ_PID_FILE={}", home.join("pid").display()))
-                .arg(format!(
-                    "RABBITMQ_ENABLED_PLUGINS_FILE={}",
-                    plugins.display()
-                ))
-                .arg("/usr/lib/rabbitmq/bin/rabbitmq-server")
-                .current_dir("/tmp")
-                .process_group(0)
-                .stdin(Stdio::null())
-                .stdout(log.try_clone().expect("log"))
-                .stderr(log)
-                .spawn()
-                .expect("start rabbitmq-server (scripts/services.sh installs it)");
-            node.child = Some(child);
+        let mut cluster = Self { dir, nodes };
+        for i in 0..cluster.nodes.len() {
+            cluster.spawn(i);
         }
-        let cluster = Self { dir, nodes };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let status = Command::new("rabbitmqctl")
@@ -140,6 +113,81 @@ impl RabbitCluster {
             std::thread::sleep(Duration::from_millis(500));
         }
         cluster
+    }
+
+    /// Starts node `i`'s server (its own process group), on its ports and data.
+    fn spawn(&mut self, i: usize) {
+        let node = &mut self.nodes[i];
+        let home = self
+            .dir
+            .0
+            .join(node.name.split('@').next().unwrap_or_default());
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(home.join("out.log"))
+            .expect("log");
+        let child = Command::new("runuser")
+            .args(["-u", "rabbitmq", "--", "env", "HOME=/var/lib/rabbitmq"])
+            .arg(format!("RABBITMQ_NODENAME={}", node.name))
+            .arg(format!("RABBITMQ_NODE_PORT={}", node.port))
+            .arg(format!("RABBITMQ_DIST_PORT={}", node.dist_port))
+            .arg(format!(
+                "RABBITMQ_MNESIA_BASE={}",
+                home.join("mnesia").display()
+            ))
+            .arg(format!("RABBITMQ_LOG_BASE={}", home.join("log").display()))
+            .arg(format!(
+                "RABBITMQ_CONFIG_FILE={}",
+                home.join("rabbitmq.conf").display()
+            ))
+            .arg(format!("RABBITMQ_PID_FILE={}", home.join("pid").display()))
+            .arg(format!(
+                "RABBITMQ_ENABLED_PLUGINS_FILE={}",
+                self.dir.0.join("enabled_plugins").display()
+            ))
+            .arg("/usr/lib/rabbitmq/bin/rabbitmq-server")
+            .current_dir("/tmp")
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start rabbitmq-server (scripts/services.sh installs it)");
+        node.child = Some(child);
+    }
+
+    /// Starts node `i` again after [`RabbitCluster::kill`] (same name, ports and
+    /// data) and waits until it runs in the cluster again.
+    pub fn restart(&mut self, i: usize) {
+        self.spawn(i);
+        // `await_startup` needs the Erlang node up first: asked again until it is.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let started = Command::new("rabbitmqctl")
+                .args([
+                    "-q",
+                    "-n",
+                    &self.nodes[i].name,
+                    "await_startup",
+                    "--timeout",
+                    "10",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if started {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {} did not start again within 120 s (logs in {})",
+                self.nodes[i].name,
+                self.dir.0.display()
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
     }
 
     /// `BAKERY_BROKER_URL` naming every node (guest, the default vhost).
@@ -174,6 +222,24 @@ impl Drop for RabbitCluster {
     fn drop(&mut self) {
         for i in 0..self.nodes.len() {
             self.kill(i);
+        }
+        // A failed test shows what the nodes said: the end of each node's log.
+        if std::thread::panicking() {
+            for node in &self.nodes {
+                let short = node.name.split('@').next().unwrap_or_default();
+                let log = self
+                    .dir
+                    .0
+                    .join(short)
+                    .join("log")
+                    .join(format!("{}.log", node.name));
+                let text = std::fs::read_to_string(&log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!("--- the last lines of {} ---", log.display());
+                for line in &lines[lines.len().saturating_sub(40)..] {
+                    eprintln!("{line}");
+                }
+            }
         }
     }
 }
