@@ -11,6 +11,7 @@
 #   RabbitMQ       127.0.0.1:5672, guest/guest (the broker on RabbitMQ)
 #   aiosmtpd       the Python SMTP server each mail test starts on a port of its own
 #   schemathesis   the OpenAPI fuzzer the API test runs against a live system
+#   celery         the peer of `bakery bench jobs --peer celery`
 #   nginx, fonts   the load balancer the bench compares with; a font for its plots
 #   chromium       headless, with chromedriver and axe-core, for the browser test
 #   ip, nft        the hosts of deploy/ as network namespaces (scripts/hosts.sh)
@@ -237,6 +238,18 @@ smtp_server() {
   log "aiosmtpd is ready"
 }
 
+# The peer `bakery bench jobs --peer celery` measures against (Celery 5 on the same
+# RabbitMQ).
+celery_peer() {
+  if ! python3 -c 'import celery' >/dev/null 2>&1; then
+    log "installing celery"
+    python3 -m pip install --quiet 'celery>=5,<6' >/dev/null 2>&1 ||
+      python3 -m pip install --quiet --break-system-packages 'celery>=5,<6' >/dev/null 2>&1 || true
+  fi
+  python3 -c 'import celery' >/dev/null 2>&1 || die "celery (the jobs bench's peer) could not be installed"
+  log "celery is ready"
+}
+
 # Not named after the command: `command -v` would find this function and call the
 # tool installed when it is not.
 api_fuzzer() {
@@ -289,6 +302,7 @@ redis
 memcached_nodes
 rabbitmq
 smtp_server
+celery_peer
 api_fuzzer
 bench_tools
 browser

@@ -116,19 +116,9 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BenchScenario {
-    /// Enqueue N jobs for W workers it starts, wait for all, report jobs/s and latency.
-    Jobs {
-        #[arg(long, default_value_t = 10_000)]
-        jobs: usize,
-        #[arg(long, default_value_t = 2)]
-        workers: usize,
-        /// noop (the machinery alone) or image (a 1600x1200 photo each).
-        #[arg(long, default_value = bakery_broker::topology::job_kind::NOOP)]
-        kind: String,
-        /// Jobs enqueued per transaction.
-        #[arg(long, default_value_t = 500)]
-        batch: usize,
-    },
+    /// Enqueue N jobs for W workers it starts, wait for all, report jobs/s and latency
+    /// (and against Celery with `--peer celery`).
+    Jobs(bakery_bench::jobs::Options),
     /// One scenario through a load balancer in front of 1, 2, 4, ... clones, each
     /// with the same CPU budget: throughput, latency, efficiency, the Universal
     /// Scalability Law fitted, the saturated resource named, plots.
@@ -318,21 +308,9 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         }
         Command::Jobs { command } => jobs(&config, command).await,
         Command::Bench {
-            scenario:
-                BenchScenario::Jobs {
-                    jobs,
-                    workers,
-                    kind,
-                    batch,
-                },
+            scenario: BenchScenario::Jobs(mut options),
         } => {
-            let options = bakery_bench::jobs::Options {
-                jobs,
-                workers,
-                kind,
-                batch,
-                config_file: cli.config.clone(),
-            };
+            options.config_file = cli.config.clone();
             bakery_bench::jobs::run(&config, options).await
         }
         Command::Bench {

@@ -52,13 +52,6 @@ pub fn write_result(dir: &Path, result: &serde_json::Value) -> anyhow::Result<()
     Ok(())
 }
 
-/// Writes `results.json` into a fresh report folder and prints the `result` line.
-fn report(config: &Config, scenario: &str, result: &serde_json::Value) -> anyhow::Result<PathBuf> {
-    let dir = report_dir(config, scenario)?;
-    write_result(&dir, result)?;
-    Ok(dir)
-}
-
 /// `BAKERY_LOG` for the processes a bench starts: their own logs would drown the
 /// progress bar, so `warn` unless the operator set one.
 fn quiet_log() -> (String, String) {

@@ -186,6 +186,7 @@ impl Embedded {
     pub async fn consume(
         self: Arc<Self>,
         queue: &'static str,
+        prefetch: u16,
         handler: Handler,
         stop: CancellationToken,
     ) {
@@ -195,7 +196,7 @@ impl Embedded {
         } else {
             POLL_SQLITE
         };
-        let prefetch = usize::from(self.policy.prefetch);
+        let prefetch = usize::from(prefetch.max(1));
         let mut running: JoinSet<()> = JoinSet::new();
         let mut failures = 0u32;
         tracing::info!(queue, engine = "embedded", "consuming");

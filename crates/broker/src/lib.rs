@@ -366,16 +366,29 @@ impl Broker {
     }
 
     /// Consumes `queue` with `handler` until `stop`, through any number of broker
-    /// restarts; at most `prefetch` deliveries are handled at once.
+    /// restarts; at most the configured prefetch of deliveries are handled at once.
     pub fn consume(
         &self,
         queue: &'static str,
         handler: Handler,
         stop: CancellationToken,
     ) -> JoinHandle<()> {
+        self.consume_at_most(queue, self.policy.prefetch, handler, stop)
+    }
+
+    /// [`Broker::consume`] holding at most `prefetch` deliveries at once: a consumer
+    /// takes only what it can start, and the rest goes to other consumers.
+    pub fn consume_at_most(
+        &self,
+        queue: &'static str,
+        prefetch: u16,
+        handler: Handler,
+        stop: CancellationToken,
+    ) -> JoinHandle<()> {
+        let prefetch = prefetch.max(1);
         match &self.engine {
-            Engine::Embedded(e) => tokio::spawn(e.clone().consume(queue, handler, stop)),
-            Engine::Rabbit(r) => tokio::spawn(r.clone().consume(queue, handler, stop)),
+            Engine::Embedded(e) => tokio::spawn(e.clone().consume(queue, prefetch, handler, stop)),
+            Engine::Rabbit(r) => tokio::spawn(r.clone().consume(queue, prefetch, handler, stop)),
         }
     }
 

@@ -430,13 +430,14 @@ impl Rabbit {
     pub async fn consume(
         self: Arc<Self>,
         queue: &'static str,
+        prefetch: u16,
         handler: Handler,
         stop: CancellationToken,
     ) {
         let mut running: JoinSet<()> = JoinSet::new();
         let mut failures = 0u32;
         while !stop.is_cancelled() {
-            match self.subscribe(queue).await {
+            match self.subscribe(queue, prefetch).await {
                 Ok((link, channel, mut consumer)) => {
                     failures = 0;
                     tracing::info!(queue, engine = "rabbitmq", "consuming");
@@ -493,12 +494,13 @@ impl Rabbit {
     async fn subscribe(
         &self,
         queue: &'static str,
+        prefetch: u16,
     ) -> Result<(Link, Channel, lapin::Consumer), BrokerError> {
         let link = self.link().await?;
         let channel = limited("open a channel", link.connection.create_channel()).await?;
         limited(
             "set the prefetch",
-            channel.basic_qos(self.policy.prefetch, BasicQosOptions::default()),
+            channel.basic_qos(prefetch, BasicQosOptions::default()),
         )
         .await?;
         let tag = format!(

@@ -283,13 +283,19 @@ pub struct WebConfig {
     pub cookie_secure: bool,
 }
 
-/// The workers (`BAKERY_WORKER_CONCURRENCY`, `BAKERY_JOB_LEASE_SECS`).
+/// The workers (`BAKERY_WORKER_CONCURRENCY`, `BAKERY_WORKER_CPU_CONCURRENCY`,
+/// `BAKERY_JOB_LEASE_SECS`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct WorkerConfig {
-    /// Jobs one worker process runs at once.
+    /// Jobs of the light kinds (they mostly wait: on the database, the network, a
+    /// timer) one worker process runs at once.
     #[serde(deserialize_with = "values::number")]
     pub concurrency: u32,
+    /// Jobs of the CPU-bound kinds (photos, page renders) one worker process runs at
+    /// once; 0 = one per core (more would only take turns on the cores).
+    #[serde(deserialize_with = "values::number")]
+    pub cpu_concurrency: u32,
     /// A worker's hold on a running job, renewed by heartbeats; a job whose worker
     /// died is taken over once it runs out.
     #[serde(rename = "job_lease_secs", deserialize_with = "secs")]
@@ -299,8 +305,19 @@ pub struct WorkerConfig {
 impl Default for WorkerConfig {
     fn default() -> Self {
         Self {
-            concurrency: 4,
+            concurrency: 64,
+            cpu_concurrency: 0,
             job_lease: Duration::from_secs(30),
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// Slots for CPU-bound jobs: `cpu_concurrency`, or the cores this process may use.
+    pub fn cpu_slots(&self) -> usize {
+        match self.cpu_concurrency {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n as usize,
         }
     }
 }
@@ -495,6 +512,7 @@ const PLACED: &[(&str, &str)] = &[
     ("drain_grace_ms", "http.drain_grace_ms"),
     ("cookie_secure", "web.cookie_secure"),
     ("worker_concurrency", "worker.concurrency"),
+    ("worker_cpu_concurrency", "worker.cpu_concurrency"),
     ("job_lease_secs", "worker.job_lease_secs"),
     ("smtp_url", "email.smtp_url"),
     ("public_url", "email.public_url"),
@@ -708,6 +726,12 @@ impl Config {
                 "expected 1 to 1024",
             ));
         }
+        if self.worker.cpu_concurrency > 1024 {
+            return Err(ConfigError::new(
+                "BAKERY_WORKER_CPU_CONCURRENCY",
+                "expected 0 (one per core) to 1024",
+            ));
+        }
         if self.worker.job_lease < Duration::from_secs(1) {
             return Err(ConfigError::new(
                 "BAKERY_JOB_LEASE_SECS",
@@ -880,6 +904,7 @@ mod tests {
             ("BAKERY_LB_RETRY_BUDGET_PERCENT", "120"),
             ("BAKERY_LB_SELECTION", "random"),
             ("BAKERY_READ_MODEL", "mongo"),
+            ("BAKERY_WORKER_CPU_CONCURRENCY", "2000"),
         ] {
             let err = Config::from_layers(None, env(&[(variable, value)])).unwrap_err();
             assert_eq!(err.variable, variable, "{variable}={value}: {err}");

@@ -9,6 +9,12 @@ use serde::Deserialize;
 
 use crate::job::{JobError, Progress};
 
+/// Whether jobs of `kind` keep a core busy while they run (so run one per core at
+/// most by default), rather than mostly wait.
+pub fn cpu_bound(kind: &str) -> bool {
+    matches!(kind, job_kind::IMAGE | job_kind::RENDER)
+}
+
 /// Runs one job of its kind; the value is the job's `result`.
 pub async fn run(
     app: &App,

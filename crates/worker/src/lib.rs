@@ -29,7 +29,7 @@ use bakery_events::Incoming;
 use bakery_service::{Check, Shell};
 use std::collections::HashSet;
 use tokio::net::TcpListener;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
@@ -38,19 +38,18 @@ mod held;
 mod image;
 mod job;
 pub mod kinds;
+mod pool;
 mod render;
 mod settle;
 
 use held::Held;
 use job::{JobError, Progress};
+use pool::Pool;
 use settle::Settler;
 
-/// The queues a worker consumes.
-const QUEUES: &[&str] = &[
-    topology::JOBS_IMAGE,
-    topology::JOBS_RENDER,
-    topology::JOBS_NOOP,
-];
+/// Product and document events one worker handles at once (each a few statements:
+/// more at once would only wait for the database pool).
+const EVENTS_AT_ONCE: u16 = 4;
 /// How long running jobs may take to finish when the worker stops; after that their
 /// leases run out and other workers take them over.
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -58,28 +57,23 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 struct Worker {
     app: App,
     id: String,
-    slots: Arc<Semaphore>,
+    /// Slots of the light kinds, and of the CPU-bound ones.
+    light: Arc<Pool>,
+    cpu: Arc<Pool>,
     lease: Duration,
     retry: Policy,
     running: TaskTracker,
     held: Held,
     settler: Settler,
-    /// One message claims at a time: it takes every slot free, so slots freed
-    /// together (a batch of ends) are claimed together, not one by each of the
-    /// messages in hand.
-    claiming: tokio::sync::Mutex<()>,
 }
 
 /// Runs a worker on `listener` (health and metrics) until `shutdown`.
 pub async fn run(
-    mut config: Config,
+    config: Config,
     id: &str,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    // A worker takes from the broker only what it can start: messages it held while
-    // busy would wait for its slots instead of going to an idle worker.
-    config.broker.prefetch = config.worker.concurrency.min(u32::from(u16::MAX)) as u16;
     // The database, the cache (image jobs refresh `Product:{id}`; renders read
     // through it) and the broker; no session store.
     let app = App::connect(&config).await?;
@@ -100,41 +94,60 @@ pub async fn run(
     let worker = Arc::new(Worker {
         app: app.clone(),
         id: id.to_string(),
-        slots: Arc::new(Semaphore::new(config.worker.concurrency as usize)),
+        light: Arc::new(Pool::new(config.worker.concurrency as usize)),
+        cpu: Arc::new(Pool::new(config.worker.cpu_slots())),
         lease: config.worker.job_lease,
         retry: Policy::from_config(&config.broker),
         running: TaskTracker::new(),
         held: Held::default(),
         settler: Settler::start(app.clone()),
-        claiming: tokio::sync::Mutex::new(()),
     });
     let stop = CancellationToken::new();
-    let mut consumers: Vec<_> = QUEUES
+    // A worker takes from the broker only what it can start: messages it held while
+    // busy would wait for its slots instead of going to an idle worker.
+    let mut consumers: Vec<_> = topology::job_kind::ALL
         .iter()
-        .map(|queue| {
+        .filter_map(|kind| Some((topology::job_queue(kind)?, kind)))
+        .map(|(queue, kind)| {
+            let pool = if kinds::cpu_bound(kind) {
+                worker.cpu.clone()
+            } else {
+                worker.light.clone()
+            };
+            let prefetch = pool.size().min(usize::from(u16::MAX)) as u16;
             let worker = worker.clone();
-            let handler = handler(move |delivery: Delivery| worker.clone().dispatch(delivery));
-            app.broker().consume(queue, handler, stop.clone())
+            let handler =
+                handler(move |delivery: Delivery| worker.clone().dispatch(delivery, pool.clone()));
+            app.broker()
+                .consume_at_most(queue, prefetch, handler, stop.clone())
         })
         .collect();
     consumers.push({
         let worker = worker.clone();
         let handler = handler(move |delivery: Delivery| worker.clone().product_changed(delivery));
-        app.broker()
-            .consume(topology::RENDER_PRODUCTS, handler, stop.clone())
+        app.broker().consume_at_most(
+            topology::RENDER_PRODUCTS,
+            EVENTS_AT_ONCE,
+            handler,
+            stop.clone(),
+        )
     });
     consumers.push({
         let worker = worker.clone();
         let handler = handler(move |delivery: Delivery| worker.clone().document_changed(delivery));
-        app.broker()
-            .consume(topology::DOCUMENTS_PRODUCTS, handler, stop.clone())
+        app.broker().consume_at_most(
+            topology::DOCUMENTS_PRODUCTS,
+            EVENTS_AT_ONCE,
+            handler,
+            stop.clone(),
+        )
     });
     let reaper = tokio::spawn(worker.clone().reap(stop.clone()));
     // Heartbeats go on until the running jobs have finished, after the consumers stop.
     let beating = CancellationToken::new();
     let heartbeat = tokio::spawn(worker.clone().heartbeat(beating.clone()));
     let router = bakery_service::layered(&shell, Router::new());
-    tracing::info!(id, addr = %listener.local_addr()?, concurrency = config.worker.concurrency, broker = app.broker().engine(), "worker serving");
+    tracing::info!(id, addr = %listener.local_addr()?, concurrency = worker.light.size(), cpu_concurrency = worker.cpu.size(), broker = app.broker().engine(), "worker serving");
     let announced = app.announce("worker", listener.local_addr()?);
     bakery_service::serve(&shell, router, listener, shutdown).await?;
     announced.end().await;
@@ -167,7 +180,7 @@ impl Worker {
     /// claimed in one statement and each handed to a task; the message is
     /// acknowledged once all have started. (Jobs of a batch already started are not
     /// claimed again if the message comes back: the claim is conditional.)
-    async fn dispatch(self: Arc<Self>, delivery: Delivery) -> Outcome {
+    async fn dispatch(self: Arc<Self>, delivery: Delivery, pool: Arc<Pool>) -> Outcome {
         let ids = match delivery.message.event() {
             Ok(Incoming::JobsReady(ready)) => ready.ids(),
             Ok(other) => return Outcome::Dead(format!("not a job message: {other:?}")),
@@ -178,17 +191,11 @@ impl Worker {
         }
         let mut waiting = ids.as_slice();
         while !waiting.is_empty() {
-            let _turn = self.claiming.lock().await;
+            let _turn = pool.turn().await;
             // A free slot first: the message waits (unacknowledged) while all are busy.
-            let Ok(first) = self.slots.clone().acquire_owned().await else {
+            let slots = pool.take(waiting.len()).await;
+            if slots.is_empty() {
                 return Outcome::Retry("the worker is stopping".into());
-            };
-            let mut slots = vec![first];
-            while slots.len() < waiting.len() {
-                match self.slots.clone().try_acquire_owned() {
-                    Ok(slot) => slots.push(slot),
-                    Err(_) => break,
-                }
             }
             let (now, later) = waiting.split_at(slots.len());
             waiting = later;

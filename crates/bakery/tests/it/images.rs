@@ -99,7 +99,7 @@ async fn twelve_uploads(engine: Engine) {
     let mut env = vec![
         ("BAKERY_JOB_LEASE_SECS".to_string(), "2".to_string()),
         ("BAKERY_OUTBOX_SWEEP_AFTER_MS".into(), "500".into()),
-        ("BAKERY_WORKER_CONCURRENCY".into(), "2".into()),
+        ("BAKERY_WORKER_CPU_CONCURRENCY".into(), "2".into()),
     ];
     env.extend(engine.env().await);
     let mut up = Up::start(env, 1);

@@ -289,6 +289,77 @@ async fn bench_jobs_runs_its_workers_and_ends_with_a_result_line() {
     assert_eq!(code, Some(2), "{err}");
 }
 
+/// `bench jobs --peer celery`: our workers and Celery's on the same RabbitMQ, one
+/// round each, 16 producers enqueuing one job per transaction; both sides' figures,
+/// their ratio and a plot of the rounds. A peer that cannot run here is refused with
+/// the flag named, before anything starts.
+#[tokio::test]
+async fn bench_jobs_runs_against_celery_on_the_same_rabbitmq() {
+    let data = harness::TempDir::new();
+    let mut env = harness::embedded_env(&data);
+    env.extend(Engine::RabbitMq.env().await);
+    let args = [
+        "bench",
+        "jobs",
+        "--jobs",
+        "300",
+        "--workers",
+        "1",
+        "--producers",
+        "16",
+        "--batch",
+        "1",
+        "--peer",
+        "celery",
+        "--rounds",
+        "1",
+    ];
+    let run_env = env.clone();
+    let (code, out, err) = tokio::task::spawn_blocking(move || harness::run_output(&args, run_env))
+        .await
+        .unwrap();
+    assert_eq!(code, Some(0), "{err}");
+    let line = out
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("result "))
+        .unwrap_or_else(|| panic!("no result line last: {out}"));
+    let result: Value = serde_json::from_str(line).unwrap();
+    assert_eq!(result["peer"], "celery");
+    assert_eq!(result["producers"], 16);
+    assert_eq!(result["failed"], 0);
+    let (ours, theirs) = (
+        result["jobs_per_s"].as_f64().unwrap(),
+        result["peer_jobs_per_s"].as_f64().unwrap(),
+    );
+    assert!(ours > 0.0 && theirs > 0.0, "{result}");
+    let ratio = result["ratio"].as_f64().unwrap();
+    assert!((ratio - ours / theirs).abs() < 0.01, "{result}");
+    assert!(result["peer_p99_ms"].as_f64().unwrap() >= result["peer_p50_ms"].as_f64().unwrap());
+    assert!(
+        result["peak_rss_bytes"]["worker-1"].as_u64().unwrap() > 0,
+        "{result}"
+    );
+    let report = out
+        .lines()
+        .find_map(|l| l.strip_prefix("report "))
+        .expect("a report line");
+    assert!(std::path::Path::new(report).join("jobs.png").exists());
+    // Celery only on RabbitMQ, and only peers that exist.
+    for (args, env) in [
+        (
+            vec!["bench", "jobs", "--peer", "celery"],
+            harness::embedded_env(&data),
+        ),
+        (vec!["bench", "jobs", "--peer", "sidekiq"], env.clone()),
+        (vec!["bench", "jobs", "--producers", "0"], env),
+    ] {
+        let (code, _, err) = harness::run_output(&args, env);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains("--"), "{err}");
+    }
+}
+
 /// Issue 25, 8: an image job reads only an uploaded original: a payload naming any
 /// other file (absolute, climbing out, hidden) is refused when it is queued.
 #[tokio::test]
