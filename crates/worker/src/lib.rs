@@ -191,7 +191,6 @@ impl Worker {
         }
         let mut waiting = ids.as_slice();
         while !waiting.is_empty() {
-            let _turn = pool.turn().await;
             // A free slot first: the message waits (unacknowledged) while all are busy.
             let slots = pool.take(waiting.len()).await;
             if slots.is_empty() {

@@ -6,15 +6,17 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, MutexGuard, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 pub(crate) struct Pool {
     slots: Arc<Semaphore>,
     size: usize,
-    /// One message claims at a time: it takes every slot free, so slots freed
-    /// together (a batch of ends) are claimed together, not one by each of the
-    /// messages in hand.
-    claiming: Mutex<()>,
+    /// One message takes slots at a time: it takes every slot free, so slots freed
+    /// together (a batch of ends) go to one message's jobs, claimed in one statement,
+    /// not one to each of the messages in hand. The claims themselves run side by
+    /// side: a worker fed one job per message (as web requests enqueue them) would
+    /// otherwise wait a database round trip per job.
+    taking: Mutex<()>,
 }
 
 impl Pool {
@@ -22,7 +24,7 @@ impl Pool {
         Self {
             slots: Arc::new(Semaphore::new(size)),
             size,
-            claiming: Mutex::new(()),
+            taking: Mutex::new(()),
         }
     }
 
@@ -31,13 +33,10 @@ impl Pool {
         self.size
     }
 
-    /// This message's turn to claim.
-    pub(crate) async fn turn(&self) -> MutexGuard<'_, ()> {
-        self.claiming.lock().await
-    }
-
-    /// Waits for a free slot, then takes every other free one, up to `wanted` in all.
+    /// Waits for this message's turn and a free slot, then takes every other free
+    /// one, up to `wanted` in all.
     pub(crate) async fn take(&self, wanted: usize) -> Vec<OwnedSemaphorePermit> {
+        let _turn = self.taking.lock().await;
         let Ok(first) = self.slots.clone().acquire_owned().await else {
             return Vec::new(); // closed: never, the pool lives as long as the worker
         };
