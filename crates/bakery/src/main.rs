@@ -131,6 +131,9 @@ enum BenchScenario {
     /// One scenario against a baseline (`ping` by default) on the same topology,
     /// rounds alternating: requests/s and latency side by side, and their ratio.
     Compare(bakery_bench::compare::Options),
+    /// N notification streams through the load balancer, one RSVP per user: how
+    /// soon every stream carries it, and the push process's memory per stream.
+    Push(bakery_bench::push::Options),
     /// A product read on a large catalog, four ways side by side: from the normalised
     /// tables, from the de-normalised documents, and each with the cache in front.
     ReadModels(bakery_bench::read_models::Options),
@@ -318,6 +321,12 @@ async fn run(cli: Cli, config: Config) -> anyhow::Result<()> {
         } => {
             options.config_file = cli.config.clone();
             bakery_bench::scale::run(&config, options).await
+        }
+        Command::Bench {
+            scenario: BenchScenario::Push(mut options),
+        } => {
+            options.config_file = cli.config.clone();
+            bakery_bench::push::run(&config, options).await
         }
         Command::Bench {
             scenario: BenchScenario::Compare(mut options),

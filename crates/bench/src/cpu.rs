@@ -37,10 +37,20 @@ pub fn used_by(pids: &[u32]) -> Duration {
 /// The most resident memory process `pid` has held (`VmHWM`), in bytes; zero once
 /// it is gone.
 pub fn peak_memory(pid: u32) -> u64 {
+    status_bytes(pid, "VmHWM:")
+}
+
+/// The memory process `pid` holds resident now (`VmRSS`), in bytes.
+pub fn resident_memory(pid: u32) -> u64 {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// A size from `/proc/{pid}/status` (given there in KiB), in bytes.
+fn status_bytes(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|status| {
-            let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+            let line = status.lines().find(|l| l.starts_with(field))?;
             let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
             Some(kib * 1024)
         })

@@ -95,6 +95,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         cpu_per_clone: options.cpu_per_clone,
         cpu_lb: options.cpu_lb,
         clone_env: scenario.clone_env(),
+        push: None,
     };
     let topology = Topology::start(&lab, &shape).await?;
     let mix = scenario.prepare(&lab, &topology.base()).await?;

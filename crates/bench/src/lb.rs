@@ -66,6 +66,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         cpu_per_clone: None,
         cpu_lb: options.cpu_lb,
         clone_env: scenario.clone_env(),
+        push: None,
     };
     let ours = Topology::start(&lab, &shape).await?;
     let mix = scenario.prepare(&lab, &ours.base()).await?;

@@ -25,6 +25,7 @@ pub mod latency;
 pub mod lb;
 pub mod load;
 pub mod plot;
+pub mod push;
 pub mod read_models;
 pub mod scale;
 pub mod scenarios;

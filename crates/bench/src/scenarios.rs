@@ -141,7 +141,7 @@ impl Scenario {
 const USER_PASSWORD: &str = "bench-password";
 
 /// Signs `username` up (once) and logs in; its cookie pair.
-async fn user(base: &str, username: &str) -> anyhow::Result<String> {
+pub(crate) async fn user(base: &str, username: &str) -> anyhow::Result<String> {
     let _ = reqwest::Client::new()
         .post(format!("{base}/api/users"))
         .json(&json!({
@@ -155,7 +155,7 @@ async fn user(base: &str, username: &str) -> anyhow::Result<String> {
 }
 
 /// A class nobody can fill: RSVPs never meet `event_full`.
-async fn big_event(lab: &Lab) -> anyhow::Result<i64> {
+pub(crate) async fn big_event(lab: &Lab) -> anyhow::Result<i64> {
     let db = bakery_db::Database::connect_configured(&lab.config).await?;
     let (id, _) = db
         .create_event(bakery_db::calendar::NewEvent {

@@ -75,6 +75,9 @@ pub struct Shape {
     pub cpu_lb: Option<f64>,
     /// More environment for the clones (e.g. `BAKERY_CACHE_URL=none`).
     pub clone_env: Vec<(String, String)>,
+    /// A push process already started, which the load balancer routes the
+    /// notification streams to.
+    pub push: Option<SocketAddr>,
 }
 
 pub struct Topology {
@@ -115,6 +118,14 @@ impl Topology {
         for (clone, i) in clones.iter().zip(1..) {
             args.push("--backend".to_string());
             args.push(format!("web=web-{i}@{}", clone.addr));
+        }
+        if let Some(push) = shape.push {
+            args.extend([
+                "--backend".to_string(),
+                format!("push=push-1@{push}"),
+                "--route".to_string(),
+                bakery_supervisor::PUSH_ROUTE.to_string(),
+            ]);
         }
         let lb = lab
             .launcher

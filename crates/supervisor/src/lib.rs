@@ -39,7 +39,8 @@ pub struct UpOptions {
 }
 
 /// The path prefix the load balancer sends to the push pool (the event streams).
-const PUSH_ROUTE: &str = "/api/notifications/=push";
+/// The load balancer's route of the notification streams to the push pool.
+pub const PUSH_ROUTE: &str = "/api/notifications/=push";
 
 /// Longest a child may take to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(15);

@@ -463,3 +463,39 @@ async fn bench_read_models_reads_a_bulk_catalog_four_ways() {
         }
     }
 }
+
+/// `bench push`: streams opened through the load balancer to a push process, one
+/// RSVP per user, and every stream carries its user's event; the figures the
+/// contract names, and the push process's memory per stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_push_opens_streams_through_the_balancer_and_times_each_event() {
+    let data = harness::TempDir::new();
+    let (code, out, err) =
+        bench_with(&data, vec![], &["push", "--streams", "60", "--users", "3"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    let (result, dir) = result_of(&out);
+    assert_eq!(result["scenario"], "push");
+    assert_eq!(result["streams"], 60);
+    // More streams per user than the default cap (8) and all open: the cap is lifted.
+    assert_eq!(result["opened"], 60, "{result}");
+    assert_eq!(result["delivered"], 60, "{result}");
+    let (p50, p99, max) = (
+        result["p50_ms"].as_f64().unwrap(),
+        result["p99_ms"].as_f64().unwrap(),
+        result["max_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{result}");
+    assert!(
+        result["push_rss_bytes_per_stream"].as_u64().is_some(),
+        "{result}"
+    );
+    assert!(
+        result["peak_rss_bytes"]["push-1"].as_u64().unwrap() > 0,
+        "{result}"
+    );
+    assert!(dir.join("results.json").exists());
+    let (code, _, err) =
+        bench_with(&data, vec![], &["push", "--streams", "2", "--users", "3"]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--streams"), "{err}");
+}
