@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub mod feed;
+mod session_watch;
 mod stream;
 
 use feed::Feed;
@@ -71,6 +72,7 @@ pub async fn run(
     let closing = CancellationToken::new();
     let streams = stream::Streams {
         db: db.clone(),
+        watch: session_watch::SessionWatch::start(sessions.clone(), closing.clone()),
         sessions,
         feed,
         closing: closing.clone(),

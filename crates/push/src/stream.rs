@@ -20,6 +20,7 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::feed::Feed;
+use crate::session_watch::SessionWatch;
 
 /// Missed notifications read per database query.
 const BACKLOG_BATCH: i64 = 500;
@@ -31,6 +32,8 @@ pub struct Streams {
     pub db: Database,
     /// Who is asking: the session behind the request's cookie.
     pub sessions: SessionStore,
+    /// Whether it still lives (logout, password change, expiry end it).
+    pub watch: SessionWatch,
     pub feed: Feed,
     /// Cancelled when the process starts shutting down: every stream ends.
     pub closing: CancellationToken,
@@ -39,9 +42,6 @@ pub struct Streams {
     /// A stream ends after this long; the browser reconnects with `Last-Event-ID`.
     pub max_lifetime: Duration,
 }
-
-/// How often an open stream asks whether its session still lives.
-const SESSION_CHECK: Duration = Duration::from_secs(1);
 
 /// Open streams per user on this process.
 pub struct OpenStreams {
@@ -97,20 +97,6 @@ impl Drop for OpenStream {
     }
 }
 
-/// Resolves once the session `id` has ended (logout, password change, expiry):
-/// asked every [`SESSION_CHECK`], the first time after a random part of it so that
-/// many streams do not ask together. A store that cannot answer ends nothing.
-async fn session_ended(sessions: SessionStore, id: SessionId) {
-    let first = SESSION_CHECK.mul_f64(rand::random::<f64>());
-    tokio::time::sleep(first).await;
-    loop {
-        if let Ok(false) = sessions.is_live(&id).await {
-            return;
-        }
-        tokio::time::sleep(SESSION_CHECK).await;
-    }
-}
-
 /// The session behind the request's cookie and its user: 401 without one, 503 when
 /// the session store cannot answer.
 async fn session_user(sessions: &SessionStore, headers: &HeaderMap) -> ApiResult<(SessionId, i64)> {
@@ -126,6 +112,7 @@ pub async fn open(
     State(Streams {
         db,
         sessions,
+        watch,
         feed,
         closing,
         open,
@@ -175,10 +162,11 @@ pub async fn open(
     let opening = futures::stream::once(async { Ok(Event::default().comment("connected")) });
     // A stream ends when the process starts closing, when its session ends, or at
     // its maximum lifetime; its place is given back with it.
+    let watched = watch.watch(session);
     let ends = async move {
         tokio::select! {
             () = closing.cancelled_owned() => {}
-            () = session_ended(sessions, session) => {
+            () = watched.ended.cancelled() => {
                 tracing::debug!(user_id, "session ended; stream closed");
             }
             () = tokio::time::sleep(max_lifetime) => {}

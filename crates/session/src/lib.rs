@@ -66,7 +66,7 @@ pub struct Session {
 }
 
 /// A session id as the client holds it: 256 random bits, base64url.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct SessionId(String);
 
 impl SessionId {
