@@ -12,7 +12,7 @@
 #   aiosmtpd       the Python SMTP server each mail test starts on a port of its own
 #   schemathesis   the OpenAPI fuzzer the API test runs against a live system
 #   celery         the peer of `bakery bench jobs --peer celery`
-#   nginx, fonts   the load balancer the bench compares with; a font for its plots
+#   nginx, haproxy the load balancers the bench compares with; a font for its plots
 #   chromium       headless, with chromedriver and axe-core, for the browser test
 #   ip, nft        the hosts of deploy/ as network namespaces (scripts/hosts.sh)
 #
@@ -264,8 +264,9 @@ api_fuzzer() {
 
 bench_tools() {
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || apt_install nginx-light
+  command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || apt_install haproxy
   [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_install fonts-dejavu-core
-  log "nginx and fonts are ready"
+  log "nginx, haproxy and fonts are ready"
 }
 
 # The browser tests: headless Chromium driven through chromedriver, and axe-core

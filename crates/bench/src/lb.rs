@@ -1,8 +1,9 @@
-//! `bakery bench lb --connections 16,64,256 [--cpu-lb C]`: our load balancer
-//! against nginx (installed from Debian when missing), in front of the same
-//! clones, on the same scenario (`ping` by default: the cheapest proxied route,
-//! so the balancer's own cost shows). Rounds alternate which goes first; with
-//! `--cpu-lb` both get the same CPU budget and one worker per core of it.
+//! `bakery bench lb [--peer nginx|haproxy] --connections 16,64,256 [--cpu-lb C]`:
+//! our load balancer against a peer (nginx or HAProxy, installed from Debian when
+//! missing), in front of the same clones, on the same scenario (`ping` by default:
+//! the cheapest proxied route, so the balancer's own cost shows). Rounds alternate
+//! which goes first; with `--cpu-lb` both get the same CPU budget and as many
+//! workers (nginx's processes, HAProxy's threads, our threads) as its cores.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -30,6 +31,9 @@ pub struct Options {
     /// ping, product, product-uncached, product-page, edge, rsvp or browse.
     #[arg(long, default_value = "ping")]
     pub scenario: String,
+    /// The balancer ours is measured against: nginx or haproxy.
+    #[arg(long, default_value = "nginx")]
+    pub peer: String,
     #[command(flatten)]
     pub rounds: ab::Rounds,
     /// The `--config` file the bench's processes are started with.
@@ -45,7 +49,8 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         return Err(ConfigError::new("--rounds", "--rounds and --clones are at least 1").into());
     }
     let (duration, warmup) = crate::timing(options.rounds.duration, options.rounds.warmup)?;
-    let nginx = nginx_binary().await?;
+    let kind = PeerKind::from_flag(&options.peer)?;
+    let binary = kind.binary().await?;
     let mut lab = Lab::open(
         options.config_file.clone(),
         config,
@@ -71,7 +76,8 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     let ours = Topology::start(&lab, &shape).await?;
     let mix = scenario.prepare(&lab, &ours.base()).await?;
     let clone_addrs: Vec<String> = ours.clones.iter().map(|c| c.addr.to_string()).collect();
-    let theirs = Nginx::start(&nginx, &lab, &clone_addrs, workers, options.cpu_lb).await?;
+    let theirs = Peer::start(kind, &binary, &lab, &clone_addrs, workers, options.cpu_lb).await?;
+    let peer = kind.name();
 
     let contenders = [
         Contender {
@@ -81,7 +87,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
             pids: vec![ours.lb.pid],
         },
         Contender {
-            name: "nginx",
+            name: peer,
             addr: theirs.addr,
             mix: &mix,
             pids: family(theirs.child.id().unwrap_or(0)),
@@ -98,12 +104,12 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     theirs.stop().await;
     ours.stop().await;
 
-    let points = ab::points(&runs, &options.connections, ["bakery", "nginx"]);
-    let table = ab::table(&points, ["ours", "nginx"]);
+    let points = ab::points(&runs, &options.connections, ["bakery", peer]);
+    let table = ab::table(&points, ["ours", peer]);
     let charts = ab::draw(
         &lab.dir,
         &format!("{} through each balancer", scenario.name()),
-        ["bakery lb", "nginx"],
+        ["bakery lb", peer],
         &points,
     )?;
     std::fs::write(
@@ -130,101 +136,194 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
             files: vec!["results.json".into(), "runs.json".into()],
         },
     )?;
+    // The peer's figures under `peer_*`, and under its own name too (`nginx_*`,
+    // `haproxy_*`).
+    let point = |(c, o, n): &(usize, ab::Side, ab::Side)| {
+        let mut point = json!({
+            "connections": c,
+            "ours_rps": o.rps.round(),
+            "ours_p99_ms": (o.p99_ms * 1000.0).round() / 1000.0,
+            "ratio": ab::ratio(o.rps, n.rps),
+            "ours_errors": o.errors,
+            "ours_cpu_us_per_request": (o.cpu_us * 10.0).round() / 10.0,
+        });
+        for name in ["peer", peer] {
+            point[format!("{name}_rps")] = json!(n.rps.round());
+            point[format!("{name}_p99_ms")] = json!((n.p99_ms * 1000.0).round() / 1000.0);
+            point[format!("{name}_errors")] = json!(n.errors);
+            point[format!("{name}_cpu_us_per_request")] = json!((n.cpu_us * 10.0).round() / 10.0);
+        }
+        point
+    };
     let result = json!({
         "scenario": "lb",
+        "peer": peer,
         "requests": scenario.name(),
         "clones": options.clones,
         "cpu_lb": options.cpu_lb,
         "workers": workers,
-        "points": points.iter().map(|(c, o, n)| json!({
-            "connections": c,
-            "ours_rps": o.rps.round(), "nginx_rps": n.rps.round(),
-            "ours_p99_ms": (o.p99_ms * 1000.0).round() / 1000.0,
-            "nginx_p99_ms": (n.p99_ms * 1000.0).round() / 1000.0,
-            "ratio": ab::ratio(o.rps, n.rps),
-            "ours_errors": o.errors, "nginx_errors": n.errors,
-            "ours_cpu_us_per_request": (o.cpu_us * 10.0).round() / 10.0,
-            "nginx_cpu_us_per_request": (n.cpu_us * 10.0).round() / 10.0,
-        })).collect::<Vec<_>>(),
+        "points": points.iter().map(point).collect::<Vec<_>>(),
     });
     crate::write_result(&lab.dir, &result)
 }
 
-/// nginx's path, installing Debian's `nginx-light` (or `nginx`) when missing.
-async fn nginx_binary() -> anyhow::Result<PathBuf> {
-    let find = || {
-        ["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"]
-            .iter()
-            .map(PathBuf::from)
-            .find(|p| p.exists())
-    };
-    if let Some(path) = find() {
-        return Ok(path);
+/// The balancers ours is measured against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PeerKind {
+    Nginx,
+    HaProxy,
+}
+
+impl PeerKind {
+    fn from_flag(flag: &str) -> Result<Self, ConfigError> {
+        match flag {
+            "nginx" => Ok(Self::Nginx),
+            "haproxy" => Ok(Self::HaProxy),
+            _ => Err(ConfigError::new("--peer", "expected nginx or haproxy")),
+        }
     }
-    eprintln!("installing nginx (Debian) for the comparison");
-    let _ = Command::new("apt-get")
-        .args(["update", "-qq"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .await;
-    for package in ["nginx-light", "nginx"] {
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Nginx => "nginx",
+            Self::HaProxy => "haproxy",
+        }
+    }
+
+    /// Its path, installing it from Debian when missing.
+    async fn binary(self) -> anyhow::Result<PathBuf> {
+        let (paths, packages): (&[&str], &[&str]) = match self {
+            Self::Nginx => (
+                &["/usr/sbin/nginx", "/usr/local/sbin/nginx", "/usr/bin/nginx"],
+                &["nginx-light", "nginx"],
+            ),
+            Self::HaProxy => (
+                &[
+                    "/usr/sbin/haproxy",
+                    "/usr/local/sbin/haproxy",
+                    "/usr/bin/haproxy",
+                ],
+                &["haproxy"],
+            ),
+        };
+        let find = || paths.iter().map(PathBuf::from).find(|p| p.exists());
+        if let Some(path) = find() {
+            return Ok(path);
+        }
+        eprintln!("installing {} (Debian) for the comparison", self.name());
         let _ = Command::new("apt-get")
-            .args(["install", "-y", "-qq", package])
-            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["update", "-qq"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
             .await;
-        if let Some(path) = find() {
-            return Ok(path);
+        for package in packages {
+            let _ = Command::new("apt-get")
+                .args(["install", "-y", "-qq", package])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .await;
+            if let Some(path) = find() {
+                return Ok(path);
+            }
         }
+        Err(ConfigError::new(
+            self.name(),
+            "not installed and apt-get could not install it",
+        )
+        .into())
     }
-    Err(ConfigError::new("nginx", "not installed and apt-get could not install it").into())
+
+    /// Its configuration as a load balancer should be set up (keep-alive to the
+    /// clones, least connections, no access log), and the command that runs it in
+    /// the foreground.
+    fn command(
+        self,
+        binary: &Path,
+        dir: &Path,
+        addr: std::net::SocketAddr,
+        clones: &[String],
+        workers: usize,
+    ) -> anyhow::Result<Command> {
+        let mut command = Command::new(binary);
+        match self {
+            Self::Nginx => {
+                let servers: String = clones
+                    .iter()
+                    .map(|a| format!("    server {a};\n"))
+                    .collect();
+                let conf = format!(
+                    "worker_processes {workers};\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
+                     events {{ worker_connections 8192; }}\n\
+                     http {{\n  access_log off;\n  upstream web {{\n    least_conn;\n{servers}    keepalive 256;\n  }}\n\
+                     \x20 server {{\n    listen {addr};\n    location / {{\n      proxy_pass http://web;\n      proxy_http_version 1.1;\n\
+                     \x20     proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n\
+                     \x20     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      proxy_set_header X-Request-Id $request_id;\n\
+                     \x20     proxy_next_upstream error timeout;\n    }}\n  }}\n}}\n",
+                    dir = dir.display()
+                );
+                let conf_path = dir.join("nginx.conf");
+                std::fs::write(&conf_path, conf)?;
+                command
+                    .arg("-c")
+                    .arg(&conf_path)
+                    .arg("-p")
+                    .arg(dir)
+                    .arg("-e")
+                    .arg(dir.join("error.log"));
+            }
+            Self::HaProxy => {
+                let servers: String = clones
+                    .iter()
+                    .enumerate()
+                    .map(|(i, a)| format!("  server web{} {a}\n", i + 1))
+                    .collect();
+                // Threads as nginx has processes, and as many connections as one of
+                // nginx's workers (HAProxy wants two descriptors for each, within the
+                // machine's limit); keep-alive both ways and idle
+                // connections to the clones shared by every client (`http-reuse
+                // always`), as HAProxy is run in front of web clones.
+                let conf = format!(
+                    "global\n  nbthread {workers}\n  maxconn 8192\n\
+                     defaults\n  mode http\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+                     \x20 option http-keep-alive\n  option forwardfor\n  http-reuse always\n\
+                     frontend front\n  bind {addr}\n  default_backend web\n\
+                     backend web\n  balance leastconn\n{servers}"
+                );
+                let conf_path = dir.join("haproxy.cfg");
+                std::fs::write(&conf_path, conf)?;
+                // -db: in the foreground, no daemon; -W would fork a master.
+                command.arg("-f").arg(&conf_path).arg("-db");
+            }
+        }
+        Ok(command)
+    }
 }
 
-/// nginx in front of the same clones, configured as a load balancer should be
-/// (keep-alive upstreams, least connections, no access log), in the foreground.
-struct Nginx {
+/// The peer in front of the same clones, in the foreground, in its own process group.
+struct Peer {
+    kind: PeerKind,
     child: Child,
     addr: std::net::SocketAddr,
     _group: Option<crate::cgroup::Group>,
 }
 
-impl Nginx {
+impl Peer {
     async fn start(
+        kind: PeerKind,
         binary: &Path,
         lab: &Lab,
         clones: &[String],
         workers: usize,
         cpus: Option<f64>,
     ) -> anyhow::Result<Self> {
-        let dir = lab.dir.join("nginx");
+        let dir = lab.dir.join(kind.name());
         std::fs::create_dir_all(&dir)?;
         let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let servers: String = clones
-            .iter()
-            .map(|a| format!("    server {a};\n"))
-            .collect();
-        let conf = format!(
-            "worker_processes {workers};\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log warn;\n\
-             events {{ worker_connections 8192; }}\n\
-             http {{\n  access_log off;\n  upstream web {{\n    least_conn;\n{servers}    keepalive 256;\n  }}\n\
-             \x20 server {{\n    listen {addr};\n    location / {{\n      proxy_pass http://web;\n      proxy_http_version 1.1;\n\
-             \x20     proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n\
-             \x20     proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      proxy_set_header X-Request-Id $request_id;\n\
-             \x20     proxy_next_upstream error timeout;\n    }}\n  }}\n}}\n",
-            dir = dir.display()
-        );
-        let conf_path = dir.join("nginx.conf");
-        std::fs::write(&conf_path, conf)?;
-        let child = Command::new(binary)
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-p")
-            .arg(&dir)
-            .arg("-e")
-            .arg(dir.join("error.log"))
+        let child = kind
+            .command(binary, &dir, addr, clones, workers)?
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
@@ -249,12 +348,13 @@ impl Nginx {
         }
         anyhow::ensure!(
             ready,
-            "nginx did not answer within 10 s (see {})",
+            "{} did not answer within 10 s (see {})",
+            kind.name(),
             dir.display()
         );
         let group = match (&lab.budgets, cpus) {
             (Some(budgets), Some(cpus)) => {
-                let group = budgets.group("nginx", cpus)?;
+                let group = budgets.group(kind.name(), cpus)?;
                 for pid in family(master) {
                     group.add(pid)?;
                 }
@@ -263,6 +363,7 @@ impl Nginx {
             _ => None,
         };
         Ok(Self {
+            kind,
             child,
             addr,
             _group: group,
@@ -271,11 +372,13 @@ impl Nginx {
 
     async fn stop(mut self) {
         if let Some(pid) = self.child.id() {
-            // QUIT: a graceful stop of nginx's master and workers.
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGQUIT,
-            );
+            // A graceful stop: QUIT for nginx's master and workers, USR1 (soft
+            // stop) for HAProxy.
+            let signal = match self.kind {
+                PeerKind::Nginx => nix::sys::signal::Signal::SIGQUIT,
+                PeerKind::HaProxy => nix::sys::signal::Signal::SIGUSR1,
+            };
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), signal);
         }
         if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
             .await
@@ -286,7 +389,7 @@ impl Nginx {
     }
 }
 
-/// nginx's master and its workers.
+/// The peer's process and its children (nginx's workers).
 fn family(master: u32) -> Vec<u32> {
     std::iter::once(master).chain(children(master)).collect()
 }

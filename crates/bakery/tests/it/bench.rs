@@ -207,11 +207,22 @@ async fn bench_latency_measures_alone_then_each_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_lb_measures_ours_and_nginx_before_the_same_clones() {
+    bench_lb_against("nginx").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_lb_measures_ours_and_haproxy_before_the_same_clones() {
+    bench_lb_against("haproxy").await;
+}
+
+async fn bench_lb_against(peer: &str) {
     let data = harness::TempDir::new();
     let (code, out, err) = bench(
         &data,
         &[
             "lb",
+            "--peer",
+            peer,
             "--connections",
             "4,8",
             "--clones",
@@ -228,21 +239,27 @@ async fn bench_lb_measures_ours_and_nginx_before_the_same_clones() {
     assert_eq!(code, Some(0), "{err}");
     let (result, dir) = result_of(&out);
     assert_eq!(result["scenario"], "lb");
+    assert_eq!(result["peer"], peer);
     let points = result["points"].as_array().unwrap();
     assert_eq!(points.len(), 2);
     for point in points {
-        for key in ["ours_rps", "nginx_rps", "ours_p99_ms", "nginx_p99_ms"] {
-            assert!(point[key].as_f64().unwrap() > 0.0, "{key} in {point}");
-        }
-        assert_eq!(point["ours_errors"], 0, "{point}");
-        assert_eq!(point["nginx_errors"], 0, "{point}");
-        for key in ["ours_cpu_us_per_request", "nginx_cpu_us_per_request"] {
+        for side in ["ours", "peer", peer] {
+            for key in ["rps", "p99_ms"] {
+                let key = format!("{side}_{key}");
+                assert!(point[&key].as_f64().unwrap() > 0.0, "{key} in {point}");
+            }
+            assert_eq!(point[format!("{side}_errors")], 0, "{point}");
             // Each balancer spent some CPU on each request, and not a whole second.
-            let cpu = point[key].as_f64().unwrap();
+            let key = format!("{side}_cpu_us_per_request");
+            let cpu = point[&key].as_f64().unwrap();
             assert!(cpu > 0.0 && cpu < 1e6, "{key} in {point}");
         }
+        assert_eq!(point["peer_rps"], point[format!("{peer}_rps")]);
     }
     assert!(is_png(&dir.join("throughput.png")));
+    let (code, _, err) = bench(&data, &["lb", "--peer", "envoy"]).await;
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("--peer"), "{err}");
 }
 
 /// A cached product read on Redis (the clones' near caches in front of it) against
