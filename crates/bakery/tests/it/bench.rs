@@ -33,7 +33,7 @@ async fn bench_with(
 }
 
 /// The `result` line (the last line of stdout) and the report folder it names.
-fn result_of(out: &str) -> (Value, PathBuf) {
+pub(crate) fn result_of(out: &str) -> (Value, PathBuf) {
     let line = out
         .lines()
         .last()

@@ -266,12 +266,7 @@ async fn bench_jobs_runs_its_workers_and_ends_with_a_result_line() {
     .await
     .unwrap();
     assert_eq!(code, Some(0), "{err}");
-    let line = out
-        .lines()
-        .last()
-        .and_then(|l| l.strip_prefix("result "))
-        .unwrap_or_else(|| panic!("no result line last: {out}"));
-    let result: Value = serde_json::from_str(line).unwrap();
+    let (result, _) = crate::bench::result_of(&out);
     assert_eq!(result["scenario"], "jobs");
     assert_eq!(
         (result["jobs"].as_i64(), result["workers"].as_i64()),
@@ -319,12 +314,7 @@ async fn bench_jobs_runs_against_celery_on_the_same_rabbitmq() {
         .await
         .unwrap();
     assert_eq!(code, Some(0), "{err}");
-    let line = out
-        .lines()
-        .last()
-        .and_then(|l| l.strip_prefix("result "))
-        .unwrap_or_else(|| panic!("no result line last: {out}"));
-    let result: Value = serde_json::from_str(line).unwrap();
+    let (result, report) = crate::bench::result_of(&out);
     assert_eq!(result["peer"], "celery");
     assert_eq!(result["producers"], 16);
     assert_eq!(result["failed"], 0);
@@ -340,11 +330,7 @@ async fn bench_jobs_runs_against_celery_on_the_same_rabbitmq() {
         result["peak_rss_bytes"]["worker-1"].as_u64().unwrap() > 0,
         "{result}"
     );
-    let report = out
-        .lines()
-        .find_map(|l| l.strip_prefix("report "))
-        .expect("a report line");
-    assert!(std::path::Path::new(report).join("jobs.png").exists());
+    assert!(report.join("jobs.png").exists());
     // Celery only on RabbitMQ, and only peers that exist.
     for (args, env) in [
         (
