@@ -18,10 +18,12 @@
 //!
 //! What the near cache cannot promise is that a push in flight has arrived: another
 //! clone may serve the old value for that long (usually well under a millisecond, but
-//! a busy clone may handle a request before the push that came first). So it only
-//! serves readers who cannot have written (no session); a reader with a session reads
-//! the server's current value ([`crate::Freshness`]), and this process's own writes
-//! forget their keys here at once. It is off unless `cache_near_max_entries` is set.
+//! a busy clone may handle a request before the push that came first), and never
+//! longer than [`MAX_AGE`], after which a held value is read again. So it only serves
+//! readers who cannot have written (no session) — visitors, who read from replicas
+//! too, which are later than that; a reader with a session reads the server's
+//! current value ([`crate::Freshness`]), and this process's own writes forget their
+//! keys here at once. On by default (`cache_near_max_entries`, 10,000; 0 = off).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -37,6 +39,11 @@ use crate::CacheError;
 /// A Redis that refused a tracked connection is asked again after this long; reads
 /// meanwhile go to the shared connection.
 const RECONNECT_AFTER: Duration = Duration::from_secs(1);
+
+/// A value held longer than this is read from Redis again: the bound on how late a
+/// visitor may see another's write even were an invalidation push late (it comes
+/// within a millisecond or so; a lost connection empties the table at once).
+pub const MAX_AGE: Duration = Duration::from_secs(1);
 
 /// Values larger than this are read but not kept (they would crowd out the rest).
 const MAX_VALUE_BYTES: usize = 256 * 1024;
@@ -89,8 +96,9 @@ struct Entries {
 enum Slot {
     /// A read of this key is on its way; its answer is kept only if this mark is.
     Filling(u64),
-    /// The value Redis gave (`None`: no such key), valid until a push says otherwise.
-    Held(Option<Bytes>),
+    /// The value Redis gave (`None`: no such key) and when, valid until a push says
+    /// otherwise or it is [`MAX_AGE`] old.
+    Held(Option<Bytes>, Instant),
 }
 
 /// A near read: every value held, or the token a read from Redis fills under.
@@ -101,7 +109,7 @@ enum Lookup {
 
 impl Entries {
     fn remove(&mut self, key: &[u8]) {
-        if let Some(Slot::Held(Some(value))) = self.slots.remove(key) {
+        if let Some(Slot::Held(Some(value), _)) = self.slots.remove(key) {
             self.bytes -= value.len();
         }
     }
@@ -158,7 +166,7 @@ impl Table {
         let held: Option<Vec<Option<Bytes>>> = keys
             .iter()
             .map(|key| match entries.slots.get(key.as_bytes()) {
-                Some(Slot::Held(value)) => Some(value.clone()),
+                Some(Slot::Held(value, at)) if at.elapsed() < MAX_AGE => Some(value.clone()),
                 _ => None,
             })
             .collect();
@@ -196,7 +204,7 @@ impl Table {
                     entries.slots.remove(key.as_bytes());
                 }
                 _ => {
-                    *slot = Slot::Held(value.clone());
+                    *slot = Slot::Held(value.clone(), Instant::now());
                     entries.bytes += value.as_ref().map_or(0, Bytes::len);
                 }
             }
@@ -321,7 +329,7 @@ impl Near {
                     .entries()
                     .slots
                     .values()
-                    .filter(|slot| matches!(slot, Slot::Held(_)))
+                    .filter(|slot| matches!(slot, Slot::Held(..)))
                     .count()
             }),
             hits: self.hits.load(Ordering::Relaxed),

@@ -188,8 +188,8 @@ pub struct CacheConfig {
     #[serde(deserialize_with = "values::number")]
     pub embedded_max_entries: u64,
     /// Keys each clone keeps in its near cache in front of Redis (kept coherent by
-    /// Redis's invalidation pushes, served only to readers without a session); 0, the
-    /// default: off, so that every reader sees a write on the next request.
+    /// Redis's invalidation pushes, served only to readers without a session, at most
+    /// 1 s behind); 0: off, so that every reader sees a write on the next request.
     #[serde(deserialize_with = "values::number")]
     pub near_max_entries: usize,
 }
@@ -202,7 +202,7 @@ impl Default for CacheConfig {
             query_ttl: Duration::from_secs(60),
             timeout: Duration::from_millis(100),
             embedded_max_entries: 50_000,
-            near_max_entries: 0,
+            near_max_entries: 10_000,
         }
     }
 }
