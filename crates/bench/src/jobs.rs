@@ -22,7 +22,7 @@ use bakery_events::topology::job_kind;
 use bakery_supervisor::child::{ChildSpec, Launcher, Role};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 use crate::plot::{self, Chart, Series, Style};
 use crate::{median, percentile, report_dir, write_result};
@@ -137,7 +137,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     }
     let ours = medians(&our_rounds);
     let theirs = medians(&peer_rounds);
-    let ratio = (ours.jobs_per_s / theirs.jobs_per_s * 100.0).round() / 100.0;
+    let ratio = crate::ab::ratio(ours.jobs_per_s, theirs.jobs_per_s);
     eprintln!(
         "median: bakery {:.0} jobs/s (p50 {:.0} ms, p99 {:.0} ms), celery {:.0} tasks/s (p50 {:.0} ms, p99 {:.0} ms): {ratio}x; workers' peak memory: {}",
         ours.jobs_per_s,
@@ -383,7 +383,7 @@ impl Celery {
         }
         let outcome = self.produce(&dir, command).await;
         for worker in &mut workers {
-            stop_group(worker).await;
+            crate::stop_group(worker, nix::sys::signal::Signal::SIGTERM).await;
         }
         outcome
     }
@@ -428,23 +428,6 @@ impl Celery {
             p50_ms: of("p50_ms"),
             p99_ms: of("p99_ms"),
         })
-    }
-}
-
-/// Stops a process and its group (Celery's prefork children): TERM, then KILL.
-async fn stop_group(child: &mut Child) {
-    if let Some(pid) = child.id() {
-        let group = nix::unistd::Pid::from_raw(pid as i32);
-        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGTERM);
-        if tokio::time::timeout(Duration::from_secs(10), child.wait())
-            .await
-            .is_err()
-        {
-            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-            let _ = child.wait().await;
-        }
-        // The children of a master that left first.
-        let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
     }
 }
 

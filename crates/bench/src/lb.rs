@@ -371,21 +371,12 @@ impl Peer {
     }
 
     async fn stop(mut self) {
-        if let Some(pid) = self.child.id() {
-            // A graceful stop: QUIT for nginx's master and workers, USR1 (soft
-            // stop) for HAProxy.
-            let signal = match self.kind {
-                PeerKind::Nginx => nix::sys::signal::Signal::SIGQUIT,
-                PeerKind::HaProxy => nix::sys::signal::Signal::SIGUSR1,
-            };
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), signal);
-        }
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+        // QUIT: nginx's graceful stop of its master and workers; USR1: HAProxy's.
+        let signal = match self.kind {
+            PeerKind::Nginx => nix::sys::signal::Signal::SIGQUIT,
+            PeerKind::HaProxy => nix::sys::signal::Signal::SIGUSR1,
+        };
+        crate::stop_group(&mut self.child, signal).await;
     }
 }
 

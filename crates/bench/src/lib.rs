@@ -93,6 +93,24 @@ fn cpu_share(flag: &str, cores: Option<f64>) -> Result<(), bakery_config::Config
     Ok(())
 }
 
+/// Stops a peer started in a process group of its own (nginx's workers, Celery's
+/// prefork children, HAProxy): `signal` (its graceful stop), up to 10 s for it to
+/// leave, then KILL — and KILL for any child its leader left behind.
+async fn stop_group(child: &mut tokio::process::Child, signal: nix::sys::signal::Signal) {
+    use nix::sys::signal::{Signal, killpg};
+    let Some(pid) = child.id() else { return };
+    let group = nix::unistd::Pid::from_raw(pid as i32);
+    let _ = killpg(group, signal);
+    if tokio::time::timeout(std::time::Duration::from_secs(10), child.wait())
+        .await
+        .is_err()
+    {
+        let _ = killpg(group, Signal::SIGKILL);
+        let _ = child.wait().await;
+    }
+    let _ = killpg(group, Signal::SIGKILL);
+}
+
 /// The `p`th percentile of sorted `values`.
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

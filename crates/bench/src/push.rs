@@ -172,11 +172,10 @@ async fn measure(
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()?;
-    let streamers = clients(options.streams, files)?;
+    let streamers = clients(asked, files)?;
     let opened = Arc::new(AtomicUsize::new(0));
+    let gave_up = Arc::new(AtomicUsize::new(0));
     let opening = Arc::new(Semaphore::new(OPENING_AT_ONCE));
-    // Streams wait for the go before reading for events, so none is counted before
-    // every stream is open and the RSVPs are sent.
     let (go, _) = watch::channel(false);
     let mut streams = Vec::with_capacity(asked);
     for i in 0..asked {
@@ -185,14 +184,25 @@ async fn measure(
             streamers[i % streamers.len()].clone(),
             format!("{base}/api/notifications/stream"),
         );
-        let (opened, opening, bar) = (opened.clone(), opening.clone(), bar.clone());
-        let go = go.subscribe();
+        let (opened, gave_up, opening) = (opened.clone(), gave_up.clone(), opening.clone());
+        let (bar, mut go) = (bar.clone(), go.subscribe());
         streams.push(tokio::spawn(async move {
-            stream(http, url, cookie, opened, opening, bar, go).await
+            let Some(body) = open(&http, &url, &cookie, &opening).await else {
+                gave_up.fetch_add(1, Ordering::AcqRel);
+                return None;
+            };
+            opened.fetch_add(1, Ordering::AcqRel);
+            bar.inc(1);
+            // Nothing is timed before every stream is open and the RSVPs are sent.
+            go.wait_for(|go| *go).await.ok()?;
+            arrival(body).await
         }));
     }
+    // Until every stream is open or has given up (or the time is out).
     let deadline = Instant::now() + OPEN_LIMIT;
-    while opened.load(Ordering::Acquire) < asked && Instant::now() < deadline {
+    while opened.load(Ordering::Acquire) + gave_up.load(Ordering::Acquire) < asked
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     bar.finish_and_clear();
@@ -249,6 +259,8 @@ async fn measure(
         with_streams as f64 / 1e6,
         per_stream as f64 / 1e3,
     );
+    let mut peaks = topology.peak_memory();
+    peaks.insert("push-1".into(), json!(cpu::peak_memory(push_pid)));
     Ok(json!({
         "scenario": "push",
         "streams": options.streams,
@@ -261,46 +273,40 @@ async fn measure(
         "push_rss_idle_bytes": idle,
         "push_rss_open_bytes": with_streams,
         "push_rss_bytes_per_stream": per_stream,
-        "peak_rss_bytes": topology.peak_memory().into_iter().chain([("push-1".to_string(), json!(cpu::peak_memory(push_pid)))]).collect::<serde_json::Map<_, _>>(),
+        "peak_rss_bytes": peaks,
     }))
 }
 
-/// Opens one stream (again, should the balancer not route it yet), counts it open
-/// at its first bytes, waits for the go, then answers when `rsvp.created` came.
-async fn stream(
-    http: reqwest::Client,
-    url: String,
-    cookie: String,
-    opened: Arc<AtomicUsize>,
-    opening: Arc<Semaphore>,
-    bar: ProgressBar,
-    mut go: watch::Receiver<bool>,
-) -> Arrival {
-    let mut body = {
-        let _turn = opening.acquire().await.ok()?;
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            let answer = http
-                .get(&url)
-                .header("cookie", &cookie)
-                .header("accept", "text/event-stream")
-                .send()
-                .await;
-            match answer {
-                Ok(answer) if answer.status().is_success() => break answer,
-                _ if tries < 50 => tokio::time::sleep(Duration::from_millis(100)).await,
-                _ => return None,
-            }
+/// Opens one stream (again, should the balancer not route it yet, up to 50 tries),
+/// taking a turn among the streams being opened; the open body once its first bytes
+/// (the `: connected` comment) came.
+async fn open(
+    http: &reqwest::Client,
+    url: &str,
+    cookie: &str,
+    opening: &Semaphore,
+) -> Option<(reqwest::Response, String)> {
+    let _turn = opening.acquire().await.ok()?;
+    for _ in 0..50 {
+        let answer = http
+            .get(url)
+            .header("cookie", cookie)
+            .header("accept", "text/event-stream")
+            .send()
+            .await;
+        if let Ok(mut body) = answer
+            && body.status().is_success()
+        {
+            let first = body.chunk().await.ok()??;
+            return Some((body, String::from_utf8_lossy(&first).into_owned()));
         }
-    };
-    // The first bytes (the `: connected` comment): open.
-    let mut seen = String::new();
-    let first = body.chunk().await.ok()??;
-    seen.push_str(&String::from_utf8_lossy(&first));
-    opened.fetch_add(1, Ordering::AcqRel);
-    bar.inc(1);
-    go.wait_for(|go| *go).await.ok()?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    None
+}
+
+/// When `rsvp.created` came on an open stream (`seen`: what it carried so far).
+async fn arrival((mut body, mut seen): (reqwest::Response, String)) -> Arrival {
     loop {
         if seen.contains("event: rsvp.created") || seen.contains("event:rsvp.created") {
             return Some(Instant::now());

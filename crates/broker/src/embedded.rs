@@ -196,7 +196,8 @@ impl Embedded {
         } else {
             POLL_SQLITE
         };
-        let prefetch = usize::from(prefetch.max(1));
+        // At least 1: `Broker::consume_at_most`, the one caller, sees to it.
+        let prefetch = usize::from(prefetch);
         let mut running: JoinSet<()> = JoinSet::new();
         let mut failures = 0u32;
         tracing::info!(queue, engine = "embedded", "consuming");
