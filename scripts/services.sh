@@ -265,8 +265,9 @@ api_fuzzer() {
 bench_tools() {
   command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ] || apt_install nginx-light
   command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || apt_install haproxy
+  command -v varnishd >/dev/null 2>&1 || [ -x /usr/sbin/varnishd ] || apt_install varnish
   [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || apt_install fonts-dejavu-core
-  log "nginx, haproxy and fonts are ready"
+  log "nginx, haproxy, varnish and fonts are ready"
 }
 
 # The browser tests: headless Chromium driven through chromedriver, and axe-core

@@ -18,7 +18,7 @@ use crate::{App, Error, Written};
 pub const MAX_MARKDOWN: usize = 200_000;
 /// A product's page is rendered this long after the change that asks for it, so
 /// that a burst of changes renders once.
-pub const PRODUCT_RENDER_DELAY_MS: i64 = 1_000;
+pub const PRODUCT_RENDER_DELAY_MS: i64 = 250;
 
 /// A page the edge missed is queued for rendering at most once per this, per
 /// process, whatever the rate of requests for it.

@@ -3,6 +3,12 @@
 //! requests/s, p50 and p99 side by side and the ratio S / B. With `ping` as the
 //! baseline it says what a route costs beyond HTTP and the load balancer (a cached
 //! product read should cost little more than a ping).
+//!
+//! `--peer nginx-static|varnish` (with `--scenario edge`) measures the edge against
+//! another program serving the same page instead — nginx serving it as a file,
+//! Varnish caching it from the same clones (1 s TTL, 60 s grace) — and then how
+//! fresh each is: after a price change, how long until each serves the new page
+//! ([`crate::freshness`]).
 
 use std::path::PathBuf;
 
@@ -10,19 +16,28 @@ use bakery_config::{Config, ConfigError};
 use serde_json::json;
 
 use crate::ab::{self, Contender};
+use crate::freshness::{self, Freshness};
 use crate::html;
+use crate::peers::{Peer, PeerKind, Site};
 use crate::scenarios::Scenario;
 use crate::topology::{Lab, Shape, Topology};
 
 /// `bakery bench compare`'s flags.
 #[derive(clap::Args, Debug)]
 pub struct Options {
-    /// The scenario measured: ping, product, product-page, edge, rsvp or browse.
+    /// The scenario measured: ping, product, product-page, edge, rsvp, hot-write or browse.
     #[arg(long, default_value = "product")]
     pub scenario: String,
     /// What it is measured against, on the same topology.
     #[arg(long, default_value = "ping")]
     pub baseline: String,
+    /// Instead of a baseline scenario, a program serving the same page: nginx-static
+    /// or varnish (with `--scenario edge`).
+    #[arg(long)]
+    pub peer: Option<String>,
+    /// Price changes timed for freshness, with `--peer`.
+    #[arg(long, default_value_t = 5)]
+    pub changes: usize,
     #[arg(long, default_value_t = 2)]
     pub clones: usize,
     /// Cores each clone may use (a cgroup quota).
@@ -43,7 +58,22 @@ pub struct Options {
 pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     let scenario = Scenario::from_flag(&options.scenario)?;
     let baseline = Scenario::from_flag(&options.baseline)?;
-    if scenario.clone_env() != baseline.clone_env() {
+    let peer = options
+        .peer
+        .as_deref()
+        .map(|p| PeerKind::from_flag(p, &[PeerKind::NginxStatic, PeerKind::Varnish]))
+        .transpose()?;
+    if peer.is_some() && scenario != Scenario::Edge {
+        return Err(ConfigError::new(
+            "--peer",
+            "the peers serve the edge's page: use it with --scenario edge",
+        )
+        .into());
+    }
+    if peer.is_some() && options.changes == 0 {
+        return Err(ConfigError::new("--changes", "at least 1").into());
+    }
+    if peer.is_none() && scenario.clone_env() != baseline.clone_env() {
         return Err(ConfigError::new(
             "--baseline",
             format!(
@@ -61,10 +91,11 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     crate::cpu_share("--cpu-per-clone", options.cpu_per_clone)?;
     crate::cpu_share("--cpu-lb", options.cpu_lb)?;
     let (duration, warmup) = crate::timing(options.rounds.duration, options.rounds.warmup)?;
+    let b = peer.map_or(baseline.name(), PeerKind::name);
     let lab = Lab::open(
         options.config_file.clone(),
         config,
-        &format!("compare-{}-{}", scenario.name(), baseline.name()),
+        &format!("compare-{}-{b}", scenario.name()),
         options.cpu_per_clone.is_some() || options.cpu_lb.is_some(),
     )
     .await?;
@@ -77,24 +108,56 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     };
     let topology = Topology::start(&lab, &shape).await?;
     let measured_mix = scenario.prepare(&lab, &topology.base()).await?;
-    let baseline_mix = baseline.prepare(&lab, &topology.base()).await?;
-    let (a, b) = (scenario.name(), baseline.name());
-    // Both are charged the whole system under test: the load balancer and the clones.
+    let a = scenario.name();
+    // Both are charged the whole system under test: the load balancer and the
+    // clones (a peer: itself and the clones it fetches from).
     let system: Vec<u32> = std::iter::once(topology.lb.pid)
         .chain(topology.clone_pids())
         .collect();
+    let (baseline_mix, peer) = match peer {
+        None => (baseline.prepare(&lab, &topology.base()).await?, None),
+        Some(kind) => {
+            let clones: Vec<String> = topology.clones.iter().map(|c| c.addr.to_string()).collect();
+            let path = freshness::PAGE;
+            let page = reqwest::get(format!("{}{path}", topology.base()))
+                .await?
+                .bytes()
+                .await?;
+            let site = Site {
+                clones: &clones,
+                page: Some((path, &page)),
+            };
+            let workers = options
+                .cpu_lb
+                .map_or(crate::cpu::cores(), f64::ceil)
+                .max(1.0) as usize;
+            let started = Peer::start(kind, &lab, &site, workers, options.cpu_lb).await?;
+            (measured_mix.clone(), Some(started))
+        }
+    };
+    let (ours_addr, baseline_addr, baseline_pids) = match &peer {
+        None => (topology.addr(), topology.addr(), system.clone()),
+        Some(peer) => (
+            topology.addr(),
+            peer.addr,
+            peer.pids()
+                .into_iter()
+                .chain(topology.clone_pids())
+                .collect(),
+        ),
+    };
     let contenders = [
         Contender {
             name: a,
-            addr: topology.addr(),
+            addr: ours_addr,
             mix: &measured_mix,
-            pids: system.clone(),
+            pids: system,
         },
         Contender {
             name: b,
-            addr: topology.addr(),
+            addr: baseline_addr,
             mix: &baseline_mix,
-            pids: system,
+            pids: baseline_pids,
         },
     ];
     let runs = ab::alternate(
@@ -105,12 +168,30 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         duration,
     )
     .await?;
+    let fresh = match &peer {
+        Some(theirs) => Some(
+            freshness::measure(
+                &lab,
+                &topology.base(),
+                (b, (b == PeerKind::Varnish.name()).then_some(theirs.addr)),
+                options.changes,
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let memory = topology.peak_memory();
+    if let Some(peer) = peer {
+        peer.stop().await;
+    }
     topology.stop().await;
 
     let points = ab::points(&runs, &options.connections, [a, b]);
     let table = ab::table(&points, [a, b]);
-    let charts = ab::draw(&lab.dir, &format!("{a} against {b}"), [a, b], &points)?;
+    let mut charts = ab::draw(&lab.dir, &format!("{a} against {b}"), [a, b], &points)?;
+    if let Some(fresh) = &fresh {
+        charts.push(freshness::draw(&lab.dir, fresh)?);
+    }
     std::fs::write(
         lab.dir.join("runs.json"),
         serde_json::to_string_pretty(&runs)?,
@@ -132,7 +213,10 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
                     lab.config.cache.url.engine(),
                 ),
                 format!("Peak memory: {}.", crate::megabytes(&memory)),
-            ],
+            ]
+            .into_iter()
+            .chain(fresh.as_ref().map(Freshness::summary))
+            .collect(),
             table,
             charts,
             files: vec!["results.json".into(), "runs.json".into()],
@@ -142,6 +226,8 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
         "scenario": "compare",
         "measured": a,
         "baseline": b,
+        "peer": options.peer,
+        "freshness": fresh,
         "clones": options.clones,
         "cache": lab.config.cache.url.engine(),
         "peak_rss_bytes": memory,

@@ -21,7 +21,7 @@ use crate::{html, median};
 /// `bakery bench latency`'s flags.
 #[derive(clap::Args, Debug)]
 pub struct Options {
-    /// ping, product, product-uncached, product-page, edge, rsvp or browse.
+    /// ping, product, product-uncached, product-page, edge, rsvp, hot-write or browse.
     #[arg(long, default_value = "product")]
     pub scenario: String,
     #[arg(long, default_value_t = 2)]

@@ -9,6 +9,8 @@
 //! - [`usl`]: the Universal Scalability Law fit
 //! - [`plot`], [`html`]: charts (PNG, SVG) and the report page
 //! - [`ab`]: two sides measured in alternating rounds
+//! - [`freshness`]: how long until a changed page is served
+//! - [`peers`]: nginx, HAProxy and Varnish, started in the lab to be measured against
 //! - [`jobs`], [`scale`], [`latency`], [`lb`], [`compare`]: the commands
 
 use std::path::{Path, PathBuf};
@@ -19,11 +21,13 @@ pub mod ab;
 pub mod cgroup;
 pub mod compare;
 pub mod cpu;
+pub mod freshness;
 pub mod html;
 pub mod jobs;
 pub mod latency;
 pub mod lb;
 pub mod load;
+pub mod peers;
 pub mod plot;
 pub mod push;
 pub mod read_models;

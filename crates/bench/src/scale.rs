@@ -1,9 +1,15 @@
-//! `bakery bench scale --clones 1,2,4 --cpu-per-clone C [--scenario S]`: the same
-//! scenario through a load balancer in front of 1, 2, 4, ... clones, each clone
-//! given the same CPU budget, at the same concurrency per clone (closed model).
-//! Reports throughput and latency per point, scaling efficiency X(N)/(N·X(1)),
-//! the Universal Scalability Law fitted to the curve, and — from the CPU each part
-//! used — which resource was saturated at each point.
+//! `bakery bench scale --clones 1,2,3,4,6,8 --cpu-per-clone C [--scenario S[,S2]]`:
+//! the same scenario through a load balancer in front of 1, 2, 3, ... clones, each
+//! clone given the same CPU budget, at the same concurrency per clone (closed
+//! model). Reports throughput and latency per point, scaling efficiency
+//! X(N)/(N·X(1)), the Universal Scalability Law fitted to the curve (and, fitted on
+//! the first points only, what it predicts for the rest), and — from the CPU each
+//! part used — which resource was saturated at each point. Several scenarios make
+//! one report, their curves side by side, each explained in a sentence.
+//!
+//! Each clone with a budget of at most a core is pinned to one core (see
+//! [`crate::cgroup::pin`]): unpinned, a one-clone point spent twice the CPU per
+//! request of a four-clone point and the curve looked super-linear.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -24,17 +30,18 @@ use crate::{cpu, html, median};
 #[derive(clap::Args, Debug)]
 pub struct Options {
     /// Clone counts to measure (must include 1).
-    #[arg(long, value_delimiter = ',', default_value = "1,2,4")]
+    #[arg(long, value_delimiter = ',', default_value = "1,2,3,4,6,8")]
     pub clones: Vec<usize>,
-    /// Cores each clone may use (a cgroup quota), e.g. 0.25.
+    /// Cores each clone may use (a cgroup quota), e.g. 0.125.
     #[arg(long)]
     pub cpu_per_clone: Option<f64>,
     /// Cores the load balancer may use.
     #[arg(long)]
     pub cpu_lb: Option<f64>,
-    /// ping, product, product-uncached, product-page, edge, rsvp or browse.
-    #[arg(long, default_value = "product-page")]
-    pub scenario: String,
+    /// One scenario or several, comma-separated: ping, product, product-uncached,
+    /// product-page, edge, rsvp, hot-write or browse.
+    #[arg(long, value_delimiter = ',', default_value = "product-page")]
+    pub scenario: Vec<String>,
     /// Concurrent connections per clone (closed model).
     #[arg(long, default_value_t = 8)]
     pub connections_per_clone: usize,
@@ -78,6 +85,8 @@ pub struct Point {
     pub p99_ms: f64,
     pub errors: u64,
     pub efficiency: f64,
+    /// The clones' CPU per answered request, in milliseconds.
+    pub cpu_ms_per_request: f64,
     /// Share of its budget (or of the machine) each part used.
     pub clones_util: f64,
     pub lb_util: f64,
@@ -87,8 +96,39 @@ pub struct Point {
     pub saturated: String,
 }
 
+/// One scenario's curve: its points, the fit, and the fit's prediction check.
+struct Curve {
+    scenario: Scenario,
+    points: Vec<Point>,
+    fit: Option<Fit>,
+    check: Option<Check>,
+    /// Each point's peak memory by process, in the order of `points`.
+    memories: Vec<serde_json::Map<String, serde_json::Value>>,
+    rounds: Vec<serde_json::Value>,
+}
+
+/// The USL fitted on the first points only, against what was measured after them:
+/// a fit that explains the curve predicts where it goes.
+#[derive(Clone, Debug, Serialize)]
+struct Check {
+    /// Clone counts the fit saw.
+    fitted_on: Vec<usize>,
+    sigma: f64,
+    kappa: f64,
+    peak_clones: Option<f64>,
+    /// (clones, predicted req/s, measured req/s) for the points it did not see.
+    predicted: Vec<(usize, f64, f64)>,
+}
+
 pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
-    let scenario = Scenario::from_flag(&options.scenario)?;
+    let scenarios = options
+        .scenario
+        .iter()
+        .map(|s| Scenario::from_flag(s.trim()))
+        .collect::<Result<Vec<_>, _>>()?;
+    if scenarios.is_empty() {
+        return Err(ConfigError::new("--scenario", "at least one scenario").into());
+    }
     if options.clones.is_empty() || options.clones.contains(&0) {
         return Err(ConfigError::new("--clones", "a list of clone counts, each at least 1").into());
     }
@@ -110,10 +150,11 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     }
     let (duration, warmup) = crate::timing(options.duration, options.warmup)?;
     let budgeted = options.cpu_per_clone.is_some() || options.cpu_lb.is_some();
+    let names: Vec<&str> = scenarios.iter().map(|s| s.name()).collect();
     let lab = Lab::open(
         options.config_file.clone(),
         config,
-        &format!("scale-{}", scenario.name()),
+        &format!("scale-{}", names.join("-")),
         budgeted,
     )
     .await?;
@@ -121,17 +162,86 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     clones.sort_unstable();
     clones.dedup();
 
-    let bar = ProgressBar::new((clones.len() * options.rounds) as u64).with_style(
-        ProgressStyle::with_template("{msg:>24} [{bar:30}] {pos}/{len} rounds ({elapsed})")?
-            .progress_chars("=> "),
-    );
+    let bar = ProgressBar::new((scenarios.len() * clones.len() * options.rounds) as u64)
+        .with_style(
+            ProgressStyle::with_template("{msg:>32} [{bar:30}] {pos}/{len} rounds ({elapsed})")?
+                .progress_chars("=> "),
+        );
+    let plan = Plan {
+        model: Model::Closed { connections: 0 },
+        warmup,
+        duration,
+    };
+    let mut curves = Vec::new();
+    for &scenario in &scenarios {
+        curves.push(curve(&lab, scenario, &clones, &options, plan, &bar).await?);
+    }
+    bar.finish_and_clear();
+
+    let mut charts = Vec::new();
+    for curve in &curves {
+        charts.extend(draw(&lab, curve)?);
+    }
+    if curves.len() > 1 {
+        charts.insert(0, draw_speedup(&lab, &curves)?);
+    }
+    let results: Vec<serde_json::Value> = curves
+        .iter()
+        .map(|c| curve_result(c, &options, &lab))
+        .collect();
+    let result = match &results[..] {
+        [one] => one.clone(),
+        _ => json!({"scenario": "scale", "curves": results}),
+    };
+    write_csv(&lab, &curves)?;
+    std::fs::write(
+        lab.dir.join("rounds.json"),
+        serde_json::to_string_pretty(
+            &curves
+                .iter()
+                .map(|c| json!({"scenario": c.scenario.name(), "points": c.rounds}))
+                .collect::<Vec<_>>(),
+        )?,
+    )?;
+    let mut summary = vec![method(&options)];
+    for curve in &curves {
+        print_table(curve);
+        summary.extend(explain(curve));
+    }
+    std::fs::write(lab.dir.join("summary.md"), markdown(&options, &curves))?;
+    html::write(
+        &lab.dir,
+        &format!("bench scale — {}", names.join(", ")),
+        &html::Page {
+            summary,
+            table: table(&curves),
+            charts,
+            files: vec![
+                "results.json".into(),
+                "points.csv".into(),
+                "rounds.json".into(),
+                "summary.md".into(),
+            ],
+        },
+    )?;
+    crate::write_result(&lab.dir, &result)
+}
+
+/// Measures one scenario at every clone count.
+async fn curve(
+    lab: &Lab,
+    scenario: Scenario,
+    clones: &[usize],
+    options: &Options,
+    plan: Plan,
+    bar: &ProgressBar,
+) -> anyhow::Result<Curve> {
     let mut mix = None;
     let mut points = Vec::new();
-    let mut all_rounds = Vec::new();
-    // Each point's peak memory by process, in the order of `points`.
+    let mut rounds_by_point = Vec::new();
     let mut memories = Vec::new();
-    for &n in &clones {
-        bar.set_message(format!("{n} clone(s): starting"));
+    for &n in clones {
+        bar.set_message(format!("{}, {n} clone(s): starting", scenario.name()));
         let shape = Shape {
             clones: n,
             cpu_per_clone: options.cpu_per_clone,
@@ -139,91 +249,110 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
             clone_env: scenario.clone_env(),
             push: None,
         };
-        let topology = Topology::start(&lab, &shape).await?;
+        let topology = Topology::start(lab, &shape).await?;
         if mix.is_none() {
-            mix = Some(scenario.prepare(&lab, &topology.base()).await?);
+            mix = Some(scenario.prepare(lab, &topology.base()).await?);
         }
         let mix = mix.as_ref().expect("prepared above");
         let connections = n * options.connections_per_clone;
         let mut rounds = Vec::new();
         for r in 1..=options.rounds {
-            bar.set_message(format!("{n} clone(s): round {r}"));
+            bar.set_message(format!("{}, {n} clone(s): round {r}", scenario.name()));
             let plan = Plan {
                 model: Model::Closed { connections },
-                warmup,
-                duration,
+                ..plan
             };
-            let round = measure(&topology, mix, plan).await?;
-            rounds.push(round);
+            rounds.push(measure(&topology, mix, plan).await?);
             bar.inc(1);
         }
         let memory = topology.peak_memory();
         topology.stop().await;
-        all_rounds.push(json!({"clones": n, "rounds": rounds, "peak_rss_bytes": memory}));
+        rounds_by_point.push(json!({"clones": n, "rounds": rounds, "peak_rss_bytes": memory}));
         memories.push(memory);
         points.push(summarise(n, connections, &rounds, &shape));
     }
-    bar.finish_and_clear();
-
     let x1 = points.iter().find(|p| p.clones == 1).map_or(0.0, |p| p.rps);
     for point in &mut points {
         point.efficiency = usl::efficiency(x1, point.clones as f64, point.rps);
     }
+    let xy: Vec<(f64, f64)> = points.iter().map(|p| (p.clones as f64, p.rps)).collect();
+    Ok(Curve {
+        scenario,
+        fit: Fit::of(&xy),
+        check: check(&points),
+        points,
+        memories,
+        rounds: rounds_by_point,
+    })
+}
+
+/// Fits the points up to half the largest clone count (at least three of them)
+/// and compares its prediction with the points after; `None` when there are too
+/// few points to hold any back.
+fn check(points: &[Point]) -> Option<Check> {
+    let max = points.iter().map(|p| p.clones).max()?;
+    let seen: Vec<&Point> = points.iter().filter(|p| 2 * p.clones <= max).collect();
+    let held: Vec<&Point> = points.iter().filter(|p| 2 * p.clones > max).collect();
+    if seen.len() < 3 || held.is_empty() {
+        return None;
+    }
     let fit = Fit::of(
-        &points
+        &seen
             .iter()
             .map(|p| (p.clones as f64, p.rps))
             .collect::<Vec<_>>(),
-    );
-    let charts = draw(&lab, scenario, &points, fit.as_ref())?;
-    let efficiency: serde_json::Map<String, serde_json::Value> = points
+    )?;
+    Some(Check {
+        fitted_on: seen.iter().map(|p| p.clones).collect(),
+        sigma: round4(fit.sigma),
+        kappa: round4(fit.kappa),
+        peak_clones: fit.peak().map(round3),
+        predicted: held
+            .iter()
+            .map(|p| (p.clones, fit.at(p.clones as f64).round(), p.rps.round()))
+            .collect(),
+    })
+}
+
+/// One curve as the `result` line gives it (the contract's shape for one scenario).
+fn curve_result(curve: &Curve, options: &Options, lab: &Lab) -> serde_json::Value {
+    let efficiency: serde_json::Map<String, serde_json::Value> = curve
+        .points
         .iter()
         .filter(|p| p.clones > 1)
         .map(|p| (p.clones.to_string(), json!(round3(p.efficiency))))
         .collect();
-    let usl = fit.map(|f| {
+    let usl = curve.fit.map(|f| {
         json!({
             "lambda": round3(f.lambda), "sigma": round4(f.sigma), "kappa": round4(f.kappa),
             "r2": round4(f.r2), "peak_clones": f.peak().map(round3),
         })
     });
-    let result = json!({
-        "scenario": scenario.name(),
-        "points": points.iter().zip(&memories).map(|(p, memory)| json!({
+    let measured_peak = curve
+        .points
+        .iter()
+        .max_by(|a, b| a.rps.total_cmp(&b.rps))
+        .map(|p| p.clones);
+    json!({
+        "scenario": curve.scenario.name(),
+        "points": curve.points.iter().zip(&curve.memories).map(|(p, memory)| json!({
             "clones": p.clones, "rps": round3(p.rps), "p99_ms": round3(p.p99_ms),
             "p50_ms": round3(p.p50_ms), "errors": p.errors, "saturated": p.saturated,
+            "clones_util": round3(p.clones_util), "cpu_ms_per_request": round4(p.cpu_ms_per_request),
             "peak_rss_bytes": memory,
         })).collect::<Vec<_>>(),
         "efficiency": efficiency,
         "usl": usl,
+        "measured_peak_clones": measured_peak,
+        "prediction": curve.check,
+        "explanation": explain(curve),
         "cpu_per_clone": options.cpu_per_clone,
         "cpu_lb": options.cpu_lb,
         "cgroup": lab.budgets.as_ref().map(|b| b.version()),
         "connections_per_clone": options.connections_per_clone,
         "rounds": options.rounds,
         "duration_s": options.duration,
-    });
-    write_csv(&lab, &points)?;
-    std::fs::write(
-        lab.dir.join("rounds.json"),
-        serde_json::to_string_pretty(&all_rounds)?,
-    )?;
-    print_table(&points, fit.as_ref());
-    html::write(
-        &lab.dir,
-        &format!("bench scale — {}", scenario.name()),
-        &html::Page {
-            summary: summary_lines(scenario, &options, &points, fit.as_ref()),
-            table: table(&points),
-            charts,
-            files: vec![
-                "results.json".into(),
-                "points.csv".into(),
-                "rounds.json".into(),
-            ],
-        },
-    )?;
-    crate::write_result(&lab.dir, &result)
+    })
 }
 
 /// One closed-model run against the topology, with the CPU each part used.
@@ -284,6 +413,7 @@ fn summarise(n: usize, connections: usize, rounds: &[Round], shape: &Shape) -> P
         p99_ms: of(|r| r.p99_ms),
         errors: rounds.iter().map(|r| r.errors).sum(),
         efficiency: 0.0,
+        cpu_ms_per_request: of(|r| 1000.0 * r.clones_cores / r.rps.max(1.0)),
         clones_util,
         lb_util,
         loadgen_util,
@@ -311,12 +441,9 @@ fn saturated(clones: f64, lb: f64, machine: f64, shape: &Shape) -> String {
     }
 }
 
-fn draw(
-    lab: &Lab,
-    scenario: Scenario,
-    points: &[Point],
-    fit: Option<&Fit>,
-) -> anyhow::Result<Vec<String>> {
+/// A curve's own charts: throughput with the linear line and the fit, latency, CPU.
+fn draw(lab: &Lab, curve: &Curve) -> anyhow::Result<Vec<String>> {
+    let (name, points) = (curve.scenario.name(), &curve.points);
     let measured: Vec<(f64, f64)> = points.iter().map(|p| (p.clones as f64, p.rps)).collect();
     let max_n = points.iter().map(|p| p.clones).max().unwrap_or(1) as f64;
     let x1 = points.iter().find(|p| p.clones == 1).map_or(0.0, |p| p.rps);
@@ -332,107 +459,169 @@ fn draw(
             style: Style::Dashed,
         },
     ];
-    if let Some(fit) = fit {
-        let steps = (0..=100).map(|i| 1.0 + (max_n - 1.0) * i as f64 / 100.0);
+    if let Some(fit) = curve.fit {
         series.push(Series {
             name: format!(
                 "USL: σ = {:.3}, κ = {:.4}, R² = {:.3}",
                 fit.sigma, fit.kappa, fit.r2
             ),
-            points: steps.map(|n| (n, fit.at(n))).collect(),
+            points: along(max_n, |n| fit.at(n)),
             style: Style::Line,
         });
     }
-    let title = format!("{}: throughput by clones", scenario.name());
+    let stems = [
+        format!("throughput-{name}"),
+        format!("latency-{name}"),
+        format!("cpu-{name}"),
+    ];
     plot::draw(
         &lab.dir,
-        "throughput",
+        &stems[0],
         &Chart {
-            title: &title,
+            title: &format!("{name}: throughput by clones"),
             x: "clones",
             y: "requests/s",
             series,
             log_y: false,
         },
     )?;
-    let latency = |name: &str, f: fn(&Point) -> f64| Series {
+    let by_clones = |name: &str, f: &dyn Fn(&Point) -> f64| Series {
         name: name.into(),
         points: points.iter().map(|p| (p.clones as f64, f(p))).collect(),
         style: Style::LineAndPoints,
     };
     plot::draw(
         &lab.dir,
-        "latency",
+        &stems[1],
         &Chart {
-            title: &format!("{}: latency by clones", scenario.name()),
+            title: &format!("{name}: latency by clones"),
             x: "clones",
             y: "ms",
-            series: vec![latency("p50", |p| p.p50_ms), latency("p99", |p| p.p99_ms)],
-            log_y: false,
-        },
-    )?;
-    let util = |name: &str, f: fn(&Point) -> f64| Series {
-        name: name.into(),
-        points: points
-            .iter()
-            .map(|p| (p.clones as f64, 100.0 * f(p)))
-            .collect(),
-        style: Style::LineAndPoints,
-    };
-    plot::draw(
-        &lab.dir,
-        "cpu",
-        &Chart {
-            title: "CPU used, % of each part's budget (or of the machine)",
-            x: "clones",
-            y: "% busy",
             series: vec![
-                util("clones", |p| p.clones_util),
-                util("load balancer", |p| p.lb_util),
-                util("load generator", |p| p.loadgen_util),
-                util("machine", |p| p.machine_util),
+                by_clones("p50", &|p| p.p50_ms),
+                by_clones("p99", &|p| p.p99_ms),
             ],
             log_y: false,
         },
     )?;
-    Ok(vec!["throughput".into(), "latency".into(), "cpu".into()])
+    plot::draw(
+        &lab.dir,
+        &stems[2],
+        &Chart {
+            title: &format!("{name}: CPU used, % of each part's budget (or of the machine)"),
+            x: "clones",
+            y: "% busy",
+            series: vec![
+                by_clones("clones", &|p| 100.0 * p.clones_util),
+                by_clones("load balancer", &|p| 100.0 * p.lb_util),
+                by_clones("load generator", &|p| 100.0 * p.loadgen_util),
+                by_clones("machine", &|p| 100.0 * p.machine_util),
+            ],
+            log_y: false,
+        },
+    )?;
+    Ok(stems.into())
 }
 
-fn write_csv(lab: &Lab, points: &[Point]) -> anyhow::Result<()> {
+/// Every curve relative to its own one clone, with the linear line: which scale
+/// and which stop.
+fn draw_speedup(lab: &Lab, curves: &[Curve]) -> anyhow::Result<String> {
+    let max_n = curves
+        .iter()
+        .flat_map(|c| c.points.iter().map(|p| p.clones))
+        .max()
+        .unwrap_or(1) as f64;
+    let mut series = vec![Series {
+        name: "linear".into(),
+        points: vec![(1.0, 1.0), (max_n, max_n)],
+        style: Style::Dashed,
+    }];
+    for curve in curves {
+        let x1 = curve
+            .points
+            .iter()
+            .find(|p| p.clones == 1)
+            .map_or(1.0, |p| p.rps);
+        series.push(Series {
+            name: format!("{} (measured)", curve.scenario.name()),
+            points: curve
+                .points
+                .iter()
+                .map(|p| (p.clones as f64, p.rps / x1))
+                .collect(),
+            style: Style::Points,
+        });
+        if let Some(fit) = curve.fit {
+            series.push(Series {
+                name: format!("{} (USL, R² = {:.3})", curve.scenario.name(), fit.r2),
+                points: along(max_n, |n| fit.at(n) / fit.lambda),
+                style: Style::Line,
+            });
+        }
+    }
+    plot::draw(
+        &lab.dir,
+        "speedup",
+        &Chart {
+            title: "speed-up X(N) / X(1) by clones",
+            x: "clones",
+            y: "× one clone",
+            series,
+            log_y: false,
+        },
+    )?;
+    Ok("speedup".into())
+}
+
+/// `f` at 101 steps from 1 to `max_n`.
+fn along(max_n: f64, f: impl Fn(f64) -> f64) -> Vec<(f64, f64)> {
+    (0..=100)
+        .map(|i| 1.0 + (max_n - 1.0) * i as f64 / 100.0)
+        .map(|n| (n, f(n)))
+        .collect()
+}
+
+fn write_csv(lab: &Lab, curves: &[Curve]) -> anyhow::Result<()> {
     let mut csv = String::from(
-        "clones,connections,rps,rps_min,rps_max,p50_ms,p99_ms,errors,efficiency,clones_util,lb_util,loadgen_util,machine_util,saturated\n",
+        "scenario,clones,connections,rps,rps_min,rps_max,p50_ms,p99_ms,errors,efficiency,cpu_ms_per_request,clones_util,lb_util,loadgen_util,machine_util,saturated\n",
     );
-    for p in points {
-        csv.push_str(&format!(
-            "{},{},{:.1},{:.1},{:.1},{:.3},{:.3},{},{:.4},{:.3},{:.3},{:.3},{:.3},\"{}\"\n",
-            p.clones,
-            p.connections,
-            p.rps,
-            p.rps_min,
-            p.rps_max,
-            p.p50_ms,
-            p.p99_ms,
-            p.errors,
-            p.efficiency,
-            p.clones_util,
-            p.lb_util,
-            p.loadgen_util,
-            p.machine_util,
-            p.saturated
-        ));
+    for curve in curves {
+        for p in &curve.points {
+            csv.push_str(&format!(
+                "{},{},{},{:.1},{:.1},{:.1},{:.3},{:.3},{},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},\"{}\"\n",
+                curve.scenario.name(),
+                p.clones,
+                p.connections,
+                p.rps,
+                p.rps_min,
+                p.rps_max,
+                p.p50_ms,
+                p.p99_ms,
+                p.errors,
+                p.efficiency,
+                p.cpu_ms_per_request,
+                p.clones_util,
+                p.lb_util,
+                p.loadgen_util,
+                p.machine_util,
+                p.saturated
+            ));
+        }
     }
     std::fs::write(lab.dir.join("points.csv"), csv)?;
     Ok(())
 }
 
-fn table(points: &[Point]) -> Vec<Vec<String>> {
+fn table(curves: &[Curve]) -> Vec<Vec<String>> {
     let mut rows = vec![
         [
+            "scenario",
             "clones",
             "req/s (min–max)",
             "p50 ms",
             "p99 ms",
             "efficiency",
+            "clone CPU ms / req",
             "clones CPU",
             "LB CPU",
             "loadgen CPU",
@@ -442,77 +631,163 @@ fn table(points: &[Point]) -> Vec<Vec<String>> {
         .map(String::from)
         .to_vec(),
     ];
-    for p in points {
-        rows.push(vec![
-            p.clones.to_string(),
-            format!("{:.0} ({:.0}–{:.0})", p.rps, p.rps_min, p.rps_max),
-            format!("{:.2}", p.p50_ms),
-            format!("{:.2}", p.p99_ms),
-            format!("{:.0} %", 100.0 * p.efficiency),
-            format!("{:.0} %", 100.0 * p.clones_util),
-            format!("{:.0} %", 100.0 * p.lb_util),
-            format!("{:.0} %", 100.0 * p.loadgen_util),
-            format!("{:.0} %", 100.0 * p.machine_util),
-            p.saturated.clone(),
-        ]);
+    for curve in curves {
+        for p in &curve.points {
+            rows.push(vec![
+                curve.scenario.name().to_string(),
+                p.clones.to_string(),
+                format!("{:.0} ({:.0}–{:.0})", p.rps, p.rps_min, p.rps_max),
+                format!("{:.2}", p.p50_ms),
+                format!("{:.2}", p.p99_ms),
+                format!("{:.0} %", 100.0 * p.efficiency),
+                format!("{:.3}", p.cpu_ms_per_request),
+                format!("{:.0} %", 100.0 * p.clones_util),
+                format!("{:.0} %", 100.0 * p.lb_util),
+                format!("{:.0} %", 100.0 * p.loadgen_util),
+                format!("{:.0} %", 100.0 * p.machine_util),
+                p.saturated.clone(),
+            ]);
+        }
     }
     rows
 }
 
-fn print_table(points: &[Point], fit: Option<&Fit>) {
-    for row in table(points) {
+fn print_table(curve: &Curve) {
+    for row in table(std::slice::from_ref(curve)) {
         eprintln!("{}", row.join(" | "));
     }
-    if let Some(f) = fit {
-        eprintln!(
-            "USL: sigma {:.4}, kappa {:.5}, R² {:.4}, peak {}",
-            f.sigma,
-            f.kappa,
-            f.r2,
-            f.peak()
-                .map_or("none (κ = 0)".into(), |n| format!("{n:.1} clones"))
-        );
+    for line in explain(curve) {
+        eprintln!("{line}");
     }
 }
 
-fn summary_lines(
-    scenario: Scenario,
-    options: &Options,
-    points: &[Point],
-    fit: Option<&Fit>,
-) -> Vec<String> {
-    let mut lines = vec![format!(
-        "Scenario {}, closed model, {} connections per clone, {} round(s) of {:.0} s after {:.0} s of warm-up at each point; CPU per clone: {}, load balancer: {}.",
-        scenario.name(),
+/// How the run was made, in one sentence.
+fn method(options: &Options) -> String {
+    let budget = |c: Option<f64>| c.map_or("unlimited".into(), |c| format!("{c} core"));
+    format!(
+        "Closed model, {} connections per clone, {} round(s) of {:.0} s after {:.0} s of warm-up at each point; CPU per clone: {}, load balancer: {}; a clone with at most a core's budget pinned to one core, in turn (see docs/lab.md).",
         options.connections_per_clone,
         options.rounds,
         options.duration,
         options.warmup,
-        options
-            .cpu_per_clone
-            .map_or("unlimited".into(), |c| format!("{c} core")),
-        options
-            .cpu_lb
-            .map_or("unlimited".into(), |c| format!("{c} core")),
-    )];
-    if let Some(f) = fit {
-        lines.push(format!(
-            "Universal Scalability Law: σ = {:.4} (the serialised share: what every request queues for), κ = {:.5} (the cost of the parts keeping each other coherent), R² = {:.4}; {}.",
-            f.sigma,
-            f.kappa,
-            f.r2,
-            f.peak().map_or("no peak (κ = 0): throughput keeps rising, ever more slowly".into(), |n| format!("throughput peaks near {n:.1} clones"))
-        ));
-    }
-    if let Some(last) = points.last() {
-        lines.push(format!(
-            "At {} clones: {:.0} % efficiency; limited by {}.",
+        budget(options.cpu_per_clone),
+        budget(options.cpu_lb),
+    )
+}
+
+/// What a curve says, in sentences a learner can check against the plot: its
+/// shape and cause, what the fitted σ and κ mean for it, whether the clones' own
+/// cost per request moved, the fit's prediction against the points it did not see,
+/// and the limit at the last point.
+fn explain(curve: &Curve) -> Vec<String> {
+    let name = curve.scenario.name();
+    let (Some(first), Some(last)) = (curve.points.first(), curve.points.last()) else {
+        return vec![];
+    };
+    let peak = curve
+        .points
+        .iter()
+        .max_by(|a, b| a.rps.total_cmp(&b.rps))
+        .unwrap_or(last);
+    let mut lines = vec![if peak.clones < last.clones {
+        format!(
+            "{name}: {:.0} req/s at one clone, the most at {} clones ({:.0} req/s, {:.0} % efficiency), {:.0} req/s at {} ({:.0} %) — {}.",
+            first.rps,
+            peak.clones,
+            peak.rps,
+            100.0 * peak.efficiency,
+            last.rps,
             last.clones,
             100.0 * last.efficiency,
-            last.saturated
+            curve.scenario.why()
+        )
+    } else {
+        format!(
+            "{name}: {:.0} req/s at one clone, {:.0} req/s at {} ({:.0} % efficiency) — {}.",
+            first.rps,
+            last.rps,
+            last.clones,
+            100.0 * last.efficiency,
+            curve.scenario.why()
+        )
+    }];
+    if let Some(fit) = curve.fit {
+        let sigma = if fit.sigma >= 0.01 {
+            format!(
+                "σ = {:.3}: as if {:.0} % of each request's work waited in line for one shared thing, which caps the system near {:.0}× one clone",
+                fit.sigma,
+                100.0 * fit.sigma,
+                1.0 / fit.sigma
+            )
+        } else {
+            format!("σ = {:.3}: nothing shared to queue for", fit.sigma)
+        };
+        let kappa = match fit.peak() {
+            Some(n) => format!(
+                "κ = {:.4}: a cost that grows with every pair of clones, so the fit puts a peak near {n:.1} clones",
+                fit.kappa
+            ),
+            None => "κ = 0: no cost grows with pairs of clones, no peak".to_string(),
+        };
+        lines.push(format!("USL fit (R² = {:.3}): {sigma}; {kappa}.", fit.r2));
+    }
+    if last.cpu_ms_per_request > 1.15 * first.cpu_ms_per_request {
+        lines.push(format!(
+            "The clones' own CPU per request grew from {:.3} ms at one clone to {:.3} ms at {}: more processes take turns on each of this machine's {} cores and find its caches full of the others' data — a cost of simulating {} machines on {}, which the fit counts as κ.",
+            first.cpu_ms_per_request,
+            last.cpu_ms_per_request,
+            last.clones,
+            cpu::cores(),
+            last.clones,
+            cpu::cores()
         ));
     }
+    if let Some(check) = &curve.check {
+        let predicted: Vec<String> = check
+            .predicted
+            .iter()
+            .map(|(n, p, m)| {
+                format!(
+                    "{n} clones {p:.0} req/s (measured {m:.0}, {:+.0} %)",
+                    100.0 * (m - p) / p.max(1.0)
+                )
+            })
+            .collect();
+        lines.push(format!(
+            "Fitted on {:?} clones only, the USL predicted {}{}.",
+            check.fitted_on,
+            predicted.join(", "),
+            check.peak_clones.map_or(String::new(), |n| format!(
+                ", and a peak near {n:.1} clones"
+            ))
+        ));
+    }
+    lines.push(format!(
+        "At {} clones the limit was {}.",
+        last.clones, last.saturated
+    ));
     lines
+}
+
+/// The run as Markdown (tables and sentences) for the docs: what docs/lab.md
+/// shows comes from this file, unedited.
+fn markdown(options: &Options, curves: &[Curve]) -> String {
+    let mut md = format!("{}\n\n", method(options));
+    for curve in curves {
+        let rows = table(std::slice::from_ref(curve));
+        let line = |cells: &[String]| format!("| {} |\n", cells[1..].join(" | "));
+        md.push_str(&format!("### {}\n\n", curve.scenario.name()));
+        md.push_str(&line(&rows[0]));
+        md.push_str(&format!("|{}\n", " --- |".repeat(rows[0].len() - 1)));
+        for row in &rows[1..] {
+            md.push_str(&line(row));
+        }
+        md.push('\n');
+        for sentence in explain(curve) {
+            md.push_str(&format!("{sentence}\n\n"));
+        }
+    }
+    md
 }
 
 fn round3(x: f64) -> f64 {

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde_json::json;
 
 use crate::load::{Call, Mix};
-use crate::topology::{ADMIN_PASSWORD, Lab, log_in};
+use crate::topology::{Lab, log_in};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scenario {
@@ -21,11 +21,18 @@ pub enum Scenario {
     /// `GET /products/{id}` logged in: the product page rendered by a clone from
     /// the cached object (the clones' CPU is the limit).
     ProductPage,
-    /// `GET /pages/about`: pre-rendered, served by the load balancer's edge.
+    /// `GET /products/{id}` with no session: the product page as a visitor gets it,
+    /// pre-rendered and served by the load balancer's edge (the page
+    /// `product-page` renders per request, and `bench compare --peer` serves from
+    /// nginx and Varnish).
     Edge,
     /// `POST` and `DELETE /api/events/{id}/rsvp` by 16 users: writes, each with
     /// its outbox message.
     Rsvp,
+    /// The same writes by 64 users, all to one class: every request changes that
+    /// class's row (`events.attendees`) on the one primary, so clones queue for it
+    /// (contention: the curve `bench scale` fits with σ above zero).
+    HotWrite,
     /// A read-heavy browse: lists, products, pages, my account, now and then a login.
     Browse,
 }
@@ -37,6 +44,7 @@ pub const ALL: &[Scenario] = &[
     Scenario::ProductPage,
     Scenario::Edge,
     Scenario::Rsvp,
+    Scenario::HotWrite,
     Scenario::Browse,
 ];
 
@@ -49,6 +57,7 @@ impl Scenario {
             Self::ProductPage => "product-page",
             Self::Edge => "edge",
             Self::Rsvp => "rsvp",
+            Self::HotWrite => "hot-write",
             Self::Browse => "browse",
         }
     }
@@ -69,6 +78,36 @@ impl Scenario {
 
     pub fn names() -> String {
         ALL.iter().map(|s| s.name()).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Why its curve has the shape it has: what the clones share on its path.
+    pub fn why(self) -> &'static str {
+        match self {
+            Self::Ping => {
+                "the cheapest proxied route: each clone adds its own HTTP work, until the load balancer's CPU or the machine's cores are the limit"
+            }
+            Self::Product => {
+                "each read is one key of the cache: the clones share nothing else on this path"
+            }
+            Self::ProductUncached => {
+                "every read assembles the product from the database: the clones share it, and queue for its CPU and locks"
+            }
+            Self::ProductPage => {
+                "each clone renders the page from the cached object: the clones share nothing else on this path, so each adds its share"
+            }
+            Self::Edge => {
+                "the load balancer answers from its own copy: the clones are not on the path, so adding them adds nothing"
+            }
+            Self::Rsvp => {
+                "each RSVP is a write transaction, with its outbox message, on the one primary: the clones queue for its write lock"
+            }
+            Self::HotWrite => {
+                "every request writes the same row (one class's seat count) on the one primary, so the clones queue for its write lock"
+            }
+            Self::Browse => {
+                "a mix of cached reads, rendered pages and now and then a login: mostly the clones' own CPU, the password hashing heaviest"
+            }
+        }
     }
 
     /// Environment the clones need for this scenario.
@@ -93,24 +132,12 @@ impl Scenario {
                 Mix::one(Call::get(format!("/products/{PRODUCT}")).with_cookie(Some(&cookie)))
             }
             Self::Edge => {
-                publish_page(lab, base).await?;
-                Mix::one(Call::get("/pages/about"))
+                let path = format!("/products/{PRODUCT}");
+                at_the_edge(lab, base, &path).await?;
+                Mix::one(Call::get(path))
             }
-            Self::Rsvp => {
-                let event = big_event(lab).await?;
-                let mut calls = Vec::new();
-                for i in 0..16 {
-                    let cookie = user(base, &format!("bench-guest-{i}")).await?;
-                    let path = format!("/api/events/{event}/rsvp");
-                    let mut rsvp = Call::get(path.clone()).with_cookie(Some(&cookie));
-                    rsvp.method = hyper::Method::POST;
-                    let mut cancel = rsvp.clone();
-                    cancel.method = hyper::Method::DELETE;
-                    calls.push((rsvp, 1));
-                    calls.push((cancel, 1));
-                }
-                Mix::new(calls)
-            }
+            Self::Rsvp => rsvps(lab, base, "bench-guest", 16).await?,
+            Self::HotWrite => rsvps(lab, base, "bench-hot", 64).await?,
             Self::Browse => {
                 let cookie = user(base, "bench-browser").await?;
                 let login = Call {
@@ -136,6 +163,23 @@ impl Scenario {
             }
         })
     }
+}
+
+/// `users` users each RSVPing to and cancelling from one big class, at random.
+async fn rsvps(lab: &Lab, base: &str, prefix: &str, users: usize) -> anyhow::Result<Mix> {
+    let event = big_event(lab).await?;
+    let path = format!("/api/events/{event}/rsvp");
+    let mut calls = Vec::new();
+    for i in 0..users {
+        let cookie = user(base, &format!("{prefix}-{i}")).await?;
+        let mut rsvp = Call::get(path.clone()).with_cookie(Some(&cookie));
+        rsvp.method = hyper::Method::POST;
+        let mut cancel = rsvp.clone();
+        cancel.method = hyper::Method::DELETE;
+        calls.push((rsvp, 1));
+        calls.push((cancel, 1));
+    }
+    Ok(Mix::new(calls))
 }
 
 const USER_PASSWORD: &str = "bench-password";
@@ -169,37 +213,26 @@ pub(crate) async fn big_event(lab: &Lab) -> anyhow::Result<i64> {
     Ok(id)
 }
 
-/// Publishes `/pages/about` and waits until the edge serves it: a worker of the
-/// lab renders it, then stops.
-async fn publish_page(lab: &Lab, base: &str) -> anyhow::Result<()> {
-    let admin = log_in(base, "admin", ADMIN_PASSWORD).await?;
-    let http = reqwest::Client::new();
-    let put = http
-        .put(format!("{base}/api/pages/about"))
-        .header("cookie", &admin)
-        .json(&json!({
-            "title": "About the bakery",
-            "body_markdown": "# Baked overnight\n\nEvery page here was rendered before you asked.",
-        }))
-        .send()
-        .await?;
-    anyhow::ensure!(
-        put.status().as_u16() == 202,
-        "PUT /api/pages/about: {}",
-        put.status()
-    );
-    let mut worker = lab
-        .launcher
+/// A worker of the lab, until stopped (renders pages, keeps documents).
+pub(crate) async fn worker(lab: &Lab) -> anyhow::Result<bakery_supervisor::child::Running> {
+    lab.launcher
         .start(&bakery_supervisor::child::ChildSpec {
             role: bakery_supervisor::child::Role::Worker,
             id: "bench-worker".into(),
             listen: "127.0.0.1:0".into(),
             args: vec![],
         })
-        .await?;
+        .await
+}
+
+/// Waits until the edge serves `path` to a visitor: a worker of the lab renders it
+/// (a miss asks for that), then stops.
+async fn at_the_edge(lab: &Lab, base: &str, path: &str) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let mut worker = worker(lab).await?;
     let mut served = false;
     for _ in 0..200 {
-        let page = http.get(format!("{base}/pages/about")).send().await?;
+        let page = http.get(format!("{base}{path}")).send().await?;
         if page.headers().get("x-edge").is_some_and(|v| v == "hit") {
             served = true;
             break;
@@ -207,6 +240,6 @@ async fn publish_page(lab: &Lab, base: &str) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     worker.stop(Duration::from_secs(10)).await;
-    anyhow::ensure!(served, "the page was not at the edge within 20 s");
+    anyhow::ensure!(served, "{path} was not at the edge within 20 s");
     Ok(())
 }

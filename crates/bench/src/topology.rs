@@ -111,6 +111,10 @@ impl Topology {
                 let group = budgets.group(&spec.id, cpus)?;
                 group.add(clone.pid)?;
                 groups.push(group);
+                if cpus <= 1.0 {
+                    // A small machine of its own has one core: clone i on core i.
+                    crate::cgroup::pin(clone.pid, i - 1);
+                }
             }
             clones.push(clone);
         }

@@ -194,6 +194,14 @@ impl Database {
         let correlation_id = correlation_id.to_string();
         self.write(move |pool| async move {
             let mut tx = pool.begin().await?;
+            // The class's row first, as an RSVP takes it: a cancellation that took
+            // its RSVP's row first and the class's second would deadlock with the
+            // same user's RSVP (on PostgreSQL and MariaDB; SQLite takes its write
+            // lock here rather than failing to upgrade a read lock later).
+            crate::sql::query("UPDATE events SET attendees = attendees WHERE id = $1")
+                .bind(event_id)
+                .execute(&mut *tx)
+                .await?;
             let removed: Option<i64> = crate::sql::query_scalar(
                 "DELETE FROM rsvps WHERE event_id = $1 AND user_id = $2 RETURNING id",
             )

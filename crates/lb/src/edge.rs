@@ -35,7 +35,7 @@ use crate::reply::{self, Body};
 
 /// How often the copy catches up with the database: a change reaches the edge
 /// within this (plus the render).
-const FOLLOW_EVERY: Duration = Duration::from_millis(250);
+const FOLLOW_EVERY: Duration = Duration::from_millis(100);
 /// How often the whole list of paths is compared, to drop rows deleted outright.
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
 pub use bakery_core::edge::MISS_HEADER;

@@ -127,20 +127,27 @@ async fn bench_scale_measures_each_point_fits_the_usl_and_writes_its_report() {
     assert!(usl["sigma"].as_f64().unwrap() >= 0.0 && usl["kappa"].as_f64().unwrap() >= 0.0);
     assert_eq!(result["cgroup"], "v1", "the budgets were applied");
 
+    // Each point explained: a sentence per curve, the limit at the last point.
+    let explained = result["explanation"].as_array().unwrap();
+    assert!(
+        explained[0].as_str().unwrap().starts_with("ping: "),
+        "{explained:?}"
+    );
     for file in [
         "results.json",
         "points.csv",
         "rounds.json",
         "index.html",
-        "throughput.svg",
+        "summary.md",
+        "throughput-ping.svg",
     ] {
         assert!(dir.join(file).is_file(), "{file} in {}", dir.display());
     }
-    for png in ["throughput.png", "latency.png", "cpu.png"] {
+    for png in ["throughput-ping.png", "latency-ping.png", "cpu-ping.png"] {
         assert!(is_png(&dir.join(png)), "{png} is a PNG");
     }
     let html = std::fs::read_to_string(dir.join("index.html")).unwrap();
-    assert!(html.contains("throughput.svg") && html.contains("<table>"));
+    assert!(html.contains("throughput-ping.svg") && html.contains("<table>"));
     let csv = std::fs::read_to_string(dir.join("points.csv")).unwrap();
     assert_eq!(csv.lines().count(), 4, "a header and three points:\n{csv}");
     assert_eq!(
@@ -358,6 +365,161 @@ async fn bench_compare_measures_a_scenario_against_its_baseline_side_by_side() {
     assert!(err.contains("--baseline"), "{err}");
 }
 
+/// Issue 29, the lab: several scenarios in one run make one report — each curve
+/// with its fit and its sentence, the speed-up of all side by side, the Markdown
+/// the docs take unedited — and `hot-write` writes the one hot row with no errors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_scale_puts_several_scenarios_in_one_report() {
+    let data = harness::TempDir::new();
+    let (code, out, err) = bench(
+        &data,
+        &[
+            "scale",
+            "--clones",
+            "1,2,3",
+            "--cpu-per-clone",
+            "0.5",
+            "--scenario",
+            "product,hot-write",
+            "--connections-per-clone",
+            "2",
+            "--duration",
+            "1",
+            "--warmup",
+            "0.3",
+            "--rounds",
+            "1",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{err}");
+    let (result, dir) = result_of(&out);
+    assert_eq!(result["scenario"], "scale");
+    let curves = result["curves"].as_array().unwrap();
+    assert_eq!(
+        curves
+            .iter()
+            .map(|c| c["scenario"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["product", "hot-write"]
+    );
+    for curve in curves {
+        let points = curve["points"].as_array().unwrap();
+        assert_eq!(points.len(), 3, "{curve}");
+        for point in points {
+            assert!(point["rps"].as_f64().unwrap() > 0.0, "{point}");
+            assert_eq!(point["errors"], 0, "{point}");
+            assert!(
+                point["cpu_ms_per_request"].as_f64().unwrap() > 0.0,
+                "{point}"
+            );
+        }
+        assert!(curve["usl"]["r2"].as_f64().is_some(), "{curve}");
+        let name = curve["scenario"].as_str().unwrap();
+        assert!(
+            curve["explanation"][0]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{name}: ")),
+            "{curve}"
+        );
+    }
+    assert!(is_png(&dir.join("speedup.png")));
+    let summary = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+    assert!(
+        summary.contains("### product") && summary.contains("### hot-write"),
+        "{summary}"
+    );
+    assert!(summary.contains("one class's seat count"), "{summary}");
+}
+
+/// Issue 29, 7: the edge against Varnish caching the same page from the same clones,
+/// side by side, and then freshness: price changes timed until each serves the new
+/// page (nginx serving a copy as a file is never refreshed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_compare_edge_against_varnish_and_nginx_times_freshness() {
+    for peer in ["varnish", "nginx-static"] {
+        let data = harness::TempDir::new();
+        let (code, out, err) = bench(
+            &data,
+            &[
+                "compare",
+                "--scenario",
+                "edge",
+                "--peer",
+                peer,
+                "--clones",
+                "1",
+                "--connections",
+                "4",
+                "--duration",
+                "1",
+                "--warmup",
+                "0.3",
+                "--rounds",
+                "1",
+                "--changes",
+                "2",
+            ],
+        )
+        .await;
+        assert_eq!(code, Some(0), "{peer}: {err}");
+        let (result, dir) = result_of(&out);
+        assert_eq!(
+            (&result["measured"], &result["peer"]),
+            (&"edge".into(), &peer.into())
+        );
+        let point = &result["points"][0];
+        assert!(point["rps"].as_f64().unwrap() > 0.0, "{point}");
+        assert!(point["baseline_rps"].as_f64().unwrap() > 0.0, "{point}");
+        assert_eq!(
+            (&point["errors"], &point["baseline_errors"]),
+            (&0.into(), &0.into()),
+            "{point}"
+        );
+        let fresh = &result["freshness"];
+        // Ours re-renders on the change: every change shown, well within the bound.
+        let ours = fresh["ours"]["ms"].as_array().unwrap();
+        assert_eq!(ours.len(), 2, "{fresh}");
+        assert!(
+            ours.iter()
+                .all(|ms| ms.as_f64().is_some_and(|ms| ms < 15_000.0)),
+            "{fresh}"
+        );
+        let theirs = fresh["peer"]["ms"].as_array().unwrap();
+        if peer == "varnish" {
+            // A 1 s TTL under steady reads: shown within a TTL and a fetch.
+            assert_eq!(theirs.len(), 2, "{fresh}");
+            assert!(
+                theirs
+                    .iter()
+                    .all(|ms| ms.as_f64().is_some_and(|ms| ms < 15_000.0)),
+                "{fresh}"
+            );
+        } else {
+            assert!(theirs.is_empty(), "a copy is never refreshed: {fresh}");
+        }
+        assert!(is_png(&dir.join("freshness.png")));
+    }
+    let data = harness::TempDir::new();
+    for (args, flag) in [
+        (
+            &["compare", "--scenario", "ping", "--peer", "varnish"][..],
+            "--peer",
+        ),
+        (
+            &["compare", "--scenario", "edge", "--peer", "haproxy"][..],
+            "--peer",
+        ),
+        (&["lb", "--peer", "varnish"][..], "--peer"),
+    ] {
+        let (code, out, err) = bench(&data, args).await;
+        assert_eq!(code, Some(2), "{args:?}: {out}{err}");
+        assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
+        assert!(err.contains(flag), "{err}");
+    }
+}
+
 /// Every scenario prepares its data and is served without errors (a second each,
 /// through `bench latency` on one clone: the cheapest command that runs one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,6 +531,7 @@ async fn every_scenario_prepares_and_is_served_without_errors() {
         "product-page",
         "edge",
         "rsvp",
+        "hot-write",
         "browse",
     ] {
         let data = harness::TempDir::new();

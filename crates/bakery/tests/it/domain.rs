@@ -375,6 +375,41 @@ async fn capacity_is_never_exceeded(up: &Up, a: &Actors) {
     assert_eq!(status, 404);
 }
 
+/// One user's RSVP and cancellation at the same moment (a double click, two tabs)
+/// never fail: both take the class's row first, so neither waits on the other
+/// in the opposite order (a deadlock on PostgreSQL: a 500 after a second), and the
+/// seat count matches the RSVPs left.
+async fn rsvp_and_cancel_at_once_never_deadlock(up: &Up, a: &Actors) {
+    let http = &a.http;
+    let event = json!({"title": "Rye 201", "starts_at": "2030-02-01T10:00:00Z", "capacity": 100});
+    let (status, created) = send(
+        http.post(up.url("/api/events"))
+            .header("cookie", &a.admin)
+            .json(&event),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let rsvp = up.url(&format!("/api/events/{}/rsvp", created["id"]));
+    let users = [&a.ann, &a.bob];
+    for _ in 0..40 {
+        futures::future::join_all(users.iter().flat_map(|cookie| {
+            [
+                send(http.post(&rsvp).header("cookie", *cookie)),
+                send(http.delete(&rsvp).header("cookie", *cookie)),
+            ]
+        }))
+        .await;
+    }
+    let event_url = up.url(&format!("/api/events/{}", created["id"]));
+    let mut seated = 0;
+    for cookie in users {
+        let (_, event) = send(http.get(&event_url).header("cookie", cookie)).await;
+        seated += i64::from(event.get("my_rsvp").is_some_and(|r| !r.is_null()));
+    }
+    let (_, event) = send(http.get(&event_url).header("cookie", &a.admin)).await;
+    assert_eq!(event["attendees"], seated, "{event}");
+}
+
 async fn hostile_input_gets_contract_errors(up: &Up, a: &Actors) {
     let http = &a.http;
     for id in [
@@ -467,6 +502,7 @@ pub async fn domain_suite(up: &Up) {
     catalog_follows_the_contract(up, &a).await;
     profiles_list_reviews_newest_first(up, &a).await;
     capacity_is_never_exceeded(up, &a).await;
+    rsvp_and_cancel_at_once_never_deadlock(up, &a).await;
     hostile_input_gets_contract_errors(up, &a).await;
 }
 
