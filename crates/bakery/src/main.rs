@@ -188,6 +188,12 @@ fn main() -> ExitCode {
     // What the service writes (databases, sessions, cache, media, mail) is its own:
     // directories 0700, files 0600.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // No transparent huge pages (for this process and those it starts): mimalloc
+    // asks for them for its arenas (`madvise(MADV_HUGEPAGE)`, its `allow_thp`
+    // option), and each 2 MiB page touched for a few kilobytes stays resident whole —
+    // 18 MiB of a clone's 21 MiB of its own memory after `bakery up` (6 MiB without).
+    // Our heaps are small; huge pages buy them nothing.
+    let _ = nix::sys::prctl::set_thp_disable(true);
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
