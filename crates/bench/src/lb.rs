@@ -120,7 +120,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     )?;
     html::write(
         &lab.dir,
-        &format!("bench lb — ours against nginx, {}", scenario.name()),
+        &format!("bench lb — ours against {peer}, {}", scenario.name()),
         &html::Page {
             summary: vec![format!(
                 "{} clone(s) behind each; closed model; {} round(s) of {:.0} s (after {:.0} s of warm-up) per side and connection count, alternating which side goes first; CPU for each balancer: {} ({} worker(s) each).",
