@@ -282,7 +282,7 @@ impl Peer {
         let dir = lab.dir.join(kind.name());
         std::fs::create_dir_all(&dir)?;
         let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
-        let child = kind
+        let mut child = kind
             .command(&binary, &dir, addr, site, workers)?
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -291,42 +291,52 @@ impl Peer {
             .kill_on_drop(true)
             .spawn()?;
         let master = child.id().unwrap_or(0);
-        let http = reqwest::Client::new();
-        let mut ready = false;
-        for _ in 0..150 {
-            if http
-                .get(format!("http://{addr}{}", kind.ready_path(site)))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                ready = true;
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        anyhow::ensure!(
-            ready,
-            "{} did not answer within 15 s (see {})",
-            kind.name(),
-            dir.display()
-        );
-        let group = match (&lab.budgets, cpus) {
-            (Some(budgets), Some(cpus)) => {
-                let group = budgets.group(kind.name(), cpus)?;
-                for pid in family(master) {
-                    group.add(pid)?;
+        let ready = async {
+            let http = reqwest::Client::new();
+            let mut ready = false;
+            for _ in 0..150 {
+                if http
+                    .get(format!("http://{addr}{}", kind.ready_path(site)))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+                {
+                    ready = true;
+                    break;
                 }
-                Some(group)
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            _ => None,
+            anyhow::ensure!(
+                ready,
+                "{} did not answer within 15 s (see {})",
+                kind.name(),
+                dir.display()
+            );
+            Ok(match (&lab.budgets, cpus) {
+                (Some(budgets), Some(cpus)) => {
+                    let group = budgets.group(kind.name(), cpus)?;
+                    for pid in family(master) {
+                        group.add(pid)?;
+                    }
+                    Some(group)
+                }
+                _ => None,
+            })
         };
-        Ok(Self {
-            kind,
-            child,
-            addr,
-            _group: group,
-        })
+        match ready.await {
+            Ok(group) => Ok(Self {
+                kind,
+                child,
+                addr,
+                _group: group,
+            }),
+            Err(error) => {
+                // Its whole group goes, not only its leader: nginx's workers outlive
+                // a master killed alone.
+                crate::stop_group(&mut child, kind.stop_signal()).await;
+                Err(error)
+            }
+        }
     }
 
     /// Its processes: the master and its children (nginx's workers, Varnish's cache).
