@@ -58,22 +58,22 @@ pub struct Options {
 pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     let scenario = Scenario::from_flag(&options.scenario)?;
     let baseline = Scenario::from_flag(&options.baseline)?;
-    let peer = options
+    let peer_kind = options
         .peer
         .as_deref()
         .map(|p| PeerKind::from_flag(p, &[PeerKind::NginxStatic, PeerKind::Varnish]))
         .transpose()?;
-    if peer.is_some() && scenario != Scenario::Edge {
+    if peer_kind.is_some() && scenario != Scenario::Edge {
         return Err(ConfigError::new(
             "--peer",
             "the peers serve the edge's page: use it with --scenario edge",
         )
         .into());
     }
-    if peer.is_some() && options.changes == 0 {
+    if peer_kind.is_some() && options.changes == 0 {
         return Err(ConfigError::new("--changes", "at least 1").into());
     }
-    if peer.is_none() && scenario.clone_env() != baseline.clone_env() {
+    if peer_kind.is_none() && scenario.clone_env() != baseline.clone_env() {
         return Err(ConfigError::new(
             "--baseline",
             format!(
@@ -91,7 +91,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     crate::cpu_share("--cpu-per-clone", options.cpu_per_clone)?;
     crate::cpu_share("--cpu-lb", options.cpu_lb)?;
     let (duration, warmup) = crate::timing(options.rounds.duration, options.rounds.warmup)?;
-    let b = peer.map_or(baseline.name(), PeerKind::name);
+    let b = peer_kind.map_or(baseline.name(), PeerKind::name);
     let lab = Lab::open(
         options.config_file.clone(),
         config,
@@ -114,10 +114,10 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     let system: Vec<u32> = std::iter::once(topology.lb.pid)
         .chain(topology.clone_pids())
         .collect();
-    let (baseline_mix, peer) = match peer {
+    let (baseline_mix, peer) = match peer_kind {
         None => (baseline.prepare(&lab, &topology.base()).await?, None),
         Some(kind) => {
-            let clones: Vec<String> = topology.clones.iter().map(|c| c.addr.to_string()).collect();
+            let clones = topology.clone_addrs();
             let path = freshness::PAGE;
             let page = reqwest::get(format!("{}{path}", topology.base()))
                 .await?
@@ -127,18 +127,13 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
                 clones: &clones,
                 page: Some((path, &page)),
             };
-            let workers = options
-                .cpu_lb
-                .map_or(crate::cpu::cores(), f64::ceil)
-                .max(1.0) as usize;
-            let started = Peer::start(kind, &lab, &site, workers, options.cpu_lb).await?;
+            let started = Peer::start(kind, &lab, &site, options.cpu_lb).await?;
             (measured_mix.clone(), Some(started))
         }
     };
-    let (ours_addr, baseline_addr, baseline_pids) = match &peer {
-        None => (topology.addr(), topology.addr(), system.clone()),
+    let (baseline_addr, baseline_pids) = match &peer {
+        None => (topology.addr(), system.clone()),
         Some(peer) => (
-            topology.addr(),
             peer.addr,
             peer.pids()
                 .into_iter()
@@ -149,7 +144,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     let contenders = [
         Contender {
             name: a,
-            addr: ours_addr,
+            addr: topology.addr(),
             mix: &measured_mix,
             pids: system,
         },
@@ -173,7 +168,11 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
             freshness::measure(
                 &lab,
                 &topology.base(),
-                (b, (b == PeerKind::Varnish.name()).then_some(theirs.addr)),
+                // nginx serves a copy made once: only Varnish is read for freshness.
+                (
+                    b,
+                    (peer_kind == Some(PeerKind::Varnish)).then_some(theirs.addr),
+                ),
                 options.changes,
             )
             .await?,

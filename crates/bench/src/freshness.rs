@@ -52,7 +52,7 @@ pub async fn measure(
 ) -> anyhow::Result<Freshness> {
     let admin = log_in(base, "admin", ADMIN_PASSWORD).await?;
     let http = reqwest::Client::new();
-    let mut worker = crate::scenarios::worker(lab).await?;
+    let mut worker = lab.start_worker().await?;
     let mut ours = Vec::new();
     let mut theirs = Vec::new();
     let outcome: anyhow::Result<()> = async {

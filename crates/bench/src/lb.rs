@@ -57,10 +57,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     )
     .await?;
     // Ours gets as many worker threads as nginx gets worker processes.
-    let workers = options
-        .cpu_lb
-        .map_or(crate::cpu::cores(), |c| c.ceil())
-        .max(1.0) as usize;
+    let workers = crate::peers::workers(options.cpu_lb);
     lab.launcher
         .env
         .push(("BAKERY_LB_WORKERS".into(), workers.to_string()));
@@ -73,12 +70,12 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     };
     let ours = Topology::start(&lab, &shape).await?;
     let mix = scenario.prepare(&lab, &ours.base()).await?;
-    let clone_addrs: Vec<String> = ours.clones.iter().map(|c| c.addr.to_string()).collect();
+    let clone_addrs = ours.clone_addrs();
     let site = Site {
         clones: &clone_addrs,
         page: None,
     };
-    let theirs = Peer::start(kind, &lab, &site, workers, options.cpu_lb).await?;
+    let theirs = Peer::start(kind, &lab, &site, options.cpu_lb).await?;
     let peer = kind.name();
 
     let contenders = [

@@ -262,6 +262,13 @@ fn varnish_vcl(clones: &[String]) -> String {
     )
 }
 
+/// Workers (nginx's processes, HAProxy's threads, Varnish's thread pools, our
+/// balancer's threads) for a CPU budget: one per core of it, or per core of the
+/// machine without one.
+pub fn workers(cpus: Option<f64>) -> usize {
+    cpus.map_or(crate::cpu::cores(), f64::ceil).max(1.0) as usize
+}
+
 /// A peer running in the lab, in the foreground, in its own process group.
 pub struct Peer {
     kind: PeerKind,
@@ -275,7 +282,6 @@ impl Peer {
         kind: PeerKind,
         lab: &Lab,
         site: &Site<'_>,
-        workers: usize,
         cpus: Option<f64>,
     ) -> anyhow::Result<Self> {
         let binary = kind.binary().await?;
@@ -283,7 +289,7 @@ impl Peer {
         std::fs::create_dir_all(&dir)?;
         let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let mut child = kind
-            .command(&binary, &dir, addr, site, workers)?
+            .command(&binary, &dir, addr, site, workers(cpus))?
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

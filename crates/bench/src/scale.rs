@@ -107,6 +107,21 @@ struct Curve {
     rounds: Vec<serde_json::Value>,
 }
 
+impl Curve {
+    /// Throughput at one clone (every run measures it).
+    fn one_clone(&self) -> f64 {
+        self.points
+            .iter()
+            .find(|p| p.clones == 1)
+            .map_or(0.0, |p| p.rps)
+    }
+
+    /// The point with the most throughput.
+    fn peak(&self) -> Option<&Point> {
+        self.points.iter().max_by(|a, b| a.rps.total_cmp(&b.rps))
+    }
+}
+
 /// The USL fitted on the first points only, against what was measured after them:
 /// a fit that explains the curve predicts where it goes.
 #[derive(Clone, Debug, Serialize)]
@@ -271,19 +286,26 @@ async fn curve(
         memories.push(memory);
         points.push(summarise(n, connections, &rounds, &shape));
     }
-    let x1 = points.iter().find(|p| p.clones == 1).map_or(0.0, |p| p.rps);
-    for point in &mut points {
-        point.efficiency = usl::efficiency(x1, point.clones as f64, point.rps);
-    }
-    let xy: Vec<(f64, f64)> = points.iter().map(|p| (p.clones as f64, p.rps)).collect();
-    Ok(Curve {
+    let mut curve = Curve {
         scenario,
-        fit: Fit::of(&xy),
-        check: check(&points),
         points,
+        fit: None,
+        check: None,
         memories,
         rounds: rounds_by_point,
-    })
+    };
+    let x1 = curve.one_clone();
+    for point in &mut curve.points {
+        point.efficiency = usl::efficiency(x1, point.clones as f64, point.rps);
+    }
+    let xy: Vec<(f64, f64)> = curve
+        .points
+        .iter()
+        .map(|p| (p.clones as f64, p.rps))
+        .collect();
+    curve.fit = Fit::of(&xy);
+    curve.check = check(&curve.points);
+    Ok(curve)
 }
 
 /// Fits the points up to half the largest clone count (at least three of them)
@@ -328,11 +350,7 @@ fn curve_result(curve: &Curve, options: &Options, lab: &Lab) -> serde_json::Valu
             "r2": round4(f.r2), "peak_clones": f.peak().map(round3),
         })
     });
-    let measured_peak = curve
-        .points
-        .iter()
-        .max_by(|a, b| a.rps.total_cmp(&b.rps))
-        .map(|p| p.clones);
+    let measured_peak = curve.peak().map(|p| p.clones);
     json!({
         "scenario": curve.scenario.name(),
         "points": curve.points.iter().zip(&curve.memories).map(|(p, memory)| json!({
@@ -446,7 +464,7 @@ fn draw(lab: &Lab, curve: &Curve) -> anyhow::Result<Vec<String>> {
     let (name, points) = (curve.scenario.name(), &curve.points);
     let measured: Vec<(f64, f64)> = points.iter().map(|p| (p.clones as f64, p.rps)).collect();
     let max_n = points.iter().map(|p| p.clones).max().unwrap_or(1) as f64;
-    let x1 = points.iter().find(|p| p.clones == 1).map_or(0.0, |p| p.rps);
+    let x1 = curve.one_clone();
     let mut series = vec![
         Series {
             name: "measured (median of rounds)".into(),
@@ -537,11 +555,7 @@ fn draw_speedup(lab: &Lab, curves: &[Curve]) -> anyhow::Result<String> {
         style: Style::Dashed,
     }];
     for curve in curves {
-        let x1 = curve
-            .points
-            .iter()
-            .find(|p| p.clones == 1)
-            .map_or(1.0, |p| p.rps);
+        let x1 = curve.one_clone();
         series.push(Series {
             name: format!("{} (measured)", curve.scenario.name()),
             points: curve
@@ -684,11 +698,7 @@ fn explain(curve: &Curve) -> Vec<String> {
     let (Some(first), Some(last)) = (curve.points.first(), curve.points.last()) else {
         return vec![];
     };
-    let peak = curve
-        .points
-        .iter()
-        .max_by(|a, b| a.rps.total_cmp(&b.rps))
-        .unwrap_or(last);
+    let peak = curve.peak().unwrap_or(last);
     let mut lines = vec![if peak.clones < last.clones {
         format!(
             "{name}: {:.0} req/s at one clone, the most at {} clones ({:.0} req/s, {:.0} % efficiency), {:.0} req/s at {} ({:.0} %) — {}.",

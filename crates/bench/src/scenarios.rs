@@ -213,23 +213,11 @@ pub(crate) async fn big_event(lab: &Lab) -> anyhow::Result<i64> {
     Ok(id)
 }
 
-/// A worker of the lab, until stopped (renders pages, keeps documents).
-pub(crate) async fn worker(lab: &Lab) -> anyhow::Result<bakery_supervisor::child::Running> {
-    lab.launcher
-        .start(&bakery_supervisor::child::ChildSpec {
-            role: bakery_supervisor::child::Role::Worker,
-            id: "bench-worker".into(),
-            listen: "127.0.0.1:0".into(),
-            args: vec![],
-        })
-        .await
-}
-
 /// Waits until the edge serves `path` to a visitor: a worker of the lab renders it
 /// (a miss asks for that), then stops.
 async fn at_the_edge(lab: &Lab, base: &str, path: &str) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
-    let mut worker = worker(lab).await?;
+    let mut worker = lab.start_worker().await?;
     let mut served = false;
     for _ in 0..200 {
         let page = http.get(format!("{base}{path}")).send().await?;

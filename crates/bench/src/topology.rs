@@ -64,6 +64,20 @@ impl Lab {
     }
 }
 
+impl Lab {
+    /// A worker of the lab, until stopped (renders pages, keeps documents).
+    pub async fn start_worker(&self) -> anyhow::Result<Running> {
+        self.launcher
+            .start(&ChildSpec {
+                role: Role::Worker,
+                id: "bench-worker".into(),
+                listen: "127.0.0.1:0".into(),
+                args: vec![],
+            })
+            .await
+    }
+}
+
 /// The lab's admin (its own deployment, so its own password).
 pub const ADMIN_PASSWORD: &str = "bench-admin-password";
 
@@ -182,6 +196,11 @@ impl Topology {
 
     pub fn clone_pids(&self) -> Vec<u32> {
         self.clones.iter().map(|c| c.pid).collect()
+    }
+
+    /// The clones' addresses, as a peer in front of them is given them.
+    pub fn clone_addrs(&self) -> Vec<String> {
+        self.clones.iter().map(|c| c.addr.to_string()).collect()
     }
 
     /// Until the load balancer counts every clone healthy.
