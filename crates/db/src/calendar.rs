@@ -170,10 +170,14 @@ impl Database {
                     return Ok(RsvpOutcome::Created(created));
                 }
             }
-            // No seat taken or the user already had one: give the seat back (rollback)
-            // and tell which it was.
+            // No seat taken or the user already had one: tell which, reading the
+            // RSVP while this transaction still holds the class's row (a cancellation
+            // takes that row first, so the same user's cancellation cannot remove it
+            // in between and turn "already had one" into "full"), then give the seat
+            // back (rollback).
+            let existing = find_rsvp(&mut *tx, event_id, user_id).await?;
             tx.rollback().await?;
-            if let Some(existing) = find_rsvp(&pool, event_id, user_id).await? {
+            if let Some(existing) = existing {
                 return Ok(RsvpOutcome::Existing(existing));
             }
             let exists: Option<i64> =
@@ -245,8 +249,8 @@ impl Database {
     }
 }
 
-async fn find_rsvp(
-    pool: &sqlx::AnyPool,
+async fn find_rsvp<'c>(
+    target: impl crate::sql::Target<'c>,
     event_id: i64,
     user_id: i64,
 ) -> Result<Option<Rsvp>, sqlx::Error> {
@@ -254,7 +258,7 @@ async fn find_rsvp(
     let row: Option<RsvpRow> = crate::sql::query_as(sql)
         .bind(event_id)
         .bind(user_id)
-        .fetch_optional(pool)
+        .fetch_optional(target)
         .await?;
     Ok(row.map(rsvp))
 }
