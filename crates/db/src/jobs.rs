@@ -376,6 +376,7 @@ impl Database {
              RETURNING id, kind, payload, attempts, max_attempts, owner_id"
         );
         let rows: Vec<ClaimedRow> = crate::sql::query_as(sql)
+            .planned_each_time()
             .bind(now + lease_ms)
             .bind(worker)
             .bind(now)
@@ -421,6 +422,7 @@ impl Database {
             .map(|(id, attempt, progress)| [*id, *attempt, (*progress).clamp(0, 100)])
             .collect();
         Ok(crate::sql::query_scalar(sql)
+            .planned_each_time()
             .bind(now_millis() + lease_ms)
             .bind(json!(batch).to_string())
             .fetch_all(self.primary())
@@ -478,6 +480,7 @@ impl Database {
             settle_one_by_one(&mut tx, endings).await?
         } else {
             crate::sql::query_scalar::<i64>(sql)
+                .planned_each_time()
                 .bind(now_millis())
                 .bind(serde_json::Value::Array(batch).to_string())
                 .fetch_all(&mut *tx)
