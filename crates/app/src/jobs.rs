@@ -4,6 +4,7 @@
 use bakery_core::User;
 use bakery_core::job::{Job, JobState};
 use bakery_db::Lsn;
+use bakery_db::jobs::NewJob;
 
 use crate::{App, Error, Written};
 
@@ -36,18 +37,20 @@ impl App {
                 )));
             }
         }
-        let (app, kind, owner_id) = (self.clone(), kind.to_string(), owner.map(|u| u.id));
-        self.unit(async move {
-            let correlation = bakery_telemetry::correlation_id();
-            let (id, lsn) = app
-                .db()
-                .enqueue_job(&kind, owner_id, &payload, MAX_ATTEMPTS, &correlation)
-                .await?;
-            metrics::counter!("bakery_jobs_total", "kind" => kind, "state" => "queued")
-                .increment(1);
-            Ok(Written { value: id, lsn })
-        })
-        .await
+        let job = NewJob {
+            kind: kind.to_string(),
+            owner_id: owner.map(|u| u.id),
+            payload: payload.to_string(),
+            max_attempts: MAX_ATTEMPTS,
+            correlation_id: bakery_telemetry::correlation_id(),
+        };
+        // Written with the jobs other requests ask for meanwhile (the enqueuer's
+        // group commit), on the primary: the request's `x-db` says so.
+        let (id, lsn) = self.0.enqueuer.enqueue(job).await.map_err(Error::Store)?;
+        bakery_db::replica::note(bakery_db::Role::Primary);
+        metrics::counter!("bakery_jobs_total", "kind" => kind.to_string(), "state" => "queued")
+            .increment(1);
+        Ok(Written { value: id, lsn })
     }
 
     /// A job, for its owner or an admin (others get 404: its existence is not theirs

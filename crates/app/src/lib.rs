@@ -28,6 +28,7 @@ pub mod accounts;
 pub mod calendar;
 pub mod catalog;
 pub mod documents;
+mod enqueuer;
 mod error;
 pub mod jobs;
 pub mod mail;
@@ -78,6 +79,8 @@ struct Inner {
     media_dir: std::path::PathBuf,
     /// Publishes what this process's writes put in the outbox.
     relay: Relay,
+    /// Writes the jobs concurrent requests ask for in shared transactions.
+    enqueuer: enqueuer::Enqueuer,
     /// Renders queued lately for pages the edge missed.
     missed: pages::Missed,
     /// Stops the relay when the last handle goes.
@@ -131,6 +134,7 @@ impl App {
             config.broker.outbox_sweep_after,
             stop.clone(),
         );
+        let enqueuer = enqueuer::Enqueuer::start(db.clone(), relay.clone());
         Self(Arc::new(Inner {
             db,
             cache,
@@ -142,6 +146,7 @@ impl App {
             broker,
             media_dir: config.data_dir.join("media"),
             relay,
+            enqueuer,
             missed: pages::Missed::default(),
             _relay_guard: stop.drop_guard(),
         }))

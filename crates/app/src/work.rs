@@ -2,7 +2,7 @@
 //! bulk enqueue and end counts of `bakery bench jobs`. Every write that stages a
 //! message (a dispatch, `job.finished`) is a unit, so its relay is kicked at once.
 
-use bakery_db::jobs::{Claimed, Settle};
+use bakery_db::jobs::{Claimed, NewJob, Settle};
 
 use crate::{App, Error};
 
@@ -67,20 +67,25 @@ impl App {
         payloads: Vec<serde_json::Value>,
         correlation_id: &str,
     ) -> Result<Vec<i64>, Error> {
-        let (app, kind, correlation_id) =
-            (self.clone(), kind.to_string(), correlation_id.to_string());
-        self.unit(async move {
-            Ok(app
-                .db()
-                .enqueue_jobs(&kind, &payloads, crate::jobs::MAX_ATTEMPTS, &correlation_id)
-                .await?)
-        })
-        .await
+        let jobs: Vec<NewJob> = payloads
+            .iter()
+            .map(|payload| NewJob {
+                kind: kind.to_string(),
+                owner_id: None,
+                payload: payload.to_string(),
+                max_attempts: crate::jobs::MAX_ATTEMPTS,
+                correlation_id: correlation_id.to_string(),
+            })
+            .collect();
+        let app = self.clone();
+        self.unit(async move { Ok(app.db().enqueue_jobs(jobs).await?.0) })
+            .await
     }
 
-    /// How many jobs with ids in `first..=last` have ended.
-    pub async fn jobs_ended(&self, first: i64, last: i64) -> Result<i64, Error> {
-        Ok(self.db().jobs_ended(first, last).await?)
+    /// The first job with an id in `first..=last` that has not ended; every job
+    /// before it has (`None`: all have).
+    pub async fn first_unended_job(&self, first: i64, last: i64) -> Result<Option<i64>, Error> {
+        Ok(self.db().first_unended_job(first, last).await?)
     }
 
     /// Per ended job with an id in `first..=last`: (created_at, finished_at, state).

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use sqlx::AnyConnection;
 
-use crate::messaging::stage;
+use crate::messaging::{stage, stage_for};
 use crate::{Database, DbError, Dialect, Lsn, now_millis};
 
 /// A job a worker holds: its fencing token is `attempt`.
@@ -21,6 +21,8 @@ pub struct Claimed {
     pub attempt: i64,
     pub max_attempts: i64,
     pub owner_id: Option<i64>,
+    /// The request that queued it (none for jobs queued before this was kept).
+    pub correlation_id: Option<String>,
 }
 
 /// How a held job ended.
@@ -104,46 +106,70 @@ fn job(row: JobRow) -> Job {
 /// At most this many jobs per dispatch message: a bulk enqueue sends one message per
 /// this many jobs, so a batch still spreads over every worker.
 pub const DISPATCH_BATCH: usize = 64;
-/// At most this many rows per multi-row statement (well under both engines'
-/// limits on bound parameters).
-const ROWS_PER_STATEMENT: usize = 500;
+/// At most this many jobs per multi-row insert (five values each: well under both
+/// engines' limits on bound parameters).
+const ROWS_PER_STATEMENT: usize = 100;
 
-/// Inserts the jobs, queued and due now, in multi-row statements; their ids.
-async fn insert_jobs(
-    tx: &mut AnyConnection,
-    kind: &str,
-    owner_id: Option<i64>,
-    payloads: &[String],
-    max_attempts: i64,
-) -> Result<Vec<i64>, sqlx::Error> {
+/// A job to queue, as one request (or one bulk producer) asks for it.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub kind: String,
+    pub owner_id: Option<i64>,
+    /// JSON.
+    pub payload: String,
+    pub max_attempts: i64,
+    /// The request that asked for it: the job's run and its end carry it, whichever
+    /// message woke the worker.
+    pub correlation_id: String,
+}
+
+/// Inserts the jobs, queued and due now, in multi-row statements; their ids, in
+/// the order of `jobs`.
+async fn insert_jobs(tx: &mut AnyConnection, jobs: &[NewJob]) -> Result<Vec<i64>, sqlx::Error> {
     let now = now_millis();
-    let mut ids = Vec::with_capacity(payloads.len());
-    for chunk in payloads.chunks(ROWS_PER_STATEMENT) {
-        // $1..$4 are shared by every row; each row's payload is its own parameter.
-        let rows: Vec<String> = (5..5 + chunk.len())
-            .map(|p| format!("($1, $2, ${p}, $3, $4, $4, $4)"))
+    let mut ids = Vec::with_capacity(jobs.len());
+    for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
+        // $1 (now) is shared by every row; each row has five values of its own.
+        let rows: Vec<String> = (0..chunk.len())
+            .map(|i| {
+                let p = 2 + i * 5;
+                format!(
+                    "(${p}, ${}, ${}, ${}, ${}, $1, $1, $1)",
+                    p + 1,
+                    p + 2,
+                    p + 3,
+                    p + 4
+                )
+            })
             .collect();
         let sql = format!(
-            "INSERT INTO jobs (kind, owner_id, payload, max_attempts, run_at, dispatched_at, created_at)
+            "INSERT INTO jobs (kind, owner_id, payload, max_attempts, correlation_id, run_at, dispatched_at, created_at)
              VALUES {} RETURNING id",
             rows.join(", ")
         );
-        let mut query = crate::sql::query_scalar::<i64>(sql)
-            .bind(kind)
-            .bind(owner_id)
-            .bind(max_attempts)
-            .bind(now);
-        for payload in chunk {
-            query = query.bind(payload);
-        }
-        ids.extend(query.fetch_all(&mut *tx).await?);
+        let query = chunk.iter().fold(
+            crate::sql::query_scalar::<i64>(sql).bind(now),
+            |query, job| {
+                query
+                    .bind(&job.kind)
+                    .bind(job.owner_id)
+                    .bind(&job.payload)
+                    .bind(job.max_attempts)
+                    .bind(&job.correlation_id)
+            },
+        );
+        // One statement takes its ids in the order of its rows; RETURNING need not
+        // list them in that order.
+        let mut taken = query.fetch_all(&mut *tx).await?;
+        taken.sort_unstable();
+        ids.extend(taken);
     }
     Ok(ids)
 }
 
-/// Stages the dispatch messages of `ids` (jobs of `kind`): `{job_id}` for one,
+/// Stages the dispatch messages of `ids` (jobs of `kind`, for one request):
 /// `{job_ids}` for up to [`DISPATCH_BATCH`] per message.
-async fn stage_dispatch(
+async fn stage_ready(
     tx: &mut AnyConnection,
     kind: &str,
     ids: &[i64],
@@ -156,27 +182,50 @@ async fn stage_dispatch(
     Ok(())
 }
 
+/// Stages the dispatch messages of the jobs `ids` (in the order of `jobs`): per
+/// kind, `{job_ids}` for up to [`DISPATCH_BATCH`] at a time, each message's
+/// staging in the journey of every request among its jobs.
+async fn stage_dispatch(
+    tx: &mut AnyConnection,
+    jobs: &[NewJob],
+    ids: &[i64],
+) -> Result<(), sqlx::Error> {
+    let mut by_kind: std::collections::BTreeMap<&str, Vec<(i64, &str)>> = Default::default();
+    for (job, id) in jobs.iter().zip(ids) {
+        by_kind
+            .entry(&job.kind)
+            .or_default()
+            .push((*id, &job.correlation_id));
+    }
+    for (kind, jobs) in by_kind {
+        for chunk in jobs.chunks(DISPATCH_BATCH) {
+            let ready = bakery_events::JobsReady::new(kind, chunk.iter().map(|j| j.0).collect());
+            let mut requests: Vec<&str> = Vec::with_capacity(chunk.len());
+            for (_, correlation_id) in chunk {
+                if !requests.contains(correlation_id) {
+                    requests.push(correlation_id);
+                }
+            }
+            stage_for(tx, &ready, &requests).await?;
+        }
+    }
+    Ok(())
+}
+
 impl Database {
-    /// A new job, queued, with its dispatch message staged in the same transaction.
-    pub async fn enqueue_job(
+    /// Queues `jobs` (each of its own kind, owner and request) in one transaction
+    /// with their dispatch messages: the group commit of concurrent requests, or a
+    /// bulk producer's batch. Their ids in order, and the write's position.
+    pub async fn enqueue_jobs(
         &self,
-        kind: &str,
-        owner_id: Option<i64>,
-        payload: &serde_json::Value,
-        max_attempts: i64,
-        correlation_id: &str,
-    ) -> Result<(i64, Option<Lsn>), DbError> {
-        let (kind, payload, correlation_id) = (
-            kind.to_string(),
-            payload.to_string(),
-            correlation_id.to_string(),
-        );
+        jobs: Vec<NewJob>,
+    ) -> Result<(Vec<i64>, Option<Lsn>), DbError> {
         self.write(move |pool| async move {
             let mut tx = pool.begin().await?;
-            let ids = insert_jobs(&mut tx, &kind, owner_id, &[payload], max_attempts).await?;
-            stage_dispatch(&mut tx, &kind, &ids, &correlation_id).await?;
+            let ids = insert_jobs(&mut tx, &jobs).await?;
+            stage_dispatch(&mut tx, &jobs, &ids).await?;
             tx.commit().await?;
-            Ok(ids[0])
+            Ok(ids)
         })
         .await
     }
@@ -198,8 +247,8 @@ impl Database {
         let now = now_millis();
         let run_at = now + delay_ms.max(0);
         let id: Option<i64> = crate::sql::query_scalar(
-            "INSERT INTO jobs (kind, payload, max_attempts, run_at, dispatched_at, created_at, dedupe_key)
-             VALUES ($1, $2, $3, $4, CASE WHEN $4 > $5 THEN NULL ELSE $5 END, $5, $6)
+            "INSERT INTO jobs (kind, payload, max_attempts, run_at, dispatched_at, created_at, dedupe_key, correlation_id)
+             VALUES ($1, $2, $3, $4, CASE WHEN $4 > $5 THEN NULL ELSE $5 END, $5, $6, $7)
              ON CONFLICT (dedupe_key) WHERE state = 'queued' DO NOTHING
              RETURNING id",
         )
@@ -209,37 +258,18 @@ impl Database {
         .bind(run_at)
         .bind(now)
         .bind(key)
+        .bind(correlation_id)
         .fetch_optional(&mut *tx)
         .await?;
         if let Some(id) = id
             && run_at <= now
         {
-            stage_dispatch(&mut tx, kind, &[id], correlation_id).await?;
+            stage_ready(&mut tx, kind, &[id], correlation_id).await?;
         }
         tx.commit().await?;
         Ok(id)
     }
 
-    /// Many jobs of one kind at once (what a bulk producer, or the benchmark,
-    /// wants): one transaction, multi-row inserts, and one dispatch message per
-    /// [`DISPATCH_BATCH`] jobs. Should a message be lost to a dead consumer, the
-    /// reaper dispatches the jobs still queued again.
-    pub async fn enqueue_jobs(
-        &self,
-        kind: &str,
-        payloads: &[serde_json::Value],
-        max_attempts: i64,
-        correlation_id: &str,
-    ) -> Result<Vec<i64>, DbError> {
-        let payloads: Vec<String> = payloads.iter().map(|p| p.to_string()).collect();
-        let mut tx = self.primary().begin().await?;
-        let ids = insert_jobs(&mut tx, kind, None, &payloads, max_attempts).await?;
-        stage_dispatch(&mut tx, kind, &ids, correlation_id).await?;
-        tx.commit().await?;
-        Ok(ids)
-    }
-
-    /// How many jobs with ids in `first..=last` have ended.
     /// Jobs by kind and state, and when the oldest queued one was created (Unix
     /// milliseconds): what the operations view shows of the jobs.
     pub async fn job_counts(&self) -> Result<(Vec<(String, String, i64)>, Option<i64>), DbError> {
@@ -255,13 +285,19 @@ impl Database {
         Ok((counts, oldest))
     }
 
-    pub async fn jobs_ended(&self, first: i64, last: i64) -> Result<i64, DbError> {
+    /// The first job with an id in `first..=last` that has not ended (`None`: all
+    /// have): every job before it has. One walk of the key from `first` to it —
+    /// counting the ended ones instead read every row of the range at each look
+    /// (118 ms a look at 80,000 jobs, in the middle of the run it measures).
+    pub async fn first_unended_job(&self, first: i64, last: i64) -> Result<Option<i64>, DbError> {
         Ok(crate::sql::query_scalar(
-            "SELECT COUNT(*) FROM jobs WHERE id BETWEEN $1 AND $2 AND finished_at IS NOT NULL",
+            "SELECT id FROM jobs WHERE id BETWEEN $1 AND $2 AND finished_at IS NULL
+             ORDER BY id LIMIT 1",
         )
+        .planned_each_time()
         .bind(first)
         .bind(last)
-        .fetch_one(self.primary())
+        .fetch_optional(self.primary())
         .await?)
     }
 
@@ -373,7 +409,7 @@ impl Database {
              UPDATE jobs SET state = 'running', attempts = attempts + 1, lease_until = $1,
                     worker = $2, started_at = COALESCE(started_at, $3)
              WHERE id IN (SELECT id FROM wanted) AND {state} = 'queued' AND {run_at} <= $3
-             RETURNING id, kind, payload, attempts, max_attempts, owner_id"
+             RETURNING id, kind, payload, attempts, max_attempts, owner_id, correlation_id"
         );
         let rows: Vec<ClaimedRow> = crate::sql::query_as(sql)
             .planned_each_time()
@@ -549,7 +585,7 @@ impl Database {
         let Some(kind) = kind else {
             return Ok(false);
         };
-        stage_dispatch(&mut tx, &kind, &[id], correlation_id).await?;
+        stage_ready(&mut tx, &kind, &[id], correlation_id).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -623,17 +659,19 @@ impl Database {
             by_kind.entry(kind).or_default().push(*id);
         }
         for (kind, ids) in by_kind {
-            stage_dispatch(&mut tx, kind, &ids, correlation_id).await?;
+            stage_ready(&mut tx, kind, &ids, correlation_id).await?;
         }
         tx.commit().await?;
         Ok(due.len())
     }
 }
 
-/// A claimed row: id, kind, payload, attempt, max attempts, owner.
-type ClaimedRow = (i64, String, String, i64, i64, Option<i64>);
+/// A claimed row: id, kind, payload, attempt, max attempts, owner, request.
+type ClaimedRow = (i64, String, String, i64, i64, Option<i64>, Option<String>);
 
-fn claimed((id, kind, payload, attempt, max_attempts, owner_id): ClaimedRow) -> Claimed {
+fn claimed(
+    (id, kind, payload, attempt, max_attempts, owner_id, correlation_id): ClaimedRow,
+) -> Claimed {
     Claimed {
         id,
         kind,
@@ -641,6 +679,7 @@ fn claimed((id, kind, payload, attempt, max_attempts, owner_id): ClaimedRow) -> 
         attempt,
         max_attempts,
         owner_id,
+        correlation_id,
     }
 }
 
@@ -681,7 +720,7 @@ impl Database {
         .execute(&mut *tx)
         .await?;
         let rows: Vec<ClaimedRow> = crate::sql::query_as(format!(
-            "SELECT id, kind, payload, attempts, max_attempts, owner_id FROM jobs WHERE id IN ({})",
+            "SELECT id, kind, payload, attempts, max_attempts, owner_id, correlation_id FROM jobs WHERE id IN ({})",
             crate::sql::placeholders(1, picked.len())
         ))
         .bind_all(&picked)

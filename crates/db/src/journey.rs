@@ -52,25 +52,49 @@ pub fn start_journal(db: Database) {
     });
 }
 
-/// Records a hop inside the caller's transaction: it commits with the write.
+/// Records a hop for each of `correlation_ids` inside the caller's transaction: they
+/// commit with the write (one write may serve several requests: a group commit).
 pub(crate) async fn note_in(
     conn: &mut AnyConnection,
-    correlation_id: &str,
+    correlation_ids: &[&str],
     what: String,
     detail: serde_json::Value,
 ) -> Result<(), sqlx::Error> {
-    let hop = Noted::now(correlation_id, what, detail);
-    crate::sql::query(
-        "INSERT INTO journey (correlation_id, at, process, what, detail) VALUES ($1, $2, $3, $4, $5)",
-    )
-    .bind(correlation_id)
-    .bind(hop.at)
-    .bind(&hop.process)
-    .bind(&hop.what)
-    .bind(hop.detail.to_string())
-    .execute(conn)
-    .await?;
+    let hops: Vec<Noted> = correlation_ids
+        .iter()
+        .map(|id| Noted::now(id, what.clone(), detail.clone()))
+        .collect();
+    insert(&hops).execute(conn).await?;
     Ok(())
+}
+
+/// One statement inserting `hops`.
+fn insert(hops: &[Noted]) -> crate::sql::Query {
+    let rows: Vec<String> = (0..hops.len())
+        .map(|i| {
+            let n = i * 5;
+            format!(
+                "(${}, ${}, ${}, ${}, ${})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5
+            )
+        })
+        .collect();
+    let sql = format!(
+        "INSERT INTO journey (correlation_id, at, process, what, detail) VALUES {}",
+        rows.join(", ")
+    );
+    hops.iter().fold(crate::sql::query(sql), |query, noted| {
+        query
+            .bind(noted.correlation_id.clone())
+            .bind(noted.at)
+            .bind(noted.process.clone())
+            .bind(noted.what.clone())
+            .bind(noted.detail.to_string())
+    })
 }
 
 type HopTuple = (i64, String, String, String);
@@ -80,33 +104,7 @@ impl Database {
         if hops.is_empty() {
             return Ok(());
         }
-        let rows: Vec<String> = (0..hops.len())
-            .map(|i| {
-                let n = i * 5;
-                format!(
-                    "(${}, ${}, ${}, ${}, ${})",
-                    n + 1,
-                    n + 2,
-                    n + 3,
-                    n + 4,
-                    n + 5
-                )
-            })
-            .collect();
-        let sql = format!(
-            "INSERT INTO journey (correlation_id, at, process, what, detail) VALUES {}",
-            rows.join(", ")
-        );
-        let mut query = crate::sql::query(sql);
-        for noted in hops {
-            query = query
-                .bind(noted.correlation_id.clone())
-                .bind(noted.at)
-                .bind(noted.process.clone())
-                .bind(noted.what.clone())
-                .bind(noted.detail.to_string());
-        }
-        query.execute(self.primary()).await?;
+        insert(hops).execute(self.primary()).await?;
         Ok(())
     }
 

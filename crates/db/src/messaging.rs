@@ -72,6 +72,17 @@ pub(crate) async fn stage(
     event: &impl Event,
     correlation_id: &str,
 ) -> Result<(), sqlx::Error> {
+    stage_for(conn, event, &[correlation_id]).await
+}
+
+/// [`stage`] for a message that serves several requests (the jobs of a group
+/// commit): it carries the first one's correlation id, and each request's journey
+/// records the staging.
+pub(crate) async fn stage_for(
+    conn: &mut AnyConnection,
+    event: &impl Event,
+    correlation_ids: &[&str],
+) -> Result<(), sqlx::Error> {
     let message = bakery_events::encode(event);
     let message_id = format!("{:032x}", rand::random::<u128>());
     crate::sql::query(
@@ -80,7 +91,7 @@ pub(crate) async fn stage(
     )
     .bind(message.exchange)
     .bind(&message_id)
-    .bind(correlation_id)
+    .bind(correlation_ids.first().copied().unwrap_or_default())
     .bind(&message.routing_key)
     .bind(message.body)
     .bind(now_millis())
@@ -88,7 +99,7 @@ pub(crate) async fn stage(
     .await?;
     crate::journey::note_in(
         conn,
-        correlation_id,
+        correlation_ids,
         format!("wrote on the primary; {} staged in the outbox", message.routing_key),
         serde_json::json!({"message_id": message_id, "kind": message.routing_key, "exchange": message.exchange}),
     )

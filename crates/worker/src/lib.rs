@@ -205,8 +205,14 @@ impl Worker {
             };
             for (claimed, slot) in claimed.into_iter().zip(slots) {
                 let span = tracing::info_span!("job", job_id = claimed.id, kind = %claimed.kind, attempt = claimed.attempt);
+                // The job runs, and ends, under the request that queued it (the
+                // message may have woken it with other requests' jobs).
+                let correlation = claimed
+                    .correlation_id
+                    .clone()
+                    .unwrap_or_else(|| delivery.message.correlation_id.clone());
                 let work = bakery_telemetry::with_correlation(
-                    delivery.message.correlation_id.clone(),
+                    correlation,
                     self.clone().execute(claimed, slot),
                 );
                 self.running.spawn(work.instrument(span));

@@ -41,6 +41,12 @@ impl Pool {
             return Vec::new(); // closed: never, the pool lives as long as the worker
         };
         let mut slots = vec![first];
+        // The jobs whose ends freed this slot free theirs at the same moment, each
+        // in its task: let them run before counting what is free, or a batch of
+        // ends is claimed for again one slot at a time.
+        if wanted > 1 {
+            tokio::task::yield_now().await;
+        }
         while slots.len() < wanted {
             match self.slots.clone().try_acquire_owned() {
                 Ok(slot) => slots.push(slot),
