@@ -511,26 +511,32 @@ impl Database {
                 ])
             })
             .collect();
+        let update = crate::sql::query_scalar::<i64>(sql)
+            .planned_each_time()
+            .bind(now_millis())
+            .bind(serde_json::Value::Array(batch).to_string());
+        // Nobody to tell about a job nobody owns (an operator's, a benchmark's): with
+        // no event to stage, the one statement is the transaction.
+        let owned = endings.iter().any(|settle| settle.job.owner_id.is_some());
+        let held_of = |settled: std::collections::HashSet<i64>| -> Vec<bool> {
+            endings
+                .iter()
+                .map(|settle| settled.contains(&settle.job.id))
+                .collect()
+        };
+        if !owned && self.dialect() != Dialect::MariaDb {
+            let settled = update.fetch_all(self.primary()).await?;
+            return Ok(held_of(settled.into_iter().collect()));
+        }
         let mut tx = self.primary().begin().await?;
         let settled: std::collections::HashSet<i64> = if self.dialect() == Dialect::MariaDb {
             settle_one_by_one(&mut tx, endings).await?
         } else {
-            crate::sql::query_scalar::<i64>(sql)
-                .planned_each_time()
-                .bind(now_millis())
-                .bind(serde_json::Value::Array(batch).to_string())
-                .fetch_all(&mut *tx)
-                .await?
-                .into_iter()
-                .collect()
+            update.fetch_all(&mut *tx).await?.into_iter().collect()
         };
-        let held: Vec<bool> = endings
-            .iter()
-            .map(|settle| settled.contains(&settle.job.id))
-            .collect();
+        let held = held_of(settled);
         for (settle, held) in endings.iter().zip(&held) {
             let finished = !matches!(settle.ending, Ending::RetryAt { .. });
-            // Nobody to tell about a job nobody owns (an operator's, a benchmark's).
             if *held && finished && settle.job.owner_id.is_some() {
                 let event = bakery_events::JobFinished {
                     job_id: settle.job.id,

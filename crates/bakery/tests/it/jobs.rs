@@ -95,6 +95,79 @@ async fn jobs_succeed_retry_fail_cancel_and_are_queued_again_on_mariadb() {
     lifecycle(Engine::EmbeddedMariaDb).await;
 }
 
+#[tokio::test]
+async fn concurrent_requests_each_get_their_own_job() {
+    requests_together(Engine::Embedded).await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_each_get_their_own_job_on_postgres() {
+    requests_together(Engine::EmbeddedPostgres).await;
+}
+
+#[tokio::test]
+async fn concurrent_requests_each_get_their_own_job_on_mariadb() {
+    requests_together(Engine::EmbeddedMariaDb).await;
+}
+
+/// Requests at the same moment share the enqueuer's transactions (its group
+/// commit): each answer still names its own job — the one with its payload — and
+/// each job ends under its own request's id (its `job.finished` is staged in that
+/// request's journey, whichever request's message woke the worker).
+async fn requests_together(engine: Engine) {
+    let up = start(engine).await;
+    let http = harness::client();
+    let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
+    let requests = (1..=40).map(|ms| {
+        let (http, up, admin) = (&http, &up, &admin);
+        async move {
+            let request_id = format!("together-{ms}-{:x}", rand::random::<u64>());
+            let answer = http
+                .post(up.url("/api/jobs"))
+                .header("cookie", admin)
+                .header("x-request-id", &request_id)
+                .json(&json!({"kind": "noop", "payload": {"ms": ms}}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(answer.status(), 202);
+            let id = answer.json::<Value>().await.unwrap()["job_id"]
+                .as_i64()
+                .unwrap();
+            (ms, id, request_id)
+        }
+    });
+    let jobs = futures::future::join_all(requests).await;
+    let ids: std::collections::HashSet<i64> = jobs.iter().map(|(_, id, _)| *id).collect();
+    assert_eq!(ids.len(), jobs.len(), "one job each: {jobs:?}");
+    for (ms, id, _) in &jobs {
+        let done = ended(&up, &admin, *id).await;
+        assert_eq!(
+            done["result"]["slept_ms"], *ms,
+            "job {id} was answered to the request for {ms} ms: {done}"
+        );
+    }
+    let has = |journey: &Value, what: &str| {
+        journey["hops"].as_array().is_some_and(|hops| {
+            hops.iter()
+                .any(|hop| hop["what"].as_str().is_some_and(|w| w.contains(what)))
+        })
+    };
+    for (_, id, request_id) in &jobs {
+        let url = up.url(&format!("/api/ops/journey/{request_id}"));
+        let mut journey = Value::Null;
+        let whole = eventually(LIMIT, async || {
+            journey = harness::get_json(&url, &admin).await;
+            has(&journey, "noop staged") && has(&journey, "job.finished staged")
+        })
+        .await;
+        assert!(
+            whole,
+            "job {id}: its request's journey has its dispatch and its end: {journey}"
+        );
+    }
+}
+
 async fn lifecycle(engine: Engine) {
     let up = start(engine).await;
     let http = harness::client();
