@@ -12,13 +12,10 @@ use std::sync::Arc;
 use bakery_broker::Relay;
 use bakery_db::jobs::NewJob;
 use bakery_db::{Database, DbError, Lsn};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 
 /// At most this many jobs in one transaction.
 const MAX_BATCH: usize = 256;
-/// Transactions written at once: while one waits for its commit, the next batch
-/// is on its way (one at a time left the database idle between round trips).
-const IN_FLIGHT: usize = 2;
 
 type Answer = Result<(i64, Option<Lsn>), Arc<DbError>>;
 
@@ -47,36 +44,26 @@ async fn write_batches(
     relay: Relay,
     mut receiver: mpsc::UnboundedReceiver<(NewJob, oneshot::Sender<Answer>)>,
 ) {
-    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
-    loop {
-        // A free turn first: what arrives while every turn is busy makes the next batch.
-        let Ok(turn) = in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        if receiver.recv_many(&mut batch, MAX_BATCH).await == 0 {
-            return;
-        }
-        let (db, relay) = (db.clone(), relay.clone());
-        tokio::spawn(async move {
-            let (jobs, replies): (Vec<NewJob>, Vec<_>) = batch.into_iter().unzip();
-            let written = db.enqueue_jobs(jobs).await;
-            drop(turn);
-            match written {
-                Ok((ids, lsn)) => {
-                    // Its messages go out now, not at the next sweep.
-                    relay.kick();
-                    for (reply, id) in replies.into_iter().zip(ids) {
-                        let _ = reply.send(Ok((id, lsn)));
-                    }
-                }
-                Err(error) => {
-                    let error = Arc::new(error);
-                    for reply in replies {
-                        let _ = reply.send(Err(error.clone()));
-                    }
+    // One transaction at a time: while it commits, the next batch gathers. (Two at
+    // once made batches half as large and cost more than they overlapped: 16
+    // producers at batch 1 did 2.2-2.5k jobs/s, against 2.6-2.7k.)
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while receiver.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let (jobs, replies): (Vec<NewJob>, Vec<_>) = batch.drain(..).unzip();
+        match db.enqueue_jobs(jobs).await {
+            Ok((ids, lsn)) => {
+                // Its messages go out now, not at the next sweep.
+                relay.kick();
+                for (reply, id) in replies.into_iter().zip(ids) {
+                    let _ = reply.send(Ok((id, lsn)));
                 }
             }
-        });
+            Err(error) => {
+                let error = Arc::new(error);
+                for reply in replies {
+                    let _ = reply.send(Err(error.clone()));
+                }
+            }
+        }
     }
 }

@@ -20,6 +20,9 @@ use crate::{Database, DbError};
 pub const KEPT: Duration = Duration::from_secs(3600);
 /// Hops written per statement at most.
 const BATCH: usize = 200;
+/// How long hops gather between two statements that were not full (a journey is
+/// read by a person: a tenth of a second late is not late).
+const GATHER: Duration = Duration::from_millis(100);
 
 /// One step of a request's journey.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -44,10 +47,16 @@ pub fn start_journal(db: Database) {
     tokio::spawn(async move {
         let mut batch = Vec::with_capacity(BATCH);
         while receiver.recv_many(&mut batch, BATCH).await > 0 {
+            let full = batch.len() == BATCH;
             if let Err(error) = db.write_hops(&batch).await {
                 tracing::debug!(%error, hops = batch.len(), "journey hops not recorded");
             }
             batch.clear();
+            // Unless more are waiting, let them gather: one statement per hop or two,
+            // under load, cost the database as much as the work they describe.
+            if !full {
+                tokio::time::sleep(GATHER).await;
+            }
         }
     });
 }
