@@ -61,42 +61,39 @@ pub fn start_journal(db: Database) {
     });
 }
 
-/// Records a hop for each of `correlation_ids` inside the caller's transaction: they
-/// commit with the write (one write may serve several requests: a group commit).
-pub(crate) async fn note_in(
-    conn: &mut AnyConnection,
-    correlation_ids: &[&str],
-    what: String,
-    detail: serde_json::Value,
-) -> Result<(), sqlx::Error> {
-    let hops: Vec<Noted> = correlation_ids
+/// The hops of `correlation_ids`, each noting `what` and `detail`, taken now.
+pub(crate) fn hops(correlation_ids: &[&str], what: &str, detail: &serde_json::Value) -> Vec<Noted> {
+    correlation_ids
         .iter()
-        .map(|id| Noted::now(id, what.clone(), detail.clone()))
-        .collect();
-    insert(&hops).execute(conn).await?;
+        .map(|id| Noted::now(id, what.to_string(), detail.clone()))
+        .collect()
+}
+
+/// Records `hops` inside the caller's transaction: they commit with the write.
+pub(crate) async fn note_in(conn: &mut AnyConnection, hops: &[Noted]) -> Result<(), sqlx::Error> {
+    bind(crate::sql::query(insert_text(hops.len(), 1)), hops)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
-/// One statement inserting `hops`.
-fn insert(hops: &[Noted]) -> crate::sql::Query {
-    let rows: Vec<String> = (0..hops.len())
+/// `INSERT` of `count` hops, their values numbered from `$first` (five each).
+pub(crate) fn insert_text(count: usize, first: usize) -> String {
+    let rows: Vec<String> = (0..count)
         .map(|i| {
-            let n = i * 5;
-            format!(
-                "(${}, ${}, ${}, ${}, ${})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5
-            )
+            let n = first + i * 5;
+            format!("(${n}, ${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4)
         })
         .collect();
-    let sql = format!(
+    format!(
         "INSERT INTO journey (correlation_id, at, process, what, detail) VALUES {}",
         rows.join(", ")
-    );
-    hops.iter().fold(crate::sql::query(sql), |query, noted| {
+    )
+}
+
+/// Binds the values of `hops`, in [`insert_text`]'s order, after those bound so far.
+pub(crate) fn bind(query: crate::sql::Query, hops: &[Noted]) -> crate::sql::Query {
+    hops.iter().fold(query, |query, noted| {
         query
             .bind(noted.correlation_id.clone())
             .bind(noted.at)
@@ -113,7 +110,9 @@ impl Database {
         if hops.is_empty() {
             return Ok(());
         }
-        insert(hops).execute(self.primary()).await?;
+        bind(crate::sql::query(insert_text(hops.len(), 1)), hops)
+            .execute(self.primary())
+            .await?;
         Ok(())
     }
 

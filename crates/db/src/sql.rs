@@ -46,7 +46,7 @@ impl Dialect {
     }
 
     /// From sqlx's name of a connection's backend.
-    fn of_backend(name: &str) -> Self {
+    pub(crate) fn of_backend(name: &str) -> Self {
         match name {
             "PostgreSQL" => Self::Postgres,
             "MySQL" => Self::MariaDb,
