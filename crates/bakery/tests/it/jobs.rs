@@ -26,9 +26,21 @@ async fn start(engine: Engine) -> Up {
 }
 
 async fn enqueue(up: &Up, admin: &str, payload: Value) -> i64 {
+    enqueue_for(
+        up,
+        admin,
+        payload,
+        &format!("job-{:x}", rand::random::<u64>()),
+    )
+    .await
+}
+
+/// Queues a noop job in a request whose id is `request_id`; the job's id.
+async fn enqueue_for(up: &Up, admin: &str, payload: Value, request_id: &str) -> i64 {
     let answer = harness::client()
         .post(up.url("/api/jobs"))
         .header("cookie", admin)
+        .header("x-request-id", request_id)
         .json(&json!({"kind": "noop", "payload": payload}))
         .send()
         .await
@@ -119,21 +131,10 @@ async fn requests_together(engine: Engine) {
     let http = harness::client();
     let admin = harness::log_in(&http, &up.base, "admin", "admin-password").await;
     let requests = (1..=40).map(|ms| {
-        let (http, up, admin) = (&http, &up, &admin);
+        let (up, admin) = (&up, &admin);
         async move {
             let request_id = format!("together-{ms}-{:x}", rand::random::<u64>());
-            let answer = http
-                .post(up.url("/api/jobs"))
-                .header("cookie", admin)
-                .header("x-request-id", &request_id)
-                .json(&json!({"kind": "noop", "payload": {"ms": ms}}))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(answer.status(), 202);
-            let id = answer.json::<Value>().await.unwrap()["job_id"]
-                .as_i64()
-                .unwrap();
+            let id = enqueue_for(up, admin, json!({"ms": ms}), &request_id).await;
             (ms, id, request_id)
         }
     });
