@@ -269,6 +269,9 @@ pub fn workers(cpus: Option<f64>) -> usize {
     cpus.map_or(crate::cpu::cores(), f64::ceil).max(1.0) as usize
 }
 
+/// How long a peer may take to answer after its start.
+const READY_WITHIN: Duration = Duration::from_secs(15);
+
 /// A peer running in the lab, in the foreground, in its own process group.
 pub struct Peer {
     kind: PeerKind,
@@ -298,23 +301,14 @@ impl Peer {
             .spawn()?;
         let master = child.id().unwrap_or(0);
         let ready = async {
-            let http = reqwest::Client::new();
-            let mut ready = false;
-            for _ in 0..150 {
-                if http
-                    .get(format!("http://{addr}{}", kind.ready_path(site)))
-                    .send()
-                    .await
-                    .is_ok_and(|r| r.status().is_success())
-                {
-                    ready = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            let ready = bakery_supervisor::probe::Http::new()
+                .wait_until(addr, kind.ready_path(site), READY_WITHIN, |status, _| {
+                    status.is_success()
+                })
+                .await;
             anyhow::ensure!(
                 ready,
-                "{} did not answer within 15 s (see {})",
+                "{} did not answer within {READY_WITHIN:?} (see {})",
                 kind.name(),
                 dir.display()
             );

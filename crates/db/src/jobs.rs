@@ -167,24 +167,40 @@ async fn insert_jobs(tx: &mut AnyConnection, jobs: &[NewJob]) -> Result<Vec<i64>
     Ok(ids)
 }
 
-/// Stages the dispatch messages of `ids` (jobs of `kind`, for one request):
-/// `{job_ids}` for up to [`DISPATCH_BATCH`] per message.
+/// Stages the dispatch messages of jobs of `kind`, each `(id, request)`: `{job_ids}`
+/// for up to [`DISPATCH_BATCH`] per message, whose staging goes into the journey of
+/// every request among its jobs.
 async fn stage_ready(
+    tx: &mut AnyConnection,
+    kind: &str,
+    jobs: &[(i64, &str)],
+) -> Result<(), sqlx::Error> {
+    for chunk in jobs.chunks(DISPATCH_BATCH) {
+        let ready = bakery_events::JobsReady::new(kind, chunk.iter().map(|j| j.0).collect());
+        let mut requests: Vec<&str> = Vec::with_capacity(chunk.len());
+        for (_, correlation_id) in chunk {
+            if !requests.contains(correlation_id) {
+                requests.push(correlation_id);
+            }
+        }
+        stage_for(tx, &ready, &requests).await?;
+    }
+    Ok(())
+}
+
+/// [`stage_ready`] for the jobs `ids` of one request.
+async fn stage_ready_for(
     tx: &mut AnyConnection,
     kind: &str,
     ids: &[i64],
     correlation_id: &str,
 ) -> Result<(), sqlx::Error> {
-    for chunk in ids.chunks(DISPATCH_BATCH) {
-        let ready = bakery_events::JobsReady::new(kind, chunk.to_vec());
-        stage(tx, &ready, correlation_id).await?;
-    }
-    Ok(())
+    let jobs: Vec<(i64, &str)> = ids.iter().map(|id| (*id, correlation_id)).collect();
+    stage_ready(tx, kind, &jobs).await
 }
 
-/// Stages the dispatch messages of the jobs `ids` (in the order of `jobs`): per
-/// kind, `{job_ids}` for up to [`DISPATCH_BATCH`] at a time, each message's
-/// staging in the journey of every request among its jobs.
+/// Stages the dispatch messages of the jobs `ids` (in the order of `jobs`), kind
+/// by kind.
 async fn stage_dispatch(
     tx: &mut AnyConnection,
     jobs: &[NewJob],
@@ -198,16 +214,7 @@ async fn stage_dispatch(
             .push((*id, &job.correlation_id));
     }
     for (kind, jobs) in by_kind {
-        for chunk in jobs.chunks(DISPATCH_BATCH) {
-            let ready = bakery_events::JobsReady::new(kind, chunk.iter().map(|j| j.0).collect());
-            let mut requests: Vec<&str> = Vec::with_capacity(chunk.len());
-            for (_, correlation_id) in chunk {
-                if !requests.contains(correlation_id) {
-                    requests.push(correlation_id);
-                }
-            }
-            stage_for(tx, &ready, &requests).await?;
-        }
+        stage_ready(tx, kind, &jobs).await?;
     }
     Ok(())
 }
@@ -264,7 +271,7 @@ impl Database {
         if let Some(id) = id
             && run_at <= now
         {
-            stage_ready(&mut tx, kind, &[id], correlation_id).await?;
+            stage_ready_for(&mut tx, kind, &[id], correlation_id).await?;
         }
         tx.commit().await?;
         Ok(id)
@@ -610,7 +617,7 @@ impl Database {
         let Some(kind) = kind else {
             return Ok(false);
         };
-        stage_ready(&mut tx, &kind, &[id], correlation_id).await?;
+        stage_ready_for(&mut tx, &kind, &[id], correlation_id).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -684,7 +691,7 @@ impl Database {
             by_kind.entry(kind).or_default().push(*id);
         }
         for (kind, ids) in by_kind {
-            stage_ready(&mut tx, kind, &ids, correlation_id).await?;
+            stage_ready_for(&mut tx, kind, &ids, correlation_id).await?;
         }
         tx.commit().await?;
         Ok(due.len())

@@ -71,6 +71,9 @@ pub(crate) fn hops(correlation_ids: &[&str], what: &str, detail: &serde_json::Va
 
 /// Records `hops` inside the caller's transaction: they commit with the write.
 pub(crate) async fn note_in(conn: &mut AnyConnection, hops: &[Noted]) -> Result<(), sqlx::Error> {
+    if hops.is_empty() {
+        return Ok(());
+    }
     bind(crate::sql::query(insert_text(hops.len(), 1)), hops)
         .execute(conn)
         .await?;

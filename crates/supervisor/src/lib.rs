@@ -24,7 +24,7 @@ use http::Method;
 use tokio_util::sync::CancellationToken;
 
 pub mod child;
-mod probe;
+pub mod probe;
 
 use child::{ChildSpec, Launcher, Role, Running};
 use probe::Http;

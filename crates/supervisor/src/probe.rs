@@ -16,6 +16,12 @@ pub struct Http {
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
+impl Default for Http {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl Http {
     pub fn new() -> Self {
         let mut connector = HttpConnector::new();
