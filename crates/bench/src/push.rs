@@ -96,11 +96,12 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
 }
 
 /// Raises the open-files limit the lab's processes inherit towards what `streams`
-/// need (each stream is a socket here and two at the load balancer); beyond the
-/// hard limit only a process allowed to raise it may go. The limit in force.
+/// need (each stream is a socket here and one at the load balancer, which reaches
+/// the push process over a few HTTP/2 connections); beyond the hard limit only a
+/// process allowed to raise it may go. The limit in force.
 fn raise_open_files(streams: usize) -> u64 {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    let needed = streams as u64 * 2 + 4096;
+    let needed = streams as u64 + 4096;
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or((1024, 1024));
     if soft >= needed {
         return soft;
@@ -132,8 +133,10 @@ fn clients(streams: usize, files: u64) -> anyhow::Result<Vec<reqwest::Client>> {
         .collect()
 }
 
-/// One stream's end of the run: when its user's event arrived, if it did.
-type Arrival = Option<Instant>;
+/// One stream's end of the run: when its user's event arrived, if it did, and the
+/// stream, still open (closed once every stream is done: streams closing while
+/// others still wait for their event would be work the measurement counts).
+type Arrival = Option<(Instant, reqwest::Response)>;
 
 async fn measure(
     lab: &Lab,
@@ -152,11 +155,9 @@ async fn measure(
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle = cpu::resident_memory(push_pid);
 
-    // The balancer holds two descriptors per stream: beyond its limit, asking for
-    // more would only starve it (and every other request) of descriptors.
-    let room = ((files / 2) as usize)
-        .saturating_sub(256)
-        .max(options.users);
+    // The balancer holds a descriptor per stream: beyond its limit, asking for more
+    // would only starve it (and every other request) of descriptors.
+    let room = (files as usize).saturating_sub(512).max(options.users);
     let asked = options.streams.min(room);
     if asked < options.streams {
         eprintln!(
@@ -241,13 +242,16 @@ async fn measure(
     }
     let deadline = tokio::time::Instant::now() + DELIVERY_LIMIT;
     let mut latencies = Vec::with_capacity(open);
+    let mut done = Vec::with_capacity(open);
     for (i, stream) in streams.into_iter().enumerate() {
         let arrival = tokio::time::timeout_at(deadline, stream).await;
-        if let Ok(Ok(Some(at))) = arrival {
+        if let Ok(Ok(Some((at, body)))) = arrival {
             let from = sent[i % options.users];
             latencies.push(at.saturating_duration_since(from).as_secs_f64() * 1000.0);
+            done.push(body);
         }
     }
+    drop(done);
     latencies.sort_by(f64::total_cmp);
     let delivered = latencies.len();
     let max = latencies.last().copied().unwrap_or(0.0);
@@ -309,7 +313,7 @@ async fn open(
 async fn arrival((mut body, mut seen): (reqwest::Response, String)) -> Arrival {
     loop {
         if seen.contains("event: rsvp.created") || seen.contains("event:rsvp.created") {
-            return Some(Instant::now());
+            return Some((Instant::now(), body));
         }
         // Only the tail can still be part of a line that has not ended.
         if seen.len() > 4096 {

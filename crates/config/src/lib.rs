@@ -461,6 +461,12 @@ pub struct LbConfig {
     pub retry_budget_percent: u32,
     #[serde(deserialize_with = "values::number")]
     pub retry_min_per_sec: u32,
+    /// Pools whose members the balancer reaches over HTTP/2 (cleartext), requests
+    /// sharing a few connections: the push service's, whose streams would each hold
+    /// a connection (two descriptors at the balancer) over HTTP/1. Comma-separated in
+    /// the environment.
+    #[serde(deserialize_with = "values::list")]
+    pub http2_pools: Vec<String>,
 }
 
 impl Default for LbConfig {
@@ -489,6 +495,7 @@ impl Default for LbConfig {
             panic_threshold_percent: 25,
             retry_budget_percent: 20,
             retry_min_per_sec: 10,
+            http2_pools: vec!["push".to_string()],
         }
     }
 }

@@ -324,7 +324,28 @@ async fn send_out(stream: &mut TcpStream, out: &[u8], rest: Rest) -> io::Result<
         Rest::Bytes(body) => stream.write_all(&body).await,
         Rest::Chunked(mut body) => {
             let mut chunk = Vec::new();
-            while let Some(frame) = body.frame().await {
+            // A client that goes while its answer streams (an event stream closed)
+            // is noticed at once rather than at the next write, which may be long in
+            // coming: the backend's stream ends with it. Once the client sends
+            // something (a pipelined request), it is left for after the answer.
+            let mut watching = true;
+            let mut peeked = [0u8; 1];
+            loop {
+                let frame = if watching {
+                    tokio::select! {
+                        frame = body.frame() => frame,
+                        peeked = stream.peek(&mut peeked) => match peeked {
+                            Ok(0) | Err(_) => return Err(io::ErrorKind::ConnectionAborted.into()),
+                            Ok(_) => {
+                                watching = false;
+                                continue;
+                            }
+                        },
+                    }
+                } else {
+                    body.frame().await
+                };
+                let Some(frame) = frame else { break };
                 let frame = frame.map_err(io::Error::other)?;
                 if let Ok(data) = frame.into_data()
                     && !data.is_empty()

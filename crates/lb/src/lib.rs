@@ -30,6 +30,7 @@ pub mod edge;
 mod front;
 mod headers;
 mod health;
+mod multiplex;
 pub mod pool;
 mod proxy;
 mod reply;
@@ -109,6 +110,7 @@ impl Lb {
                 lb.selection,
                 lb.max_ejection_percent,
                 lb.panic_threshold_percent,
+                lb.http2_pools.iter().any(|pool| pool == name),
             ))
         };
         let pools: HashMap<String, Arc<Pool>> = topology

@@ -32,6 +32,9 @@ pub struct Pool {
     /// Below this share of healthy members, health is ignored (Envoy's panic mode):
     /// when most of a pool looks down, the checks are more likely wrong than the pool.
     panic_threshold_percent: u32,
+    /// Its members are reached over HTTP/2, requests sharing connections
+    /// ([`crate::multiplex`]).
+    pub http2: bool,
 }
 
 impl Pool {
@@ -40,6 +43,7 @@ impl Pool {
         selection: Selection,
         max_ejection_percent: u32,
         panic_threshold_percent: u32,
+        http2: bool,
     ) -> Self {
         Self {
             name: name.to_string(),
@@ -50,6 +54,7 @@ impl Pool {
             next: AtomicUsize::new(0),
             max_ejection_percent,
             panic_threshold_percent,
+            http2,
         }
     }
 
@@ -184,7 +189,7 @@ mod tests {
     use crate::backend::Probe;
 
     fn pool(selection: Selection, n: usize) -> Pool {
-        let pool = Pool::new("web", selection, 50, 25);
+        let pool = Pool::new("web", selection, 50, 25, false);
         for i in 0..n {
             let b = Backend::new(
                 format!("web-{i}"),

@@ -286,7 +286,9 @@ pub(crate) async fn send(
         // upstream timeout): once the checker finds it dead, an idempotent request
         // is given up there and tried on another; any other waits for its answer.
         let outcome = upstream_client
-            .request_unless(backend.addr, &upstream, || idempotent && backend.is_dead())
+            .request_unless(backend.addr, &upstream, pool.http2, || {
+                idempotent && backend.is_dead()
+            })
             .await;
         drop(inflight);
         let error = match outcome {

@@ -33,11 +33,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::headers::{has_token, is_hop_by_hop, named_in_connection};
+use crate::multiplex::Multiplexed;
 use crate::reply::{self, Body, BoxError};
 use crate::timer::Coarse;
 
 /// Largest response read whole before it is answered.
-const BUFFERED_MAX: u64 = 1 << 20;
+pub(crate) const BUFFERED_MAX: u64 = 1 << 20;
 
 /// Largest response head a backend may send.
 const HEAD_MAX: usize = 64 << 10;
@@ -57,6 +58,8 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// One worker thread's connections to the backends.
 pub struct Upstream {
     idle: Mutex<HashMap<SocketAddr, Vec<Conn>>>,
+    /// The connections to multiplexed pools' members.
+    http2: Multiplexed,
     connect_timeout: Duration,
     /// How long a backend has to answer (the head and a buffered body).
     answer_timeout: Duration,
@@ -76,12 +79,18 @@ pub struct Outgoing {
 /// A backend's answer: its head as it came, and its body.
 pub struct Answer {
     pub status: StatusCode,
-    /// The status line and headers, as the backend sent them.
-    head: Bytes,
+    head: AnswerHead,
     /// No body by its nature (an answer to `HEAD`, a 204 or 304): the backend's
     /// `content-length` still describes the resource and is passed on.
     pub bodiless: bool,
     pub body: AnswerBody,
+}
+
+enum AnswerHead {
+    /// The status line and headers, as an HTTP/1 backend sent them.
+    Wire(Bytes),
+    /// As hyper read them from an HTTP/2 backend ([`crate::multiplex`]).
+    Map(HeaderMap),
 }
 
 pub enum AnswerBody {
@@ -92,44 +101,62 @@ pub enum AnswerBody {
 }
 
 impl Answer {
+    /// An answer as hyper read it ([`crate::multiplex`]).
+    pub(crate) fn from_map(
+        status: StatusCode,
+        headers: HeaderMap,
+        bodiless: bool,
+        body: AnswerBody,
+    ) -> Self {
+        Self {
+            status,
+            head: AnswerHead::Map(headers),
+            bodiless,
+            body,
+        }
+    }
+
     /// Calls `f` with each header the client gets, in order: all but the hop-by-hop
     /// ones and the framing, which whoever sends the answer on writes for its own
-    /// connection. (The head was parsed whole once; parsing it again costs less
-    /// than keeping every header's place.)
+    /// connection.
     pub fn each_header(&self, mut f: impl FnMut(&str, &[u8])) {
-        let mut lines = [const { MaybeUninit::uninit() }; HEADERS_MAX];
-        let mut parsed = httparse::Response::new(&mut []);
-        let config = httparse::ParserConfig::default();
-        if config
-            .parse_response_with_uninit_headers(&mut parsed, &self.head, &mut lines)
-            .is_err()
-        {
-            return;
-        }
-        let headers = &*parsed.headers;
-        let named = named_in_connection(headers);
-        for h in headers {
-            let framing = h.name.eq_ignore_ascii_case("content-length") && !self.bodiless;
-            if !framing && !named(h.name) && !is_hop_by_hop(h.name) {
-                f(h.name, h.value);
+        match &self.head {
+            AnswerHead::Wire(head) => each_wire_header(head, self.bodiless, f),
+            AnswerHead::Map(headers) => {
+                for (name, value) in headers {
+                    if self.bodiless || name != http::header::CONTENT_LENGTH {
+                        f(name.as_str(), value.as_bytes());
+                    }
+                }
             }
         }
     }
 
     /// As hyper's server sends it on (it writes the framing from the body).
     pub fn into_response(self) -> Response<Body> {
-        let mut headers = HeaderMap::new();
-        let base = self.head.as_ptr() as usize;
-        self.each_header(|name, value| {
-            let start = value.as_ptr() as usize - base;
-            // Values share the head; both were checked by the parser.
-            if let (Ok(name), Ok(value)) = (
-                HeaderName::from_bytes(name.as_bytes()),
-                HeaderValue::from_maybe_shared(self.head.slice(start..start + value.len())),
-            ) {
-                headers.append(name, value);
+        let headers = match self.head {
+            AnswerHead::Map(mut headers) => {
+                if !self.bodiless {
+                    headers.remove(http::header::CONTENT_LENGTH);
+                }
+                headers
             }
-        });
+            AnswerHead::Wire(head) => {
+                let mut headers = HeaderMap::new();
+                let base = head.as_ptr() as usize;
+                each_wire_header(&head, self.bodiless, |name, value| {
+                    let start = value.as_ptr() as usize - base;
+                    // Values share the head; both were checked by the parser.
+                    if let (Ok(name), Ok(value)) = (
+                        HeaderName::from_bytes(name.as_bytes()),
+                        HeaderValue::from_maybe_shared(head.slice(start..start + value.len())),
+                    ) {
+                        headers.append(name, value);
+                    }
+                });
+                headers
+            }
+        };
         let body = match self.body {
             AnswerBody::Full(bytes) => reply::full(bytes),
             AnswerBody::Stream(body) => body,
@@ -138,6 +165,28 @@ impl Answer {
         *response.status_mut() = self.status;
         *response.headers_mut() = headers;
         response
+    }
+}
+
+/// [`Answer::each_header`] of a head as it came on the wire. (It was parsed whole
+/// once; parsing it again costs less than keeping every header's place.)
+fn each_wire_header(head: &[u8], bodiless: bool, mut f: impl FnMut(&str, &[u8])) {
+    let mut lines = [const { MaybeUninit::uninit() }; HEADERS_MAX];
+    let mut parsed = httparse::Response::new(&mut []);
+    let config = httparse::ParserConfig::default();
+    if config
+        .parse_response_with_uninit_headers(&mut parsed, head, &mut lines)
+        .is_err()
+    {
+        return;
+    }
+    let headers = &*parsed.headers;
+    let named = named_in_connection(headers);
+    for h in headers {
+        let framing = h.name.eq_ignore_ascii_case("content-length") && !bodiless;
+        if !framing && !named(h.name) && !is_hop_by_hop(h.name) {
+            f(h.name, h.value);
+        }
     }
 }
 
@@ -206,6 +255,7 @@ impl Upstream {
     pub fn new(connect_timeout: Duration, answer_timeout: Duration, timer: Coarse) -> Self {
         Self {
             idle: Mutex::new(HashMap::new()),
+            http2: Multiplexed::new(connect_timeout, timer.clone()),
             connect_timeout,
             answer_timeout,
             timer,
@@ -220,20 +270,29 @@ impl Upstream {
         addr: SocketAddr,
         request: &Outgoing,
     ) -> Result<Answer, UpstreamError> {
-        self.request_unless(addr, request, || false).await
+        self.request_unless(addr, request, false, || false).await
     }
 
-    /// [`Upstream::request`], given up (`FoundDead`) as soon as `dead` holds: it is
-    /// asked while the answer is awaited, at least once a second.
+    /// [`Upstream::request`] (over HTTP/2 when `http2`), given up (`FoundDead`) as
+    /// soon as `dead` holds: it is asked while the answer is awaited, at least once a
+    /// second.
     pub async fn request_unless(
         &self,
         addr: SocketAddr,
         request: &Outgoing,
+        http2: bool,
         dead: impl Fn() -> bool,
     ) -> Result<Answer, UpstreamError> {
+        let exchange = async {
+            if http2 {
+                self.http2.exchange(addr, request).await
+            } else {
+                self.exchange(addr, request).await
+            }
+        };
         match self
             .timer
-            .timeout_unless(self.answer_timeout, self.exchange(addr, request), dead)
+            .timeout_unless(self.answer_timeout, exchange, dead)
             .await
         {
             Ok(outcome) => outcome,
@@ -308,6 +367,7 @@ impl Upstream {
     /// Closes idle connections unused since before `now - IDLE_TIMEOUT` or closed by
     /// their backend, and forgets backends left with none.
     pub fn prune(&self, now: Instant) {
+        self.http2.prune(now);
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.retain(|_, conns| {
             conns.retain(|conn| {
@@ -400,7 +460,7 @@ impl Conn {
                 let body = self.buffer.split_to(length).freeze();
                 let answer = Answer {
                     status,
-                    head,
+                    head: AnswerHead::Wire(head),
                     bodiless,
                     body: AnswerBody::Full(body),
                 };
@@ -413,7 +473,7 @@ impl Conn {
                 Ok((
                     Answer {
                         status,
-                        head,
+                        head: AnswerHead::Wire(head),
                         bodiless,
                         body,
                     },

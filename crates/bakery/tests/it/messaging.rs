@@ -21,6 +21,11 @@ const LIMIT: Duration = Duration::from_secs(30);
 
 /// `up` with the mail going to `sink`, on `engine`, retrying fast.
 async fn start(engine: Engine, sink: &SmtpSink, clones: usize) -> Up {
+    start_with(engine, sink, clones, &[]).await
+}
+
+/// [`start`], with `extra` variables.
+async fn start_with(engine: Engine, sink: &SmtpSink, clones: usize, extra: &[(&str, &str)]) -> Up {
     let mut env = vec![
         ("BAKERY_SMTP_URL".to_string(), sink.url()),
         // These tests are about delivery: every address gets its mail at once.
@@ -31,6 +36,7 @@ async fn start(engine: Engine, sink: &SmtpSink, clones: usize) -> Up {
         ("BAKERY_OUTBOX_SWEEP_AFTER_MS".into(), "500".into()),
     ];
     env.extend(engine.env().await);
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
     Up::start(env, clones)
 }
 
@@ -907,4 +913,85 @@ async fn a_cluster_node_killed_under_rsvps_and_jobs_loses_nothing_and_mails_noth
         "a cluster node killed under RSVPs and jobs: 12 RSVPs and 12 render jobs (8 of each after the kill), 12 mails, none twice, every job succeeded; all confirmed {:.2} s after the kill",
         killed_at.map_or(0.0, |at| at.elapsed().as_secs_f64())
     );
+}
+
+/// Streams through the load balancer share its few HTTP/2 connections to the push
+/// process (not a connection, and two of the balancer's descriptors, each); a stream
+/// whose client goes ends at the push process at once, and those left still get
+/// their events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_share_the_balancers_connections_to_push_and_end_with_their_clients() {
+    const STREAMS: usize = 40;
+    let sink = SmtpSink::start();
+    let up = start_with(
+        Engine::Embedded,
+        &sink,
+        1,
+        &[("BAKERY_PUSH_MAX_STREAMS_PER_USER", "64")],
+    )
+    .await;
+    let members: Value = harness::client()
+        .get(up.admin_url("/lb/backends"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let push: std::net::SocketAddr = members["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|pool| pool["name"] == "push")
+        .and_then(|pool| pool["backends"][0]["addr"].as_str())
+        .expect("a push member")
+        .parse()
+        .unwrap();
+    let cookie = harness::sign_up_and_log_in(&harness::client(), &up.base, "streamer").await;
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        streams.push(SseStream::open(&up.url("/api/notifications/stream"), &cookie, None).await);
+    }
+    let open = async || harness::metric(push, "bakery_push_streams_open", &[]).await;
+    assert!(
+        eventually(LIMIT, async || open().await == STREAMS as f64).await,
+        "the push process counts {} streams open",
+        open().await
+    );
+    // Over HTTP/1 each stream would be a connection of its own.
+    let connections = connections_to(push.port());
+    assert!(
+        (1..STREAMS / 4).contains(&connections),
+        "{connections} connections to the push process carry {STREAMS} streams"
+    );
+
+    // Clients that go: their streams end at the push process, not at its next write
+    // (a keep-alive comment every 15 s).
+    streams.truncate(10);
+    assert!(
+        eventually(Duration::from_secs(5), async || open().await == 10.0).await,
+        "the push process still counts {} streams open after 30 of 40 went",
+        open().await
+    );
+    let event = class(&up, 10).await;
+    rsvp(&up, &cookie, event, "corr-shared-streams").await;
+    for stream in &mut streams {
+        let got = stream.take(1, LIMIT).await;
+        assert_eq!(got[0].event.as_deref(), Some("rsvp.created"), "{got:?}");
+    }
+}
+
+/// Established TCP connections on this machine to local port `port` (IPv4).
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let port = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            // local address, remote address, state (01: established)
+            fields.len() > 3 && fields[2].ends_with(&port) && fields[3] == "01"
+        })
+        .count()
 }
