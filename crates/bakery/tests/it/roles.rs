@@ -173,6 +173,31 @@ async fn a_clone_and_push_start_before_their_session_store_and_cache_and_use_the
     assert_eq!(me.status(), 200);
 }
 
+/// Issue 29, 5: the binary's relative relocations are packed (RELR), so the table
+/// the loader walks at every process's start is kilobytes, not the 1.3 MB of
+/// `.rela.dyn` entries every process read before (`crates/bakery/build.rs`).
+#[test]
+fn the_binary_packs_its_relative_relocations() {
+    let out = std::process::Command::new("readelf")
+        .args(["--wide", "--dynamic", "--section-headers"])
+        .arg(harness::bin())
+        .output()
+        .expect("readelf (binutils) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("(RELR)"), "no DT_RELR entry:\n{text}");
+    // What is left unpacked (relocations against symbols) is small.
+    let rela = text
+        .lines()
+        .find(|l| l.contains(" .rela.dyn "))
+        .and_then(|l| {
+            let fields: Vec<&str> = l.split_whitespace().collect();
+            let at = fields.iter().position(|f| *f == ".rela.dyn")?;
+            u64::from_str_radix(fields.get(at + 4)?, 16).ok()
+        })
+        .unwrap_or(0);
+    assert!(rela < 64 << 10, ".rela.dyn is {rela} bytes");
+}
+
 /// Issue 29, 5: no role runs on transparent huge pages. mimalloc asks for them for
 /// its arenas, and a 2 MiB page touched for a few kilobytes stays resident whole
 /// (18 MiB of a clone's 21 MiB of its own memory): every process `up` starts has
