@@ -9,7 +9,7 @@ use serde_json::json;
 
 use sqlx::AnyConnection;
 
-use crate::messaging::{stage, stage_for};
+use crate::messaging::{Staging, stage};
 use crate::{Database, DbError, Dialect, Lsn, now_millis};
 
 /// A job a worker holds: its fencing token is `attempt`.
@@ -167,28 +167,25 @@ async fn insert_jobs(tx: &mut AnyConnection, jobs: &[NewJob]) -> Result<Vec<i64>
     Ok(ids)
 }
 
-/// Stages the dispatch messages of jobs of `kind`, each `(id, request)`: `{job_ids}`
-/// for up to [`DISPATCH_BATCH`] per message, whose staging goes into the journey of
+/// The dispatch messages of jobs of `kind`, each `(id, request)`: `{job_ids}` for
+/// up to [`DISPATCH_BATCH`] per message, whose staging goes into the journey of
 /// every request among its jobs.
-async fn stage_ready(
-    tx: &mut AnyConnection,
-    kind: &str,
-    jobs: &[(i64, &str)],
-) -> Result<(), sqlx::Error> {
-    for chunk in jobs.chunks(DISPATCH_BATCH) {
-        let ready = bakery_events::JobsReady::new(kind, chunk.iter().map(|j| j.0).collect());
-        let mut requests: Vec<&str> = Vec::with_capacity(chunk.len());
-        for (_, correlation_id) in chunk {
-            if !requests.contains(correlation_id) {
-                requests.push(correlation_id);
+fn dispatch_messages(kind: &str, jobs: &[(i64, &str)]) -> Vec<Staging> {
+    jobs.chunks(DISPATCH_BATCH)
+        .map(|chunk| {
+            let ready = bakery_events::JobsReady::new(kind, chunk.iter().map(|j| j.0).collect());
+            let mut requests: Vec<&str> = Vec::with_capacity(chunk.len());
+            for (_, correlation_id) in chunk {
+                if !requests.contains(correlation_id) {
+                    requests.push(correlation_id);
+                }
             }
-        }
-        stage_for(tx, &ready, &requests).await?;
-    }
-    Ok(())
+            Staging::of(&ready, &requests)
+        })
+        .collect()
 }
 
-/// [`stage_ready`] for the jobs `ids` of one request.
+/// Stages the dispatch messages of the jobs `ids` of one request.
 async fn stage_ready_for(
     tx: &mut AnyConnection,
     kind: &str,
@@ -196,16 +193,14 @@ async fn stage_ready_for(
     correlation_id: &str,
 ) -> Result<(), sqlx::Error> {
     let jobs: Vec<(i64, &str)> = ids.iter().map(|id| (*id, correlation_id)).collect();
-    stage_ready(tx, kind, &jobs).await
+    for message in dispatch_messages(kind, &jobs) {
+        message.write(tx).await?;
+    }
+    Ok(())
 }
 
-/// Stages the dispatch messages of the jobs `ids` (in the order of `jobs`), kind
-/// by kind.
-async fn stage_dispatch(
-    tx: &mut AnyConnection,
-    jobs: &[NewJob],
-    ids: &[i64],
-) -> Result<(), sqlx::Error> {
+/// The dispatch messages of the jobs `ids` (in the order of `jobs`), kind by kind.
+fn dispatch_all(jobs: &[NewJob], ids: &[i64]) -> Vec<Staging> {
     let mut by_kind: std::collections::BTreeMap<&str, Vec<(i64, &str)>> = Default::default();
     for (job, id) in jobs.iter().zip(ids) {
         by_kind
@@ -213,10 +208,118 @@ async fn stage_dispatch(
             .or_default()
             .push((*id, &job.correlation_id));
     }
-    for (kind, jobs) in by_kind {
-        stage_ready(tx, kind, &jobs).await?;
+    by_kind
+        .into_iter()
+        .flat_map(|(kind, jobs)| dispatch_messages(kind, &jobs))
+        .collect()
+}
+
+/// Job ids taken from the sequence ahead of their rows, a block at a time: the
+/// one-statement enqueue needs its ids before it writes, and a round trip for them
+/// cost as much again as the statement (0.85 ms against 1.9 ms with 16 producers).
+/// Ids are used only within [`RESERVED_FOR`] of their taking, so jobs of several
+/// processes are numbered in the order they were queued to within that.
+#[derive(Default)]
+pub(crate) struct Reserved(
+    std::sync::Mutex<(std::collections::VecDeque<i64>, Option<std::time::Instant>)>,
+);
+
+/// Ids taken at once.
+const RESERVED_BLOCK: i64 = 256;
+/// How long reserved ids stay usable.
+const RESERVED_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl Reserved {
+    /// `n` ids, in increasing order: reserved ones, or a new block when too few are
+    /// left or they are too old.
+    async fn take(&self, pool: &sqlx::AnyPool, n: usize) -> Result<Vec<i64>, sqlx::Error> {
+        if let Some(ids) = self.pop(n) {
+            return Ok(ids);
+        }
+        let mut block: Vec<i64> = crate::sql::query_scalar(
+            "SELECT nextval(pg_get_serial_sequence('jobs', 'id')) FROM generate_series(1, $1)",
+        )
+        .bind(RESERVED_BLOCK.max(n as i64))
+        .fetch_all(pool)
+        .await?;
+        block.sort_unstable();
+        let rest = block.split_off(n);
+        let mut reserved = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        // Newer than whatever is left: those go (gaps in ids are harmless).
+        *reserved = (rest.into(), Some(std::time::Instant::now()));
+        Ok(block)
     }
-    Ok(())
+
+    fn pop(&self, n: usize) -> Option<Vec<i64>> {
+        let mut reserved = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let (ids, taken_at) = &mut *reserved;
+        let fresh = taken_at.is_some_and(|at| at.elapsed() < RESERVED_FOR);
+        (fresh && ids.len() >= n).then(|| ids.drain(..n).collect())
+    }
+}
+
+/// Most jobs [`enqueue_in_one_statement`] takes: it is for the group commit's small
+/// batches, whose time is round trips; a bulk producer's large batch is bound by the
+/// work, and goes in a transaction of several statements (as fast, measured: 8.0-8.3k
+/// against 8.3-9.1k jobs/s at batches of 500 — within the noise).
+const ONE_STATEMENT_MAX: usize = ROWS_PER_STATEMENT;
+
+/// PostgreSQL: the jobs, their dispatch messages and the requests' journey hops in
+/// one statement (data-modifying `WITH`s), atomic without a transaction block: one
+/// round trip where the transaction took four (`BEGIN`, the rows, the messages,
+/// `COMMIT`), each ~0.5 ms when the workers and the database share the cores. The
+/// ids are taken from the sequence first: the messages carry them.
+async fn enqueue_in_one_statement(
+    pool: &sqlx::AnyPool,
+    reserved: &Reserved,
+    jobs: &[NewJob],
+) -> Result<Vec<i64>, sqlx::Error> {
+    let ids = reserved.take(pool, jobs.len()).await?;
+    // $1 (now) is shared by every row; each row has six values of its own.
+    let rows: Vec<String> = (0..jobs.len())
+        .map(|i| {
+            let p = 2 + i * 6;
+            format!(
+                "(${p}, ${}, ${}, ${}, ${}, ${}, $1, $1, $1)",
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5
+            )
+        })
+        .collect();
+    let mut texts = vec![format!(
+        "INSERT INTO jobs (id, kind, owner_id, payload, max_attempts, correlation_id, run_at, dispatched_at, created_at)
+         OVERRIDING SYSTEM VALUE VALUES {}",
+        rows.join(", ")
+    )];
+    let messages = dispatch_all(jobs, &ids);
+    let mut next = 2 + jobs.len() * 6;
+    for message in &messages {
+        let (more, after) = message.texts(next);
+        texts.extend(more);
+        next = after;
+    }
+    let query = jobs.iter().zip(&ids).fold(
+        crate::sql::query(crate::sql::one_statement(texts)).bind(now_millis()),
+        |query, (job, id)| {
+            query
+                .bind(*id)
+                .bind(&job.kind)
+                .bind(job.owner_id)
+                .bind(&job.payload)
+                .bind(job.max_attempts)
+                .bind(&job.correlation_id)
+        },
+    );
+    messages
+        .into_iter()
+        .fold(query, |query, message| message.bind(query))
+        .execute(pool)
+        .await?;
+    crate::replica::note_staged();
+    Ok(ids)
 }
 
 impl Database {
@@ -227,10 +330,17 @@ impl Database {
         &self,
         jobs: Vec<NewJob>,
     ) -> Result<(Vec<i64>, Option<Lsn>), DbError> {
+        let one_statement = self.dialect == Dialect::Postgres && jobs.len() <= ONE_STATEMENT_MAX;
+        let reserved = self.job_ids.clone();
         self.write(move |pool| async move {
+            if one_statement {
+                return enqueue_in_one_statement(&pool, &reserved, &jobs).await;
+            }
             let mut tx = pool.begin().await?;
             let ids = insert_jobs(&mut tx, &jobs).await?;
-            stage_dispatch(&mut tx, &jobs, &ids).await?;
+            for message in dispatch_all(&jobs, &ids) {
+                message.write(&mut tx).await?;
+            }
             tx.commit().await?;
             Ok(ids)
         })

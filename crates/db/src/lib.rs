@@ -138,6 +138,8 @@ pub struct Database {
     replicas: Arc<Replicas>,
     /// Stops the replica poller when the last handle goes.
     _poller: Arc<AbortOnDrop>,
+    /// Job ids taken from the sequence ahead of their rows (PostgreSQL).
+    job_ids: Arc<jobs::Reserved>,
 }
 
 struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
@@ -297,6 +299,7 @@ impl Database {
             dialect,
             replicas,
             _poller: Arc::new(AbortOnDrop(poller)),
+            job_ids: Arc::default(),
         })
     }
 

@@ -83,47 +83,106 @@ pub(crate) async fn stage_for(
     event: &impl Event,
     correlation_ids: &[&str],
 ) -> Result<(), sqlx::Error> {
-    let message = bakery_events::encode(event);
-    let message_id = format!("{:032x}", rand::random::<u128>());
-    let hops = crate::journey::hops(
-        correlation_ids,
-        &format!(
-            "wrote on the primary; {} staged in the outbox",
-            message.routing_key
-        ),
-        &serde_json::json!({"message_id": message_id, "kind": message.routing_key, "exchange": message.exchange}),
-    );
-    let outbox = "INSERT INTO outbox (exchange, message_id, correlation_id, kind, body, created_at)
-         VALUES ($1, $2, $3, $4, $5, $6)";
-    // PostgreSQL takes the row and its journey hops in one statement (a round trip
-    // fewer for every write that stages an event); the others in two.
-    let postgres = crate::Dialect::of_backend(conn.backend_name()) == crate::Dialect::Postgres
-        && !hops.is_empty();
-    let text = if postgres {
-        format!(
-            "WITH staged AS ({outbox}) {}",
-            crate::journey::insert_text(hops.len(), 7)
-        )
-    } else {
-        outbox.to_string()
-    };
-    let staged = crate::sql::query(text)
-        .bind(message.exchange)
-        .bind(&message_id)
-        .bind(correlation_ids.first().copied().unwrap_or_default())
-        .bind(&message.routing_key)
-        .bind(message.body)
-        .bind(now_millis());
-    if postgres {
-        crate::journey::bind(staged, &hops)
-            .execute(&mut *conn)
-            .await?;
-    } else {
-        staged.execute(&mut *conn).await?;
-        crate::journey::note_in(conn, &hops).await?;
+    Staging::of(event, correlation_ids).write(conn).await
+}
+
+/// An event's outbox row and the journey hops of the requests it serves, ready to
+/// be written: alone ([`Staging::write`]) or as part of a larger statement
+/// ([`Staging::texts`], [`Staging::bind`]).
+pub(crate) struct Staging {
+    exchange: &'static str,
+    message_id: String,
+    correlation_id: String,
+    routing_key: String,
+    body: String,
+    created_at: i64,
+    hops: Vec<bakery_telemetry::journey::Noted>,
+}
+
+/// Values of one outbox row.
+const OUTBOX_VALUES: usize = 6;
+
+impl Staging {
+    pub(crate) fn of(event: &impl Event, correlation_ids: &[&str]) -> Self {
+        let message = bakery_events::encode(event);
+        let message_id = format!("{:032x}", rand::random::<u128>());
+        let hops = crate::journey::hops(
+            correlation_ids,
+            &format!(
+                "wrote on the primary; {} staged in the outbox",
+                message.routing_key
+            ),
+            &serde_json::json!({"message_id": message_id, "kind": message.routing_key, "exchange": message.exchange}),
+        );
+        Self {
+            exchange: message.exchange,
+            message_id,
+            correlation_id: correlation_ids
+                .first()
+                .copied()
+                .unwrap_or_default()
+                .to_string(),
+            routing_key: message.routing_key,
+            body: message.body,
+            created_at: now_millis(),
+            hops,
+        }
     }
-    crate::replica::note_staged();
-    Ok(())
+
+    /// The outbox `INSERT` and, when there are hops, the journey's, their values
+    /// numbered from `$first`; the number after the last.
+    pub(crate) fn texts(&self, first: usize) -> (Vec<String>, usize) {
+        let outbox = format!(
+            "INSERT INTO outbox (exchange, message_id, correlation_id, kind, body, created_at)
+             VALUES (${first}, ${}, ${}, ${}, ${}, ${})",
+            first + 1,
+            first + 2,
+            first + 3,
+            first + 4,
+            first + 5
+        );
+        let mut texts = vec![outbox];
+        let next = first + OUTBOX_VALUES;
+        if self.hops.is_empty() {
+            return (texts, next);
+        }
+        texts.push(crate::journey::insert_text(self.hops.len(), next));
+        (texts, next + 5 * self.hops.len())
+    }
+
+    /// Binds the values of [`Staging::texts`], in order, after those bound so far.
+    pub(crate) fn bind(self, query: crate::sql::Query) -> crate::sql::Query {
+        let query = query
+            .bind(self.exchange)
+            .bind(self.message_id)
+            .bind(self.correlation_id)
+            .bind(self.routing_key)
+            .bind(self.body)
+            .bind(self.created_at);
+        crate::journey::bind(query, &self.hops)
+    }
+
+    /// Writes the row and its hops inside the caller's transaction: PostgreSQL in
+    /// one statement (a round trip fewer for every write that stages an event), the
+    /// others in two.
+    pub(crate) async fn write(mut self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+        let postgres = crate::Dialect::of_backend(conn.backend_name()) == crate::Dialect::Postgres;
+        let (mut texts, _) = self.texts(1);
+        if postgres || self.hops.is_empty() {
+            self.bind(crate::sql::query(crate::sql::one_statement(texts)))
+                .execute(&mut *conn)
+                .await?;
+        } else {
+            let hops = std::mem::take(&mut self.hops);
+            texts.truncate(1);
+            self.bind(crate::sql::query(texts.remove(0)))
+                .execute(&mut *conn)
+                .await?;
+            crate::journey::note_in(conn, &hops).await?;
+        }
+        crate::replica::note_staged();
+        Ok(())
+    }
 }
 
 /// Records that `consumer` handled `message_id`; false when it already had.

@@ -296,6 +296,23 @@ pub fn placeholders(first: usize, count: usize) -> String {
         .join(", ")
 }
 
+/// Data-modifying statements as one (PostgreSQL: each but the last a `WITH` part):
+/// they all happen, atomically, in one round trip, even outside a transaction.
+pub fn one_statement(mut texts: Vec<String>) -> String {
+    let Some(last) = texts.pop() else {
+        return String::new();
+    };
+    if texts.is_empty() {
+        return last;
+    }
+    let parts: Vec<String> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, text)| format!("w{i} AS ({text})"))
+        .collect();
+    format!("WITH {} {last}", parts.join(", "))
+}
+
 /// A text as MariaDB takes it, and which bound value each `?` takes (0-based).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rewritten {
@@ -435,6 +452,23 @@ mod tests {
         let done = to_mariadb("SELECT $10, $2").unwrap();
         assert_eq!((&*done.text, done.order), ("SELECT ?, ?", vec![9, 1]));
         assert!(to_mariadb("SELECT $0").is_err());
+    }
+
+    #[test]
+    fn statements_join_as_with_parts_before_the_last() {
+        assert_eq!(one_statement(vec![]), "");
+        assert_eq!(
+            one_statement(vec!["INSERT INTO a VALUES ($1)".into()]),
+            "INSERT INTO a VALUES ($1)"
+        );
+        assert_eq!(
+            one_statement(vec![
+                "INSERT INTO a VALUES ($1)".into(),
+                "INSERT INTO b VALUES ($2)".into(),
+                "INSERT INTO c VALUES ($3)".into(),
+            ]),
+            "WITH w0 AS (INSERT INTO a VALUES ($1)), w1 AS (INSERT INTO b VALUES ($2)) INSERT INTO c VALUES ($3)"
+        );
     }
 
     #[test]
