@@ -26,11 +26,12 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::client::conn::http2::{self, SendRequest};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpStream;
 
 use crate::reply::BoxError;
 use crate::timer::Coarse;
-use crate::upstream::{Answer, AnswerBody, BUFFERED_MAX, IDLE_TIMEOUT, Outgoing, UpstreamError};
+use crate::upstream::{
+    Answer, AnswerBody, BUFFERED_MAX, IDLE_TIMEOUT, Outgoing, UpstreamError, connect,
+};
 
 /// Streams one connection carries before another is opened: under the 200 that
 /// hyper's server allows a connection by default, which would queue the rest.
@@ -154,13 +155,7 @@ impl Multiplexed {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<StreamSlot, UpstreamError> {
-        let stream = self
-            .timer
-            .timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| UpstreamError::Connect("timed out".into()))?
-            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
+        let stream = connect(&self.timer, self.connect_timeout, addr).await?;
         let (sender, connection) = http2::Builder::new(TokioExecutor::new())
             .initial_stream_window_size(STREAM_WINDOW)
             .initial_connection_window_size(CONNECTION_WINDOW)

@@ -350,13 +350,7 @@ impl Upstream {
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<Conn, UpstreamError> {
-        let stream = self
-            .timer
-            .timeout(self.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| UpstreamError::Connect("timed out".into()))?
-            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
+        let stream = connect(&self.timer, self.connect_timeout, addr).await?;
         Ok(Conn {
             stream,
             buffer: BytesMut::new(),
@@ -383,6 +377,22 @@ impl Upstream {
         let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         idle.values().map(Vec::len).sum()
     }
+}
+
+/// A new connection to a backend (no delay: requests are written whole), within
+/// `timeout`.
+pub(crate) async fn connect(
+    timer: &Coarse,
+    timeout: Duration,
+    addr: SocketAddr,
+) -> Result<TcpStream, UpstreamError> {
+    let stream = timer
+        .timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| UpstreamError::Connect("timed out".into()))?
+        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
 }
 
 /// How a response body ends (RFC 9112, 6.3).

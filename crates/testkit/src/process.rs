@@ -167,6 +167,18 @@ impl Up {
         format!("{}{}", self.base, path)
     }
 
+    /// The load balancer's `GET /lb/backends`: its pools and their members.
+    pub async fn backends(&self) -> serde_json::Value {
+        crate::http::client()
+            .get(self.admin_url("/lb/backends"))
+            .send()
+            .await
+            .expect("GET /lb/backends")
+            .json()
+            .await
+            .expect("/lb/backends is JSON")
+    }
+
     /// A URL on the load balancer's admin address (its `/metrics`, `/lb/backends`).
     pub fn admin_url(&self, path: &str) -> String {
         let admin = self

@@ -898,14 +898,7 @@ async fn metrics_and_members_answer_on_the_admin_address_only() {
     // A normal request still reaches a clone.
     assert_eq!(ping(&up).await, 200);
     // The operator's address has both.
-    let members: serde_json::Value = http
-        .get(up.admin_url("/lb/backends"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let members = up.backends().await;
     let listed = members["pools"][0]["backends"]
         .as_array()
         .map(Vec::len)

@@ -47,16 +47,6 @@ fn load(
     (ok, failed, handles)
 }
 
-async fn backends(http: &reqwest::Client, up: &Up) -> serde_json::Value {
-    http.get(up.admin_url("/lb/backends"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 /// The `web` pool of a `/lb/backends` answer.
 fn web_pool(backends: &serde_json::Value) -> &serde_json::Value {
     backends["pools"]
@@ -116,7 +106,7 @@ async fn up_prints_ready_and_sequential_requests_reach_every_clone() {
         .unwrap();
     assert_eq!(served_by(&response), "lb-1");
     assert_eq!(response.headers()["x-request-id"], "it-test-1");
-    let list = backends(&http, &up).await;
+    let list = up.backends().await;
     assert_eq!(web_pool(&list)["backends"].as_array().unwrap().len(), 3);
     let served: u64 = web_pool(&list)["backends"]
         .as_array()
@@ -155,7 +145,7 @@ async fn a_clone_killed_under_load_costs_no_failed_get_and_is_replaced() {
     kill(Pid::from_raw(victim.pid), Signal::SIGKILL).unwrap();
     let killed_at = Instant::now();
     let marked_down = eventually(Duration::from_secs(3), async || {
-        let list = backends(&http, &up).await;
+        let list = up.backends().await;
         match member(&list, "web-2") {
             Some(m) => m["addr"] != victim.addr.to_string().as_str() || m["healthy"] == false,
             None => true,
@@ -187,7 +177,7 @@ async fn a_clone_killed_under_load_costs_no_failed_get_and_is_replaced() {
     );
 
     let back = eventually(Duration::from_secs(10), async || {
-        let list = backends(&http, &up).await;
+        let list = up.backends().await;
         member(&list, "web-2")
             .is_some_and(|m| m["healthy"] == true && m["addr"] != victim.addr.to_string().as_str())
     })
@@ -218,7 +208,6 @@ async fn a_clone_killed_under_load_costs_no_failed_get_and_is_replaced() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_clone_gets_no_new_requests_and_loses_none() {
     let mut up = Up::start(vec![], 3);
-    let http = client();
     let victim = up
         .clones()
         .into_iter()
@@ -231,16 +220,16 @@ async fn a_draining_clone_gets_no_new_requests_and_loses_none() {
     // SIGTERM: the clone answers /healthz with 503 "draining" but keeps serving.
     kill(Pid::from_raw(victim.pid), Signal::SIGTERM).unwrap();
     let drained = eventually(Duration::from_secs(3), async || {
-        let list = backends(&http, &up).await;
+        let list = up.backends().await;
         member(&list, "web-1").is_some_and(|m| m["healthy"] == false && m["draining"] == true)
     })
     .await;
     assert!(drained, "the load balancer sees the drain");
-    let served_before = member(&backends(&http, &up).await, "web-1").unwrap()["served"]
+    let served_before = member(&up.backends().await, "web-1").unwrap()["served"]
         .as_u64()
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let served_after = member(&backends(&http, &up).await, "web-1").unwrap()["served"]
+    let served_after = member(&up.backends().await, "web-1").unwrap()["served"]
         .as_u64()
         .unwrap();
     assert!(

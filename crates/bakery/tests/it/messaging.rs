@@ -930,15 +930,7 @@ async fn streams_share_the_balancers_connections_to_push_and_end_with_their_clie
         &[("BAKERY_PUSH_MAX_STREAMS_PER_USER", "64")],
     )
     .await;
-    let members: Value = harness::client()
-        .get(up.admin_url("/lb/backends"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let push: std::net::SocketAddr = members["pools"]
+    let push: std::net::SocketAddr = up.backends().await["pools"]
         .as_array()
         .unwrap()
         .iter()
