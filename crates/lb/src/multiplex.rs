@@ -94,24 +94,31 @@ impl Multiplexed {
         addr: SocketAddr,
         request: &Outgoing,
     ) -> Result<Answer, UpstreamError> {
-        let outgoing = to_http2(request)?;
-        let slot = match self.checkout(addr) {
-            Some(slot) => slot,
-            None => self.connect(addr).await?,
-        };
-        let mut sender = slot.0.sender.clone();
-        // A connection that closed since it was looked at sent nothing.
-        sender
-            .ready()
-            .await
-            .map_err(|e| UpstreamError::Unsent(e.to_string()))?;
-        let response = sender.send_request(outgoing).await.map_err(|e| {
-            if e.is_canceled() {
-                UpstreamError::Unsent(e.to_string())
-            } else {
-                UpstreamError::Exchange(e.to_string())
+        // A shared connection the backend closed meanwhile (it restarted, or said
+        // GOAWAY) sent nothing and is no fault of the backend's: the request goes on
+        // another connection, as over HTTP/1. Only a new connection that fails so is
+        // reported.
+        let (slot, response) = loop {
+            let (slot, fresh) = match self.checkout(addr) {
+                Some(slot) => (slot, false),
+                None => (self.connect(addr).await?, true),
+            };
+            let mut sender = slot.0.sender.clone();
+            let sent = match sender.ready().await {
+                Ok(()) => sender.send_request(to_http2(request)?).await,
+                Err(error) => Err(error),
+            };
+            match sent {
+                Ok(response) => break (slot, response),
+                Err(error) if error.is_canceled() || error.is_closed() => {
+                    self.forget(addr, &slot.0);
+                    if fresh {
+                        return Err(UpstreamError::Unsent(error.to_string()));
+                    }
+                }
+                Err(error) => return Err(UpstreamError::Exchange(error.to_string())),
             }
-        })?;
+        };
         let (parts, body) = response.into_parts();
         let bodiless = request.head_only
             || parts.status.is_informational()
@@ -152,6 +159,14 @@ impl Multiplexed {
         list.iter()
             .find(|c| c.open.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION)
             .map(StreamSlot::take)
+    }
+
+    /// Drops a connection found closed, so no request picks it again.
+    fn forget(&self, addr: SocketAddr, closed: &Shared) {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = conns.get_mut(&addr) {
+            list.retain(|c| !Arc::ptr_eq(&c.open, &closed.open));
+        }
     }
 
     async fn connect(&self, addr: SocketAddr) -> Result<StreamSlot, UpstreamError> {
@@ -314,6 +329,52 @@ mod tests {
             .to_bytes();
         assert_eq!(&body[..], b"body");
         assert!(to_http2(&outgoing("nonsense", b"")).is_err());
+    }
+
+    /// A backend that answers one request a connection, then closes it (as a
+    /// restarting push process does): every request still gets its answer, on a
+    /// new connection when the old one is found closed.
+    #[tokio::test]
+    async fn a_connection_the_backend_closed_is_replaced() {
+        use std::convert::Infallible;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let (done, answered) = tokio::sync::oneshot::channel::<()>();
+                    let done = std::sync::Mutex::new(Some(done));
+                    let service = hyper::service::service_fn(move |_req| {
+                        if let Some(done) = done.lock().unwrap().take() {
+                            let _ = done.send(());
+                        }
+                        async {
+                            Ok::<_, Infallible>(hyper::Response::new(Full::new(
+                                Bytes::from_static(b"ok"),
+                            )))
+                        }
+                    });
+                    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service);
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        _ = connection.as_mut() => return,
+                        _ = answered => {}
+                    }
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                });
+            }
+        });
+        let multiplexed = Multiplexed::new(Duration::from_secs(1), Coarse::default());
+        let request = outgoing("GET /x HTTP/1.1\r\nhost: a\r\n\r\n", b"");
+        for i in 0..20 {
+            let answer = multiplexed.exchange(addr, &request).await;
+            let answer = answer.unwrap_or_else(|e| panic!("request {i}: {e}"));
+            assert_eq!(answer.status, StatusCode::OK);
+        }
+        server.abort();
     }
 
     #[tokio::test]
