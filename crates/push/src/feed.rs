@@ -27,6 +27,8 @@ struct Inner {
     /// The newest id broadcast.
     position: AtomicI64,
     wake: Notify,
+    /// The task that reads new rows, stopped before the database closes.
+    follower: std::sync::OnceLock<tokio::task::AbortHandle>,
 }
 
 impl Feed {
@@ -37,6 +39,7 @@ impl Feed {
             sender,
             position: AtomicI64::new(db.last_notification_id().await?),
             wake: Notify::new(),
+            follower: std::sync::OnceLock::new(),
         }));
         let poll = if db.is_postgres() {
             let waker = feed.clone();
@@ -46,8 +49,17 @@ impl Feed {
         } else {
             POLL_SQLITE
         };
-        tokio::spawn(feed.clone().follow(db, poll));
+        let follower = tokio::spawn(feed.clone().follow(db, poll));
+        let _ = feed.0.follower.set(follower.abort_handle());
         Ok(feed)
+    }
+
+    /// Stops reading new rows (at shutdown, before the database closes: a read then
+    /// would only fail and say so).
+    pub fn stop(&self) {
+        if let Some(follower) = self.0.follower.get() {
+            follower.abort();
+        }
     }
 
     /// Something was stored: read now.

@@ -67,6 +67,7 @@ pub async fn run(
         })
     };
     let consumer = broker.consume(topology::PUSH_NOTIFICATIONS, handler, stop.clone());
+    let following = feed.clone();
     // Open streams end as soon as shutdown starts (they would hold the drain open
     // for ever); browsers reconnect, with Last-Event-ID, to another push process.
     let closing = CancellationToken::new();
@@ -95,6 +96,7 @@ pub async fn run(
     stop.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(15), consumer).await;
     broker.close().await;
+    following.stop();
     db.close().await;
     Ok(())
 }
