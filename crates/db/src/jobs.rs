@@ -130,22 +130,10 @@ async fn insert_jobs(tx: &mut AnyConnection, jobs: &[NewJob]) -> Result<Vec<i64>
     let mut ids = Vec::with_capacity(jobs.len());
     for chunk in jobs.chunks(ROWS_PER_STATEMENT) {
         // $1 (now) is shared by every row; each row has five values of its own.
-        let rows: Vec<String> = (0..chunk.len())
-            .map(|i| {
-                let p = 2 + i * 5;
-                format!(
-                    "(${p}, ${}, ${}, ${}, ${}, $1, $1, $1)",
-                    p + 1,
-                    p + 2,
-                    p + 3,
-                    p + 4
-                )
-            })
-            .collect();
         let sql = format!(
             "INSERT INTO jobs (kind, owner_id, payload, max_attempts, correlation_id, run_at, dispatched_at, created_at)
              VALUES {} RETURNING id",
-            rows.join(", ")
+            crate::sql::value_rows(chunk.len(), 2, 5, ", $1, $1, $1")
         );
         let query = chunk.iter().fold(
             crate::sql::query_scalar::<i64>(sql).bind(now),
@@ -276,23 +264,10 @@ async fn enqueue_in_one_statement(
 ) -> Result<Vec<i64>, sqlx::Error> {
     let ids = reserved.take(pool, jobs.len()).await?;
     // $1 (now) is shared by every row; each row has six values of its own.
-    let rows: Vec<String> = (0..jobs.len())
-        .map(|i| {
-            let p = 2 + i * 6;
-            format!(
-                "(${p}, ${}, ${}, ${}, ${}, ${}, $1, $1, $1)",
-                p + 1,
-                p + 2,
-                p + 3,
-                p + 4,
-                p + 5
-            )
-        })
-        .collect();
     let mut texts = vec![format!(
         "INSERT INTO jobs (id, kind, owner_id, payload, max_attempts, correlation_id, run_at, dispatched_at, created_at)
          OVERRIDING SYSTEM VALUE VALUES {}",
-        rows.join(", ")
+        crate::sql::value_rows(jobs.len(), 2, 6, ", $1, $1, $1")
     )];
     let messages = dispatch_all(jobs, &ids);
     let mut next = 2 + jobs.len() * 6;

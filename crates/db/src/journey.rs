@@ -82,15 +82,9 @@ pub(crate) async fn note_in(conn: &mut AnyConnection, hops: &[Noted]) -> Result<
 
 /// `INSERT` of `count` hops, their values numbered from `$first` (five each).
 pub(crate) fn insert_text(count: usize, first: usize) -> String {
-    let rows: Vec<String> = (0..count)
-        .map(|i| {
-            let n = first + i * 5;
-            format!("(${n}, ${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4)
-        })
-        .collect();
     format!(
         "INSERT INTO journey (correlation_id, at, process, what, detail) VALUES {}",
-        rows.join(", ")
+        crate::sql::value_rows(count, first, 5, "")
     )
 }
 

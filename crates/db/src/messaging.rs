@@ -134,12 +134,8 @@ impl Staging {
     pub(crate) fn texts(&self, first: usize) -> (Vec<String>, usize) {
         let outbox = format!(
             "INSERT INTO outbox (exchange, message_id, correlation_id, kind, body, created_at)
-             VALUES (${first}, ${}, ${}, ${}, ${}, ${})",
-            first + 1,
-            first + 2,
-            first + 3,
-            first + 4,
-            first + 5
+             VALUES {}",
+            crate::sql::value_rows(1, first, OUTBOX_VALUES, "")
         );
         let mut texts = vec![outbox];
         let next = first + OUTBOX_VALUES;
@@ -174,8 +170,7 @@ impl Staging {
                 .await?;
         } else {
             let hops = std::mem::take(&mut self.hops);
-            texts.truncate(1);
-            self.bind(crate::sql::query(texts.remove(0)))
+            self.bind(crate::sql::query(texts.swap_remove(0)))
                 .execute(&mut *conn)
                 .await?;
             crate::journey::note_in(conn, &hops).await?;

@@ -296,6 +296,15 @@ pub fn placeholders(first: usize, count: usize) -> String {
         .join(", ")
 }
 
+/// `count` rows of a multi-row `VALUES`, each `width` values of its own numbered on
+/// from `$first`, then `shared` (values every row repeats, as `", $1"`).
+pub fn value_rows(count: usize, first: usize, width: usize, shared: &str) -> String {
+    (0..count)
+        .map(|i| format!("({}{shared})", placeholders(first + i * width, width)))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// Data-modifying statements as one (PostgreSQL: each but the last a `WITH` part):
 /// they all happen, atomically, in one round trip, even outside a transaction.
 pub fn one_statement(mut texts: Vec<String>) -> String {
@@ -452,6 +461,16 @@ mod tests {
         let done = to_mariadb("SELECT $10, $2").unwrap();
         assert_eq!((&*done.text, done.order), ("SELECT ?, ?", vec![9, 1]));
         assert!(to_mariadb("SELECT $0").is_err());
+    }
+
+    #[test]
+    fn value_rows_number_on_and_repeat_the_shared_values() {
+        assert_eq!(
+            value_rows(2, 2, 3, ", $1"),
+            "($2, $3, $4, $1), ($5, $6, $7, $1)"
+        );
+        assert_eq!(value_rows(1, 7, 2, ""), "($7, $8)");
+        assert_eq!(value_rows(0, 1, 5, ""), "");
     }
 
     #[test]

@@ -331,42 +331,50 @@ mod tests {
         assert!(to_http2(&outgoing("nonsense", b"")).is_err());
     }
 
+    /// A backend on a port of its own: `serve` runs each connection it accepts.
+    async fn backend<F, Fut>(serve: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+    where
+        F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream));
+            }
+        });
+        (addr, server)
+    }
+
     /// A backend that answers one request a connection, then closes it (as a
     /// restarting push process does): every request still gets its answer, on a
     /// new connection when the old one is found closed.
     #[tokio::test]
     async fn a_connection_the_backend_closed_is_replaced() {
         use std::convert::Infallible;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let (done, answered) = tokio::sync::oneshot::channel::<()>();
-                    let done = std::sync::Mutex::new(Some(done));
-                    let service = hyper::service::service_fn(move |_req| {
-                        if let Some(done) = done.lock().unwrap().take() {
-                            let _ = done.send(());
-                        }
-                        async {
-                            Ok::<_, Infallible>(hyper::Response::new(Full::new(
-                                Bytes::from_static(b"ok"),
-                            )))
-                        }
-                    });
-                    let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service);
-                    tokio::pin!(connection);
-                    tokio::select! {
-                        _ = connection.as_mut() => return,
-                        _ = answered => {}
-                    }
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                });
+        let (addr, server) = backend(|stream| async move {
+            let (done, answered) = tokio::sync::oneshot::channel::<()>();
+            let done = std::sync::Mutex::new(Some(done));
+            let service = hyper::service::service_fn(move |_req| {
+                if let Some(done) = done.lock().unwrap().take() {
+                    let _ = done.send(());
+                }
+                async {
+                    Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                }
+            });
+            let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => return,
+                _ = answered => {}
             }
-        });
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
+        })
+        .await;
         let multiplexed = Multiplexed::new(Duration::from_secs(1), Coarse::default());
         let request = outgoing("GET /x HTTP/1.1\r\nhost: a\r\n\r\n", b"");
         for i in 0..20 {
@@ -380,27 +388,21 @@ mod tests {
     #[tokio::test]
     async fn streams_share_connections_up_to_their_limit() {
         use std::convert::Infallible;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         // A backend answering every request with an endless stream over HTTP/2.
-        let server = tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(|_req| async {
-                        use futures::StreamExt;
-                        let first = Frame::data(Bytes::from_static(b"x"));
-                        let frames = futures::stream::iter([Ok::<_, Infallible>(first)])
-                            .chain(futures::stream::pending());
-                        let body = http_body_util::StreamBody::new(frames);
-                        Ok::<_, Infallible>(hyper::Response::new(body))
-                    });
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
-            }
-        });
+        let (addr, server) = backend(|stream| async move {
+            let service = hyper::service::service_fn(|_req| async {
+                use futures::StreamExt;
+                let first = Frame::data(Bytes::from_static(b"x"));
+                let frames = futures::stream::iter([Ok::<_, Infallible>(first)])
+                    .chain(futures::stream::pending());
+                let body = http_body_util::StreamBody::new(frames);
+                Ok::<_, Infallible>(hyper::Response::new(body))
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        })
+        .await;
         let multiplexed = Multiplexed::new(Duration::from_secs(1), Coarse::default());
         let request = outgoing("GET /stream HTTP/1.1\r\nhost: a\r\n\r\n", b"");
         let mut open = Vec::new();
