@@ -26,6 +26,7 @@ pub mod documents;
 pub mod jobs;
 pub mod journey;
 pub mod messaging;
+mod migrations;
 pub mod pages;
 mod primary;
 pub mod processes;
@@ -52,10 +53,6 @@ fn dialect_of(url: &DatabaseUrl) -> Dialect {
         bakery_config::DatabaseEngine::MariaDb => Dialect::MariaDb,
     }
 }
-
-static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
-static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
-static MARIADB_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/mariadb");
 
 /// Why a database call failed, by cause.
 #[derive(Debug, thiserror::Error)]
@@ -443,11 +440,7 @@ impl Database {
     }
 
     fn migrator(&self) -> &'static Migrator {
-        match self.dialect {
-            Dialect::Sqlite => &SQLITE_MIGRATIONS,
-            Dialect::Postgres => &POSTGRES_MIGRATIONS,
-            Dialect::MariaDb => &MARIADB_MIGRATIONS,
-        }
+        migrations::migrator(self.dialect)
     }
 
     pub fn dialect(&self) -> Dialect {

@@ -17,14 +17,23 @@ pub const SERVED_BY: &str = "x-served-by";
 
 /// Logs go to stderr, so stdout stays free for the machine-readable lines the
 /// supervisor reads (`listening ...`, `started ...`, `ready ...`).
+///
+/// `filter` is a level (`info`) or per-target levels (`warn,bakery_lb=debug`); one that
+/// does not parse means `info`. (tracing-subscriber's `Targets`, not its `EnvFilter`:
+/// the same syntax less span filters, without a regex engine to build.)
 pub fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // A second call (tests start several roles in one process) keeps the first subscriber.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::filter::{LevelFilter, Targets};
+    use tracing_subscriber::prelude::*;
+
+    let filter = filter
+        .parse::<Targets>()
+        .unwrap_or_else(|_| Targets::new().with_default(LevelFilter::INFO));
+    let logs = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // A second call (tests start several roles in one process) keeps the first subscriber.
+    let _ = tracing_subscriber::registry()
+        .with(logs.with_filter(filter))
         .try_init();
 }
 
@@ -222,5 +231,19 @@ mod tests {
         );
         assert_ne!(id, new_request_id(), "random");
         assert_eq!(accept_request_id(Some(id.as_bytes())), Some(id));
+    }
+
+    /// The filters config.default.toml shows parse as documented.
+    #[test]
+    fn documented_log_filters_parse() {
+        use tracing::Level;
+        use tracing_subscriber::filter::Targets;
+
+        let filter: Targets = "bakery_lb=debug,info".parse().expect("parses");
+        assert!(filter.would_enable("bakery_lb::front", &Level::DEBUG));
+        assert!(!filter.would_enable("bakery_web", &Level::DEBUG));
+        assert!(filter.would_enable("bakery_web", &Level::INFO));
+        let filter: Targets = "warn".parse().expect("parses");
+        assert!(!filter.would_enable("bakery_web", &Level::INFO));
     }
 }
