@@ -123,6 +123,10 @@ pub struct DatabaseConfig {
     pub pool_size: u32,
     /// Where product reads come from (`BAKERY_READ_MODEL`).
     pub read_model: ReadModel,
+    /// Not a setting: the worker role sets it, for PostgreSQL to plan each execution
+    /// of its statements (`bakery_db::Planning`).
+    #[serde(skip)]
+    pub plan_each_execution: bool,
 }
 
 /// Where product reads come from: the lesson's two database paths.
@@ -145,6 +149,7 @@ impl Default for DatabaseConfig {
             replica_max_lag_bytes: 16 << 20,
             pool_size: 16,
             read_model: ReadModel::Tables,
+            plan_each_execution: false,
         }
     }
 }

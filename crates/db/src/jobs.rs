@@ -386,7 +386,7 @@ impl Database {
             "SELECT id FROM jobs WHERE id BETWEEN $1 AND $2 AND finished_at IS NULL
              ORDER BY id LIMIT 1",
         )
-        .planned_each_time()
+        .planned_each_time(self.plans_each_execution)
         .bind(first)
         .bind(last)
         .fetch_optional(self.primary())
@@ -523,7 +523,7 @@ impl Database {
              RETURNING id, kind, payload, attempts, max_attempts, owner_id, correlation_id"
         );
         let rows: Vec<ClaimedRow> = crate::sql::query_as(sql)
-            .planned_each_time()
+            .planned_each_time(self.plans_each_execution)
             .bind(now + lease_ms)
             .bind(worker)
             .bind(now)
@@ -569,7 +569,7 @@ impl Database {
             .map(|(id, attempt, progress)| [*id, *attempt, (*progress).clamp(0, 100)])
             .collect();
         Ok(crate::sql::query_scalar(sql)
-            .planned_each_time()
+            .planned_each_time(self.plans_each_execution)
             .bind(now_millis() + lease_ms)
             .bind(json!(batch).to_string())
             .fetch_all(self.primary())
@@ -623,7 +623,7 @@ impl Database {
             })
             .collect();
         let update = crate::sql::query_scalar::<i64>(sql)
-            .planned_each_time()
+            .planned_each_time(self.plans_each_execution)
             .bind(now_millis())
             .bind(serde_json::Value::Array(batch).to_string());
         // Nobody to tell about a job nobody owns (an operator's, a benchmark's): with

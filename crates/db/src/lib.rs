@@ -137,6 +137,33 @@ pub struct Database {
     _poller: Arc<AbortOnDrop>,
     /// Job ids taken from the sequence ahead of their rows (PostgreSQL).
     job_ids: Arc<jobs::Reserved>,
+    /// PostgreSQL plans each execution of this process's prepared statements.
+    plans_each_execution: bool,
+}
+
+/// How PostgreSQL plans a process's prepared statements.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Planning {
+    /// PostgreSQL's way: a generic plan, made once, when it seems as good as the
+    /// plans for each execution's values. What the serving roles want: an uncached
+    /// product read planned each time ran at half the rate (`bench read-models`).
+    #[default]
+    Cached,
+    /// Every execution planned for its values (`plan_cache_mode =
+    /// force_custom_plan`), the statements still parsed once. The worker's: its
+    /// statements are batches over `jobs`, a table that grows from nothing under
+    /// load, where a generic plan made early scans the table whole later; prepared
+    /// instead of sent unprepared, they save their parse at each claim and end.
+    EachExecution,
+}
+
+impl Planning {
+    fn plan_cache_mode(self) -> &'static str {
+        match self {
+            Self::Cached => "auto",
+            Self::EachExecution => "force_custom_plan",
+        }
+    }
 }
 
 struct AbortOnDrop(Option<tokio::task::JoinHandle<()>>);
@@ -176,8 +203,9 @@ async fn open_pool(
     url: &str,
     dialect: Dialect,
     max_connections: u32,
+    planning: Planning,
 ) -> Result<AnyPool, sqlx::Error> {
-    pool_options(dialect, max_connections)
+    pool_options(dialect, max_connections, planning)
         .connect(&if dialect == Dialect::Postgres {
             named(url)
         } else {
@@ -186,7 +214,7 @@ async fn open_pool(
         .await
 }
 
-fn pool_options(dialect: Dialect, max_connections: u32) -> AnyPoolOptions {
+fn pool_options(dialect: Dialect, max_connections: u32, planning: Planning) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(3))
@@ -198,8 +226,10 @@ fn pool_options(dialect: Dialect, max_connections: u32) -> AnyPoolOptions {
                         // on) longer than a request may take: a stuck one is
                         // cancelled (503).
                         conn.execute(sqlx::AssertSqlSafe(format!(
-                            "SET statement_timeout = {}",
-                            STATEMENT_TIMEOUT.as_millis()
+                            "SELECT set_config('statement_timeout', '{}', false),
+                                    set_config('plan_cache_mode', '{}', false)",
+                            STATEMENT_TIMEOUT.as_millis(),
+                            planning.plan_cache_mode(),
                         )))
                         .await?;
                     }
@@ -239,6 +269,7 @@ impl Database {
         replica_urls: &[DatabaseUrl],
         max_lag_bytes: u64,
         pool_size: u32,
+        planning: Planning,
     ) -> Result<Self, DbError> {
         install_default_drivers();
         let dialect = dialect_of(url);
@@ -247,7 +278,7 @@ impl Database {
             // primary is whichever answers as one.
             let mut hosts = Vec::new();
             for host in url.hosts() {
-                let pool = pool_options(dialect, pool_size).connect_lazy(&named(host))?;
+                let pool = pool_options(dialect, pool_size, planning).connect_lazy(&named(host))?;
                 hosts.push((host.clone(), bakery_config::redact(host), pool));
             }
             let primary = Primary::new(hosts);
@@ -266,6 +297,7 @@ impl Database {
                 } else {
                     pool_size
                 },
+                planning,
             )
             .await?;
             Primary::new(vec![(url.as_str().to_string(), url.redacted(), pool)])
@@ -281,7 +313,7 @@ impl Database {
         for replica in replica_urls {
             members.push((
                 replica.redacted(),
-                open_pool(replica.as_str(), dialect, pool_size).await?,
+                open_pool(replica.as_str(), dialect, pool_size, planning).await?,
             ));
         }
         let replicas = Arc::new(Replicas::new(members, max_lag_bytes));
@@ -297,6 +329,8 @@ impl Database {
             replicas,
             _poller: Arc::new(AbortOnDrop(poller)),
             job_ids: Arc::default(),
+            plans_each_execution: dialect == Dialect::Postgres
+                && planning == Planning::EachExecution,
         })
     }
 
@@ -339,7 +373,12 @@ impl Database {
             }
         }
         let pool_size = config.database.pool_size;
-        let db = Self::connect_with_replicas(&config.database.url, &[], 0, pool_size)
+        let planning = if config.database.plan_each_execution {
+            Planning::EachExecution
+        } else {
+            Planning::Cached
+        };
+        let db = Self::connect_with_replicas(&config.database.url, &[], 0, pool_size, planning)
             .await
             .map_err(|e| {
                 ConfigError::new(
@@ -356,6 +395,7 @@ impl Database {
             &config.database.replica_urls,
             config.database.replica_max_lag_bytes,
             pool_size,
+            planning,
         )
         .await
         .map_err(|e| ConfigError::new("BAKERY_REPLICA_URLS", format!("cannot use a replica: {e}")))
@@ -626,4 +666,33 @@ pub(crate) async fn test_database(name: &str) -> (Database, std::path::PathBuf) 
         .expect("the schema migrates");
     let (db, _) = Database::open(&config).await.expect("the database opens");
     (db, dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A process that asks for it (the worker) has PostgreSQL plan each execution of
+    /// its prepared statements; the others keep PostgreSQL's plan cache.
+    #[tokio::test]
+    async fn postgres_plans_each_execution_for_the_processes_that_ask() {
+        let url = std::env::var("BAKERY_TEST_POSTGRES_URL")
+            .expect("BAKERY_TEST_POSTGRES_URL names the PostgreSQL server this test needs");
+        let url: DatabaseUrl = url.parse().expect("a PostgreSQL URL");
+        for (planning, expected) in [
+            (Planning::EachExecution, "force_custom_plan"),
+            (Planning::Cached, "auto"),
+        ] {
+            let db = Database::connect_with_replicas(&url, &[], 0, 2, planning)
+                .await
+                .expect("PostgreSQL answers");
+            let mode: String = sql::query_scalar("SHOW plan_cache_mode")
+                .fetch_one(db.primary())
+                .await
+                .expect("shows");
+            assert_eq!(mode, expected, "{planning:?}");
+            assert_eq!(db.plans_each_execution, planning == Planning::EachExecution);
+            db.close().await;
+        }
+    }
 }

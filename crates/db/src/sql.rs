@@ -132,14 +132,16 @@ impl Query {
         values.into_iter().fold(self, Query::bind)
     }
 
-    /// Planned at each execution, for the sizes and values of now, instead of kept
-    /// prepared on the connection. For the statements on a table that grows from
-    /// nothing under load (the jobs' batch statements): PostgreSQL settles on a
-    /// statement's generic plan after five executions, and one made while the table
-    /// was a few pages long scans it all (2 s a claim with 40,000 jobs on a fresh
-    /// database), until autovacuum's first analyze, a minute later, replaces it.
-    pub fn planned_each_time(mut self) -> Self {
-        self.persistent = false;
+    /// Planned at each execution, for the sizes and values of now. For the
+    /// statements on a table that grows from nothing under load (the jobs' batch
+    /// statements): PostgreSQL settles on a statement's generic plan after five
+    /// executions, and one made while the table was a few pages long scans it all
+    /// (2 s a claim with 40,000 jobs on a fresh database), until autovacuum's first
+    /// analyze, a minute later, replaces it. Sent unprepared, unless `by_connection`:
+    /// the connection plans every execution itself ([`crate::Planning::EachExecution`]),
+    /// and keeping the statement prepared saves its parse.
+    pub fn planned_each_time(mut self, by_connection: bool) -> Self {
+        self.persistent = by_connection;
         self
     }
 
@@ -195,8 +197,8 @@ where
     }
 
     /// See [`Query::planned_each_time`].
-    pub fn planned_each_time(self) -> Self {
-        Self(self.0.planned_each_time(), PhantomData)
+    pub fn planned_each_time(self, by_connection: bool) -> Self {
+        Self(self.0.planned_each_time(by_connection), PhantomData)
     }
 
     pub fn bind_all<'t, T: Encode<'t, Any> + Type<Any>>(
@@ -247,8 +249,8 @@ where
     }
 
     /// See [`Query::planned_each_time`].
-    pub fn planned_each_time(self) -> Self {
-        Self(self.0.planned_each_time(), PhantomData)
+    pub fn planned_each_time(self, by_connection: bool) -> Self {
+        Self(self.0.planned_each_time(by_connection), PhantomData)
     }
 
     pub fn bind_all<'t, T: Encode<'t, Any> + Type<Any>>(

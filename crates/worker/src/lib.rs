@@ -69,13 +69,15 @@ struct Worker {
 
 /// Runs a worker on `listener` (health and metrics) until `shutdown`.
 pub async fn run(
-    config: Config,
+    mut config: Config,
     id: &str,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     // The database, the cache (image jobs refresh `Product:{id}`; renders read
-    // through it) and the broker; no session store.
+    // through it) and the broker; no session store. Its statements are batches over
+    // `jobs`, which grows from nothing under load: PostgreSQL plans each execution.
+    config.database.plan_each_execution = true;
     let app = App::connect(&config).await?;
     app.broker().check(&config.broker).await?;
     let checks = vec![
