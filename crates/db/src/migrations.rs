@@ -2,9 +2,10 @@
 //!
 //! Each migration keeps the version, description and checksum sqlx's `migrate!` gave
 //! it (from the file's name and text), so databases migrated by earlier builds carry
-//! on. Listed here rather than found by that macro: it builds all three database
-//! drivers, SQLite's C included, a second time for the compiler's own use, about a
-//! tenth of a first build. A test checks the lists against the directories.
+//! on. Listed by this crate's build script rather than found by that macro: the
+//! macro builds all three database drivers, SQLite's C included, a second time for
+//! the compiler's own use, about a tenth of a first build. A test checks the
+//! migrations against sqlx's own reading of the directories.
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -15,54 +16,10 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use crate::Dialect;
 
 /// `(file name, text)` of each file of `migrations/<dir>`, in order.
-macro_rules! embedded {
-    ($dir:literal: $($file:literal),+ $(,)?) => {
-        &[$(($file, include_str!(concat!("../migrations/", $dir, "/", $file)))),+]
-    };
-}
-
 type Files = &'static [(&'static str, &'static str)];
 
-const SQLITE: Files = embedded!("sqlite":
-        "0001_accounts.sql",
-        "0002_catalog_calendar.sql",
-        "0003_instance.sql",
-        "0004_drop_unused_pages.sql",
-        "0005_messaging.sql",
-        "0006_jobs.sql",
-        "0007_pages.sql",
-        "0008_one_review_each.sql",
-        "0009_edge_fence.sql",
-        "0010_email_verification.sql",
-        "0011_edge_role.sql",
-        "0012_operations.sql",
-        "0013_product_documents.sql",
-        "0014_reviews_newest.sql",
-        "0015_job_correlation.sql",
-);
-const POSTGRES: Files = embedded!("postgres":
-        "0001_accounts.sql",
-        "0002_catalog_calendar.sql",
-        "0003_instance.sql",
-        "0004_drop_unused_pages.sql",
-        "0005_messaging.sql",
-        "0006_jobs.sql",
-        "0007_pages.sql",
-        "0008_one_review_each.sql",
-        "0009_edge_fence.sql",
-        "0010_email_verification.sql",
-        "0011_edge_role.sql",
-        "0012_operations.sql",
-        "0013_product_documents.sql",
-        "0014_reviews_newest.sql",
-        "0015_job_correlation.sql",
-        "0016_jobs_partial_indexes.sql",
-);
-const MARIADB: Files = embedded!("mariadb":
-        "0001_schema.sql",
-        "0002_reviews_newest.sql",
-        "0003_job_correlation.sql",
-);
+// SQLITE, POSTGRES and MARIADB, listed by build.rs from the directories.
+include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
 
 /// The migrations of `dialect`, ready to run.
 pub(crate) fn migrator(dialect: Dialect) -> &'static Migrator {
