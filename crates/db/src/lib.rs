@@ -144,8 +144,8 @@ pub struct Database {
 /// How PostgreSQL plans a process's prepared statements.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Planning {
-    /// PostgreSQL's way: a generic plan, made once, when it seems as good as the
-    /// plans for each execution's values. What the serving roles want: an uncached
+    /// The server's own `plan_cache_mode`, by default PostgreSQL's way: a generic
+    /// plan, made once, when it seems as good as the plans for each execution's values. What the serving roles want: an uncached
     /// product read planned each time ran at half the rate (`bench read-models`).
     #[default]
     Cached,
@@ -158,10 +158,12 @@ pub enum Planning {
 }
 
 impl Planning {
-    fn plan_cache_mode(self) -> &'static str {
+    /// What a new connection sets: nothing for `Cached`, so the server's own
+    /// `plan_cache_mode` (an operator's choice) holds.
+    fn setting(self) -> &'static str {
         match self {
-            Self::Cached => "auto",
-            Self::EachExecution => "force_custom_plan",
+            Self::Cached => "",
+            Self::EachExecution => ", set_config('plan_cache_mode', 'force_custom_plan', false)",
         }
     }
 }
@@ -226,10 +228,9 @@ fn pool_options(dialect: Dialect, max_connections: u32, planning: Planning) -> A
                         // on) longer than a request may take: a stuck one is
                         // cancelled (503).
                         conn.execute(sqlx::AssertSqlSafe(format!(
-                            "SELECT set_config('statement_timeout', '{}', false),
-                                    set_config('plan_cache_mode', '{}', false)",
+                            "SELECT set_config('statement_timeout', '{}', false){}",
                             STATEMENT_TIMEOUT.as_millis(),
-                            planning.plan_cache_mode(),
+                            planning.setting(),
                         )))
                         .await?;
                     }
