@@ -34,6 +34,25 @@ pub fn used_by(pids: &[u32]) -> Duration {
     pids.iter().map(|&pid| used(pid)).sum()
 }
 
+/// CPU time so far of every process whose command name is one of `names` (a
+/// database server's processes: PostgreSQL forks one for each connection). A
+/// process that ended takes its time with it, so compare two readings taken while
+/// the same connections stay open.
+pub fn used_by_named(names: &[&str]) -> Duration {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Duration::ZERO;
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| names.contains(&comm.trim_end()))
+        })
+        .map(used)
+        .sum()
+}
+
 /// The most resident memory process `pid` has held (`VmHWM`), in bytes; zero once
 /// it is gone.
 pub fn peak_memory(pid: u32) -> u64 {
@@ -96,5 +115,15 @@ mod tests {
         let spent = used(me) - before;
         assert!(spent >= Duration::from_millis(150), "{spent:?}");
         assert_eq!(used(u32::MAX), Duration::ZERO);
+    }
+
+    #[test]
+    fn processes_are_found_by_their_command_name() {
+        let me = std::process::id();
+        let comm = std::fs::read_to_string(format!("/proc/{me}/comm")).unwrap();
+        let mine = used(me);
+        // Every process of that name (this one at least, and any test binary alike).
+        assert!(used_by_named(&[comm.trim_end()]) >= mine, "{comm:?}");
+        assert_eq!(used_by_named(&["no-such-process-name"]), Duration::ZERO);
     }
 }

@@ -70,6 +70,8 @@ struct Round {
     clones_cores: f64,
     lb_cores: f64,
     loadgen_cores: f64,
+    /// The database server's CPU, when it runs on this machine (see [`Primary`]).
+    db_cores: Option<f64>,
     machine_busy: f64,
 }
 
@@ -87,6 +89,9 @@ pub struct Point {
     pub efficiency: f64,
     /// The clones' CPU per answered request, in milliseconds.
     pub cpu_ms_per_request: f64,
+    /// The database server's CPU per answered request, in milliseconds, when it
+    /// runs on this machine (SQLite's work is in the clones' own).
+    pub db_cpu_ms_per_request: Option<f64>,
     /// Share of its budget (or of the machine) each part used.
     pub clones_util: f64,
     pub lb_util: f64,
@@ -251,6 +256,7 @@ async fn curve(
     plan: Plan,
     bar: &ProgressBar,
 ) -> anyhow::Result<Curve> {
+    let primary = Primary::of(&lab.config);
     let mut mix = None;
     let mut points = Vec::new();
     let mut rounds_by_point = Vec::new();
@@ -277,7 +283,7 @@ async fn curve(
                 model: Model::Closed { connections },
                 ..plan
             };
-            rounds.push(measure(&topology, mix, plan).await?);
+            rounds.push(measure(&topology, mix, plan, primary).await?);
             bar.inc(1);
         }
         let memory = topology.peak_memory();
@@ -357,6 +363,7 @@ fn curve_result(curve: &Curve, options: &Options, lab: &Lab) -> serde_json::Valu
             "clones": p.clones, "rps": round3(p.rps), "p99_ms": round3(p.p99_ms),
             "p50_ms": round3(p.p50_ms), "errors": p.errors, "saturated": p.saturated,
             "clones_util": round3(p.clones_util), "cpu_ms_per_request": round4(p.cpu_ms_per_request),
+            "db_cpu_ms_per_request": p.db_cpu_ms_per_request.map(round4),
             "peak_rss_bytes": memory,
         })).collect::<Vec<_>>(),
         "efficiency": efficiency,
@@ -373,10 +380,45 @@ fn curve_result(curve: &Curve, options: &Options, lab: &Lab) -> serde_json::Valu
     })
 }
 
+/// The primary database as a server on this machine, whose processes' CPU a round
+/// can count (by their command name): where contention costs the database itself.
+#[derive(Clone, Copy)]
+struct Primary(&'static [&'static str]);
+
+impl Primary {
+    fn of(config: &Config) -> Option<Self> {
+        let url = &config.database.url;
+        let local = url.hosts().iter().all(|host| {
+            reqwest::Url::parse(host).is_ok_and(|u| {
+                matches!(
+                    u.host_str(),
+                    None | Some("" | "localhost" | "127.0.0.1" | "[::1]")
+                )
+            })
+        });
+        let names: &'static [&'static str] = match url.engine() {
+            bakery_config::DatabaseEngine::Sqlite => return None,
+            bakery_config::DatabaseEngine::Postgres => &["postgres"],
+            bakery_config::DatabaseEngine::MariaDb => &["mariadbd", "mysqld"],
+        };
+        local.then_some(Self(names))
+    }
+
+    fn used(self) -> Duration {
+        cpu::used_by_named(self.0)
+    }
+}
+
 /// One closed-model run against the topology, with the CPU each part used.
-async fn measure(topology: &Topology, mix: &load::Mix, plan: Plan) -> anyhow::Result<Round> {
+async fn measure(
+    topology: &Topology,
+    mix: &load::Mix,
+    plan: Plan,
+    primary: Option<Primary>,
+) -> anyhow::Result<Round> {
     let clone_pids = topology.clone_pids();
     let me = std::process::id();
+    let db_before = primary.map(Primary::used);
     let before = (
         cpu::used_by(&clone_pids),
         cpu::used(topology.lb.pid),
@@ -392,6 +434,7 @@ async fn measure(topology: &Topology, mix: &load::Mix, plan: Plan) -> anyhow::Re
         cpu::used(me),
         cpu::machine(),
     );
+    let db_after = primary.map(Primary::used);
     let cores = |a: Duration, b: Duration| (b.saturating_sub(a)).as_secs_f64() / wall;
     let (busy, total) = (
         after.3.0.saturating_sub(before.3.0),
@@ -405,6 +448,7 @@ async fn measure(topology: &Topology, mix: &load::Mix, plan: Plan) -> anyhow::Re
         clones_cores: cores(before.0, after.0),
         lb_cores: cores(before.1, after.1),
         loadgen_cores: cores(before.2, after.2),
+        db_cores: db_before.zip(db_after).map(|(a, b)| cores(a, b)),
         machine_busy: if total > 0 {
             busy as f64 / total as f64
         } else {
@@ -432,6 +476,10 @@ fn summarise(n: usize, connections: usize, rounds: &[Round], shape: &Shape) -> P
         errors: rounds.iter().map(|r| r.errors).sum(),
         efficiency: 0.0,
         cpu_ms_per_request: of(|r| 1000.0 * r.clones_cores / r.rps.max(1.0)),
+        db_cpu_ms_per_request: rounds
+            .iter()
+            .all(|r| r.db_cores.is_some())
+            .then(|| of(|r| 1000.0 * r.db_cores.unwrap_or(0.0) / r.rps.max(1.0))),
         clones_util,
         lb_util,
         loadgen_util,
@@ -597,12 +645,12 @@ fn along(max_n: f64, f: impl Fn(f64) -> f64) -> Vec<(f64, f64)> {
 
 fn write_csv(lab: &Lab, curves: &[Curve]) -> anyhow::Result<()> {
     let mut csv = String::from(
-        "scenario,clones,connections,rps,rps_min,rps_max,p50_ms,p99_ms,errors,efficiency,cpu_ms_per_request,clones_util,lb_util,loadgen_util,machine_util,saturated\n",
+        "scenario,clones,connections,rps,rps_min,rps_max,p50_ms,p99_ms,errors,efficiency,cpu_ms_per_request,db_cpu_ms_per_request,clones_util,lb_util,loadgen_util,machine_util,saturated\n",
     );
     for curve in curves {
         for p in &curve.points {
             csv.push_str(&format!(
-                "{},{},{},{:.1},{:.1},{:.1},{:.3},{:.3},{},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},\"{}\"\n",
+                "{},{},{},{:.1},{:.1},{:.1},{:.3},{:.3},{},{:.4},{:.4},{},{:.3},{:.3},{:.3},{:.3},\"{}\"\n",
                 curve.scenario.name(),
                 p.clones,
                 p.connections,
@@ -614,6 +662,8 @@ fn write_csv(lab: &Lab, curves: &[Curve]) -> anyhow::Result<()> {
                 p.errors,
                 p.efficiency,
                 p.cpu_ms_per_request,
+                p.db_cpu_ms_per_request
+                    .map_or(String::new(), |ms| format!("{ms:.4}")),
                 p.clones_util,
                 p.lb_util,
                 p.loadgen_util,
@@ -636,6 +686,7 @@ fn table(curves: &[Curve]) -> Vec<Vec<String>> {
             "p99 ms",
             "efficiency",
             "clone CPU ms / req",
+            "database CPU ms / req",
             "clones CPU",
             "LB CPU",
             "loadgen CPU",
@@ -655,6 +706,8 @@ fn table(curves: &[Curve]) -> Vec<Vec<String>> {
                 format!("{:.2}", p.p99_ms),
                 format!("{:.0} %", 100.0 * p.efficiency),
                 format!("{:.3}", p.cpu_ms_per_request),
+                p.db_cpu_ms_per_request
+                    .map_or("in the clones".into(), |ms| format!("{ms:.3}")),
                 format!("{:.0} %", 100.0 * p.clones_util),
                 format!("{:.0} %", 100.0 * p.lb_util),
                 format!("{:.0} %", 100.0 * p.loadgen_util),
@@ -729,6 +782,11 @@ fn explain(curve: &Curve) -> Vec<String> {
                 100.0 * fit.sigma,
                 1.0 / fit.sigma
             )
+        } else if fit.kappa > 0.0 {
+            format!(
+                "σ = {:.3}: no fixed share of the work waits in line; what the clones lose grows with their number instead",
+                fit.sigma
+            )
         } else {
             format!("σ = {:.3}: nothing shared to queue for", fit.sigma)
         };
@@ -750,6 +808,18 @@ fn explain(curve: &Curve) -> Vec<String> {
             cpu::cores(),
             last.clones,
             cpu::cores()
+        ));
+    }
+    if let (Some(alone), Some(crowded)) = (first.db_cpu_ms_per_request, last.db_cpu_ms_per_request)
+        // Only where the database does a real share of the work per request.
+        && crowded > 1.3 * alone
+        && crowded >= 0.1 * last.cpu_ms_per_request
+    {
+        lines.push(format!(
+            "The database's own CPU per request grew from {alone:.3} ms at one clone to {crowded:.3} ms at {} ({:.1}×): {} — a cost that grows with the number of clones sending it work at once, which the fit counts as κ.",
+            last.clones,
+            crowded / alone.max(f64::MIN_POSITIVE),
+            curve.scenario.crowding()
         ));
     }
     if let Some(check) = &curve.check {
@@ -806,4 +876,35 @@ fn round3(x: f64) -> f64 {
 
 fn round4(x: f64) -> f64 {
     (x * 10000.0).round() / 10000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_database(url: &str) -> Config {
+        let mut config = Config::default();
+        config.database.url = bakery_config::DatabaseUrl::parse(url).unwrap();
+        config
+    }
+
+    #[test]
+    fn the_database_is_measured_where_it_is_a_server_on_this_machine() {
+        let names = |url: &str| Primary::of(&with_database(url)).map(|p| p.0);
+        assert_eq!(
+            names("postgres://postgres@127.0.0.1:5432/bakery"),
+            Some(&["postgres"][..])
+        );
+        assert_eq!(
+            names("postgres://u@localhost:5432,127.0.0.1:5433/bakery"),
+            Some(&["postgres"][..])
+        );
+        assert_eq!(
+            names("mysql://root@127.0.0.1:3306/bakery"),
+            Some(&["mariadbd", "mysqld"][..])
+        );
+        // Another machine's CPU is not this one's to read; SQLite works in the clones.
+        assert_eq!(names("postgres://u@db.example:5432/bakery"), None);
+        assert_eq!(names("sqlite:///tmp/bakery.db"), None);
+    }
 }

@@ -110,6 +110,19 @@ impl Scenario {
         }
     }
 
+    /// Why the database (a server) spends more per request the more requests it
+    /// is sent at once, for the scenarios where it is on the path.
+    pub fn crowding(self) -> &'static str {
+        match self {
+            Self::Rsvp | Self::HotWrite => {
+                "each transaction waiting for the class's row is a server process the database must put to sleep and wake, and that then checks the row's newer versions before it may write — the more wait, the longer each one's walk"
+            }
+            _ => {
+                "the more requests it serves at once, the more each costs it (locks, process switches)"
+            }
+        }
+    }
+
     /// Environment the clones need for this scenario.
     pub fn clone_env(self) -> Vec<(String, String)> {
         match self {
