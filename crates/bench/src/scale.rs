@@ -490,11 +490,17 @@ fn summarise(n: usize, connections: usize, rounds: &[Round], shape: &Shape) -> P
 
 /// Names the resource that limited a point: a part at ≥ 80 % of its CPU budget
 /// (a throttled group seldom shows more: its periods end in stalls), or the
-/// machine itself at ≥ 90 % when everything shares its cores.
+/// machine itself at ≥ 90 % when everything shares its cores — first of all when
+/// it is full and the clones did not get their whole budget (the host could not
+/// give each simulated machine its share).
 fn saturated(clones: f64, lb: f64, machine: f64, shape: &Shape) -> String {
     const BUDGET_FULL: f64 = 0.8;
     const FULL: f64 = 0.9;
-    if shape.cpu_per_clone.is_some() && clones >= BUDGET_FULL {
+    const MACHINE_FULL: f64 = 0.97;
+    const BUDGET_GIVEN: f64 = 0.95;
+    if shape.cpu_per_clone.is_some() && machine >= MACHINE_FULL && clones < BUDGET_GIVEN {
+        "the machine's cores (the clones did not get their whole budget)".into()
+    } else if shape.cpu_per_clone.is_some() && clones >= BUDGET_FULL {
         "clone CPU".into()
     } else if shape.cpu_lb.is_some() && lb >= BUDGET_FULL {
         "load balancer CPU".into()
@@ -886,6 +892,23 @@ mod tests {
         let mut config = Config::default();
         config.database.url = bakery_config::DatabaseUrl::parse(url).unwrap();
         config
+    }
+
+    #[test]
+    fn a_full_machine_that_starves_the_clones_is_the_limit() {
+        let shape = Shape {
+            clones: 16,
+            cpu_per_clone: Some(0.1),
+            cpu_lb: None,
+            clone_env: vec![],
+            push: None,
+        };
+        // Clones at 89 % of their quota on a machine 100 % busy: the host ran out.
+        assert!(saturated(0.89, 0.16, 1.0, &shape).starts_with("the machine's cores"));
+        // Clones using their whole quota: they are the limit, whatever the machine.
+        assert_eq!(saturated(0.99, 0.16, 1.0, &shape), "clone CPU");
+        assert_eq!(saturated(0.85, 0.1, 0.6, &shape), "clone CPU");
+        assert!(saturated(0.4, 0.02, 0.5, &shape).starts_with("none at 90 %"));
     }
 
     #[test]
