@@ -79,6 +79,8 @@ struct Round {
 #[derive(Clone, Debug, Serialize)]
 pub struct Point {
     pub clones: usize,
+    /// Rounds measured (the one-clone point's two visits pooled).
+    pub rounds: usize,
     pub connections: usize,
     pub rps: f64,
     pub rps_min: f64,
@@ -182,11 +184,12 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     clones.sort_unstable();
     clones.dedup();
 
-    let bar = ProgressBar::new((scenarios.len() * clones.len() * options.rounds) as u64)
-        .with_style(
-            ProgressStyle::with_template("{msg:>32} [{bar:30}] {pos}/{len} rounds ({elapsed})")?
-                .progress_chars("=> "),
-        );
+    // The one-clone point is measured twice (see `curve`).
+    let visits = clones.len() + usize::from(clones.len() > 1);
+    let bar = ProgressBar::new((scenarios.len() * visits * options.rounds) as u64).with_style(
+        ProgressStyle::with_template("{msg:>32} [{bar:30}] {pos}/{len} rounds ({elapsed})")?
+            .progress_chars("=> "),
+    );
     let plan = Plan {
         model: Model::Closed { connections: 0 },
         warmup,
@@ -247,7 +250,10 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     crate::write_result(&lab.dir, &result)
 }
 
-/// Measures one scenario at every clone count.
+/// Measures one scenario at every clone count. The one-clone point, every other
+/// point's baseline, is measured twice — first and again last — and its rounds
+/// pooled: a lone clone on an idle machine is sometimes slower per request than
+/// among others (docs/lab.md), and one visit made the whole curve look super-linear.
 async fn curve(
     lab: &Lab,
     scenario: Scenario,
@@ -258,29 +264,26 @@ async fn curve(
 ) -> anyhow::Result<Curve> {
     let primary = Primary::of(&lab.config);
     let mut mix = None;
-    let mut points = Vec::new();
-    let mut rounds_by_point = Vec::new();
-    let mut memories = Vec::new();
-    for &n in clones {
+    let mut visits: Vec<(
+        usize,
+        Vec<Round>,
+        serde_json::Map<String, serde_json::Value>,
+    )> = Vec::new();
+    let revisit = (clones.len() > 1 && clones.contains(&1)).then_some(1);
+    for &n in clones.iter().chain(revisit.iter()) {
         bar.set_message(format!("{}, {n} clone(s): starting", scenario.name()));
-        let shape = Shape {
-            clones: n,
-            cpu_per_clone: options.cpu_per_clone,
-            cpu_lb: options.cpu_lb,
-            clone_env: scenario.clone_env(),
-            push: None,
-        };
-        let topology = Topology::start(lab, &shape).await?;
+        let topology = Topology::start(lab, &shape(n, scenario, options)).await?;
         if mix.is_none() {
             mix = Some(scenario.prepare(lab, &topology.base()).await?);
         }
         let mix = mix.as_ref().expect("prepared above");
-        let connections = n * options.connections_per_clone;
         let mut rounds = Vec::new();
         for r in 1..=options.rounds {
             bar.set_message(format!("{}, {n} clone(s): round {r}", scenario.name()));
             let plan = Plan {
-                model: Model::Closed { connections },
+                model: Model::Closed {
+                    connections: n * options.connections_per_clone,
+                },
                 ..plan
             };
             rounds.push(measure(&topology, mix, plan, primary).await?);
@@ -288,10 +291,27 @@ async fn curve(
         }
         let memory = topology.peak_memory();
         topology.stop().await;
-        rounds_by_point.push(json!({"clones": n, "rounds": rounds, "peak_rss_bytes": memory}));
-        memories.push(memory);
-        points.push(summarise(n, connections, &rounds, &shape));
+        match visits.iter_mut().find(|(seen, ..)| *seen == n) {
+            Some((_, earlier, _)) => earlier.extend(rounds),
+            None => visits.push((n, rounds, memory)),
+        }
     }
+    let points = visits
+        .iter()
+        .map(|(n, rounds, _)| {
+            summarise(
+                *n,
+                n * options.connections_per_clone,
+                rounds,
+                &shape(*n, scenario, options),
+            )
+        })
+        .collect();
+    let rounds_by_point = visits
+        .iter()
+        .map(|(n, rounds, memory)| json!({"clones": n, "rounds": rounds, "peak_rss_bytes": memory}))
+        .collect();
+    let memories = visits.into_iter().map(|(.., memory)| memory).collect();
     let mut curve = Curve {
         scenario,
         points,
@@ -312,6 +332,17 @@ async fn curve(
     curve.fit = Fit::of(&xy);
     curve.check = check(&curve.points);
     Ok(curve)
+}
+
+/// The topology of one point: `n` clones with the run's budgets.
+fn shape(n: usize, scenario: Scenario, options: &Options) -> Shape {
+    Shape {
+        clones: n,
+        cpu_per_clone: options.cpu_per_clone,
+        cpu_lb: options.cpu_lb,
+        clone_env: scenario.clone_env(),
+        push: None,
+    }
 }
 
 /// Fits the points up to half the largest clone count (at least three of them)
@@ -364,7 +395,7 @@ fn curve_result(curve: &Curve, options: &Options, lab: &Lab) -> serde_json::Valu
             "p50_ms": round3(p.p50_ms), "errors": p.errors, "saturated": p.saturated,
             "clones_util": round3(p.clones_util), "cpu_ms_per_request": round4(p.cpu_ms_per_request),
             "db_cpu_ms_per_request": p.db_cpu_ms_per_request.map(round4),
-            "peak_rss_bytes": memory,
+            "peak_rss_bytes": memory, "rounds": p.rounds,
         })).collect::<Vec<_>>(),
         "efficiency": efficiency,
         "usl": usl,
@@ -467,6 +498,7 @@ fn summarise(n: usize, connections: usize, rounds: &[Round], shape: &Shape) -> P
     let saturated = saturated(clones_util, lb_util, machine_util, shape);
     Point {
         clones: n,
+        rounds: rounds.len(),
         connections,
         rps: of(|r| r.rps),
         rps_min: rounds.iter().map(|r| r.rps).fold(f64::MAX, f64::min),
@@ -738,7 +770,7 @@ fn print_table(curve: &Curve) {
 fn method(options: &Options) -> String {
     let budget = |c: Option<f64>| c.map_or("unlimited".into(), |c| format!("{c} core"));
     format!(
-        "Closed model, {} connections per clone, {} round(s) of {:.0} s after {:.0} s of warm-up at each point; CPU per clone: {}, load balancer: {}; a clone with at most a core's budget pinned to one core, in turn (see docs/lab.md).",
+        "Closed model, {} connections per clone, {} round(s) of {:.0} s after {:.0} s of warm-up at each point (at one clone twice as many: measured first and again last, pooled); CPU per clone: {}, load balancer: {}; a clone with at most a core's budget pinned to one core, in turn (see docs/lab.md).",
         options.connections_per_clone,
         options.rounds,
         options.duration,

@@ -101,6 +101,14 @@ async fn bench_scale_measures_each_point_fits_the_usl_and_writes_its_report() {
             .collect::<Vec<_>>(),
         [1, 2, 3]
     );
+    // The one-clone point, every other one's baseline, measured first and again last.
+    assert_eq!(
+        points
+            .iter()
+            .map(|p| p["rounds"].as_i64().unwrap())
+            .collect::<Vec<_>>(),
+        [2, 1, 1]
+    );
     for point in points {
         assert!(point["rps"].as_f64().unwrap() > 0.0, "{point}");
         assert!(point["p99_ms"].as_f64().unwrap() > 0.0, "{point}");
