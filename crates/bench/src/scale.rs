@@ -184,8 +184,7 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     clones.sort_unstable();
     clones.dedup();
 
-    // The one-clone point is measured twice (see `curve`).
-    let visits = clones.len() + usize::from(clones.len() > 1);
+    let visits = visiting_order(&clones).len();
     let bar = ProgressBar::new((scenarios.len() * visits * options.rounds) as u64).with_style(
         ProgressStyle::with_template("{msg:>32} [{bar:30}] {pos}/{len} rounds ({elapsed})")?
             .progress_chars("=> "),
@@ -250,10 +249,17 @@ pub async fn run(config: &Config, options: Options) -> anyhow::Result<()> {
     crate::write_result(&lab.dir, &result)
 }
 
-/// Measures one scenario at every clone count. The one-clone point, every other
-/// point's baseline, is measured twice — first and again last — and its rounds
-/// pooled: a lone clone on an idle machine is sometimes slower per request than
-/// among others (docs/lab.md), and one visit made the whole curve look super-linear.
+/// The clone counts in the order they are measured: each once, and the one-clone
+/// point — every other point's baseline — again at the end, its rounds pooled with
+/// the first visit's: a lone clone on an idle machine is sometimes slower per
+/// request than among others (docs/lab.md), and one visit made the whole curve look
+/// super-linear.
+fn visiting_order(clones: &[usize]) -> Vec<usize> {
+    let revisit = (clones.len() > 1 && clones.contains(&1)).then_some(1);
+    clones.iter().copied().chain(revisit).collect()
+}
+
+/// Measures one scenario at every clone count (see [`visiting_order`]).
 async fn curve(
     lab: &Lab,
     scenario: Scenario,
@@ -269,8 +275,7 @@ async fn curve(
         Vec<Round>,
         serde_json::Map<String, serde_json::Value>,
     )> = Vec::new();
-    let revisit = (clones.len() > 1 && clones.contains(&1)).then_some(1);
-    for &n in clones.iter().chain(revisit.iter()) {
+    for n in visiting_order(clones) {
         bar.set_message(format!("{}, {n} clone(s): starting", scenario.name()));
         let topology = Topology::start(lab, &shape(n, scenario, options)).await?;
         if mix.is_none() {
